@@ -1,0 +1,94 @@
+"""The ``maskwatch`` command.
+
+Subcommands come from the entry-point group ``maskwatch.commands``: each entry
+is a ``register(subparsers)`` function of the edge, hub or models package, so
+this module knows none of them. A provider's handler imports its heavy
+dependencies when it runs; a missing optional dependency becomes exit code 2
+with a one-line install hint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+
+from shared import __version__
+from shared.errors import ConfigError, MaskwatchError, MissingExtraError
+
+log = logging.getLogger("maskwatch")
+
+#: Which extra provides each third-party top-level module (for the install hint).
+EXTRA_OF_MODULE = {
+    "cv2": "edge", "numpy": "edge", "ai_edge_litert": "edge", "tflite_runtime": "edge", "gpiozero": "edge",
+    "sqlalchemy": "hub", "alembic": "hub", "fastapi": "hub", "uvicorn": "hub", "starlette": "hub",
+    "tensorflow": "train", "keras": "train", "matplotlib": "train", "PIL": "train", "tqdm": "train",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="maskwatch",
+        description="Maskwatch: MQTT event-driven face-mask detection for multi-camera sites.",
+        epilog="Run 'maskwatch COMMAND --help' for the options of each command. Docs: docs/.")
+    parser.add_argument("--version", action="version", version=f"maskwatch {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for entry in sorted(entry_points(group="maskwatch.commands"), key=lambda e: e.name):
+        try:
+            register: Callable[[argparse._SubParsersAction], None] = entry.load()
+        except ImportError as exc:  # a provider must import without its extra; say so if not
+            log.debug("cannot load commands of %s: %s", entry.name, exc)
+            continue
+        register(subparsers)
+    return parser
+
+
+def configure_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    if verbose < 2:
+        logging.getLogger("paho").setLevel(logging.WARNING)
+
+
+def missing_extra(exc: ImportError) -> MissingExtraError | None:
+    """Translate an ImportError of an optional dependency into a :class:`MissingExtraError`."""
+    if isinstance(exc, MissingExtraError):
+        return exc
+    module = (exc.name or "").split(".")[0]
+    extra = EXTRA_OF_MODULE.get(module)
+    return MissingExtraError(extra, module) if extra else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose, args.quiet)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(handler(args) or 0)
+    except ImportError as exc:
+        hint = missing_extra(exc)
+        if hint is None:
+            raise
+        print(f"maskwatch {args.command}: {hint}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"maskwatch {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except MaskwatchError as exc:
+        print(f"maskwatch {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

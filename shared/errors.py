@@ -1,0 +1,47 @@
+"""The Maskwatch error tree.
+
+Every error raised on purpose by Maskwatch derives from :class:`MaskwatchError`;
+most also derive from a builtin so callers may catch either (as gpiozero does).
+"""
+
+from __future__ import annotations
+
+
+class MaskwatchError(Exception):
+    """Root of every Maskwatch error."""
+
+
+class ConfigError(MaskwatchError, ValueError):
+    """A configuration file, variable or option is invalid; the message names the key."""
+
+
+class ContractError(MaskwatchError, ValueError):
+    """A topic or payload does not follow the MQTT contract.
+
+    ``field`` names the offending field (dotted path) or is ``None`` for the
+    whole payload; ``reason`` is a short machine-friendly category used for
+    counting rejections (``json``, ``schema``, ``version``, ``oversize``,
+    ``topic``).
+    """
+
+    def __init__(self, message: str, *, field: str | None = None, reason: str = "schema") -> None:
+        super().__init__(message)
+        self.field = field
+        self.reason = reason
+
+
+class HardwareError(MaskwatchError, RuntimeError):
+    """A camera, servo or other device could not be opened or driven."""
+
+
+class ModelError(MaskwatchError, RuntimeError):
+    """A model file is missing, corrupt or of the wrong kind."""
+
+
+class MissingExtraError(MaskwatchError, ImportError):
+    """An optional dependency group (``maskwatch[edge]`` etc.) is not installed."""
+
+    def __init__(self, extra: str, module: str) -> None:
+        super().__init__(f"this command needs the '{extra}' extra ({module} is missing): "
+                         f"pip install 'maskwatch[{extra}]'")
+        self.extra = extra

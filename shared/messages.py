@@ -1,0 +1,294 @@
+"""Typed, versioned MQTT payloads: the public contract (see ``docs/mqtt.md``).
+
+Every message is a pydantic model that rejects unknown fields. Use
+:func:`parse` to turn raw bytes into a model; it returns a valid object or
+raises :class:`~shared.errors.ContractError` naming the field and value.
+
+Example::
+
+    >>> ev = parse(Event, b'{"v": 1, "type": "new", "id": "hq-door-1-0001", "site": "hq",'
+    ...            b' "node": "door-1", "ts": "2026-01-01T12:00:00Z", "label": "mask",'
+    ...            b' "score": 0.98, "box": [10, 20, 64, 64], "angle": 0}')
+    >>> ev.label
+    'mask'
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+
+from shared.errors import ContractError
+from shared.topics import EVENT_ID_PATTERN, ID_PATTERN
+
+SCHEMA_VERSION = 1
+#: Payloads larger than this are rejected before JSON decoding (snapshots excepted).
+MAX_PAYLOAD_BYTES = 64 * 1024
+
+SiteId = Annotated[str, Field(pattern=ID_PATTERN.pattern, description="site id, [a-z0-9_-]+")]
+NodeId = Annotated[str, Field(pattern=ID_PATTERN.pattern, description="node id, [a-z0-9_-]+")]
+EventId = Annotated[str, Field(pattern=EVENT_ID_PATTERN.pattern, description="globally unique event id")]
+Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+Label = Literal["mask", "no_mask"]
+ServoMode = Literal["sweep", "track", "hold", "off"]
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware, in UTC."""
+    return datetime.now(UTC)
+
+
+class Message(BaseModel):
+    """Base of every payload: strict about unknown keys, versioned, ISO 8601 UTC times."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Literal[1] = Field(SCHEMA_VERSION, description="schema version")
+
+    @field_serializer("*", when_used="json")
+    def _utc_iso(self, value: Any) -> Any:
+        if isinstance(value, datetime):
+            return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return value
+
+    def to_json(self) -> bytes:
+        """Compact JSON bytes, ready to publish."""
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+class TrackInfo(BaseModel):
+    """How long a tracked face has been seen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    frames: int = Field(ge=0, description="frames in which the face was seen")
+    first_seen: AwareDatetime
+    last_seen: AwareDatetime
+
+    @field_serializer("first_seen", "last_seen", when_used="json")
+    def _iso(self, value: datetime) -> str:
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+class Event(Message):
+    """A detection event on ``.../events``: one tracked face, with a lifecycle.
+
+    ``new`` is sent once a face is confirmed, ``update`` when its label changes or
+    its score clearly improves, ``end`` when it has left the view. All three carry
+    the same ``id``.
+    """
+
+    type: Literal["new", "update", "end"]
+    id: EventId
+    site: SiteId
+    node: NodeId
+    ts: AwareDatetime = Field(description="UTC time of the observation")
+    label: Label
+    score: Probability = Field(description="probability of the label")
+    box: tuple[int, int, int, int] = Field(description="[x, y, w, h] in frame pixels")
+    angle: float | None = Field(None, ge=-360, le=360, allow_inf_nan=False, description="servo angle, degrees")
+    frame: int | str | None = Field(None, description="frame index, or file name for an image folder")
+    track: TrackInfo | None = None
+    snapshot: bool = Field(False, description="a JPEG is published on .../snapshot/<id>")
+
+    @field_validator("box")
+    @classmethod
+    def _box_positive(cls, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        if box[2] <= 0 or box[3] <= 0:
+            raise ValueError("box width and height must be positive")
+        return box
+
+
+class ServoState(BaseModel):
+    """Servo part of a node's state."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    angle: float | None = Field(description="current angle in degrees; null when detached")
+    mode: ServoMode
+    min_deg: float
+    max_deg: float
+
+
+class NodeState(Message):
+    """Retained ``.../state``: what the node is doing now."""
+
+    site: SiteId
+    node: NodeId
+    ts: AwareDatetime
+    servo: ServoState
+    threshold: Probability = Field(description="no-mask probability at or above which a face is no_mask")
+    detect: bool = Field(description="inference running")
+    model: str = Field(description="classifier model version")
+    profile: Literal["near", "crowd"] = "near"
+    source: str | None = None
+
+
+class NodeStats(Message):
+    """Periodic ``.../stats``."""
+
+    site: SiteId
+    node: NodeId
+    ts: AwareDatetime
+    fps: float = Field(ge=0)
+    stage_ms: dict[str, float] = Field(default_factory=dict, description="mean ms per pipeline stage")
+    frames: int = Field(0, ge=0)
+    dropped_frames: int = Field(0, ge=0)
+    outbox_depth: int = Field(0, ge=0)
+    outbox_dropped: int = Field(0, ge=0)
+    events_published: int = Field(0, ge=0)
+    reconnects: int = Field(0, ge=0)
+    uptime_s: float = Field(0, ge=0)
+    cpu_temp_c: float | None = None
+    camera_ok: bool = True
+    camera_error: str | None = None
+    rejected: dict[str, int] = Field(default_factory=dict, description="rejected commands by reason")
+
+
+class Command(Message):
+    """Base of every command on ``.../cmd/<name>``; ``request_id`` is echoed in the answer."""
+
+    request_id: str = Field(min_length=1, max_length=128)
+
+
+class ServoCommand(Command):
+    """``cmd/servo``: go to ``angle`` (mode becomes ``hold``) or switch ``mode``."""
+
+    angle: float | None = Field(None, allow_inf_nan=False, description="degrees; clamped to the limits")
+    mode: ServoMode | None = None
+    sweep_min_deg: float | None = Field(None, allow_inf_nan=False)
+    sweep_max_deg: float | None = Field(None, allow_inf_nan=False)
+    sweep_step_deg: float | None = Field(None, gt=0, le=90, allow_inf_nan=False)
+    dwell_s: float | None = Field(None, ge=0, le=60, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _angle_or_mode(self) -> ServoCommand:
+        if self.angle is None and self.mode is None:
+            raise ValueError("give 'angle' or 'mode'")
+        if self.angle is not None and self.mode not in (None, "hold"):
+            raise ValueError("'angle' goes with mode 'hold' only")
+        return self
+
+
+class ThresholdCommand(Command):
+    """``cmd/threshold``: set the no-mask probability threshold."""
+
+    value: Probability
+
+
+class DetectCommand(Command):
+    """``cmd/detect``: pause (``false``) or resume (``true``) inference; the camera stays open."""
+
+    enabled: bool
+
+
+class SnapshotCommand(Command):
+    """``cmd/snapshot``: publish a JPEG of the current frame now."""
+
+
+class ConfigCommand(Command):
+    """``cmd/config``: answer with the effective config, secrets removed."""
+
+
+COMMANDS: dict[str, type[Command]] = {
+    "servo": ServoCommand,
+    "threshold": ThresholdCommand,
+    "detect": DetectCommand,
+    "snapshot": SnapshotCommand,
+    "config": ConfigCommand,
+}
+
+
+class CommandResponse(Message):
+    """``.../response/<name>``: exactly one per command."""
+
+    request_id: str | None = Field(description="the command's request_id; null if it could not be read")
+    status: Literal["ok", "error"]
+    site: SiteId
+    node: NodeId
+    ts: AwareDatetime
+    value: Any = None
+    error: str | None = None
+
+    @model_validator(mode="after")
+    def _error_has_reason(self) -> CommandResponse:
+        if self.status == "error" and not self.error:
+            raise ValueError("an error response needs 'error'")
+        return self
+
+
+class DesiredConfig(Message):
+    """Retained ``.../desired`` from the hub: applied by the node on every connect."""
+
+    threshold: Probability | None = None
+    servo_mode: ServoMode | None = None
+    servo_angle: float | None = Field(None, allow_inf_nan=False)
+    detect: bool | None = None
+
+
+class Alert(Message):
+    """``maskwatch/<site>/alerts``: published by the hub."""
+
+    kind: Literal["no_mask", "node_offline"]
+    site: SiteId
+    node: NodeId
+    ts: AwareDatetime
+    event_id: EventId | None = None
+    score: Probability | None = None
+    snapshot_url: str | None = None
+    message: str | None = None
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse(model: type[M], payload: bytes | str, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> M:
+    """Decode and validate ``payload`` as ``model``.
+
+    Raises :class:`ContractError` with ``reason`` one of ``oversize``, ``json``,
+    ``version`` or ``schema`` and ``field`` the dotted path of the first problem.
+    """
+    if len(payload) > max_bytes:
+        raise ContractError(f"payload of {len(payload)} bytes exceeds {max_bytes}", reason="oversize")
+    try:
+        data = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ContractError(f"invalid JSON: {exc}", reason="json") from None
+    if not isinstance(data, dict):
+        raise ContractError(f"expected a JSON object, got {type(data).__name__}", reason="schema")
+    if "v" in data and data["v"] != SCHEMA_VERSION and "v" in model.model_fields:
+        raise ContractError(f"unsupported schema version v={data['v']!r} (this build speaks v={SCHEMA_VERSION})",
+                            field="v", reason="version")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        path = ".".join(str(p) for p in err["loc"]) or None
+        value = err.get("input")
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        raise ContractError(f"{path or 'payload'}: {err['msg']} (got {shown})", field=path,
+                            reason="schema") from None
+    except RecursionError:
+        raise ContractError("payload nested too deeply", reason="schema") from None
+
+
+def export_schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schema of every public message, keyed by a file stem."""
+    models: dict[str, type[BaseModel]] = {
+        "event": Event, "state": NodeState, "stats": NodeStats, "response": CommandResponse,
+        "desired": DesiredConfig, "alert": Alert,
+    }
+    models.update({f"cmd-{name}": cls for name, cls in COMMANDS.items()})
+    return {name: cls.model_json_schema(mode="serialization") for name, cls in models.items()}

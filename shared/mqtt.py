@@ -1,0 +1,256 @@
+"""The one MQTT wrapper: the only module of Maskwatch that imports paho-mqtt.
+
+:class:`MqttClient` owns the protocol version, client id, Last Will, TLS,
+persistent sessions, reconnect with capped exponential backoff, and
+subscriptions, which it renews on every connect. Everyone else calls
+:meth:`MqttClient.publish` and :meth:`MqttClient.subscribe`.
+
+Handlers run on paho's network thread: they must only decode, validate and
+enqueue (never sleep or wait for a publish there).
+
+Example::
+
+    client = MqttClient(BrokerConfig(port=1883), "maskwatch-demo",
+                        will=Will(NodeTopics("hq", "door-1").status, b"offline"))
+    client.subscribe("maskwatch/hq/+/events", lambda msg: print(msg.topic))
+    client.start()
+    client.wait_connected(5)
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import BaseModel
+
+from shared.config import BrokerConfig
+
+log = logging.getLogger(__name__)
+
+MQTT_ERR_SUCCESS = paho.MQTT_ERR_SUCCESS
+MQTT_ERR_NO_CONN = paho.MQTT_ERR_NO_CONN
+
+
+@dataclass(frozen=True)
+class Received:
+    """A message as handed to a subscription handler."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    mid: int
+
+
+@dataclass(frozen=True)
+class Will:
+    """Last Will: published by the broker if the client vanishes, and by :meth:`MqttClient.stop`."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+Handler = Callable[[Received], None]
+
+
+def _strip_share(topic_filter: str) -> str:
+    if topic_filter.startswith("$share/"):
+        return topic_filter.split("/", 2)[2]
+    return topic_filter
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """Whether ``topic`` matches ``topic_filter`` (``$share/<group>/`` prefixes are ignored)."""
+    return paho.topic_matches_sub(_strip_share(topic_filter), topic)
+
+
+class MqttClient:
+    """A reconnecting MQTT client.
+
+    :param broker: where and how to connect.
+    :param client_id: stable id; with ``persistent=True`` the broker keeps the
+        session (subscriptions and queued QoS 1 messages) across disconnects.
+    :param will: Last Will, also published on a clean :meth:`stop`.
+    :param persistent: keep the session (MQTT 5 session expiry, or 3.1.1 clean_session=False).
+    :param manual_ack: acknowledge received QoS 1 messages only when :meth:`ack` is called.
+    :param on_connect: called on the network thread after every successful connect,
+        once subscriptions are renewed (re-publish retained state here).
+    :param on_publish: called with the message id when the broker acknowledged a publish.
+    :param on_disconnect: called after the connection is lost.
+    """
+
+    def __init__(self, broker: BrokerConfig, client_id: str, *, will: Will | None = None,
+                 persistent: bool = False, manual_ack: bool = False,
+                 on_connect: Callable[[], None] | None = None,
+                 on_publish: Callable[[int], None] | None = None,
+                 on_disconnect: Callable[[], None] | None = None) -> None:
+        self.broker = broker
+        self.client_id = broker.client_id or client_id
+        self.will = will
+        self.persistent = persistent
+        self._on_connect_hook = on_connect
+        self._on_publish_hook = on_publish
+        self._on_disconnect_hook = on_disconnect
+        self._subscriptions: dict[str, tuple[int, Handler]] = {}
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self.connects = 0
+        self.last_error: str | None = None
+        self._v5 = broker.protocol == 5
+        if self._v5:
+            self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                                       protocol=paho.MQTTv5, manual_ack=manual_ack)
+        else:
+            self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                                       protocol=paho.MQTTv311, clean_session=not persistent,
+                                       manual_ack=manual_ack)
+        self._client.enable_logger(logging.getLogger("paho"))
+        self._client.reconnect_delay_set(broker.reconnect_min_s, broker.reconnect_max_s)
+        self._client.max_inflight_messages_set(100)
+        if broker.username:
+            self._client.username_pw_set(broker.username, broker.password)
+        if broker.tls:
+            self._client.tls_set(
+                ca_certs=str(broker.tls.ca_certs) if broker.tls.ca_certs else None,
+                certfile=str(broker.tls.certfile) if broker.tls.certfile else None,
+                keyfile=str(broker.tls.keyfile) if broker.tls.keyfile else None,
+                cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            self._client.tls_insecure_set(broker.tls.insecure)
+        if will:
+            self._client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        self._client.on_connect = self._handle_connect
+        self._client.on_disconnect = self._handle_disconnect
+        self._client.on_message = self._handle_message
+        self._client.on_publish = self._handle_publish
+        self._client.on_connect_fail = self._handle_connect_fail
+
+    # -- lifecycle -------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect in the background; reconnects forever with backoff until :meth:`stop`."""
+        kwargs: dict[str, object] = {}
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)
+            if self.persistent:
+                props.SessionExpiryInterval = self.broker.session_expiry_s
+            kwargs = {"clean_start": not self.persistent, "properties": props}
+        self._client.connect_async(self.broker.host, self.broker.port, keepalive=self.broker.keepalive_s,
+                                   **kwargs)
+        self._client.loop_start()
+
+    def wait_connected(self, timeout: float | None = None) -> bool:
+        """Block until connected (or ``timeout`` seconds); return whether connected."""
+        return self._connected.wait(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def stop(self, *, publish_will: bool = True, timeout: float = 5.0) -> None:
+        """Publish the will payload (if any and connected), disconnect, stop the network thread."""
+        if publish_will and self.will and self.connected:
+            info = self._client.publish(self.will.topic, self.will.payload, qos=self.will.qos,
+                                        retain=self.will.retain)
+            try:
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError):
+                log.warning("could not publish %s before disconnecting", self.will.topic)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._connected.clear()
+
+    # -- publish / subscribe --------------------------------------------------
+
+    def publish(self, topic: str, payload: bytes | str | BaseModel, *, qos: int = 0,
+                retain: bool = False) -> paho.MQTTMessageInfo:
+        """Publish; returns paho's handle (``mid``, ``rc``). While offline, QoS 1 is queued in memory only."""
+        if isinstance(payload, BaseModel):
+            data: bytes | str = payload.model_dump_json(exclude_none=True).encode()
+        else:
+            data = payload
+        return self._client.publish(topic, data, qos=qos, retain=retain)
+
+    def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 1) -> None:
+        """Route messages matching ``topic_filter`` to ``handler``; renewed on every connect."""
+        with self._lock:
+            self._subscriptions[topic_filter] = (qos, handler)
+        if self.connected:
+            self._client.subscribe(topic_filter, qos=qos)
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        with self._lock:
+            self._subscriptions.pop(topic_filter, None)
+        if self.connected:
+            self._client.unsubscribe(topic_filter)
+
+    def ack(self, mid: int, qos: int) -> None:
+        """Acknowledge a received message (with ``manual_ack=True``)."""
+        self._client.ack(mid, qos)
+
+    # -- paho callbacks (network thread) --------------------------------------
+
+    def _handle_connect(self, client: paho.Client, userdata: object, flags: paho.ConnectFlags,
+                        reason_code: paho.ReasonCode, properties: Properties | None) -> None:
+        if reason_code.is_failure:
+            self.last_error = str(reason_code)
+            log.error("broker %s refused the connection: %s", self.broker.address, reason_code)
+            return
+        self.connects += 1
+        self.last_error = None
+        with self._lock:
+            subs = list(self._subscriptions.items())
+        for topic_filter, (qos, _handler) in subs:
+            client.subscribe(topic_filter, qos=qos)
+        self._connected.set()
+        log.info("connected to %s as %s (session present: %s)", self.broker.address, self.client_id,
+                 flags.session_present)
+        if self._on_connect_hook:
+            try:
+                self._on_connect_hook()
+            except Exception:
+                log.exception("on_connect hook failed")
+
+    def _handle_connect_fail(self, client: paho.Client, userdata: object) -> None:
+        self.last_error = "connection failed"
+        log.warning("cannot reach broker %s; retrying", self.broker.address)
+
+    def _handle_disconnect(self, client: paho.Client, userdata: object, flags: paho.DisconnectFlags,
+                           reason_code: paho.ReasonCode, properties: Properties | None) -> None:
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        if was_connected:
+            log.warning("disconnected from %s: %s", self.broker.address, reason_code)
+            if self._on_disconnect_hook:
+                try:
+                    self._on_disconnect_hook()
+                except Exception:
+                    log.exception("on_disconnect hook failed")
+
+    def _handle_publish(self, client: paho.Client, userdata: object, mid: int,
+                        reason_code: paho.ReasonCode, properties: Properties | None) -> None:
+        if self._on_publish_hook:
+            try:
+                self._on_publish_hook(mid)
+            except Exception:
+                log.exception("on_publish hook failed")
+
+    def _handle_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+        received = Received(topic=message.topic, payload=message.payload, qos=message.qos,
+                            retain=bool(message.retain), mid=message.mid)
+        with self._lock:
+            handlers = [h for f, (_q, h) in self._subscriptions.items() if topic_matches(f, message.topic)]
+        for handler in handlers:
+            try:
+                handler(received)
+            except Exception:
+                log.exception("handler for %s failed", message.topic)
