@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import socket
 import subprocess
@@ -84,6 +85,8 @@ class LocalMosquitto:
             "max_inflight_messages 0\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
             f"log_dest file {self.log_path}\n"
+            # as root, Mosquitto drops to user 'mosquitto', who cannot write our private folder
+            + ("user root\n" if os.geteuid() == 0 else "")
             + extra_config + "\n")
         self._proc: subprocess.Popen[bytes] | None = None
 
