@@ -1,0 +1,172 @@
+"""Configuration of an edge node: one typed tree, loaded by :func:`load_edge_config`.
+
+Every key can come from a YAML file, a ``MASKWATCH_*`` variable or ``--set``::
+
+    maskwatch edge --config node.yaml --set servo.max_deg=45 --set tracker.confirm_frames=2
+
+Run-time changes (threshold, servo mode, detect on/off) live in
+:class:`edge.state.NodeRuntime`, never in this tree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from shared.config import BrokerConfig, StrictModel, load_config, parse_host_port
+
+ServoModeName = Literal["sweep", "track", "hold", "off"]
+
+
+class TrackerConfig(StrictModel):
+    """How detections become tracked events (Frigate-like lifecycle)."""
+
+    confirm_frames: int = Field(3, ge=1, le=100, description="frames with a stable label before `new`")
+    end_frames: int = Field(8, ge=0, le=1000, description="frames without the face before `end`")
+    iou_min: float = Field(0.25, ge=0, le=1, description="IoU at or above which a detection continues a track")
+    gate_box_frac: float = Field(0.6, gt=0, le=5,
+                                 description="motion gate: max centre jump as a fraction of the box size")
+    smooth_frames: int = Field(7, ge=1, le=100, description="median window over the no-mask probability")
+    hysteresis: float = Field(0.1, ge=0, le=0.5, description="margin around the threshold to flip a label")
+    update_min_s: float = Field(3.0, ge=0, description="at most one `update` per track this often")
+    update_score_gain: float = Field(0.1, ge=0, le=1, description="score gain that counts as clearly better")
+
+
+class OutboxConfig(StrictModel):
+    """The persistent outbox (SQLite) that makes delivery lossless."""
+
+    path: Path | None = Field(None, description="SQLite file; default in ~/.local/state/maskwatch/")
+    max_messages: int = Field(10000, ge=10, description="bound; the oldest are dropped (and counted) beyond it")
+    resend_after_s: float = Field(15.0, gt=0, description="re-publish a message not acknowledged after this")
+    drain_timeout_s: float = Field(30.0, ge=0, description="--once / shutdown: how long to wait for PUBACKs")
+
+
+class SnapshotConfig(StrictModel):
+    """JPEG snapshots of no-mask faces on ``.../snapshot/<event id>``."""
+
+    mode: Literal["off", "on", "blur"] = Field("on", description="off, as is, or with the face blurred")
+    include_frame: bool = Field(False, description="publish the whole frame instead of the face crop")
+    max_bytes: int = Field(60_000, ge=2_000, le=1_000_000, description="size cap; quality is lowered to fit")
+    quality: int = Field(85, ge=10, le=100)
+
+
+class ServoConfig(StrictModel):
+    """The pan servo (gpiozero ``AngularServo``)."""
+
+    enabled: bool = True
+    pin: int | str = Field(17, description="GPIO of the servo signal")
+    min_deg: float = Field(-90, ge=-180, le=0)
+    max_deg: float = Field(90, ge=0, le=180)
+    min_pulse_width_s: float = Field(0.001, gt=0, le=0.005)
+    max_pulse_width_s: float = Field(0.002, gt=0, le=0.005)
+    frame_width_s: float = Field(0.02, gt=0, le=0.1)
+    speed_dps: float = Field(120.0, gt=0, le=2000, description="speed limit, degrees per second")
+    step_s: float = Field(0.02, gt=0, le=1, description="control period (one small step per period)")
+    detach_idle_s: float = Field(1.0, ge=0, description="detach after this long without a move (0: never)")
+    mode: ServoModeName = Field("sweep", description="mode at start")
+    start_deg: float = 0.0
+    sweep_min_deg: float | None = Field(None, description="default: min_deg")
+    sweep_max_deg: float | None = Field(None, description="default: max_deg")
+    sweep_step_deg: float = Field(15.0, gt=0, le=90)
+    dwell_s: float = Field(0.5, ge=0, le=60, description="pause at each sweep step")
+    face_hold_s: float = Field(1.5, ge=0, description="sweep resumes this long after the last face")
+    track_gain: float = Field(0.6, gt=0, le=1, description="proportional gain of `track`")
+    track_dead_band_deg: float = Field(3.0, ge=0, le=45, description="no move for smaller errors")
+
+    @model_validator(mode="after")
+    def _pulses(self) -> ServoConfig:
+        if self.min_pulse_width_s >= self.max_pulse_width_s:
+            raise ValueError("min_pulse_width_s must be below max_pulse_width_s")
+        if self.max_pulse_width_s >= self.frame_width_s:
+            raise ValueError("max_pulse_width_s must be below frame_width_s")
+        return self
+
+
+class IndicatorConfig(StrictModel):
+    """Blue (all masked) / red (someone unmasked) LEDs and an optional buzzer."""
+
+    enabled: bool = True
+    blue_pin: int | str = 22
+    red_pin: int | str = 27
+    buzzer_pin: int | str | None = Field(None, description="buzz on a new no-mask event; none: no buzzer")
+    buzz_s: float = Field(0.2, gt=0, le=5)
+
+
+class SceneConfig(StrictModel):
+    """The simulated panoramic camera (``--source scene:DIR`` or ``scene:builtin``)."""
+
+    fov_deg: float = Field(60.0, gt=5, le=180, description="horizontal field of view")
+    span_deg: float = Field(360.0, gt=10, le=360, description="panorama width in degrees")
+    width: int = Field(640, ge=64, le=4096)
+    height: int = Field(480, ge=48, le=4096)
+    fps: float = Field(15.0, gt=0, le=240)
+    noise: float = Field(3.0, ge=0, le=50, description="std of Gaussian pixel noise (light noise)")
+    face_height_frac: float = Field(0.45, gt=0.05, le=1, description="face height relative to the frame")
+    realtime: bool = Field(True, description="pace frames at fps (false: as fast as read, virtual clock)")
+    seed: int = 0
+
+
+class CameraConfig(StrictModel):
+    """Capture of a live source."""
+
+    width: int | None = Field(None, description="requested width (camera index / picamera)")
+    height: int | None = None
+    retry_min_s: float = Field(0.5, gt=0)
+    retry_max_s: float = Field(30.0, gt=0)
+
+
+class PreviewConfig(StrictModel):
+    """The optional live MJPEG preview."""
+
+    bind: str | None = Field(None, description="HOST:PORT; off when unset; loopback recommended")
+    fps: float = Field(10.0, gt=0, le=60)
+    quality: int = Field(75, ge=10, le=100)
+
+
+class EdgeConfig(StrictModel):
+    """Everything an edge node needs."""
+
+    site: str = Field("site", pattern=r"^[a-z0-9_-]{1,64}$")
+    node: str = Field("node-1", pattern=r"^[a-z0-9_-]{1,64}$")
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    source: str = Field("0", description="camera index, video file, URL, image folder, picamera, scene:DIR")
+    profile: Literal["near", "crowd"] = "near"
+    detector: str | None = Field(None, description="detector kind (default: the profile's)")
+    classifier_path: Path | None = Field(None, description="default: the packaged int8 classifier")
+    num_threads: int = Field(2, ge=1, le=16)
+    threshold: float = Field(0.5, ge=0, le=1, description="no-mask probability at or above which: no_mask")
+    detect: bool = Field(True, description="inference running at start")
+    min_face_px: int = Field(16, ge=4, description="smaller detections are ignored")
+    stats_interval_s: float = Field(10.0, gt=0)
+    pin_factory: Literal["auto", "mock", "lgpio", "pigpio", "rpigpio", "native"] = Field(
+        "auto", description="auto: gpiozero's default on a Raspberry Pi, the mock factory elsewhere")
+    tracker: TrackerConfig = Field(default_factory=TrackerConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig)
+    servo: ServoConfig = Field(default_factory=ServoConfig)
+    indicator: IndicatorConfig = Field(default_factory=IndicatorConfig)
+    scene: SceneConfig = Field(default_factory=SceneConfig)
+    camera: CameraConfig = Field(default_factory=CameraConfig)
+    preview: PreviewConfig = Field(default_factory=PreviewConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> EdgeConfig:
+        if self.preview.bind:
+            parse_host_port(self.preview.bind, 8090)
+        return self
+
+    def outbox_path(self) -> Path:
+        """The outbox file, defaulting to one per site/node under ~/.local/state/maskwatch."""
+        if self.outbox.path:
+            return self.outbox.path.expanduser()
+        return Path.home() / ".local" / "state" / "maskwatch" / f"outbox-{self.site}-{self.node}.sqlite"
+
+    def client_id(self) -> str:
+        return self.broker.client_id or f"maskwatch-edge-{self.site}-{self.node}"
+
+
+def load_edge_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> EdgeConfig:
+    """Load the node's config (YAML, then ``MASKWATCH_*``, then ``overrides``); raises ConfigError."""
+    return load_config(EdgeConfig, path, overrides=overrides)

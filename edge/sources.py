@@ -1,0 +1,297 @@
+"""Frame sources and the capture thread.
+
+A source is opened from a ``--source`` string by :func:`open_source`:
+
+* ``0`` (a camera index), a video file, an RTSP/HTTP URL: OpenCV ``VideoCapture``;
+* a folder: every image in it (and its subfolders) as an independent still;
+* ``picamera``: picamera2 on a Raspberry Pi (imported only then);
+* ``scene:DIR`` or ``scene:builtin``: the simulated panoramic camera (:mod:`edge.scene`).
+
+:class:`Capture` reads a source in its own thread. For live sources it keeps
+only the newest frame and counts the ones it had to drop, so latency stays
+bounded when inference is slower than the camera; a camera that fails to open
+or drops out is retried with backoff. Finite sources (files, folders) are read
+frame by frame without dropping.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from edge.config import CameraConfig, SceneConfig
+from edge.images import IMAGE_SUFFIXES, ImageReadError, read_image
+from shared.errors import HardwareError
+from shared.messages import utc_now
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Frame:
+    """One captured image (BGR ``uint8``) and where it came from."""
+
+    image: np.ndarray
+    index: int
+    ts: datetime = field(default_factory=utc_now)
+    name: str | None = None
+    angle: float | None = None
+    still: bool = False
+    captured: float = field(default_factory=time.monotonic)
+
+    @property
+    def ref(self) -> int | str:
+        """The event's ``frame`` field: the file name of a still, else the index."""
+        return self.name if self.still and self.name else self.index
+
+
+class FrameSource(Protocol):
+    """Something that yields frames.
+
+    ``read()`` returns the next frame, or ``None`` at the end of a finite source;
+    it raises :class:`HardwareError` when a live device fails.
+    """
+
+    name: str
+    live: bool
+
+    def open(self) -> None: ...
+    def read(self) -> Frame | None: ...
+    def close(self) -> None: ...
+
+
+class VideoSource:
+    """A camera index, video file or stream URL through OpenCV."""
+
+    def __init__(self, spec: str, camera: CameraConfig | None = None) -> None:
+        self.spec = spec
+        self.name = spec
+        self.camera = camera or CameraConfig()
+        self.live = spec.isdigit() or "://" in spec
+        self._cap: Any = None
+        self._index = 0
+
+    def open(self) -> None:
+        import cv2
+
+        if not self.live and not Path(self.spec).is_file():
+            raise HardwareError(f"video file not found: {self.spec}")
+        cap = cv2.VideoCapture(int(self.spec) if self.spec.isdigit() else self.spec)
+        if not cap.isOpened():
+            cap.release()
+            kind = "camera" if self.spec.isdigit() else "video"
+            raise HardwareError(f"cannot open {kind} {self.spec!r} (missing, busy or unsupported)")
+        if self.camera.width and self.camera.height:
+            cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.camera.width)
+            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.camera.height)
+        self._cap = cap
+
+    def read(self) -> Frame | None:
+        if self._cap is None:
+            raise HardwareError(f"{self.spec}: not open")
+        ok, image = self._cap.read()
+        if not ok or image is None:
+            if self.live:
+                raise HardwareError(f"camera {self.spec!r} stopped delivering frames")
+            if self._index == 0:
+                raise HardwareError(f"video {self.spec!r} has no readable frame (corrupt or unsupported)")
+            return None
+        frame = Frame(image=image, index=self._index)
+        self._index += 1
+        return frame
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+class ImageFolderSource:
+    """Every image under a folder, by sorted relative path, each an independent still.
+
+    Unreadable images are logged, counted in :attr:`unreadable` and skipped.
+    """
+
+    live = False
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.name = str(folder)
+        self.unreadable = 0
+        self._files: Iterator[Path] = iter(())
+        self._index = 0
+
+    def open(self) -> None:
+        if not self.folder.is_dir():
+            raise HardwareError(f"image folder not found: {self.folder}")
+        files = sorted(p for p in self.folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            log.warning("no images in %s", self.folder)
+        self._files = iter(files)
+
+    def read(self) -> Frame | None:
+        for path in self._files:
+            try:
+                image = read_image(path)
+            except ImageReadError as exc:
+                self.unreadable += 1
+                log.error("skipping unreadable image: %s", exc)
+                continue
+            frame = Frame(image=image, index=self._index, name=path.relative_to(self.folder).as_posix(),
+                          still=True)
+            self._index += 1
+            return frame
+        return None
+
+    def close(self) -> None:
+        self._files = iter(())
+
+
+class PicameraSource:
+    """The Raspberry Pi camera through picamera2 (imported only when opened)."""
+
+    live = True
+    name = "picamera"
+
+    def __init__(self, camera: CameraConfig | None = None) -> None:
+        self.camera = camera or CameraConfig()
+        self._cam: Any = None
+        self._index = 0
+
+    def open(self) -> None:
+        try:
+            from picamera2 import Picamera2  # type: ignore[import-not-found]
+        except ImportError as exc:
+            raise HardwareError("source 'picamera' needs picamera2 (apt install python3-picamera2)") from exc
+        try:
+            cam = Picamera2()
+            size = (self.camera.width or 640, self.camera.height or 480)
+            cam.configure(cam.create_video_configuration(main={"size": size, "format": "BGR888"}))
+            cam.start()
+        except Exception as exc:  # picamera2 raises plain RuntimeError/IndexError when no camera is attached
+            raise HardwareError(f"cannot open the Pi camera: {exc}") from exc
+        self._cam = cam
+
+    def read(self) -> Frame | None:
+        if self._cam is None:
+            raise HardwareError("picamera: not open")
+        try:
+            image = self._cam.capture_array()
+        except Exception as exc:
+            raise HardwareError(f"Pi camera stopped delivering frames: {exc}") from exc
+        frame = Frame(image=np.ascontiguousarray(image[:, :, :3]), index=self._index)
+        self._index += 1
+        return frame
+
+    def close(self) -> None:
+        if self._cam is not None:
+            self._cam.close()
+            self._cam = None
+
+
+def open_source(spec: str, *, camera: CameraConfig | None = None, scene: SceneConfig | None = None,
+                angle: Callable[[], float] | None = None) -> FrameSource:
+    """Build (not open) the source named by ``spec``; ``angle`` is the servo position for a scene."""
+    if spec.startswith("scene:"):
+        from edge.scene import SceneCamera, load_scene
+
+        cfg = scene or SceneConfig()
+        return SceneCamera(load_scene(spec.removeprefix("scene:"), cfg), cfg, angle=angle or (lambda: 0.0))
+    if spec == "picamera":
+        return PicameraSource(camera)
+    if "://" not in spec and Path(spec).is_dir():
+        return ImageFolderSource(spec)
+    return VideoSource(spec, camera)
+
+
+class Capture:
+    """Runs a source in the ``capture`` thread and hands out frames.
+
+    Live sources: only the newest frame is kept (:attr:`dropped` counts the rest);
+    failures are retried with exponential backoff between ``retry_min_s`` and
+    ``retry_max_s`` while :attr:`error` says what is wrong. Finite sources: every
+    frame is handed out in order; :attr:`finished` is set at the end (or when the
+    source cannot be opened at all).
+    """
+
+    def __init__(self, source: FrameSource, retry_min_s: float = 0.5, retry_max_s: float = 30.0) -> None:
+        self.source = source
+        self.retry_min_s = retry_min_s
+        self.retry_max_s = retry_max_s
+        self.dropped = 0
+        self.frames = 0
+        self.error: str | None = None
+        self.finished = threading.Event()
+        self._cond = threading.Condition()
+        self._latest: Frame | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def run(self, stop: threading.Event) -> None:
+        """Body of the capture thread."""
+        delay = self.retry_min_s
+        try:
+            while not stop.is_set():
+                try:
+                    self.source.open()
+                    if self.error:
+                        log.info("source %s is back", self.source.name)
+                    self.error = None
+                    delay = self.retry_min_s
+                    self._pump(stop)
+                    if not self.source.live:
+                        return
+                except HardwareError as exc:
+                    self.error = str(exc)
+                    if not self.source.live:
+                        log.error("source failed: %s", exc)
+                        return
+                    log.error("camera problem: %s; retrying in %.1f s", exc, delay)
+                finally:
+                    self.source.close()
+                stop.wait(delay)
+                delay = min(delay * 2, self.retry_max_s)
+        finally:
+            self.finished.set()
+            with self._cond:
+                self._cond.notify_all()
+
+    def _pump(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            frame = self.source.read()
+            if frame is None:
+                return
+            with self._cond:
+                if self.source.live:
+                    if self._latest is not None:
+                        self.dropped += 1
+                else:
+                    while self._latest is not None and not stop.is_set():
+                        self._cond.wait(0.1)
+                self._latest = frame
+                self.frames += 1
+                self._cond.notify_all()
+
+    def next(self, timeout: float = 0.5) -> Frame | None:
+        """The newest frame not handed out yet, waiting up to ``timeout``; ``None`` if none."""
+        with self._cond:
+            if self._latest is None and not self.finished.is_set():
+                self._cond.wait(timeout)
+            frame, self._latest = self._latest, None
+            self._cond.notify_all()
+            return frame
+
+    @property
+    def exhausted(self) -> bool:
+        """A finite source has ended and every frame was handed out."""
+        return self.finished.is_set() and self._latest is None
