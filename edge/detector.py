@@ -1,0 +1,256 @@
+"""Face detectors behind one interface: MediaPipe BlazeFace (LiteRT) and OpenCV's res10 SSD.
+
+Each detector runs one or more *passes* of a single-shot network: the whole frame, then optionally the frame
+cut into overlapping tiles (each tile is scaled up to the network input, so small faces get more pixels).
+Detections of all passes are merged by weighted non-maximum suppression.
+
+Two operating points: ``near`` (entrance cameras, faces of 48 px and more, one pass, speed first) and
+``crowd`` (small faces in scenes, several passes, recall first).
+
+Example::
+
+    detector = create_detector("near")
+    for face in detector.detect(frame_bgr):
+        print(face.box, face.score)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import cv2
+import numpy as np
+
+from edge.litert import load_interpreter
+from edge.model_store import ensure_model
+from shared.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+Profile = Literal["near", "crowd"]
+PROFILES: tuple[str, ...] = ("near", "crowd")
+KINDS: tuple[str, ...] = ("blazeface", "res10")
+
+
+@dataclass(frozen=True)
+class Face:
+    """A detected face: ``box`` (x, y, w, h) in frame pixels and the detector's confidence 0..1."""
+
+    box: tuple[int, int, int, int]
+    score: float
+
+
+class FaceDetector(Protocol):
+    """Anything that finds faces in a BGR frame."""
+
+    name: str
+
+    def detect(self, frame_bgr: np.ndarray) -> list[Face]: ...
+
+
+#: One network pass: takes a BGR image, returns (boxes (n, 4) as x0, y0, x1, y1 in image pixels, scores (n,)).
+Network = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How a detector runs: tile grids per pass, score threshold, NMS overlap and smallest face kept."""
+
+    grids: tuple[int, ...]
+    threshold: float
+    nms_iou: float = 0.3
+    tile_overlap: float = 0.3
+    min_face_px: int = 0
+
+
+def ssd_anchors(input_size: int, strides: tuple[int, ...], per_cell: tuple[int, ...]) -> np.ndarray:
+    """Anchor centres (n, 2) normalised to 0..1, as MediaPipe's SsdAnchorsCalculator lays them out."""
+    anchors = []
+    for stride, count in zip(strides, per_cell, strict=True):
+        cells = input_size // stride
+        centres = (np.arange(cells, dtype=np.float32) + 0.5) / cells
+        grid_y, grid_x = np.meshgrid(centres, centres, indexing="ij")
+        layer = np.stack([grid_x.ravel(), grid_y.ravel()], axis=1)
+        anchors.append(np.repeat(layer, count, axis=0))
+    return np.concatenate(anchors).astype(np.float32)
+
+
+class BlazeFaceNet:
+    """One pass of MediaPipe BlazeFace (``short`` 128x128 or ``full`` range 192x192) on LiteRT.
+
+    The image is letterboxed into the square input (scaled, padded right and bottom), boxes are decoded
+    from the SSD anchors and mapped back to image pixels.
+    """
+
+    LAYOUTS = {  # variant: (model file, input size, strides, anchors per cell)
+        "short": ("face_detection_short_range.tflite", 128, (8, 16), (2, 6)),
+        "full": ("face_detection_full_range.tflite", 192, (4,), (1,)),
+    }
+
+    def __init__(self, variant: Literal["short", "full"] = "full", num_threads: int = 2,
+                 min_score: float = 0.1) -> None:
+        if variant not in self.LAYOUTS:
+            raise ModelError(f"BlazeFace variant must be one of {sorted(self.LAYOUTS)}, got {variant!r}")
+        filename, self.size, strides, per_cell = self.LAYOUTS[variant]
+        self.variant = variant
+        self.min_score = min_score
+        self._interpreter = load_interpreter(ensure_model(filename), num_threads)
+        self._anchors = ssd_anchors(self.size, strides, per_cell)
+        self._input = self._interpreter.get_input_details()[0]["index"]
+        outputs = sorted(self._interpreter.get_output_details(), key=lambda d: d["shape"][-1])
+        self._scores, self._boxes = outputs[0]["index"], outputs[1]["index"]
+        self._tensor = np.zeros((1, self.size, self.size, 3), np.float32)
+
+    def __call__(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        height, width = image_bgr.shape[:2]
+        scale = self.size / max(height, width)
+        new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        resized = cv2.resize(image_bgr, (new_w, new_h), interpolation=interpolation)
+        self._tensor.fill(0.0)
+        self._tensor[0, :new_h, :new_w] = resized[:, :, ::-1] * np.float32(1 / 127.5) - 1.0
+        self._interpreter.set_tensor(self._input, self._tensor)
+        self._interpreter.invoke()
+        logits = self._interpreter.get_tensor(self._scores).reshape(-1)
+        keep = logits > np.log(self.min_score / (1 - self.min_score))
+        if not keep.any():
+            return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
+        raw = self._interpreter.get_tensor(self._boxes)[0, keep, :4] / self.size
+        centre = raw[:, :2] + self._anchors[keep]
+        half = raw[:, 2:4] / 2
+        boxes = np.concatenate([centre - half, centre + half], axis=1) * (self.size / scale)
+        scores = 1.0 / (1.0 + np.exp(-np.clip(logits[keep], -80, 80)))
+        return boxes.astype(np.float32), scores.astype(np.float32)
+
+
+class Res10Net:
+    """One pass of OpenCV's res10 300x300 SSD face detector (Caffe, run by ``cv2.dnn``)."""
+
+    def __init__(self, num_threads: int = 2, min_score: float = 0.1) -> None:
+        prototxt = ensure_model("res10_deploy.prototxt")
+        weights = ensure_model("res10_300x300_ssd_iter_140000.caffemodel")
+        try:
+            self._net = cv2.dnn.readNetFromCaffe(str(prototxt), str(weights))
+        except cv2.error as exc:
+            raise ModelError(f"cannot load res10 SSD from {weights}: {exc}") from exc
+        cv2.setNumThreads(num_threads)
+        self.min_score = min_score
+
+    def __call__(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        height, width = image_bgr.shape[:2]
+        blob = cv2.dnn.blobFromImage(cv2.resize(image_bgr, (300, 300)), 1.0, (300, 300), (104.0, 177.0, 123.0))
+        self._net.setInput(blob)
+        out = self._net.forward()[0, 0]
+        out = out[out[:, 2] > self.min_score]
+        boxes = out[:, 3:7] * np.array([width, height, width, height], np.float32)
+        return boxes.astype(np.float32), out[:, 2].astype(np.float32)
+
+
+def tiles(width: int, height: int, grid: int, overlap: float) -> list[tuple[int, int, int, int]]:
+    """Overlapping tiles (x0, y0, x1, y1) covering a frame in a ``grid`` x ``grid`` layout."""
+    if grid == 1:
+        return [(0, 0, width, height)]
+    spans = []
+    for length in (width, height):
+        size = length / (grid - (grid - 1) * overlap)
+        step = size * (1 - overlap)
+        spans.append([(round(i * step), min(length, round(i * step + size))) for i in range(grid)])
+    return [(x0, y0, x1, y1) for (y0, y1) in spans[1] for (x0, x1) in spans[0]]
+
+
+def weighted_nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> tuple[np.ndarray, np.ndarray]:
+    """Merge overlapping boxes: each kept box is the score-weighted mean of the boxes it suppresses."""
+    order = np.argsort(-scores)
+    boxes, scores = boxes[order], scores[order]
+    areas = np.maximum(0, boxes[:, 2] - boxes[:, 0]) * np.maximum(0, boxes[:, 3] - boxes[:, 1])
+    alive = np.ones(len(boxes), bool)
+    kept_boxes, kept_scores = [], []
+    for i in range(len(boxes)):
+        if not alive[i]:
+            continue
+        x0 = np.maximum(boxes[i, 0], boxes[:, 0])
+        y0 = np.maximum(boxes[i, 1], boxes[:, 1])
+        x1 = np.minimum(boxes[i, 2], boxes[:, 2])
+        y1 = np.minimum(boxes[i, 3], boxes[:, 3])
+        inter = np.maximum(0, x1 - x0) * np.maximum(0, y1 - y0)
+        overlap = inter / np.maximum(areas[i] + areas - inter, 1e-6)
+        group = alive & (overlap >= iou)
+        alive &= ~group
+        weights = scores[group]
+        kept_boxes.append((boxes[group] * weights[:, None]).sum(axis=0) / weights.sum())
+        kept_scores.append(scores[i])
+    if not kept_boxes:
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
+    return np.array(kept_boxes, np.float32), np.array(kept_scores, np.float32)
+
+
+class MultiPassDetector:
+    """Runs a single-shot network over the frame and its tiles, and merges what the passes found.
+
+    :param name: detector name shown in events and reports (e.g. ``blazeface-full/crowd``).
+    :param network: the single pass (see :data:`Network`).
+    :param settings: tile grids, threshold, NMS overlap and smallest face kept.
+    """
+
+    def __init__(self, name: str, network: Network, settings: Settings) -> None:
+        self.name = name
+        self.network = network
+        self.settings = settings
+
+    def detect(self, frame_bgr: np.ndarray) -> list[Face]:
+        """Faces in ``frame_bgr`` (BGR uint8, H x W x 3), best first."""
+        if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.size == 0:
+            raise ValueError(f"expected a BGR frame of shape (H, W, 3), got {frame_bgr.shape}")
+        height, width = frame_bgr.shape[:2]
+        found_boxes, found_scores = [], []
+        for grid in self.settings.grids:
+            for x0, y0, x1, y1 in tiles(width, height, grid, self.settings.tile_overlap):
+                boxes, scores = self.network(frame_bgr[y0:y1, x0:x1])
+                keep = scores >= self.settings.threshold
+                found_boxes.append(boxes[keep] + np.array([x0, y0, x0, y0], np.float32))
+                found_scores.append(scores[keep])
+        boxes, scores = weighted_nms(np.concatenate(found_boxes), np.concatenate(found_scores),
+                                     self.settings.nms_iou)
+        faces = []
+        for (bx0, by0, bx1, by1), score in zip(boxes, scores, strict=True):
+            x0, y0 = max(0, round(bx0)), max(0, round(by0))
+            x1, y1 = min(width, round(bx1)), min(height, round(by1))
+            if min(x1 - x0, y1 - y0) >= max(1, self.settings.min_face_px):
+                faces.append(Face((x0, y0, x1 - x0, y1 - y0), float(score)))
+        return faces
+
+
+#: Operating points per detector kind and profile.
+SETTINGS: dict[tuple[str, str], Settings] = {
+    ("blazeface", "near"): Settings(grids=(1,), threshold=0.5),
+    ("blazeface", "crowd"): Settings(grids=(1, 2, 3), threshold=0.5),
+    ("res10", "near"): Settings(grids=(1,), threshold=0.5),
+    ("res10", "crowd"): Settings(grids=(1, 2), threshold=0.3),
+}
+
+
+def create_detector(profile: Profile = "near", kind: str | None = None, num_threads: int = 2) -> FaceDetector:
+    """Build the face detector for an operating point, fetching its model files on first use.
+
+    :param profile: ``near`` (faces of 48 px and more, speed first) or ``crowd`` (small faces, recall first).
+    :param kind: ``blazeface`` (default) or ``res10``.
+    :param num_threads: CPU threads for the network.
+    :raises ModelError: unknown kind/profile, or model files missing and not fetchable.
+    """
+    kind = kind or "blazeface"
+    if profile not in PROFILES:
+        raise ModelError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+    if kind not in KINDS:
+        raise ModelError(f"detector kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    settings = SETTINGS[(kind, profile)]
+    network: Network
+    if kind == "blazeface":
+        network = BlazeFaceNet("full", num_threads, min_score=settings.threshold)
+        name = f"blazeface-full/{profile}"
+    else:
+        network = Res10Net(num_threads, min_score=settings.threshold)
+        name = f"res10-ssd/{profile}"
+    return MultiPassDetector(name, network, settings)
