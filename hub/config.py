@@ -1,0 +1,137 @@
+"""Configuration of the hub: one typed tree, loaded by :func:`shared.config.load_config`.
+
+Example ``hub.yaml``::
+
+    broker: {host: 10.0.0.5, port: 1883}
+    db_url: sqlite:////var/lib/maskwatch/maskwatch.db
+    sites: [hq]
+    ingest: {batch_size: 500, batch_ms: 50}
+    alerts: {cooldown_s: 60, offline_after_s: 120}
+    retention: {days: 30}
+    auth:
+      tokens:
+        - {name: ops, sha256: 5e88...}   # from 'maskwatch hub --new-token ops'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+
+from shared.config import BrokerConfig, StrictModel
+from shared.topics import ID_PATTERN
+
+
+class HttpConfig(StrictModel):
+    """Where the REST API listens, and how others reach it (for snapshot links in alerts)."""
+
+    host: str = Field("127.0.0.1", description="bind address; 0.0.0.0 to serve the network")
+    port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
+    public_url: str | None = Field(None, description="base URL used in alert snapshot links, e.g. http://hub:8080")
+
+
+class IngestConfig(StrictModel):
+    """How events are batched into transactions."""
+
+    batch_size: int = Field(500, ge=1, le=100_000, description="commit after this many messages")
+    batch_ms: int = Field(50, ge=1, le=60_000, description="... or after this many milliseconds")
+    queue_max: int = Field(50_000, ge=100, description="messages waiting for the writer before back-pressure")
+    share_group: str = Field("maskwatch-hub", description="MQTT 5 shared-subscription group of the hubs")
+    keep_raw: bool = Field(True, description="keep every raw event message next to its lifecycle row")
+    max_snapshot_bytes: int = Field(2_000_000, ge=1024, description="larger snapshots are rejected")
+
+    @field_validator("share_group")
+    @classmethod
+    def _group_id(cls, value: str) -> str:
+        if not ID_PATTERN.match(value):
+            raise ValueError("must match [a-z0-9_-]{1,64}")
+        return value
+
+
+class AlertConfig(StrictModel):
+    """When alerts are raised."""
+
+    cooldown_s: float = Field(60.0, ge=0, description="per node: no_mask alerts closer than this are suppressed")
+    offline_after_s: float = Field(120.0, gt=0, description="alert when a node has been offline this long")
+    check_every_s: float = Field(5.0, gt=0, description="how often offline nodes are checked")
+
+
+class RetentionConfig(StrictModel):
+    """What is deleted, and when."""
+
+    days: float = Field(30.0, gt=0, description="events, snapshots, alerts and rejected payloads older than this")
+    interval_s: float = Field(3600.0, gt=0, description="how often the hub prunes")
+    rejected_max_rows: int = Field(10_000, ge=0, description="bound of the rejected-payload table (0: keep none)")
+
+
+class ApiToken(StrictModel):
+    """An API token, stored as its SHA-256 (the token itself is never written down)."""
+
+    name: str = Field(min_length=1, max_length=64)
+    sha256: str = Field(description="hex SHA-256 of the token")
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, value: str) -> str:
+        value = value.lower().removeprefix("sha256:")
+        if not re.fullmatch(r"[0-9a-f]{64}", value):
+            raise ValueError("must be 64 hex digits (sha256 of the token)")
+        return value
+
+
+class AuthConfig(StrictModel):
+    """API authentication. With no token configured the API is open (the hub warns at start)."""
+
+    tokens: list[ApiToken] = Field(default_factory=list)
+    public_healthz: bool = Field(True, description="/healthz answers without a token")
+    public_metrics: bool = Field(False, description="/metrics answers without a token")
+    command_rate_per_min: int = Field(30, ge=1, description="commands per minute per token (or client address)")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tokens)
+
+
+def hash_token(token: str) -> str:
+    """The hex SHA-256 stored in the config for ``token``."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class HubConfig(StrictModel):
+    """Everything the hub needs; see the module docstring for an example file."""
+
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    db_url: str = Field("sqlite:///maskwatch.db", description="any SQLAlchemy URL (sqlite, postgresql...)")
+    hub_id: str = Field("hub", description="names this hub's MQTT session: maskwatch-hub-<hub_id>")
+    sites: list[str] = Field(default_factory=list, description="sites to follow; empty: every site")
+    snapshot_dir: Path = Field(Path("snapshots"), description="where snapshot JPEGs are written")
+    command_timeout_s: float = Field(5.0, gt=0, le=300, description="how long to wait for a node's answer")
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    alerts: AlertConfig = Field(default_factory=AlertConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+
+    @field_validator("sites")
+    @classmethod
+    def _site_ids(cls, sites: list[str]) -> list[str]:
+        for site in sites:
+            if not ID_PATTERN.match(site):
+                raise ValueError(f"invalid site id {site!r}: use [a-z0-9_-]")
+        return sites
+
+    @field_validator("hub_id")
+    @classmethod
+    def _hub_id(cls, value: str) -> str:
+        if not ID_PATTERN.match(value):
+            raise ValueError("must match [a-z0-9_-]{1,64}")
+        return value
+
+    @model_validator(mode="after")
+    def _site_list_unique(self) -> HubConfig:
+        if len(set(self.sites)) != len(self.sites):
+            raise ValueError("sites: each site once")
+        return self

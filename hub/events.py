@@ -1,0 +1,296 @@
+"""Event storage: idempotent lifecycle upserts, raw messages, snapshots, rejected payloads, and queries.
+
+An event id is one row in ``events`` whatever the number of times its
+``new``/``update``/``end`` messages arrive: each raw message is keyed by the
+SHA-256 of its canonical JSON, so a redelivered or replayed message changes
+nothing, and the lifecycle columns are folded with order-independent rules
+(earliest ``first_seen``, latest ``last_seen`` and label, highest score per label).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import case, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from hub.models import EventMessage, EventRow, RejectedRow, SnapshotRow
+from hub.store import Store
+from shared.messages import Event
+
+log = logging.getLogger(__name__)
+
+#: Among messages with the same timestamp, the later type wins the label.
+TYPE_ORDER = {"new": 0, "update": 1, "end": 2}
+
+
+@dataclass(frozen=True)
+class EventIn:
+    """A valid event message waiting to be stored."""
+
+    event: Event
+    received_at: datetime
+
+    @property
+    def digest(self) -> str:
+        """Identity of the message: SHA-256 of its canonical JSON."""
+        return hashlib.sha256(self.event.model_dump_json().encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class SnapshotIn:
+    """A JPEG received for an event."""
+
+    site: str
+    node: str
+    event_id: str
+    data: bytes
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class RejectIn:
+    """A payload that failed validation."""
+
+    topic: str
+    reason: str
+    field: str | None
+    error: str
+    payload: bytes
+    received_at: datetime
+
+
+@dataclass
+class WriteResult:
+    """What one batch changed: touched event ids, messages stored, duplicates ignored."""
+
+    touched: list[str] = field(default_factory=list)
+    stored: int = 0
+    duplicates: int = 0
+
+
+def _later(a: EventIn, b: EventIn) -> bool:
+    """Whether ``a`` is the later observation of the two (by time, then lifecycle type)."""
+    return (a.event.ts, TYPE_ORDER[a.event.type]) > (b.event.ts, TYPE_ORDER[b.event.type])
+
+
+def fold(messages: Iterable[EventIn], now: datetime) -> dict[str, dict[str, Any]]:
+    """Fold messages into one ``events`` row per id (the rules of the module docstring)."""
+    rows: dict[str, dict[str, Any]] = {}
+    latest: dict[str, EventIn] = {}
+    for item in messages:
+        ev = item.event
+        row = rows.get(ev.id)
+        if row is None:
+            row = rows[ev.id] = {
+                "id": ev.id, "site": ev.site, "node": ev.node, "first_seen": ev.ts, "last_seen": ev.ts,
+                "mask_score": None, "no_mask_score": None, "started": False, "ended_at": None, "messages": 0,
+                "snapshot_expected": False, "alerted": False, "received_at": now, "updated_at": now}
+            latest[ev.id] = item
+        row["first_seen"] = min(row["first_seen"], ev.ts)
+        row["last_seen"] = max(row["last_seen"], ev.ts)
+        key = f"{ev.label}_score"
+        row[key] = ev.score if row[key] is None else max(row[key], ev.score)
+        row["started"] = row["started"] or ev.type == "new"
+        if ev.type == "end":
+            row["ended_at"] = ev.ts if row["ended_at"] is None else max(row["ended_at"], ev.ts)
+        row["messages"] += 1
+        row["snapshot_expected"] = row["snapshot_expected"] or ev.snapshot
+        if _later(item, latest[ev.id]):
+            latest[ev.id] = item
+    for event_id, row in rows.items():
+        ev = latest[event_id].event
+        row.update(label=ev.label, box=list(ev.box), angle=ev.angle,
+                   frames=ev.track.frames if ev.track else None, best_score=row[f"{ev.label}_score"])
+    return rows
+
+
+def _max_of(column: Any, new: Any) -> Any:
+    return case((column.is_(None), new), (new.is_(None), column), (new > column, new), else_=column)
+
+
+class EventLog:
+    """Reads and writes events, their raw messages and snapshots.
+
+    :param store: the database.
+    :param snapshot_dir: folder for snapshot JPEGs (``<site>/<node>/<event id>.jpg``).
+    """
+
+    def __init__(self, store: Store, snapshot_dir: Path) -> None:
+        self.store = store
+        self.snapshot_dir = Path(snapshot_dir)
+
+    # -- writes (inside the ingest transaction) --------------------------------
+
+    def write(self, session: Session, items: Sequence[EventIn]) -> WriteResult:
+        """Store new raw messages and fold them into their events; duplicates change nothing."""
+        result = WriteResult()
+        if not items:
+            return result
+        unique = {item.digest: item for item in items}
+        stmt = self.store.insert(EventMessage).on_conflict_do_nothing(index_elements=[EventMessage.digest])
+        inserted = set(session.scalars(stmt.returning(EventMessage.digest), [
+            {"digest": digest, "event_id": item.event.id, "type": item.event.type, "ts": item.event.ts,
+             "label": item.event.label, "score": item.event.score,
+             "payload": item.event.model_dump(mode="json", exclude_none=True),
+             "received_at": item.received_at} for digest, item in unique.items()]))
+        result.stored = len(inserted)
+        result.duplicates = len(items) - len(inserted)
+        if not inserted:
+            return result
+        now = max(item.received_at for item in items)
+        rows = fold((unique[d] for d in inserted), now)
+        self._upsert(session, list(rows.values()))
+        result.touched = sorted(rows)
+        return result
+
+    def _upsert(self, session: Session, rows: list[dict[str, Any]]) -> None:
+        ins = self.store.insert(EventRow)
+        new = ins.excluded
+        newer = new.last_seen >= EventRow.last_seen
+        session.execute(ins.on_conflict_do_update(index_elements=[EventRow.id], set_={
+            "first_seen": case((new.first_seen < EventRow.first_seen, new.first_seen), else_=EventRow.first_seen),
+            "last_seen": case((newer, new.last_seen), else_=EventRow.last_seen),
+            "label": case((newer, new.label), else_=EventRow.label),
+            "box": case((newer, new.box), else_=EventRow.box),
+            "angle": case((newer, new.angle), else_=EventRow.angle),
+            "frames": case((newer, new.frames), else_=EventRow.frames),
+            "mask_score": _max_of(EventRow.mask_score, new.mask_score),
+            "no_mask_score": _max_of(EventRow.no_mask_score, new.no_mask_score),
+            "started": or_(EventRow.started, new.started),
+            "ended_at": _max_of(EventRow.ended_at, new.ended_at),
+            "messages": EventRow.messages + new.messages,
+            "snapshot_expected": or_(EventRow.snapshot_expected, new.snapshot_expected),
+            "updated_at": new.updated_at,
+        }), rows)
+        session.execute(update(EventRow).where(EventRow.id.in_([r["id"] for r in rows])).values(
+            best_score=case((EventRow.label == "mask", EventRow.mask_score), else_=EventRow.no_mask_score)),
+            execution_options={"synchronize_session": False})
+
+    def save_snapshots(self, session: Session, snapshots: Sequence[SnapshotIn]) -> None:
+        """Write each JPEG to disk (atomically) and record its path."""
+        if not snapshots:
+            return
+        rows = []
+        for snap in snapshots:
+            relative = Path(snap.site) / snap.node / f"{snap.event_id}.jpg"
+            target = self.snapshot_dir / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_suffix(".part")
+            with open(partial, "wb") as fh:
+                fh.write(snap.data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(partial, target)
+            rows.append({"event_id": snap.event_id, "site": snap.site, "node": snap.node,
+                         "path": relative.as_posix(), "size": len(snap.data), "received_at": snap.received_at})
+        stmt = self.store.insert(SnapshotRow)
+        session.execute(stmt.on_conflict_do_update(index_elements=[SnapshotRow.event_id], set_={
+            "path": stmt.excluded.path, "size": stmt.excluded.size, "received_at": stmt.excluded.received_at}),
+            rows)
+
+    def reject(self, session: Session, rejects: Sequence[RejectIn], max_rows: int) -> None:
+        """Count rejections per reason and keep the newest ``max_rows`` payloads."""
+        if not rejects:
+            return
+        counts: dict[str, int] = defaultdict(int)
+        for rej in rejects:
+            counts[f"rejected.{rej.reason}"] += 1
+        self.store.count(session, counts)
+        if max_rows <= 0:
+            return
+        session.execute(self.store.insert(RejectedRow), [
+            {"received_at": r.received_at, "topic": r.topic[:512], "reason": r.reason, "field": r.field,
+             "error": r.error[:1024], "payload": r.payload} for r in rejects[-max_rows:]])
+        self.store.bound_rejected(session, max_rows)
+
+    def unalerted_no_mask(self, session: Session, ids: Sequence[str]) -> list[EventRow]:
+        """Events among ``ids`` whose label is ``no_mask`` and that have not raised an alert yet."""
+        if not ids:
+            return []
+        return list(session.scalars(select(EventRow).where(
+            EventRow.id.in_(ids), EventRow.label == "no_mask", EventRow.alerted.is_(False))
+            .order_by(EventRow.first_seen)))
+
+    # -- reads ----------------------------------------------------------------
+
+    def query(self, *, site: str | None = None, node: str | None = None, label: str | None = None,
+              since: datetime | None = None, until: datetime | None = None, limit: int = 100,
+              offset: int = 0) -> tuple[list[EventRow], int]:
+        """Events matching the filters, newest first, and how many match in total."""
+        conditions = []
+        if site:
+            conditions.append(EventRow.site == site)
+        if node:
+            conditions.append(EventRow.node == node)
+        if label:
+            conditions.append(EventRow.label == label)
+        if since:
+            conditions.append(EventRow.first_seen >= since)
+        if until:
+            conditions.append(EventRow.first_seen < until)
+        with self.store.session() as session:
+            total = session.scalar(select(func.count()).select_from(EventRow).where(*conditions)) or 0
+            rows = list(session.scalars(select(EventRow).where(*conditions)
+                                        .order_by(EventRow.first_seen.desc(), EventRow.id)
+                                        .limit(limit).offset(offset)))
+        return rows, total
+
+    def get(self, event_id: str) -> EventRow | None:
+        """One event by id."""
+        with self.store.session() as session:
+            return session.get(EventRow, event_id)
+
+    def raw_messages(self, event_id: str) -> list[dict[str, Any]]:
+        """The raw messages of one event, oldest first."""
+        with self.store.session() as session:
+            return list(session.scalars(select(EventMessage.payload).where(EventMessage.event_id == event_id)
+                                        .order_by(EventMessage.ts, EventMessage.id)))
+
+    def snapshot_file(self, event_id: str) -> Path | None:
+        """Path of the event's snapshot JPEG, if one was received and is still on disk."""
+        with self.store.session() as session:
+            relative = session.scalar(select(SnapshotRow.path).where(SnapshotRow.event_id == event_id))
+        if relative is None:
+            return None
+        path = self.snapshot_dir / relative
+        return path if path.is_file() else None
+
+    def has_snapshots(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` have a snapshot."""
+        if not ids:
+            return set()
+        with self.store.session() as session:
+            return set(session.scalars(select(SnapshotRow.event_id).where(SnapshotRow.event_id.in_(ids))))
+
+    def label_counts(self, *, since: datetime | None = None, until: datetime | None = None,
+                     by_hour: bool = False) -> list[tuple[str, str, str | None, str, int]]:
+        """Event counts as ``(site, node, hour or None, label, count)`` rows."""
+        hour = self._hour(EventRow.first_seen) if by_hour else None
+        columns = [EventRow.site, EventRow.node, EventRow.label]
+        group = [*columns, hour] if hour is not None else columns
+        conditions = []
+        if since:
+            conditions.append(EventRow.first_seen >= since)
+        if until:
+            conditions.append(EventRow.first_seen < until)
+        with self.store.session() as session:
+            rows = session.execute(select(*group, func.count()).where(*conditions).group_by(*group)).all()
+        out = []
+        for row in rows:
+            site, node, label = row[0], row[1], row[2]
+            out.append((site, node, row[3] if by_hour else None, label, int(row[-1])))
+        return out
+
+    def _hour(self, column: Any) -> Any:
+        if self.store.dialect == "postgresql":
+            return func.to_char(func.date_trunc("hour", column), 'YYYY-MM-DD"T"HH24:00:00"Z"')
+        return func.strftime("%Y-%m-%dT%H:00:00Z", column)

@@ -1,0 +1,162 @@
+"""The hub database: engine, migrations, transactions, counters and retention.
+
+SQLite files are opened in WAL mode (readers never block the writer) with
+``synchronous=FULL``, so a committed batch survives a crash of the hub or of the
+machine. Any other SQLAlchemy URL (PostgreSQL...) works the same way.
+
+Example::
+
+    store = Store("sqlite:///maskwatch.db")
+    store.migrate()            # logs "upgrading database ..." and creates/upgrades the schema
+    with store.transaction() as session:
+        store.count(session, {"rejected.json": 1})
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, delete, event, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from hub.models import AlertRow, CounterRow, EventMessage, EventRow, RejectedRow, SnapshotRow
+from shared.errors import ConfigError
+from shared.messages import utc_now
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = "hub:migrations"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+class Store:
+    """Owns the SQLAlchemy engine of the hub database.
+
+    :param url: SQLAlchemy URL, e.g. ``sqlite:///maskwatch.db`` or
+        ``postgresql+psycopg2://postgres@127.0.0.1/maskwatch``.
+    :raises ConfigError: the URL cannot be parsed or its driver is missing.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            self.engine: Engine = create_engine(url, pool_pre_ping=True)
+        except Exception as exc:  # ArgumentError, NoSuchModuleError, ImportError of a driver
+            raise ConfigError(f"db_url {url!r} is not usable: {exc}") from None
+        self.dialect = self.engine.dialect.name
+        if self.dialect == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+            database = self.engine.url.database
+            if database and database != ":memory:":
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def migrate(self) -> str:
+        """Create or upgrade the schema to the newest Alembic revision; return that revision."""
+        from alembic import command
+        from alembic.config import Config
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        config = Config()
+        config.set_main_option("script_location", MIGRATIONS)
+        config.set_main_option("sqlalchemy.url", self.engine.url.render_as_string(hide_password=False)
+                               .replace("%", "%%"))
+        head = ScriptDirectory.from_config(config).get_current_head() or "base"
+        with self.engine.begin() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+            if current == head:
+                log.info("database %s is up to date (revision %s)", self.safe_url, head)
+                return head
+            log.info("upgrading database %s from revision %s to %s", self.safe_url, current or "(empty)", head)
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+        return head
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with its password hidden, for logs."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def session(self) -> Session:
+        """A new session (use as a context manager) for reads."""
+        return self._sessions()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session whose work is committed on success and rolled back on error."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def insert(self, table: type[Any]) -> Any:
+        """A dialect-specific ``INSERT`` that supports ``on_conflict_do_*``."""
+        if self.dialect == "postgresql":
+            return postgresql.insert(table)
+        if self.dialect == "sqlite":
+            return sqlite.insert(table)
+        raise ConfigError(f"database {self.dialect!r} is not supported: use SQLite or PostgreSQL")
+
+    def count(self, session: Session, increments: Mapping[str, int]) -> None:
+        """Add ``increments`` to the named counters."""
+        rows = [{"name": name, "value": value} for name, value in sorted(increments.items()) if value]
+        if not rows:
+            return
+        stmt = self.insert(CounterRow)
+        stmt = stmt.on_conflict_do_update(index_elements=[CounterRow.name],
+                                          set_={"value": CounterRow.value + stmt.excluded.value})
+        session.execute(stmt, rows)
+
+    def counters(self, prefix: str = "") -> dict[str, int]:
+        """Current counter values whose names start with ``prefix``."""
+        with self.session() as session:
+            rows = session.execute(select(CounterRow.name, CounterRow.value)
+                                   .where(CounterRow.name.startswith(prefix))).all()
+        return {name: int(value) for name, value in rows}
+
+    def prune(self, days: float, snapshot_dir: Path, *, now: datetime | None = None) -> dict[str, int]:
+        """Delete events (with raw messages and snapshots), alerts and rejected payloads older than ``days``.
+
+        Snapshot files are removed after the rows are committed. Returns the
+        number of rows deleted per table.
+        """
+        cutoff = (now or utc_now()) - timedelta(days=days)
+        with self.transaction() as session:
+            old_ids = select(EventRow.id).where(EventRow.last_seen < cutoff)
+            files = list(session.scalars(select(SnapshotRow.path).where(
+                (SnapshotRow.received_at < cutoff) | SnapshotRow.event_id.in_(old_ids))))
+            deleted = {
+                "event_messages": session.execute(delete(EventMessage).where(
+                    EventMessage.event_id.in_(old_ids))).rowcount,
+                "snapshots": session.execute(delete(SnapshotRow).where(
+                    (SnapshotRow.received_at < cutoff) | SnapshotRow.event_id.in_(old_ids))).rowcount,
+                "events": session.execute(delete(EventRow).where(EventRow.last_seen < cutoff)).rowcount,
+                "alerts": session.execute(delete(AlertRow).where(AlertRow.ts < cutoff)).rowcount,
+                "rejected": session.execute(delete(RejectedRow).where(RejectedRow.received_at < cutoff)).rowcount,
+            }
+        for relative in files:
+            (snapshot_dir / relative).unlink(missing_ok=True)
+        log.info("pruned data older than %s days: %s", days, deleted)
+        return deleted
+
+    def bound_rejected(self, session: Session, max_rows: int) -> None:
+        """Keep only the newest ``max_rows`` rejected payloads."""
+        newest = session.scalar(select(func.max(RejectedRow.id)))
+        if newest is not None and newest > max_rows:
+            session.execute(delete(RejectedRow).where(RejectedRow.id <= newest - max_rows))
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self.engine.dispose()
