@@ -251,6 +251,23 @@ class Alert(Message):
     message: str | None = None
 
 
+class NodeSummary(Message):
+    """Retained ``.../summary`` from the hub: what a node sees now and its recent compliance.
+
+    Derived from the node's events (for Home Assistant and other subscribers that
+    want a state rather than a stream).
+    """
+
+    site: SiteId
+    node: NodeId
+    ts: AwareDatetime
+    faces_in_view: int = Field(ge=0, description="open events (faces currently tracked)")
+    no_mask_in_view: bool = Field(description="at least one open event is labelled no_mask")
+    window_s: float = Field(gt=0, description="length of the compliance window, seconds")
+    faces: int = Field(ge=0, description="events that started within the window")
+    compliance: Probability | None = Field(None, description="share of those faces wearing a mask; null if none")
+
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -288,7 +305,7 @@ def export_schemas() -> dict[str, dict[str, Any]]:
     """JSON Schema of every public message, keyed by a file stem."""
     models: dict[str, type[BaseModel]] = {
         "event": Event, "state": NodeState, "stats": NodeStats, "response": CommandResponse,
-        "desired": DesiredConfig, "alert": Alert,
+        "desired": DesiredConfig, "alert": Alert, "summary": NodeSummary,
     }
     models.update({f"cmd-{name}": cls for name, cls in COMMANDS.items()})
     return {name: cls.model_json_schema(mode="serialization") for name, cls in models.items()}

@@ -10,6 +10,7 @@ Layout (``<site>`` and ``<node>`` match ``[a-z0-9_-]+``)::
     maskwatch/<site>/<node>/cmd/<name>        a command to the node
     maskwatch/<site>/<node>/response/<name>   the node's answer
     maskwatch/<site>/<node>/desired           retained desired config from the hub
+    maskwatch/<site>/<node>/summary           retained faces in view and compliance, from the hub
     maskwatch/<site>/all/cmd/<name>           a command to every node of the site
     maskwatch/<site>/alerts                   alerts published by the hub
 
@@ -36,7 +37,7 @@ ID_PATTERN: Final = re.compile(r"^[a-z0-9_-]{1,64}$")
 EVENT_ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 #: Per-node topic kinds that carry no sub-name.
-NODE_KINDS: Final = ("status", "events", "state", "stats", "desired")
+NODE_KINDS: Final = ("status", "events", "state", "stats", "desired", "summary")
 #: Per-node topic kinds followed by one more level (event id or command name).
 NAMED_KINDS: Final = ("snapshot", "cmd", "response")
 COMMAND_NAMES: Final = ("servo", "threshold", "detect", "snapshot", "config")
@@ -93,6 +94,10 @@ class NodeTopics:
     @property
     def desired(self) -> str:
         return f"{self.base}/desired"
+
+    @property
+    def summary(self) -> str:
+        return f"{self.base}/summary"
 
     def snapshot(self, event_id: str) -> str:
         return f"{self.base}/snapshot/{validate_event_id(event_id)}"

@@ -7,11 +7,22 @@ from pathlib import Path
 
 import pytest
 
-from shared.messages import COMMANDS, Alert, CommandResponse, DesiredConfig, Event, NodeState, NodeStats, parse
+from shared.messages import (
+    COMMANDS,
+    Alert,
+    CommandResponse,
+    DesiredConfig,
+    Event,
+    NodeState,
+    NodeStats,
+    NodeSummary,
+    parse,
+)
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "mqtt.md"
 MODELS = {"event": Event, "state": NodeState, "stats": NodeStats, "response": CommandResponse,
-          "desired": DesiredConfig, "alert": Alert, **{f"cmd-{k}": v for k, v in COMMANDS.items()}}
+          "desired": DesiredConfig, "alert": Alert, "summary": NodeSummary,
+          **{f"cmd-{k}": v for k, v in COMMANDS.items()}}
 EXAMPLES = re.findall(r"```json ([a-z-]+)\n(.*?)```", DOC.read_text(), re.S)
 
 
