@@ -249,6 +249,13 @@ class EventLog:
         with self.store.session() as session:
             return session.get(EventRow, event_id)
 
+    def by_ids(self, ids: Sequence[str]) -> list[EventRow]:
+        """The events among ``ids`` that exist."""
+        if not ids:
+            return []
+        with self.store.session() as session:
+            return list(session.scalars(select(EventRow).where(EventRow.id.in_(ids))))
+
     def raw_messages(self, event_id: str) -> list[dict[str, Any]]:
         """The raw messages of one event, oldest first."""
         with self.store.session() as session:

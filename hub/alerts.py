@@ -1,0 +1,97 @@
+"""Alerts: one per ``no_mask`` event (per-node cooldown) and one per node offline for too long.
+
+Alerts are stored in the ingest transaction and published on
+``maskwatch/<site>/alerts`` (QoS 1) once it is committed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from hub.models import AlertRow, EventRow, NodeRow
+from shared import topics
+from shared.messages import Alert
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str, Alert], None]
+
+
+class Alerter:
+    """Decides, stores and publishes alerts.
+
+    :param publish: sends one alert to a topic (the hub's MQTT client), or ``None`` to only store.
+    :param cooldown_s: per node, ``no_mask`` alerts closer together than this are suppressed.
+    :param public_url: base of the snapshot links, e.g. ``http://hub:8080``.
+    """
+
+    def __init__(self, publish: Publish | None, *, cooldown_s: float, public_url: str) -> None:
+        self._publish = publish
+        self.cooldown_s = cooldown_s
+        self.public_url = public_url.rstrip("/")
+        self._last: dict[tuple[str, str], datetime] | None = None
+        self.suppressed = 0
+        self.published = 0
+
+    def snapshot_url(self, event_id: str) -> str:
+        return f"{self.public_url}/api/events/{event_id}/snapshot.jpg"
+
+    def _last_alerts(self, session: Session) -> dict[tuple[str, str], datetime]:
+        if self._last is None:  # resume cooldowns after a restart
+            rows = session.execute(select(AlertRow.site, AlertRow.node, func.max(AlertRow.ts))
+                                   .where(AlertRow.kind == "no_mask").group_by(AlertRow.site, AlertRow.node))
+            self._last = {(site, node): ts for site, node, ts in rows}
+        return self._last
+
+    def for_events(self, session: Session, rows: Sequence[EventRow], now: datetime) -> list[Alert]:
+        """Alerts for new ``no_mask`` events (marked alerted whether or not the cooldown suppresses them)."""
+        last = self._last_alerts(session)
+        out: list[Alert] = []
+        for row in rows:
+            row.alerted = True
+            key = (row.site, row.node)
+            previous = last.get(key)
+            if previous is not None and (now - previous).total_seconds() < self.cooldown_s:
+                self.suppressed += 1
+                continue
+            last[key] = now
+            out.append(Alert(kind="no_mask", site=row.site, node=row.node, ts=now, event_id=row.id,
+                             score=row.best_score,
+                             snapshot_url=self.snapshot_url(row.id) if row.snapshot_expected else None))
+        self._store(session, out)
+        return out
+
+    def for_offline(self, session: Session, rows: Sequence[NodeRow], now: datetime) -> list[Alert]:
+        """Alerts for nodes offline too long."""
+        out = [Alert(kind="node_offline", site=row.site, node=row.node, ts=now,
+                     message=f"offline since {row.status_at.isoformat() if row.status_at else 'unknown'}")
+               for row in rows]
+        self._store(session, out)
+        return out
+
+    def _store(self, session: Session, alerts: Sequence[Alert]) -> None:
+        for alert in alerts:
+            session.add(AlertRow(kind=alert.kind, site=alert.site, node=alert.node, ts=alert.ts,
+                                 event_id=alert.event_id, score=alert.score, snapshot_url=alert.snapshot_url,
+                                 message=alert.message))
+
+    def publish(self, alerts: Sequence[Alert]) -> None:
+        """Publish committed alerts (call after the transaction that stored them)."""
+        if self._publish is None:
+            return
+        for alert in alerts:
+            self._publish(topics.alerts(alert.site), alert)
+            self.published += 1
+            log.info("alert %s for %s/%s (event %s)", alert.kind, alert.site, alert.node, alert.event_id)
+
+    def recent(self, session: Session, *, site: str | None = None, limit: int = 100) -> list[AlertRow]:
+        """The newest stored alerts."""
+        stmt = select(AlertRow).order_by(AlertRow.ts.desc(), AlertRow.id.desc()).limit(limit)
+        if site:
+            stmt = stmt.where(AlertRow.site == site)
+        return list(session.scalars(stmt))

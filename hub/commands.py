@@ -1,0 +1,247 @@
+"""Remote commands: send to one node, a list, or every node of a site; wait for each answer; audit.
+
+The answer to ``maskwatch/<site>/<node>/cmd/<name>`` comes on
+``.../response/<name>`` with the same ``request_id``. Subscribe to the answers
+(:meth:`Commander.listen`) before the client starts: the broker handles a
+client's packets in order, so the subscription is active before any command
+leaves.
+
+Example::
+
+    commander = Commander(client, timeout_s=5)
+    commander.listen("hq")
+    client.start(); client.wait_connected(5)
+    outcome, = commander.send("hq", ["door-1"], "threshold", {"value": 0.6})
+    outcome.status   # 'ok', 'error' or 'timeout'
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import ValidationError
+from sqlalchemy import update
+
+from hub.models import CommandRow
+from hub.registry import Registry
+from hub.store import Store
+from shared import topics
+from shared.errors import ContractError
+from shared.messages import COMMANDS, Command, CommandResponse, DesiredConfig, parse, utc_now
+from shared.mqtt import MqttClient, Received
+
+log = logging.getLogger(__name__)
+
+Status = Literal["ok", "error", "timeout"]
+#: Hub-side commands (the node also knows ``config``).
+SENDABLE = ("servo", "threshold", "detect", "snapshot")
+
+
+@dataclass
+class Outcome:
+    """The answer of one node to one command (``timeout`` when none came in time)."""
+
+    site: str
+    node: str
+    name: str
+    request_id: str
+    status: Status
+    value: Any = None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"site": self.site, "node": self.node, "name": self.name, "request_id": self.request_id,
+                "status": self.status, "value": self.value, "error": self.error}
+
+
+@dataclass
+class _Pending:
+    expected: set[str] | None
+    answers: dict[str, CommandResponse] = field(default_factory=dict)
+    done: threading.Condition = field(default_factory=threading.Condition)
+
+
+def exit_code(outcomes: Sequence[Outcome]) -> int:
+    """CLI exit code: 3 if any node timed out, 1 if any answered ``error``, else 0."""
+    if any(o.status == "timeout" for o in outcomes):
+        return 3
+    if any(o.status == "error" for o in outcomes):
+        return 1
+    return 0
+
+
+def build_command(name: str, params: dict[str, Any], request_id: str) -> Command:
+    """The typed command ``name`` with ``params``, or :class:`ContractError` saying what is wrong."""
+    if name not in SENDABLE:
+        raise ContractError(f"unknown command {name!r}: use one of {', '.join(SENDABLE)}", field="name")
+    try:
+        return COMMANDS[name].model_validate({**params, "request_id": request_id})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or name
+        raise ContractError(f"{name}: {where}: {err['msg']}", field=where) from None
+
+
+def desired_changes(command: Command) -> dict[str, Any]:
+    """What a command changes in the node's desired config (kept and published retained)."""
+    data = command.model_dump(exclude_none=True)
+    name = next(n for n, cls in COMMANDS.items() if isinstance(command, cls))
+    if name == "threshold":
+        return {"threshold": data["value"]}
+    if name == "detect":
+        return {"detect": data["enabled"]}
+    if name == "servo":
+        mode = data.get("mode", "hold" if "angle" in data else None)
+        changes: dict[str, Any] = {"servo_mode": mode}
+        if "angle" in data:
+            changes["servo_angle"] = data["angle"]
+        return changes
+    return {}
+
+
+class Commander:
+    """Sends commands over MQTT, waits for the answers, records both when a database is given.
+
+    :param client: a connected-or-starting MQTT client (not the manual-ack intake client).
+    :param timeout_s: default wait for each answer.
+    :param store: where the audit table lives (``None``: no audit, no desired config).
+    :param registry: which nodes of a site answer a site-wide command; also keeps desired config.
+    """
+
+    def __init__(self, client: MqttClient, *, timeout_s: float, store: Store | None = None,
+                 registry: Registry | None = None) -> None:
+        self.client = client
+        self.timeout_s = timeout_s
+        self.store = store
+        self.registry = registry
+        self._pending: dict[str, _Pending] = {}
+        self._lock = threading.Lock()
+
+    def listen(self, site: str | None = None) -> None:
+        """Subscribe to the answers of the nodes of ``site`` (every site when ``None``)."""
+        self.client.subscribe(topics.node_filter("response", site), self._on_response, qos=1)
+
+    def _on_response(self, message: Received) -> None:  # network thread: decode and hand over
+        try:
+            response = parse(CommandResponse, message.payload)
+        except ContractError as exc:
+            log.warning("ignoring malformed answer on %s: %s", message.topic, exc)
+            return
+        with self._lock:
+            pending = self._pending.get(response.request_id or "")
+        if pending is None:
+            log.debug("answer %s on %s matches no pending command", response.request_id, message.topic)
+            return
+        with pending.done:
+            pending.answers[response.node] = response
+            pending.done.notify_all()
+
+    def send(self, site: str, nodes: Sequence[str] | None, name: str, params: dict[str, Any], *,
+             source: str = "cli", timeout_s: float | None = None) -> list[Outcome]:
+        """Send ``name`` with ``params`` to ``nodes`` of ``site`` (``None``: every node) and wait.
+
+        :raises ContractError: unknown command, bad parameters or bad ids.
+        """
+        topics.validate_id(site, "site")
+        nodes = list(dict.fromkeys(topics.validate_id(node, "node") for node in nodes or ()))
+        request_id = uuid.uuid4().hex
+        command = build_command(name, params, request_id)
+        expected = set(nodes) if nodes else self._site_nodes(site)
+        pending = _Pending(expected=expected)
+        with self._lock:
+            self._pending[request_id] = pending
+        audit_ids = self._audit_sent(site, nodes, command, name, source)
+        try:
+            if nodes:
+                for node in nodes:
+                    self.client.publish(topics.NodeTopics(site, node).cmd(name), command, qos=1)
+            else:
+                self.client.publish(topics.site_command(site, name), command, qos=1)
+            log.info("sent %s %s to %s/%s", name, request_id, site, ",".join(nodes) if nodes else "all")
+            self._wait(pending, timeout_s or self.timeout_s)
+        finally:
+            with self._lock:
+                self._pending.pop(request_id, None)
+        outcomes = self._outcomes(site, name, request_id, pending)
+        self._audit_answered(audit_ids, nodes, outcomes)
+        self._apply_desired(site, nodes, command)
+        return outcomes
+
+    def _site_nodes(self, site: str) -> set[str] | None:
+        if self.registry is None:
+            return None
+        return {row.node for row in self.registry.nodes(site) if row.online}
+
+    @staticmethod
+    def _wait(pending: _Pending, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        with pending.done:
+            while True:
+                if pending.expected is not None and pending.expected <= set(pending.answers):
+                    return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                pending.done.wait(remaining)
+
+    @staticmethod
+    def _outcomes(site: str, name: str, request_id: str, pending: _Pending) -> list[Outcome]:
+        nodes = sorted((pending.expected or set()) | set(pending.answers)) or [topics.ALL_NODES]
+        out = []
+        for node in nodes:
+            answer = pending.answers.get(node)
+            if answer is None:
+                out.append(Outcome(site, node, name, request_id, "timeout", error="no answer in time"))
+            else:
+                out.append(Outcome(site, node, name, request_id, answer.status, answer.value, answer.error))
+        return out
+
+    def _audit_sent(self, site: str, nodes: Sequence[str] | None, command: Command, name: str,
+                    source: str) -> list[int]:
+        if self.store is None:
+            return []
+        now = utc_now()
+        payload = command.model_dump(mode="json", exclude_none=True)
+        with self.store.transaction() as session:
+            rows = [CommandRow(request_id=command.request_id, site=site, node=node, name=name, payload=payload,
+                               source=source[:64], sent_at=now, status="pending")
+                    for node in (nodes or [topics.ALL_NODES])]
+            session.add_all(rows)
+            session.flush()
+            return [row.id for row in rows]
+
+    def _audit_answered(self, audit_ids: list[int], nodes: Sequence[str] | None,
+                        outcomes: list[Outcome]) -> None:
+        if self.store is None or not audit_ids:
+            return
+        now = utc_now()
+        if nodes:  # one row per node
+            by_node = {o.node: o for o in outcomes}
+            results = [(row_id, by_node[node]) for row_id, node in zip(audit_ids, nodes, strict=True)]
+            finals = [(row_id, o.status, o.as_dict(), o.error) for row_id, o in results]
+        else:  # one row for a site-wide command: summary status, every answer in `response`
+            status: Status = {0: "ok", 1: "error", 3: "timeout"}[exit_code(outcomes)]  # type: ignore[assignment]
+            errors = "; ".join(f"{o.node}: {o.error}" for o in outcomes if o.error) or None
+            finals = [(audit_ids[0], status, {"answers": [o.as_dict() for o in outcomes]}, errors)]
+        with self.store.transaction() as session:
+            for row_id, status, response, error in finals:
+                session.execute(update(CommandRow).where(CommandRow.id == row_id).values(
+                    status=status, answered_at=None if status == "timeout" else now,
+                    response=response, error=error[:512] if error else None))
+
+    def _apply_desired(self, site: str, nodes: Sequence[str] | None, command: Command) -> None:
+        changes = desired_changes(command)
+        if not changes or self.store is None or self.registry is None:
+            return
+        targets = list(nodes) if nodes else [row.node for row in self.registry.nodes(site)]
+        with self.store.transaction() as session:
+            desired = {node: self.registry.merge_desired(session, site, node, changes) for node in targets}
+        for node, config in desired.items():
+            self.client.publish(topics.NodeTopics(site, node).desired, DesiredConfig.model_validate(config),
+                                qos=1, retain=True)

@@ -1,0 +1,109 @@
+"""The node registry: who is online, last seen, current state, last stats, model version, desired config.
+
+Fed by the ingest batch (``status`` with its Last Will, ``state``, ``stats``,
+and every event as a sign of life), read by the API, the CLI and the commands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import case, select
+from sqlalchemy.orm import Session
+
+from hub.models import NodeRow
+from hub.store import Store
+
+UpdateKind = Literal["status", "state", "stats", "seen"]
+
+
+@dataclass(frozen=True)
+class NodeUpdate:
+    """One thing learned about a node: its status, state, stats, or only that it is alive."""
+
+    site: str
+    node: str
+    kind: UpdateKind
+    received_at: datetime
+    online: bool | None = None
+    payload: dict[str, Any] | None = None
+
+
+class Registry:
+    """Reads and writes the ``nodes`` table.
+
+    :param store: the database.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def apply(self, session: Session, updates: Sequence[NodeUpdate]) -> list[tuple[str, str]]:
+        """Fold ``updates`` (the last one per node and kind wins) into the table; return the nodes touched."""
+        latest: dict[tuple[str, str, str], NodeUpdate] = {}
+        for item in updates:
+            latest[(item.site, item.node, item.kind)] = item
+        by_kind: dict[str, list[NodeUpdate]] = {}
+        for (_site, _node, kind), item in latest.items():
+            by_kind.setdefault(kind, []).append(item)
+        for kind, items in by_kind.items():
+            self._upsert(session, kind, items)
+        return sorted({(site, node) for site, node, _kind in latest})
+
+    def _upsert(self, session: Session, kind: str, items: list[NodeUpdate]) -> None:
+        ins = self.store.insert(NodeRow)
+        new = ins.excluded
+        rows: list[dict[str, Any]] = []
+        set_: dict[str, Any] = {"last_seen": new.last_seen}
+        for item in items:
+            row: dict[str, Any] = {"site": item.site, "node": item.node, "last_seen": item.received_at,
+                                   "offline_alerted": False}
+            if kind == "status":
+                row.update(online=item.online, status_at=item.received_at)
+            elif kind == "state":
+                row.update(state=item.payload, model=(item.payload or {}).get("model"))
+            elif kind == "stats":
+                row.update(stats=item.payload)
+            rows.append(row)
+        if kind == "status":
+            changed = NodeRow.online.is_(None) | (NodeRow.online != new.online)
+            set_.update(online=new.online, status_at=case((changed, new.status_at), else_=NodeRow.status_at),
+                        offline_alerted=case((new.online, False), else_=NodeRow.offline_alerted))
+        elif kind == "state":
+            set_.update(state=new.state, model=new.model)
+        elif kind == "stats":
+            set_.update(stats=new.stats)
+        session.execute(ins.on_conflict_do_update(index_elements=[NodeRow.site, NodeRow.node], set_=set_), rows)
+
+    def nodes(self, site: str | None = None) -> list[NodeRow]:
+        """Every known node (of one site), sorted by site and node."""
+        with self.store.session() as session:
+            stmt = select(NodeRow).order_by(NodeRow.site, NodeRow.node)
+            if site:
+                stmt = stmt.where(NodeRow.site == site)
+            return list(session.scalars(stmt))
+
+    def get(self, site: str, node: str) -> NodeRow | None:
+        with self.store.session() as session:
+            return session.get(NodeRow, (site, node))
+
+    def claim_overdue(self, session: Session, now: datetime, offline_after_s: float) -> list[NodeRow]:
+        """Nodes offline for longer than ``offline_after_s`` not yet alerted; they are marked alerted."""
+        cutoff = now - timedelta(seconds=offline_after_s)
+        rows = list(session.scalars(select(NodeRow).where(
+            NodeRow.online.is_(False), NodeRow.status_at < cutoff, NodeRow.offline_alerted.is_(False))))
+        for row in rows:
+            row.offline_alerted = True
+        return rows
+
+    def merge_desired(self, session: Session, site: str, node: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Merge ``changes`` into the node's desired config and return the result."""
+        row = session.get(NodeRow, (site, node))
+        if row is None:
+            row = NodeRow(site=site, node=node, offline_alerted=False)
+            session.add(row)
+        row.desired = {**(row.desired or {}), **changes}
+        return row.desired
