@@ -77,14 +77,14 @@ def parse_host_port(value: str, default_port: int = 1883) -> tuple[str, int]:
         host, port = value.split(":")
     else:
         host, port = value, str(default_port)
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ConfigError(f"expected HOST:PORT, got {value!r}")
     return host, int(port)
 
 
 def site_id(value: str) -> str:
     """argparse/pydantic helper: a valid site or node id."""
-    if not ID_PATTERN.match(value):
+    if not ID_PATTERN.fullmatch(value):
         raise ConfigError(f"invalid id {value!r}: use [a-z0-9_-]")
     return value
 
@@ -154,6 +154,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -16,10 +16,12 @@ Example::
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -41,6 +43,12 @@ SiteId = Annotated[str, Field(pattern=ID_PATTERN.pattern, description="site id, 
 NodeId = Annotated[str, Field(pattern=ID_PATTERN.pattern, description="node id, [a-z0-9_-]+")]
 EventId = Annotated[str, Field(pattern=EVENT_ID_PATTERN.pattern, description="globally unique event id")]
 Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+#: Integers that fit the 32- and 64-bit columns of any database the hub writes to.
+Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
+Count32 = Annotated[int, Field(ge=0, le=2**31 - 1)]
+Count64 = Annotated[int, Field(ge=0, le=2**63 - 1)]
+#: Deepest nesting accepted in a free-form value (a response's ``value``).
+MAX_VALUE_DEPTH = 32
 Label = Literal["mask", "no_mask"]
 ServoMode = Literal["sweep", "track", "hold", "off"]
 
@@ -50,10 +58,37 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _in_utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("time out of range once converted to UTC") from None
+
+
+#: A timezone-aware time, normalized to UTC when parsed (so it always serializes).
+UtcTime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+
+
+def _check_free_value(value: Any) -> Any:
+    """Raise ValueError if a free-form JSON value is nested too deeply or holds NaN/Infinity."""
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if level > MAX_VALUE_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_VALUE_DEPTH} levels")
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("NaN and Infinity are not JSON")
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend((v, level + 1) for v in item)
+    return value
+
+
 class Message(BaseModel):
     """Base of every payload: strict about unknown keys, versioned, ISO 8601 UTC times."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     v: Literal[1] = Field(SCHEMA_VERSION, description="schema version")
 
@@ -71,11 +106,11 @@ class Message(BaseModel):
 class TrackInfo(BaseModel):
     """How long a tracked face has been seen."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    frames: int = Field(ge=0, description="frames in which the face was seen")
-    first_seen: AwareDatetime
-    last_seen: AwareDatetime
+    frames: Count32 = Field(description="frames in which the face was seen")
+    first_seen: UtcTime
+    last_seen: UtcTime
 
     @field_serializer("first_seen", "last_seen", when_used="json")
     def _iso(self, value: datetime) -> str:
@@ -94,18 +129,19 @@ class Event(Message):
     id: EventId
     site: SiteId
     node: NodeId
-    ts: AwareDatetime = Field(description="UTC time of the observation")
+    ts: UtcTime = Field(description="UTC time of the observation")
     label: Label
     score: Probability = Field(description="probability of the label")
-    box: tuple[int, int, int, int] = Field(description="[x, y, w, h] in frame pixels")
+    box: tuple[Int32, Int32, Int32, Int32] = Field(description="[x, y, w, h] in frame pixels")
     angle: float | None = Field(None, ge=-360, le=360, allow_inf_nan=False, description="servo angle, degrees")
-    frame: int | str | None = Field(None, description="frame index, or file name for an image folder")
+    frame: Count64 | Annotated[str, Field(max_length=256)] | None = Field(
+        None, description="frame index, or file name for an image folder")
     track: TrackInfo | None = None
     snapshot: bool = Field(False, description="a JPEG is published on .../snapshot/<id>")
 
     @field_validator("box")
     @classmethod
-    def _box_positive(cls, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    def _box_positive(cls, box: tuple[int, ...]) -> tuple[int, ...]:
         if box[2] <= 0 or box[3] <= 0:
             raise ValueError("box width and height must be positive")
         return box
@@ -114,9 +150,9 @@ class Event(Message):
 class ServoState(BaseModel):
     """Servo part of a node's state."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    angle: float | None = Field(description="current angle in degrees; null when detached")
+    angle: float | None = Field(None, description="current angle in degrees; null (or absent) when detached")
     mode: ServoMode
     min_deg: float
     max_deg: float
@@ -127,11 +163,11 @@ class NodeState(Message):
 
     site: SiteId
     node: NodeId
-    ts: AwareDatetime
+    ts: UtcTime
     servo: ServoState
     threshold: Probability = Field(description="no-mask probability at or above which a face is no_mask")
     detect: bool = Field(description="inference running")
-    model: str = Field(description="classifier model version")
+    model: str = Field(max_length=128, description="classifier model version")
     profile: Literal["near", "crowd"] = "near"
     source: str | None = None
 
@@ -141,20 +177,20 @@ class NodeStats(Message):
 
     site: SiteId
     node: NodeId
-    ts: AwareDatetime
+    ts: UtcTime
     fps: float = Field(ge=0)
     stage_ms: dict[str, float] = Field(default_factory=dict, description="mean ms per pipeline stage")
-    frames: int = Field(0, ge=0)
-    dropped_frames: int = Field(0, ge=0)
-    outbox_depth: int = Field(0, ge=0)
-    outbox_dropped: int = Field(0, ge=0)
-    events_published: int = Field(0, ge=0)
-    reconnects: int = Field(0, ge=0)
+    frames: Count64 = 0
+    dropped_frames: Count64 = 0
+    outbox_depth: Count64 = 0
+    outbox_dropped: Count64 = 0
+    events_published: Count64 = 0
+    reconnects: Count64 = 0
     uptime_s: float = Field(0, ge=0)
     cpu_temp_c: float | None = None
     camera_ok: bool = True
     camera_error: str | None = None
-    rejected: dict[str, int] = Field(default_factory=dict, description="rejected commands by reason")
+    rejected: dict[str, Count64] = Field(default_factory=dict, description="rejected commands by reason")
 
 
 class Command(Message):
@@ -214,13 +250,18 @@ COMMANDS: dict[str, type[Command]] = {
 class CommandResponse(Message):
     """``.../response/<name>``: exactly one per command."""
 
-    request_id: str | None = Field(description="the command's request_id; null if it could not be read")
+    request_id: str | None = Field(None, description="the command's request_id; null or absent if unreadable")
     status: Literal["ok", "error"]
     site: SiteId
     node: NodeId
-    ts: AwareDatetime
+    ts: UtcTime
     value: Any = None
     error: str | None = None
+
+    @field_validator("value")
+    @classmethod
+    def _value_json_safe(cls, value: Any) -> Any:
+        return _check_free_value(value)
 
     @model_validator(mode="after")
     def _error_has_reason(self) -> CommandResponse:
@@ -244,7 +285,7 @@ class Alert(Message):
     kind: Literal["no_mask", "node_offline"]
     site: SiteId
     node: NodeId
-    ts: AwareDatetime
+    ts: UtcTime
     event_id: EventId | None = None
     score: Probability | None = None
     snapshot_url: str | None = None
@@ -260,7 +301,7 @@ class NodeSummary(Message):
 
     site: SiteId
     node: NodeId
-    ts: AwareDatetime
+    ts: UtcTime
     faces_in_view: int = Field(ge=0, description="open events (faces currently tracked)")
     no_mask_in_view: bool = Field(description="at least one open event is labelled no_mask")
     window_s: float = Field(gt=0, description="length of the compliance window, seconds")

@@ -47,7 +47,7 @@ HA_DISCOVERY_PREFIX: Final = "homeassistant"
 
 def validate_id(value: str, what: str = "id") -> str:
     """Return ``value`` if it is a valid site or node id, else raise :class:`ContractError`."""
-    if not isinstance(value, str) or not ID_PATTERN.match(value):
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
         raise ContractError(f"invalid {what} {value!r}: must match [a-z0-9_-]{{1,64}}", field=what,
                             reason="topic")
     return value
@@ -55,7 +55,7 @@ def validate_id(value: str, what: str = "id") -> str:
 
 def validate_event_id(value: str) -> str:
     """Return ``value`` if it is usable as an event id inside a topic level."""
-    if not isinstance(value, str) or not EVENT_ID_PATTERN.match(value):
+    if not isinstance(value, str) or not EVENT_ID_PATTERN.fullmatch(value):
         raise ContractError(f"invalid event id {value!r}", field="id", reason="topic")
     return value
 
@@ -120,7 +120,7 @@ class NodeTopics:
 
 
 def _command_level(name: str) -> str:
-    if not isinstance(name, str) or not re.match(r"^[a-z0-9_-]{1,32}$", name):
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9_-]{1,32}", name):
         raise ContractError(f"invalid command name {name!r}", field="name", reason="topic")
     return name
 
