@@ -25,6 +25,7 @@ MAKE_USERS = DEPLOY / "make-users"
 MAKE_CERTS = DEPLOY / "make-certs"
 HUB = "maskwatch.hub"
 ALERTS = "maskwatch.alerts"
+HOMEASSISTANT = "maskwatch.homeassistant"
 
 
 def broker_owner() -> str | None:
@@ -109,7 +110,7 @@ class ShippedSite:
 
     def credentials(self, username: str) -> dict[str, str]:
         """The credentials file make-users wrote for ``username``."""
-        name = {HUB: "hub", ALERTS: "alerts"}.get(username, username.replace("/", "."))
+        name = {HUB: "hub", ALERTS: "alerts", HOMEASSISTANT: "homeassistant"}.get(username, username.replace("/", "."))
         return read_env(self.secrets / "credentials" / f"{name}.env")
 
     def login(self, username: str | None, *, password: str | None = None, tls: bool = False,

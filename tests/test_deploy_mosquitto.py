@@ -15,11 +15,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from deploy_site import ALERTS, HUB, MAKE_USERS, ShippedSite, make_certs, run_script
+from deploy_site import ALERTS, HOMEASSISTANT, HUB, MAKE_USERS, ShippedSite, make_certs, run_script
 
 from shared.config import BrokerConfig
 from shared.mqtt import MqttClient, Received
 from shared.topics import (
+    HA_STATUS,
     NodeTopics,
     alerts,
     alerts_filter,
@@ -212,13 +213,37 @@ def test_alerts_reader_reads_alerts_and_nothing_else(site: ShippedSite) -> None:
         not in hub_seen.messages
 
 
+def test_home_assistant_sees_its_entities_and_sends_only_their_commands(site: ShippedSite) -> None:
+    discovery = ha_discovery("number", "hq_door_1_threshold")
+    with client(site.login(HUB), "test-hub", subscribe=EVERYTHING) as (hub, hub_seen), \
+            client(site.login("hq/door-1"), "test-door-1") as (node, _), \
+            client(site.login(HOMEASSISTANT), "test-ha", subscribe=EVERYTHING) as (ha, seen):
+        ready(seen, hub, discovery)
+        for topic in (DOOR1.status, DOOR1.state, DOOR1.stats, DOOR1.events, DOOR1.snapshot("ev-1")):
+            send(node, topic, b"{}")
+        send(hub, DOOR1.summary, b"{}")
+        send(hub, DOOR1.cmd("detect"), b"{}")
+        send(ha, HA_STATUS, b"online")
+        for topic in (DOOR1.cmd("threshold"), DOOR1.cmd("servo")):
+            send(ha, topic, b"from ha")
+        for topic in (DOOR1.cmd("snapshot"), site_command("hq", "servo"), DOOR1.events, alerts("hq")):
+            send(ha, topic, b"forged")
+        send(hub, discovery, b"sentinel")
+        assert seen.wait_for(discovery, b"sentinel") and hub_seen.wait_for(discovery, b"sentinel")
+    # commands are write-only for HA; snapshots (faces) stay out of its reach
+    assert seen.topics() == {discovery, HA_STATUS, DOOR1.status, DOOR1.state, DOOR1.stats, DOOR1.events,
+                             DOOR1.summary}
+    assert {(DOOR1.cmd("threshold"), b"from ha"), (DOOR1.cmd("servo"), b"from ha")} <= set(hub_seen.messages)
+    assert not [topic for topic, payload in hub_seen.messages if payload == b"forged"]
+
+
 def test_make_users_keeps_passwords_and_revokes(site: ShippedSite, tmp_path: Path) -> None:
     out = tmp_path / "secrets"
     run_script(MAKE_USERS, "-o", str(out), "hq/door-1")
     first = (out / "credentials" / "hq.door-1.env").read_text()
     run_script(MAKE_USERS, "-o", str(out), "hq/door-1", "hq/door-2")
     assert (out / "credentials" / "hq.door-1.env").read_text() == first
-    assert len((out / "passwd").read_text().splitlines()) == 4  # hub, alerts, two nodes
+    assert len((out / "passwd").read_text().splitlines()) == 5  # hub, alerts, HA, two nodes
     assert "user hq/door-2\ntopic read maskwatch/hq/all/cmd/#" in (out / "acl").read_text()
     run_script(MAKE_USERS, "-o", str(out), "--revoke", "hq/door-2")
     assert "hq/door-2" not in (out / "passwd").read_text() + (out / "acl").read_text()
