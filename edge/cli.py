@@ -1,9 +1,78 @@
-"""Subcommands of `maskwatch` provided by the edge package."""
+"""Subcommands of `maskwatch` provided by the edge package: ``maskwatch edge``."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SOURCES_HELP = ("camera index (0), video file, RTSP/HTTP URL, image folder, 'picamera', "
+                "'scene:DIR' or 'scene:builtin' (simulated panoramic camera on the servo)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this package's subcommands to the `maskwatch` parser."""
+    parser = subparsers.add_parser(
+        "edge", help="run an edge node: camera -> faces -> mask -> events over MQTT",
+        description="Run an edge node: capture frames, detect faces, classify mask / no mask, track each "
+                    "face into one event per visit and publish it over MQTT through a persistent outbox. "
+                    "The node answers remote commands (servo, threshold, detect, snapshot, config).",
+        epilog="Examples:\n  maskwatch edge --source scene:builtin --preview 127.0.0.1:8090\n"
+               "  maskwatch edge --source photos/ --once --broker 10.0.0.5:1883 --site hq --node door-1\n"
+               "Any config key can be set with --set KEY=VALUE (e.g. --set servo.mode=track) or "
+               "MASKWATCH_KEY__SUB=VALUE.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", metavar="FILE", help="YAML config file (see docs/edge.md)")
+    parser.add_argument("--broker", metavar="HOST:PORT", help="MQTT broker (default 127.0.0.1:1883)")
+    parser.add_argument("--site", help="site id ([a-z0-9_-])")
+    parser.add_argument("--node", help="node id ([a-z0-9_-])")
+    parser.add_argument("--source", metavar="SRC", help=SOURCES_HELP)
+    parser.add_argument("--profile", choices=("near", "crowd"),
+                        help="near: entrance camera, faces >= 48 px, fast; crowd: small faces, slower")
+    parser.add_argument("--once", action="store_true",
+                        help="process a file or folder to its end, deliver every event, exit (0: all delivered)")
+    parser.add_argument("--outbox", metavar="PATH", help="SQLite outbox file (default per site/node in "
+                        "~/.local/state/maskwatch/)")
+    parser.add_argument("--preview", metavar="HOST:PORT", help="serve an annotated MJPEG preview (off by default)")
+    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
+                        help="override a config key (repeatable)")
+    parser.set_defaults(handler=run)
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    """Config overrides from the command line (``--set`` first, the named options win)."""
+    from shared.config import merge, parse_host_port, parse_set_options
+
+    tree = parse_set_options(args.overrides)
+    named: dict[str, Any] = {"site": args.site, "node": args.node, "source": args.source, "profile": args.profile}
+    if args.broker:
+        host, port = parse_host_port(args.broker)
+        named["broker"] = {"host": host, "port": port}
+    if args.outbox:
+        named["outbox"] = {"path": args.outbox}
+    if args.preview:
+        named["preview"] = {"bind": args.preview}
+    return merge(tree, named)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``maskwatch edge``: run the node until SIGINT/SIGTERM (or, with --once, the end of the source)."""
+    from edge.app import EdgeApp
+    from edge.config import load_edge_config
+
+    config = load_edge_config(args.config, overrides_from(args))
+    app = EdgeApp(config, once=args.once)
+
+    def on_signal(signum: int, frame: object) -> None:
+        log.info("%s: shutting down", signal.Signals(signum).name)
+        app.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    app.start()
+    log.info("node %s/%s: source %s, broker %s, outbox %s", config.site, config.node, config.source,
+             config.broker.address, config.outbox_path())
+    return app.wait()

@@ -1,0 +1,246 @@
+"""The edge node's composition root: builds the parts and runs them as named threads.
+
+Threads (all stop on one shared Event, in reverse order): ``capture`` (the
+source), ``inference`` (the :class:`~edge.pipeline.Pipeline`), ``servo``,
+``commands`` (the :class:`~edge.commands.Dispatcher`), ``stats``, ``preview``,
+and ``delivery`` (the outbox :class:`~edge.outbox.Courier`), which stops last
+so what the others produced is flushed. MQTT's own network thread only
+enqueues.
+
+Example::
+
+    app = EdgeApp(load_edge_config(overrides={"source": "scene:builtin"}))
+    app.start()
+    ...
+    app.close()
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from edge.commands import CommandRejected, Dispatcher, NodeCommands
+from edge.config import EdgeConfig
+from edge.indicator import Indicator
+from edge.outbox import Courier, Outbox
+from edge.pins import make_pin_factory
+from edge.pipeline import Classifier, Detector, Pipeline
+from edge.preview import PreviewServer, view_jpeg
+from edge.servo import PanServo, ServoPlanner, drive
+from edge.snapshot import blur_box, encode_jpeg
+from edge.sources import Capture, open_source
+from edge.state import NodeRuntime
+from edge.stats import cpu_temperature
+from shared.config import parse_host_port, redacted
+from shared.messages import NodeStats, utc_now
+from shared.mqtt import MqttClient, Will
+from shared.topics import NodeTopics
+
+log = logging.getLogger(__name__)
+
+
+class EdgeApp:
+    """One edge node.
+
+    :param config: the loaded config.
+    :param once: process a finite source to its end, deliver the outbox, then stop.
+    :param pin_factory: gpiozero pin factory to use instead of ``config.pin_factory`` (tests: mock pins).
+    :param detector: a face detector instead of ``create_detector(config.profile)``.
+    :param classifier: a mask classifier instead of the packaged one.
+    """
+
+    def __init__(self, config: EdgeConfig, *, once: bool = False, pin_factory: Any = None,
+                 detector: Detector | None = None, classifier: Classifier | None = None) -> None:
+        self.config = config
+        self.once = once
+        self.topics = NodeTopics(config.site, config.node)
+        self.stopping = threading.Event()
+        self._delivery_stop = threading.Event()
+        self._pin_factory = pin_factory
+        self._detector = detector
+        self._classifier = classifier
+        self._threads: list[threading.Thread] = []
+        self._closers: list[Callable[[], None]] = []
+        self._started = time.monotonic()
+        self._snapshots = 0
+        self.servo: PanServo | None = None
+        self.planner: ServoPlanner | None = None
+        self.indicator: Indicator | None = None
+
+    # -- building ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Build every part and start the threads; on failure, what was built is closed again."""
+        try:
+            self._build()
+        except BaseException:
+            self.close(drain=False)
+            raise
+        for name, target in self._bodies():
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _build(self) -> None:
+        cfg = self.config
+        if cfg.servo.enabled or cfg.indicator.enabled:
+            factory = self._pin_factory or make_pin_factory(cfg.pin_factory)
+            if cfg.servo.enabled:
+                self.servo = PanServo(cfg.servo, factory)
+                self._closers.append(self.servo.close)
+                self.planner = ServoPlanner(cfg.servo)
+            if cfg.indicator.enabled:
+                self.indicator = Indicator(cfg.indicator, factory)
+                self._closers.append(self.indicator.close)
+        if self._detector is None:
+            from edge.detector import create_detector
+
+            self._detector = create_detector(cfg.profile, cfg.detector, cfg.num_threads)
+        if self._classifier is None:
+            from edge.classifier import MaskClassifier
+
+            self._classifier = MaskClassifier(cfg.classifier_path, cfg.num_threads)
+        self.runtime = NodeRuntime(site=cfg.site, node=cfg.node, threshold=cfg.threshold, detect=cfg.detect,
+                                   model=self._classifier.version, profile=cfg.profile, source=cfg.source,
+                                   servo=self.servo, planner=self.planner, min_deg=cfg.servo.min_deg,
+                                   max_deg=cfg.servo.max_deg)
+        self.outbox = Outbox(cfg.outbox_path(), cfg.outbox.max_messages)
+        self._closers.append(self.outbox.close)
+        if self.outbox.depth:
+            log.info("outbox %s holds %d undelivered message(s): replaying", cfg.outbox_path(), self.outbox.depth)
+        self.client = MqttClient(cfg.broker, cfg.client_id(), will=Will(self.topics.status, b"offline"),
+                                 persistent=True, on_connect=self._on_connect,
+                                 on_publish=lambda mid: self.courier.acknowledged(mid))
+        self.courier = Courier(self.outbox, lambda t, p, q: self.client.publish(t, p, qos=q),
+                               lambda: self.client.connected, resend_after_s=cfg.outbox.resend_after_s)
+        servo = self.servo
+        source = open_source(cfg.source, camera=cfg.camera, scene=cfg.scene,
+                             angle=(lambda: servo.position) if servo else None)
+        self.capture = Capture(source, cfg.camera.retry_min_s, cfg.camera.retry_max_s)
+        self.pipeline = Pipeline(cfg, self._detector, self._classifier, self.runtime, self.outbox,
+                                 notify=self.courier.notify, planner=self.planner, indicator=self.indicator)
+        self.commands = NodeCommands(self.runtime, servo=self.servo, planner=self.planner,
+                                     snapshot=self.publish_snapshot, config=lambda: redacted(cfg))
+        self.dispatcher = Dispatcher(self.topics, self.commands.table(),
+                                     lambda t, p: self.client.publish(t, p, qos=1),
+                                     after=self.publish_state, apply_desired=self.commands.apply_desired)
+        for topic_filter in (self.topics.cmd_filter, self.topics.site_cmd_filter, self.topics.desired):
+            self.client.subscribe(topic_filter, self.dispatcher.receive, qos=1)
+        self.preview: PreviewServer | None = None
+        if cfg.preview.bind:
+            host, port = parse_host_port(cfg.preview.bind, 8090)
+            self.preview = PreviewServer(host, port, self._preview_jpeg, cfg.preview.fps)
+        self.client.start()
+
+    def _bodies(self) -> list[tuple[str, Callable[[], None]]]:
+        bodies: list[tuple[str, Callable[[], None]]] = [
+            ("delivery", lambda: self.courier.run(self._delivery_stop)),
+            ("capture", lambda: self.capture.run(self.stopping)),
+            ("inference", lambda: self.pipeline.run(self.stopping, self.capture)),
+            ("commands", lambda: self.dispatcher.run(self.stopping)),
+            ("stats", self._stats_loop),
+        ]
+        if self.servo and self.planner:
+            servo, planner = self.servo, self.planner
+            bodies.append(("servo", lambda: drive(self.stopping, servo, planner, on_rest=self.publish_state)))
+        if self.preview:
+            preview = self.preview
+            bodies.append(("preview", lambda: preview.run(self.stopping)))
+        return bodies
+
+    # -- MQTT side ---------------------------------------------------------------------
+
+    def _on_connect(self) -> None:
+        """Network thread, after every connect: re-announce and let the courier replay (no waiting here)."""
+        self.client.publish(self.topics.status, b"online", qos=1, retain=True)
+        self.publish_state()
+        self.courier.reconnected()
+
+    def publish_state(self) -> None:
+        """Publish the retained ``state``."""
+        self.client.publish(self.topics.state, self.runtime.state().to_json(), qos=1, retain=True)
+
+    def stats(self) -> NodeStats:
+        """The ``stats`` message for the interval now ending."""
+        fps, stage_ms = self.pipeline.times.reset()
+        unreadable = getattr(self.capture.source, "unreadable", 0)
+        return NodeStats(site=self.config.site, node=self.config.node, ts=utc_now(), fps=fps, stage_ms=stage_ms,
+                         frames=self.pipeline.times.frames_total, dropped_frames=self.capture.dropped + unreadable,
+                         outbox_depth=self.outbox.depth, outbox_dropped=self.outbox.dropped,
+                         events_published=self.courier.published, reconnects=max(0, self.client.connects - 1),
+                         uptime_s=round(time.monotonic() - self._started, 1), cpu_temp_c=cpu_temperature(),
+                         camera_ok=self.capture.ok, camera_error=self.capture.error,
+                         rejected=dict(self.dispatcher.rejected))
+
+    def _stats_loop(self) -> None:
+        while not self.stopping.wait(self.config.stats_interval_s):
+            self.client.publish(self.topics.stats, self.stats().to_json(), qos=0)
+
+    def publish_snapshot(self) -> dict[str, Any]:
+        """``snapshot`` command: publish a JPEG of the current frame now; return where and how big."""
+        snap = self.config.snapshot
+        if snap.mode == "off":
+            raise CommandRejected("snapshots are disabled on this node (snapshot.mode: off)")
+        view = self.pipeline.latest()
+        if view.frame is None:
+            raise CommandRejected("no frame captured yet" + (f": {self.capture.error}" if self.capture.error else ""))
+        image = view.frame.image
+        if snap.mode == "blur":
+            for face in view.faces:
+                image = blur_box(image, face.box)
+        jpeg = encode_jpeg(image, snap.max_bytes, snap.quality)
+        self._snapshots += 1
+        topic = self.topics.snapshot(f"{self.config.node}-frame-{int(time.time())}-{self._snapshots}")
+        self.client.publish(topic, jpeg, qos=1)
+        return {"topic": topic, "bytes": len(jpeg), "width": image.shape[1], "height": image.shape[0],
+                "frame": view.frame.ref, "angle": view.frame.angle}
+
+    def _preview_jpeg(self) -> bytes | None:
+        return view_jpeg(self.pipeline.latest(), self.runtime.angle, self.config.preview.quality)
+
+    # -- running and stopping ------------------------------------------------------------
+
+    def wait(self) -> int:
+        """Run until :meth:`stop` (or, with ``once``, the end of the source); then close. Return the exit code."""
+        if self.once:
+            inference = next(t for t in self._threads if t.name == "inference")
+            while inference.is_alive() and not self.stopping.is_set():
+                inference.join(0.2)
+        else:
+            self.stopping.wait()
+        return self.close()
+
+    def stop(self) -> None:
+        """Ask every thread to stop (signal-safe)."""
+        self.stopping.set()
+
+    def close(self, drain: bool = True) -> int:
+        """Stop the threads in reverse order, deliver the outbox, publish ``offline``, release devices."""
+        self.stopping.set()
+        for thread in reversed(self._threads):
+            if thread.name != "delivery":
+                thread.join(5.0)
+        code = 0
+        if hasattr(self, "courier"):
+            self._delivery_stop.set()
+            for thread in self._threads:
+                if thread.name == "delivery":
+                    thread.join(5.0)
+            if drain and not self.courier.drain(self.config.outbox.drain_timeout_s):
+                log.warning("%d message(s) not acknowledged yet: kept in %s for the next start",
+                            self.outbox.depth, self.config.outbox_path())
+                code = 1 if self.once else 0
+            if self.once and self.capture.error:
+                log.error("source failed: %s", self.capture.error)
+                code = 1
+        if hasattr(self, "client"):
+            self.client.stop()
+        for closer in reversed(self._closers):
+            closer()
+        self._closers = []
+        self._threads = []
+        return code

@@ -1,0 +1,236 @@
+"""Remote commands: ``.../cmd/<name>`` in, exactly one ``.../response/<name>`` out.
+
+:class:`Dispatcher` decodes, validates and routes every command through a table
+of handlers (name -> handler) and answers each exactly once, with the
+``request_id``: ``ok`` with the applied value, or ``error`` with the reason
+(invalid JSON, unknown fields, out-of-range values, unknown command names).
+Commands to ``maskwatch/<site>/all/cmd/<name>`` are handled like the node's own.
+The hub's retained ``desired`` config is applied on every connect.
+
+:class:`NodeCommands` holds the node's handlers (``servo``, ``threshold``,
+``detect``, ``snapshot``, ``config``): each checks, applies, returns the
+applied value, and the dispatcher publishes the retained state afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from edge.servo import PanServo, ServoPlanner
+from edge.state import NodeRuntime
+from shared.errors import ContractError
+from shared.messages import (
+    COMMANDS,
+    Command,
+    CommandResponse,
+    DesiredConfig,
+    DetectCommand,
+    ServoCommand,
+    ThresholdCommand,
+    parse,
+    utc_now,
+)
+from shared.mqtt import Received
+from shared.topics import NodeTopics, parse_topic
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Command], Any]
+PublishFn = Callable[[str, bytes], Any]
+
+
+class CommandRejected(ValueError):
+    """A well-formed command that cannot be carried out; the message is the answer's ``error``."""
+
+
+def _request_id_of(payload: bytes) -> str | None:
+    """Best-effort ``request_id`` of a payload that failed validation."""
+    try:
+        data = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    rid = data.get("request_id") if isinstance(data, dict) else None
+    return rid[:128] if isinstance(rid, str) and rid else None
+
+
+class Dispatcher:
+    """Routes commands to handlers in the ``commands`` thread and answers each exactly once.
+
+    :param topics: the node's topics (answers go to ``topics.response(name)``).
+    :param handlers: command name -> handler returning the applied value or raising :class:`CommandRejected`.
+    :param publish: ``publish(topic, payload)`` for the answers (QoS 1).
+    :param after: called after every successful command (publish the retained state).
+    :param apply_desired: applies the hub's :class:`DesiredConfig`.
+    """
+
+    def __init__(self, topics: NodeTopics, handlers: dict[str, Handler], publish: PublishFn, *,
+                 after: Callable[[], None] | None = None,
+                 apply_desired: Callable[[DesiredConfig], None] | None = None) -> None:
+        self.topics = topics
+        self.handlers = handlers
+        self._publish = publish
+        self._after = after
+        self._apply_desired = apply_desired
+        self._inbox: queue.SimpleQueue[Received] = queue.SimpleQueue()
+        self.rejected: Counter[str] = Counter()
+        self.handled = 0
+
+    def receive(self, message: Received) -> None:
+        """Subscription handler (network thread): enqueue only."""
+        self._inbox.put(message)
+
+    def run(self, stop: threading.Event) -> None:
+        """Body of the ``commands`` thread."""
+        while not stop.is_set():
+            try:
+                message = self._inbox.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                self.handle(message)
+            except Exception:  # one boundary per thread: a bug in a handler must not stop the node
+                log.exception("command on %s failed", message.topic)
+
+    def handle(self, message: Received) -> CommandResponse | None:
+        """Process one message (command or desired config); return the answer published, if any."""
+        if message.topic == self.topics.desired:
+            self._desired(message.payload)
+            return None
+        try:
+            info = parse_topic(message.topic)
+        except ContractError as exc:
+            self.rejected["topic"] += 1
+            log.warning("ignoring message on %s: %s", message.topic, exc)
+            return None
+        name = info.name or ""
+        answer = self._answer(name, message.payload)
+        self._publish(self.topics.response(name), answer.to_json())
+        self.handled += 1
+        if answer.status == "ok" and self._after:
+            self._after()
+        return answer
+
+    def _answer(self, name: str, payload: bytes) -> CommandResponse:
+        model = COMMANDS.get(name)
+        handler = self.handlers.get(name)
+        if model is None or handler is None:
+            self.rejected["unknown"] += 1
+            return self._error(_request_id_of(payload), f"unknown command {name!r}; known: "
+                               + ", ".join(sorted(self.handlers)))
+        try:
+            command = parse(model, payload)
+        except ContractError as exc:
+            self.rejected[exc.reason] += 1
+            return self._error(_request_id_of(payload), f"invalid {name} command: {exc}")
+        try:
+            value = handler(command)
+        except CommandRejected as exc:
+            self.rejected["rejected"] += 1
+            return self._error(command.request_id, str(exc))
+        log.info("command %s (%s): %s", name, command.request_id, value)
+        return CommandResponse(request_id=command.request_id, status="ok", site=self.topics.site,
+                               node=self.topics.node, ts=utc_now(), value=value)
+
+    def _error(self, request_id: str | None, reason: str) -> CommandResponse:
+        log.warning("command rejected (%s): %s", request_id, reason)
+        return CommandResponse(request_id=request_id, status="error", site=self.topics.site,
+                               node=self.topics.node, ts=utc_now(), error=reason)
+
+    def _desired(self, payload: bytes) -> None:
+        if not payload:  # a cleared retained message
+            return
+        try:
+            desired = parse(DesiredConfig, payload)
+        except ContractError as exc:
+            self.rejected[exc.reason] += 1
+            log.warning("ignoring invalid desired config: %s", exc)
+            return
+        if self._apply_desired:
+            self._apply_desired(desired)
+            log.info("applied desired config %s", desired.model_dump(exclude_none=True, exclude={"v"}))
+        if self._after:
+            self._after()
+
+
+class NodeCommands:
+    """The node's command handlers and the desired-config applier.
+
+    :param runtime: threshold and detect switch.
+    :param servo: the pan servo (``None``: servo commands are rejected).
+    :param planner: the servo's planner.
+    :param snapshot: publishes a JPEG of the current frame now and returns what it published.
+    :param config: returns the effective config, secrets removed.
+    """
+
+    def __init__(self, runtime: NodeRuntime, *, servo: PanServo | None, planner: ServoPlanner | None,
+                 snapshot: Callable[[], dict[str, Any]], config: Callable[[], dict[str, Any]]) -> None:
+        self.runtime = runtime
+        self.servo = servo
+        self.planner = planner
+        self._snapshot = snapshot
+        self._config = config
+
+    def table(self) -> dict[str, Handler]:
+        """Command name -> handler."""
+        return {"servo": self._on_servo, "threshold": self._on_threshold, "detect": self._on_detect,
+                "snapshot": self._on_snapshot, "config": self._on_config}
+
+    def _on_servo(self, command: Command) -> Any:
+        assert isinstance(command, ServoCommand)
+        if self.servo is None or self.planner is None:
+            raise CommandRejected("this node has no servo (servo.enabled is false)")
+        clamped = False
+        angle = None
+        if command.angle is not None:
+            angle, clamped = self.servo.clamp(command.angle)
+        lo = hi = None
+        if command.sweep_min_deg is not None:
+            lo, c = self.servo.clamp(command.sweep_min_deg)
+            clamped |= c
+        if command.sweep_max_deg is not None:
+            hi, c = self.servo.clamp(command.sweep_max_deg)
+            clamped |= c
+        mode = command.mode or "hold"
+        value = self.planner.set_mode(mode, angle=angle, sweep_min_deg=lo, sweep_max_deg=hi,
+                                      sweep_step_deg=command.sweep_step_deg, dwell_s=command.dwell_s)
+        value["clamped"] = clamped
+        if clamped:
+            value["limits"] = [self.servo.config.min_deg, self.servo.config.max_deg]
+        return value
+
+    def _on_threshold(self, command: Command) -> Any:
+        assert isinstance(command, ThresholdCommand)
+        with self.runtime.lock:
+            self.runtime.threshold = command.value
+        return {"threshold": command.value}
+
+    def _on_detect(self, command: Command) -> Any:
+        assert isinstance(command, DetectCommand)
+        with self.runtime.lock:
+            self.runtime.detect = command.enabled
+        return {"detect": command.enabled}
+
+    def _on_snapshot(self, command: Command) -> Any:
+        return self._snapshot()
+
+    def _on_config(self, command: Command) -> Any:
+        return self._config()
+
+    def apply_desired(self, desired: DesiredConfig) -> None:
+        """Apply the hub's retained desired config (out-of-range angles are clamped)."""
+        with self.runtime.lock:
+            if desired.threshold is not None:
+                self.runtime.threshold = desired.threshold
+            if desired.detect is not None:
+                self.runtime.detect = desired.detect
+        if self.servo is not None and self.planner is not None and \
+                (desired.servo_mode is not None or desired.servo_angle is not None):
+            angle = None if desired.servo_angle is None else self.servo.clamp(desired.servo_angle)[0]
+            mode = desired.servo_mode or ("hold" if angle is not None else self.planner.mode)
+            self.planner.set_mode(mode, angle=angle)

@@ -1,0 +1,261 @@
+"""The inference thread: newest frame -> faces -> one classifier batch -> tracks -> events in the outbox.
+
+Each frame is detected, every face is cropped with the training margin and
+all crops are classified in one batch; the tracker turns the faces into
+``new``/``update``/``end`` changes, which become :class:`~shared.messages.Event`
+messages written to the outbox (then the courier publishes them). A no-mask
+event may carry a JPEG snapshot. Stills from an image folder are not tracked:
+each face gives ``new`` then ``end`` at once, with the file name as ``frame``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+from edge.config import EdgeConfig
+from edge.crop import crop_face
+from edge.indicator import Indicator
+from edge.outbox import Outbox
+from edge.servo import ServoPlanner, Sighting
+from edge.snapshot import SnapshotError, face_snapshot
+from edge.sources import Capture, Frame
+from edge.state import NodeRuntime
+from edge.stats import StageTimes
+from edge.tracker import Change, Observation, Tracker, decide_label
+from shared.messages import Event, TrackInfo, utc_now
+from shared.topics import NodeTopics
+
+log = logging.getLogger(__name__)
+
+#: Stills (often tight face crops) get this much grey border, as a fraction of their larger side,
+#: so the detector sees a whole face with context around it.
+STILL_BORDER = 0.3
+
+
+class Detector(Protocol):
+    name: str
+
+    def detect(self, frame_bgr: np.ndarray) -> list[Any]: ...
+
+
+class Classifier(Protocol):
+    version: str
+
+    def no_mask_probability(self, crops: Sequence[np.ndarray]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class FaceMark:
+    """A face drawn on the preview."""
+
+    box: tuple[int, int, int, int]
+    label: str
+    score: float
+    confirmed: bool
+
+
+@dataclass
+class View:
+    """The latest processed frame and what was found in it (for the preview and ``snapshot``)."""
+
+    frame: Frame | None = None
+    faces: list[FaceMark] = field(default_factory=list)
+    fps: float = 0.0
+
+
+def event_ids(site: str, node: str) -> Callable[[], str]:
+    """A generator of event ids unique across restarts: ``<site>-<node>-<start ms, base 36>-<n>``."""
+    stamp = np.base_repr(int(time.time() * 1000), 36).lower()
+    counter = itertools.count(1)
+    return lambda: f"{site}-{node}-{stamp}-{next(counter):05d}"
+
+
+class Pipeline:
+    """Turns frames into events.
+
+    :param config: the node's config (tracker, snapshot, min face size, field of view).
+    :param detector: finds faces (``detect(frame) -> [Face]``).
+    :param classifier: ``no_mask_probability(crops)`` in one batch.
+    :param runtime: threshold and detect switch (changed by commands).
+    :param outbox: where events are written before they are published.
+    :param notify: called after events were written (wakes the courier).
+    :param planner: told where the largest face is (servo sweep pause and tracking).
+    :param indicator: shows blue/red for the faces in view.
+    """
+
+    def __init__(self, config: EdgeConfig, detector: Detector, classifier: Classifier, runtime: NodeRuntime,
+                 outbox: Outbox, *, notify: Callable[[], None] = lambda: None,
+                 planner: ServoPlanner | None = None, indicator: Indicator | None = None) -> None:
+        self.config = config
+        self.detector = detector
+        self.classifier = classifier
+        self.runtime = runtime
+        self.outbox = outbox
+        self.notify = notify
+        self.planner = planner
+        self.indicator = indicator
+        self.topics = NodeTopics(config.site, config.node)
+        self.new_id = event_ids(config.site, config.node)
+        self.tracker = Tracker(config.tracker, self.new_id)
+        self.times = StageTimes()
+        self.view = View()
+        self.events_written = 0
+        self.frames_skipped = 0
+        self._lock = threading.Lock()
+
+    # -- per frame -------------------------------------------------------------
+
+    def observe(self, image: np.ndarray) -> list[Observation]:
+        """Detect and classify the faces of one image (one classifier batch)."""
+        with self.times.stage("detect"):
+            faces = [f for f in self.detector.detect(image)
+                     if min(f.box[2], f.box[3]) >= self.config.min_face_px]
+        if not faces:
+            return []
+        with self.times.stage("crop"):
+            crops = [crop_face(image, f.box) for f in faces]
+        with self.times.stage("classify"):
+            probs = self.classifier.no_mask_probability(crops)
+        return [Observation(f.box, float(p), f.score) for f, p in zip(faces, probs, strict=True)]
+
+    def process(self, frame: Frame) -> list[Event]:
+        """Run one frame through the pipeline; write and return its events."""
+        self.times.add("wait", (time.monotonic() - frame.captured) * 1000.0)
+        with self.runtime.lock:
+            detect, threshold = self.runtime.detect, self.runtime.threshold
+        if not detect:
+            events = self._emit(self.tracker.flush(frame.ts), frame) if self.tracker.tracks else []
+            self._show(frame, [], [])
+            return events
+        if frame.still:
+            return self._still(frame, threshold)
+        observations = self.observe(frame.image)
+        self._sight(frame, observations)
+        with self.times.stage("track"):
+            changes = self.tracker.update(observations, frame.ts, threshold=threshold, frame_ref=frame.ref)
+        events = self._emit(changes, frame)
+        marks = [FaceMark(t.box, t.label, t.score, t.confirmed) for t in self.tracker.tracks if t.misses == 0]
+        self._show(frame, marks, [t.label for t in self.tracker.visible])
+        self.times.frame_done()
+        return events
+
+    def _still(self, frame: Frame, threshold: float) -> list[Event]:
+        h, w = frame.image.shape[:2]
+        pad = int(STILL_BORDER * max(h, w))
+        padded = cv2.copyMakeBorder(frame.image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(128, 128, 128))
+        observations = self.observe(padded)
+        events: list[Event] = []
+        marks = []
+        for obs in observations:
+            x, y, bw, bh = obs.box
+            x0, y0 = max(0, x - pad), max(0, y - pad)
+            x1, y1 = min(w, x + bw - pad), min(h, y + bh - pad)
+            if x1 <= x0 or y1 <= y0:
+                continue
+            box = (x0, y0, x1 - x0, y1 - y0)
+            label = decide_label(obs.p_no_mask, threshold)
+            score = obs.p_no_mask if label == "no_mask" else 1 - obs.p_no_mask
+            event_id = self.new_id()
+            track = TrackInfo(frames=1, first_seen=frame.ts, last_seen=frame.ts)
+            for kind in ("new", "end"):
+                events.append(self._write(Event(type=kind, id=event_id, site=self.config.site,
+                                                node=self.config.node, ts=frame.ts, label=label,
+                                                score=score, box=box, angle=frame.angle, frame=frame.ref,
+                                                track=track), frame, box))
+            marks.append(FaceMark(box, label, score, True))
+        self.notify()
+        self._show(frame, marks, [m.label for m in marks])
+        self.times.frame_done()
+        return events
+
+    def finish(self, ts: datetime | None = None) -> list[Event]:
+        """End every open track (end of stream or shutdown)."""
+        frame = self.view.frame
+        changes = self.tracker.flush(ts or (frame.ts if frame else utc_now()))
+        return self._emit(changes, frame)
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _sight(self, frame: Frame, observations: list[Observation]) -> None:
+        if self.planner is None or not observations:
+            return
+        largest = max(observations, key=lambda o: o.box[2] * o.box[3])
+        width = frame.image.shape[1]
+        offset = ((largest.box[0] + largest.box[2] / 2) - width / 2) / width * self.config.scene.fov_deg
+        angle = frame.angle if frame.angle is not None else (self.runtime.angle or 0.0)
+        self.planner.saw(Sighting(at=frame.captured, angle=angle, offset_deg=offset))
+
+    def _emit(self, changes: list[Change], frame: Frame | None) -> list[Event]:
+        events = []
+        with self.times.stage("publish"):
+            for change in changes:
+                t = change.track
+                ts = t.last_seen if change.kind == "end" else (frame.ts if frame else t.last_seen)
+                event = Event(type=change.kind, id=t.id, site=self.config.site, node=self.config.node, ts=ts,
+                              label=t.label, score=round(t.score, 4), box=t.box,
+                              angle=frame.angle if frame else None, frame=t.frame_ref,
+                              track=TrackInfo(frames=t.frames, first_seen=t.first_seen, last_seen=t.last_seen))
+                snap_frame = frame if frame is not None and change.kind != "end" and t.misses == 0 else None
+                events.append(self._write(event, snap_frame, t.box))
+            if events:
+                self.notify()
+        return events
+
+    def _write(self, event: Event, frame: Frame | None, box: tuple[int, int, int, int]) -> Event:
+        jpeg = None
+        snap = self.config.snapshot
+        if frame is not None and event.label == "no_mask" and event.type != "end" and snap.mode != "off":
+            try:
+                jpeg = face_snapshot(frame.image, box, blur=snap.mode == "blur", whole_frame=snap.include_frame,
+                                     max_bytes=snap.max_bytes, quality=snap.quality)
+            except SnapshotError as exc:
+                log.warning("no snapshot for %s: %s", event.id, exc)
+            if jpeg is not None:
+                event = event.model_copy(update={"snapshot": True})
+        self.outbox.put(self.topics.events, event.to_json())
+        if jpeg is not None:
+            self.outbox.put(self.topics.snapshot(event.id), jpeg)
+        self.events_written += 1
+        if event.type == "new" and event.label == "no_mask" and self.indicator:
+            self.indicator.buzz()
+        log.debug("event %s %s %s %.2f", event.type, event.id, event.label, event.score)
+        return event
+
+    def _show(self, frame: Frame, marks: list[FaceMark], labels: list[str]) -> None:
+        if self.indicator:
+            self.indicator.show(labels)
+        with self._lock:
+            self.view = View(frame=frame, faces=marks, fps=self.times.fps())
+
+    def latest(self) -> View:
+        """The latest processed frame and its faces."""
+        with self._lock:
+            return self.view
+
+    # -- the thread ------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, capture: Capture) -> None:
+        """Body of the ``inference`` thread: until ``stop`` or the end of a finite source."""
+        while not stop.is_set():
+            frame = capture.next(timeout=0.2)
+            if frame is None:
+                if capture.exhausted:
+                    break
+                continue
+            try:
+                self.process(frame)
+            except Exception:  # one boundary per thread: a bad frame must not stop the node
+                self.frames_skipped += 1
+                log.exception("frame %s failed", frame.ref)
+        self.finish()
+        self.notify()

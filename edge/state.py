@@ -1,0 +1,46 @@
+"""What the node is doing now: the run-time settings commands change, and the retained ``state`` message."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Literal
+
+from edge.servo import PanServo, ServoPlanner
+from shared.messages import NodeState, ServoState, utc_now
+
+
+@dataclass
+class NodeRuntime:
+    """Run-time settings (threshold, detect on/off; the servo mode lives in the planner).
+
+    Commands and the hub's desired config change these; the config tree stays as loaded.
+    """
+
+    site: str
+    node: str
+    threshold: float
+    detect: bool = True
+    model: str = "unknown"
+    profile: Literal["near", "crowd"] = "near"
+    source: str | None = None
+    servo: PanServo | None = None
+    planner: ServoPlanner | None = None
+    min_deg: float = -90.0
+    max_deg: float = 90.0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def angle(self) -> float | None:
+        """The camera's pan angle (``None`` without a servo or when switched off)."""
+        if self.servo is None or (self.planner is not None and self.planner.mode == "off"):
+            return None
+        return round(self.servo.position, 2)
+
+    def state(self) -> NodeState:
+        """The retained ``state`` message now."""
+        mode = self.planner.mode if self.planner else "off"
+        return NodeState(site=self.site, node=self.node, ts=utc_now(),
+                         servo=ServoState(angle=self.angle, mode=mode, min_deg=self.min_deg, max_deg=self.max_deg),
+                         threshold=self.threshold, detect=self.detect, model=self.model, profile=self.profile,
+                         source=self.source)
