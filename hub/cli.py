@@ -1,9 +1,444 @@
-"""Subcommands of `maskwatch` provided by the hub package."""
+"""Subcommands of ``maskwatch`` provided by the hub package.
+
+``hub`` runs the hub; ``events``, ``nodes`` and ``prune`` read or clean its
+database (or, for ``events``/``nodes``, its API); ``servo``, ``threshold`` and
+``alerts`` talk MQTT directly, so they work without a hub. Command exit codes:
+0 the node answered ``ok``, 1 it answered ``error`` (printed), 3 no answer in time.
+Heavy modules are imported inside the handlers so ``maskwatch --help`` works without the hub extra.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import queue
+import re
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from shared.errors import ConfigError, MaskwatchError
+
+if TYPE_CHECKING:
+    from hub.config import HubConfig
+
+log = logging.getLogger(__name__)
+
+RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+EXIT_TIMEOUT = 3
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this package's subcommands to the `maskwatch` parser."""
+    _add_hub(subparsers)
+    _add_events(subparsers)
+    _add_nodes(subparsers)
+    _add_servo(subparsers)
+    _add_threshold(subparsers)
+    _add_alerts(subparsers)
+    _add_prune(subparsers)
+
+
+# -- argument groups --------------------------------------------------------------
+
+
+def _config_options(parser: argparse.ArgumentParser, *, db: bool = True, broker: bool = False) -> None:
+    parser.add_argument("--config", metavar="FILE", help="hub YAML config (broker, db_url...; see docs/hub.md)")
+    if db:
+        parser.add_argument("--db", metavar="URL", help="SQLAlchemy URL (default sqlite:///maskwatch.db)")
+    if broker:
+        parser.add_argument("--broker", metavar="HOST:PORT", help="MQTT broker (default 127.0.0.1:1883)")
+
+
+def _source_options(parser: argparse.ArgumentParser) -> None:
+    _config_options(parser)
+    parser.add_argument("--api", metavar="URL", help="read from a hub's API (e.g. http://hub:8080) instead of --db")
+    parser.add_argument("--token", metavar="TOKEN", help="API token (or MASKWATCH_TOKEN)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _add_hub(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "hub", help="run the hub: durable ingest, registry, alerts, commands, REST API",
+        description="Run the hub: store every event of the configured sites in the database (batched, "
+                    "acknowledged after commit, de-duplicated), keep the node registry, publish alerts, "
+                    "serve the REST API. The database is created or upgraded on start. "
+                    "Stops cleanly on SIGINT/SIGTERM.",
+        epilog="Examples:\n  maskwatch hub --broker 10.0.0.5:1883 --db sqlite:///var/lib/maskwatch/hub.db\n"
+               "  maskwatch hub --config hub.yaml --http 0.0.0.0:8080\n"
+               "  maskwatch hub --new-token ops     # prints a token and the line for auth.tokens",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _config_options(parser, broker=True)
+    parser.add_argument("--http", metavar="HOST:PORT", help="API address (default 127.0.0.1:8080)")
+    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
+                        help="override a config key, e.g. --set ingest.batch_size=200 (repeatable)")
+    parser.add_argument("--new-token", metavar="NAME", help="create an API token, print it and its config entry, exit")
+    parser.set_defaults(handler=run_hub)
+
+
+def _add_events(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "events", help="list stored events", description="List stored events, newest first.",
+        epilog="Examples:\n  maskwatch events --site hq --label no_mask --since 2h\n"
+               "  maskwatch events --api http://hub:8080 --token $T --json --limit 500",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _source_options(parser)
+    parser.add_argument("--site", help="only this site")
+    parser.add_argument("--node", help="only this node")
+    parser.add_argument("--label", choices=("mask", "no_mask"), help="only this final label")
+    parser.add_argument("--since", metavar="TIME", help="ISO time, or a duration ago: 30m, 2h, 7d")
+    parser.add_argument("--until", metavar="TIME", help="ISO time, or a duration ago")
+    parser.add_argument("--limit", type=int, default=50, help="at most this many (default 50, max 1000)")
+    parser.set_defaults(handler=run_events)
+
+
+def _add_nodes(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("nodes", help="list known nodes and their status",
+                                   description="List every node the hub knows: status, last seen, model, state.")
+    _source_options(parser)
+    parser.add_argument("--site", help="only this site")
+    parser.set_defaults(handler=run_nodes)
+
+
+def _command_options(parser: argparse.ArgumentParser) -> None:
+    _config_options(parser, db=False, broker=True)
+    parser.add_argument("--site", required=True, help="site id")
+    parser.add_argument("--node", required=True, help="node id ('all': every node of the site)")
+    parser.add_argument("--timeout", type=float, metavar="S", help="seconds to wait for the answer (default 5)")
+    parser.add_argument("--db", metavar="URL", help="also record the command in this hub database's audit table")
+    parser.add_argument("--json", action="store_true", help="print the answers as JSON")
+
+
+def _add_servo(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "servo", help="move a node's servo or change its mode",
+        description="Send a servo command over MQTT and wait for the answer. "
+                    "Exit 0 on 'ok', 1 on an 'error' answer, 3 when no answer came in time.",
+        epilog="Examples:\n  maskwatch servo --site hq --node door-1 --angle 30\n"
+               "  maskwatch servo --site hq --node all --mode sweep",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _command_options(parser)
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--angle", type=float, metavar="DEG", help="go to this angle (mode becomes hold)")
+    target.add_argument("--mode", choices=("sweep", "track", "hold", "off"), help="servo mode")
+    parser.set_defaults(handler=run_servo)
+
+
+def _add_threshold(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "threshold", help="set a node's no-mask threshold",
+        description="Set the no-mask probability threshold of a node over MQTT and wait for the answer. "
+                    "Exit 0 on 'ok', 1 on an 'error' answer, 3 when no answer came in time.")
+    _command_options(parser)
+    parser.add_argument("value", type=float, metavar="VALUE", help="threshold in 0..1")
+    parser.set_defaults(handler=run_threshold)
+
+
+def _add_alerts(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "alerts", help="follow the alerts of a site",
+        description="Subscribe to maskwatch/<site>/alerts and print each alert as it comes (Ctrl-C to stop).")
+    _config_options(parser, db=False, broker=True)
+    parser.add_argument("--site", required=True, help="site id")
+    parser.add_argument("--json", action="store_true", help="print each alert as one JSON line")
+    parser.add_argument("--count", type=int, metavar="N", help="exit after N alerts")
+    parser.add_argument("--timeout", type=float, metavar="S", help="with --count: give up after S seconds (exit 3)")
+    parser.set_defaults(handler=run_alerts)
+
+
+def _add_prune(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "prune", help="delete old events, snapshots, alerts and rejected payloads",
+        description="Delete what is older than the retention (retention.days in the config, or --days).")
+    _config_options(parser)
+    parser.add_argument("--days", type=float, help="keep this many days (default: retention.days, 30)")
+    parser.add_argument("--snapshot-dir", metavar="DIR", help="snapshot folder (default: snapshot_dir)")
+    parser.set_defaults(handler=run_prune)
+
+
+# -- shared helpers ---------------------------------------------------------------
+
+
+def load_hub_config(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> HubConfig:
+    """The hub config from ``--config``, the environment and the named options."""
+    from hub.config import HubConfig
+    from shared.config import load_config, parse_host_port
+
+    named: dict[str, Any] = dict(extra or {})
+    if getattr(args, "db", None):
+        named["db_url"] = args.db
+    if getattr(args, "broker", None):
+        host, port = parse_host_port(args.broker)
+        named["broker"] = {"host": host, "port": port}
+    return load_config(HubConfig, args.config, overrides=named)
+
+
+def parse_time(value: str | None, now: datetime | None = None) -> datetime | None:
+    """``30m``/``2h``/``7d`` ago, or an ISO 8601 time (UTC when no zone is given)."""
+    if value is None:
+        return None
+    match = RELATIVE.match(value.strip())
+    if match:
+        return (now or datetime.now(UTC)) - timedelta(seconds=float(match[1]) * UNIT_SECONDS[match[2]])
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"expected an ISO time or a duration like 30m, 2h, 7d; got {value!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """Rows as an aligned text table (the one formatter of the CLI's human output)."""
+    cells = [[("" if row.get(c) is None else str(row.get(c))) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def api_get(base: str, path: str, params: dict[str, Any], token: str | None) -> Any:
+    """GET a JSON document from a hub API; errors become :class:`MaskwatchError`."""
+    query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+    url = f"{base.rstrip('/')}{path}" + (f"?{query}" if query else "")
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")[:300]
+        raise MaskwatchError(f"{url}: HTTP {exc.code}: {detail}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise MaskwatchError(f"cannot reach the API at {base}: {exc}") from None
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    import os
+
+    return args.token or os.environ.get("MASKWATCH_TOKEN")
+
+
+def open_store(url: str) -> Any:
+    """The hub database at ``url``, which must already hold the hub schema."""
+    from sqlalchemy import inspect
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from hub.store import Store
+
+    store = Store(url)
+    try:
+        if not inspect(store.engine).has_table("events"):
+            raise MaskwatchError(f"{store.safe_url} holds no hub data: start 'maskwatch hub' on it first")
+    except SQLAlchemyError as exc:
+        raise MaskwatchError(f"cannot open the database {store.safe_url}: {exc}") from None
+    return store
+
+
+def _print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+# -- handlers ---------------------------------------------------------------------
+
+
+def run_hub(args: argparse.Namespace) -> int:
+    """``maskwatch hub``: run until SIGINT/SIGTERM."""
+    from shared.config import merge, parse_host_port, parse_set_options
+
+    if args.new_token:
+        from hub.auth import new_token
+        from hub.config import hash_token
+
+        token = new_token()
+        print(f"token for {args.new_token} (shown once; give it to the client):\n  {token}\n"
+              f"add to the hub config under auth.tokens:\n  - {{name: {args.new_token}, sha256: {hash_token(token)}}}")
+        return 0
+    from hub.app import HubApp
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # the store says "upgrading database" itself
+    named: dict[str, Any] = {}
+    if args.http:
+        host, port = parse_host_port(args.http, default_port=8080)
+        named["http"] = {"host": host, "port": port}
+    config = load_hub_config(args, merge(parse_set_options(args.overrides), named))
+    HubApp(config).run()
+    return 0
+
+
+def run_events(args: argparse.Namespace) -> int:
+    """``maskwatch events``: print events (table, or a JSON list of event objects)."""
+    if not 1 <= args.limit <= 1000:
+        raise ConfigError("--limit must be within 1..1000")
+    since, until = parse_time(args.since), parse_time(args.until)
+    if args.api:
+        page = api_get(args.api, "/api/events", {
+            "site": args.site, "node": args.node, "label": args.label, "limit": args.limit,
+            "since": since.isoformat() if since else None, "until": until.isoformat() if until else None},
+            _token(args))
+        items = page["items"]
+    else:
+        from hub.api import event_json
+        from hub.events import EventLog
+
+        config = load_hub_config(args)
+        store = open_store(config.db_url)
+        try:
+            log_ = EventLog(store, config.snapshot_dir)
+            rows, _total = log_.query(site=args.site, node=args.node, label=args.label, since=since, until=until,
+                                      limit=args.limit)
+            snaps = log_.has_snapshots([r.id for r in rows])
+            base = (config.http.public_url or f"http://{config.http.host}:{config.http.port}").rstrip("/")
+            items = [event_json(r, r.id in snaps, base) for r in rows]
+        finally:
+            store.close()
+    if args.json:
+        _print_json(items)
+    else:
+        print(format_table(items, ("first_seen", "site", "node", "label", "best_score", "state", "id")))
+    return 0
+
+
+def run_nodes(args: argparse.Namespace) -> int:
+    """``maskwatch nodes``: print the registry."""
+    if args.api:
+        items = api_get(args.api, "/api/nodes", {"site": args.site}, _token(args))
+    else:
+        from hub.api import node_json
+        from hub.registry import Registry
+
+        store = open_store(load_hub_config(args).db_url)
+        try:
+            items = [node_json(row) for row in Registry(store).nodes(args.site)]
+        finally:
+            store.close()
+    if args.json:
+        _print_json(items)
+    else:
+        rows = [{**item, "threshold": (item.get("state") or {}).get("threshold"),
+                 "servo": ((item.get("state") or {}).get("servo") or {}).get("mode")} for item in items]
+        print(format_table(rows, ("site", "node", "status", "last_seen", "model", "threshold", "servo")))
+    return 0
+
+
+def send_command(args: argparse.Namespace, name: str, params: dict[str, Any]) -> int:
+    """Send one command over MQTT, print the answers, return 0/1/3."""
+    import uuid
+
+    from hub.commands import Commander, exit_code
+    from shared.mqtt import MqttClient
+
+    config = load_hub_config(args)
+    store = registry = None
+    if args.db:
+        from hub.registry import Registry
+
+        store = open_store(args.db)
+        registry = Registry(store)
+    client = MqttClient(config.broker.model_copy(update={"client_id": None}), f"maskwatch-cli-{uuid.uuid4().hex[:8]}")
+    commander = Commander(client, timeout_s=args.timeout or config.command_timeout_s, store=store,
+                          registry=registry)
+    commander.listen(args.site)
+    client.start()
+    try:
+        if not client.wait_connected(10):
+            raise MaskwatchError(f"cannot reach the broker {config.broker.address}: {client.last_error}")
+        outcomes = commander.send(args.site, None if args.node == "all" else [args.node], name, params,
+                                  source="cli")
+    finally:
+        client.stop()
+        if store is not None:
+            store.close()
+    if args.json:
+        _print_json([o.as_dict() for o in outcomes])
+    else:
+        for o in outcomes:
+            if o.status == "ok":
+                print(f"ok: {o.site}/{o.node} {name}" + (f" -> {json.dumps(o.value)}" if o.value is not None else ""))
+            elif o.status == "error":
+                print(f"error: {o.site}/{o.node} {name}: {o.error}")
+            else:
+                print(f"timeout: no answer from {o.site}/{o.node} within {commander.timeout_s:g} s")
+    return exit_code(outcomes)
+
+
+def run_servo(args: argparse.Namespace) -> int:
+    """``maskwatch servo``."""
+    params = {"angle": args.angle} if args.angle is not None else {"mode": args.mode}
+    return send_command(args, "servo", params)
+
+
+def run_threshold(args: argparse.Namespace) -> int:
+    """``maskwatch threshold``."""
+    if not 0.0 <= args.value <= 1.0:
+        raise ConfigError(f"threshold must be within 0..1, got {args.value}")
+    return send_command(args, "threshold", {"value": args.value})
+
+
+def run_alerts(args: argparse.Namespace) -> int:
+    """``maskwatch alerts``: print alerts until Ctrl-C (or --count)."""
+    import time
+    import uuid
+
+    from shared import topics
+    from shared.messages import Alert, parse
+    from shared.mqtt import MqttClient, Received
+
+    config = load_hub_config(args)
+    inbox: queue.Queue[Received] = queue.Queue()
+    client = MqttClient(config.broker.model_copy(update={"client_id": None}),
+                        f"maskwatch-alerts-{uuid.uuid4().hex[:8]}")
+    client.subscribe(topics.alerts(args.site), inbox.put, qos=1)
+    client.start()
+    seen = 0
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    try:
+        if not client.wait_connected(10):
+            raise MaskwatchError(f"cannot reach the broker {config.broker.address}: {client.last_error}")
+        print(f"following alerts of {args.site} on {config.broker.address} (Ctrl-C to stop)", file=sys.stderr)
+        while args.count is None or seen < args.count:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return EXIT_TIMEOUT
+            try:
+                message = inbox.get(timeout=min(remaining, 1.0) if remaining is not None else 1.0)
+            except queue.Empty:
+                continue
+            try:
+                alert = parse(Alert, message.payload)
+            except MaskwatchError as exc:
+                log.warning("ignoring malformed alert on %s: %s", message.topic, exc)
+                continue
+            seen += 1
+            if args.json:
+                print(alert.to_json().decode(), flush=True)
+            else:
+                detail = (f"event {alert.event_id} score {alert.score:.2f}" if alert.kind == "no_mask"
+                          else alert.message or "")
+                link = f" {alert.snapshot_url}" if alert.snapshot_url else ""
+                print(f"{alert.ts.isoformat()} {alert.kind} {alert.site}/{alert.node} {detail}{link}", flush=True)
+    finally:
+        client.stop()
+    return 0
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    """``maskwatch prune``: delete old data now."""
+    from pathlib import Path
+
+    config = load_hub_config(args)
+    store = open_store(config.db_url)
+    try:
+        deleted = store.prune(args.days or config.retention.days,
+                              Path(args.snapshot_dir) if args.snapshot_dir else config.snapshot_dir)
+    finally:
+        store.close()
+    print(format_table([{"table": k, "deleted": v} for k, v in deleted.items()], ("table", "deleted")))
+    return 0

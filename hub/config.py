@@ -40,7 +40,6 @@ class IngestConfig(StrictModel):
     batch_ms: int = Field(50, ge=1, le=60_000, description="... or after this many milliseconds")
     queue_max: int = Field(50_000, ge=100, description="messages waiting for the writer before back-pressure")
     share_group: str = Field("maskwatch-hub", description="MQTT 5 shared-subscription group of the hubs")
-    keep_raw: bool = Field(True, description="keep every raw event message next to its lifecycle row")
     max_snapshot_bytes: int = Field(2_000_000, ge=1024, description="larger snapshots are rejected")
 
     @field_validator("share_group")

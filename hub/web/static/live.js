@@ -1,0 +1,113 @@
+// Live page: one card per node (status, fps, servo, threshold, last event, latest snapshot) and the live event feed.
+import { ago, api, badge, el, fmtTime, frame, nodeKey, num, setImage, stream, throttle } from "./mw.js";
+
+frame("Live");
+const FEED_MAX = 50;
+const main = document.getElementById("main");
+const cards = el("div", { class: "grid", id: "nodes" }, el("div", { class: "empty" }, "Waiting for nodes…"));
+const feed = el("ul", { class: "feed", id: "feed" });
+main.append(el("div", { class: "layout-live" },
+  el("section", {}, el("h2", {}, "Nodes"), cards),
+  el("section", {}, el("h2", {}, "Live events"), el("div", { class: "card" }, feed,
+    el("div", { class: "empty", id: "feed-empty" }, "No events yet")))));
+
+const nodes = new Map();        // key -> node json
+const latest = new Map();       // key -> newest event json
+const snapshots = new Map();    // key -> newest snapshot url
+
+function field(name, value) { return [el("dt", {}, name), el("dd", { dataset: { field: name } }, value)]; }
+
+function renderCard(node) {
+  const key = nodeKey(node.site, node.node);
+  const state = node.state || {};
+  const servo = state.servo || {};
+  const stats = node.stats || {};
+  const last = latest.get(key);
+  const card = el("article", { class: "card", dataset: { node: key, status: node.status } },
+    el("h3", {}, el("i", { class: `dot ${node.status}` }), node.node,
+      el("span", { class: "status-text" }, `${node.site} · ${node.status}`)),
+    el("dl", {},
+      field("fps", num(stats.fps)),
+      field("angle", servo.angle === null || servo.angle === undefined ? "detached" : `${num(servo.angle, 0)}°`),
+      field("mode", servo.mode || "–"),
+      field("threshold", state.threshold === undefined ? "–" : num(state.threshold, 2)),
+      field("detect", state.detect === undefined ? "–" : state.detect ? "on" : "paused"),
+      field("last event", last ? el("span", {}, badge(last.label), " ", ago(last.last_seen)) : "none"),
+      field("seen", ago(node.last_seen))));
+  const snap = snapshots.get(key);
+  if (snap) {
+    const img = el("img", { class: "snap", alt: `latest snapshot of ${key}` });
+    setImage(img, snap);
+    card.append(img);
+  }
+  return card;
+}
+
+function renderCards() {
+  const list = [...nodes.values()].sort((a, b) => nodeKey(a.site, a.node).localeCompare(nodeKey(b.site, b.node)));
+  cards.replaceChildren(...(list.length ? list.map(renderCard) : [el("div", { class: "empty" }, "No node has reported yet")]));
+}
+
+async function loadNodes() {
+  const { body } = await api("api/nodes");
+  nodes.clear();
+  for (const node of body) nodes.set(nodeKey(node.site, node.node), node);
+  renderCards();
+}
+
+async function loadNodeEvents(site, node) {
+  const query = new URLSearchParams({ site, node, limit: "20" });
+  const { body } = await api(`api/events?${query}`);
+  const key = nodeKey(site, node);
+  if (body.items.length) latest.set(key, body.items[0]);
+  const withSnap = body.items.find((e) => e.snapshot_url);
+  if (withSnap) snapshots.set(key, withSnap.snapshot_url);
+}
+
+function feedItem(event) {
+  return el("li", { class: "fresh", dataset: { id: event.id, label: event.label } },
+    badge(event.label),
+    el("span", {}, el("strong", {}, event.node), " ", el("span", { class: "muted" },
+      `${event.site} · ${num(event.score ?? event.best_score, 2)} · ${event.state}`)),
+    el("time", { class: "muted", datetime: event.last_seen }, fmtTime(event.last_seen)));
+}
+
+function showEvent(event) {
+  document.getElementById("feed-empty")?.remove();
+  const old = feed.querySelector(`li[data-id="${CSS.escape(event.id)}"]`);
+  const item = feedItem(event);
+  if (old) old.replaceWith(item); else feed.prepend(item);
+  while (feed.children.length > FEED_MAX) feed.lastElementChild.remove();
+}
+
+const refreshers = new Map();
+function refreshNodeSoon(site, node) {
+  const key = nodeKey(site, node);
+  if (!refreshers.has(key)) {
+    refreshers.set(key, throttle(() => loadNodeEvents(site, node).then(renderCards).catch(console.error), 3000));
+  }
+  refreshers.get(key)();
+}
+
+const reloadNodes = throttle(() => loadNodes().catch(console.error), 1000);
+
+async function start() {
+  await loadNodes();
+  const { body } = await api("api/events?limit=30");
+  for (const event of [...body.items].reverse()) showEvent({ ...event, score: event.best_score });
+  await Promise.all([...nodes.values()].map((n) => loadNodeEvents(n.site, n.node).catch(console.error)));
+  renderCards();
+  stream({
+    event: (event) => {
+      showEvent(event);
+      latest.set(nodeKey(event.site, event.node), event);
+      refreshNodeSoon(event.site, event.node);
+    },
+    node: reloadNodes,
+    open: reloadNodes,
+  });
+  setInterval(renderCards, 10000);   // keep "x s ago" honest
+  setInterval(reloadNodes, 15000);   // stats arrive without a stream item
+}
+
+start().catch((error) => cards.replaceChildren(el("div", { class: "empty" }, `Cannot reach the hub: ${error.message}`)));
