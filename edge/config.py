@@ -104,7 +104,9 @@ class SceneConfig(StrictModel):
     fps: float = Field(15.0, gt=0, le=240)
     noise: float = Field(3.0, ge=0, le=50, description="std of Gaussian pixel noise (light noise)")
     face_height_frac: float = Field(0.45, gt=0.05, le=1, description="face height relative to the frame")
-    realtime: bool = Field(True, description="pace frames at fps (false: as fast as read, virtual clock)")
+    realtime: bool = Field(True, description="pace frames at fps like a camera (false: every frame is "
+                                             "processed, timestamps from a virtual clock at fps)")
+    duration_s: float | None = Field(None, gt=0, description="end the scene after this long (none: never)")
     seed: int = 0
 
 

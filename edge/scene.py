@@ -108,11 +108,10 @@ class SceneCamera:
     :param angle: returns the servo's current angle in degrees.
     """
 
-    live = True
-
     def __init__(self, scene: Scene, config: SceneConfig, angle: Callable[[], float]) -> None:
         self.scene = scene
         self.config = config
+        self.live = config.realtime
         self.angle = angle
         self.name = "scene"
         self.px_per_deg = config.width / config.fov_deg
@@ -176,6 +175,8 @@ class SceneCamera:
 
     def read(self) -> Frame | None:
         cfg = self.config
+        if cfg.duration_s is not None and self._index >= cfg.duration_s * cfg.fps:
+            return None
         if cfg.realtime:
             delay = self._next_at - time.monotonic()
             if delay > 0:
@@ -197,6 +198,7 @@ class SceneCamera:
 
     def close(self) -> None:
         self._panorama = None
+        self._index = 0
 
     def describe(self) -> dict[str, Any]:
         """The scene's faces and angles (for logs and the demo)."""

@@ -249,8 +249,7 @@ class Capture:
                     self.error = None
                     delay = self.retry_min_s
                     self._pump(stop)
-                    if not self.source.live:
-                        return
+                    return  # the end of the stream (live devices raise instead)
                 except HardwareError as exc:
                     self.error = str(exc)
                     if not self.source.live:
