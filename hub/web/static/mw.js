@@ -27,11 +27,17 @@ export async function api(path, { method = "GET", body } = {}) {
   return { status: response.status, body: parsed };
 }
 
-/** Show an image that may need the token (object URL when a token is set). */
+/** An object URL of the image at ``url`` (fetched with the token), or null if it is not there (yet). */
+export async function imageUrl(url) {
+  const response = await fetch(url, { headers: authHeaders() }).catch(() => null);
+  return response && response.ok ? URL.createObjectURL(await response.blob()) : null;
+}
+
+/** Show an image that may need the token (a plain link without one). */
 export async function setImage(img, url) {
   if (!token()) { img.src = url; return; }
-  const response = await fetch(url, { headers: authHeaders() });
-  if (response.ok) img.src = URL.createObjectURL(await response.blob());
+  const objectUrl = await imageUrl(url);
+  if (objectUrl) img.src = objectUrl;
 }
 
 /** Download ``url`` as ``filename`` (fetch with the token when one is set). */
