@@ -25,6 +25,7 @@ function describe(result) {
     if ("threshold" in value) parts.push(`threshold ${value.threshold}`);
     if ("enabled" in value) parts.push(value.enabled ? "detection on" : "detection paused");
     if ("detect" in value) parts.push(value.detect ? "detection on" : "detection paused");
+    if ("bytes" in value) parts.push(`${value.width}×${value.height} JPEG, ${Math.round(value.bytes / 1024)} KiB`);
     if (value.clamped) parts.push("(clamped)");
     if (parts.length) text += `: ${parts.join(", ")}`;
   } else if (value !== null && value !== undefined) {
@@ -83,6 +84,11 @@ function detectButtons(site, node, out, onAnswer) {
   }, enabled ? "detect on" : "detect off"));
 }
 
+/** One labelled line of controls. */
+function line(label, ...controls) {
+  return el("div", { class: "row" }, el("span", { class: "label" }, label), el("div", { class: "controls" }, controls));
+}
+
 function nodePanel(node) {
   const { site } = node;
   const key = nodeKey(site, node.node);
@@ -100,15 +106,18 @@ function nodePanel(node) {
   slider.addEventListener("change", async () => { await send(site, node.node, "servo", { angle: Number(slider.value) }, out); refresh(); });
   const card = el("article", { class: "card", dataset: { node: key } },
     el("h3", {}, dot, node.node, statusText),
-    el("div", { class: "row" }, el("span", { class: "label" }, "Servo now"), current, el("span", { class: "muted" }, "mode"), mode),
-    el("div", { class: "row" }, el("span", { class: "label" }, "Angle"), target), slider,
-    el("div", { class: "row" }, el("span", { class: "label" }, "Mode"), modeButtons(site, node.node, out, refresh)),
-    el("div", { class: "row" }, el("span", { class: "label" }, "Threshold"), threshold.row),
-    el("div", { class: "row" }, el("span", { class: "label" }, "Detection"), detectButtons(site, node.node, out, refresh)),
-    el("div", { class: "row" }, el("span", { class: "label" }, "Snapshot"), el("button", {
+    line("Servo now", current, el("span", { class: "muted" }, "mode"), mode),
+    line("Angle", slider, target),
+    line("Mode", modeButtons(site, node.node, out, refresh)),
+    line("Threshold", threshold.row),
+    line("Detection", detectButtons(site, node.node, out, refresh)),
+    line("Snapshot", el("button", {
       onclick: async () => {
         const body = await send(site, node.node, "snapshot", {}, out);
-        if (body && body.results.some((r) => r.status === "ok")) await showSnapshot(body.request_id, snapImg);
+        const ok = body && body.results.find((r) => r.status === "ok");
+        // the JPEG comes on .../snapshot/<id>: the answer names the topic (else the id is the request id)
+        const id = ok && ok.value && ok.value.topic ? ok.value.topic.split("/").pop() : body && body.request_id;
+        if (ok) await showSnapshot(id, snapImg);
       },
     }, "take snapshot")),
     out, snapImg);
@@ -139,11 +148,10 @@ function sitePanel(site) {
   const threshold = thresholdControls(site, "all", out, () => reloadNodes());
   return el("article", { class: "card", dataset: { site } },
     el("h3", {}, `Site ${site}`, el("span", { class: "status-text" }, "every online node")),
-    el("div", { class: "row" }, el("span", { class: "label" }, "Mode"), modeButtons(site, "all", out, () => reloadNodes())),
-    el("div", { class: "row" }, el("span", { class: "label" }, "Threshold"), threshold.row),
-    el("div", { class: "row" }, el("span", { class: "label" }, "Detection"), detectButtons(site, "all", out, () => reloadNodes())),
-    el("div", { class: "row" }, el("span", { class: "label" }, "Snapshot"),
-      el("button", { onclick: () => send(site, "all", "snapshot", {}, out) }, "every node")),
+    line("Mode", modeButtons(site, "all", out, () => reloadNodes())),
+    line("Threshold", threshold.row),
+    line("Detection", detectButtons(site, "all", out, () => reloadNodes())),
+    line("Snapshot", el("button", { onclick: () => send(site, "all", "snapshot", {}, out) }, "every node")),
     out);
 }
 
