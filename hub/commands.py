@@ -170,7 +170,7 @@ class Commander:
                 self._pending.pop(request_id, None)
         outcomes = self._outcomes(site, name, request_id, pending)
         self._audit_answered(audit_ids, nodes, outcomes)
-        self._apply_desired(site, nodes, command)
+        self._apply_desired(site, command, outcomes)
         return outcomes
 
     def _site_nodes(self, site: str) -> set[str] | None:
@@ -235,11 +235,15 @@ class Commander:
                     status=status, answered_at=None if status == "timeout" else now,
                     response=response, error=error[:512] if error else None))
 
-    def _apply_desired(self, site: str, nodes: Sequence[str] | None, command: Command) -> None:
+    def _apply_desired(self, site: str, command: Command, outcomes: list[Outcome]) -> None:
+        """Keep what the command changes as the desired config of every node that did not refuse it
+        (``ok`` or no answer yet: an absent node applies it when it reconnects), and publish it retained."""
         changes = desired_changes(command)
         if not changes or self.store is None or self.registry is None:
             return
-        targets = list(nodes) if nodes else [row.node for row in self.registry.nodes(site)]
+        targets = [o.node for o in outcomes if o.status != "error" and o.node != topics.ALL_NODES]
+        if not targets:
+            return
         with self.store.transaction() as session:
             desired = {node: self.registry.merge_desired(session, site, node, changes) for node in targets}
         for node, config in desired.items():

@@ -1,0 +1,115 @@
+"""Remote commands from the CLI and the API to a real MQTT node (a responder on the real broker)."""
+
+from __future__ import annotations
+
+import json
+import queue
+from pathlib import Path
+
+import httpx
+import pytest
+from hub_support import NodeResponder, hub_config, running_hub, unique_site, wait_until
+from sqlalchemy import select
+
+from hub.models import CommandRow, NodeRow
+from hub.store import Store
+from shared.cli import main
+from shared.config import BrokerConfig
+from shared.messages import DesiredConfig, parse
+from shared.mqtt import MqttClient
+from shared.topics import NodeTopics
+
+
+def cli(broker: BrokerConfig, *args: str) -> int:
+    return main([args[0], "--broker", broker.address, *args[1:]])
+
+
+def audit(store: Store) -> list[CommandRow]:
+    with store.session() as session:
+        return list(session.scalars(select(CommandRow).order_by(CommandRow.id)))
+
+
+def test_cli_commands_answered_error_and_timeout_audited(broker_config: BrokerConfig, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    site = unique_site()
+    config = hub_config(broker_config, tmp_path, site)
+    store = Store(config.db_url)
+    store.migrate()
+    db = ["--db", config.db_url]
+    with NodeResponder(broker_config, site, "door") as node:
+        assert cli(broker_config, "threshold", "--site", site, "--node", "door", "0.7", *db) == 0
+        assert cli(broker_config, "servo", "--site", site, "--node", "door", "--mode", "sweep", *db) == 0
+        assert cli(broker_config, "servo", "--site", site, "--node", "door", "--angle", "120", *db) == 1
+        out = capsys.readouterr().out
+        assert "ok:" in out and "error:" in out and "beyond" in out
+        assert ("threshold", {"v": 1, "request_id": node.received[0][1]["request_id"], "value": 0.7}) == \
+            node.received[0]
+    assert cli(broker_config, "servo", "--site", site, "--node", "absent", "--angle", "10", "--timeout", "0.5",
+               *db) == 3
+    assert "timeout: no answer" in capsys.readouterr().out
+    rows = audit(store)
+    assert [(r.node, r.name, r.status) for r in rows] == [
+        ("door", "threshold", "ok"), ("door", "servo", "ok"), ("door", "servo", "error"),
+        ("absent", "servo", "timeout")]
+    assert rows[0].response is not None and rows[0].response["value"] == {"value": 0.7}
+    assert rows[2].error and "beyond" in rows[2].error
+    assert rows[3].answered_at is None and rows[3].source == "cli"
+    # the desired config is kept per node (not what a node refused) and published retained
+    with store.session() as session:
+        door = session.get(NodeRow, (site, "door"))
+        absent = session.get(NodeRow, (site, "absent"))
+        assert door is not None and door.desired == {"threshold": 0.7, "servo_mode": "sweep"}
+        assert absent is not None and absent.desired == {"servo_mode": "hold", "servo_angle": 10.0}
+    inbox: queue.Queue[bytes] = queue.Queue()
+    reader = MqttClient(broker_config, f"test-desired-{site}")
+    reader.subscribe(NodeTopics(site, "door").desired, lambda m: inbox.put(m.payload))
+    reader.start()
+    try:
+        desired = parse(DesiredConfig, inbox.get(timeout=5))
+        assert (desired.threshold, desired.servo_mode, desired.servo_angle) == (0.7, "sweep", None)
+    finally:
+        reader.stop()
+    store.close()
+
+
+def test_cli_without_db_and_json_output(broker_config: BrokerConfig, capsys: pytest.CaptureFixture[str]) -> None:
+    site = unique_site()
+    with NodeResponder(broker_config, site, "door"):
+        assert cli(broker_config, "threshold", "--site", site, "--node", "door", "0.4", "--json") == 0
+    answers = json.loads(capsys.readouterr().out)
+    assert answers[0]["status"] == "ok" and answers[0]["value"] == {"value": 0.4}
+    assert cli(broker_config, "threshold", "--site", site, "--node", "door", "1.5") == 2  # rejected locally
+
+
+def test_api_commands_to_one_node_and_to_a_site(broker_config: BrokerConfig, tmp_path: Path) -> None:
+    site = unique_site()
+    config = hub_config(broker_config, tmp_path, site)
+    with NodeResponder(broker_config, site, "a"), NodeResponder(broker_config, site, "b"), \
+            running_hub(config) as hub:
+        base = f"http://127.0.0.1:{hub.http_port}"
+        store = Store(config.db_url)
+        assert wait_until(lambda: len([r for r in _nodes(store) if r.online]) == 2)
+        ok = httpx.post(f"{base}/api/nodes/{site}/a/commands/servo", json={"angle": 15}, timeout=10)
+        assert ok.status_code == 200 and ok.json()["results"][0]["status"] == "ok"
+        error = httpx.post(f"{base}/api/nodes/{site}/a/commands/servo", json={"angle": 150}, timeout=10)
+        assert error.status_code == 502 and error.json()["results"][0]["status"] == "error"
+        everyone = httpx.post(f"{base}/api/nodes/{site}/all/commands/detect", json={"enabled": False}, timeout=10)
+        assert everyone.status_code == 200
+        assert sorted(r["node"] for r in everyone.json()["results"]) == ["a", "b"]
+        absent = httpx.post(f"{base}/api/nodes/{site}/zzz/commands/snapshot?timeout_s=0.3", json={}, timeout=10)
+        assert absent.status_code == 504
+        bad = httpx.post(f"{base}/api/nodes/{site}/a/commands/threshold", json={"value": 7}, timeout=10)
+        assert bad.status_code == 422
+        rows = audit(store)
+        assert [(r.node, r.status, r.source) for r in rows] == [
+            ("a", "ok", "api:anonymous"), ("a", "error", "api:anonymous"), ("all", "ok", "api:anonymous"),
+            ("zzz", "timeout", "api:anonymous")]
+        assert {a["node"] for a in rows[2].response["answers"]} == {"a", "b"}  # type: ignore[index]
+        listed = httpx.get(f"{base}/api/commands", timeout=10).json()
+        assert [c["status"] for c in listed] == ["timeout", "ok", "error", "ok"]
+        store.close()
+
+
+def _nodes(store: Store) -> list[NodeRow]:
+    with store.session() as session:
+        return list(session.scalars(select(NodeRow)))
