@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,6 +22,80 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                            "~/.cache/maskwatch/models.")
     fetch.set_defaults(handler=run_fetch)
 
+    train = actions.add_parser("train", help="train the mask classifier (MobileNetV2 transfer learning)",
+                               description="Train the classifier on face crops cut by the face detector with "
+                                           "the edge's margin, plus the labelled faces of scene photos; "
+                                           "group-aware validation split; writes model.keras, metrics.json, "
+                                           "training_curves.png and confusion_matrix.png into --out.")
+    train.add_argument("data", type=Path, help="folder with with_mask/ and without_mask/ images")
+    train.add_argument("--scenes", type=Path, help="scene folder (images/ + VOC annotations/) to add faces from")
+    train.add_argument("--out", type=Path, default=Path("runs/train"), help="output folder (default runs/train)")
+    train.add_argument("--backbone-weights", default="imagenet",
+                       help="'imagenet' (downloads) or a MobileNetV2 no-top .h5 file")
+    train.add_argument("--size", type=int, default=96, help="input size in pixels (default 96)")
+    train.add_argument("--epochs", type=int, default=20, help="head epochs on frozen features (default 20)")
+    train.add_argument("--fine-tune-epochs", type=int, default=3, help="fine-tuning epochs (default 3, 0 = none)")
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--augment-copies", type=int, default=2,
+                       help="augmented copies per training crop for the head phase (default 2)")
+    train.add_argument("--validation", type=float, default=0.2, help="validation fraction (default 0.2)")
+    train.add_argument("--seed", type=int, default=0, help="random seed; same seed and data, same model")
+    train.add_argument("--detector", choices=["blazeface", "res10", "none"], default="blazeface",
+                       help="detector that cuts the training crops (none = whole images)")
+    train.add_argument("--limit", type=int, help="use at most this many images per class (quick runs)")
+    train.set_defaults(handler=run_train)
+
+    export = actions.add_parser("export", help="export a trained model to float16 and int8 TFLite",
+                                description="Convert RUN/model.keras to <name>_f16.tflite and <name>_int8.tflite "
+                                            "(uint8 in/out, representative data from training crops) and fail "
+                                            "if int8 and float accuracies on the validation split differ by "
+                                            "more than --max-gap points.")
+    export.add_argument("run", type=Path, help="the --out folder of 'maskwatch model train'")
+    export.add_argument("--out", type=Path, default=Path("models"), help="where to write the .tflite files")
+    export.add_argument("--name", default="mask_classifier", help="file name stem (default mask_classifier)")
+    export.add_argument("--max-gap", type=float, default=0.5, help="allowed accuracy gap in points (default 0.5)")
+    export.set_defaults(handler=run_export)
+
+    evaluate = actions.add_parser(
+        "eval", help="evaluate the classifier (crops, photos with --detect, or labelled scenes with --scenes)",
+        description="DIR holds with_mask/ and without_mask/ images (JPEG, PNG incl. alpha, WebP). Without "
+                    "--detect each image is one face crop; with --detect the largest detected face is "
+                    "classified (no face found = wrong, counted as no_face). With --scenes, DIR holds images/ "
+                    "and PASCAL VOC annotations/: face recall per class and size, detection precision and the "
+                    "per-face no-mask decision. Runs on LiteRT, as the edge does.")
+    evaluate.add_argument("dir", type=Path, help="the folder to evaluate")
+    mode = evaluate.add_mutually_exclusive_group()
+    mode.add_argument("--detect", action="store_true", help="detect faces first and classify the largest")
+    mode.add_argument("--scenes", action="store_true", help="DIR is a labelled scenes folder (images/, annotations/)")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--min-iou", type=float, default=0.3, help="IoU to match faces in --scenes (default 0.3)")
+    add_inference_options(evaluate)
+    evaluate.set_defaults(handler=run_eval)
+
+    detect = subparsers.add_parser(
+        "detect", help="detect faces in images and tell mask / no mask",
+        description="Run the edge's detector and classifier on image files or folders. Prints a table, or "
+                    "with --json one JSON line per image: {image, faces: [{box, face_score, label, score}], "
+                    "ms: {detect, classify, total}}.")
+    detect.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders of images")
+    detect.add_argument("--json", action="store_true", help="one JSON line per image")
+    detect.add_argument("--annotate", type=Path, metavar="OUT_DIR",
+                        help="write copies with boxes drawn (blue: wearing mask, red: not wearing mask)")
+    add_inference_options(detect)
+    detect.set_defaults(handler=run_detect)
+
+
+def add_inference_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by the commands that run the edge's detector and classifier."""
+    parser.add_argument("--model", type=Path, help="classifier .tflite (default: models/mask_classifier_int8.tflite)")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="no-mask decision threshold 0..1 (default 0.5)")
+    parser.add_argument("--profile", choices=["near", "crowd"], default="crowd",
+                        help="detector operating point (default crowd)")
+    parser.add_argument("--detector", choices=["blazeface", "res10"], default="blazeface",
+                        help="face detector (default blazeface)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for inference (default 2)")
+
 
 def run_fetch(args: argparse.Namespace) -> int:
     from edge.model_store import MODEL_FILES, fetch_models, model_dir
@@ -28,3 +105,114 @@ def run_fetch(args: argparse.Namespace) -> int:
         print(f"{path}  sha256 {MODEL_FILES[path.name].sha256[:16]}…  ({MODEL_FILES[path.name].licence})")
     print(f"{len(paths)} model files ready in {model_dir()}")
     return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from models.training.train import TrainSettings, train
+
+    settings = TrainSettings(
+        data=str(args.data), scenes=str(args.scenes) if args.scenes else None, out=str(args.out),
+        backbone_weights=str(args.backbone_weights), size=args.size, head_epochs=args.epochs,
+        fine_tune_epochs=args.fine_tune_epochs, batch_size=args.batch_size, augment_copies=args.augment_copies,
+        validation=args.validation, seed=args.seed, detector=None if args.detector == "none" else args.detector,
+        limit_per_class=args.limit)
+    report = train(settings)
+    val = report["validation"]
+    print(f"validation: {val['n']} crops, accuracy {val['accuracy']:.4f}, no-mask recall "
+          f"{val['no_mask_recall']:.4f}, no-mask precision {val['no_mask_precision']:.4f}")
+    print(f"crops: {json.dumps(report['crops'])}")
+    print(f"written to {args.out} in {report['seconds']} s")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from models.training.export import export
+
+    figures = export(args.run, args.out, args.name, args.max_gap)
+    print(json.dumps(figures))
+    return 0
+
+
+def _threshold(value: float) -> float:
+    from shared.errors import ConfigError
+
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"--threshold must be between 0 and 1, got {value}")
+    return value
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from edge.classifier import MaskClassifier
+    from edge.detector import create_detector
+    from models.evaluation import check_folder, evaluate_folder, evaluate_scenes
+
+    threshold = _threshold(args.threshold)
+    folder = check_folder(args.dir)
+    classifier = MaskClassifier(args.model, args.threads)
+    if args.scenes:
+        detector = create_detector(args.profile, args.detector, args.threads)
+        result = evaluate_scenes(folder, classifier, detector, threshold, args.min_iou)
+    else:
+        detector = create_detector(args.profile, args.detector, args.threads) if args.detect else None
+        result = evaluate_folder(folder, classifier, detector, threshold)
+    if args.json:
+        print(json.dumps(result))
+    elif args.scenes:
+        print(f"{result['images']} images, {result['faces']} labelled faces, {result['detections']} detections, "
+              f"precision {result['precision']:.3f}, {result['ms_per_image']} ms/image ({result['detector']})")
+        for label, bands in result["recall"].items():
+            print(f"  recall {label:<22} " + "  ".join(f"{band}: {v['recall']:.3f} (n={v['n']})"
+                                                     for band, v in bands.items()))
+        for band, v in result["no_mask_decision"].items():
+            print(f"  no-mask decision {band:<5} precision {v['precision']:.3f} recall {v['recall']:.3f} "
+                  f"accuracy {v['accuracy']:.3f} on {v['faces']} matched faces")
+    else:
+        print(f"{result['n']} images, accuracy {result['accuracy']:.4f}, no face {result['no_face']}, "
+              f"{result['ms_per_image']} ms/image, model {result['model']}")
+        for name, v in result["per_class"].items():
+            print(f"  {name:<8} precision {v['precision']:.4f} recall {v['recall']:.4f} n={v['n']}")
+    return 0
+
+
+def run_detect(args: argparse.Namespace) -> int:
+    import cv2
+
+    from edge.classifier import MaskClassifier
+    from edge.detector import create_detector
+    from edge.images import ImageReadError, list_images, read_image
+    from models.inference import analyse, annotate
+
+    threshold = _threshold(args.threshold)
+    images: list[Path] = []
+    for path in args.paths:
+        if path.is_dir():
+            images += list_images(path)
+        elif path.exists():
+            images.append(path)
+        else:
+            print(f"maskwatch detect: {path}: no such file or folder", file=sys.stderr)
+    classifier = MaskClassifier(args.model, args.threads)
+    detector = create_detector(args.profile, args.detector, args.threads)
+    if args.annotate:
+        args.annotate.mkdir(parents=True, exist_ok=True)
+    failures = len(images) == 0
+    for path in images:
+        try:
+            frame = read_image(path)
+        except ImageReadError as exc:
+            print(f"maskwatch detect: {exc}", file=sys.stderr)
+            failures = True
+            continue
+        result = analyse(frame, detector, classifier, threshold)
+        if args.json:
+            print(json.dumps({"image": str(path), "faces": [f.to_json() for f in result.faces], "ms": result.ms}),
+                  flush=True)
+        else:
+            print(f"{path}  {len(result.faces)} face(s)  {result.ms['total']:.1f} ms "
+                  f"(detect {result.ms['detect']:.1f}, classify {result.ms['classify']:.1f})")
+            for face in result.faces:
+                x, y, w, h = face.box
+                print(f"    {x:>5} {y:>5} {w:>4}x{h:<4} face {face.face_score:.2f}  {face.label:<8} {face.score:.2f}")
+        if args.annotate:
+            cv2.imwrite(str(args.annotate / (path.stem + ".jpg")), annotate(frame, result.faces))
+    return 1 if failures else 0

@@ -1,0 +1,76 @@
+"""One image through the edge's inference path: detect faces, crop with the training margin, classify."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from edge.classifier import MaskClassifier
+from edge.crop import crop_face
+from edge.detector import FaceDetector
+
+#: Box colours of the seed's on-screen indicator (BGR): blue for a mask, red for no mask.
+COLOURS = {"mask": (255, 0, 0), "no_mask": (0, 0, 255)}
+CAPTIONS = {"mask": "wearing mask", "no_mask": "not wearing mask"}
+
+
+@dataclass(frozen=True)
+class FaceResult:
+    """A detected face with its mask decision: ``score`` is the probability of ``label``."""
+
+    box: tuple[int, int, int, int]
+    face_score: float
+    label: str
+    score: float
+    p_no_mask: float
+
+    def to_json(self) -> dict:
+        return {"box": list(self.box), "face_score": round(self.face_score, 4), "label": self.label,
+                "score": round(self.score, 4)}
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """All faces of one image and the time spent (ms) detecting, classifying and in total."""
+
+    faces: list[FaceResult]
+    ms: dict[str, float]
+
+
+def label_of(p_no_mask: float, threshold: float) -> tuple[str, float]:
+    """The decision for a no-mask probability: (label, probability of that label)."""
+    return ("no_mask", p_no_mask) if p_no_mask >= threshold else ("mask", 1.0 - p_no_mask)
+
+
+def analyse(frame_bgr: np.ndarray, detector: FaceDetector, classifier: MaskClassifier,
+            threshold: float = 0.5) -> ImageResult:
+    """Detect every face in a BGR frame and classify each crop in one batch."""
+    start = time.perf_counter()
+    faces = detector.detect(frame_bgr)
+    detected = time.perf_counter()
+    p = classifier.no_mask_probability([crop_face(frame_bgr, f.box) for f in faces]) if faces else np.zeros(0)
+    done = time.perf_counter()
+    results = []
+    for face, p_no_mask in zip(faces, p, strict=True):
+        label, score = label_of(float(p_no_mask), threshold)
+        results.append(FaceResult(face.box, face.score, label, score, float(p_no_mask)))
+    return ImageResult(results, {"detect": round(1000 * (detected - start), 2),
+                                 "classify": round(1000 * (done - detected), 2),
+                                 "total": round(1000 * (done - start), 2)})
+
+
+def annotate(frame_bgr: np.ndarray, faces: list[FaceResult]) -> np.ndarray:
+    """A copy of the frame with each face boxed and captioned (blue: wearing mask, red: not wearing mask)."""
+    out = frame_bgr.copy()
+    thickness = max(1, round(max(out.shape[:2]) / 400))
+    for face in faces:
+        x, y, w, h = face.box
+        colour = COLOURS[face.label]
+        cv2.rectangle(out, (x, y), (x + w, y + h), colour, thickness)
+        caption = f"{CAPTIONS[face.label]} {100 * face.score:.0f}%"
+        cv2.putText(out, caption, (x, max(10, y - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.35 * thickness, colour,
+                    thickness)
+    return out

@@ -1,0 +1,82 @@
+"""``maskwatch model export``: a trained Keras classifier to float16 and int8 TFLite, with an agreement check.
+
+The int8 model takes uint8 RGB and returns uint8 probabilities; its representative data are training crops.
+It must agree with the float model on the validation split: accuracies within ``max_gap_pp`` percentage
+points, else the export fails and no int8 file is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from edge.classifier import MaskClassifier
+from shared.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+MAX_GAP_PP = 0.5
+
+
+def convert(model_path: Path, representative: np.ndarray | None) -> bytes:
+    """TFLite bytes of a saved Keras model: float16 weights when ``representative`` is None, else full int8."""
+    import keras
+    import tensorflow as tf
+
+    model = keras.models.load_model(model_path)
+    with tempfile.TemporaryDirectory(prefix="maskwatch-export-") as tmp:
+        model.export(tmp, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if representative is None:
+            converter.target_spec.supported_types = [tf.float16]
+        else:
+            converter.representative_dataset = lambda: ([image[None]] for image in representative)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.uint8
+            converter.inference_output_type = tf.uint8
+        return converter.convert()
+
+
+def predict_rgb(classifier: MaskClassifier, images_rgb: np.ndarray) -> np.ndarray:
+    """No-mask probabilities of S x S RGB crops through the edge's own classifier code."""
+    return classifier.no_mask_probability([image[:, :, ::-1] for image in images_rgb])
+
+
+def export(run_dir: Path, out_dir: Path, name: str = "mask_classifier", max_gap_pp: float = MAX_GAP_PP) -> dict:
+    """Write ``<name>_f16.tflite`` and ``<name>_int8.tflite`` into ``out_dir``; return the agreement figures.
+
+    :raises ModelError: the run folder is incomplete, or int8 and float disagree by more than ``max_gap_pp``.
+    """
+    model_path, split_path = run_dir / "model.keras", run_dir / "split.npz"
+    for path in (model_path, split_path):
+        if not path.is_file():
+            raise ModelError(f"{path} not found: give the --out folder of 'maskwatch model train'")
+    split = np.load(split_path)
+    val_images, val_labels = split["val_images"], split["val_labels"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    f16_path, int8_path = out_dir / f"{name}_f16.tflite", out_dir / f"{name}_int8.tflite"
+    log.info("converting to float16")
+    f16_path.write_bytes(convert(model_path, None))
+    log.info("converting to int8 with %d representative training crops", len(split["representative"]))
+    candidate = out_dir / f".{name}_int8.tflite.candidate"
+    candidate.write_bytes(convert(model_path, split["representative"]))
+    p_float = predict_rgb(MaskClassifier(f16_path, 2), val_images)
+    p_int8 = predict_rgb(MaskClassifier(candidate, 2), val_images)
+    acc_float = float(((p_float >= 0.5) == val_labels).mean())
+    acc_int8 = float(((p_int8 >= 0.5) == val_labels).mean())
+    figures = {"validation_n": len(val_labels), "accuracy_f16": acc_float, "accuracy_int8": acc_int8,
+               "gap_pp": round(100 * abs(acc_float - acc_int8), 3),
+               "label_agreement": float(((p_float >= 0.5) == (p_int8 >= 0.5)).mean()),
+               "max_abs_probability_diff": float(np.abs(p_float - p_int8).max())}
+    if figures["gap_pp"] > max_gap_pp:
+        candidate.unlink()
+        raise ModelError(f"int8 model disagrees with float: accuracy {acc_int8:.4f} vs {acc_float:.4f} "
+                         f"({figures['gap_pp']} points > {max_gap_pp}); int8 file not written")
+    candidate.replace(int8_path)
+    log.info("int8 accuracy %.4f, float16 %.4f, labels agree on %.4f", acc_int8, acc_float,
+             figures["label_agreement"])
+    return figures

@@ -1,0 +1,193 @@
+"""``maskwatch model train``: transfer learning of MobileNetV2 on detector crops, then fine-tuning of the top blocks.
+
+Phase 1 trains the head on pooled backbone features, computed once for the original crops and for
+``augment_copies`` augmented copies of each training crop (the backbone is frozen, so this is exact and cheap).
+Phase 2 fine-tunes the top blocks at a low learning rate on freshly augmented batches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from models.training.augment import Augmentation
+from models.training.data import Crops, concat, face_mask_crops, group_split, scene_crops
+from models.training.network import FINE_TUNE_FROM, backbone, classifier, head, set_fine_tuning
+from models.training.plots import plot_confusion, plot_curves
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything that decides a training run (saved with it as ``settings.json``)."""
+
+    data: str
+    scenes: str | None
+    out: str
+    backbone_weights: str = "imagenet"
+    size: int = 96
+    head_epochs: int = 20
+    fine_tune_epochs: int = 3
+    fine_tune_from: str = FINE_TUNE_FROM
+    batch_size: int = 32
+    head_learning_rate: float = 1e-3
+    fine_tune_learning_rate: float = 1e-5
+    augment_copies: int = 2
+    validation: float = 0.2
+    seed: int = 0
+    detector: str | None = "blazeface"
+    limit_per_class: int | None = None
+
+
+class TqdmEpochs(keras.callbacks.Callback):
+    """A progress bar over epochs showing the latest loss and accuracy."""
+
+    def __init__(self, epochs: int, desc: str) -> None:
+        super().__init__()
+        self.bar = tqdm(total=epochs, desc=desc, unit="epoch", leave=False)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        self.bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if "loss" in k or "acc" in k})
+        self.bar.update(1)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self.bar.close()
+
+
+def load_crops(settings: TrainSettings) -> Crops:
+    """Face-mask crops cut by the detector (``near`` profile, as the edge) plus the scenes' labelled faces."""
+    from edge.detector import create_detector
+
+    detector = create_detector("near", settings.detector) if settings.detector else None
+    parts = [face_mask_crops(Path(settings.data), settings.size, detector, settings.limit_per_class)]
+    if settings.scenes:
+        limit = None if settings.limit_per_class is None else settings.limit_per_class // 4
+        parts.append(scene_crops(Path(settings.scenes), settings.size, limit))
+    return concat(parts)
+
+
+def features(base: keras.Model, images: np.ndarray, batch_size: int, desc: str) -> np.ndarray:
+    """Pooled backbone features of uint8 RGB images, with a progress bar."""
+    out = np.empty((len(images), base.output_shape[-1]), np.float32)
+    for start in tqdm(range(0, len(images), 256), desc=desc, unit="batch", leave=False):
+        batch = images[start:start + 256].astype(np.float32) / 127.5 - 1.0
+        out[start:start + 256] = base.predict(batch, batch_size=batch_size, verbose=0)
+    return out
+
+
+class AugmentedBatches(keras.utils.PyDataset):
+    """Shuffled, freshly augmented training batches with a seeded generator (deterministic per epoch)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int) -> None:
+        super().__init__()
+        self.images, self.labels, self.batch_size, self.seed = images, labels, batch_size, seed
+        self.augmentation = Augmentation()
+        self.epoch = 0
+        self.order = np.random.default_rng(seed).permutation(len(images))
+
+    def __len__(self) -> int:
+        return int(np.ceil(len(self.images) / self.batch_size))
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        chosen = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        return self.augmentation.apply(self.images[chosen], rng), self.labels[chosen]
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+        self.order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.images))
+
+
+def metrics_of(labels: np.ndarray, p_no_mask: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """Accuracy, no-mask precision/recall and the confusion matrix (rows truth mask/no_mask) of predictions."""
+    predicted = (p_no_mask >= threshold).astype(int)
+    confusion = np.zeros((2, 2), int)
+    for truth, guess in zip(labels, predicted, strict=True):
+        confusion[truth, guess] += 1
+    return {
+        "n": len(labels),
+        "accuracy": float((predicted == labels).mean()) if len(labels) else 0.0,
+        "no_mask_recall": float(confusion[1, 1] / max(1, confusion[1].sum())),
+        "no_mask_precision": float(confusion[1, 1] / max(1, confusion[:, 1].sum())),
+        "mask_recall": float(confusion[0, 0] / max(1, confusion[0].sum())),
+        "confusion": confusion.tolist(),
+    }
+
+
+def train(settings: TrainSettings) -> dict:
+    """Run a whole training; write ``model.keras``, split crops, metrics and plots into ``settings.out``."""
+    started = time.perf_counter()
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(settings.seed)
+    tf.config.experimental.enable_op_determinism()
+
+    crops = load_crops(settings)
+    train_index, val_index = group_split(crops, settings.validation, settings.seed)
+    train_set, val_set = crops.subset(train_index), crops.subset(val_index)
+    log.info("split: %d train / %d validation crops (groups kept whole)", len(train_index), len(val_index))
+
+    base = backbone(settings.size, settings.backbone_weights)
+    base.trainable = False
+    top = head(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    augmentation = Augmentation()
+    train_images = [train_set.images] + [augmentation.apply(train_set.images, rng)
+                                         for _ in range(settings.augment_copies)]
+    train_features = np.concatenate([features(base, images, settings.batch_size, f"features {i + 1}/"
+                                              f"{len(train_images)}") for i, images in enumerate(train_images)])
+    train_labels = np.tile(train_set.labels, len(train_images))
+    val_features = features(base, val_set.images, settings.batch_size, "features validation")
+
+    top.compile(optimizer=keras.optimizers.Adam(settings.head_learning_rate),
+                loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    head_history = top.fit(train_features, train_labels, batch_size=settings.batch_size,
+                           epochs=settings.head_epochs, validation_data=(val_features, val_set.labels),
+                           shuffle=True, verbose=0, callbacks=[TqdmEpochs(settings.head_epochs, "head")])
+    model = classifier(base, top)
+    history = {k: list(map(float, v)) for k, v in head_history.history.items()}
+    if settings.fine_tune_epochs > 0:
+        trainable = set_fine_tuning(base, settings.fine_tune_from)
+        log.info("fine-tuning %d layers from %s at lr %g", trainable, settings.fine_tune_from,
+                 settings.fine_tune_learning_rate)
+        model.compile(optimizer=keras.optimizers.Adam(settings.fine_tune_learning_rate),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        fine = model.fit(AugmentedBatches(train_set.images, train_set.labels, settings.batch_size, settings.seed),
+                         epochs=settings.fine_tune_epochs, validation_data=(val_set.images, val_set.labels),
+                         verbose=0, callbacks=[TqdmEpochs(settings.fine_tune_epochs, "fine-tune")])
+        for key, values in fine.history.items():
+            history.setdefault(key, []).extend(map(float, values))
+
+    p_no_mask = model.predict(val_set.images, batch_size=64, verbose=0)[:, 1]
+    report = {
+        "validation": metrics_of(val_set.labels, p_no_mask),
+        "validation_by_source": {
+            source: metrics_of(val_set.labels[mask], p_no_mask[mask])
+            for source in sorted(set(val_set.sources))
+            for mask in [np.array([s == source for s in val_set.sources])]},
+        "crops": crops.stats, "train_crops": len(train_index), "validation_crops": len(val_index),
+        "train_groups": len(set(train_set.groups)), "validation_groups": len(set(val_set.groups)),
+        "history": history, "settings": asdict(settings),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    model.save(out / "model.keras")
+    np.savez_compressed(out / "split.npz", val_images=val_set.images, val_labels=val_set.labels,
+                        val_sources=np.array(val_set.sources),
+                        representative=train_set.images[rng.permutation(len(train_index))[:300]])
+    (out / "metrics.json").write_text(json.dumps(report, indent=2))
+    plot_curves(history, out / "training_curves.png")
+    plot_confusion(np.array(report["validation"]["confusion"]), out / "confusion_matrix.png",
+                   f"validation ({len(val_index)} crops, group-aware split)")
+    log.info("validation: accuracy %.4f, no-mask recall %.4f (%.0f s)", report["validation"]["accuracy"],
+             report["validation"]["no_mask_recall"], report["seconds"])
+    return report
