@@ -234,9 +234,10 @@ class EdgeApp:
                 log.warning("%d message(s) not acknowledged yet: kept in %s for the next start",
                             self.outbox.depth, self.config.outbox_path())
                 code = 1 if self.once else 0
-            if self.once and self.capture.error:
-                log.error("source failed: %s", self.capture.error)
-                code = 1
+        capture: Capture | None = getattr(self, "capture", None)
+        if self.once and capture is not None and capture.error:
+            log.error("source failed: %s", capture.error)
+            code = 1
         if hasattr(self, "client"):
             self.client.stop()
         for closer in reversed(self._closers):

@@ -84,12 +84,16 @@ class Listener:
         self.responses: queue.Queue[CommandResponse] = queue.Queue()
         self.raw: queue.Queue[Received] = queue.Queue()
         self.client = MqttClient(broker, f"listener-{uuid.uuid4().hex[:8]}")
-        self.client.subscribe(topics.events, lambda m: self.events.put(parse(Event, m.payload)))
-        self.client.subscribe(f"{topics.base}/response/+",
-                              lambda m: self.responses.put(parse(CommandResponse, m.payload)))
-        self.client.subscribe(f"{topics.base}/#", self.raw.put)
+        self.client.subscribe(f"{topics.base}/#", self._route)  # one filter: overlapping ones get copies
         self.client.start()
         assert self.client.wait_connected(5)
+
+    def _route(self, message: Received) -> None:
+        if message.topic == self.topics.events:
+            self.events.put(parse(Event, message.payload))
+        elif "/response/" in message.topic:
+            self.responses.put(parse(CommandResponse, message.payload))
+        self.raw.put(message)
 
     def command(self, name: str, payload: dict[str, Any] | bytes, *, site_wide: bool = False,
                 timeout: float = 5.0) -> CommandResponse:

@@ -1,0 +1,160 @@
+"""The edge node end to end: real Mosquitto, real models, the simulated panoramic camera, mock pins."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.app import EdgeApp
+from edge.tracker import iou
+from shared.config import BrokerConfig
+from shared.messages import Event, NodeStats, parse
+from shared.mqtt import MqttClient
+from shared.topics import NodeTopics
+from tests import edge_node
+from tests.conftest import FACE_MASK, need
+from tests.edge_node import Listener, make_scene, node_config, running_node, wait_until
+
+mock_pins = edge_node.mock_pins  # fixture
+models = edge_node.models  # fixture
+
+
+def labelled_folder(root: Path, per_class: int) -> Path:
+    need(FACE_MASK)
+    for cls in ("with_mask", "without_mask"):
+        (root / cls).mkdir(parents=True)
+        for src in sorted((FACE_MASK / cls).iterdir())[:per_class]:
+            (root / cls / src.name).symlink_to(src)
+    (root / "with_mask" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    return root
+
+
+def test_labelled_folder_once_gives_one_event_per_face_with_the_right_labels(
+        tmp_path: Path, broker_config: BrokerConfig, models: tuple[Any, Any]) -> None:
+    folder = labelled_folder(tmp_path / "faces", 25)
+    topics = NodeTopics("t", "folder")
+    received: list[Event] = []
+    sub = MqttClient(broker_config, "t-folder-sub")
+    sub.subscribe(topics.events, lambda m: received.append(parse(Event, m.payload)))
+    sub.start()
+    assert sub.wait_connected(5)
+    run = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "edge", "--once", "--source", str(folder), "--broker",
+         broker_config.address, "--site", "t", "--node", "folder", "--outbox", str(tmp_path / "o.sqlite"),
+         "--set", "servo.enabled=false", "--set", "indicator.enabled=false"],
+        capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "broken.jpg" in run.stderr  # the unreadable image is named in a clear log line
+    assert wait_until(lambda: len(received) >= 2 and received[-1].type == "end", 5)
+    sub.stop()
+    by_id: dict[str, list[Event]] = {}
+    for ev in received:
+        by_id.setdefault(ev.id, []).append(ev)
+    assert all([e.type for e in evs] == ["new", "end"] for evs in by_id.values())
+    per_file: dict[str, list[tuple[int, int, int, int]]] = {}
+    for evs in by_id.values():
+        per_file.setdefault(str(evs[0].frame), []).append(evs[0].box)
+    for boxes in per_file.values():  # a face is one event: two events of one image are two different faces
+        assert all(iou(a, b) < 0.3 for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert len(per_file) >= 30  # most of the 50 faces are found (recall is the detector's, see bench)
+    # accuracy of the node on the faces it found, against the model alone on the same images
+    correct = sum((evs[0].label == "mask") == evs[0].frame.startswith("with_mask") for evs in by_id.values())
+    _detector, classifier = models
+    images = [cv2.imread(str(p)) for p in sorted(folder.rglob("*.jpg")) if p.name != "broken.jpg"]
+    truth = [p.parent.name == "with_mask" for p in sorted(folder.rglob("*.jpg")) if p.name != "broken.jpg"]
+    probs = classifier.no_mask_probability(images)
+    model_acc = float(np.mean([(p < 0.5) == t for p, t in zip(probs, truth, strict=True)]))
+    assert correct / len(by_id) >= model_acc - 0.05
+
+
+def test_a_face_in_view_for_5_s_is_one_event(tmp_path: Path, broker_config: BrokerConfig, mock_pins: Any,
+                                             models: tuple[Any, Any]) -> None:
+    need(FACE_MASK)
+    face = sorted((FACE_MASK / "without_mask").iterdir())[3]
+    scene = make_scene(tmp_path / "scene", [(face, 0, "no_mask")])
+    cfg = node_config(broker_config, tmp_path, source=f"scene:{scene}",
+                      scene={"realtime": False, "fps": 10, "duration_s": 5},
+                      servo={"mode": "hold", "start_deg": 0})
+    listener = Listener(broker_config, NodeTopics(cfg.site, cfg.node))
+    app = EdgeApp(cfg, once=True, pin_factory=mock_pins, detector=models[0], classifier=models[1])
+    app.start()
+    assert app.wait() == 0
+    events = listener.events_until(lambda evs: bool(evs) and evs[-1].type == "end", 5)
+    listener.close()
+    assert len({e.id for e in events}) == 1
+    assert events[0].type == "new" and events[-1].type == "end"
+    assert events[-1].track is not None and events[-1].track.frames >= 40
+    assert (events[-1].track.last_seen - events[-1].track.first_seen).total_seconds() >= 4.5
+
+
+def test_sweep_finds_a_face_at_plus_60_degrees(tmp_path: Path, broker_config: BrokerConfig, mock_pins: Any,
+                                               models: tuple[Any, Any]) -> None:
+    need(FACE_MASK)
+    face = sorted((FACE_MASK / "without_mask").iterdir())[3]
+    scene = make_scene(tmp_path / "scene", [(face, 60, "no_mask")])
+    cfg = node_config(broker_config, tmp_path, source=f"scene:{scene}", scene={"fps": 15, "fov_deg": 60},
+                      servo={"mode": "sweep", "start_deg": 0, "sweep_step_deg": 15, "dwell_s": 0.2,
+                             "speed_dps": 150})
+    with running_node(cfg, mock_pins, models, broker_config) as (app, listener):
+        [event] = listener.events_until(lambda evs: len(evs) >= 1, 15)
+        assert event.type == "new"
+        assert event.angle is not None and abs(event.angle - 60) <= cfg.scene.fov_deg / 2
+        assert app.planner is not None and app.planner.mode == "sweep"
+
+
+def test_track_centres_an_off_centre_face_and_stops_moving(tmp_path: Path, broker_config: BrokerConfig,
+                                                          mock_pins: Any, models: tuple[Any, Any]) -> None:
+    need(FACE_MASK)
+    face = sorted((FACE_MASK / "without_mask").iterdir())[3]
+    scene = make_scene(tmp_path / "scene", [(face, 17, "no_mask")])
+    cfg = node_config(broker_config, tmp_path, source=f"scene:{scene}", scene={"fps": 15},
+                      servo={"mode": "track", "start_deg": 0, "speed_dps": 60, "track_dead_band_deg": 2})
+    with running_node(cfg, mock_pins, models, broker_config) as (app, _listener):
+        assert wait_until(lambda: abs(app.servo.position - 17) <= 3, 6)
+        wait_until(lambda: False, 0.6)  # let it settle
+        positions = []
+        for _ in range(20):
+            positions.append(app.servo.position)
+            wait_until(lambda: False, 0.05)
+        assert max(positions) - min(positions) <= 0.5, positions  # it stopped: no oscillation
+        assert abs(positions[-1] - 17) <= 3
+
+
+def test_missing_camera_is_reported_and_the_node_still_answers(tmp_path: Path, broker_config: BrokerConfig,
+                                                               mock_pins: Any, models: tuple[Any, Any]) -> None:
+    cfg = node_config(broker_config, tmp_path, source="7", camera={"retry_min_s": 0.2, "retry_max_s": 0.5})
+    with running_node(cfg, mock_pins, models, broker_config) as (_app, listener):
+        stats = parse(NodeStats, listener.wait_raw(listener.topics.stats, 5).payload)
+        assert not stats.camera_ok and "cannot open camera '7'" in (stats.camera_error or "")
+        answer = listener.command("threshold", {"request_id": "r1", "value": 0.7})
+        assert answer.status == "ok" and answer.request_id == "r1"
+        snap = listener.command("snapshot", {"request_id": "r2"})
+        assert snap.status == "error" and "no frame" in (snap.error or "")
+
+
+def test_corrupt_video_is_a_clear_error_without_a_crash(tmp_path: Path, broker_config: BrokerConfig) -> None:
+    video = tmp_path / "broken.mp4"
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 500)
+    run = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "edge", "--once", "--source", str(video), "--broker",
+         broker_config.address, "--site", "t", "--node", "video", "--outbox", str(tmp_path / "o.sqlite"),
+         "--set", "pin_factory=mock"],
+        capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    assert "broken.mp4" in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("spec", ["scene:/no/such/dir", "/no/such/video.mp4"])
+def test_bad_source_names_the_problem(tmp_path: Path, broker_config: BrokerConfig, spec: str) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "edge", "--once", "--source", spec, "--broker",
+         broker_config.address, "--outbox", str(tmp_path / "o.sqlite"), "--set", "pin_factory=mock"],
+        capture_output=True, text=True, timeout=60)
+    assert run.returncode in (1, 2)
+    assert "/no/such/" in run.stderr and "Traceback" not in run.stderr
