@@ -36,7 +36,7 @@ def render(store: Store, ingest: Ingest | None = None, feed: Feed | None = None)
     with store.session() as session:
         events = session.execute(select(EventRow.site, EventRow.node, EventRow.label, func.count())
                                  .group_by(EventRow.site, EventRow.node, EventRow.label)).all()
-        counters = dict(session.execute(select(CounterRow.name, CounterRow.value)).tuples().all())
+        counters = {name: value for name, value in session.execute(select(CounterRow.name, CounterRow.value))}
         nodes = session.execute(select(NodeRow.online, func.count()).group_by(NodeRow.online)).all()
         alerts = session.execute(select(AlertRow.kind, func.count()).group_by(AlertRow.kind)).all()
         commands = session.execute(select(CommandRow.name, CommandRow.status, func.count())

@@ -1,0 +1,207 @@
+"""The REST API over a real SQLite file: filters, pagination, CSV, metrics, auth, rate limit, live stream."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import warnings
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from hub_support import hub_config, make_event, publisher, running_hub, unique_site, wait_until
+from sqlalchemy import func, select
+
+from hub.api import HubServices, create_app
+from hub.config import HubConfig, hash_token
+from hub.events import EventIn, EventLog, RejectIn, SnapshotIn
+from hub.models import EventRow
+from hub.registry import NodeUpdate, Registry
+from hub.store import Store
+from shared.cli import main
+from shared.config import BrokerConfig
+from shared.messages import utc_now
+from shared.topics import NodeTopics
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # starlette: "use httpx2" notice
+    from fastapi.testclient import TestClient
+
+TOKEN = "s3cret-token-for-tests"
+START = utc_now().replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+
+
+def seed(store: Store, snapshot_dir: Path) -> EventLog:
+    """60 events: nodes a/b/c, labels alternating, one minute apart from START; two rejections."""
+    log = EventLog(store, snapshot_dir)
+    items = [EventIn(make_event("hq", "abc"[n % 3], n, label="no_mask" if n % 4 == 0 else "mask",
+                                ts=START + timedelta(minutes=n), snapshot=n == 5), START) for n in range(60)]
+    with store.transaction() as session:
+        log.write(session, items)
+        log.reject(session, [RejectIn("maskwatch/hq/a/events", "json", None, "bad", b"{", START),
+                             RejectIn("maskwatch/hq/a/events", "version", "v", "v=2", b"{}", START)], 100)
+        Registry(store).apply(session, [NodeUpdate("hq", "a", "status", START, online=True),
+                                        NodeUpdate("hq", "b", "status", START, online=False)])
+    return log
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[tuple[TestClient, Store]]:
+    config = HubConfig(db_url=f"sqlite:///{tmp_path / 'api.db'}", snapshot_dir=tmp_path / "snaps")
+    store = Store(config.db_url)
+    store.migrate()
+    log = seed(store, config.snapshot_dir)
+    with store.transaction() as session:
+        log.save_snapshots(session, [SnapshotIn("hq", "c", "hq-c-00005", b"\xff\xd8jpeg\xff\xd9", START)])
+    app = create_app(HubServices(config=config, store=store, events=log, registry=Registry(store)))
+    with TestClient(app) as client:
+        yield client, store
+    store.close()
+
+
+def test_filters_and_pagination(api: tuple[TestClient, Store]) -> None:
+    client, _store = api
+    page = client.get("/api/events", params={"limit": 25}).json()
+    assert page["total"] == 60 and len(page["items"]) == 25 and page["next_offset"] == 25
+    ids = [e["id"] for e in page["items"]]
+    assert ids[0] == "hq-c-00059"  # newest first
+    rest = client.get("/api/events", params={"limit": 25, "offset": 50}).json()
+    assert len(rest["items"]) == 10 and rest["next_offset"] is None
+    no_mask_b = client.get("/api/events", params={"node": "b", "label": "no_mask"}).json()
+    assert {e["id"] for e in no_mask_b["items"]} == {f"hq-b-{n:05d}" for n in range(60) if n % 3 == 1 and n % 4 == 0}
+    window = client.get("/api/events", params={"since": (START + timedelta(minutes=10)).isoformat(),
+                                               "until": (START + timedelta(minutes=20)).isoformat()}).json()
+    assert window["total"] == 10
+    assert client.get("/api/events", params={"site": "elsewhere"}).json()["total"] == 0
+    assert client.get("/api/events", params={"label": "maybe"}).status_code == 422
+    assert client.get("/api/events", params={"since": "2026-01-01T00:00:00"}).status_code == 422  # no zone
+
+
+def test_event_detail_snapshot_and_csv(api: tuple[TestClient, Store]) -> None:
+    client, _store = api
+    event = client.get("/api/events/hq-c-00005").json()
+    assert event["snapshot_url"].endswith("/api/events/hq-c-00005/snapshot.jpg")
+    assert event["raw_messages"][0]["id"] == "hq-c-00005"
+    snap = client.get("/api/events/hq-c-00005/snapshot.jpg")
+    assert snap.status_code == 200 and snap.headers["content-type"] == "image/jpeg" and snap.content[:2] == b"\xff\xd8"
+    assert client.get("/api/events/hq-a-00000/snapshot.jpg").status_code == 404
+    assert client.get("/api/events/nope").status_code == 404
+    text = client.get("/api/events.csv", params={"label": "no_mask"}).text
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == 15 and {r["label"] for r in rows} == {"no_mask"}
+    assert rows[0]["id"] == "hq-c-00056"
+
+
+def test_stats_and_metrics_match_the_database(api: tuple[TestClient, Store]) -> None:
+    client, store = api
+    stats = client.get("/api/stats", params={"since": START.isoformat()}).json()
+    assert (stats["faces"], stats["mask"], stats["no_mask"], stats["compliance"]) == (60, 45, 15, 0.75)
+    assert [h["mask"] + h["no_mask"] for h in stats["per_hour"]] == [60]
+    assert stats["rejected"] == {"rejected.json": 1, "rejected.version": 1}
+    metrics = client.get("/metrics").text
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line and not line.startswith("#")}
+    with store.session() as session:
+        for node, label, n in session.execute(select(EventRow.node, EventRow.label, func.count())
+                                              .group_by(EventRow.node, EventRow.label)):
+            assert samples[f'maskwatch_events_stored{{site="hq",node="{node}",label="{label}"}}'] == n
+            per_node = next(p for p in stats["per_node"] if p["node"] == node)
+            assert per_node[label] == n
+    assert samples['maskwatch_rejected_total{reason="json"}'] == 1
+    assert samples['maskwatch_nodes{state="online"}'] == 1 and samples['maskwatch_nodes{state="offline"}'] == 1
+    nodes = client.get("/api/nodes").json()
+    assert [(n["node"], n["status"]) for n in nodes] == [("a", "online"), ("b", "offline")]
+
+
+def _secured(tmp_path: Path, **auth: object) -> TestClient:
+    config = HubConfig(db_url=f"sqlite:///{tmp_path / f'auth{len(list(tmp_path.iterdir()))}.db'}",
+                       auth={"tokens": [{"name": "ops", "sha256": hash_token(TOKEN)}], **auth})
+    store = Store(config.db_url)
+    store.migrate()
+    seed(store, tmp_path)
+    return TestClient(create_app(HubServices(config=config, store=store, events=EventLog(store, tmp_path),
+                                             registry=Registry(store))))
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
+    return _secured(tmp_path_factory.mktemp("secured"))
+
+
+@pytest.mark.parametrize("path", ["/api/events", "/api/events.csv", "/api/events/hq-a-00000", "/api/nodes",
+                                  "/api/stats", "/api/alerts", "/api/commands", "/api/rejected", "/api/stream",
+                                  "/metrics", "/api/events/hq-c-00005/snapshot.jpg"])
+@pytest.mark.parametrize("header", [None, "Bearer wrong-token", "Basic b3BzOnMzY3JldA==", "Bearer ",
+                                    f"Bearer {TOKEN}x", f"bearer {TOKEN[:-1]}"])
+def test_missing_or_wrong_token_gets_401_and_no_data(secured: TestClient, path: str, header: str | None) -> None:
+    response = secured.get(path, headers={"Authorization": header} if header else {})
+    assert response.status_code == 401
+    assert response.json() == {"detail": "authentication required"}
+    assert "hq-" not in response.text
+
+
+def test_wrong_token_cannot_command(secured: TestClient) -> None:
+    for headers in ({}, {"Authorization": "Bearer nope"}):
+        response = secured.post("/api/nodes/hq/a/commands/servo", json={"angle": 1}, headers=headers)
+        assert response.status_code == 401 and response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_right_token_reads_and_public_endpoints(tmp_path: Path) -> None:
+    client = _secured(tmp_path, public_metrics=True)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert client.get("/api/events", headers=auth).json()["total"] == 60
+    assert client.get("/healthz").status_code == 200  # public by default
+    assert client.get("/metrics").status_code == 200  # made public
+    closed = _secured(tmp_path, public_healthz=False)
+    assert closed.get("/healthz").status_code == 401
+    assert closed.get("/healthz", headers=auth).status_code == 200
+
+
+def test_command_endpoint_is_rate_limited(tmp_path: Path) -> None:
+    client = _secured(tmp_path, command_rate_per_min=3)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    codes = [client.post("/api/nodes/hq/a/commands/threshold", json={"value": 0.5}, headers=auth).status_code
+             for _ in range(5)]
+    assert codes[:3] == [503, 503, 503]  # allowed through (this API has no MQTT link) ...
+    assert codes[3:] == [429, 429]  # ... then limited
+    limited = client.post("/api/nodes/hq/a/commands/threshold", json={"value": 0.5}, headers=auth)
+    assert int(limited.headers["Retry-After"]) >= 1
+
+
+def test_stream_and_cli_against_a_running_hub(broker_config: BrokerConfig, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    site = unique_site()
+    config = hub_config(broker_config, tmp_path, site,
+                        auth={"tokens": [{"name": "ops", "sha256": hash_token(TOKEN)}]})
+    with running_hub(config) as hub:
+        base = f"http://127.0.0.1:{hub.http_port}"
+        with httpx.stream("GET", f"{base}/api/stream", params={"access_token": TOKEN}, timeout=10) as stream:
+            assert stream.status_code == 200
+            lines = stream.iter_lines()
+            assert next(lines) == ": connected"
+            client = publisher(broker_config, "stream")
+            client.publish(NodeTopics(site, "cam").events, make_event(site, "cam", 1, label="no_mask"), qos=1)
+            seen: dict[str, dict[str, object]] = {}
+            kind = ""
+            for line in lines:
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: "):
+                    seen[kind] = json.loads(line[6:])
+                if {"event", "alert"} <= set(seen):
+                    break
+            client.stop()
+        assert seen["event"]["id"] == f"{site}-cam-00001" and seen["alert"]["kind"] == "no_mask"
+        assert wait_until(lambda: httpx.get(f"{base}/api/events", headers={"Authorization": f"Bearer {TOKEN}"})
+                          .json()["total"] == 1)
+        assert main(["events", "--api", base, "--token", TOKEN, "--json"]) == 0
+        events = json.loads(capsys.readouterr().out)
+        assert [e["id"] for e in events] == [f"{site}-cam-00001"]
+        assert main(["events", "--api", base, "--token", "wrong"]) == 1
+        assert main(["events", "--db", config.db_url, "--site", site, "--label", "no_mask", "--since", "1h"]) == 0
+        assert f"{site}-cam-00001" in capsys.readouterr().out
+        assert main(["nodes", "--db", config.db_url, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)[0]["node"] == "cam"
