@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -44,6 +45,21 @@ class Crops:
     groups: list[str]
     sources: list[str]  # "face-mask" or "scenes"
     stats: dict[str, int] = field(default_factory=dict)
+
+    def save(self, path: Path) -> None:
+        """Write the crops to an ``.npz`` file (folders are created)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".part.npz")
+        np.savez(partial, images=self.images, labels=self.labels, groups=np.array(self.groups),
+                 sources=np.array(self.sources), stats=np.array(json.dumps(self.stats)))
+        partial.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> Crops:
+        """Crops written by :meth:`save`."""
+        with np.load(path) as data:
+            return cls(data["images"], data["labels"], data["groups"].tolist(), data["sources"].tolist(),
+                       json.loads(str(data["stats"])))
 
     def subset(self, index: np.ndarray) -> Crops:
         return Crops(self.images[index], self.labels[index], [self.groups[i] for i in index],

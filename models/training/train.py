@@ -7,6 +7,7 @@ Phase 2 fine-tunes the top blocks at a low learning rate on freshly augmented ba
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -24,6 +25,9 @@ from models.training.network import FINE_TUNE_FROM, backbone, classifier, head, 
 from models.training.plots import plot_confusion, plot_curves
 
 log = logging.getLogger(__name__)
+
+#: Bump when the way crops are cut changes, so cached crops are not reused.
+CROPS_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -64,16 +68,31 @@ class TqdmEpochs(keras.callbacks.Callback):
         self.bar.close()
 
 
-def load_crops(settings: TrainSettings) -> Crops:
-    """Face-mask crops cut by the detector (``near`` profile, as the edge) plus the scenes' labelled faces."""
+def load_crops(settings: TrainSettings, cache_dir: Path | None = None) -> Crops:
+    """Face-mask crops cut by the detector (``near`` profile, as the edge) plus the scenes' labelled faces.
+
+    Crops are cached in ``cache_dir`` under a key of the data folders' listings and the crop settings.
+    """
+    from edge.crop import TRAINING_MARGIN
     from edge.detector import create_detector
 
+    key_parts = [settings.size, settings.detector, settings.limit_per_class, TRAINING_MARGIN, CROPS_VERSION]
+    for folder in filter(None, (settings.data, settings.scenes)):
+        key_parts += sorted((str(p.relative_to(folder)), p.stat().st_size) for p in Path(folder).rglob("*")
+                            if p.is_file())
+    key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:16]
+    cache = (cache_dir or Path.home() / ".cache" / "maskwatch" / "crops") / f"crops-{key}.npz"
+    if cache.is_file():
+        log.info("using cached crops %s", cache)
+        return Crops.load(cache)
     detector = create_detector("near", settings.detector) if settings.detector else None
     parts = [face_mask_crops(Path(settings.data), settings.size, detector, settings.limit_per_class)]
     if settings.scenes:
         limit = None if settings.limit_per_class is None else settings.limit_per_class // 4
         parts.append(scene_crops(Path(settings.scenes), settings.size, limit))
-    return concat(parts)
+    crops = concat(parts)
+    crops.save(cache)
+    return crops
 
 
 def features(base: keras.Model, images: np.ndarray, batch_size: int, desc: str) -> np.ndarray:

@@ -1,0 +1,118 @@
+"""`maskwatch model eval` and `maskwatch detect`: exact JSON shapes, clear errors on bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from edge.images import list_images
+from shared.cli import main
+from tests.conftest import FACE_MASK, SCENES, need
+
+
+@pytest.fixture(scope="module")
+def crops_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six real images per class, one of them RGBA and one WebP, plus a corrupt file."""
+    root = tmp_path_factory.mktemp("crops")
+    for name in ("with_mask", "without_mask"):
+        (root / name).mkdir()
+        for path in list_images(need(FACE_MASK) / name)[:6]:
+            shutil.copy(path, root / name / path.name)
+    for special in ("071613cb35756520.png", "4a583db0f0fd47f7.webp"):
+        shutil.copy(FACE_MASK / "with_mask" / special, root / "with_mask" / special)
+    (root / "without_mask" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0not really a jpeg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def scenes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("scenes")
+    for sub in ("images", "annotations"):
+        (root / sub).mkdir()
+    for stem in ("maksssksksss0", "maksssksksss1", "maksssksksss10"):
+        shutil.copy(need(SCENES) / "images" / f"{stem}.jpg", root / "images")
+        shutil.copy(SCENES / "annotations" / f"{stem}.xml", root / "annotations")
+    return root
+
+
+def run_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, list[dict]]:
+    code = main(argv)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    return code, [json.loads(line) for line in lines]
+
+
+def test_eval_crops_json_has_the_exact_keys(capsys: pytest.CaptureFixture[str], crops_dir: Path) -> None:
+    code, (result,) = run_json(capsys, ["model", "eval", str(crops_dir), "--json"])
+    assert code == 0
+    assert set(result) == {"n", "accuracy", "per_class", "no_face", "ms_per_image", "model"}
+    assert set(result["per_class"]) == {"mask", "no_mask"}
+    assert set(result["per_class"]["mask"]) == {"precision", "recall", "n"}
+    assert result["n"] == 14  # the corrupt file is skipped, not counted
+    assert result["per_class"]["mask"]["n"] == 8 and result["no_face"] == 0
+    assert result["accuracy"] >= 0.75
+    assert result["model"].startswith("mask_classifier_int8@")
+
+
+def test_eval_detect_counts_images_without_a_face(capsys: pytest.CaptureFixture[str], crops_dir: Path) -> None:
+    code, (result,) = run_json(capsys, ["model", "eval", str(crops_dir), "--detect", "--profile", "near", "--json"])
+    assert code == 0
+    assert result["n"] == 14
+    correct = sum(v["recall"] * v["n"] for v in result["per_class"].values())
+    assert result["accuracy"] == pytest.approx(correct / 14, abs=1e-3)
+    assert 0 <= result["no_face"] <= 14
+
+
+def test_eval_scenes_reports_recall_per_class_and_size(capsys: pytest.CaptureFixture[str], scenes_dir: Path) -> None:
+    code, (result,) = run_json(capsys, ["model", "eval", str(scenes_dir), "--scenes", "--json"])
+    assert code == 0
+    assert result["images"] == 3 and result["faces"] >= 10
+    assert set(result["recall"]) == {"with_mask", "without_mask", "mask_weared_incorrect"}
+    assert result["recall"]["without_mask"]["all"]["n"] >= 1
+    assert set(result["no_mask_decision"]) == {"all", ">=24"}
+    assert {"precision", "recall", "faces", "accuracy", "n"} <= set(result["no_mask_decision"]["all"])
+    assert 0 < result["precision"] <= 1 and result["ms_per_image"] > 0
+
+
+def test_detect_prints_one_json_line_per_image(capsys: pytest.CaptureFixture[str], scenes_dir: Path,
+                                               tmp_path: Path) -> None:
+    code, results = run_json(capsys, ["detect", str(scenes_dir / "images"), "--json", "--annotate",
+                                      str(tmp_path / "out")])
+    assert code == 0
+    assert len(results) == 3
+    for result in results:
+        assert set(result) == {"image", "faces", "ms"} and set(result["ms"]) == {"detect", "classify", "total"}
+        for face in result["faces"]:
+            assert set(face) == {"box", "face_score", "label", "score"}
+            assert len(face["box"]) == 4 and face["label"] in ("mask", "no_mask") and 0.5 <= face["score"] <= 1
+    assert sum(len(r["faces"]) for r in results) >= 5
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "maksssksksss0.jpg", "maksssksksss1.jpg", "maksssksksss10.jpg"]
+
+
+def test_detect_reports_unreadable_images_and_goes_on(capsys: pytest.CaptureFixture[str], crops_dir: Path) -> None:
+    code = main(["detect", str(crops_dir / "without_mask"), "--json"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "broken.jpg: not a readable image" in captured.err
+    assert len(captured.out.strip().splitlines()) == 6
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["model", "eval", "{tmp}/absent"], "folder not found"),
+    (["model", "eval", "{tmp}"], "with_mask/ and without_mask/"),
+    (["model", "eval", "{tmp}", "--scenes"], "images/ and annotations/"),
+    (["model", "eval", "{tmp}/empty"], "no images"),
+    (["model", "eval", "{tmp}/empty", "--model", "{tmp}/junk.tflite"], "not a valid TFLite model"),
+    (["model", "eval", "{tmp}/empty", "--threshold", "1.5"], "between 0 and 1"),
+])
+def test_bad_inputs_give_clear_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str],
+                                      message: str) -> None:
+    for name in ("with_mask", "without_mask"):
+        (tmp_path / "empty" / name).mkdir(parents=True)
+    (tmp_path / "junk.tflite").write_bytes(b"junk" * 64)
+    code = main([a.format(tmp=tmp_path) for a in argv])
+    assert code in (1, 2)
+    assert message in capsys.readouterr().err
