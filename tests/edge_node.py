@@ -42,11 +42,11 @@ def models() -> tuple[Any, Any]:
     return create_detector("near", num_threads=1), MaskClassifier(num_threads=1)
 
 
-def node_config(broker: BrokerConfig, tmp_path: Path, **overrides: Any) -> EdgeConfig:
+def node_config(broker_config: BrokerConfig, tmp_path: Path, **overrides: Any) -> EdgeConfig:
     """A node config for tests: the given broker, an outbox in ``tmp_path``, short intervals."""
     tree: dict[str, Any] = {
         "site": "t", "node": f"n{uuid.uuid4().hex[:6]}",
-        "broker": {"host": broker.host, "port": broker.port, "keepalive_s": 10, "reconnect_min_s": 0.2,
+        "broker": {"host": broker_config.host, "port": broker_config.port, "keepalive_s": 10, "reconnect_min_s": 0.2,
                    "reconnect_max_s": 1.0},
         "outbox": {"path": str(tmp_path / "outbox.sqlite"), "drain_timeout_s": 10},
         "stats_interval_s": 1.0, "pin_factory": "mock",
@@ -141,6 +141,7 @@ def running_node(config: EdgeConfig, pins: Any, models: tuple[Any, Any], broker:
     app.start()
     try:
         assert app.client.wait_connected(5)
+        listener.wait_raw(listener.topics.state, 5)  # sent after the node's SUBSCRIBEs: commands now reach it
         yield app, listener
     finally:
         app.close()
