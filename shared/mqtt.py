@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -221,8 +222,10 @@ class MqttClient:
                 log.exception("on_connect hook failed")
 
     def _handle_connect_fail(self, client: paho.Client, userdata: object) -> None:
-        self.last_error = "connection failed"
-        log.warning("cannot reach broker %s; retrying", self.broker.address)
+        # paho calls this inside its ``except OSError``: name the cause (refused, TLS certificate...)
+        cause = sys.exc_info()[1]
+        self.last_error = f"connection failed: {cause}" if cause else "connection failed"
+        log.warning("cannot reach broker %s (%s); retrying", self.broker.address, cause or "connection failed")
 
     def _handle_disconnect(self, client: paho.Client, userdata: object, flags: paho.DisconnectFlags,
                            reason_code: paho.ReasonCode, properties: Properties | None) -> None:
