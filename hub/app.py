@@ -1,8 +1,9 @@
 """The composition root of the hub: builds the parts, starts them, stops them in reverse order.
 
 Threads: paho's network threads (intake and control clients), ``hub-ingest``
-(the batch writer), ``hub-housekeeping`` (offline alerts, retention) and
-``hub-http`` (uvicorn serving the API).
+(the batch writer), ``hub-housekeeping`` (offline alerts, retention),
+``hub-http`` (uvicorn serving the API), and ``ha-discovery`` when Home Assistant
+discovery is on.
 
 Example::
 
@@ -24,6 +25,7 @@ from hub.alerts import Alerter
 from hub.api import HubServices, create_app
 from hub.commands import Commander
 from hub.config import HubConfig
+from hub.discovery import HaDiscovery
 from hub.events import EventLog
 from hub.feed import Feed
 from hub.housekeeping import Housekeeper
@@ -51,6 +53,7 @@ class HubApp:
         self._intake: MqttClient | None = None
         self._control: MqttClient | None = None
         self._housekeeper: Housekeeper | None = None
+        self._discovery: HaDiscovery | None = None
         self._server: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
         self.http_port: int | None = None
@@ -80,6 +83,10 @@ class HubApp:
         self._intake.start()
         self._housekeeper = Housekeeper(cfg, store, registry, alerter)
         self._housekeeper.start()
+        if cfg.homeassistant.enabled:
+            self._discovery = HaDiscovery(cfg.broker.model_copy(update={"client_id": None}), cfg.homeassistant,
+                                          cfg.sites, client_id=f"{client_id}-ha")
+            self._discovery.start()
         if not cfg.auth.enabled:
             log.warning("API auth is off (no auth.tokens): anyone reaching %s:%s can read and send commands",
                         cfg.http.host, cfg.http.port)
@@ -135,6 +142,9 @@ class HubApp:
         if self._housekeeper is not None:
             self._housekeeper.stop()
             self._housekeeper = None
+        if self._discovery is not None:
+            self._discovery.stop()
+            self._discovery = None
         if self.ingest is not None:
             self.ingest.stop()
             self.ingest = None

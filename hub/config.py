@@ -99,6 +99,15 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+class HomeAssistantConfig(StrictModel):
+    """Home Assistant MQTT discovery (off unless ``enabled``); see :mod:`hub.discovery`."""
+
+    enabled: bool = Field(False, description="publish discovery configs and node summaries")
+    window_s: float = Field(3600.0, gt=0, description="compliance sensor window, seconds")
+    summary_every_s: float = Field(30.0, gt=0, description="re-publish summaries this often")
+    open_ttl_s: float = Field(120.0, gt=0, description="an event silent this long no longer counts as in view")
+
+
 class HubConfig(StrictModel):
     """Everything the hub needs; see the module docstring for an example file."""
 
@@ -113,6 +122,7 @@ class HubConfig(StrictModel):
     alerts: AlertConfig = Field(default_factory=AlertConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
 
     @field_validator("sites")
     @classmethod

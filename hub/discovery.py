@@ -38,11 +38,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import Field
-
+from hub.config import HomeAssistantConfig
 from hub.summary import NodeSummaries
 from shared import __version__
-from shared.config import BrokerConfig, StrictModel
+from shared.config import BrokerConfig
 from shared.errors import ContractError
 from shared.messages import Event, NodeState, parse, utc_now
 from shared.mqtt import MqttClient, Received
@@ -53,15 +52,6 @@ log = logging.getLogger(__name__)
 SERVO_MODES = ("sweep", "track", "hold", "off")
 #: Renders a request id that is new on every command Home Assistant sends.
 REQUEST_ID = "ha-{{ now().timestamp() }}"
-
-
-class HomeAssistantConfig(StrictModel):
-    """Home Assistant MQTT discovery (off unless ``enabled``)."""
-
-    enabled: bool = Field(False, description="publish discovery configs and node summaries")
-    window_s: float = Field(3600.0, gt=0, description="compliance sensor window, seconds")
-    summary_every_s: float = Field(30.0, gt=0, description="re-publish summaries this often")
-    open_ttl_s: float = Field(120.0, gt=0, description="an event silent this long no longer counts as in view")
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,9 @@ class EmbeddedBroker:
             "listeners": {"default": {"type": "tcp", "bind": self.address}},
             "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
         }
+        # amqtt logs every client that leaves (and our port probe) as an error; transitions logs every state
+        logging.getLogger("amqtt").setLevel(logging.CRITICAL)
+        logging.getLogger("transitions").setLevel(logging.WARNING)
         self._loop = asyncio.new_event_loop()
         self._broker = Broker(config, loop=self._loop)
         self._thread = threading.Thread(target=self._serve, name="amqtt-broker", daemon=True)
@@ -77,11 +80,16 @@ class EmbeddedBroker:
         except Exception as exc:
             self._error = exc
             log.exception("embedded broker failed to start")
-            return
+        else:
+            self._started.set()
+            self._loop.run_forever()
         finally:
             self._started.set()
-        self._loop.run_forever()
-        self._loop.close()
+            pending = asyncio.all_tasks(self._loop)
+            for task in pending:  # amqtt leaves per-client tasks behind after shutdown
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self._loop.close()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Shut the broker down and join its thread (idempotent)."""

@@ -11,7 +11,8 @@ from typing import Any
 import jinja2
 import pytest
 
-from hub.discovery import HaDiscovery, HomeAssistantConfig, Limits, entity_configs
+from hub.config import HomeAssistantConfig
+from hub.discovery import HaDiscovery, Limits, entity_configs
 from hub.summary import NodeSummaries
 from shared.config import BrokerConfig
 from shared.messages import (
