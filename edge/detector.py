@@ -57,9 +57,12 @@ Network = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 @dataclass(frozen=True)
 class Settings:
-    """How a detector runs: tile grids per pass, score threshold, NMS overlap and smallest face kept."""
+    """How a detector runs: its passes (network variant, tile grid), score threshold, NMS overlap, smallest face.
 
-    grids: tuple[int, ...]
+    A grid of n cuts the frame into n x n overlapping tiles, each scaled to the network input (1 = whole frame).
+    """
+
+    passes: tuple[tuple[str, int], ...]
     threshold: float
     nms_iou: float = 0.3
     tile_overlap: float = 0.3
@@ -188,16 +191,19 @@ def weighted_nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> tuple[np.
 
 
 class MultiPassDetector:
-    """Runs a single-shot network over the frame and its tiles, and merges what the passes found.
+    """Runs single-shot networks over the frame and its tiles, and merges what the passes found.
 
-    :param name: detector name shown in events and reports (e.g. ``blazeface-full/crowd``).
-    :param network: the single pass (see :data:`Network`).
-    :param settings: tile grids, threshold, NMS overlap and smallest face kept.
+    :param name: detector name shown in events and reports (e.g. ``blazeface/crowd``).
+    :param networks: the single-pass networks by variant name (see :data:`Network`).
+    :param settings: passes, threshold, NMS overlap and smallest face kept.
     """
 
-    def __init__(self, name: str, network: Network, settings: Settings) -> None:
+    def __init__(self, name: str, networks: dict[str, Network], settings: Settings) -> None:
+        missing = {variant for variant, _ in settings.passes} - set(networks)
+        if missing:
+            raise ModelError(f"no network for passes {sorted(missing)}")
         self.name = name
-        self.network = network
+        self.networks = networks
         self.settings = settings
 
     def detect(self, frame_bgr: np.ndarray) -> list[Face]:
@@ -206,9 +212,9 @@ class MultiPassDetector:
             raise ValueError(f"expected a BGR frame of shape (H, W, 3), got {frame_bgr.shape}")
         height, width = frame_bgr.shape[:2]
         found_boxes, found_scores = [], []
-        for grid in self.settings.grids:
+        for variant, grid in self.settings.passes:
             for x0, y0, x1, y1 in tiles(width, height, grid, self.settings.tile_overlap):
-                boxes, scores = self.network(frame_bgr[y0:y1, x0:x1])
+                boxes, scores = self.networks[variant](frame_bgr[y0:y1, x0:x1])
                 keep = scores >= self.settings.threshold
                 found_boxes.append(boxes[keep] + np.array([x0, y0, x0, y0], np.float32))
                 found_scores.append(scores[keep])
@@ -225,10 +231,10 @@ class MultiPassDetector:
 
 #: Operating points per detector kind and profile.
 SETTINGS: dict[tuple[str, str], Settings] = {
-    ("blazeface", "near"): Settings(grids=(1,), threshold=0.5),
-    ("blazeface", "crowd"): Settings(grids=(1, 2, 3), threshold=0.5),
-    ("res10", "near"): Settings(grids=(1,), threshold=0.5),
-    ("res10", "crowd"): Settings(grids=(1, 2), threshold=0.3),
+    ("blazeface", "near"): Settings(passes=(("full", 1), ("short", 1)), threshold=0.5),
+    ("blazeface", "crowd"): Settings(passes=(("full", 1), ("short", 1), ("full", 2), ("full", 3)), threshold=0.5),
+    ("res10", "near"): Settings(passes=(("res10", 1),), threshold=0.5),
+    ("res10", "crowd"): Settings(passes=(("res10", 1), ("res10", 2)), threshold=0.3),
 }
 
 
@@ -246,11 +252,10 @@ def create_detector(profile: Profile = "near", kind: str | None = None, num_thre
     if kind not in KINDS:
         raise ModelError(f"detector kind must be one of {', '.join(KINDS)}, got {kind!r}")
     settings = SETTINGS[(kind, profile)]
-    network: Network
-    if kind == "blazeface":
-        network = BlazeFaceNet("full", num_threads, min_score=settings.threshold)
-        name = f"blazeface-full/{profile}"
-    else:
-        network = Res10Net(num_threads, min_score=settings.threshold)
-        name = f"res10-ssd/{profile}"
-    return MultiPassDetector(name, network, settings)
+    networks: dict[str, Network] = {}
+    for variant in sorted({variant for variant, _ in settings.passes}):
+        if variant == "res10":
+            networks[variant] = Res10Net(num_threads, min_score=settings.threshold)
+        else:
+            networks[variant] = BlazeFaceNet(variant, num_threads, min_score=settings.threshold)  # type: ignore[arg-type]
+    return MultiPassDetector(f"{kind}/{profile}", networks, settings)
