@@ -1,0 +1,220 @@
+"""The dashboard in headless Chromium against a running demo site (broker, hub, 3 simulated node processes).
+
+Screenshots go to a temporary folder, or to ``$MASKWATCH_SCREENSHOTS`` (``docs/screenshots`` refreshes the
+README's pictures).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hub.demo import DemoSite
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+NODES = 3
+MISSING = "\u2013"  # the dashboard's placeholder for a value not known yet
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (/usr/bin/chromium): "
+                                                     "bash tests/run installs it as root, or apt-get install chromium"),
+]
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package (dev extra) is missing")
+
+
+def _call(url: str, body: dict[str, Any] | None = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=20) as response:
+        return json.load(response)
+
+
+def _until(check: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoSite]:
+    """One demo site for the module: every node online and at least one event stored."""
+    site = DemoSite(nodes=NODES, http=("127.0.0.1", 0), state_dir=tmp_path_factory.mktemp("demo"))
+    site.start()
+    try:
+        _until(lambda: [n for n in _call(f"{site.url}api/nodes") if n["status"] == "online" and n["state"]]
+               if len(_call(f"{site.url}api/nodes")) == NODES else None, 60, "every node online")
+        _until(lambda: _call(f"{site.url}api/events?limit=1")["total"], 60, "a first event")
+        yield site
+    finally:
+        site.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, accept_downloads=True)
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda error: errors.append(str(error)))
+    yield tab
+    context.close()
+    assert errors == [], f"JavaScript errors: {errors}"
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    chosen = os.environ.get("MASKWATCH_SCREENSHOTS")
+    folder = (REPO / chosen) if chosen and not Path(chosen).is_absolute() else Path(chosen or
+                                                                                   tmp_path_factory.mktemp("shots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_live_page_shows_every_node_online(demo: DemoSite, page: Any, shots: Path) -> None:
+    page.goto(demo.url)
+    cards = page.locator('#nodes article[data-status="online"]')
+    sync_api.expect(cards).to_have_count(NODES, timeout=15_000)
+    for index in range(1, NODES + 1):
+        card = page.locator(f'#nodes article[data-node="demo/demo-{index}"]')
+        sync_api.expect(card.locator('[data-field="mode"]')).not_to_have_text(MISSING)
+        sync_api.expect(card.locator('[data-field="fps"]')).not_to_have_text(MISSING, timeout=20_000)
+    sync_api.expect(page.locator("#link")).to_have_attribute("data-state", "live")
+    sync_api.expect(page.locator("#feed li").first).to_be_visible()
+    page.screenshot(path=str(shots / "live.png"), full_page=True)
+
+
+def test_events_arrive_live_without_reload(demo: DemoSite, page: Any) -> None:
+    page.goto(demo.url)
+    sync_api.expect(page.locator("#link")).to_have_attribute("data-state", "live", timeout=10_000)
+    known = set(page.locator("#feed li").evaluate_all("items => items.map(li => li.dataset.id)"))
+    command = f"{demo.url}api/nodes/demo/demo-3/commands/servo"
+    # look away (no face within the 60-degree view at 0), then at the unmasked face placed at -60 degrees
+    assert _call(command, {"angle": 0})["results"][0]["status"] == "ok"
+    time.sleep(3)
+    assert _call(command, {"angle": -60})["results"][0]["status"] == "ok"
+    fresh = page.locator("#feed li")
+    _until(lambda: set(fresh.evaluate_all("items => items.map(li => li.dataset.id)")) - known, 40,
+           "a new event in the live feed")
+    new_ids = set(fresh.evaluate_all("items => items.map(li => li.dataset.id)")) - known
+    item = page.locator(f'#feed li[data-id="{sorted(new_ids)[0]}"]')
+    label = item.get_attribute("data-label")
+    expected_text = {"mask": "wearing mask", "no_mask": "not wearing mask"}[label]
+    sync_api.expect(item.locator(".badge")).to_have_text(expected_text)
+    colour = item.locator(".badge").evaluate("b => getComputedStyle(b).backgroundColor")
+    assert colour == {"mask": "rgb(30, 111, 217)", "no_mask": "rgb(217, 48, 37)"}[label]  # blue / red
+    stored = _call(f"{demo.url}api/events/{sorted(new_ids)[0]}")
+    assert stored["node"] == "demo-3"
+
+
+def test_servo_slider_moves_the_node_and_the_answer_comes_back(demo: DemoSite, page: Any, shots: Path) -> None:
+    page.goto(f"{demo.url}control.html")
+    card = page.locator('#controls article[data-node="demo/demo-1"]')
+    sync_api.expect(card).to_have_attribute("data-status", "online", timeout=15_000)
+    card.locator('input[name="angle"]').fill("-40")  # fires input and change, like a released slider
+    answer = card.locator(".answer")
+    sync_api.expect(answer).to_have_attribute("data-status", "ok", timeout=15_000)
+    sync_api.expect(answer).to_contain_text("angle -40°")
+    # the node's retained state (through the hub's registry and stream) shows the new angle and mode
+    sync_api.expect(card.locator('[data-field="angle"]')).to_have_text("-40°", timeout=15_000)
+    sync_api.expect(card.locator('[data-field="mode"]')).to_have_text("hold")
+    state = next(n["state"] for n in _call(f"{demo.url}api/nodes") if n["node"] == "demo-1")
+    assert state["servo"]["angle"] == -40 and state["servo"]["mode"] == "hold"
+
+    card.locator('input[name="threshold"]').fill("0.4")
+    card.get_by_role("button", name="Set").click()
+    sync_api.expect(answer).to_contain_text("threshold", timeout=15_000)
+    sync_api.expect(answer).to_have_attribute("data-status", "ok")
+
+    card.get_by_role("button", name="take snapshot").click()
+    sync_api.expect(answer).to_contain_text("JPEG", timeout=15_000)
+    sync_api.expect(card.locator("img.snap")).to_be_visible(timeout=15_000)
+    assert card.locator("img.snap").evaluate("img => img.complete && img.naturalWidth") > 0
+
+    site = page.locator('#sites article[data-site="demo"]')
+    site.get_by_role("button", name="sweep").click()
+    site_answer = site.locator(".answer")
+    sync_api.expect(site_answer).to_have_attribute("data-status", "ok", timeout=20_000)
+    for index in range(1, NODES + 1):
+        sync_api.expect(site_answer).to_contain_text(f"demo-{index}: ok")
+    page.screenshot(path=str(shots / "control.png"), full_page=True)
+
+
+def test_events_page_filters_and_exports_csv(demo: DemoSite, page: Any, shots: Path) -> None:
+    page.goto(f"{demo.url}events.html")
+    rows = page.locator("#events tbody tr[data-id]")
+    sync_api.expect(rows.first).to_be_visible(timeout=15_000)
+    page.screenshot(path=str(shots / "events.png"), full_page=True)
+    shown = set(rows.evaluate_all("rows => rows.map(r => r.dataset.id)"))
+    with page.expect_download() as download_info:
+        page.locator("#csv").click()
+    path = download_info.value.path()
+    with open(path, newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert table and list(table[0])[:4] == ["id", "site", "node", "label"]
+    assert shown <= {row["id"] for row in table}
+
+    page.locator('select[name="node"]').select_option("demo/demo-3")
+    page.get_by_role("button", name="Filter").click()
+    sync_api.expect(page.locator("#csv")).to_have_attribute("href", "api/events.csv?site=demo&node=demo-3")
+    sync_api.expect(rows.first).to_be_visible()
+    nodes = set(rows.evaluate_all("rows => rows.map(r => r.children[2].textContent)"))
+    assert nodes == {"demo-3 · demo"}
+    with page.expect_download() as download_info:
+        page.locator("#csv").click()
+    with open(download_info.value.path(), newline="") as fh:
+        filtered = list(csv.DictReader(fh))
+    assert filtered and {row["node"] for row in filtered} == {"demo-3"}
+
+
+def test_compliance_page_draws_each_node(demo: DemoSite, page: Any, shots: Path) -> None:
+    page.goto(f"{demo.url}compliance.html")
+    table = page.locator("#summary tbody tr[data-node]")
+    sync_api.expect(table.first).to_be_visible(timeout=15_000)
+    stats = _call(f"{demo.url}api/stats")
+    sync_api.expect(table).to_have_count(len(stats["per_node"]))
+    for entry in stats["per_node"]:
+        key = f"{entry['site']}/{entry['node']}"
+        sync_api.expect(page.locator(f'#chart circle[data-node="{key}"]').first).to_be_attached()
+    assert page.locator("#overall").inner_text().endswith("%")
+    page.screenshot(path=str(shots / "compliance.png"), full_page=True)
+
+
+def test_pages_fit_a_phone(demo: DemoSite, browser: Any, shots: Path) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True)
+    tab = context.new_page()
+    try:
+        pages = {"index.html": "#nodes article", "events.html": "#events tbody tr[data-id]",
+                 "compliance.html": "#summary tbody tr[data-node]", "control.html": "#controls article"}
+        for name, filled in pages.items():
+            tab.goto(f"{demo.url}{name}")
+            sync_api.expect(tab.locator(filled).first).to_be_visible(timeout=15_000)
+            overflow = tab.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 0, f"{name} is {overflow} px wider than a phone screen"
+        tab.goto(demo.url)
+        sync_api.expect(tab.locator('#nodes article[data-status="online"]')).to_have_count(NODES, timeout=15_000)
+        tab.screenshot(path=str(shots / "live-phone.png"))
+    finally:
+        context.close()
