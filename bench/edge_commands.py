@@ -15,20 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import queue
 import sys
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench.report import machine  # noqa: E402
+from bench.common import write_result  # noqa: E402
 from edge.app import EdgeApp  # noqa: E402
 from edge.config import load_edge_config  # noqa: E402
 from shared.broker import LocalMosquitto  # noqa: E402
@@ -103,16 +101,9 @@ def main() -> int:
     ratios = {"p50": round(baseline["p50_ms"] / figures["p50_ms"], 2),
               "p99": round(baseline["p99_ms"] / figures["p99_ms"], 2)}
     print(f"node round trip {figures}\nbare echo {baseline}\nratios (baseline/node) {ratios}")
-    result = {"name": "edge_commands", "title": "Edge command round trip (hub client -> node -> answer)",
-              "date": datetime.now(UTC).isoformat(timespec="seconds"),
-              "machine": f"{machine()}, load average {os.getloadavg()[0]:.1f} at the end",
-              "figures": figures, "baseline": baseline, "ratios": ratios,
-              "notes": "node: a running edge node with inference on answers threshold commands; baseline: a "
-                       "bare MQTT echo client on the same broker. ratio = baseline / node (1.0 = no overhead)."}
-    out = HERE / "results" / "edge_commands.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result("edge_commands", "Edge command round trip (hub client -> node -> answer)", figures, baseline,
+                 ratios, "node: a running edge node with inference on answers threshold commands; baseline: a "
+                 "bare MQTT echo client on the same broker. ratio = baseline / node (1.0 = no overhead).")
     return 0
 
 

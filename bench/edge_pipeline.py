@@ -17,9 +17,7 @@ Writes ``bench/results/edge_pipeline.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import statistics
 import subprocess
 import sys
@@ -32,7 +30,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench.report import machine  # noqa: E402
+from bench.common import write_result  # noqa: E402
 from edge.app import EdgeApp  # noqa: E402
 from edge.classifier import MaskClassifier  # noqa: E402
 from edge.config import EdgeConfig, load_edge_config  # noqa: E402
@@ -181,17 +179,10 @@ def main() -> int:
         print(f"latency: {figures['latency']}")
     figures["node_rss_peak_mb"] = node_rss(args.seconds)
     print(f"node peak RSS {figures['node_rss_peak_mb']} MB")
-    result = {"name": "edge_pipeline", "title": "Edge pipeline: fps by faces in view, stages, latency, RSS",
-              "date": datetime.now(UTC).isoformat(timespec="seconds"),
-              "machine": f"{machine()}, load average {os.getloadavg()[0]:.1f} at the end",
-              "figures": figures, "baseline": baseline, "ratios": ratios,
-              "notes": "baseline = seed-project-style res10 SSD detector + the same int8 classifier on the same "
-                       "frames; ratios = Maskwatch fps / baseline fps. Target: >= 30 fps with 3 faces, "
-                       "RSS <= 250 MB (the node process alone)."}
-    out = HERE / "results" / "edge_pipeline.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result("edge_pipeline", "Edge pipeline: fps by faces in view, stages, latency, RSS", figures,
+                 baseline, ratios, "baseline = seed-project-style res10 SSD detector + the same int8 classifier "
+                 "on the same frames; ratios = Maskwatch fps / baseline fps. Target: >= 30 fps with 3 faces, "
+                 "RSS <= 250 MB (the node process alone).")
     return 0
 
 
