@@ -9,11 +9,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session
 
-from hub.models import AlertRow, EventRow, NodeRow
+from hub.models import AlertRow, NodeRow
 from shared import topics
 from shared.messages import Alert
 
@@ -48,12 +49,12 @@ class Alerter:
             self._last = {(site, node): ts for site, node, ts in rows}
         return self._last
 
-    def for_events(self, session: Session, rows: Sequence[EventRow], now: datetime) -> list[Alert]:
-        """Alerts for new ``no_mask`` events (marked alerted whether or not the cooldown suppresses them)."""
+    def for_events(self, session: Session, rows: Sequence[Row[Any]], now: datetime) -> list[Alert]:
+        """Alerts for newly ``no_mask`` events (rows of :meth:`hub.events.EventLog.claim_no_mask`),
+        except those within the node's cooldown."""
         last = self._last_alerts(session)
         out: list[Alert] = []
         for row in rows:
-            row.alerted = True
             key = (row.site, row.node)
             previous = last.get(key)
             if previous is not None and (now - previous).total_seconds() < self.cooldown_s:

@@ -17,7 +17,7 @@ Routes (people script against them; keep them stable)::
 Every route but ``/healthz`` and ``/metrics`` (each configurable public) needs a
 bearer token when ``auth.tokens`` is set; refused requests get 401 and no data.
 Command routes are rate-limited per token (429 with ``Retry-After``).
-The dashboard (a later piece) is served from ``hub/web/static`` when that folder exists.
+The dashboard (:mod:`hub.web`) is served at ``/`` when its ``static`` folder is present.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the dependency aliases built in create_app.
@@ -340,6 +340,7 @@ def create_app(services: HubServices) -> FastAPI:
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     if WEB_STATIC.is_dir():
-        from fastapi.staticfiles import StaticFiles
-        app.mount("/", StaticFiles(directory=WEB_STATIC, html=True), name="web")
+        from hub.web import mount_dashboard
+
+        mount_dashboard(app)  # last: the dashboard answers every path the API does not
     return app

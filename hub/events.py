@@ -2,7 +2,7 @@
 
 An event id is one row in ``events`` whatever the number of times its
 ``new``/``update``/``end`` messages arrive: each raw message is keyed by the
-SHA-256 of its canonical JSON, so a redelivered or replayed message changes
+SHA-256 of its bytes, so a redelivered or replayed message changes
 nothing, and the lifecycle columns are folded with order-independent rules
 (earliest ``first_seen``, latest ``last_seen`` and label, highest score per label).
 """
@@ -10,16 +10,18 @@ nothing, and the lifecycle columns are folded with order-independent rules
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import case, func, or_, select, update
+from sqlalchemy import Row, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from hub.models import EventMessage, EventRow, RejectedRow, SnapshotRow
@@ -34,15 +36,21 @@ TYPE_ORDER = {"new": 0, "update": 1, "end": 2}
 
 @dataclass(frozen=True)
 class EventIn:
-    """A valid event message waiting to be stored."""
+    """A valid event message waiting to be stored, with the bytes it arrived as (``raw``)."""
 
     event: Event
     received_at: datetime
+    raw: bytes | None = None
+
+    @property
+    def payload(self) -> bytes:
+        """The message as received (or as the edge serializes it, when built in code)."""
+        return self.raw if self.raw is not None else self.event.to_json()
 
     @property
     def digest(self) -> str:
-        """Identity of the message: SHA-256 of its canonical JSON."""
-        return hashlib.sha256(self.event.model_dump_json().encode()).hexdigest()
+        """Identity of the message: SHA-256 of its bytes (a redelivery or an outbox replay is byte-identical)."""
+        return hashlib.sha256(self.payload).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -70,9 +78,11 @@ class RejectIn:
 
 @dataclass
 class WriteResult:
-    """What one batch changed: touched event ids, messages stored, duplicates ignored."""
+    """What one batch changed: touched event ids (``no_mask``: those with a no_mask message), messages
+    stored, duplicates ignored."""
 
     touched: list[str] = field(default_factory=list)
+    no_mask: list[str] = field(default_factory=list)
     stored: int = 0
     duplicates: int = 0
 
@@ -130,50 +140,60 @@ class EventLog:
 
     # -- writes (inside the ingest transaction) --------------------------------
 
+    @cached_property
+    def _message_insert(self) -> Any:
+        table = EventMessage.__table__
+        return (self.store.insert(table).on_conflict_do_nothing(index_elements=[table.c.digest])
+                .returning(table.c.digest))
+
+    @cached_property
+    def _event_upsert(self) -> Any:
+        """``INSERT ... ON CONFLICT DO UPDATE`` folding a batch row into the stored one (built once)."""
+        old = EventRow.__table__.c
+        ins = self.store.insert(EventRow.__table__)
+        new = ins.excluded
+        newer = new.last_seen >= old.last_seen
+        label = case((newer, new.label), else_=old.label)
+        mask_score = _max_of(old.mask_score, new.mask_score)
+        no_mask_score = _max_of(old.no_mask_score, new.no_mask_score)
+        return ins.on_conflict_do_update(index_elements=[old.id], set_={
+            "first_seen": case((new.first_seen < old.first_seen, new.first_seen), else_=old.first_seen),
+            "last_seen": case((newer, new.last_seen), else_=old.last_seen),
+            "label": label,
+            "best_score": case((label == "mask", mask_score), else_=no_mask_score),
+            "box": case((newer, new.box), else_=old.box),
+            "angle": case((newer, new.angle), else_=old.angle),
+            "frames": case((newer, new.frames), else_=old.frames),
+            "mask_score": mask_score,
+            "no_mask_score": no_mask_score,
+            "started": or_(old.started, new.started),
+            "ended_at": _max_of(old.ended_at, new.ended_at),
+            "messages": old.messages + new.messages,
+            "snapshot_expected": or_(old.snapshot_expected, new.snapshot_expected),
+            "updated_at": new.updated_at,
+        })
+
     def write(self, session: Session, items: Sequence[EventIn]) -> WriteResult:
         """Store new raw messages and fold them into their events; duplicates change nothing."""
         result = WriteResult()
         if not items:
             return result
         unique = {item.digest: item for item in items}
-        stmt = self.store.insert(EventMessage).on_conflict_do_nothing(index_elements=[EventMessage.digest])
-        inserted = set(session.scalars(stmt.returning(EventMessage.digest), [
+        connection = session.connection()  # Core executemany: one prepared statement per batch
+        inserted = set(connection.execute(self._message_insert, [
             {"digest": digest, "event_id": item.event.id, "type": item.event.type, "ts": item.event.ts,
-             "label": item.event.label, "score": item.event.score,
-             "payload": item.event.model_dump(mode="json", exclude_none=True),
-             "received_at": item.received_at} for digest, item in unique.items()]))
+             "label": item.event.label, "score": item.event.score, "payload": json.loads(item.payload),
+             "received_at": item.received_at} for digest, item in unique.items()]).scalars())
         result.stored = len(inserted)
         result.duplicates = len(items) - len(inserted)
         if not inserted:
             return result
         now = max(item.received_at for item in items)
         rows = fold((unique[d] for d in inserted), now)
-        self._upsert(session, list(rows.values()))
+        connection.execute(self._event_upsert, list(rows.values()))
         result.touched = sorted(rows)
+        result.no_mask = sorted(i for i, row in rows.items() if row["no_mask_score"] is not None)
         return result
-
-    def _upsert(self, session: Session, rows: list[dict[str, Any]]) -> None:
-        ins = self.store.insert(EventRow)
-        new = ins.excluded
-        newer = new.last_seen >= EventRow.last_seen
-        session.execute(ins.on_conflict_do_update(index_elements=[EventRow.id], set_={
-            "first_seen": case((new.first_seen < EventRow.first_seen, new.first_seen), else_=EventRow.first_seen),
-            "last_seen": case((newer, new.last_seen), else_=EventRow.last_seen),
-            "label": case((newer, new.label), else_=EventRow.label),
-            "box": case((newer, new.box), else_=EventRow.box),
-            "angle": case((newer, new.angle), else_=EventRow.angle),
-            "frames": case((newer, new.frames), else_=EventRow.frames),
-            "mask_score": _max_of(EventRow.mask_score, new.mask_score),
-            "no_mask_score": _max_of(EventRow.no_mask_score, new.no_mask_score),
-            "started": or_(EventRow.started, new.started),
-            "ended_at": _max_of(EventRow.ended_at, new.ended_at),
-            "messages": EventRow.messages + new.messages,
-            "snapshot_expected": or_(EventRow.snapshot_expected, new.snapshot_expected),
-            "updated_at": new.updated_at,
-        }), rows)
-        session.execute(update(EventRow).where(EventRow.id.in_([r["id"] for r in rows])).values(
-            best_score=case((EventRow.label == "mask", EventRow.mask_score), else_=EventRow.no_mask_score)),
-            execution_options={"synchronize_session": False})
 
     def save_snapshots(self, session: Session, snapshots: Sequence[SnapshotIn]) -> None:
         """Write each JPEG to disk (atomically) and record its path."""
@@ -212,13 +232,21 @@ class EventLog:
              "error": r.error[:1024], "payload": r.payload} for r in rejects[-max_rows:]])
         self.store.bound_rejected(session, max_rows)
 
-    def unalerted_no_mask(self, session: Session, ids: Sequence[str]) -> list[EventRow]:
-        """Events among ``ids`` whose label is ``no_mask`` and that have not raised an alert yet."""
+    def claim_no_mask(self, session: Session, ids: Sequence[str]) -> list[Row[Any]]:
+        """Events among ``ids`` now labelled ``no_mask`` that have raised no alert yet; marks them alerted.
+
+        Rows have ``id``, ``site``, ``node``, ``best_score`` and ``snapshot_expected``.
+        """
         if not ids:
             return []
-        return list(session.scalars(select(EventRow).where(
-            EventRow.id.in_(ids), EventRow.label == "no_mask", EventRow.alerted.is_(False))
-            .order_by(EventRow.first_seen)))
+        table = EventRow.__table__
+        rows = list(session.execute(
+            select(table.c.id, table.c.site, table.c.node, table.c.best_score, table.c.snapshot_expected)
+            .where(table.c.id.in_(ids), table.c.label == "no_mask", table.c.alerted.is_(False))
+            .order_by(table.c.first_seen)))
+        if rows:
+            session.execute(update(table).where(table.c.id.in_([r.id for r in rows])).values(alerted=True))
+        return rows
 
     # -- reads ----------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from hub.alerts import Alerter
@@ -34,7 +35,7 @@ from hub.registry import NodeUpdate, Registry
 from hub.store import Store
 from shared import topics
 from shared.errors import ContractError
-from shared.messages import Alert, Event, NodeState, NodeStats, parse, utc_now
+from shared.messages import MAX_PAYLOAD_BYTES, Alert, Event, NodeState, NodeStats, parse, utc_now
 from shared.mqtt import MqttClient, Received
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,20 @@ def filters(config: HubConfig) -> list[str]:
     return out
 
 
+def parse_event(payload: bytes) -> Event:
+    """:func:`shared.messages.parse` for events, with pydantic's JSON parser on the hot path.
+
+    A payload that fails the fast path goes through ``parse``, which names the reason
+    (``json``, ``version``, ``schema``, ``oversize``) exactly as everywhere else.
+    """
+    if len(payload) <= MAX_PAYLOAD_BYTES:
+        try:
+            return Event.model_validate_json(payload)
+        except ValidationError:
+            pass
+    return parse(Event, payload)
+
+
 def classify(message: Received, batch: Batch, now: datetime, max_snapshot_bytes: int) -> None:
     """Validate one message and add it to ``batch`` (as data, or as a rejection with its reason)."""
     try:
@@ -90,11 +105,11 @@ def classify(message: Received, batch: Batch, now: datetime, max_snapshot_bytes:
             raise ContractError(f"not a node topic: {message.topic}", field="topic", reason="topic")
         batch.kinds[info.kind] += 1
         if info.kind == "events":
-            event = parse(Event, message.payload)
+            event = parse_event(message.payload)
             if (event.site, event.node) != (info.site, info.node):
                 raise ContractError(f"event of {event.site}/{event.node} published on {message.topic}",
                                     field="node", reason="topic")
-            batch.events.append(EventIn(event, now))
+            batch.events.append(EventIn(event, now, bytes(message.payload)))
             batch.nodes.append(NodeUpdate(info.site, info.node, "seen", now))
         elif info.kind == "snapshot":
             if len(message.payload) > max_snapshot_bytes:
@@ -243,8 +258,7 @@ class Ingest:
             touched_nodes = self.registry.apply(session, batch.nodes)
             self.store.count(session, {**{f"messages.{k}": v for k, v in batch.kinds.items()},
                                        "events.duplicates": written.duplicates})
-            alerts = self.alerter.for_events(session, self.events.unalerted_no_mask(session, written.touched),
-                                             now)
+            alerts = self.alerter.for_events(session, self.events.claim_no_mask(session, written.no_mask), now)
         committed = time.time()
         for message in received:
             if message.qos:

@@ -40,6 +40,7 @@ class Registry:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._statements: dict[str, Any] = {}
 
     def apply(self, session: Session, updates: Sequence[NodeUpdate]) -> list[tuple[str, str]]:
         """Fold ``updates`` (the last one per node and kind wins) into the table; return the nodes touched."""
@@ -54,29 +55,35 @@ class Registry:
         return sorted({(site, node) for site, node, _kind in latest})
 
     def _upsert(self, session: Session, kind: str, items: list[NodeUpdate]) -> None:
-        ins = self.store.insert(NodeRow)
-        new = ins.excluded
         rows: list[dict[str, Any]] = []
-        set_: dict[str, Any] = {"last_seen": new.last_seen}
         for item in items:
             row: dict[str, Any] = {"site": item.site, "node": item.node, "last_seen": item.received_at,
-                                   "offline_alerted": False}
-            if kind == "status":
-                row.update(online=item.online, status_at=item.received_at)
-            elif kind == "state":
-                row.update(state=item.payload, model=(item.payload or {}).get("model"))
-            elif kind == "stats":
-                row.update(stats=item.payload)
+                                   "offline_alerted": False, "online": item.online,
+                                   "status_at": item.received_at if kind == "status" else None,
+                                   "state": item.payload if kind == "state" else None,
+                                   "model": (item.payload or {}).get("model") if kind == "state" else None,
+                                   "stats": item.payload if kind == "stats" else None}
             rows.append(row)
-        if kind == "status":
-            changed = NodeRow.online.is_(None) | (NodeRow.online != new.online)
-            set_.update(online=new.online, status_at=case((changed, new.status_at), else_=NodeRow.status_at),
-                        offline_alerted=case((new.online, False), else_=NodeRow.offline_alerted))
-        elif kind == "state":
-            set_.update(state=new.state, model=new.model)
-        elif kind == "stats":
-            set_.update(stats=new.stats)
-        session.execute(ins.on_conflict_do_update(index_elements=[NodeRow.site, NodeRow.node], set_=set_), rows)
+        session.connection().execute(self._statement(kind), rows)
+
+    def _statement(self, kind: str) -> Any:
+        """The upsert of one update kind (built once per kind)."""
+        if kind not in self._statements:
+            table = NodeRow.__table__
+            old = table.c
+            ins = self.store.insert(table)
+            new = ins.excluded
+            set_: dict[str, Any] = {"last_seen": new.last_seen}
+            if kind == "status":
+                changed = old.online.is_(None) | (old.online != new.online)
+                set_.update(online=new.online, status_at=case((changed, new.status_at), else_=old.status_at),
+                            offline_alerted=case((new.online, False), else_=old.offline_alerted))
+            elif kind == "state":
+                set_.update(state=new.state, model=new.model)
+            elif kind == "stats":
+                set_.update(stats=new.stats)
+            self._statements[kind] = ins.on_conflict_do_update(index_elements=[old.site, old.node], set_=set_)
+        return self._statements[kind]
 
     def nodes(self, site: str | None = None) -> list[NodeRow]:
         """Every known node (of one site), sorted by site and node."""

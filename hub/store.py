@@ -18,6 +18,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -112,12 +113,15 @@ class Store:
     def count(self, session: Session, increments: Mapping[str, int]) -> None:
         """Add ``increments`` to the named counters."""
         rows = [{"name": name, "value": value} for name, value in sorted(increments.items()) if value]
-        if not rows:
-            return
-        stmt = self.insert(CounterRow)
-        stmt = stmt.on_conflict_do_update(index_elements=[CounterRow.name],
-                                          set_={"value": CounterRow.value + stmt.excluded.value})
-        session.execute(stmt, rows)
+        if rows:
+            session.connection().execute(self._count_upsert, rows)
+
+    @cached_property
+    def _count_upsert(self) -> Any:
+        table = CounterRow.__table__
+        stmt = self.insert(table)
+        return stmt.on_conflict_do_update(index_elements=[table.c.name],
+                                          set_={"value": table.c.value + stmt.excluded.value})
 
     def counters(self, prefix: str = "") -> dict[str, int]:
         """Current counter values whose names start with ``prefix``."""

@@ -1,0 +1,232 @@
+"""Durable ingest rate of the hub through a real Mosquitto, side by side with its baselines.
+
+Three consumers of the same stream of QoS 1 events, each in the same run, on the same private broker:
+
+* **durable**: the hub's ingest (persistent MQTT 5 session, manual acks after commit, batches of
+  ``batch_size`` / ``batch_ms``, SQLite WAL with ``synchronous=FULL``);
+* **(a) pass-through**: a bare QoS 1 subscriber that only counts messages (the broker's own rate);
+* **(b) naive**: the same ingest code committing one transaction per message (``batch_size=1``).
+
+Then the event-to-commit latency (event ``ts`` set at publish time -> commit) while publishing at a
+steady 1,000 events/s. Writes ``bench/results/hub_ingest.json``.
+
+    python bench/hub_ingest.py [--events 20000] [--naive-events 2000] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing as mp
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from bench.report import machine  # noqa: E402
+from hub.alerts import Alerter  # noqa: E402
+from hub.config import HubConfig  # noqa: E402
+from hub.events import EventLog  # noqa: E402
+from hub.ingest import Batch, Ingest  # noqa: E402
+from hub.registry import Registry  # noqa: E402
+from hub.store import Store  # noqa: E402
+from shared.broker import LocalMosquitto  # noqa: E402
+from shared.config import BrokerConfig  # noqa: E402
+from shared.messages import Event, utc_now  # noqa: E402
+from shared.mqtt import MqttClient, Received  # noqa: E402
+from shared.topics import NodeTopics, node_filter  # noqa: E402
+
+log = logging.getLogger("bench.hub_ingest")
+SITE = "bench"
+
+
+def event_payload(node: str, n: int, tag: str) -> bytes:
+    return Event(type="new", id=f"{tag}-{node}-{n:07d}", site=SITE, node=node, ts=utc_now(),
+                 label="no_mask" if n % 10 == 0 else "mask", score=0.9, box=(10, 20, 64, 64), angle=0.0).to_json()
+
+
+def _publisher(broker: BrokerConfig, count: int, tag: str, rate: float | None, out: mp.Queue[float]) -> None:
+    """Child process: publish ``count`` events QoS 1 (paced at ``rate``/s, stamped at publish time)."""
+    nodes = [f"n{i}" for i in range(5)]
+    client = MqttClient(broker, f"bench-pub-{uuid.uuid4().hex[:6]}")
+    client.start()
+    assert client.wait_connected(10)
+    prepared = [] if rate else [event_payload(nodes[n % 5], n, tag) for n in range(count)]
+    started = time.perf_counter()
+    infos = []
+    for n in range(count):
+        node = nodes[n % 5]
+        if rate:
+            lag = started + n / rate - time.perf_counter()
+            if lag > 0:
+                time.sleep(lag)
+        payload = event_payload(node, n, tag) if rate else prepared[n]
+        infos.append(client.publish(NodeTopics(SITE, node).events, payload, qos=1))
+    for info in infos:
+        info.wait_for_publish(60)
+    out.put(count / (time.perf_counter() - started))
+    client.stop()
+
+
+def publish_all(broker: BrokerConfig, count: int, tag: str, rate: float | None = None) -> tuple[float, float]:
+    """Publish from a separate process (like a real node); return (start time, publishing rate achieved)."""
+    out: mp.Queue[float] = mp.Queue()
+    proc = mp.Process(target=_publisher, args=(broker, count, tag, rate, out), daemon=True)
+    started = time.perf_counter()
+    proc.start()
+    pub_rate = out.get(timeout=600)
+    proc.join(30)
+    return started, pub_rate
+
+
+def run_passthrough(broker: BrokerConfig, count: int) -> dict[str, float]:
+    """(a) a bare QoS 1 subscriber: first to last message received."""
+    done = threading.Event()
+    times: list[float] = []
+
+    def on_message(message: Received) -> None:
+        times.append(time.perf_counter())
+        if len(times) >= count:
+            done.set()
+
+    sub = MqttClient(broker, "bench-bare")
+    sub.subscribe(node_filter("events", SITE), on_message, qos=1)
+    sub.start()
+    assert sub.wait_connected(10)
+    time.sleep(0.3)
+    _started, pub_rate = publish_all(broker, count, "a")
+    assert done.wait(120), f"bare subscriber got {len(times)} of {count}"
+    sub.stop()
+    return {"events_per_s": (count - 1) / (times[-1] - times[0]), "publisher_events_per_s": pub_rate}
+
+
+def make_ingest(broker: BrokerConfig, workdir: Path, name: str, batch_size: int, batch_ms: int,
+                on_commit: object) -> tuple[Ingest, MqttClient, Store]:
+    config = HubConfig.model_validate({
+        "broker": broker.model_dump(), "db_url": f"sqlite:///{workdir / f'{name}.db'}", "sites": [SITE],
+        "snapshot_dir": str(workdir / "snaps"),
+        "ingest": {"batch_size": batch_size, "batch_ms": batch_ms, "share_group": f"g{name}"}})
+    store = Store(config.db_url)
+    store.migrate()
+    client = MqttClient(broker, f"bench-hub-{name}", persistent=True, manual_ack=True)
+    ingest = Ingest(config, client, store, EventLog(store, config.snapshot_dir), Registry(store),
+                    Alerter(None, cooldown_s=60, public_url="http://bench"), on_commit=on_commit)  # type: ignore[arg-type]
+    ingest.start()
+    client.start()
+    assert client.wait_connected(10)
+    time.sleep(0.3)
+    return ingest, client, store
+
+
+def run_consumer(broker: BrokerConfig, workdir: Path, name: str, count: int, batch_size: int,
+                 batch_ms: int) -> dict[str, float]:
+    """Ingest ``count`` events published as fast as possible; rate from first publish to last commit."""
+    commits: list[tuple[float, int]] = []  # (time, events committed so far)
+    done = threading.Event()
+
+    def on_commit(batch: Batch, at: float) -> None:
+        total = (commits[-1][1] if commits else 0) + len(batch.events)
+        commits.append((time.perf_counter(), total))
+        if total >= count:
+            done.set()
+
+    ingest, client, store = make_ingest(broker, workdir, name, batch_size, batch_ms, on_commit)
+    _started, pub_rate = publish_all(broker, count, name)
+    assert done.wait(600), f"{name}: committed {commits[-1][1] if commits else 0} of {count}"
+    (first_at, first_total), (last_at, last_total) = commits[0], commits[-1]
+    rate = (last_total - first_total) / (last_at - first_at)  # steady state: after the first commit
+    ingest.stop()
+    client.stop()
+    store.close()
+    return {"events_per_s": rate, "publisher_events_per_s": pub_rate, "batches": ingest.stats.batches}
+
+
+def run_latency(broker: BrokerConfig, workdir: Path, rate: float, seconds: float) -> dict[str, float]:
+    """Event-to-commit latency at a steady ``rate`` events/s (event ts is stamped at publish time)."""
+    latencies: list[float] = []
+    count = int(rate * seconds)
+    done = threading.Event()
+
+    def on_commit(batch: Batch, at: float) -> None:
+        for item in batch.events:
+            latencies.append(at - item.event.ts.timestamp())
+        if len(latencies) >= count:
+            done.set()
+
+    ingest, client, store = make_ingest(broker, workdir, "latency", 500, 50, on_commit)
+    _started, achieved = publish_all(broker, count, "lat", rate)
+    assert done.wait(120), f"latency: committed {len(latencies)} of {count}"
+    ingest.stop()
+    client.stop()
+    store.close()
+    ordered = sorted(latencies)
+    return {"rate_events_per_s": achieved, "p50_ms": 1000 * statistics.median(ordered),
+            "p99_ms": 1000 * ordered[int(0.99 * (len(ordered) - 1))], "max_ms": 1000 * ordered[-1],
+            "events": len(ordered)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=20_000, help="events for the durable and pass-through runs")
+    parser.add_argument("--naive-events", type=int, default=2_000, help="events for the naive run (slow)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of the 1,000 events/s latency run")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    with LocalMosquitto() as mosquitto, tempfile.TemporaryDirectory(prefix="bench-hub-") as tmp:
+        broker = BrokerConfig(host=mosquitto.host, port=mosquitto.port, reconnect_min_s=0.2, reconnect_max_s=2)
+        workdir = Path(tmp)
+        print("(a) bare QoS 1 subscriber ...", flush=True)
+        bare = run_passthrough(broker, args.events)
+        print(f"    {bare['events_per_s']:.0f} events/s", flush=True)
+        print("durable ingest ...", flush=True)
+        durable = run_consumer(broker, workdir, "durable", args.events, 500, 50)
+        print(f"    {durable['events_per_s']:.0f} events/s in {durable['batches']:.0f} batches", flush=True)
+        print("(b) naive one commit per message ...", flush=True)
+        naive = run_consumer(broker, workdir, "naive", args.naive_events, 1, 1)
+        print(f"    {naive['events_per_s']:.0f} events/s", flush=True)
+        print("latency at 1,000 events/s ...", flush=True)
+        latency = run_latency(broker, workdir, 1000.0, args.seconds)
+        print(f"    p50 {latency['p50_ms']:.1f} ms, p99 {latency['p99_ms']:.1f} ms", flush=True)
+    result = {
+        "name": "hub_ingest",
+        "title": "Hub: durable ingest rate and event-to-commit latency",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "figures": {
+            "durable_events_per_s": round(durable["events_per_s"], 1),
+            "durable_batches": durable["batches"],
+            "latency_at_1000_per_s_p50_ms": round(latency["p50_ms"], 2),
+            "latency_at_1000_per_s_p99_ms": round(latency["p99_ms"], 2),
+            "latency_at_1000_per_s_max_ms": round(latency["max_ms"], 2),
+            "latency_run_achieved_rate": round(latency["rate_events_per_s"], 1),
+            "events": args.events,
+        },
+        "baseline": {
+            "passthrough_bare_qos1_events_per_s": round(bare["events_per_s"], 1),
+            "naive_commit_per_message_events_per_s": round(naive["events_per_s"], 1),
+            "naive_events": args.naive_events,
+            "publisher_events_per_s": round(bare["publisher_events_per_s"], 1),
+        },
+        "ratios": {
+            "durable_vs_passthrough": round(durable["events_per_s"] / bare["events_per_s"], 3),
+            "durable_vs_naive": round(durable["events_per_s"] / naive["events_per_s"], 2),
+        },
+        "notes": "Targets: durable >= 0.8 x pass-through, >= 10 x naive. Same broker, publisher and 2-core machine "
+                 "(shared with other work) for every consumer; SQLite WAL, synchronous=FULL; batch 500 / 50 ms.",
+    }
+    out = HERE / "results" / "hub_ingest.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["ratios"]), f"-> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
