@@ -104,16 +104,23 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
 def _scalar(text: str) -> Any:
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         return text
 
 
+#: ``MASKWATCH_*`` variables that are read elsewhere and are not config keys.
+NOT_CONFIG_ENV = frozenset({"MASKWATCH_MODEL_DIR", "MASKWATCH_SHARED"})
+
+
 def env_overrides(environ: Mapping[str, str] | None = None, prefix: str = ENV_PREFIX) -> dict[str, Any]:
-    """Nested overrides from ``MASKWATCH_A__B=value`` variables (values parsed as YAML scalars)."""
+    """Nested overrides from ``MASKWATCH_A__B=value`` variables (values parsed as YAML scalars).
+
+    The variables in :data:`NOT_CONFIG_ENV` (the model cache, the team data folder) are skipped.
+    """
     environ = os.environ if environ is None else environ
     tree: dict[str, Any] = {}
     for key, value in environ.items():
-        if key.startswith(prefix) and len(key) > len(prefix):
+        if key.startswith(prefix) and len(key) > len(prefix) and key not in NOT_CONFIG_ENV:
             dotted = key[len(prefix):].lower().replace("__", ".")
             _set_path(tree, dotted, _scalar(value))
     return tree

@@ -100,7 +100,7 @@ def test_compose_runs_two_scene_nodes_and_a_hub_with_real_command_lines() -> Non
     nodes = []
     for name, svc in services.items():
         args = parse_cli(svc["command"])
-        credentials = svc["environment"]["MASKWATCH_CREDENTIALS"]
+        credentials = svc["environment"]["CREDENTIALS_FILE"]
         mounts = dict(v.split(":")[1::-1] for v in svc["volumes"])  # target -> source
         assert any(credentials.startswith(target + "/") for target in mounts), f"{name}: credentials not mounted"
         assert any(target == "/var/lib/maskwatch" for target in mounts), f"{name}: state is not on a volume"
@@ -214,6 +214,31 @@ def test_systemd_analyze_accepts_the_unit(unit: str, tmp_path: Path) -> None:
     exposure = re.search(r"Overall exposure level for \S+: ([\d.]+)", security.stdout)
     assert exposure, security.stdout + security.stderr
     assert float(exposure.group(1)) <= 2.5, security.stdout  # systemd calls <= 3.9 "OK"
+
+
+def deployed_environment() -> dict[str, tuple[dict[str, str], tuple[type[BaseModel], ...]]]:
+    """What each deployment file sets for maskwatch (systemd Environment=, Dockerfile ENV, compose),
+    and the config models that then read it."""
+    found: dict[str, tuple[dict[str, str], tuple[type[BaseModel], ...]]] = {}
+    models = {"edge": (EdgeConfig,), "hub": (HubConfig,)}
+    for unit, command in UNITS.items():
+        values = unit_settings(DEPLOY / "systemd" / unit).get("Environment", [])
+        found[unit] = (dict(value.split("=", 1) for value in values), models[command])
+    env = next(c for c in dockerfile.parse_file(str(DOCKERFILE)) if c.cmd == "ENV").value
+    image_env = dict(zip(env[::2], env[1::2], strict=True))
+    found["Dockerfile"] = (image_env, (EdgeConfig, HubConfig))
+    for name, svc in maskwatch_services().items():
+        found[f"compose {name}"] = ({**image_env, **svc.get("environment", {})}, models[svc["command"][0]])
+    return found
+
+
+@pytest.mark.parametrize("where", sorted(deployed_environment()))
+def test_deployed_environment_is_accepted_by_the_config_loaders(where: str) -> None:
+    environ, models = deployed_environment()[where]
+    assert environ, f"{where} sets no environment"
+    # MASKWATCH_* variables become config keys unless they are known to be something else
+    for model in models:
+        load_config(model, environ=environ)
 
 
 # -- Raspberry Pi examples and installer ------------------------------------------------
