@@ -1,0 +1,137 @@
+"""Scene photos through the whole inference path: Maskwatch (BlazeFace passes + int8 MobileNetV2 on LiteRT)
+beside the seed-style pipeline (res10 SSD at 0.5 + the Keras ``face_mask_detector.model`` run by TensorFlow).
+
+Both run on ``../shared/datasets/face-mask-scenes`` with the same matching (IoU >= 0.3) and scoring as
+``maskwatch model eval --scenes``. Figures for faces of at least 24 px (the size the crowd profile promises),
+plus smaller faces. Writes ``bench/results/model_scenes.json``; ratios are maskwatch / seed (> 1 = better,
+except ``ms_per_image`` where seed / maskwatch is given).
+
+    python bench/model_scenes.py [--scenes DIR] [--weights DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from bench.report import machine  # noqa: E402
+from edge.classifier import MaskClassifier  # noqa: E402
+from edge.detector import MultiPassDetector, Res10Net, Settings, create_detector  # noqa: E402
+from models.evaluation import evaluate_scenes  # noqa: E402
+
+SHARED = Path(os.environ.get("MASKWATCH_SHARED", HERE.parents[1] / "shared"))
+
+
+class SeedClassifier:
+    """The seed's Keras classifier (MobileNetV2 224 + AveragePooling2D(7)/Dense(128)/Dense(2)) on TensorFlow.
+
+    Keras 3 cannot load the TF 2.2 file as a model, so every layer's weights are read by name from the HDF5
+    file (layout in ``../shared/weights/README.md``).
+    """
+
+    def __init__(self, path: Path) -> None:
+        import h5py
+        import keras
+
+        base = keras.applications.MobileNetV2(weights=None, include_top=False, input_shape=(224, 224, 3))
+        _load_by_name(base, path)
+        x = keras.layers.AveragePooling2D(7)(base.output)
+        x = keras.layers.Flatten()(x)
+        dense = keras.layers.Dense(128, activation="relu")
+        out_layer = keras.layers.Dense(2, activation="softmax")
+        self.model = keras.Model(base.input, out_layer(dense(x)))
+        with h5py.File(path, "r") as weights:
+            group = weights["model_weights"]
+            dense.set_weights([group["dense/dense/kernel:0"][()], group["dense/dense/bias:0"][()]])
+            out_layer.set_weights([group["dense_1/dense_1/kernel:0"][()], group["dense_1/dense_1/bias:0"][()]])
+        self.version = "seed face_mask_detector.model (Keras/TensorFlow)"
+
+    def no_mask_probability(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        import cv2
+
+        if not crops:
+            return np.zeros(0, np.float32)
+        batch = np.stack([cv2.resize(c, (224, 224))[:, :, ::-1] for c in crops]).astype(np.float32) / 127.5 - 1
+        return self.model(batch, training=False).numpy()[:, 1].astype(np.float32)
+
+
+def _load_by_name(base: object, path: Path) -> None:
+    """Copy the backbone's weights from a legacy HDF5 model file, layer by layer, by name."""
+    import h5py
+
+    with h5py.File(path, "r") as weights:
+        group = weights["model_weights"]
+        for layer in base.layers:  # type: ignore[attr-defined]
+            if layer.name not in group or not layer.weights:
+                continue
+            stored = group[layer.name][layer.name]
+            layer.set_weights([stored[f"{w.name}:0"][()] for w in layer.weights])
+
+
+def seed_detector() -> MultiPassDetector:
+    """The seed's detector: res10 SSD on the whole frame at confidence 0.5."""
+    return MultiPassDetector("res10/seed", {"res10": Res10Net(2, 0.5)}, Settings(passes=(("res10", 1),),
+                                                                                  threshold=0.5))
+
+
+def summary(result: dict, band: str = ">=24") -> dict:
+    recall = result["recall"]
+    return {
+        "recall_with_mask": recall["with_mask"][band]["recall"],
+        "recall_without_mask": recall["without_mask"][band]["recall"],
+        "recall_incorrect": recall["mask_weared_incorrect"][band]["recall"],
+        "no_mask_precision": result["no_mask_decision"][band]["precision"],
+        "no_mask_recall": result["no_mask_decision"][band]["recall"],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scenes", type=Path, default=SHARED / "datasets" / "face-mask-scenes")
+    parser.add_argument("--weights", type=Path, default=SHARED / "weights")
+    args = parser.parse_args()
+    classifier = MaskClassifier(num_threads=2)
+    runs = {}
+    for profile in ("crowd", "near"):
+        started = time.perf_counter()
+        runs[profile] = evaluate_scenes(args.scenes, classifier, create_detector(profile, num_threads=2))
+        runs[profile]["wall_s"] = round(time.perf_counter() - started, 1)
+    seed = evaluate_scenes(args.scenes, SeedClassifier(args.weights / "face_mask_detector.model"),  # type: ignore[arg-type]
+                           seed_detector())
+    figures = {f"crowd_{k}": v for k, v in summary(runs["crowd"]).items()}
+    figures |= {f"near_{k}": v for k, v in summary(runs["near"]).items()}
+    figures |= {"crowd_detection_precision": runs["crowd"]["precision"],
+                "crowd_ms_per_photo": runs["crowd"]["ms_per_image"], "near_ms_per_photo": runs["near"]["ms_per_image"]}
+    for band in ("16-23", "<16"):
+        figures |= {f"crowd_{k}_{band}": v for k, v in summary(runs["crowd"], band).items() if "recall_with" in k
+                    or "recall_without" in k}
+    baseline = summary(seed) | {"detection_precision": seed["precision"], "ms_per_photo": seed["ms_per_image"]}
+    ratios = {k: round(figures[f"crowd_{k}"] / baseline[k], 3) if baseline[k] else None
+              for k in ("recall_with_mask", "recall_without_mask", "no_mask_precision", "no_mask_recall")}
+    ratios["ms_per_photo_seed_over_crowd"] = round(baseline["ms_per_photo"] / figures["crowd_ms_per_photo"], 3)
+    result = {"name": "model_scenes", "title": "Scenes: face recall and no-mask decision, Maskwatch vs seed pipeline",
+              "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
+              "figures": figures, "baseline": baseline, "ratios": ratios,
+              "details": {"crowd": runs["crowd"], "near": runs["near"], "seed": seed},
+              "notes": "faces >= 24 px unless the key names a band; incorrectly worn masks count as no mask"}
+    out = HERE / "results" / "model_scenes.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps({"figures": figures, "baseline": baseline, "ratios": ratios}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

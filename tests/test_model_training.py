@@ -1,0 +1,69 @@
+"""A tiny real training: about 40 shared images -> train -> export f16 + int8 -> LiteRT load -> predict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.classifier import MaskClassifier
+from edge.images import list_images, read_image
+from models.training.data import dhash, group_split, near_duplicate_groups
+from models.training.train import Crops
+from shared.cli import main
+from tests.conftest import FACE_MASK, SCENES, WEIGHTS, need
+
+
+@pytest.mark.slow
+def test_tiny_train_export_and_predict_on_litert(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    weights = need(WEIGHTS) / "mobilenet_v2_1.0_224_imagenet_no_top.h5"
+    monkeypatch.setenv("HOME", str(tmp_path))  # the crop cache goes to a fresh place
+    run = tmp_path / "run"
+    assert main(["model", "train", str(need(FACE_MASK)), "--scenes", str(need(SCENES)), "--limit", "20",
+                 "--size", "64", "--epochs", "2", "--fine-tune-epochs", "1", "--augment-copies", "1",
+                 "--backbone-weights", str(weights), "--out", str(run), "--seed", "3"]) == 0
+    assert "validation:" in capsys.readouterr().out
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["crops"]["images"] == 40 and metrics["crops"]["scene_faces"] > 0
+    assert metrics["validation_crops"] > 0 and metrics["train_crops"] > metrics["validation_crops"]
+    for name in ("model.keras", "training_curves.png", "confusion_matrix.png"):
+        assert (run / name).stat().st_size > 1000
+
+    # a loose gap: a one-epoch model is not stable enough for the production 0.5 point check
+    assert main(["model", "export", str(run), "--out", str(tmp_path / "out"), "--max-gap", "20"]) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert figures["validation_n"] == metrics["validation_crops"]
+    for variant in ("f16", "int8"):
+        classifier = MaskClassifier(tmp_path / "out" / f"mask_classifier_{variant}.tflite", num_threads=1)
+        assert classifier.size == (64, 64)
+        crops = [read_image(p) for p in list_images(FACE_MASK / "without_mask")[:3]]
+        p = classifier.no_mask_probability(crops)
+        assert p.shape == (3,) and ((p >= 0) & (p <= 1)).all()
+
+
+def test_export_refuses_an_incomplete_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["model", "export", str(tmp_path)]) == 1
+    assert "model.keras not found" in capsys.readouterr().err
+
+
+def test_train_refuses_a_folder_without_class_subfolders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["model", "train", str(tmp_path), "--detector", "none", "--out", str(tmp_path / "run")]) == 1
+    assert "with_mask/ and without_mask/" in capsys.readouterr().err
+
+
+def test_mirrored_copies_fall_in_one_group_and_the_split_keeps_groups_whole() -> None:
+    images = [read_image(p) for p in list_images(need(FACE_MASK) / "without_mask")[:30]]
+    hashes = [(dhash(i), dhash(i[:, ::-1])) for i in images]
+    hashes.append((dhash(images[0][:, ::-1]), dhash(images[0])))  # a mirrored copy of image 0
+    groups = near_duplicate_groups(hashes)
+    assert groups[-1] == groups[0]
+    crops = Crops(np.zeros((31, 4, 4, 3), np.uint8), np.ones(31, np.int64), [f"g{g}" for g in groups],
+                  ["face-mask"] * 31)
+    train, val = group_split(crops, 0.3, seed=1)
+    assert len(val) > 0 and not {crops.groups[i] for i in train} & {crops.groups[i] for i in val}
+    assert sorted(np.concatenate([train, val]).tolist()) == list(range(31))
+    again = group_split(crops, 0.3, seed=1)
+    assert again[1].tolist() == val.tolist()
