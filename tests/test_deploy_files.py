@@ -127,12 +127,14 @@ def test_compose_mounts_every_path_the_broker_config_names() -> None:
     assert paths, "no /mosquitto/ paths found"
     for path in paths:
         assert any(path == t or path.startswith(t.rstrip("/") + "/") for t in targets), f"{path} is not mounted"
-    # the credentials service runs the shipped script from where it is mounted
+    # the credentials service runs the shipped scripts from where they are mounted
     credentials = compose()["services"]["credentials"]
-    script = next(word for word in " ".join(credentials["entrypoint"]).split() if word.endswith("make-users"))
-    mount = next(v for v in credentials["volumes"] if script.startswith(v.split(":")[1] + "/"))
-    source, target = mount.split(":")[:2]
-    assert (REPO / source / PurePosixPath(script).relative_to(target)).is_file()
+    scripts = [word for word in " ".join(credentials["entrypoint"]).split() if word.startswith("/deploy/")]
+    assert {PurePosixPath(s).name for s in scripts} == {"make-users", "make-api-token"}
+    for script in scripts:
+        mount = next(v for v in credentials["volumes"] if script.startswith(v.split(":")[1] + "/"))
+        source, target = mount.split(":")[:2]
+        assert (REPO / source / PurePosixPath(script).relative_to(target)).is_file(), script
 
 
 # -- Dockerfile -----------------------------------------------------------------------
@@ -342,7 +344,7 @@ def test_install_script_refuses_another_nodes_credentials(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("script", ["pi/install.sh", "mosquitto/make-users", "mosquitto/make-certs",
-                                    "docker/entrypoint.sh"])
+                                    "docker/entrypoint.sh", "docker/make-api-token"])
 def test_shell_scripts_parse_and_are_executable(script: str) -> None:
     path = DEPLOY / script
     shell = "bash" if path.read_text().startswith("#!/bin/bash") else "sh"

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,3 +154,41 @@ def test_compose_node_command_runs_through_the_image_entrypoint(site: ShippedSit
                              env={**os.environ, "CREDENTIALS_FILE": str(tmp_path / "absent.env")},
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "run make-users first" in missing.stderr
+
+
+def test_compose_hub_serves_its_api_only_with_the_generated_token(site: ShippedSite, tmp_path: Path) -> None:
+    service = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]["hub"]
+    credentials = tmp_path / "credentials"
+    shutil.copytree(site.secrets / "credentials", credentials)
+    subprocess.run(["sh", str(REPO / "deploy" / "docker" / "make-api-token"), str(credentials)], check=True,
+                   capture_output=True, timeout=30)
+    token = (credentials / "api-token").read_text().strip()
+    port = free_port()
+    command = [word.replace("mosquitto:1883", site.broker.address).replace("/var/lib/maskwatch", str(tmp_path))
+               .replace("0.0.0.0:8080", f"127.0.0.1:{port}") for word in service["command"]]
+    login = credentials / Path(service["environment"]["CREDENTIALS_FILE"]).name
+    env = login_env(site, None, CREDENTIALS_FILE=str(login),
+                    **{k: v.replace("/var/lib/maskwatch", str(tmp_path)) for k, v in service["environment"].items()
+                       if k.startswith("MASKWATCH_")})
+    hub = subprocess.Popen(["sh", str(REPO / "deploy" / "docker" / "entrypoint.sh"), *command], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait(lambda: (health(port) or {}).get("mqtt") is True or hub.poll() is not None, 60, "the hub's MQTT link")
+        assert hub.poll() is None, hub.stderr.read() if hub.stderr else ""
+
+        def status(path: str, bearer: str | None) -> int:
+            request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+            if bearer:
+                request.add_header("Authorization", f"Bearer {bearer}")
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    return response.status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        for path in ("/api/events", "/api/nodes", "/metrics"):
+            assert status(path, None) == 401 and status(path, token[::-1]) == 401, path
+            assert status(path, token) == 200, path
+    finally:
+        hub.terminate()
+        assert hub.wait(30) == 0
