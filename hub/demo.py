@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HTTP = "127.0.0.1:8080"
 NODE_STOP_S = 15.0
+#: Sweep ranges given to the nodes in turn, so that some find the built-in scene's unmasked face (at -60
+#: degrees) and others its masked one (at +60) first.
+SWEEPS = ((-90.0, 0.0), (0.0, 90.0), (-90.0, 90.0))
 
 
 class Broker(Protocol):
@@ -159,7 +162,7 @@ class DemoSite:
             self._start_broker()
             self._start_hub()
             for index in range(1, self.nodes + 1):
-                self._start_node(f"{self.site}-{index}")
+                self._start_node(f"{self.site}-{index}", SWEEPS[(index - 1) % len(SWEEPS)])
         except BaseException:
             self.stop()
             raise
@@ -200,12 +203,13 @@ class DemoSite:
         self.hub = HubApp(config)
         self.hub.start()
 
-    def _start_node(self, node: str) -> None:
+    def _start_node(self, node: str, sweep: tuple[float, float]) -> None:
         logs = self.state_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "shared.cli", "edge", "--source", "scene:builtin", "--site", self.site,
                    "--node", node, "--broker", self.broker_address,
-                   "--outbox", str(self.state_dir / "outbox" / f"{node}.sqlite")]
+                   "--outbox", str(self.state_dir / "outbox" / f"{node}.sqlite"),
+                   "--set", f"servo.sweep_min_deg={sweep[0]:g}", "--set", f"servo.sweep_max_deg={sweep[1]:g}"]
         env = {**os.environ, "MASKWATCH_BROKER__PROTOCOL": str(self.protocol)}
         with open(logs / f"{node}.log", "ab") as log_file:
             self.processes[node] = subprocess.Popen(

@@ -1,6 +1,6 @@
 """The dashboard in headless Chromium against a running demo site (broker, hub, 3 simulated node processes).
 
-Screenshots go to a temporary folder, or to ``$MASKWATCH_SCREENSHOTS`` (``docs/screenshots`` refreshes the
+Screenshots go to a temporary folder, or to ``$DASHBOARD_SCREENSHOTS`` (``docs/screenshots`` refreshes the
 README's pictures).
 """
 
@@ -56,10 +56,20 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoSite]:
     """One demo site for the module: every node online and at least one event stored."""
     site = DemoSite(nodes=NODES, http=("127.0.0.1", 0), state_dir=tmp_path_factory.mktemp("demo"))
     site.start()
+
+    def all_online() -> bool:
+        ready = [n for n in _call(f"{site.url}api/nodes") if n["status"] == "online" and n["state"]]
+        return len(ready) == NODES
+
     try:
-        _until(lambda: [n for n in _call(f"{site.url}api/nodes") if n["status"] == "online" and n["state"]]
-               if len(_call(f"{site.url}api/nodes")) == NODES else None, 60, "every node online")
-        _until(lambda: _call(f"{site.url}api/events?limit=1")["total"], 60, "a first event")
+        try:
+            _until(all_online, 90, "every node online")
+            _until(lambda: _call(f"{site.url}api/events?limit=1")["total"], 60, "a first event")
+        except BaseException:
+            for log in sorted((site.state_dir / "logs").glob("*.log")):
+                print(f"--- {log.name}\n{log.read_text()[-3000:]}")
+            print(_call(f"{site.url}api/nodes"))
+            raise
         yield site
     finally:
         site.stop()
@@ -86,7 +96,7 @@ def page(browser: Any) -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    chosen = os.environ.get("MASKWATCH_SCREENSHOTS")
+    chosen = os.environ.get("DASHBOARD_SCREENSHOTS")
     folder = (REPO / chosen) if chosen and not Path(chosen).is_absolute() else Path(chosen or
                                                                                    tmp_path_factory.mktemp("shots"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -215,6 +225,8 @@ def test_pages_fit_a_phone(demo: DemoSite, browser: Any, shots: Path) -> None:
             assert overflow <= 0, f"{name} is {overflow} px wider than a phone screen"
         tab.goto(demo.url)
         sync_api.expect(tab.locator('#nodes article[data-status="online"]')).to_have_count(NODES, timeout=15_000)
+        sync_api.expect(tab.locator("#link")).to_have_attribute("data-state", "live", timeout=10_000)
+        sync_api.expect(tab.locator('#nodes [data-field="last event"] .badge').first).to_be_visible()
         tab.screenshot(path=str(shots / "live-phone.png"))
     finally:
         context.close()

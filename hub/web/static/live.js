@@ -67,8 +67,8 @@ async function loadNodeEvents(site, node) {
 function feedItem(event) {
   return el("li", { class: "fresh", dataset: { id: event.id, label: event.label } },
     badge(event.label),
-    el("span", {}, el("strong", {}, event.node), " ", el("span", { class: "muted" },
-      `${event.site} · ${num(event.score ?? event.best_score, 2)} · ${event.state}`)),
+    el("span", {}, el("strong", {}, event.node), el("div", { class: "muted meta" },
+      `${event.site} · score ${num(event.score ?? event.best_score, 2)} · ${event.state}`)),
     el("time", { class: "muted", datetime: event.last_seen }, fmtTime(event.last_seen)));
 }
 
