@@ -32,6 +32,8 @@ class TrackerConfig(StrictModel):
     hysteresis: float = Field(0.1, ge=0, le=0.5, description="margin around the threshold to flip a label")
     update_min_s: float = Field(3.0, ge=0, description="at most one `update` per track this often")
     update_score_gain: float = Field(0.1, ge=0, le=1, description="score gain that counts as clearly better")
+    reclassify_frames: int = Field(3, ge=1, le=100, description="classify a confirmed face every this many "
+                                   "frames (1: every frame); in between its smoothed probability is kept")
 
 
 class OutboxConfig(StrictModel):

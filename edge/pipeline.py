@@ -115,18 +115,26 @@ class Pipeline:
 
     # -- per frame -------------------------------------------------------------
 
-    def observe(self, image: np.ndarray) -> list[Observation]:
-        """Detect and classify the faces of one image (one classifier batch)."""
+    def observe(self, image: np.ndarray, tracked: bool = False) -> list[Observation]:
+        """Detect the faces of one image and classify them in one batch.
+
+        With ``tracked``, faces the tracker says may reuse their track's probability are not classified.
+        """
         with self.times.stage("detect"):
             faces = [f for f in self.detector.detect(image)
                      if min(f.box[2], f.box[3]) >= self.config.min_face_px]
         if not faces:
             return []
-        with self.times.stage("crop"):
-            crops = [crop_face(image, f.box) for f in faces]
-        with self.times.stage("classify"):
-            probs = self.classifier.no_mask_probability(crops)
-        return [Observation(f.box, float(p), f.score) for f, p in zip(faces, probs, strict=True)]
+        wanted = self.tracker.needs_classification([f.box for f in faces]) if tracked else [True] * len(faces)
+        probs: list[float | None] = [None] * len(faces)
+        todo = [i for i, w in enumerate(wanted) if w]
+        if todo:
+            with self.times.stage("crop"):
+                crops = [crop_face(image, faces[i].box) for i in todo]
+            with self.times.stage("classify"):
+                for i, p in zip(todo, self.classifier.no_mask_probability(crops), strict=True):
+                    probs[i] = float(p)
+        return [Observation(f.box, p, f.score) for f, p in zip(faces, probs, strict=True)]
 
     def process(self, frame: Frame) -> list[Event]:
         """Run one frame through the pipeline; write and return its events."""
@@ -139,7 +147,7 @@ class Pipeline:
             return events
         if frame.still:
             return self._still(frame, threshold)
-        observations = self.observe(frame.image)
+        observations = self.observe(frame.image, tracked=True)
         self._sight(frame, observations)
         with self.times.stage("track"):
             changes = self.tracker.update(observations, frame.ts, threshold=threshold, frame_ref=frame.ref)
@@ -163,8 +171,10 @@ class Pipeline:
             if x1 <= x0 or y1 <= y0:
                 continue
             box = (x0, y0, x1 - x0, y1 - y0)
-            label = decide_label(obs.p_no_mask, threshold)
-            score = obs.p_no_mask if label == "no_mask" else 1 - obs.p_no_mask
+            p = obs.p_no_mask
+            assert p is not None  # stills are always classified
+            label = decide_label(p, threshold)
+            score = p if label == "no_mask" else 1 - p
             event_id = self.new_id()
             track = TrackInfo(frames=1, first_seen=frame.ts, last_seen=frame.ts)
             for kind in ("new", "end"):

@@ -36,10 +36,11 @@ ChangeKind = Literal["new", "update", "end"]
 
 @dataclass(frozen=True)
 class Observation:
-    """One classified face in one frame."""
+    """One face in one frame; ``p_no_mask`` is ``None`` when it was not classified this frame
+    (the track it continues keeps its smoothed probability)."""
 
     box: Box
-    p_no_mask: float
+    p_no_mask: float | None
     det_score: float = 1.0
 
 
@@ -61,6 +62,7 @@ class Track:
     emitted_label: str | None = None
     emitted_score: float = 0.0
     frame_ref: Any = None
+    unclassified: int = 0
 
     @property
     def p_no_mask(self) -> float:
@@ -115,13 +117,23 @@ class Tracker:
         self._id_factory = id_factory
         self.tracks: list[Track] = []
 
-    def _match(self, observations: Sequence[Observation]) -> list[tuple[int, int]]:
+    def needs_classification(self, boxes: Sequence[Box]) -> list[bool]:
+        """For each box: whether it must be classified this frame. Faces that continue a confirmed track
+        classified within the last ``reclassify_frames`` frames may reuse the track's smoothed probability."""
+        wanted = [True] * len(boxes)
+        for ti, bi in self._match(boxes):
+            track = self.tracks[ti]
+            if track.confirmed and track.unclassified + 1 < self.config.reclassify_frames:
+                wanted[bi] = False
+        return wanted
+
+    def _match(self, boxes: Sequence[Box]) -> list[tuple[int, int]]:
         pairs: list[tuple[float, float, int, int]] = []
         for ti, track in enumerate(self.tracks):
-            for oi, obs in enumerate(observations):
-                overlap = iou(track.box, obs.box)
-                dist = _centre_distance(track.box, obs.box)
-                gate = self.config.gate_box_frac * max(track.box[2], track.box[3], obs.box[2], obs.box[3])
+            for oi, box in enumerate(boxes):
+                overlap = iou(track.box, box)
+                dist = _centre_distance(track.box, box)
+                gate = self.config.gate_box_frac * max(track.box[2], track.box[3], box[2], box[3])
                 if overlap >= self.config.iou_min or dist <= gate:
                     pairs.append((-overlap, dist, ti, oi))
         pairs.sort()
@@ -154,7 +166,7 @@ class Tracker:
                frame_ref: Any = None) -> list[Change]:
         """Feed the faces of one frame (taken at ``ts``); return the lifecycle changes."""
         changes: list[Change] = []
-        matches = self._match(observations)
+        matches = self._match([o.box for o in observations])
         matched_t = {ti for ti, _ in matches}
         matched_o = {oi for _, oi in matches}
         for ti, oi in matches:
@@ -162,7 +174,11 @@ class Tracker:
             track.box, track.last_seen, track.misses = obs.box, ts, 0
             track.frames += 1
             track.frame_ref = frame_ref
-            track.history.append(obs.p_no_mask)
+            if obs.p_no_mask is None:
+                track.unclassified += 1
+            else:
+                track.history.append(obs.p_no_mask)
+                track.unclassified = 0
             self._relabel(track, threshold)
             if not track.confirmed:
                 if track.stable_frames >= self.config.confirm_frames:
@@ -176,6 +192,8 @@ class Tracker:
         for oi, obs in enumerate(observations):
             if oi in matched_o:
                 continue
+            if obs.p_no_mask is None:
+                raise ValueError(f"a new face must be classified (box {obs.box})")
             track = Track(id=self._id_factory(), box=obs.box, first_seen=ts, last_seen=ts,
                           history=deque([obs.p_no_mask], maxlen=self.config.smooth_frames),
                           label=decide_label(obs.p_no_mask, threshold), frame_ref=frame_ref)

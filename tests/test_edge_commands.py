@@ -92,9 +92,11 @@ def test_indicator_follows_the_faces_in_view_and_detect_off_stops_events_not_ans
     assert wait_until(lambda: bool(blue.state) and not red.state, 5)
     answer = listener.command("detect", {"request_id": "d3", "enabled": False})
     assert answer.status == "ok" and answer.value == {"detect": False}
-    wait_until(lambda: False, 0.5)
-    while not listener.events.empty():  # the visits open at the pause are closed
-        assert listener.events.get().type in ("new", "end")
+    drained = listener.events_until(lambda evs: any(e.type == "end" and e.label == "mask" for e in evs), 5)
+    assert any(e.type == "end" and e.label == "mask" for e in drained)  # the visit open at the pause is closed
+    wait_until(lambda: False, 0.3)
+    while not listener.events.empty():
+        listener.events.get()
     listener.command("servo", {"request_id": "d4", "angle": -60})
     assert listener.command("threshold", {"request_id": "d5", "value": 0.5}).status == "ok"
     assert listener.events_until(lambda evs: bool(evs), 1.5) == []  # no events while paused

@@ -86,3 +86,20 @@ def test_flush_ends_confirmed_tracks_only() -> None:
     for _ in range(3):
         tracker.update([Observation((0, 0, 40, 40), 0.1)], T0, threshold=0.5)
     assert [c.kind for c in tracker.flush(T0)] == ["end"]
+
+
+def test_confirmed_faces_are_reclassified_every_k_frames_only() -> None:
+    tracker = make(confirm_frames=2, reclassify_frames=3)
+    box = (10, 10, 50, 50)
+    assert tracker.needs_classification([box]) == [True]  # nothing tracked yet
+    tracker.update([Observation(box, 0.1)], T0, threshold=0.5)
+    assert tracker.needs_classification([box]) == [True]  # not confirmed yet
+    tracker.update([Observation(box, 0.1)], T0, threshold=0.5)
+    pattern = []
+    for _ in range(6):
+        [wanted] = tracker.needs_classification([box])
+        pattern.append(wanted)
+        tracker.update([Observation(box, 0.1 if wanted else None)], T0, threshold=0.5)
+    assert pattern == [False, False, True, False, False, True]
+    assert tracker.needs_classification([(400, 300, 50, 50), box]) == [True, False]
+    assert tracker.tracks[0].frames == 8 and len(tracker.tracks[0].history) == 4
