@@ -87,25 +87,39 @@ def publish_all(broker: BrokerConfig, count: int, tag: str, rate: float | None =
     return started, pub_rate
 
 
-def run_passthrough(broker: BrokerConfig, count: int) -> dict[str, float]:
-    """(a) a bare QoS 1 subscriber: first to last message received."""
+def percentiles(latencies: list[float]) -> dict[str, float]:
+    ordered = sorted(latencies)
+    return {"p50_ms": 1000 * statistics.median(ordered), "p99_ms": 1000 * ordered[int(0.99 * (len(ordered) - 1))],
+            "max_ms": 1000 * ordered[-1]}
+
+
+def run_passthrough(broker: BrokerConfig, count: int, tag: str, rate: float | None = None) -> dict[str, float]:
+    """(a) a bare QoS 1 subscriber: rate from first to last message received; latency publish -> receive."""
     done = threading.Event()
     times: list[float] = []
+    latencies: list[float] = []
 
     def on_message(message: Received) -> None:
         times.append(time.perf_counter())
+        if rate:
+            sent = datetime.fromisoformat(json.loads(message.payload)["ts"].replace("Z", "+00:00"))
+            latencies.append(time.time() - sent.timestamp())
         if len(times) >= count:
             done.set()
 
-    sub = MqttClient(broker, "bench-bare")
+    sub = MqttClient(broker, f"bench-bare-{tag}")
     sub.subscribe(node_filter("events", SITE), on_message, qos=1)
     sub.start()
     assert sub.wait_connected(10)
     time.sleep(0.3)
-    _started, pub_rate = publish_all(broker, count, "a")
+    cpu = time.process_time()
+    _started, pub_rate = publish_all(broker, count, tag, rate)
     assert done.wait(120), f"bare subscriber got {len(times)} of {count}"
+    cpu = time.process_time() - cpu
     sub.stop()
-    return {"events_per_s": (count - 1) / (times[-1] - times[0]), "publisher_events_per_s": pub_rate}
+    out = {"events_per_s": (count - 1) / (times[-1] - times[0]), "publisher_events_per_s": pub_rate,
+           "cpu_us_per_event": 1e6 * cpu / count}
+    return {**out, **percentiles(latencies)} if rate else out
 
 
 def make_ingest(broker: BrokerConfig, workdir: Path, name: str, batch_size: int, batch_ms: int,
@@ -127,100 +141,101 @@ def make_ingest(broker: BrokerConfig, workdir: Path, name: str, batch_size: int,
 
 
 def run_consumer(broker: BrokerConfig, workdir: Path, name: str, count: int, batch_size: int,
-                 batch_ms: int) -> dict[str, float]:
-    """Ingest ``count`` events published as fast as possible; rate from first publish to last commit."""
+                 batch_ms: int, rate: float | None = None) -> dict[str, float]:
+    """Ingest ``count`` events; rate from the first to the last commit; latency event ts -> commit."""
     commits: list[tuple[float, int]] = []  # (time, events committed so far)
+    latencies: list[float] = []
     done = threading.Event()
 
     def on_commit(batch: Batch, at: float) -> None:
         total = (commits[-1][1] if commits else 0) + len(batch.events)
         commits.append((time.perf_counter(), total))
+        if rate:
+            latencies.extend(at - item.event.ts.timestamp() for item in batch.events)
         if total >= count:
             done.set()
 
     ingest, client, store = make_ingest(broker, workdir, name, batch_size, batch_ms, on_commit)
-    _started, pub_rate = publish_all(broker, count, name)
+    cpu = time.process_time()
+    _started, pub_rate = publish_all(broker, count, name, rate)
     assert done.wait(600), f"{name}: committed {commits[-1][1] if commits else 0} of {count}"
+    cpu = time.process_time() - cpu
     (first_at, first_total), (last_at, last_total) = commits[0], commits[-1]
-    rate = (last_total - first_total) / (last_at - first_at)  # steady state: after the first commit
+    events_per_s = (last_total - first_total) / (last_at - first_at)  # steady state: after the first commit
     ingest.stop()
     client.stop()
     store.close()
-    return {"events_per_s": rate, "publisher_events_per_s": pub_rate, "batches": ingest.stats.batches}
-
-
-def run_latency(broker: BrokerConfig, workdir: Path, rate: float, seconds: float) -> dict[str, float]:
-    """Event-to-commit latency at a steady ``rate`` events/s (event ts is stamped at publish time)."""
-    latencies: list[float] = []
-    count = int(rate * seconds)
-    done = threading.Event()
-
-    def on_commit(batch: Batch, at: float) -> None:
-        for item in batch.events:
-            latencies.append(at - item.event.ts.timestamp())
-        if len(latencies) >= count:
-            done.set()
-
-    ingest, client, store = make_ingest(broker, workdir, "latency", 500, 50, on_commit)
-    _started, achieved = publish_all(broker, count, "lat", rate)
-    assert done.wait(120), f"latency: committed {len(latencies)} of {count}"
-    ingest.stop()
-    client.stop()
-    store.close()
-    ordered = sorted(latencies)
-    return {"rate_events_per_s": achieved, "p50_ms": 1000 * statistics.median(ordered),
-            "p99_ms": 1000 * ordered[int(0.99 * (len(ordered) - 1))], "max_ms": 1000 * ordered[-1],
-            "events": len(ordered)}
+    out = {"events_per_s": events_per_s, "publisher_events_per_s": pub_rate, "batches": ingest.stats.batches,
+           "cpu_us_per_event": 1e6 * cpu / count}
+    return {**out, **percentiles(latencies)} if rate else out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=20_000, help="events for the durable and pass-through runs")
     parser.add_argument("--naive-events", type=int, default=2_000, help="events for the naive run (slow)")
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of the 1,000 events/s latency run")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of the 1,000 events/s latency runs")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved pass-through/durable rounds")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     with LocalMosquitto() as mosquitto, tempfile.TemporaryDirectory(prefix="bench-hub-") as tmp:
         broker = BrokerConfig(host=mosquitto.host, port=mosquitto.port, reconnect_min_s=0.2, reconnect_max_s=2)
         workdir = Path(tmp)
-        print("(a) bare QoS 1 subscriber ...", flush=True)
-        bare = run_passthrough(broker, args.events)
-        print(f"    {bare['events_per_s']:.0f} events/s", flush=True)
-        print("durable ingest ...", flush=True)
-        durable = run_consumer(broker, workdir, "durable", args.events, 500, 50)
-        print(f"    {durable['events_per_s']:.0f} events/s in {durable['batches']:.0f} batches", flush=True)
-        print("(b) naive one commit per message ...", flush=True)
-        naive = run_consumer(broker, workdir, "naive", args.naive_events, 1, 1)
-        print(f"    {naive['events_per_s']:.0f} events/s", flush=True)
-        print("latency at 1,000 events/s ...", flush=True)
-        latency = run_latency(broker, workdir, 1000.0, args.seconds)
-        print(f"    p50 {latency['p50_ms']:.1f} ms, p99 {latency['p99_ms']:.1f} ms", flush=True)
+        bare, durable, bare_cpu, durable_cpu = [], [], [], []
+        for r in range(args.rounds):  # interleaved, so load changes on the shared machine hit both alike
+            a = run_passthrough(broker, args.events, f"a{r}")
+            d = run_consumer(broker, workdir, f"durable{r}", args.events, 500, 50)
+            bare.append(a["events_per_s"])
+            durable.append(d["events_per_s"])
+            bare_cpu.append(a["cpu_us_per_event"])
+            durable_cpu.append(d["cpu_us_per_event"])
+            print(f"round {r + 1}: pass-through {bare[-1]:.0f}/s ({bare_cpu[-1]:.0f} us CPU/event), "
+                  f"durable {durable[-1]:.0f}/s ({durable_cpu[-1]:.0f} us CPU/event)", flush=True)
+        naive_run = run_consumer(broker, workdir, "naive", args.naive_events, 1, 1)
+        naive = naive_run["events_per_s"]
+        print(f"naive one commit per message: {naive:.0f}/s ({naive_run['cpu_us_per_event']:.0f} us CPU/event)",
+              flush=True)
+        count = int(1000 * args.seconds)
+        lat_bare = run_passthrough(broker, count, "lat-a", rate=1000.0)
+        lat_durable = run_consumer(broker, workdir, "latency", count, 500, 50, rate=1000.0)
+        print(f"at 1000/s: pass-through p50 {lat_bare['p50_ms']:.1f} ms p99 {lat_bare['p99_ms']:.1f} ms; "
+              f"durable p50 {lat_durable['p50_ms']:.1f} ms p99 {lat_durable['p99_ms']:.1f} ms", flush=True)
+    paired = [d / b for d, b in zip(durable, bare, strict=True)]
     result = {
         "name": "hub_ingest",
         "title": "Hub: durable ingest rate and event-to-commit latency",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "figures": {
-            "durable_events_per_s": round(durable["events_per_s"], 1),
-            "durable_batches": durable["batches"],
-            "latency_at_1000_per_s_p50_ms": round(latency["p50_ms"], 2),
-            "latency_at_1000_per_s_p99_ms": round(latency["p99_ms"], 2),
-            "latency_at_1000_per_s_max_ms": round(latency["max_ms"], 2),
-            "latency_run_achieved_rate": round(latency["rate_events_per_s"], 1),
-            "events": args.events,
+            "durable_events_per_s_median": round(statistics.median(durable), 1),
+            "durable_events_per_s_rounds": [round(x, 1) for x in durable],
+            "latency_at_1000_per_s_p50_ms": round(lat_durable["p50_ms"], 2),
+            "latency_at_1000_per_s_p99_ms": round(lat_durable["p99_ms"], 2),
+            "latency_at_1000_per_s_max_ms": round(lat_durable["max_ms"], 2),
+            "latency_run_publisher_rate": round(lat_durable["publisher_events_per_s"], 1),
+            "durable_cpu_us_per_event_median": round(statistics.median(durable_cpu), 1),
+            "events_per_round": args.events,
         },
         "baseline": {
-            "passthrough_bare_qos1_events_per_s": round(bare["events_per_s"], 1),
-            "naive_commit_per_message_events_per_s": round(naive["events_per_s"], 1),
+            "passthrough_bare_qos1_events_per_s_median": round(statistics.median(bare), 1),
+            "passthrough_rounds": [round(x, 1) for x in bare],
+            "naive_commit_per_message_events_per_s": round(naive, 1),
             "naive_events": args.naive_events,
-            "publisher_events_per_s": round(bare["publisher_events_per_s"], 1),
+            "naive_cpu_us_per_event": round(naive_run["cpu_us_per_event"], 1),
+            "passthrough_cpu_us_per_event_median": round(statistics.median(bare_cpu), 1),
+            "passthrough_latency_at_1000_per_s_p50_ms": round(lat_bare["p50_ms"], 2),
+            "passthrough_latency_at_1000_per_s_p99_ms": round(lat_bare["p99_ms"], 2),
         },
         "ratios": {
-            "durable_vs_passthrough": round(durable["events_per_s"] / bare["events_per_s"], 3),
-            "durable_vs_naive": round(durable["events_per_s"] / naive["events_per_s"], 2),
+            "durable_vs_passthrough": round(statistics.median(durable) / statistics.median(bare), 3),
+            "durable_vs_passthrough_paired_median": round(statistics.median(paired), 3),
+            "durable_vs_naive": round(statistics.median(durable) / naive, 2),
+            "passthrough_cpu_share_of_durable": round(statistics.median(bare_cpu) / statistics.median(durable_cpu), 3),
         },
-        "notes": "Targets: durable >= 0.8 x pass-through, >= 10 x naive. Same broker, publisher and 2-core machine "
-                 "(shared with other work) for every consumer; SQLite WAL, synchronous=FULL; batch 500 / 50 ms.",
+        "notes": "Targets: durable >= 0.8 x pass-through, >= 10 x naive. Publishers run in a separate process; "
+                 "rates are steady-state (first to last message received or committed); rounds are interleaved "
+                 "on a 2-core machine shared with other work. SQLite WAL, synchronous=FULL; batch 500 / 50 ms. "
+                 "Latency = commit time - event ts stamped when published (same clock).",
     }
     out = HERE / "results" / "hub_ingest.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -182,7 +182,7 @@ class EventLog:
         connection = session.connection()  # Core executemany: one prepared statement per batch
         inserted = set(connection.execute(self._message_insert, [
             {"digest": digest, "event_id": item.event.id, "type": item.event.type, "ts": item.event.ts,
-             "label": item.event.label, "score": item.event.score, "payload": json.loads(item.payload),
+             "label": item.event.label, "score": item.event.score, "payload": item.payload.decode(),
              "received_at": item.received_at} for digest, item in unique.items()]).scalars())
         result.stored = len(inserted)
         result.duplicates = len(items) - len(inserted)
@@ -287,8 +287,9 @@ class EventLog:
     def raw_messages(self, event_id: str) -> list[dict[str, Any]]:
         """The raw messages of one event, oldest first."""
         with self.store.session() as session:
-            return list(session.scalars(select(EventMessage.payload).where(EventMessage.event_id == event_id)
-                                        .order_by(EventMessage.ts, EventMessage.id)))
+            texts = session.scalars(select(EventMessage.payload).where(EventMessage.event_id == event_id)
+                                    .order_by(EventMessage.ts, EventMessage.id))
+            return [json.loads(text) for text in texts]
 
     def snapshot_file(self, event_id: str) -> Path | None:
         """Path of the event's snapshot JPEG, if one was received and is still on disk."""

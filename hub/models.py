@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Index, Integer, LargeBinary, String
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -84,7 +84,7 @@ class EventMessage(Base):
     ts: Mapped[datetime]
     label: Mapped[str] = mapped_column(String(16))
     score: Mapped[float] = mapped_column(Float)
-    payload: Mapped[dict[str, Any]]
+    payload: Mapped[str] = mapped_column(Text, comment="the JSON exactly as received")
     received_at: Mapped[datetime]
 
 
