@@ -29,7 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared.errors import MaskwatchError
+
 log = logging.getLogger(__name__)
+
+
+class OutboxError(MaskwatchError, RuntimeError):
+    """The outbox file cannot be opened or is not an outbox."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -58,6 +64,7 @@ class Outbox:
 
     :param path: the SQLite file (created with its folder), or ``":memory:"``.
     :param max_messages: bound; :meth:`put` drops the oldest beyond it and counts them in :attr:`dropped`.
+    :raises OutboxError: the file cannot be opened or is not an outbox.
     """
 
     def __init__(self, path: str | Path, max_messages: int = 10000) -> None:
@@ -66,16 +73,20 @@ class Outbox:
         self.path = path
         self.max_messages = max_messages
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        try:
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise OutboxError(f"cannot open the outbox {path}: {exc}") from exc
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
             self._depth = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
             row = self._db.execute("SELECT value FROM counters WHERE name='dropped'").fetchone()
-        except sqlite3.DatabaseError:
+        except sqlite3.DatabaseError as exc:
             self._db.close()
-            raise
+            raise OutboxError(f"outbox {path} is unusable ({exc}); move it aside to start with an empty one "
+                              "(its undelivered events are lost then)") from exc
         self.dropped: int = row[0] if row else 0
 
     def put(self, topic: str, payload: bytes, qos: int = 1) -> int:

@@ -11,7 +11,9 @@ import threading
 import time
 from pathlib import Path
 
-from edge.outbox import Courier, Outbox
+import pytest
+
+from edge.outbox import Courier, Outbox, OutboxError
 from shared.broker import LocalMosquitto
 from shared.config import BrokerConfig
 from shared.messages import Event, parse, utc_now
@@ -52,12 +54,9 @@ def test_bound_drops_oldest_first_and_counts_it_persistently(tmp_path: Path) -> 
 def test_corrupt_outbox_file_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "o.sqlite"
     path.write_bytes(b"this is not a database" * 100)
-    try:
+    with pytest.raises(OutboxError, match=r"o\.sqlite is unusable .*move it aside"):
         Outbox(path)
-    except sqlite3.DatabaseError as exc:
-        assert "not a database" in str(exc)
-    else:
-        raise AssertionError("a corrupt outbox must not be used silently")
+    assert path.read_bytes().startswith(b"this is not a database")  # left as found
 
 
 def test_broker_killed_mid_stream_every_event_arrives_once_in_order(tmp_path: Path) -> None:
