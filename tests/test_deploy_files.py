@@ -26,7 +26,7 @@ from typing import Any, Union, get_args, get_origin
 import dockerfile
 import pytest
 import yaml
-from deploy_site import read_env
+from deploy_site import REPO, read_env
 from pydantic import BaseModel
 
 from edge.config import EdgeConfig, load_edge_config
@@ -34,7 +34,6 @@ from hub.config import HubConfig
 from shared.cli import build_parser
 from shared.config import load_config
 
-REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = DEPLOY / "docker" / "Dockerfile"

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from deploy_site import HUB, REPO, ShippedSite, make_certs
+from deploy_site import ALERTS, HUB, REPO, ShippedSite, make_certs
 
 from shared.broker import free_port
-from shared.messages import Event, parse
+from shared.messages import Alert, Event, parse, utc_now
 from shared.mqtt import MqttClient, Received
-from shared.topics import NodeTopics, node_filter
+from shared.topics import NodeTopics, alerts, node_filter
 
 pytestmark = pytest.mark.slow
 
@@ -192,3 +192,25 @@ def test_compose_hub_serves_its_api_only_with_the_generated_token(site: ShippedS
     finally:
         hub.terminate()
         assert hub.wait(30) == 0
+
+
+def test_alerts_command_follows_alerts_with_the_alerts_reader_login(site: ShippedSite) -> None:
+    reader = subprocess.Popen(["maskwatch", "alerts", "--broker", site.broker.address, "--site", "hq", "--json",
+                               "--count", "2", "--timeout", "60"],
+                              env=login_env(site, ALERTS), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    hub = MqttClient(site.login(HUB), "test-hub")
+    hub.start()
+    try:
+        assert hub.wait_connected(5)
+        sent = 0
+        while reader.poll() is None and sent < 200:  # alerts are not retained: repeat until it has two
+            alert = Alert(kind="no_mask", site="hq", node="door-1", ts=utc_now(), event_id=f"ev-{sent}", score=0.9)
+            hub.publish(alerts("hq"), alert, qos=1).wait_for_publish(5)
+            sent += 1
+            time.sleep(0.1)
+        out, err = reader.communicate(timeout=30)
+    finally:
+        hub.stop()
+    assert reader.returncode == 0, err
+    got = [parse(Alert, line.encode()) for line in out.splitlines()]
+    assert len(got) == 2 and all(a.site == "hq" and a.kind == "no_mask" for a in got)
