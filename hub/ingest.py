@@ -42,9 +42,6 @@ log = logging.getLogger(__name__)
 
 JPEG_MAGIC = b"\xff\xd8"
 STATUS_VALUES = {b"online": True, b"offline": False}
-#: A broker in-flight cap is suspected after this many batches of the same short size (>= WINDOW_MIN).
-WINDOW_STREAK = 20
-WINDOW_MIN = 10
 
 
 @dataclass
@@ -167,9 +164,6 @@ class Ingest:
         self.stats = IngestStats()
         self._queue: queue.Queue[Received] = queue.Queue(config.ingest.queue_max)
         self._stop = threading.Event()
-        self._short_streak = 0
-        self._last_short = 0
-        self._window_warned = False
         self._thread: threading.Thread | None = None
 
     @property
@@ -231,27 +225,7 @@ class Ingest:
                 items.append(self._queue.get_nowait() if remaining <= 0 else self._queue.get(timeout=remaining))
             except queue.Empty:
                 break
-        self._watch_window(len(items))
         return items
-
-    def _watch_window(self, collected: int) -> None:
-        """Warn once when the broker seems to cap unacknowledged messages below the batch size.
-
-        Acks go out after the commit, so a broker limit of K in-flight messages (Mosquitto's
-        ``max_inflight_messages``, 20 by default) caps every batch at K and leaves the writer waiting
-        ``batch_ms`` for messages that cannot come.
-        """
-        size = self.config.ingest.batch_size
-        if collected >= size or collected < WINDOW_MIN or collected != self._last_short:
-            self._short_streak = 0
-            self._last_short = collected if collected < size else 0
-            return
-        self._short_streak += 1
-        if self._short_streak == WINDOW_STREAK and not self._window_warned:
-            self._window_warned = True
-            log.warning("batches stop at %d messages while more are expected: the broker probably limits "
-                        "in-flight QoS 1 messages to %d; set max_inflight_messages to 0 or >= %d "
-                        "(ingest.batch_size) for the hub", collected, collected, size)
 
     def _commit_with_retry(self, received: list[Received]) -> None:
         delay = 0.2
