@@ -241,6 +241,8 @@ class MqttClient:
 
     def _handle_publish(self, client: paho.Client, userdata: object, mid: int,
                         reason_code: paho.ReasonCode, properties: Properties | None) -> None:
+        if reason_code.is_failure:  # MQTT 5: e.g. "Not authorized" when the broker's ACL drops it
+            log.warning("broker %s dropped message %s: %s", self.broker.address, mid, reason_code)
         if self._on_publish_hook:
             try:
                 self._on_publish_hook(mid)

@@ -132,7 +132,8 @@ def test_node_publishes_its_own_tree_and_the_hub_reads_it(site: ShippedSite) -> 
             assert seen.wait_for(topic, b"from door-1"), topic
 
 
-def test_node_cannot_publish_to_other_nodes_or_to_commands(site: ShippedSite) -> None:
+def test_node_cannot_publish_to_other_nodes_or_to_commands(site: ShippedSite,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
     forbidden = [DOOR2.events, DOOR2.status, DOOR2.state, LAB.events, DOOR2.snapshot("ev-1"),
                  DOOR2.response("servo"), DOOR1.cmd("servo"), DOOR2.cmd("servo"), site_command("hq", "servo"),
                  DOOR1.desired, alerts("hq"), ha_discovery("binary_sensor", "hq_door_1_no_mask")]
@@ -145,6 +146,9 @@ def test_node_cannot_publish_to_other_nodes_or_to_commands(site: ShippedSite) ->
         send(node, DOOR1.events, b"sentinel")
         assert seen.wait_for(DOOR1.events, b"sentinel")
     assert seen.topics() == {DOOR1.events}
+    # with MQTT 5 the publisher learns it too: one warning per dropped message
+    dropped = [r for r in caplog.records if "dropped message" in r.getMessage()]
+    assert len(dropped) == len(forbidden) and all("Not authorized" in r.getMessage() for r in dropped)
 
 
 def test_node_reads_only_its_own_and_its_sites_commands(site: ShippedSite) -> None:
