@@ -17,7 +17,7 @@ from shared.config import BrokerConfig
 from shared.errors import ContractError
 from shared.messages import COMMANDS, CommandResponse, Event, parse, utc_now
 from shared.mqtt import MqttClient, Received, Will
-from shared.topics import NodeTopics, parse_topic
+from shared.topics import NodeTopics, alerts, parse_topic
 
 
 def unique_site() -> str:
@@ -55,6 +55,20 @@ def running_hub(config: HubConfig) -> Iterator[HubApp]:
         yield app
     finally:
         app.stop()
+
+
+@contextmanager
+def alert_watcher(broker: BrokerConfig, site: str) -> Iterator[list[Received]]:
+    """Collects every alert published for ``site`` while the context is open."""
+    inbox: list[Received] = []
+    watcher = MqttClient(broker, f"test-alerts-{site}")
+    watcher.subscribe(alerts(site), inbox.append)
+    watcher.start()
+    assert watcher.wait_connected(5)
+    try:
+        yield inbox
+    finally:
+        watcher.stop()
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, every: float = 0.05) -> bool:

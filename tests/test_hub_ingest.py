@@ -15,15 +15,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hub_support import hub_config, make_event, publisher, running_hub, unique_site, wait_until
+from hub_support import alert_watcher, hub_config, make_event, publisher, running_hub, unique_site, wait_until
 from sqlalchemy import func, select
 
 from hub.models import AlertRow, EventMessage, EventRow, NodeRow, RejectedRow, SnapshotRow
 from hub.store import Store
 from shared.config import BrokerConfig
 from shared.messages import MAX_PAYLOAD_BYTES, Alert, NodeState, ServoState, parse, utc_now
-from shared.mqtt import MqttClient, Received
-from shared.topics import NodeTopics, alerts
+from shared.topics import NodeTopics
 
 MALFORMED = {  # reason -> how many of the 50, and a payload factory
     "json": (15, lambda n: b'{"v": 1, "type": "new", "id": ' + str(n).encode()),
@@ -94,12 +93,7 @@ def test_lifecycle_folds_out_of_order_and_alert_once(broker_config: BrokerConfig
               make_event(site, "door", 1, kind="update", label="no_mask", score=0.93,
                          ts=start + timedelta(seconds=2), snapshot=True),
               make_event(site, "door", 2, kind="new", label="no_mask", score=0.8, ts=start)]
-    inbox: list[Received] = []
-    watcher = MqttClient(broker_config, f"test-alerts-{site}")
-    watcher.subscribe(alerts(site), inbox.append)
-    watcher.start()
-    assert watcher.wait_connected(5)
-    with running_hub(config):
+    with alert_watcher(broker_config, site) as inbox, running_hub(config):
         store = Store(config.db_url)
         client = publisher(broker_config, "door")
         for ev in events:
@@ -119,7 +113,6 @@ def test_lifecycle_folds_out_of_order_and_alert_once(broker_config: BrokerConfig
         assert count(store, EventRow, EventRow.alerted.is_(True)) == 2
         client.stop()
         store.close()
-    watcher.stop()
 
 
 def test_snapshots_registry_and_rejections(broker_config: BrokerConfig, tmp_path: Path) -> None:
@@ -157,12 +150,7 @@ def test_snapshots_registry_and_rejections(broker_config: BrokerConfig, tmp_path
 def test_offline_node_raises_alert(broker_config: BrokerConfig, tmp_path: Path) -> None:
     site = unique_site()
     config = hub_config(broker_config, tmp_path, site, alerts={"offline_after_s": 0.5, "check_every_s": 0.2})
-    inbox: list[Received] = []
-    watcher = MqttClient(broker_config, f"test-alerts-{site}")
-    watcher.subscribe(alerts(site), inbox.append)
-    watcher.start()
-    assert watcher.wait_connected(5)
-    with running_hub(config):
+    with alert_watcher(broker_config, site) as inbox, running_hub(config):
         client = publisher(broker_config, "gone")
         client.publish(NodeTopics(site, "gone").status, b"offline", qos=1, retain=True)
         assert wait_until(lambda: len(inbox) == 1, 10)
@@ -171,7 +159,6 @@ def test_offline_node_raises_alert(broker_config: BrokerConfig, tmp_path: Path) 
         time.sleep(0.6)
         assert len(inbox) == 1  # once per outage
         client.stop()
-    watcher.stop()
 
 
 def _write_config(path: Path, config_data: dict[str, object]) -> Path:
