@@ -1,5 +1,7 @@
 // Events page: filter (node, label, time range), paginate, snapshot thumbnails, CSV export of the same filters.
-import { api, badge, download, el, fmtTime, frame, nodeKey, num, setImage, stream, throttle, token } from "./mw.js";
+import {
+  api, badge, download, el, fmtTime, frame, nodeKey, num, setImage, snapshotPath, stream, throttle, token,
+} from "./mw.js";
 
 frame("Events");
 const PAGE = 50;
@@ -45,10 +47,11 @@ function duration(event) {
 
 function row(event) {
   const thumb = el("td");
-  if (event.snapshot_url) {
+  const snap = snapshotPath(event);
+  if (snap) {
     const img = el("img", { alt: "snapshot", loading: "lazy" });
-    setImage(img, event.snapshot_url);
-    thumb.append(el("a", { href: event.snapshot_url, target: "_blank" }, img));
+    setImage(img, snap);
+    thumb.append(el("a", { href: snap, target: "_blank" }, img));
   }
   return el("tr", { dataset: { id: event.id } }, thumb, el("td", {}, badge(event.label)),
     el("td", {}, event.node, el("span", { class: "muted" }, ` · ${event.site}`)),

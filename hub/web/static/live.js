@@ -1,5 +1,5 @@
 // Live page: one card per node (status, fps, servo, threshold, last event, latest snapshot) and the live event feed.
-import { ago, api, badge, el, fmtTime, frame, nodeKey, num, setImage, stream, throttle } from "./mw.js";
+import { ago, api, badge, el, fmtTime, frame, nodeKey, num, setImage, snapshotPath, stream, throttle } from "./mw.js";
 
 frame("Live");
 const FEED_MAX = 50;
@@ -61,7 +61,7 @@ async function loadNodeEvents(site, node) {
   const key = nodeKey(site, node);
   if (body.items.length) latest.set(key, body.items[0]);
   const withSnap = body.items.find((e) => e.snapshot_url);
-  if (withSnap) snapshots.set(key, withSnap.snapshot_url);
+  if (withSnap) snapshots.set(key, snapshotPath(withSnap));
 }
 
 function feedItem(event) {

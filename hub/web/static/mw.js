@@ -88,6 +88,12 @@ export function badge(label) {
 
 export function nodeKey(site, node) { return `${site}/${node}`; }
 
+/** The event's snapshot, relative to the dashboard (the API's absolute link names the hub's configured
+ * public URL, which a phone on the network may not reach), or null. */
+export function snapshotPath(event) {
+  return event.snapshot_url ? `api/events/${encodeURIComponent(event.id)}/snapshot.jpg` : null;
+}
+
 export function fmtTime(iso) {
   if (!iso) return "–";
   const date = new Date(iso);
