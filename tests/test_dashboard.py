@@ -10,6 +10,7 @@ import csv
 import json
 import os
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,14 @@ from typing import Any
 
 import pytest
 
+from hub.app import HubApp
+from hub.config import ApiToken, AuthConfig, HttpConfig, HubConfig, hash_token
 from hub.demo import DemoSite
+from shared.broker import free_port
+from shared.config import BrokerConfig
+from shared.messages import Event, utc_now
+from shared.mqtt import MqttClient
+from shared.topics import NodeTopics
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -230,3 +238,38 @@ def test_pages_fit_a_phone(demo: DemoSite, browser: Any, shots: Path) -> None:
         tab.screenshot(path=str(shots / "live-phone.png"))
     finally:
         context.close()
+
+
+def test_a_hub_with_tokens_asks_for_one(browser: Any, broker_config: BrokerConfig, tmp_path: Path) -> None:
+    token = "dashboard-test-token"
+    config = HubConfig(broker=broker_config, db_url=f"sqlite:///{tmp_path / 'hub.db'}", sites=["authsite"],
+                       hub_id="dashboard-auth", snapshot_dir=tmp_path / "snapshots",
+                       http=HttpConfig(port=free_port()),
+                       auth=AuthConfig(tokens=[ApiToken(name="ops", sha256=hash_token(token))]))
+    hub = HubApp(config)
+    hub.start()
+    node = MqttClient(broker_config, "dashboard-auth-node")
+    node.start()
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    try:
+        assert node.wait_connected(5)
+        node.publish(NodeTopics("authsite", "door-1").events, Event(
+            type="new", id="auth-e1", site="authsite", node="door-1", ts=utc_now(), label="no_mask", score=0.9,
+            box=(1, 2, 3, 4)), qos=1).wait_for_publish(5)
+        url = f"http://127.0.0.1:{hub.http_port}/"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            _call(f"{url}api/events")
+        assert refused.value.code == 401
+        tab = context.new_page()
+        tab.goto(f"{url}events.html")
+        dialog = tab.locator("#token-dialog")
+        sync_api.expect(dialog).to_have_class("open")
+        dialog.locator('input[name="token"]').fill(token)
+        dialog.get_by_role("button", name="Use token").click()
+        sync_api.expect(tab.locator('#events tr[data-id="auth-e1"]')).to_be_visible(timeout=15_000)
+        sync_api.expect(tab.locator("#link")).to_have_attribute("data-state", "live", timeout=10_000)  # SSE too
+        sync_api.expect(dialog).not_to_have_class("open")
+    finally:
+        context.close()
+        node.stop()
+        hub.stop()
