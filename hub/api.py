@@ -272,15 +272,16 @@ def create_app(services: HubServices) -> FastAPI:
                 params: Annotated[dict[str, Any] | None, Body(description="command fields, e.g. {\"value\": 0.6}")]
                 = None,
                 timeout_s: Annotated[float | None, Query(gt=0, le=60)] = None) -> JSONResponse:
-        """Send a command to a node (``all``: every node of the site) and wait for the answers.
+        """Send a command to a node, to a comma-separated list of nodes, or to ``all`` nodes of the site,
+        and wait for the answers.
 
         200 when every node answered ok, 502 when one answered ``error``, 504 when one did not answer.
         """
         if services.commander is None:
             raise HTTPException(503, "this API has no MQTT connection to send commands")
         try:
-            outcomes = services.commander.send(site, None if node == "all" else [node], name, params or {},
-                                               source=f"api:{who}", timeout_s=timeout_s)
+            outcomes = services.commander.send(site, None if node == "all" else node.split(","), name,
+                                               params or {}, source=f"api:{who}", timeout_s=timeout_s)
         except ContractError as exc:
             raise HTTPException(422, str(exc)) from None
         body = {"request_id": outcomes[0].request_id, "results": [o.as_dict() for o in outcomes]}

@@ -109,7 +109,7 @@ def _add_nodes(subparsers: argparse._SubParsersAction) -> None:
 def _command_options(parser: argparse.ArgumentParser) -> None:
     _config_options(parser, db=False, broker=True)
     parser.add_argument("--site", required=True, help="site id")
-    parser.add_argument("--node", required=True, help="node id ('all': every node of the site)")
+    parser.add_argument("--node", required=True, help="node id, a comma-separated list, or 'all' (every node)")
     parser.add_argument("--timeout", type=float, metavar="S", help="seconds to wait for the answer (default 5)")
     parser.add_argument("--db", metavar="URL", help="also record the command in this hub database's audit table")
     parser.add_argument("--json", action="store_true", help="print the answers as JSON")
@@ -350,7 +350,7 @@ def send_command(args: argparse.Namespace, name: str, params: dict[str, Any]) ->
     try:
         if not client.wait_connected(10):
             raise MaskwatchError(f"cannot reach the broker {config.broker.address}: {client.last_error}")
-        outcomes = commander.send(args.site, None if args.node == "all" else [args.node], name, params,
+        outcomes = commander.send(args.site, None if args.node == "all" else args.node.split(","), name, params,
                                   source="cli")
     finally:
         client.stop()

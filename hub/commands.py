@@ -174,9 +174,10 @@ class Commander:
         return outcomes
 
     def _site_nodes(self, site: str) -> set[str] | None:
+        """Nodes expected to answer a site-wide command; ``None`` (wait the whole timeout) when unknown."""
         if self.registry is None:
             return None
-        return {row.node for row in self.registry.nodes(site) if row.online}
+        return {row.node for row in self.registry.nodes(site) if row.online} or None
 
     @staticmethod
     def _wait(pending: _Pending, timeout_s: float) -> None:

@@ -24,10 +24,11 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, delete, event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from hub.models import AlertRow, CounterRow, EventMessage, EventRow, RejectedRow, SnapshotRow
-from shared.errors import ConfigError
+from shared.errors import ConfigError, MaskwatchError
 from shared.messages import utc_now
 
 log = logging.getLogger(__name__)
@@ -66,10 +67,11 @@ class Store:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def migrate(self) -> str:
-        """Create or upgrade the schema to the newest Alembic revision; return that revision."""
-        from alembic import command
+        """Create or upgrade the schema to the newest Alembic revision; return that revision.
+
+        :raises MaskwatchError: the database cannot be reached or upgraded.
+        """
         from alembic.config import Config
-        from alembic.runtime.migration import MigrationContext
         from alembic.script import ScriptDirectory
 
         config = Config()
@@ -77,6 +79,15 @@ class Store:
         config.set_main_option("sqlalchemy.url", self.engine.url.render_as_string(hide_password=False)
                                .replace("%", "%%"))
         head = ScriptDirectory.from_config(config).get_current_head() or "base"
+        try:
+            return self._upgrade(config, head)
+        except SQLAlchemyError as exc:
+            raise MaskwatchError(f"cannot open or upgrade the database {self.safe_url}: {exc}") from None
+
+    def _upgrade(self, config: Any, head: str) -> str:
+        from alembic import command
+        from alembic.runtime.migration import MigrationContext
+
         with self.engine.begin() as connection:
             current = MigrationContext.configure(connection).get_current_revision()
             if current == head:

@@ -76,8 +76,12 @@ def test_cli_without_db_and_json_output(broker_config: BrokerConfig, capsys: pyt
     site = unique_site()
     with NodeResponder(broker_config, site, "door"):
         assert cli(broker_config, "threshold", "--site", site, "--node", "door", "0.4", "--json") == 0
-    answers = json.loads(capsys.readouterr().out)
-    assert answers[0]["status"] == "ok" and answers[0]["value"] == {"value": 0.4}
+        answers = json.loads(capsys.readouterr().out)
+        assert answers[0]["status"] == "ok" and answers[0]["value"] == {"value": 0.4}
+        # to 'all' without a registry: every answer within the timeout counts
+        assert cli(broker_config, "threshold", "--site", site, "--node", "all", "0.5", "--timeout", "1",
+                   "--json") == 0
+        assert [(a["node"], a["status"]) for a in json.loads(capsys.readouterr().out)] == [("door", "ok")]
     assert cli(broker_config, "threshold", "--site", site, "--node", "door", "1.5") == 2  # rejected locally
 
 
@@ -93,6 +97,8 @@ def test_api_commands_to_one_node_and_to_a_site(broker_config: BrokerConfig, tmp
         assert ok.status_code == 200 and ok.json()["results"][0]["status"] == "ok"
         error = httpx.post(f"{base}/api/nodes/{site}/a/commands/servo", json={"angle": 150}, timeout=10)
         assert error.status_code == 502 and error.json()["results"][0]["status"] == "error"
+        listed = httpx.post(f"{base}/api/nodes/{site}/a,b/commands/snapshot", json={}, timeout=10)
+        assert listed.status_code == 200 and [r["node"] for r in listed.json()["results"]] == ["a", "b"]
         everyone = httpx.post(f"{base}/api/nodes/{site}/all/commands/detect", json={"enabled": False}, timeout=10)
         assert everyone.status_code == 200
         assert sorted(r["node"] for r in everyone.json()["results"]) == ["a", "b"]
@@ -101,12 +107,13 @@ def test_api_commands_to_one_node_and_to_a_site(broker_config: BrokerConfig, tmp
         bad = httpx.post(f"{base}/api/nodes/{site}/a/commands/threshold", json={"value": 7}, timeout=10)
         assert bad.status_code == 422
         rows = audit(store)
-        assert [(r.node, r.status, r.source) for r in rows] == [
-            ("a", "ok", "api:anonymous"), ("a", "error", "api:anonymous"), ("all", "ok", "api:anonymous"),
-            ("zzz", "timeout", "api:anonymous")]
-        assert {a["node"] for a in rows[2].response["answers"]} == {"a", "b"}  # type: ignore[index]
-        listed = httpx.get(f"{base}/api/commands", timeout=10).json()
-        assert [c["status"] for c in listed] == ["timeout", "ok", "error", "ok"]
+        assert [(r.node, r.name, r.status) for r in rows] == [
+            ("a", "servo", "ok"), ("a", "servo", "error"), ("a", "snapshot", "ok"), ("b", "snapshot", "ok"),
+            ("all", "detect", "ok"), ("zzz", "snapshot", "timeout")]
+        assert {r.source for r in rows} == {"api:anonymous"}
+        assert {a["node"] for a in rows[4].response["answers"]} == {"a", "b"}  # type: ignore[index]
+        audit_api = httpx.get(f"{base}/api/commands", timeout=10).json()
+        assert [c["status"] for c in audit_api] == ["timeout", "ok", "ok", "ok", "error", "ok"]
         store.close()
 
 

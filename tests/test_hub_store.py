@@ -103,6 +103,11 @@ def test_postgresql_migrate_and_upsert() -> None:
         probe.close()
 
 
+def test_unreachable_database_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["hub", "--db", "postgresql+psycopg2://nobody@127.0.0.1:1/none"]) == 1
+    assert "cannot open or upgrade the database" in capsys.readouterr().err
+
+
 def test_fold_is_order_independent() -> None:
     msgs = [EventIn(make_event("hq", "n", 1, kind="new", label="mask", score=0.6, ts=T0), T0),
             EventIn(make_event("hq", "n", 1, kind="update", label="no_mask", score=0.9, ts=T0 + timedelta(seconds=1)),
