@@ -35,6 +35,7 @@ import json
 import logging
 import queue
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,6 +145,8 @@ class HaDiscovery:
         self.summaries = NodeSummaries(window_s=config.window_s, open_ttl_s=config.open_ttl_s)
         self.client = MqttClient(broker, client_id)
         self.sent_configs = 0
+        #: invalid payloads ignored, by reason (json, schema, version, oversize, topic)
+        self.rejected: Counter[str] = Counter()
         self._inbox: queue.Queue[Received | None] = queue.Queue(maxsize=10_000)
         self._nodes: dict[tuple[str, str], tuple[Limits, str | None]] = {}
         self._stopping = threading.Event()
@@ -189,6 +192,7 @@ class HaDiscovery:
                     for site, node in self.summaries.nodes():
                         self._publish_summary(site, node)
             except ContractError as exc:
+                self.rejected[exc.reason] += 1
                 log.warning("ignored %s: %s", message.topic if message else "tick", exc)
             except Exception:
                 log.exception("Home Assistant discovery failed on %s", message.topic if message else "tick")

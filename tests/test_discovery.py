@@ -189,6 +189,8 @@ def test_discovery_over_mqtt_and_resend_when_home_assistant_restarts(broker_conf
         assert {m.topic for m in again} == set(first)
         assert json.loads(again[0].payload)["device"]["sw_version"] == "m@1"
 
+        node_client.publish(topics.events, b'{"v": 1, "type": "new"', qos=1).wait_for_publish(5)  # bad JSON
+        node_client.publish(topics.state, b'{"v": 1, "site": "x"}', qos=1).wait_for_publish(5)  # bad schema
         event = Event(type="new", id="ha-e1", site=site, node=node, ts=utc_now(), label="no_mask", score=0.9,
                       box=(1, 2, 3, 4))
         node_client.publish(topics.events, event, qos=1).wait_for_publish(5)
@@ -196,6 +198,7 @@ def test_discovery_over_mqtt_and_resend_when_home_assistant_restarts(broker_conf
         while not summary.no_mask_in_view:  # earlier summaries (node seen, HA online) come first
             summary = parse(NodeSummary, summaries.get(timeout=10).payload)
         assert (summary.faces_in_view, summary.faces, summary.compliance) == (1, 1, 0.0)
+        assert discovery.rejected == {"json": 1, "schema": 1}  # counted, and the valid event went on
         ha.publish(HA_STATUS, b"offline", qos=1).wait_for_publish(5)
         with pytest.raises(queue.Empty):
             configs.get(timeout=1.5)
