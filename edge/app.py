@@ -167,9 +167,9 @@ class EdgeApp:
     def stats(self) -> NodeStats:
         """The ``stats`` message for the interval now ending."""
         fps, stage_ms = self.pipeline.times.reset()
-        unreadable = getattr(self.capture.source, "unreadable", 0)
+        dropped = self.capture.dropped + getattr(self.capture.source, "unreadable", 0) + self.pipeline.frames_skipped
         return NodeStats(site=self.config.site, node=self.config.node, ts=utc_now(), fps=fps, stage_ms=stage_ms,
-                         frames=self.pipeline.times.frames_total, dropped_frames=self.capture.dropped + unreadable,
+                         frames=self.pipeline.times.frames_total, dropped_frames=dropped,
                          outbox_depth=self.outbox.depth, outbox_dropped=self.outbox.dropped,
                          events_published=self.courier.published, reconnects=max(0, self.client.connects - 1),
                          uptime_s=round(time.monotonic() - self._started, 1), cpu_temp_c=cpu_temperature(),

@@ -79,7 +79,6 @@ class Dispatcher:
         self._apply_desired = apply_desired
         self._inbox: queue.SimpleQueue[Received] = queue.SimpleQueue()
         self.rejected: Counter[str] = Counter()
-        self.handled = 0
 
     def receive(self, message: Received) -> None:
         """Subscription handler (network thread): enqueue only."""
@@ -111,7 +110,6 @@ class Dispatcher:
         name = info.name or ""
         answer = self._answer(name, message.payload)
         self._publish(self.topics.response(name), answer.to_json())
-        self.handled += 1
         if answer.status == "ok" and self._after:
             self._after()
         return answer

@@ -26,7 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -116,7 +115,6 @@ class SceneCamera:
         self.name = "scene"
         self.px_per_deg = config.width / config.fov_deg
         self._panorama: np.ndarray | None = None
-        self._boxes: list[tuple[Placement, int, int, int, int]] = []
         self._noise: list[np.ndarray] = []
         self._index = 0
         self._next_at = 0.0
@@ -129,7 +127,6 @@ class SceneCamera:
         # a soft, uneven background: low-resolution random colours blown up, like a room's walls
         coarse = rng.integers(95, 165, size=(4, max(2, int(self.scene.span_deg // 20)), 3), dtype=np.uint8)
         pano = cv2.resize(coarse, (width, cfg.height), interpolation=cv2.INTER_CUBIC)
-        self._boxes = []
         for p in self.scene.placements:
             h = int(cfg.height * (p.height_frac or cfg.face_height_frac))
             w = max(1, int(p.image.shape[1] * h / p.image.shape[0]))
@@ -138,7 +135,6 @@ class SceneCamera:
             face = cv2.resize(p.image, (w, h), interpolation=cv2.INTER_AREA)
             cols = np.arange(x0, x0 + w) % width
             pano[y0:y0 + h, cols] = face
-            self._boxes.append((p, x0, y0, w, h))
         self._panorama = pano
         self._noise = [rng.normal(0, cfg.noise, size=(cfg.height, cfg.width, 3)).astype(np.int16)
                        for _ in range(4)] if cfg.noise > 0 else []
@@ -160,18 +156,6 @@ class SceneCamera:
         else:
             cols = np.clip(np.arange(left, left + self.config.width), 0, width - 1)
         return self._panorama[:, cols]
-
-    def faces_in_view(self, angle: float) -> list[tuple[Placement, tuple[int, int, int, int]]]:
-        """Ground truth: the faces fully visible at ``angle`` and their boxes in the frame."""
-        left = self._left(angle)
-        width = self._panorama.shape[1] if self._panorama is not None else 0
-        out = []
-        for p, x0, y0, w, h in self._boxes:
-            for shift in (0, -width, width) if self.scene.span_deg >= 360 else (0,):
-                x = x0 + shift - left
-                if x >= 0 and x + w <= self.config.width:
-                    out.append((p, (x, y0, w, h)))
-        return out
 
     def read(self) -> Frame | None:
         cfg = self.config
@@ -199,9 +183,3 @@ class SceneCamera:
     def close(self) -> None:
         self._panorama = None
         self._index = 0
-
-    def describe(self) -> dict[str, Any]:
-        """The scene's faces and angles (for logs and the demo)."""
-        return {"span_deg": self.scene.span_deg, "fov_deg": self.config.fov_deg,
-                "faces": [{"name": p.name, "angle_deg": p.angle_deg, "label": p.label}
-                          for p in self.scene.placements]}

@@ -227,7 +227,6 @@ class Capture:
         self.retry_min_s = retry_min_s
         self.retry_max_s = retry_max_s
         self.dropped = 0
-        self.frames = 0
         self.error: str | None = None
         self.finished = threading.Event()
         self._cond = threading.Condition()
@@ -278,7 +277,6 @@ class Capture:
                     while self._latest is not None and not stop.is_set():
                         self._cond.wait(0.1)
                 self._latest = frame
-                self.frames += 1
                 self._cond.notify_all()
 
     def next(self, timeout: float = 0.5) -> Frame | None:
