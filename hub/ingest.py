@@ -64,7 +64,7 @@ class IngestStats:
     committed: int = 0
     batches: int = 0
     duplicates: int = 0
-    db_errors: int = 0
+    storage_errors: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     last_commit: datetime | None = None
     last_batch_ms: float = 0.0
@@ -193,8 +193,12 @@ class Ingest:
     def _run(self) -> None:
         while not self._stop.is_set():
             batch = self._collect()
-            if batch:
-                self._commit_with_retry(batch)
+            try:
+                if batch:
+                    self._commit_with_retry(batch)
+            except Exception:  # the thread's boundary: a bug must not stop ingest
+                log.exception("batch of %d messages failed; left unacknowledged (redelivered after a reconnect)",
+                              len(batch))
         self._drain()
 
     def _drain(self) -> None:
@@ -233,13 +237,13 @@ class Ingest:
             try:
                 self.process(received)
                 return
-            except SQLAlchemyError as exc:
-                self.stats.db_errors += 1
+            except (SQLAlchemyError, OSError) as exc:  # database or snapshot folder: retry, drop nothing
+                self.stats.storage_errors += 1
                 if self._stop.is_set():
-                    log.error("database error while stopping; %d messages stay unacknowledged and will be "
+                    log.error("storage error while stopping; %d messages stay unacknowledged and will be "
                               "redelivered: %s", len(received), exc)
                     return
-                log.error("database error, retrying the batch of %d in %.1f s: %s", len(received), delay, exc)
+                log.error("storage error, retrying the batch of %d in %.1f s: %s", len(received), delay, exc)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 10.0)
 

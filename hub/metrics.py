@@ -68,8 +68,9 @@ def render(store: Store, ingest: Ingest | None = None, feed: Feed | None = None)
                          [_sample("maskwatch_ingest_batches_total", stats.batches)])
         lines += _family("maskwatch_ingest_last_batch_ms", "gauge", "duration of the last batch",
                          [_sample("maskwatch_ingest_last_batch_ms", stats.last_batch_ms)])
-        lines += _family("maskwatch_ingest_db_errors_total", "counter", "batches retried after a database error",
-                         [_sample("maskwatch_ingest_db_errors_total", stats.db_errors)])
+        lines += _family("maskwatch_ingest_storage_errors_total", "counter",
+                         "batches retried after a database or snapshot-folder error",
+                         [_sample("maskwatch_ingest_storage_errors_total", stats.storage_errors)])
     if feed is not None:
         lines += _family("maskwatch_stream_clients", "gauge", "open /api/stream connections",
                          [_sample("maskwatch_stream_clients", feed.subscribers)])

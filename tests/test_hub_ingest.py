@@ -147,6 +147,25 @@ def test_snapshots_registry_and_rejections(broker_config: BrokerConfig, tmp_path
         store.close()
 
 
+def test_storage_error_holds_the_batch_until_storage_is_back(broker_config: BrokerConfig, tmp_path: Path) -> None:
+    site = unique_site()
+    config = hub_config(broker_config, tmp_path, site)
+    blocker = Path(config.snapshot_dir) / site  # a file where the snapshot folder must go
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("not a folder")
+    with running_hub(config) as hub:
+        store = Store(config.db_url)
+        client = publisher(broker_config, "cam")
+        client.publish(NodeTopics(site, "cam").events, make_event(site, "cam", 1, snapshot=True), qos=1)
+        client.publish(NodeTopics(site, "cam").snapshot(f"{site}-cam-00001"), b"\xff\xd8jpeg\xff\xd9", qos=1)
+        assert wait_until(lambda: hub.ingest is not None and hub.ingest.stats.storage_errors >= 2, 10)
+        assert count(store, EventRow) == 0  # nothing committed, nothing acknowledged
+        blocker.unlink()
+        assert wait_until(lambda: count(store, SnapshotRow) == 1 and count(store, EventRow) == 1, 15)
+        client.stop()
+        store.close()
+
+
 def test_offline_node_raises_alert(broker_config: BrokerConfig, tmp_path: Path) -> None:
     site = unique_site()
     config = hub_config(broker_config, tmp_path, site, alerts={"offline_after_s": 0.5, "check_every_s": 0.2})
