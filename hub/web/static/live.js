@@ -64,18 +64,18 @@ async function loadNodeEvents(site, node) {
   if (withSnap) snapshots.set(key, snapshotPath(withSnap));
 }
 
-function feedItem(event) {
-  return el("li", { class: "fresh", dataset: { id: event.id, label: event.label } },
+function feedItem(event, fresh) {
+  return el("li", { class: fresh ? "fresh" : null, dataset: { id: event.id, label: event.label } },
     badge(event.label),
     el("span", {}, el("strong", {}, event.node), el("div", { class: "muted meta" },
       `${event.site} · score ${num(event.score ?? event.best_score, 2)} · ${event.state}`)),
     el("time", { class: "muted", datetime: event.last_seen }, fmtTime(event.last_seen)));
 }
 
-function showEvent(event) {
+function showEvent(event, fresh = true) {
   document.getElementById("feed-empty")?.remove();
   const old = feed.querySelector(`li[data-id="${CSS.escape(event.id)}"]`);
-  const item = feedItem(event);
+  const item = feedItem(event, fresh);
   if (old) old.replaceWith(item); else feed.prepend(item);
   while (feed.children.length > FEED_MAX) feed.lastElementChild.remove();
 }
@@ -91,10 +91,15 @@ function refreshNodeSoon(site, node) {
 
 const reloadNodes = throttle(() => loadNodes().catch(console.error), 1000);
 
+/** The newest stored events (on start, and after the stream reconnects: what it missed). */
+async function loadRecent() {
+  const { body } = await api("api/events?limit=30");
+  for (const event of [...body.items].reverse()) showEvent({ ...event, score: event.best_score }, false);
+}
+
 async function start() {
   await loadNodes();
-  const { body } = await api("api/events?limit=30");
-  for (const event of [...body.items].reverse()) showEvent({ ...event, score: event.best_score });
+  await loadRecent();
   await Promise.all([...nodes.values()].map((n) => loadNodeEvents(n.site, n.node).catch(console.error)));
   renderCards();
   stream({
@@ -104,7 +109,7 @@ async function start() {
       refreshNodeSoon(event.site, event.node);
     },
     node: reloadNodes,
-    open: reloadNodes,
+    open: () => { reloadNodes(); loadRecent().catch(console.error); },
   });
   setInterval(renderCards, 10000);   // keep "x s ago" honest
   setInterval(reloadNodes, 15000);   // stats arrive without a stream item
