@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import queue
+import threading
+import time
 from pathlib import Path
 
 import httpx
 import pytest
-from hub_support import NodeResponder, hub_config, running_hub, unique_site, wait_until
+from hub_support import NodeResponder, hub_config, make_event, publisher, running_hub, unique_site, wait_until
 from sqlalchemy import select
 
 from hub.models import CommandRow, NodeRow
@@ -120,3 +122,25 @@ def test_api_commands_to_one_node_and_to_a_site(broker_config: BrokerConfig, tmp
 def _nodes(store: Store) -> list[NodeRow]:
     with store.session() as session:
         return list(session.scalars(select(NodeRow)))
+
+
+def test_alerts_command_follows_the_site(broker_config: BrokerConfig, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    site = unique_site()
+    config = hub_config(broker_config, tmp_path, site)
+    codes: list[int] = []
+    follower = threading.Thread(target=lambda: codes.append(
+        cli(broker_config, "alerts", "--site", site, "--count", "1", "--timeout", "20", "--json")))
+    with running_hub(config):
+        follower.start()
+        time.sleep(1.0)  # the follower subscribes
+        client = publisher(broker_config, "cam")
+        client.publish(NodeTopics(site, "cam").events, make_event(site, "cam", 7, label="no_mask", score=0.91),
+                       qos=1)
+        follower.join(30)
+        client.stop()
+    assert codes == [0]
+    alert = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (alert["kind"], alert["node"], alert["event_id"], alert["score"]) == ("no_mask", "cam", f"{site}-cam-00007",
+                                                                                 0.91)
+    assert cli(broker_config, "alerts", "--site", site, "--count", "1", "--timeout", "0.5") == 3
