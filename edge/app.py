@@ -161,8 +161,9 @@ class EdgeApp:
         self.courier.reconnected()
 
     def publish_state(self) -> None:
-        """Publish the retained ``state``."""
-        self.client.publish(self.topics.state, self.runtime.state().to_json(), qos=1, retain=True)
+        """Publish the retained ``state`` (skipped while offline: it is re-published on every connect)."""
+        if self.client.connected:
+            self.client.publish(self.topics.state, self.runtime.state().to_json(), qos=1, retain=True)
 
     def stats(self) -> NodeStats:
         """The ``stats`` message for the interval now ending."""
@@ -178,7 +179,9 @@ class EdgeApp:
 
     def _stats_loop(self) -> None:
         while not self.stopping.wait(self.config.stats_interval_s):
-            self.client.publish(self.topics.stats, self.stats().to_json(), qos=0)
+            stats = self.stats()
+            if self.client.connected:  # stats are a live view: an interval while offline is not kept
+                self.client.publish(self.topics.stats, stats.to_json(), qos=0)
 
     def publish_snapshot(self) -> dict[str, Any]:
         """``snapshot`` command: publish a JPEG of the current frame now; return where and how big."""

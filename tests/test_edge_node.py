@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -189,3 +190,27 @@ def test_broker_killed_while_the_node_streams_every_event_arrives_once_in_order(
     ids = list(dict.fromkeys(i for i, _ in unique))
     assert ids == sorted(ids)  # ids are minted in order: first sightings arrive in that order
     assert all([t for i2, t in unique if i2 == i] == ["new", "end"] for i in ids)
+
+
+def test_sigterm_shuts_down_cleanly_with_offline(tmp_path: Path, broker_config: BrokerConfig) -> None:
+    topics = NodeTopics("t", "term")
+    statuses: list[bytes] = []
+    sub = MqttClient(broker_config, "t-term-sub")
+    sub.subscribe(topics.status, lambda m: statuses.append(m.payload))
+    sub.start()
+    assert sub.wait_connected(5)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "edge", "--source", "scene:builtin", "--broker", broker_config.address,
+         "--site", "t", "--node", "term", "--outbox", str(tmp_path / "o.sqlite"), "--set", "pin_factory=mock"],
+        stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(lambda: statuses[-1:] == [b"online"], 30)
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert "SIGTERM: shutting down" in err
+    assert wait_until(lambda: statuses[-1:] == [b"offline"], 5)
+    sub.stop()
