@@ -57,8 +57,10 @@ def _config_options(parser: argparse.ArgumentParser, *, db: bool = True, broker:
 
 
 def _source_options(parser: argparse.ArgumentParser) -> None:
-    _config_options(parser)
-    parser.add_argument("--api", metavar="URL", help="read from a hub's API (e.g. http://hub:8080) instead of --db")
+    _config_options(parser, db=False)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--db", metavar="URL", help="SQLAlchemy URL (default sqlite:///maskwatch.db)")
+    source.add_argument("--api", metavar="URL", help="read from a hub's API (e.g. http://hub:8080) instead")
     parser.add_argument("--token", metavar="TOKEN", help="API token (or MASKWATCH_TOKEN)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
