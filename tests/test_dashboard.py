@@ -161,9 +161,13 @@ def test_servo_slider_moves_the_node_and_the_answer_comes_back(demo: DemoSite, p
     state = next(n["state"] for n in _call(f"{demo.url}api/nodes") if n["node"] == "demo-1")
     assert state["servo"]["angle"] == -40 and state["servo"]["mode"] == "hold"
 
+    card.locator('input[name="threshold"]').fill("1.5")  # out of range: refused, and said so
+    card.get_by_role("button", name="Set").click()
+    sync_api.expect(answer).to_have_attribute("data-status", "error", timeout=15_000)
+    sync_api.expect(answer).to_contain_text("value")
     card.locator('input[name="threshold"]').fill("0.4")
     card.get_by_role("button", name="Set").click()
-    sync_api.expect(answer).to_contain_text("threshold", timeout=15_000)
+    sync_api.expect(answer).to_contain_text("threshold 0.4", timeout=15_000)
     sync_api.expect(answer).to_have_attribute("data-status", "ok")
 
     card.get_by_role("button", name="take snapshot").click()
