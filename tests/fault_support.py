@@ -1,0 +1,231 @@
+"""Black-box helpers for the fault, fuzz and scale tests: a ``maskwatch hub`` subprocess and polling waits.
+
+The hub is driven only through its CLI, its HTTP API and its database file, as an operator would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
+
+from shared.broker import free_port
+from shared.config import BrokerConfig
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # bench.loadgen for the tests
+
+MASKWATCH = str(Path(sys.executable).with_name("maskwatch"))
+
+
+def unique_site(prefix: str = "f") -> str:
+    """A site id no other test uses (hub sessions on a shared broker outlive a test)."""
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, every: float = 0.1) -> bool:
+    """Poll ``predicate`` until it is truthy or ``timeout`` seconds passed; return its last verdict."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    return bool(predicate())
+
+
+class HubProcess:
+    """``maskwatch hub --config <file>`` as a child process, with its own database, HTTP port and session.
+
+    :param broker: the broker to use.
+    :param workdir: folder for the config, the log and (for SQLite) the database.
+    :param sites: sites the hub follows.
+    :param db_url: SQLAlchemy URL (default: a SQLite file in ``workdir``).
+    :param hub_id: names the hub's persistent MQTT session (keep it across restarts).
+    :param settings: more config keys (nested dicts), e.g. ``{"ingest": {"batch_ms": 20}}``.
+    """
+
+    def __init__(self, broker: BrokerConfig, workdir: Path, sites: list[str], *, db_url: str | None = None,
+                 hub_id: str | None = None, share_group: str | None = None,
+                 settings: dict[str, Any] | None = None) -> None:
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.db_url = db_url or f"sqlite:///{workdir / 'hub.db'}"
+        self.port = free_port()
+        self.hub_id = hub_id or unique_site("h")
+        self.config_path = workdir / f"hub-{self.hub_id}.yaml"
+        self.log_path = workdir / f"hub-{self.hub_id}.log"
+        config: dict[str, Any] = {
+            "broker": broker.model_dump(mode="json", exclude_none=True), "db_url": self.db_url,
+            "hub_id": self.hub_id, "sites": sites, "snapshot_dir": str(workdir / "snapshots"),
+            "http": {"host": "127.0.0.1", "port": self.port},
+            "ingest": {"batch_size": 200, "batch_ms": 20, "share_group": share_group or f"g{sites[0]}"},
+            "auth": {"public_metrics": True},
+        }
+        for key, value in (settings or {}).items():
+            config[key] = {**config[key], **value} if isinstance(value, dict) and key in config else value
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> HubProcess:
+        """Start the hub and wait until ``/healthz`` answers (the database is migrated by then)."""
+        log = self.log_path.open("ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {k: v for k, v in env.items() if not k.startswith("MASKWATCH_")}
+        self.proc = subprocess.Popen([MASKWATCH, "hub", "--config", str(self.config_path)], stdout=log,
+                                     stderr=subprocess.STDOUT, env=env)
+        log.close()
+        if not wait_until(lambda: self.healthy() or not self.alive, timeout, every=0.2) or not self.alive:
+            self.stop()
+            raise AssertionError(f"hub did not become healthy in {timeout} s:\n{self.log_tail()}")
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def healthy(self) -> bool:
+        try:
+            return self.get("/healthz").get("status") == "ok"
+        except (OSError, ValueError):
+            return False
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+            body = response.read()
+        return json.loads(body) if response.headers.get_content_type() == "application/json" else body.decode()
+
+    def metrics(self) -> dict[str, float]:
+        """``/metrics`` as ``{'name{labels}': value}``."""
+        out = {}
+        for line in str(self.get("/metrics")).splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+    def rejected_total(self) -> int:
+        return int(sum(v for k, v in self.metrics().items() if k.startswith("maskwatch_rejected_total")))
+
+    def rss_kb(self, field: str = "VmRSS") -> int:
+        """Resident memory of the hub process (``VmHWM`` for the peak)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        return 0
+
+    def kill(self) -> None:
+        """SIGKILL: no flush, no clean disconnect (the broker publishes nothing for the hub; it has no will)."""
+        if self.alive:
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM and wait (SIGKILL after ``timeout``); returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+    def __enter__(self) -> HubProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class EventTable:
+    """Read-only view of a hub database's ``events`` table (the operator's ground truth)."""
+
+    def __init__(self, db_url: str) -> None:
+        self.engine = create_engine(db_url)
+
+    def rows(self, site: str) -> dict[str, int]:
+        """Stored event ids of ``site`` with the number of distinct messages each received."""
+        with self.engine.connect() as conn:
+            try:
+                result = conn.execute(text("SELECT id, messages FROM events WHERE site = :site"), {"site": site})
+            except DBAPIError:  # the hub has not created its tables yet
+                return {}
+            return {row[0]: row[1] for row in result}
+
+    def count(self, site: str) -> int:
+        return len(self.rows(site))
+
+    def rejected(self) -> list[tuple[str, bytes]]:
+        """(topic, raw payload) of every kept rejected message."""
+        with self.engine.connect() as conn:
+            return [(row[0], bytes(row[1])) for row in conn.execute(text("SELECT topic, payload FROM rejected"))]
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+# -- adversarial payloads ------------------------------------------------------------------------------------
+
+#: Node ids that are not valid ids but are legal MQTT topic levels (a broker delivers them to ``+``).
+#: Control characters are left out: Mosquitto disconnects a client that publishes them in a topic.
+ODD_NODE_LEVELS = ("UPPER", "a b", "x" * 65, "é", "all", "n.1", "n:1", "💥", "a$b", "..")
+
+
+def bad_payloads(rng: random.Random, valid: bytes) -> list[bytes]:
+    """One of each adversarial kind, derived from ``valid`` (a valid JSON object), plus random ones.
+
+    Random bytes, huge JSON, deep nesting, wrong types, unknown versions, NaN, unknown fields, bad UTF-8.
+    None of them is valid for any Maskwatch message, nor equal to ``online``/``offline``.
+    """
+    base = json.loads(valid)
+    out = [b"", b"null", b"[]", b"0", b'"online"', b"{", b"\xff\xfe\xfd", b"ONLINE", b"online ", b"offline\n",
+           b"{" + b" " * 70_000 + b"}", json.dumps({**base, "pad": "x" * 1_000_000}).encode(),
+           b"[" * 50_000 + b"]" * 50_000, json.dumps({**base, "v": 2}).encode(), json.dumps({**base, "v": "1"}).encode(),
+           json.dumps({**base, "v": None}).encode(), json.dumps({**base, "unknown": 1}).encode(),
+           json.dumps(base).replace('"v": 1', '"v": 1, "v2": NaN').encode()]
+    for key in base:
+        out.append(json.dumps({k: v for k, v in base.items() if k != key}).encode() if key != "v" else b"{}")
+        for wrong in (None, "x" * 300, 10**40, [1, [2, [3]]], {"a": {}}, float("nan"), True):
+            if wrong != base[key]:
+                out.append(json.dumps({**base, key: wrong}).encode())
+        deep = json.dumps({**base, key: "@@"}).replace('"@@"', "[" * 900 + "]" * 900)
+        out.append(deep.encode())
+    for _ in range(400):
+        kind = rng.random()
+        if kind < 0.4:
+            out.append(b"X" + rng.randbytes(rng.randint(0, 300)))
+        elif kind < 0.7:
+            out.append(json.dumps({rng.choice([*base, "zz"]): rng.choice([None, rng.random(), "s", [], {}]),
+                                   **{k: v for k, v in base.items() if rng.random() < 0.5}}).encode())
+        else:
+            out.append("".join(chr(rng.randint(1, 0x2FF)) for _ in range(rng.randint(1, 80))).encode())
+    return [p for p in out if p not in (b"online", b"offline")]

@@ -1,0 +1,103 @@
+"""Live bad input: thousands of random and adversarial payloads on every topic the hub subscribes to.
+
+The hub (a real ``maskwatch hub`` process on the real Mosquitto) must stay up, count every rejection, and store
+all the valid traffic interleaved with the garbage.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from fault_support import (
+    ODD_NODE_LEVELS,
+    EventTable,
+    HubProcess,
+    bad_payloads,
+    unique_site,
+    wait_until,
+)
+
+from bench.loadgen import LoadGen
+from shared.config import BrokerConfig
+from shared.errors import ContractError
+from shared.messages import Event, NodeState, NodeStats, parse
+from shared.mqtt import MqttClient
+from shared.topics import NodeTopics
+
+REASONS = {"json", "schema", "version", "oversize", "topic"}
+
+
+def rejected_by_contract(model: type, payload: bytes) -> bool:
+    try:
+        parse(model, payload)
+    except ContractError:
+        return True
+    return False
+
+
+def garbage(site: str, node: str, valid_event: bytes, seed: int) -> list[tuple[str, bytes]]:
+    """(topic, payload) pairs the hub must reject, over events, state, stats, status and snapshot topics."""
+    rng = random.Random(seed)
+    topics = NodeTopics(site, node)
+    payloads = bad_payloads(rng, valid_event)
+    out: list[tuple[str, bytes]] = []
+    for payload in payloads:
+        out += [(topics.events, payload)] if rejected_by_contract(Event, payload) else []
+        out += [(topics.state, payload)] if rejected_by_contract(NodeState, payload) else []
+        out += [(topics.stats, payload)] if rejected_by_contract(NodeStats, payload) else []
+        out.append((topics.status, payload))
+        out.append((topics.snapshot("e-1"), b"X" + payload[:1000]))  # not a JPEG
+    out.append((topics.snapshot("e-2"), b"\xff\xd8" + b"\0" * 20_000))  # a "JPEG" over the configured bound
+    # a valid event published on another node's topic, and on topics whose node level is not a valid id
+    out.append((NodeTopics(site, "other").events, valid_event))
+    for level in ODD_NODE_LEVELS:
+        for kind in ("events", "state", "stats", "status"):
+            out.append((f"maskwatch/{site}/{level}/{kind}", valid_event if kind == "events" else b"online"))
+    rng.shuffle(out)
+    return out
+
+
+@pytest.mark.slow
+def test_hub_survives_thousands_of_bad_payloads_and_stores_all_valid_ones(broker_config: BrokerConfig,
+                                                                         tmp_path: Path) -> None:
+    site = unique_site()
+    hub = HubProcess(broker_config, tmp_path, [site], settings={"ingest": {"max_snapshot_bytes": 10_000}})
+    gen = LoadGen(broker_config, site, 3, rate_per_node=100, connections=1)
+    table = EventTable(hub.db_url)
+    attacker = MqttClient(broker_config, f"attacker-{site}")
+    with hub:
+        gen.start()
+        attacker.start()
+        assert attacker.wait_connected(5)
+        _, valid = gen.event(gen.node_topics[0])
+        bad = garbage(site, gen.nodes[0], valid, seed=9)
+        assert len(bad) > 2000
+        stream = gen.run_in_background(count=600)
+        for topic, payload in bad:
+            attacker.publish(topic, payload, qos=1)
+        stream.join(60)
+        assert gen.wait_acked(30)
+
+        assert wait_until(lambda: table.count(site) >= 600, 60), f"stored {table.count(site)} of 600"
+        if not wait_until(lambda: hub.rejected_total() >= len(bad), 60):
+            missing = Counter(bad) - Counter(table.rejected())
+            raise AssertionError(f"rejected {hub.rejected_total()} of {len(bad)}; not rejected: "
+                                 f"{[(t, p[:100]) for t, p in missing]}")
+        assert hub.alive and hub.healthy()
+        rows = table.rows(site)
+        assert set(rows) == set(gen.ids)
+        assert set(rows.values()) == {1}
+        metrics = hub.metrics()
+        reasons = {k.split('reason="')[1].rstrip('"}') for k in metrics if k.startswith("maskwatch_rejected_total")}
+        assert reasons <= REASONS and {"json", "schema", "oversize", "topic"} <= reasons
+        assert hub.rejected_total() == len(bad)
+        stats = hub.get("/api/stats")
+        assert sum(stats["rejected"].values()) == len(bad)
+        online = {n["node"] for n in hub.get(f"/api/nodes?site={site}") if n["status"] == "online"}
+        assert set(gen.nodes) <= online
+    attacker.stop()
+    gen.stop()
+    table.close()
