@@ -209,8 +209,9 @@ def bad_payloads(rng: random.Random, valid: bytes) -> list[bytes]:
     base = json.loads(valid)
     out = [b"", b"null", b"[]", b"0", b'"online"', b"{", b"\xff\xfe\xfd", b"ONLINE", b"online ", b"offline\n",
            b"{" + b" " * 70_000 + b"}", json.dumps({**base, "pad": "x" * 1_000_000}).encode(),
-           b"[" * 50_000 + b"]" * 50_000, json.dumps({**base, "v": 2}).encode(), json.dumps({**base, "v": "1"}).encode(),
-           json.dumps({**base, "v": None}).encode(), json.dumps({**base, "unknown": 1}).encode(),
+           b"[" * 50_000 + b"]" * 50_000, json.dumps({**base, "v": 2}).encode(),
+           json.dumps({**base, "v": "1"}).encode(), json.dumps({**base, "v": None}).encode(),
+           json.dumps({**base, "unknown": 1}).encode(),
            json.dumps(base).replace('"v": 1', '"v": 1, "v2": NaN').encode()]
     for key in base:
         out.append(json.dumps({k: v for k, v in base.items() if k != key}).encode() if key != "v" else b"{}")
