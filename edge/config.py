@@ -74,6 +74,8 @@ class ServoConfig(StrictModel):
     sweep_step_deg: float = Field(15.0, gt=0, le=90)
     dwell_s: float = Field(0.5, ge=0, le=60, description="pause at each sweep step")
     face_hold_s: float = Field(1.5, ge=0, description="sweep resumes this long after the last face")
+    pause_max_s: float = Field(10.0, ge=0, description="sweep resumes after pausing this long at faces that "
+                               "stay, and pauses again only once the view was clear (0: no limit)")
     track_gain: float = Field(0.6, gt=0, le=1, description="proportional gain of `track`")
     track_dead_band_deg: float = Field(3.0, ge=0, le=45, description="no move for smaller errors")
 
@@ -99,7 +101,8 @@ class IndicatorConfig(StrictModel):
 class SceneConfig(StrictModel):
     """The simulated panoramic camera (``--source scene:DIR`` or ``scene:builtin``)."""
 
-    fov_deg: float = Field(60.0, gt=5, le=180, description="horizontal field of view")
+    fov_deg: float = Field(60.0, gt=5, le=180, description="horizontal field of view; with a real camera "
+                           "set it too: servo tracking and pan compensation of the tracker use it")
     span_deg: float = Field(360.0, gt=10, le=360, description="panorama width in degrees")
     width: int = Field(640, ge=64, le=4096)
     height: int = Field(480, ge=48, le=4096)

@@ -111,6 +111,7 @@ class Pipeline:
         self.view = View()
         self.events_written = 0
         self.frames_skipped = 0
+        self._last_angle: float | None = None
         self._lock = threading.Lock()
 
     # -- per frame -------------------------------------------------------------
@@ -147,6 +148,7 @@ class Pipeline:
             return events
         if frame.still:
             return self._still(frame, threshold)
+        self._follow_pan(frame)
         observations = self.observe(frame.image, tracked=True)
         self._sight(frame, observations)
         with self.times.stage("track"):
@@ -195,6 +197,13 @@ class Pipeline:
         return self._emit(changes, frame)
 
     # -- helpers ------------------------------------------------------------------
+
+    def _follow_pan(self, frame: Frame) -> None:
+        """Shift the tracks by the servo's turn since the last frame (faces move the other way in the image)."""
+        if frame.angle is not None and self._last_angle is not None:
+            px_per_deg = frame.image.shape[1] / self.config.scene.fov_deg
+            self.tracker.pan(-(frame.angle - self._last_angle) * px_per_deg)
+        self._last_angle = frame.angle
 
     def _sight(self, frame: Frame, observations: list[Observation]) -> None:
         if self.planner is None or not observations:

@@ -6,7 +6,8 @@ Wiring: servo signal to ``servo.pin`` (GPIO17 by default), power from 5 V, groun
 ``speed_dps`` and detaches when idle so the servo does not jitter.
 :class:`ServoPlanner` decides where to go in each mode:
 
-* ``sweep``: patrol between the sweep limits in steps, dwelling at each; pause while a face is in view;
+* ``sweep``: patrol between the sweep limits in steps, dwelling at each; pause while a face is in view
+  (at most ``pause_max_s``, then patrol on until the view is clear);
 * ``track``: keep the largest face centred (proportional, with a dead band);
 * ``hold``: go to an angle and stay;
 * ``off``: detached.
@@ -134,6 +135,8 @@ class ServoPlanner:
         self._direction = 1
         self._arrived_at: float | None = None
         self._sighting: Sighting | None = None
+        self._paused_at: float | None = None
+        self._ignore_faces = False
 
     def set_mode(self, mode: ServoModeName, *, angle: float | None = None, sweep_min_deg: float | None = None,
                  sweep_max_deg: float | None = None, sweep_step_deg: float | None = None,
@@ -191,10 +194,17 @@ class ServoPlanner:
             return self._sweep(position, now, recent)
 
     def _sweep(self, position: float, now: float, face_in_view: bool) -> float:
-        if face_in_view:
-            self._waypoint = position
-            self._arrived_at = now
-            return position
+        if not face_in_view:
+            self._paused_at = None
+            self._ignore_faces = False
+        elif not self._ignore_faces:
+            self._paused_at = self._paused_at or now
+            limit = self.config.pause_max_s
+            if not limit or now - self._paused_at < limit:
+                self._waypoint = position
+                self._arrived_at = now
+                return position
+            self._ignore_faces = True  # paused long enough: patrol on until the view is clear
         if self._waypoint is None:
             self._waypoint = min(self.sweep_max_deg, max(self.sweep_min_deg, position))
         if abs(position - self._waypoint) > 0.5:

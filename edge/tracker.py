@@ -117,6 +117,13 @@ class Tracker:
         self._id_factory = id_factory
         self.tracks: list[Track] = []
 
+    def pan(self, dx: float) -> None:
+        """The camera turned: move every track by ``dx`` pixels so matching follows the faces (ego-motion)."""
+        if dx:
+            for track in self.tracks:
+                x, y, w, h = track.box
+                track.box = (round(x + dx), y, w, h)
+
     def needs_classification(self, boxes: Sequence[Box]) -> list[bool]:
         """For each box: whether it must be classified this frame. Faces that continue a confirmed track
         classified within the last ``reclassify_frames`` frames may reuse the track's smoothed probability."""

@@ -143,3 +143,21 @@ def test_indicator_pins_follow_the_labels(mock_pins: Any) -> None:
         assert wait_until(lambda: not buzzer.state, 2.0)
     finally:
         ind.close()
+
+
+def test_sweep_resumes_after_pause_max_and_pauses_again_only_after_a_clear_view() -> None:
+    clock = Clock()
+    planner = ServoPlanner(ServoConfig(mode="sweep", sweep_step_deg=15, dwell_s=0.1, face_hold_s=0.2,
+                                       pause_max_s=1.0), clock=clock)
+    position = 15.0
+    planner.saw(Sighting(at=clock.t, angle=15, offset_deg=0))
+    assert planner.target(position) == 15.0  # paused at the face
+    for _ in range(12):  # the face stays for 1.2 s
+        clock.t += 0.1
+        planner.saw(Sighting(at=clock.t, angle=15, offset_deg=0))
+    moved = planner.target(position)
+    assert moved is not None and moved != 15.0  # patrols on although the face is still there
+    clock.t += 1.0  # the view is clear for longer than face_hold_s
+    planner.target(moved)
+    planner.saw(Sighting(at=clock.t, angle=moved, offset_deg=0))
+    assert planner.target(moved) == moved  # a new face pauses it again

@@ -103,3 +103,17 @@ def test_confirmed_faces_are_reclassified_every_k_frames_only() -> None:
     assert pattern == [False, False, True, False, False, True]
     assert tracker.needs_classification([(400, 300, 50, 50), box]) == [True, False]
     assert tracker.tracks[0].frames == 8 and len(tracker.tracks[0].history) == 4
+
+
+def test_pan_compensation_keeps_a_face_one_track_while_the_camera_turns() -> None:
+    tracker = make(confirm_frames=2, end_frames=0, gate_box_frac=0.5)
+    changes = []
+    for i in range(6):  # the camera turns right: the face moves 120 px left per frame, beyond the gate
+        if i:
+            tracker.pan(-120)
+        changes += tracker.update([Observation((600 - 120 * i, 100, 100, 100), 0.1)], T0, threshold=0.5)
+    assert [(c.kind, c.track.id) for c in changes] == [("new", "ev-1")]
+    unpanned = make(confirm_frames=1, end_frames=0, gate_box_frac=0.5)
+    ids = {c.track.id for i in range(3)
+           for c in unpanned.update([Observation((600 - 120 * i, 100, 100, 100), 0.1)], T0, threshold=0.5)}
+    assert len(ids) == 3  # without it, every frame would be a new face
