@@ -1,0 +1,14 @@
+"""The examples in the edge modules' docstrings run (on mock pins and in-memory SQLite)."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+
+@pytest.mark.parametrize("module", ["edge.tracker", "edge.outbox", "edge.servo", "edge.indicator", "edge.stats"])
+def test_docstring_examples_run(module: str) -> None:
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0 and result.failed == 0
