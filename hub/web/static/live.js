@@ -65,7 +65,8 @@ async function loadNodeEvents(site, node) {
 }
 
 function feedItem(event, fresh) {
-  return el("li", { class: fresh ? "fresh" : null, dataset: { id: event.id, label: event.label } },
+  return el("li", { class: fresh ? "fresh" : null,
+    dataset: { id: event.id, label: event.label, node: nodeKey(event.site, event.node) } },
     badge(event.label),
     el("span", {}, el("strong", {}, event.node), el("div", { class: "muted meta" },
       `${event.site} · score ${num(event.score ?? event.best_score, 2)} · ${event.state}`)),
