@@ -19,10 +19,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+#: The dashboard's files.
 STATIC = Path(__file__).parent / "static"
-#: The pages, in navigation order: (file, title).
-PAGES = (("index.html", "Live"), ("events.html", "Events"), ("compliance.html", "Compliance"),
-         ("control.html", "Control"))
 
 
 def mount_dashboard(app: FastAPI) -> None:
