@@ -36,6 +36,7 @@ from edge.sources import Capture, open_source
 from edge.state import NodeRuntime
 from edge.stats import cpu_temperature
 from shared.config import parse_host_port, redacted
+from shared.errors import ContractError
 from shared.messages import NodeStats, utc_now
 from shared.mqtt import MqttClient, Will
 from shared.topics import NodeTopics
@@ -66,7 +67,6 @@ class EdgeApp:
         self._threads: list[threading.Thread] = []
         self._closers: list[Callable[[], None]] = []
         self._started = time.monotonic()
-        self._snapshots = 0
         self.servo: PanServo | None = None
         self.planner: ServoPlanner | None = None
         self.indicator: Indicator | None = None
@@ -183,11 +183,17 @@ class EdgeApp:
             if self.client.connected:  # stats are a live view: an interval while offline is not kept
                 self.client.publish(self.topics.stats, stats.to_json(), qos=0)
 
-    def publish_snapshot(self) -> dict[str, Any]:
-        """``snapshot`` command: publish a JPEG of the current frame now; return where and how big."""
+    def publish_snapshot(self, request_id: str) -> dict[str, Any]:
+        """``snapshot`` command: publish a JPEG of the current frame on ``.../snapshot/<request_id>`` now;
+        return where and how big."""
         snap = self.config.snapshot
         if snap.mode == "off":
             raise CommandRejected("snapshots are disabled on this node (snapshot.mode: off)")
+        try:
+            topic = self.topics.snapshot(request_id)
+        except ContractError as exc:
+            raise CommandRejected(f"request_id cannot name the snapshot topic: {exc} (use [A-Za-z0-9_.:-])") \
+                from exc
         view = self.pipeline.latest()
         if view.frame is None:
             raise CommandRejected("no frame captured yet" + (f": {self.capture.error}" if self.capture.error else ""))
@@ -196,8 +202,6 @@ class EdgeApp:
             for face in view.faces:
                 image = blur_box(image, face.box)
         jpeg = encode_jpeg(image, snap.max_bytes, snap.quality)
-        self._snapshots += 1
-        topic = self.topics.snapshot(f"{self.config.node}-frame-{int(time.time())}-{self._snapshots}")
         self.client.publish(topic, jpeg, qos=1)
         return {"topic": topic, "bytes": len(jpeg), "width": image.shape[1], "height": image.shape[0],
                 "frame": view.frame.ref, "angle": view.frame.angle}

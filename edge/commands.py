@@ -162,12 +162,13 @@ class NodeCommands:
     :param runtime: threshold and detect switch.
     :param servo: the pan servo (``None``: servo commands are rejected).
     :param planner: the servo's planner.
-    :param snapshot: publishes a JPEG of the current frame now and returns what it published.
+    :param snapshot: publishes a JPEG of the current frame now on ``.../snapshot/<request_id>`` and returns
+        what it published.
     :param config: returns the effective config, secrets removed.
     """
 
     def __init__(self, runtime: NodeRuntime, *, servo: PanServo | None, planner: ServoPlanner | None,
-                 snapshot: Callable[[], dict[str, Any]], config: Callable[[], dict[str, Any]]) -> None:
+                 snapshot: Callable[[str], dict[str, Any]], config: Callable[[], dict[str, Any]]) -> None:
         self.runtime = runtime
         self.servo = servo
         self.planner = planner
@@ -215,7 +216,7 @@ class NodeCommands:
         return {"detect": command.enabled}
 
     def _on_snapshot(self, command: Command) -> Any:
-        return self._snapshot()
+        return self._snapshot(command.request_id)
 
     def _on_config(self, command: Command) -> Any:
         return self._config()

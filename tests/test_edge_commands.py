@@ -107,11 +107,13 @@ def test_snapshot_returns_a_decodable_jpeg(node: Any) -> None:
     app, listener, _pins = node
     assert wait_until(lambda: app.pipeline.latest().frame is not None, 5)
     answer = listener.command("snapshot", {"request_id": "e1"})
-    assert answer.status == "ok"
-    message = listener.wait_raw(answer.value["topic"], 5)
+    assert answer.status == "ok" and answer.value["topic"] == listener.topics.snapshot("e1")
+    message = listener.wait_raw(listener.topics.snapshot("e1"), 5)
     image = cv2.imdecode(np.frombuffer(message.payload, np.uint8), cv2.IMREAD_COLOR)
     assert image is not None and image.shape[:2] == (app.config.scene.height, app.config.scene.width)
     assert answer.value["bytes"] == len(message.payload)
+    bad = listener.command("snapshot", {"request_id": "no spaces/or slashes"})
+    assert bad.status == "error" and "request_id" in (bad.error or "")
 
 
 def test_retained_desired_config_is_applied_on_connect(tmp_path: Path, broker_config: BrokerConfig,
