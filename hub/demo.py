@@ -187,6 +187,7 @@ class DemoSite:
         from hub.config import HomeAssistantConfig, HttpConfig, HubConfig
         from shared.broker import free_port
         from shared.config import BrokerConfig
+        from shared.errors import MaskwatchError
 
         host, port = self.http
         port = port or free_port(host if host not in ("0.0.0.0", "::") else "127.0.0.1")
@@ -201,7 +202,10 @@ class DemoSite:
             http=HttpConfig(host=host, port=port, public_url=self.url.rstrip("/")),
             homeassistant=HomeAssistantConfig(enabled=self.homeassistant))
         self.hub = HubApp(config)
-        self.hub.start()
+        try:
+            self.hub.start()
+        except MaskwatchError as exc:
+            raise MaskwatchError(f"{exc} (is the port taken? --http {host}:0 picks a free one)") from exc
 
     def _start_node(self, node: str, sweep: tuple[float, float]) -> None:
         logs = self.state_dir / "logs"
