@@ -84,6 +84,27 @@ def test_2000_events_with_duplicates_and_malformed(broker_config: BrokerConfig, 
         store.close()
 
 
+def test_two_hubs_split_the_load_through_a_shared_subscription(broker_config: BrokerConfig,
+                                                              tmp_path: Path) -> None:
+    site = unique_site()
+    first = hub_config(broker_config, tmp_path, site)
+    second = hub_config(broker_config, tmp_path, site, hub_id=f"h{site}-2")
+    with running_hub(first) as hub_a, running_hub(second) as hub_b:
+        store = Store(first.db_url)
+        client = publisher(broker_config, "split")
+        infos = [client.publish(NodeTopics(site, f"n{n % 3}").events, make_event(site, f"n{n % 3}", n), qos=1)
+                 for n in range(600)]
+        for info in infos:
+            info.wait_for_publish(10)
+        assert wait_until(lambda: count(store, EventRow) == 600, 30)
+        assert hub_a.ingest is not None and hub_b.ingest is not None
+        shares = (hub_a.ingest.stats.received, hub_b.ingest.stats.received)
+        assert min(shares) > 0 and sum(shares) == 600, shares
+        assert count(store, EventMessage) == 600
+        client.stop()
+        store.close()
+
+
 def test_lifecycle_folds_out_of_order_and_alert_once(broker_config: BrokerConfig, tmp_path: Path) -> None:
     site = unique_site()
     config = hub_config(broker_config, tmp_path, site, alerts={"cooldown_s": 3600})
