@@ -30,6 +30,8 @@ from shared.messages import Event
 
 log = logging.getLogger(__name__)
 
+#: The ``rejected`` table keeps at most this much of each payload.
+KEEP_REJECTED_BYTES = 64 * 1024
 #: Among messages with the same timestamp, the later type wins the label.
 TYPE_ORDER = {"new": 0, "update": 1, "end": 2}
 
@@ -121,6 +123,12 @@ def fold(messages: Iterable[EventIn], now: datetime) -> dict[str, dict[str, Any]
         row.update(label=ev.label, box=list(ev.box), angle=ev.angle,
                    frames=ev.track.frames if ev.track else None, best_score=row[f"{ev.label}_score"])
     return rows
+
+
+def _rejection_text(rejected: RejectIn) -> str:
+    kept = "" if len(rejected.payload) <= KEEP_REJECTED_BYTES else \
+        f" [payload of {len(rejected.payload)} bytes, first {KEEP_REJECTED_BYTES} kept]"
+    return rejected.error[:1024 - len(kept)] + kept
 
 
 def _max_of(column: Any, new: Any) -> Any:
@@ -228,8 +236,9 @@ class EventLog:
         if max_rows <= 0:
             return
         session.execute(self.store.insert(RejectedRow), [
-            {"received_at": r.received_at, "topic": r.topic[:512], "reason": r.reason, "field": r.field,
-             "error": r.error[:1024], "payload": r.payload} for r in rejects[-max_rows:]])
+            {"received_at": r.received_at, "topic": r.topic[:512], "reason": r.reason,
+             "field": r.field[:256] if r.field else None, "error": _rejection_text(r),
+             "payload": r.payload[:KEEP_REJECTED_BYTES]} for r in rejects[-max_rows:]])
         self.store.bound_rejected(session, max_rows)
 
     def claim_no_mask(self, session: Session, ids: Sequence[str]) -> list[Row[Any]]:

@@ -144,6 +144,11 @@ def test_rejected_table_is_bounded(store: Store) -> None:
         kept = list(session.scalars(select(RejectedRow.payload).order_by(RejectedRow.id)))
     assert kept == [bytes([1, 3]), bytes([2, 0]), bytes([2, 1]), bytes([2, 2]), bytes([2, 3])]
     assert store.counters("rejected.") == {"rejected.json": 12}
+    with store.transaction() as session:
+        log.reject(session, [RejectIn("t", "oversize", None, "too big", b"x" * 1_000_000, T0)], 5)
+    with store.session() as session:
+        big = session.scalars(select(RejectedRow).order_by(RejectedRow.id.desc())).first()
+    assert big is not None and len(big.payload) == 65536 and "payload of 1000000 bytes" in big.error
 
 
 def test_prune_by_api_and_cli(store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
