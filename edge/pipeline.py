@@ -139,7 +139,16 @@ class Pipeline:
 
     def process(self, frame: Frame) -> list[Event]:
         """Run one frame through the pipeline; write and return its events."""
-        self.times.add("wait", (time.monotonic() - frame.captured) * 1000.0)
+        started = time.monotonic()
+        self.times.add("wait", (started - frame.captured) * 1000.0)
+        if frame.angle is None and not frame.still:
+            frame.angle = self.runtime.angle  # a real camera on the servo: where it points now
+        try:
+            return self._process(frame)
+        finally:
+            self.times.add("total", (time.monotonic() - started) * 1000.0)
+
+    def _process(self, frame: Frame) -> list[Event]:
         with self.runtime.lock:
             detect, threshold = self.runtime.detect, self.runtime.threshold
         if not detect:
@@ -211,7 +220,7 @@ class Pipeline:
         largest = max(observations, key=lambda o: o.box[2] * o.box[3])
         width = frame.image.shape[1]
         offset = ((largest.box[0] + largest.box[2] / 2) - width / 2) / width * self.config.scene.fov_deg
-        angle = frame.angle if frame.angle is not None else (self.runtime.angle or 0.0)
+        angle = frame.angle if frame.angle is not None else 0.0
         self.planner.saw(Sighting(at=frame.captured, angle=angle, offset_deg=offset))
 
     def _emit(self, changes: list[Change], frame: Frame | None) -> list[Event]:
