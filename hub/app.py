@@ -87,9 +87,6 @@ class HubApp:
             self._discovery = HaDiscovery(cfg.broker.model_copy(update={"client_id": None}), cfg.homeassistant,
                                           cfg.sites, client_id=f"{client_id}-ha")
             self._discovery.start()
-        if not cfg.auth.enabled:
-            log.warning("API auth is off (no auth.tokens): anyone reaching %s:%s can read and send commands",
-                        cfg.http.host, cfg.http.port)
         server = uvicorn.Server(uvicorn.Config(create_app(services), host=cfg.http.host, port=cfg.http.port,
                                                log_level="warning", lifespan="off", timeout_graceful_shutdown=3))
         self._server = server
@@ -100,6 +97,9 @@ class HubApp:
             raise MaskwatchError(f"the API could not listen on {cfg.http.host}:{cfg.http.port}")
         log.info("hub %s: API on http://%s:%s, database %s", cfg.hub_id, cfg.http.host, self.http_port,
                  store.safe_url)
+        if not cfg.auth.enabled:
+            log.warning("API auth is off (no auth.tokens): anyone reaching %s:%s can read and send commands",
+                        cfg.http.host, self.http_port)
 
     def _wait_http(self, server: uvicorn.Server, timeout: float = 10.0) -> bool:
         deadline = time.monotonic() + timeout
