@@ -276,3 +276,19 @@ def test_a_hub_with_tokens_asks_for_one(browser: Any, broker_config: BrokerConfi
         context.close()
         node.stop()
         hub.stop()
+
+
+def test_live_page_on_a_wall_screen(demo: DemoSite, browser: Any, shots: Path) -> None:
+    context = browser.new_context(viewport={"width": 1920, "height": 1080})
+    tab = context.new_page()
+    try:
+        tab.goto(demo.url)
+        sync_api.expect(tab.locator('#nodes article[data-status="online"]')).to_have_count(NODES, timeout=15_000)
+        sync_api.expect(tab.locator("#link")).to_have_attribute("data-state", "live", timeout=10_000)
+        # larger type from a distance: the root font grows on wide screens
+        assert tab.evaluate("parseFloat(getComputedStyle(document.documentElement).fontSize)") >= 20
+        cards = tab.locator("#nodes article").evaluate_all("cards => cards.map(c => c.getBoundingClientRect().top)")
+        assert len(set(round(top) for top in cards)) == 1  # every node side by side, none below the fold
+        tab.screenshot(path=str(shots / "live-wall.png"))
+    finally:
+        context.close()
