@@ -22,3 +22,10 @@ def write_result(name: str, title: str, figures: dict[str, Any], baseline: dict[
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     return out
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    """p50, p90, p99 and max of ``samples`` (milliseconds), rounded to 0.01."""
+    ordered = sorted(samples)
+    pick = lambda q: round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)  # noqa: E731
+    return {"p50_ms": pick(0.5), "p90_ms": pick(0.9), "p99_ms": pick(0.99), "max_ms": round(ordered[-1], 2)}

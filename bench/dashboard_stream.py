@@ -26,7 +26,7 @@ import httpx
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench.common import write_result  # noqa: E402
+from bench.common import percentiles, write_result  # noqa: E402
 from hub.app import HubApp  # noqa: E402
 from hub.config import HttpConfig, HubConfig  # noqa: E402
 from hub.web import STATIC  # noqa: E402
@@ -37,12 +37,6 @@ from shared.mqtt import MqttClient  # noqa: E402
 from shared.topics import NodeTopics, node_filter  # noqa: E402
 
 SITE, NODE = "bench", "door-1"
-
-
-def percentiles(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    pick = lambda q: round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)  # noqa: E731
-    return {"p50_ms": pick(0.5), "p90_ms": pick(0.9), "p99_ms": pick(0.99), "max_ms": round(ordered[-1], 2)}
 
 
 def read_stream(url: str, arrivals: dict[str, float], ready: threading.Event, stop: threading.Event) -> None:
