@@ -67,6 +67,9 @@ class Settings:
     nms_iou: float = 0.3
     tile_overlap: float = 0.3
     min_face_px: int = 0
+    verify_below: float = 0.0
+    verify_with: str = "short"
+    verify_context: float = 1.0
 
 
 def ssd_anchors(input_size: int, strides: tuple[int, ...], per_cell: tuple[int, ...]) -> np.ndarray:
@@ -220,6 +223,8 @@ class MultiPassDetector:
                 found_scores.append(scores[keep])
         boxes, scores = weighted_nms(np.concatenate(found_boxes), np.concatenate(found_scores),
                                      self.settings.nms_iou)
+        if self.settings.verify_below > 0:
+            boxes, scores = self._verified(frame_bgr, boxes, scores)
         faces = []
         for (bx0, by0, bx1, by1), score in zip(boxes, scores, strict=True):
             x0, y0 = max(0, round(bx0)), max(0, round(by0))
@@ -227,6 +232,28 @@ class MultiPassDetector:
             if min(x1 - x0, y1 - y0) >= max(1, self.settings.min_face_px):
                 faces.append(Face((x0, y0, x1 - x0, y1 - y0), float(score)))
         return faces
+
+
+    def _verified(self, frame_bgr: np.ndarray, boxes: np.ndarray, scores: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """Keep weak detections only if a second network confirms a face in a zoomed-in window around them."""
+        keep = scores >= self.settings.verify_below
+        network = self.networks[self.settings.verify_with]
+        height, width = frame_bgr.shape[:2]
+        for i in np.nonzero(~keep)[0]:
+            x0, y0, x1, y1 = boxes[i]
+            pad = self.settings.verify_context * max(x1 - x0, y1 - y0)
+            wx0, wy0 = max(0, round(x0 - pad)), max(0, round(y0 - pad))
+            wx1, wy1 = min(width, round(x1 + pad)), min(height, round(y1 + pad))
+            if wx1 - wx0 < 2 or wy1 - wy0 < 2:
+                continue
+            found, found_scores = network(frame_bgr[wy0:wy1, wx0:wx1])
+            found = found[found_scores >= self.settings.threshold] + np.array([wx0, wy0, wx0, wy0], np.float32)
+            if len(found):
+                inter_w = np.minimum(found[:, 2], x1) - np.maximum(found[:, 0], x0)
+                inter_h = np.minimum(found[:, 3], y1) - np.maximum(found[:, 1], y0)
+                keep[i] = bool(((inter_w > 0) & (inter_h > 0)).any())
+        return boxes[keep], scores[keep]
 
 
 #: Operating points per detector kind and profile.
