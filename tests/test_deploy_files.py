@@ -136,6 +136,24 @@ def test_compose_mounts_every_path_the_broker_config_names() -> None:
         assert (REPO / source / PurePosixPath(script).relative_to(target)).is_file(), script
 
 
+def test_debian_host_recipe_maps_every_broker_path() -> None:
+    """docs/deploy.md's sed map puts every /mosquitto/ path of the shipped files under Debian's folders."""
+    doc = (REPO / "docs" / "deploy.md").read_text()
+    found = re.search(r'^map="(.+)"$', doc, flags=re.M)
+    assert found, "docs/deploy.md lost its map= line"
+    folder = re.search(r"^D=(\S+)$", doc, flags=re.M)
+    assert folder
+    script = found.group(1).replace("$D", folder.group(1))
+    for name in ("mosquitto.conf", "conf.d/tls.conf.example"):
+        proc = subprocess.run(["sed", script, str(DEPLOY / "mosquitto" / name)], capture_output=True, text=True,
+                              check=True)
+        settings = "\n".join(line for line in proc.stdout.splitlines() if not line.lstrip().startswith("#"))
+        paths = re.findall(r"^\w+ (/\S+)", settings, flags=re.M)
+        assert paths and "/mosquitto/" not in settings.replace("/etc/mosquitto/", "")
+        for path in paths:
+            assert path.startswith(("/etc/mosquitto/maskwatch/", "/var/lib/mosquitto/")), path
+
+
 # -- Dockerfile -----------------------------------------------------------------------
 
 def test_dockerfile_copies_what_exists_and_installs_the_edge_and_hub_extras() -> None:
