@@ -120,6 +120,13 @@ install_venv() {
     python3 -m venv --system-site-packages "$VENV"
     "$VENV/bin/pip" install --upgrade pip
     "$VENV/bin/pip" install "${SPEC:-$SRC[edge]}"
+    if [ "$CAMERA" = picamera ] && ! "$VENV/bin/python" -c 'import picamera2' 2>/dev/null; then
+        # apt's compiled helpers (e.g. simplejpeg) may predate the venv's numpy 2
+        echo "warning: picamera2 does not import in the venv; trying simplejpeg from PyPI"
+        "$VENV/bin/pip" install simplejpeg
+        "$VENV/bin/python" -c 'import picamera2' \
+            || die "picamera2 does not import in $VENV (see deploy/pi/README.md, Troubleshooting)"
+    fi
     mkdir -p "$OPT"
     cp -r "$SRC/deploy" "$SRC/docs" "$OPT/"
 }
