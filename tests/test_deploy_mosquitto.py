@@ -253,7 +253,7 @@ def test_make_users_keeps_passwords_and_revokes(site: ShippedSite, tmp_path: Pat
     run_script(MAKE_USERS, "-o", str(out), "--revoke", "hq/door-2")
     assert "hq/door-2" not in (out / "passwd").read_text() + (out / "acl").read_text()
     assert oct((out / "passwd").stat().st_mode & 0o777) == "0o600"
-    for bad in ("hq", "hq/all", "HQ/door", "hq/door/x", "hq/door 1"):
+    for bad in ("hq", "hq/all", "HQ/door", "hq/door/x", "hq/door 1", "hq\nevil/door", "hq/" + "a" * 65, "/door"):
         proc = subprocess.run(["sh", str(MAKE_USERS), "-o", str(out), bad], capture_output=True, text=True)
         assert proc.returncode == 2 and "make-users:" in proc.stderr, bad
 
