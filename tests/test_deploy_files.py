@@ -345,6 +345,8 @@ def test_install_script_writes_a_plain_usb_node_config(tmp_path: Path) -> None:
     ["--site", "hq", "--node", "a", "--plain"],
     ["--site", "hq", "--node", "a", "--broker", "b"],
     ["--site", "hq", "--node", "a", "--broker", "b", "--plain", "--camera", "thermal"],
+    ["--site", "hq", "--node", "a", "--broker", "b|x&y", "--plain"],
+    ["--site", "hq", "--node", "a", "--broker", "b:port", "--plain"],
 ])
 def test_install_script_rejects_bad_arguments_with_a_reason(args: list[str], tmp_path: Path) -> None:
     proc = install_config(tmp_path, *args)

@@ -85,6 +85,7 @@ case "$CAMERA" in
     *) die "--camera: picamera or usb" ;;
 esac
 if [[ $BROKER == *:* ]]; then HOST=${BROKER%:*}; PORT=${BROKER##*:}; else HOST=$BROKER; PORT=$DEFAULT_PORT; fi
+[[ $HOST =~ ^[A-Za-z0-9._-]+$ ]] || die "--broker: give a DNS name or IPv4 address, got '$HOST'"
 [[ $PORT =~ ^[0-9]{1,5}$ ]] || die "--broker: bad port in $BROKER"
 [ "$CONFIG_ONLY" = 1 ] || [ "$(id -u)" = 0 ] || die "run as root (sudo)"
 
