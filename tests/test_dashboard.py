@@ -292,3 +292,17 @@ def test_live_page_on_a_wall_screen(demo: DemoSite, browser: Any, shots: Path) -
         tab.screenshot(path=str(shots / "live-wall.png"))
     finally:
         context.close()
+
+
+def test_a_stopped_node_turns_offline_on_both_pages(demo: DemoSite, page: Any) -> None:
+    """Runs last in this module: it stops one of the demo's nodes."""
+    page.goto(demo.url)
+    card = page.locator('#nodes article[data-node="demo/demo-2"]')
+    sync_api.expect(card).to_have_attribute("data-status", "online", timeout=15_000)
+    demo.processes["demo-2"].terminate()  # a clean stop publishes the retained 'offline'
+    assert demo.processes["demo-2"].wait(30) == 0
+    sync_api.expect(card).to_have_attribute("data-status", "offline", timeout=20_000)
+    sync_api.expect(card.locator(".dot")).to_have_class("dot offline")
+    page.goto(f"{demo.url}control.html")
+    sync_api.expect(page.locator('#controls article[data-node="demo/demo-2"]')).to_have_attribute(
+        "data-status", "offline", timeout=15_000)
