@@ -2,6 +2,7 @@
 
 * **node**: a running edge node (simulated camera at 15 fps, inference on) answers ``threshold``
   commands sent one after another by a hub-side client; time from publish to the answer's arrival.
+* **node, inference paused**: the same with ``detect`` off (what the dispatch itself costs).
 * **baseline**: the same client and broker with a bare echo client that republishes each command
   payload on a reply topic straight from its network thread (the transport's floor).
 
@@ -92,8 +93,13 @@ def main() -> int:
             app.start()
             assert app.client.wait_connected(10)
             time.sleep(1.0)
+            app.stats()  # start a fresh stats interval
             node = round_trips(hub, inbox, topics.cmd("threshold"), args.count)
             figures.update(percentiles(node), count=len(node), node_fps_during=app.stats().fps)
+            with app.runtime.lock:
+                app.runtime.detect = False  # the same node with inference paused: the dispatch cost alone
+            idle = round_trips(hub, inbox, topics.cmd("threshold"), args.count)
+            figures["inference_paused"] = percentiles(idle)
             app.close()
         hub.stop()
     finally:
