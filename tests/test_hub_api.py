@@ -160,6 +160,15 @@ def test_right_token_reads_and_public_endpoints(tmp_path: Path) -> None:
     assert closed.get("/healthz", headers=auth).status_code == 200
 
 
+def test_healthz_reports_an_unreachable_database(tmp_path: Path) -> None:
+    config = HubConfig(db_url="postgresql+psycopg2://nobody@127.0.0.1:1/none")
+    store = Store(config.db_url)
+    client = TestClient(create_app(HubServices(config=config, store=store, events=EventLog(store, tmp_path),
+                                               registry=Registry(store))))
+    response = client.get("/healthz")
+    assert response.status_code == 503 and response.json()["database"] is False
+
+
 def test_command_endpoint_is_rate_limited(tmp_path: Path) -> None:
     client = _secured(tmp_path, command_rate_per_min=3)
     auth = {"Authorization": f"Bearer {TOKEN}"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -173,6 +174,33 @@ def test_prune_by_api_and_cli(store: Store, tmp_path: Path, capsys: pytest.Captu
     with store.session() as session:
         assert session.scalar(select(func.count()).select_from(EventRow)) == 0
     assert main(["prune", "--db", f"sqlite:///{tmp_path / 'empty.db'}"]) == 1  # no hub schema: clear error
+
+
+def test_housekeeper_prunes_on_its_timer(store: Store, tmp_path: Path) -> None:
+    from hub.alerts import Alerter
+    from hub.housekeeping import Housekeeper
+    from hub.registry import Registry
+
+    log = EventLog(store, tmp_path)
+    with store.transaction() as session:
+        log.write(session, [EventIn(make_event("hq", "n", 1, ts=T0 - timedelta(days=2)), T0)])
+    config = HubConfig(db_url=store.url, snapshot_dir=tmp_path, retention={"days": 1, "interval_s": 0.2},
+                       alerts={"check_every_s": 0.1})
+    keeper = Housekeeper(config, store, Registry(store), Alerter(None, cooldown_s=0, public_url="http://x"))
+    keeper.start()
+    try:
+        deadline = time.monotonic() + 10
+        while log.get("hq-n-00001") is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert log.get("hq-n-00001") is None
+        with store.transaction() as session:  # a later old event goes on the next round
+            log.write(session, [EventIn(make_event("hq", "n", 2, ts=T0 - timedelta(days=3)), T0)])
+        deadline = time.monotonic() + 10
+        while log.get("hq-n-00002") is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert log.get("hq-n-00002") is None
+    finally:
+        keeper.stop()
 
 
 def test_config_errors_name_the_key(tmp_path: Path) -> None:
