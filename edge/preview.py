@@ -16,6 +16,7 @@ import numpy as np
 
 from edge.pipeline import View
 from edge.snapshot import encode_jpeg
+from shared.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class PreviewServer:
     :param port: TCP port (0: any free port; see :attr:`port`).
     :param frame_jpeg: returns the current annotated frame as JPEG bytes, or ``None`` before the first.
     :param fps: stream rate.
+    :raises ConfigError: the address cannot be listened on (in use, not local).
     """
 
     def __init__(self, host: str, port: int, frame_jpeg: Callable[[], bytes | None], fps: float = 10.0) -> None:
@@ -98,7 +100,10 @@ class PreviewServer:
                 except (BrokenPipeError, ConnectionResetError):
                     log.debug("preview client left")
 
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self._httpd = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            raise ConfigError(f"preview.bind {host}:{port}: cannot listen there ({exc.strerror or exc})") from exc
         self._httpd.daemon_threads = True
         self.host, self.port = self._httpd.server_address[:2]
 

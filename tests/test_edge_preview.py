@@ -8,6 +8,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import pytest
 
 from shared.broker import free_port
 from shared.config import BrokerConfig
@@ -43,3 +44,17 @@ def test_preview_is_off_by_default(tmp_path: Path, broker_config: BrokerConfig, 
     assert cfg.preview.bind is None
     with running_node(cfg, mock_pins, models, broker_config) as (app, _listener):
         assert app.preview is None
+
+
+def test_preview_on_a_busy_port_is_a_clear_config_error() -> None:
+    import socket
+
+    from edge.preview import PreviewServer
+    from shared.errors import ConfigError
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"preview.bind 127.0.0.1:{port}: cannot listen"):
+            PreviewServer("127.0.0.1", port, lambda: None)
