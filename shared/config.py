@@ -12,6 +12,7 @@ Unknown keys are rejected with their dotted name in the error.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -24,6 +25,8 @@ from shared.errors import ConfigError
 from shared.topics import ID_PATTERN
 
 ENV_PREFIX = "MASKWATCH_"
+
+log = logging.getLogger(__name__)
 
 
 class StrictModel(BaseModel):
@@ -173,6 +176,20 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 C = TypeVar("C", bound=BaseModel)
 
 
+def _own_env_keys(model: type[BaseModel], tree: dict[str, Any]) -> dict[str, Any]:
+    """Keep the environment overrides whose top-level key belongs to ``model``.
+
+    The edge and the hub may share one environment (the demo, a small site on one box), so a
+    ``MASKWATCH_DB`` meant for the hub is ignored by the edge with a warning; an unknown key
+    *below* a known one (``MASKWATCH_BROKER__HOTS``) is still an error.
+    """
+    own = {key: value for key, value in tree.items() if key in model.model_fields}
+    for key in sorted(set(tree) - set(own)):
+        log.warning("ignoring %s%s*: %r is not a key of the %s config", ENV_PREFIX, key.upper(), key,
+                    model.__name__)
+    return own
+
+
 def load_config(model: type[C], path: str | Path | None = None, *, overrides: Mapping[str, Any] | None = None,
                 environ: Mapping[str, str] | None = None) -> C:
     """Build ``model`` from defaults, the YAML file, ``MASKWATCH_*`` variables and ``overrides``.
@@ -181,7 +198,7 @@ def load_config(model: type[C], path: str | Path | None = None, *, overrides: Ma
     ``servo.max_deg: Input should be less than or equal to 180``.
     """
     data: dict[str, Any] = read_yaml(path) if path else {}
-    data = merge(data, env_overrides(environ))
+    data = merge(data, _own_env_keys(model, env_overrides(environ)))
     data = merge(data, overrides or {})
     try:
         return model.model_validate(data)

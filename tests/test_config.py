@@ -51,9 +51,15 @@ def test_unknown_key_named(tmp_path: Path) -> None:
         load_config(Sample, path, environ={})
 
 
-def test_unknown_env_key_named() -> None:
-    with pytest.raises(ConfigError, match=r"brokr: unknown key"):
-        load_config(Sample, environ={"MASKWATCH_BROKR__HOST": "x"})
+def test_unknown_nested_env_key_named() -> None:
+    with pytest.raises(ConfigError, match=r"broker\.hots: unknown key"):
+        load_config(Sample, environ={"MASKWATCH_BROKER__HOTS": "x"})
+
+
+def test_other_roles_env_keys_ignored_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    cfg = load_config(Sample, environ={"MASKWATCH_DB": "sqlite:///x.db", "MASKWATCH_NAME": "n2"})
+    assert cfg.name == "n2"
+    assert "ignoring MASKWATCH_DB*" in caplog.text
 
 
 def test_out_of_range_value_named(tmp_path: Path) -> None:
