@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -69,7 +69,8 @@ def health(port: int) -> dict[str, object] | None:
         return None
 
 
-def wait(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+def wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it holds, or fail naming ``what``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
