@@ -126,6 +126,11 @@ class HubProcess:
                 out[name] = float(value)
         return out
 
+    def storage_errors(self) -> int:
+        """Batches the hub had to retry after a database error (locked, disk full...)."""
+        return int(sum(v for k, v in self.metrics().items()
+                       if k.startswith("maskwatch_ingest_") and k.endswith("errors_total")))
+
     def rejected_total(self) -> int:
         return int(sum(v for k, v in self.metrics().items() if k.startswith("maskwatch_rejected_total")))
 
