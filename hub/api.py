@@ -35,6 +35,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select, text
 
 from hub import metrics
@@ -108,12 +109,6 @@ def compliance(mask: int, no_mask: int) -> float | None:
     return round(mask / total, 4) if total else None
 
 
-def _bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-
-
 def create_app(services: HubServices) -> FastAPI:
     """The FastAPI application over ``services``."""
     cfg = services.config
@@ -121,18 +116,22 @@ def create_app(services: HubServices) -> FastAPI:
     limiter = RateLimiter(cfg.auth.command_rate_per_min)
     app = FastAPI(title="Maskwatch hub", version="1", description=__doc__)
 
-    def principal(request: Request) -> str:
-        token = _bearer(request)
-        if token is None and request.url.path == "/api/stream":
+    bearer = HTTPBearer(auto_error=False, description="an API token (maskwatch hub --new-token NAME)")
+
+    def principal(request: Request,
+                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+        token = credentials.credentials.strip() if credentials else None
+        if not token and request.url.path == "/api/stream":
             token = request.query_params.get("access_token")
         name = checker.identify(token)
         if name is None:
             raise HTTPException(401, "authentication required", headers={"WWW-Authenticate": "Bearer"})
         return name
 
-    def optional_principal(public: bool) -> Callable[[Request], str]:
-        def check(request: Request) -> str:
-            return "public" if public else principal(request)
+    def optional_principal(public: bool) -> Callable[..., str]:
+        def check(request: Request,
+                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+            return "public" if public else principal(request, credentials)
         return check
 
     Principal = Annotated[str, Depends(principal)]
