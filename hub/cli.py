@@ -26,6 +26,7 @@ from shared.errors import ConfigError, MaskwatchError
 
 if TYPE_CHECKING:
     from hub.config import HubConfig
+    from hub.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +228,7 @@ def _token(args: argparse.Namespace) -> str | None:
     return args.token or os.environ.get("MASKWATCH_TOKEN")
 
 
-def open_store(url: str) -> Any:
+def open_store(url: str) -> Store:
     """The hub database at ``url``, which must already hold the hub schema."""
     from sqlalchemy import inspect
     from sqlalchemy.exc import SQLAlchemyError
@@ -293,10 +294,10 @@ def run_events(args: argparse.Namespace) -> int:
         config = load_hub_config(args)
         store = open_store(config.db_url)
         try:
-            log_ = EventLog(store, config.snapshot_dir)
-            rows, _total = log_.query(site=args.site, node=args.node, label=args.label, since=since, until=until,
-                                      limit=args.limit)
-            snaps = log_.has_snapshots([r.id for r in rows])
+            event_log = EventLog(store, config.snapshot_dir)
+            rows, _total = event_log.query(site=args.site, node=args.node, label=args.label, since=since,
+                                           until=until, limit=args.limit)
+            snaps = event_log.has_snapshots([r.id for r in rows])
             base = (config.http.public_url or f"http://{config.http.host}:{config.http.port}").rstrip("/")
             items = [event_json(r, r.id in snaps, base) for r in rows]
         finally:
