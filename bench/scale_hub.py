@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                "event_to_store_p99_ms": hub["latency_p99_ms"], "event_to_store_max_ms": hub["latency_max_ms"],
                "hub_rss_peak_mb": hub["hub_rss_peak_mb"], "hub_rss_mean_mb": hub["hub_rss_mean_mb"],
                "hub_cpu_percent_of_one_core": hub["hub_cpu_percent_of_one_core"]}
-    baseline = {"offered_events_per_s": base["offered_rate"], "events_received": base["received"],
+    baseline = {"offered_events_per_s": base["offered_rate"], "events_sent": base["events_sent"],
+                "events_received": base["received"],
                 "passthrough_events_per_s": base["rate"], "publish_to_receive_p50_ms": base["latency_p50_ms"],
                 "publish_to_receive_p99_ms": base["latency_p99_ms"]}
     ratios = {"sustained_rate_vs_passthrough": hub["rate"] / base["rate"] if base["rate"] else 0.0,
