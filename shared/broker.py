@@ -102,8 +102,9 @@ class LocalMosquitto:
         """Start the broker and wait until it accepts connections."""
         if self.running:
             return self
-        self._proc = subprocess.Popen([self.binary, "-c", str(self.config_path)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # its own session: a Ctrl-C in the terminal reaches our process, which stops the broker last
+        self._proc = subprocess.Popen([self.binary, "-c", str(self.config_path)], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, start_new_session=True)
         if not wait_for_port(self.host, self.port, timeout):
             self.stop()
             tail = self.log_path.read_text()[-2000:] if self.log_path.exists() else ""
