@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import sys
 import threading
@@ -134,6 +135,7 @@ class MqttClient:
         self._client.on_message = self._handle_message
         self._client.on_publish = self._handle_publish
         self._client.on_connect_fail = self._handle_connect_fail
+        self._client.on_socket_open = self._handle_socket_open
 
     # -- lifecycle -------------------------------------------------------
 
@@ -220,6 +222,14 @@ class MqttClient:
                 self._on_connect_hook()
             except Exception:
                 log.exception("on_connect hook failed")
+
+    def _handle_socket_open(self, client: paho.Client, userdata: object, sock: object) -> None:
+        # MQTT sends small packets back to back (PUBACK, then an answer): without TCP_NODELAY, Nagle's
+        # algorithm holds the second until the broker's delayed ACK, about 40 ms per hop.
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[attr-defined]
+        except (AttributeError, OSError) as exc:
+            log.debug("cannot set TCP_NODELAY: %s", exc)
 
     def _handle_connect_fail(self, client: paho.Client, userdata: object) -> None:
         # paho calls this inside its ``except OSError``: name the cause (refused, TLS certificate...)
