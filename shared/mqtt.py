@@ -106,6 +106,7 @@ class MqttClient:
         self._subscriptions: dict[str, tuple[int, Handler]] = {}
         self._lock = threading.Lock()
         self._connected = threading.Event()
+        self._stopping = False
         self.connects = 0
         self.last_error: str | None = None
         self._v5 = broker.protocol == 5
@@ -161,6 +162,7 @@ class MqttClient:
 
     def stop(self, *, publish_will: bool = True, timeout: float = 5.0) -> None:
         """Publish the will payload (if any and connected), disconnect, stop the network thread."""
+        self._stopping = True
         if publish_will and self.will and self.connected:
             info = self._client.publish(self.will.topic, self.will.payload, qos=self.will.qos,
                                         retain=self.will.retain)
@@ -242,7 +244,8 @@ class MqttClient:
         was_connected = self._connected.is_set()
         self._connected.clear()
         if was_connected:
-            log.warning("disconnected from %s: %s", self.broker.address, reason_code)
+            log.log(logging.INFO if self._stopping else logging.WARNING, "disconnected from %s: %s",
+                    self.broker.address, reason_code)
             if self._on_disconnect_hook:
                 try:
                     self._on_disconnect_hook()
