@@ -23,7 +23,7 @@ def test_tiny_train_export_and_predict_on_litert(tmp_path: Path, capsys: pytest.
     monkeypatch.setenv("HOME", str(tmp_path))  # the crop cache goes to a fresh place
     run = tmp_path / "run"
     assert main(["model", "train", str(need(FACE_MASK)), "--scenes", str(need(SCENES)), "--limit", "20",
-                 "--size", "64", "--epochs", "2", "--fine-tune-epochs", "1", "--augment-copies", "1",
+                 "--size", "64", "--epochs", "1", "--fine-tune-epochs", "1", "--augment-copies", "1",
                  "--backbone-weights", str(weights), "--out", str(run), "--seed", "3"]) == 0
     assert "validation:" in capsys.readouterr().out
     metrics = json.loads((run / "metrics.json").read_text())

@@ -46,6 +46,20 @@ def predict_rgb(classifier: MaskClassifier, images_rgb: np.ndarray) -> np.ndarra
     return classifier.no_mask_probability([image[:, :, ::-1] for image in images_rgb])
 
 
+def threshold_sweep(labels: np.ndarray, p_no_mask: np.ndarray, sources: np.ndarray,
+                    thresholds: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)) -> dict:
+    """Accuracy and no-mask precision/recall per decision threshold, per data source of the validation split."""
+    from models.training.train import metrics_of
+
+    sweep = {}
+    for source in sorted(set(sources.tolist())):
+        chosen = sources == source
+        sweep[source] = {str(t): {k: round(v, 4) for k, v in metrics_of(labels[chosen], p_no_mask[chosen], t).items()
+                                  if k in ("accuracy", "no_mask_precision", "no_mask_recall")}
+                         for t in thresholds}
+    return sweep
+
+
 def export(run_dir: Path, out_dir: Path, name: str = "mask_classifier", max_gap_pp: float = MAX_GAP_PP) -> dict:
     """Write ``<name>_f16.tflite`` and ``<name>_int8.tflite`` into ``out_dir``; return the agreement figures.
 
@@ -77,6 +91,8 @@ def export(run_dir: Path, out_dir: Path, name: str = "mask_classifier", max_gap_
         raise ModelError(f"int8 model disagrees with float: accuracy {acc_int8:.4f} vs {acc_float:.4f} "
                          f"({figures['gap_pp']} points > {max_gap_pp}); int8 file not written")
     candidate.replace(int8_path)
+    sources = split["val_sources"] if "val_sources" in split.files else np.array(["all"] * len(val_labels))
+    figures["int8_threshold_sweep"] = threshold_sweep(val_labels, p_int8, sources)
     log.info("int8 accuracy %.4f, float16 %.4f, labels agree on %.4f", acc_int8, acc_float,
              figures["label_agreement"])
     return figures

@@ -44,7 +44,7 @@ class TrainSettings:
     fine_tune_from: str = FINE_TUNE_FROM
     batch_size: int = 32
     head_learning_rate: float = 1e-3
-    fine_tune_learning_rate: float = 1e-5
+    fine_tune_learning_rate: float = 5e-5
     augment_copies: int = 2
     validation: float = 0.2
     seed: int = 0
@@ -104,12 +104,21 @@ def features(base: keras.Model, images: np.ndarray, batch_size: int, desc: str) 
     return out
 
 
-class AugmentedBatches(keras.utils.PyDataset):
-    """Shuffled, freshly augmented training batches with a seeded generator (deterministic per epoch)."""
+def balanced_weights(crops: Crops) -> np.ndarray:
+    """Sample weights giving every (source, class) cell the same total weight (scene no-mask faces are rare)."""
+    cells = [f"{source}/{label}" for source, label in zip(crops.sources, crops.labels, strict=True)]
+    counts = {cell: cells.count(cell) for cell in set(cells)}
+    return np.array([len(cells) / (len(counts) * counts[cell]) for cell in cells], np.float32)
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int) -> None:
+
+class AugmentedBatches(keras.utils.PyDataset):
+    """Shuffled, freshly augmented, weighted training batches with a seeded generator (deterministic per epoch)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, weights: np.ndarray, batch_size: int,
+                 seed: int) -> None:
         super().__init__()
-        self.images, self.labels, self.batch_size, self.seed = images, labels, batch_size, seed
+        self.images, self.labels, self.weights = images, labels, weights
+        self.batch_size, self.seed = batch_size, seed
         self.augmentation = Augmentation()
         self.epoch = 0
         self.order = np.random.default_rng(seed).permutation(len(images))
@@ -120,7 +129,7 @@ class AugmentedBatches(keras.utils.PyDataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         chosen = self.order[index * self.batch_size:(index + 1) * self.batch_size]
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        return self.augmentation.apply(self.images[chosen], rng), self.labels[chosen]
+        return self.augmentation.apply(self.images[chosen], rng), self.labels[chosen], self.weights[chosen]
 
     def on_epoch_end(self) -> None:
         self.epoch += 1
@@ -166,11 +175,13 @@ def train(settings: TrainSettings) -> dict:
     train_features = np.concatenate([features(base, images, settings.batch_size, f"features {i + 1}/"
                                               f"{len(train_images)}") for i, images in enumerate(train_images)])
     train_labels = np.tile(train_set.labels, len(train_images))
+    weights = balanced_weights(train_set)
     val_features = features(base, val_set.images, settings.batch_size, "features validation")
 
     top.compile(optimizer=keras.optimizers.Adam(settings.head_learning_rate),
                 loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    head_history = top.fit(train_features, train_labels, batch_size=settings.batch_size,
+    head_history = top.fit(train_features, train_labels, sample_weight=np.tile(weights, len(train_images)),
+                           batch_size=settings.batch_size,
                            epochs=settings.head_epochs, validation_data=(val_features, val_set.labels),
                            shuffle=True, verbose=0, callbacks=[TqdmEpochs(settings.head_epochs, "head")])
     model = classifier(base, top)
@@ -181,7 +192,8 @@ def train(settings: TrainSettings) -> dict:
                  settings.fine_tune_learning_rate)
         model.compile(optimizer=keras.optimizers.Adam(settings.fine_tune_learning_rate),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-        fine = model.fit(AugmentedBatches(train_set.images, train_set.labels, settings.batch_size, settings.seed),
+        fine = model.fit(AugmentedBatches(train_set.images, train_set.labels, weights, settings.batch_size,
+                                          settings.seed),
                          epochs=settings.fine_tune_epochs, validation_data=(val_set.images, val_set.labels),
                          verbose=0, callbacks=[TqdmEpochs(settings.fine_tune_epochs, "fine-tune")])
         for key, values in fine.history.items():
