@@ -235,3 +235,83 @@ def bad_payloads(rng: random.Random, valid: bytes) -> list[bytes]:
         else:
             out.append("".join(chr(rng.randint(1, 0x2FF)) for _ in range(rng.randint(1, 80))).encode())
     return [p for p in out if p not in (b"online", b"offline")]
+
+
+class EdgeProcess:
+    """``maskwatch edge --config <file>`` as a child process (mock pins, its own outbox file).
+
+    :param settings: config keys (nested dicts) over the defaults below, e.g. ``{"source": "scene:builtin"}``.
+    """
+
+    def __init__(self, broker: BrokerConfig, workdir: Path, site: str, node: str, *, once: bool = False,
+                 settings: dict[str, Any] | None = None) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.site, self.node, self.once = site, node, once
+        self.outbox_path = workdir / f"outbox-{node}.sqlite"
+        self.config_path = workdir / f"edge-{node}.yaml"
+        self.log_path = workdir / f"edge-{node}.log"
+        config: dict[str, Any] = {
+            "site": site, "node": node, "source": "scene:builtin", "pin_factory": "mock", "num_threads": 1,
+            "broker": broker.model_dump(mode="json", exclude_none=True), "stats_interval_s": 1.0,
+            "outbox": {"path": str(self.outbox_path), "drain_timeout_s": 20},
+            "scene": {"fps": 5}, "snapshot": {"mode": "off"},
+        }
+        for key, value in (settings or {}).items():
+            config[key] = {**config[key], **value} if isinstance(value, dict) and key in config else value
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> EdgeProcess:
+        log = self.log_path.open("ab")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MASKWATCH_")}
+        args = [MASKWATCH, "edge", "--config", str(self.config_path), *(["--once"] if self.once else [])]
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**env, "PYTHONUNBUFFERED": "1"})
+        log.close()
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.alive:
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def freeze(self) -> None:
+        """SIGSTOP: the socket stays open but nothing answers, as when the network drops (SIGCONT resumes)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def outbox(self) -> list[tuple[str, bytes]]:
+        """(topic, payload) of every message waiting in the outbox file, oldest first."""
+        if not self.outbox_path.exists():
+            return []
+        import sqlite3
+
+        with sqlite3.connect(self.outbox_path, timeout=10) as db:
+            try:
+                return [(t, bytes(p)) for t, p in db.execute("SELECT topic, payload FROM outbox ORDER BY seq")]
+            except sqlite3.OperationalError:  # not created yet
+                return []
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
