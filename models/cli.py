@@ -39,6 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--augment-copies", type=int, default=2,
                        help="augmented copies per training crop for the head phase (default 2)")
     train.add_argument("--validation", type=float, default=0.2, help="validation fraction (default 0.2)")
+    train.add_argument("--balance", action="store_true",
+                       help="weight every (source, class) cell equally (more no-mask recall on scenes, "
+                            "less precision)")
+    train.add_argument("--fine-tune-lr", type=float, default=1e-5, help="fine-tuning learning rate (default 1e-5)")
     train.add_argument("--seed", type=int, default=0, help="random seed; same seed and data, same model")
     train.add_argument("--detector", choices=["blazeface", "res10", "none"], default="blazeface",
                        help="detector that cuts the training crops (none = whole images)")
@@ -115,7 +119,7 @@ def run_train(args: argparse.Namespace) -> int:
         backbone_weights=str(args.backbone_weights), size=args.size, head_epochs=args.epochs,
         fine_tune_epochs=args.fine_tune_epochs, batch_size=args.batch_size, augment_copies=args.augment_copies,
         validation=args.validation, seed=args.seed, detector=None if args.detector == "none" else args.detector,
-        limit_per_class=args.limit)
+        limit_per_class=args.limit, balance=args.balance, fine_tune_learning_rate=args.fine_tune_lr)
     report = train(settings)
     val = report["validation"]
     print(f"validation: {val['n']} crops, accuracy {val['accuracy']:.4f}, no-mask recall "

@@ -99,6 +99,7 @@ def evaluate_scenes(folder: Path, classifier: MaskClassifier, detector: FaceDete
     scenes = load_scenes(folder)
     found: dict[tuple[str, str], list[int]] = {}
     decisions: list[tuple[bool, bool, int]] = []  # (truly no mask, decided no mask, face size)
+    probabilities: list[tuple[bool, float, int]] = []  # (truly no mask, p_no_mask, face size)
     detections = matched_detections = 0
     unreadable, spent = 0, 0.0
     for scene in scenes:
@@ -123,6 +124,7 @@ def evaluate_scenes(folder: Path, classifier: MaskClassifier, detector: FaceDete
                 found[(face.label, f">={PROMISED_FACE_PX}")][1] += i in pairs
             if i in pairs:
                 decisions.append((face.no_mask, result.faces[pairs[i]].label == "no_mask", face.size))
+                probabilities.append((face.no_mask, result.faces[pairs[i]].p_no_mask, face.size))
     images = len(scenes) - unreadable
     if images == 0:
         raise DatasetError(f"{folder}: none of the {len(scenes)} images could be read")
@@ -134,6 +136,8 @@ def evaluate_scenes(folder: Path, classifier: MaskClassifier, detector: FaceDete
             "recall": recall,
             "no_mask_decision": {"all": _decision(decisions, 0),
                                  f">={PROMISED_FACE_PX}": _decision(decisions, PROMISED_FACE_PX)},
+            "threshold_sweep": {str(t): _decision([(truth, p >= t, size) for truth, p, size in probabilities],
+                                                  PROMISED_FACE_PX) for t in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)},
             "ms_per_image": round(1000 * spent / images, 2), "model": classifier.version,
             "detector": getattr(detector, "name", type(detector).__name__), "threshold": threshold,
             "min_iou": min_iou}

@@ -44,7 +44,8 @@ class TrainSettings:
     fine_tune_from: str = FINE_TUNE_FROM
     batch_size: int = 32
     head_learning_rate: float = 1e-3
-    fine_tune_learning_rate: float = 5e-5
+    fine_tune_learning_rate: float = 1e-5
+    balance: bool = False
     augment_copies: int = 2
     validation: float = 0.2
     seed: int = 0
@@ -175,7 +176,7 @@ def train(settings: TrainSettings) -> dict:
     train_features = np.concatenate([features(base, images, settings.batch_size, f"features {i + 1}/"
                                               f"{len(train_images)}") for i, images in enumerate(train_images)])
     train_labels = np.tile(train_set.labels, len(train_images))
-    weights = balanced_weights(train_set)
+    weights = balanced_weights(train_set) if settings.balance else np.ones(len(train_set.labels), np.float32)
     val_features = features(base, val_set.images, settings.batch_size, "features validation")
 
     top.compile(optimizer=keras.optimizers.Adam(settings.head_learning_rate),
