@@ -6,6 +6,7 @@ all the valid traffic interleaved with the garbage.
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from fault_support import (
     ODD_NODE_LEVELS,
+    EdgeProcess,
     EventTable,
     HubProcess,
     bad_payloads,
@@ -23,9 +25,9 @@ from fault_support import (
 from bench.loadgen import LoadGen
 from shared.config import BrokerConfig
 from shared.errors import ContractError
-from shared.messages import Event, NodeState, NodeStats, parse
+from shared.messages import COMMANDS, CommandResponse, DesiredConfig, Event, NodeState, NodeStats, parse
 from shared.mqtt import MqttClient
-from shared.topics import NodeTopics
+from shared.topics import NodeTopics, node_filter, site_command
 
 REASONS = {"json", "schema", "version", "oversize", "topic"}
 
@@ -101,3 +103,64 @@ def test_hub_survives_thousands_of_bad_payloads_and_stores_all_valid_ones(broker
     attacker.stop()
     gen.stop()
     table.close()
+
+
+def command_garbage(site: str, node: str, seed: int) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
+    """(commands that must each get one ``error`` answer, bad desired configs that must be counted)."""
+    rng = random.Random(seed)
+    topics = NodeTopics(site, node)
+    commands: list[tuple[str, bytes]] = []
+    for name, model in COMMANDS.items():
+        valid = json.dumps({"v": 1, "request_id": f"fuzz-{name}", **VALID_ARGS[name]}).encode()
+        bad = [p for p in bad_payloads(rng, valid) if rejected_by_contract(model, p)]
+        commands += [(topics.cmd(name), p) for p in bad[:250]]
+        commands += [(site_command(site, name), p) for p in bad[250:300]]
+    for unknown in ("reboot", "shutdown", "x" * 32, "servo2"):
+        commands.append((topics.cmd(unknown), json.dumps({"v": 1, "request_id": f"fuzz-{unknown}"}).encode()))
+    desired = json.dumps({"v": 1, "threshold": 0.5}).encode()
+    configs = [(topics.desired, p) for p in bad_payloads(rng, desired)[:300]
+               if p and rejected_by_contract(DesiredConfig, p)]
+    rng.shuffle(commands)
+    return commands, configs
+
+
+VALID_ARGS = {"servo": {"mode": "hold"}, "threshold": {"value": 0.5}, "detect": {"enabled": True}, "snapshot": {},
+              "config": {}}
+
+
+@pytest.mark.slow
+def test_node_answers_every_bad_command_with_an_error_and_stays_up(broker_config: BrokerConfig,
+                                                                   tmp_path: Path) -> None:
+    site, node = unique_site(), "door-9"
+    topics = NodeTopics(site, node)
+    answers: list[CommandResponse] = []
+    stats: list[NodeStats] = []
+    status: list[bytes] = []
+    client = MqttClient(broker_config, f"fuzz-cmd-{site}")
+    client.subscribe(node_filter("response", site), lambda m: answers.append(parse(CommandResponse, m.payload)))
+    client.subscribe(topics.stats, lambda m: stats.append(parse(NodeStats, m.payload)))
+    client.subscribe(topics.status, lambda m: status.append(m.payload))
+    client.start()
+    assert client.wait_connected(10)
+    edge = EdgeProcess(broker_config, tmp_path, site, node, settings={"detect": False})
+    edge.start()
+    try:
+        assert wait_until(lambda: status and status[-1] == b"online", 90), edge.log_tail()
+        commands, configs = command_garbage(site, node, seed=4)
+        assert len(commands) + len(configs) > 1000
+        for topic, payload in [*commands, *configs]:
+            client.publish(topic, payload, qos=1)
+        assert wait_until(lambda: len(answers) >= len(commands), 120), \
+            f"{len(answers)} answers to {len(commands)} bad commands\n{edge.log_tail()}"
+        assert {a.status for a in answers} == {"error"}
+        assert all(a.error for a in answers)
+        expected = len(commands) + len(configs)
+        assert wait_until(lambda: stats and sum(stats[-1].rejected.values()) >= expected, 30), \
+            f"node counted {sum(stats[-1].rejected.values()) if stats else None} of {expected}"
+        assert sum(stats[-1].rejected.values()) == expected
+        client.publish(topics.cmd("config"), b'{"v": 1, "request_id": "still-there"}', qos=1)
+        assert wait_until(lambda: any(a.request_id == "still-there" and a.status == "ok" for a in answers), 30)
+        assert edge.alive
+    finally:
+        edge.stop()
+        client.stop()
