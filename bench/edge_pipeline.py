@@ -5,7 +5,8 @@
   pipeline built like the seed project's (OpenCV res10 SSD face detector + the same classifier), same
   frames, same run. Frames are pre-rendered, so only the pipeline is timed.
 * **Latency**: the whole node (``EdgeApp``) on a private Mosquitto, camera paced at 30 fps, faces entering
-  and leaving the view as the servo sweeps; for every event: capture time -> PUBACK (outbox removal).
+  and leaving the view as the servo sweeps; for every ``new``/``update`` event: capture time of the frame
+  that decided it -> PUBACK (outbox removal).
 * **RSS**: peak resident memory of a node run as its own process (``maskwatch edge --source scene:builtin``),
   sampled every 0.2 s for the length of the latency run.
 
@@ -87,7 +88,7 @@ def make_pipeline(config: EdgeConfig, detector: Any, classifier: MaskClassifier,
 
 
 def latency(seconds: float, folder: Path) -> dict[str, Any]:
-    """Run the whole node against a private broker; capture -> PUBACK for every event."""
+    """Run the whole node against a private broker; capture -> PUBACK for every new/update event."""
     broker = LocalMosquitto().start()
     try:
         config = load_edge_config(None, {
@@ -107,7 +108,9 @@ def latency(seconds: float, folder: Path) -> dict[str, Any]:
 
         def put(topic: str, payload: bytes, qos: int = 1) -> int:
             seq = original_put(topic, payload, qos)
-            put_ts[seq] = parse(Event, payload).ts
+            event = parse(Event, payload)
+            if event.type != "end":  # an end is stamped with the last sighting, frames before it is decided
+                put_ts[seq] = event.ts
             return seq
 
         def remove(seq: int) -> None:
