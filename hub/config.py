@@ -45,7 +45,7 @@ class IngestConfig(StrictModel):
     @field_validator("share_group")
     @classmethod
     def _group_id(cls, value: str) -> str:
-        if not ID_PATTERN.match(value):
+        if not ID_PATTERN.fullmatch(value):
             raise ValueError("must match [a-z0-9_-]{1,64}")
         return value
 
@@ -128,14 +128,14 @@ class HubConfig(StrictModel):
     @classmethod
     def _site_ids(cls, sites: list[str]) -> list[str]:
         for site in sites:
-            if not ID_PATTERN.match(site):
+            if not ID_PATTERN.fullmatch(site):
                 raise ValueError(f"invalid site id {site!r}: use [a-z0-9_-]")
         return sites
 
     @field_validator("hub_id")
     @classmethod
     def _hub_id(cls, value: str) -> str:
-        if not ID_PATTERN.match(value):
+        if not ID_PATTERN.fullmatch(value):
             raise ValueError("must match [a-z0-9_-]{1,64}")
         return value
 

@@ -194,3 +194,14 @@ def test_host_port(value: str) -> None:
         assert "HOST:PORT" in str(exc)
         return
     assert host and 0 < port < 65536
+
+
+@pytest.mark.parametrize("model,dotted", [
+    (EdgeConfig, "site"), (EdgeConfig, "node"), (HubConfig, "hub_id"), (HubConfig, "ingest.share_group"),
+    (HubConfig, "sites"),
+])
+@pytest.mark.parametrize("odd", ["hq\n", "hq\r", "h q", "Hq", "", "x" * 65, "hq/x", "+", "#"])
+def test_ids_in_configs_are_matched_in_full(model: type[BaseModel], dotted: str, odd: str) -> None:
+    """A trailing newline (which Python's ``re.match(...$)`` lets through) is no valid id either."""
+    value: Any = [odd] if dotted == "sites" else odd
+    assert isinstance(load_or_error(model, overrides=tree(dotted, value)), ConfigError)
