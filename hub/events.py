@@ -125,10 +125,15 @@ def fold(messages: Iterable[EventIn], now: datetime) -> dict[str, dict[str, Any]
     return rows
 
 
+def _db_text(text: str) -> str:
+    """``text`` without NUL characters, which PostgreSQL text columns cannot hold (a key of a bad payload may)."""
+    return text.replace("\x00", "\\x00")
+
+
 def _rejection_text(rejected: RejectIn) -> str:
     kept = "" if len(rejected.payload) <= KEEP_REJECTED_BYTES else \
         f" [payload of {len(rejected.payload)} bytes, first {KEEP_REJECTED_BYTES} kept]"
-    return rejected.error[:1024 - len(kept)] + kept
+    return _db_text(rejected.error)[:1024 - len(kept)] + kept
 
 
 def _max_of(column: Any, new: Any) -> Any:
@@ -237,7 +242,7 @@ class EventLog:
             return
         session.execute(self.store.insert(RejectedRow), [
             {"received_at": r.received_at, "topic": r.topic[:512], "reason": r.reason,
-             "field": r.field[:256] if r.field else None, "error": _rejection_text(r),
+             "field": _db_text(r.field)[:256] if r.field else None, "error": _rejection_text(r),
              "payload": r.payload[:KEEP_REJECTED_BYTES]} for r in rejects[-max_rows:]])
         self.store.bound_rejected(session, max_rows)
 

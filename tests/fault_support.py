@@ -15,10 +15,11 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
@@ -30,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # bench.loadgen for the tests
 
 MASKWATCH = str(Path(sys.executable).with_name("maskwatch"))
+PG_ADMIN = os.environ.get("MASKWATCH_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 
 
 def unique_site(prefix: str = "f") -> str:
@@ -216,7 +218,8 @@ def bad_payloads(rng: random.Random, valid: bytes) -> list[bytes]:
            b"{" + b" " * 70_000 + b"}", json.dumps({**base, "pad": "x" * 1_000_000}).encode(),
            b"[" * 50_000 + b"]" * 50_000, json.dumps({**base, "v": 2}).encode(),
            json.dumps({**base, "v": "1"}).encode(), json.dumps({**base, "v": None}).encode(),
-           json.dumps({**base, "unknown": 1}).encode(),
+           json.dumps({**base, "unknown": 1}).encode(), json.dumps({**base, "a\u0000b": 1}).encode(),
+           json.dumps({**base, "k" * 300: 1}).encode(),
            json.dumps(base).replace('"v": 1', '"v": 1, "v2": NaN').encode()]
     for key in base:
         out.append(json.dumps({k: v for k, v in base.items() if k != key}).encode() if key != "v" else b"{}")
@@ -315,3 +318,26 @@ class EdgeProcess:
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+
+def postgres_database() -> Iterator[str]:
+    """Fixture body: a fresh PostgreSQL database (URL) for one test, dropped afterwards; skips if none answers.
+
+    Use as ``pg_url = pytest.fixture(name="pg_url")(postgres_database)``.
+    """
+    sqlalchemy = pytest.importorskip("sqlalchemy")
+    pytest.importorskip("psycopg2")
+    engine = sqlalchemy.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+    name = f"maskwatch_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    except sqlalchemy.exc.OperationalError as exc:
+        engine.dispose()
+        pytest.skip(f"no PostgreSQL at {PG_ADMIN}: {str(exc).splitlines()[0]}")
+    try:
+        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        engine.dispose()

@@ -18,6 +18,7 @@ from fault_support import (
     EventTable,
     HubProcess,
     bad_payloads,
+    postgres_database,
     unique_site,
     wait_until,
 )
@@ -62,11 +63,21 @@ def garbage(site: str, node: str, valid_event: bytes, seed: int) -> list[tuple[s
     return out
 
 
+pg_url = pytest.fixture(name="pg_url")(postgres_database)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The hub's database: a SQLite file, and a fresh PostgreSQL database (skipped if none answers)."""
+    return f"sqlite:///{tmp_path / 'hub.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+
+
 @pytest.mark.slow
 def test_hub_survives_thousands_of_bad_payloads_and_stores_all_valid_ones(broker_config: BrokerConfig,
-                                                                         tmp_path: Path) -> None:
+                                                                         tmp_path: Path, db_url: str) -> None:
     site = unique_site()
-    hub = HubProcess(broker_config, tmp_path, [site], settings={"ingest": {"max_snapshot_bytes": 10_000}})
+    hub = HubProcess(broker_config, tmp_path, [site], db_url=db_url,
+                     settings={"ingest": {"max_snapshot_bytes": 10_000}})
     gen = LoadGen(broker_config, site, 3, rate_per_node=100, connections=1)
     table = EventTable(hub.db_url)
     attacker = MqttClient(broker_config, f"attacker-{site}")

@@ -9,41 +9,20 @@ PostgreSQL answers on 127.0.0.1:5432 (user ``postgres``, trust auth); the test c
 from __future__ import annotations
 
 import logging
-import os
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from fault_support import EventTable, HubProcess, unique_site, wait_until
+from fault_support import EventTable, HubProcess, postgres_database, unique_site, wait_until
 
 from bench.loadgen import LoadGen
 from shared.config import BrokerConfig
 
 log = logging.getLogger(__name__)
-PG_ADMIN = os.environ.get("MASKWATCH_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test, dropped afterwards."""
-    sqlalchemy = pytest.importorskip("sqlalchemy")
-    pytest.importorskip("psycopg2")
-    engine = sqlalchemy.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
-    name = f"maskwatch_test_{uuid.uuid4().hex[:10]}"
-    try:
-        with engine.connect() as conn:
-            conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    except sqlalchemy.exc.OperationalError as exc:
-        engine.dispose()
-        pytest.skip(f"no PostgreSQL at {PG_ADMIN}: {str(exc).splitlines()[0]}")
-    try:
-        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with engine.connect() as conn:
-            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        engine.dispose()
+pg_url = pytest.fixture(name="pg_url")(postgres_database)
 
 
 def stable(value: Callable[[], int], quiet_s: float, timeout: float) -> bool:
