@@ -35,6 +35,7 @@ from fault_support import HubProcess, wait_until  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 
 from bench.common import write_result  # noqa: E402
+from hub.config import HubConfig  # noqa: E402
 from bench.loadgen import LoadGen  # noqa: E402
 from shared.broker import LocalMosquitto  # noqa: E402
 from shared.config import BrokerConfig  # noqa: E402
@@ -131,7 +132,9 @@ class Sampler:
 
 def run_hub(broker: BrokerConfig, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     site = "scale"
-    hub = HubProcess(broker, workdir, [site]).start()
+    defaults = HubConfig().ingest  # the hub as shipped, not the test helper's small batches
+    hub = HubProcess(broker, workdir, [site], settings={"ingest": {"batch_size": defaults.batch_size,
+                                                                   "batch_ms": defaults.batch_ms}}).start()
     try:
         sampler = Sampler(hub.pid).start()
         gen = LoadGen(broker, site, args.nodes, rate_per_node=args.rate, connections=args.connections).start()
