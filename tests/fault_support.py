@@ -9,6 +9,7 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -49,7 +50,54 @@ def wait_until(predicate: Callable[[], Any], timeout: float, every: float = 0.1)
     return bool(predicate())
 
 
-class HubProcess:
+class ChildProcess:
+    """A ``maskwatch`` child process writing its output to ``log_path``."""
+
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path
+
+    def spawn(self, args: list[str]) -> None:
+        log = self.log_path.open("ab")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MASKWATCH_")}
+        self.proc = subprocess.Popen([MASKWATCH, *args], stdout=log, stderr=subprocess.STDOUT,
+                                     env={**env, "PYTHONUNBUFFERED": "1"})
+        log.close()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def kill(self) -> None:
+        """SIGKILL: no flush, no clean disconnect."""
+        if self.alive:
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM (after SIGCONT, in case it was frozen) and wait; SIGKILL after ``timeout``. The exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+
+class HubProcess(ChildProcess):
     """``maskwatch hub --config <file>`` as a child process, with its own database, HTTP port and session.
 
     :param broker: the broker to use.
@@ -80,7 +128,6 @@ class HubProcess:
         for key, value in (settings or {}).items():
             config[key] = {**config[key], **value} if isinstance(value, dict) and key in config else value
         self.config_path.write_text(yaml.safe_dump(config))
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -88,25 +135,11 @@ class HubProcess:
 
     def start(self, timeout: float = 30.0) -> HubProcess:
         """Start the hub and wait until ``/healthz`` answers (the database is migrated by then)."""
-        log = self.log_path.open("ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env = {k: v for k, v in env.items() if not k.startswith("MASKWATCH_")}
-        self.proc = subprocess.Popen([MASKWATCH, "hub", "--config", str(self.config_path)], stdout=log,
-                                     stderr=subprocess.STDOUT, env=env)
-        log.close()
+        self.spawn(["hub", "--config", str(self.config_path)])
         if not wait_until(lambda: self.healthy() or not self.alive, timeout, every=0.2) or not self.alive:
             self.stop()
             raise AssertionError(f"hub did not become healthy in {timeout} s:\n{self.log_tail()}")
         return self
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
 
     def healthy(self) -> bool:
         try:
@@ -142,29 +175,6 @@ class HubProcess:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
         return 0
-
-    def kill(self) -> None:
-        """SIGKILL: no flush, no clean disconnect (the broker publishes nothing for the hub; it has no will)."""
-        if self.alive:
-            assert self.proc is not None
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM and wait (SIGKILL after ``timeout``); returns the exit code."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
-
-    def log_tail(self, chars: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
     def __enter__(self) -> HubProcess:
         return self.start()
@@ -240,7 +250,7 @@ def bad_payloads(rng: random.Random, valid: bytes) -> list[bytes]:
     return [p for p in out if p not in (b"online", b"offline")]
 
 
-class EdgeProcess:
+class EdgeProcess(ChildProcess):
     """``maskwatch edge --config <file>`` as a child process (mock pins, its own outbox file).
 
     :param settings: config keys (nested dicts) over the defaults below, e.g. ``{"source": "scene:builtin"}``.
@@ -262,25 +272,10 @@ class EdgeProcess:
         for key, value in (settings or {}).items():
             config[key] = {**config[key], **value} if isinstance(value, dict) and key in config else value
         self.config_path.write_text(yaml.safe_dump(config))
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> EdgeProcess:
-        log = self.log_path.open("ab")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MASKWATCH_")}
-        args = [MASKWATCH, "edge", "--config", str(self.config_path), *(["--once"] if self.once else [])]
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**env, "PYTHONUNBUFFERED": "1"})
-        log.close()
+        self.spawn(["edge", "--config", str(self.config_path), *(["--once"] if self.once else [])])
         return self
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.alive:
-            assert self.proc is not None
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
 
     def freeze(self) -> None:
         """SIGSTOP: the socket stays open but nothing answers, as when the network drops (SIGCONT resumes)."""
@@ -291,33 +286,24 @@ class EdgeProcess:
         assert self.proc is not None
         return self.proc.wait(timeout)
 
-    def stop(self, timeout: float = 30.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
-
-    def outbox(self) -> list[tuple[str, bytes]]:
-        """(topic, payload) of every message waiting in the outbox file, oldest first."""
+    def _outbox_query(self, sql: str) -> list[tuple[Any, ...]]:
         if not self.outbox_path.exists():
             return []
-        import sqlite3
-
         with sqlite3.connect(self.outbox_path, timeout=10) as db:
             try:
-                return [(t, bytes(p)) for t, p in db.execute("SELECT topic, payload FROM outbox ORDER BY seq")]
+                return list(db.execute(sql))
             except sqlite3.OperationalError:  # not created yet
                 return []
 
-    def log_tail(self, chars: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+    def outbox(self) -> list[tuple[str, bytes]]:
+        """(topic, payload) of every message waiting in the outbox file, oldest first."""
+        return [(t, bytes(p)) for t, p in self._outbox_query("SELECT topic, payload FROM outbox ORDER BY seq")]
+
+    def outbox_dropped(self) -> int:
+        """Messages the full outbox dropped, as the node counted them in its file."""
+        rows = self._outbox_query("SELECT value FROM counters WHERE name = 'dropped'")
+        return int(rows[0][0]) if rows else 0
+
 
 
 def postgres_database() -> Iterator[str]:

@@ -52,6 +52,16 @@ def assert_all_stored_once(table: EventTable, site: str, gen: LoadGen, timeout: 
     assert not miscounted, f"events whose messages were counted wrongly: {list(miscounted.items())[:5]}"
 
 
+def hub_and_table(broker: BrokerConfig, tmp_path: Path, site: str, cleanup: list,
+                  db_url: str | None = None) -> tuple[HubProcess, EventTable]:
+    """A started hub for ``site`` and a view of its events table, both stopped at the end of the test."""
+    hub = HubProcess(broker, tmp_path, [site], db_url=db_url).start()
+    cleanup.append(hub)
+    table = EventTable(hub.db_url)
+    cleanup.append(table)
+    return hub, table
+
+
 def stream(broker: BrokerConfig, site: str, cleanup: list, nodes: int = 5, *, connections: int = 1,
            persistent: bool = False) -> LoadGen:
     gen = LoadGen(broker, site, nodes, rate_per_node=20, connections=connections, lifecycle=True,
@@ -63,10 +73,7 @@ def stream(broker: BrokerConfig, site: str, cleanup: list, nodes: int = 5, *, co
 def test_hub_sigkill_and_restart_during_a_stream(broker_config: BrokerConfig, tmp_path: Path,
                                                  cleanup: list) -> None:
     site = unique_site()
-    hub = HubProcess(broker_config, tmp_path, [site]).start()
-    cleanup.append(hub)
-    table = EventTable(hub.db_url)
-    cleanup.append(table)
+    hub, table = hub_and_table(broker_config, tmp_path, site, cleanup)
     gen = stream(broker_config, site, cleanup)
     runner = gen.run_in_background(count=600)
     assert wait_until(lambda: table.count(site) >= 100, 30)
@@ -94,10 +101,7 @@ def test_broker_restart_during_a_stream_of_ten_nodes(restartable_mosquitto: Loca
     """
     broker = fast_broker(restartable_mosquitto)
     site = unique_site()
-    hub = HubProcess(broker.model_copy(update={"protocol": 311}), tmp_path, [site]).start()
-    cleanup.append(hub)
-    table = EventTable(hub.db_url)
-    cleanup.append(table)
+    hub, table = hub_and_table(broker.model_copy(update={"protocol": 311}), tmp_path, site, cleanup)
     gen = stream(broker, site, cleanup, nodes=10, connections=10, persistent=True)
     assert wait_until(lambda: len(online_nodes(hub, site)) == 10, 30)
     runner = gen.run_in_background(count=800)
@@ -117,10 +121,7 @@ def test_events_published_while_hub_is_down_survive_a_broker_restart(
     """Hub stopped, broker restarted, nodes publish, hub back: its persistent session must hold the events."""
     broker = fast_broker(restartable_mosquitto)
     site = unique_site()
-    hub = HubProcess(broker.model_copy(update={"protocol": protocol}), tmp_path, [site]).start()
-    cleanup.append(hub)
-    table = EventTable(hub.db_url)
-    cleanup.append(table)
+    hub, table = hub_and_table(broker.model_copy(update={"protocol": protocol}), tmp_path, site, cleanup)
     assert hub.stop() == 0
     restartable_mosquitto.restart()
     gen = stream(broker, site, cleanup, nodes=2)
@@ -140,10 +141,7 @@ def test_database_locked_pauses_ingest_without_acknowledging(broker_config: Brok
     """Another process holds the SQLite write lock longer than the hub's busy timeout: the hub retries, and as it
     acknowledged nothing it could not commit, killing it and restarting after the lock is gone loses nothing."""
     site = unique_site()
-    hub = HubProcess(broker_config, tmp_path, [site]).start()
-    cleanup.append(hub)
-    table = EventTable(hub.db_url)
-    cleanup.append(table)
+    hub, table = hub_and_table(broker_config, tmp_path, site, cleanup)
     gen = stream(broker_config, site, cleanup)
     runner = gen.run_in_background(count=500)
     assert wait_until(lambda: table.count(site) >= 50, 30)
@@ -199,10 +197,7 @@ def fill(folder: Path, leave_bytes: int) -> Path:
 def test_disk_full_pauses_ingest_then_resumes(broker_config: BrokerConfig, tmp_path: Path, tiny_filesystem: Path,
                                               cleanup: list) -> None:
     site = unique_site()
-    hub = HubProcess(broker_config, tmp_path, [site], db_url=f"sqlite:///{tiny_filesystem / 'hub.db'}").start()
-    cleanup.append(hub)
-    table = EventTable(hub.db_url)
-    cleanup.append(table)
+    hub, table = hub_and_table(broker_config, tmp_path, site, cleanup, db_url=f"sqlite:///{tiny_filesystem / 'hub.db'}")
     gen = stream(broker_config, site, cleanup)
     runner = gen.run_in_background(count=1500)
     assert wait_until(lambda: table.count(site) >= 50, 30)
