@@ -68,7 +68,7 @@ class SeedClassifier:
 
 
 def _load_by_name(base: object, path: Path) -> None:
-    """Copy the backbone's weights from a legacy HDF5 model file, layer by layer, by name."""
+    """Copy the backbone's weights from a legacy HDF5 model file, layer by layer, in the stored order."""
     import h5py
 
     with h5py.File(path, "r") as weights:
@@ -76,8 +76,9 @@ def _load_by_name(base: object, path: Path) -> None:
         for layer in base.layers:  # type: ignore[attr-defined]
             if layer.name not in group or not layer.weights:
                 continue
-            stored = group[layer.name][layer.name]
-            layer.set_weights([stored[f"{w.name}:0"][()] for w in layer.weights])
+            stored = group[layer.name]
+            names = [n.decode() if isinstance(n, bytes) else n for n in stored.attrs["weight_names"]]
+            layer.set_weights([stored[name][()] for name in names])
 
 
 def seed_detector() -> MultiPassDetector:
@@ -87,14 +88,15 @@ def seed_detector() -> MultiPassDetector:
 
 
 def summary(result: dict, band: str = ">=24") -> dict:
+    """Face recall per class in a size band, and the no-mask decision when it is reported for that band."""
     recall = result["recall"]
-    return {
-        "recall_with_mask": recall["with_mask"][band]["recall"],
-        "recall_without_mask": recall["without_mask"][band]["recall"],
-        "recall_incorrect": recall["mask_weared_incorrect"][band]["recall"],
-        "no_mask_precision": result["no_mask_decision"][band]["precision"],
-        "no_mask_recall": result["no_mask_decision"][band]["recall"],
-    }
+    figures = {f"recall_{name}": recall[label].get(band, {}).get("recall", 0.0)
+               for name, label in (("with_mask", "with_mask"), ("without_mask", "without_mask"),
+                                   ("incorrect", "mask_weared_incorrect"))}
+    if band in result["no_mask_decision"]:
+        figures["no_mask_precision"] = result["no_mask_decision"][band]["precision"]
+        figures["no_mask_recall"] = result["no_mask_decision"][band]["recall"]
+    return figures
 
 
 def main() -> int:

@@ -200,6 +200,8 @@ def run_detect(args: argparse.Namespace) -> int:
     if args.annotate:
         args.annotate.mkdir(parents=True, exist_ok=True)
     failures = len(images) == 0
+    if failures:
+        print("maskwatch detect: no images found (.jpg, .jpeg, .png, .webp, .bmp)", file=sys.stderr)
     for path in images:
         try:
             frame = read_image(path)
