@@ -83,6 +83,7 @@ class LocalMosquitto:
             "autosave_interval 1\n"
             "max_queued_messages 0\n"
             "max_inflight_messages 0\n"
+            "set_tcp_nodelay true\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
             f"log_dest file {self.log_path}\n"
             # as root, Mosquitto drops to user 'mosquitto', who cannot write our private folder

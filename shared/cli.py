@@ -51,8 +51,8 @@ def configure_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
-    if verbose < 2:
-        logging.getLogger("paho").setLevel(logging.WARNING)
+    if verbose < 2:  # paho logs every failed reconnect as an error; shared.mqtt already says it once, clearly
+        logging.getLogger("paho").setLevel(logging.CRITICAL)
 
 
 def missing_extra(exc: ImportError) -> MissingExtraError | None:
