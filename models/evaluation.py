@@ -87,16 +87,17 @@ def size_band(size: int) -> str:
 
 
 def evaluate_scenes(folder: Path, classifier: MaskClassifier, detector: FaceDetector, threshold: float = 0.5,
-                    min_iou: float = 0.3) -> dict:
+                    min_iou: float = 0.3, only: set[str] | None = None) -> dict:
     """Detection recall per class and size, detection precision, and the per-face no-mask decision.
 
     Detected faces are matched one-to-one to labelled ones at IoU >= ``min_iou``. The no-mask decision
     (``mask_weared_incorrect`` counts as no mask) is scored on matched faces, for all of them and for
     faces of at least :data:`PROMISED_FACE_PX`.
 
+    :param only: image file names to keep (default: all).
     :raises DatasetError: the folder is not a scenes folder.
     """
-    scenes = load_scenes(folder)
+    scenes = [s for s in load_scenes(folder) if only is None or s.image.name in only]
     found: dict[tuple[str, str], list[int]] = {}
     decisions: list[tuple[bool, bool, int]] = []  # (truly no mask, decided no mask, face size)
     probabilities: list[tuple[bool, float, int]] = []  # (truly no mask, p_no_mask, face size)
