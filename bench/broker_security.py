@@ -117,9 +117,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    # the same queue and in-flight limits as the shipped config: only the security differs
-    limits = [line for line in (HERE.parent / "deploy" / "mosquitto" / "mosquitto.conf").read_text().splitlines()
-              if line.startswith(("max_queued_messages", "max_inflight_messages", "max_packet_size"))]
+    # the same limits and TCP settings as the shipped config: only the security differs
+    shipped = (HERE.parent / "deploy" / "mosquitto" / "mosquitto.conf").read_text().splitlines()
+    same = ("max_queued_messages", "max_inflight_messages", "max_packet_size", "set_tcp_nodelay")
+    limits = [line for line in shipped if line.startswith(same)]
     open_broker = LocalMosquitto(extra_config="\n".join(limits)).start()
     site = ShippedSite(("hq/door-1",)).start()
     try:
