@@ -39,13 +39,16 @@ class IngestConfig(StrictModel):
     batch_size: int = Field(500, ge=1, le=100_000, description="commit after this many messages")
     batch_ms: int = Field(50, ge=1, le=60_000, description="... or after this many milliseconds")
     queue_max: int = Field(50_000, ge=100, description="messages waiting for the writer before back-pressure")
-    share_group: str = Field("maskwatch-hub", description="MQTT 5 shared-subscription group of the hubs")
+    share_group: str | None = Field(
+        None, description="MQTT 5 shared-subscription group: give every hub of a site the same group to split the "
+                          "load. Unset (the default): a plain persistent subscription, which, unlike a $share one "
+                          "in Mosquitto 2.0, survives a broker restart (docs/scaling.md)")
     max_snapshot_bytes: int = Field(2_000_000, ge=1024, description="larger snapshots are rejected")
 
     @field_validator("share_group")
     @classmethod
-    def _group_id(cls, value: str) -> str:
-        if not ID_PATTERN.fullmatch(value):
+    def _group_id(cls, value: str | None) -> str | None:
+        if value is not None and not ID_PATTERN.fullmatch(value):
             raise ValueError("must match [a-z0-9_-]{1,64}")
         return value
 

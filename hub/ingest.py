@@ -71,12 +71,12 @@ class IngestStats:
 
 
 def filters(config: HubConfig) -> list[str]:
-    """The topic filters the hub subscribes to (shared ones for events and snapshots with MQTT 5)."""
+    """The topic filters the hub subscribes to (shared ones for events and snapshots with MQTT 5 and a group)."""
     out = []
     for site in config.sites or [None]:
         for kind in ("events", "snapshot"):
             topic_filter = topics.node_filter(kind, site)
-            if config.broker.protocol == 5:
+            if config.broker.protocol == 5 and config.ingest.share_group:
                 topic_filter = topics.shared_subscription(config.ingest.share_group, topic_filter)
             out.append(topic_filter)
         out.extend(topics.node_filter(kind, site) for kind in ("status", "state", "stats"))

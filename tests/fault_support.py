@@ -122,7 +122,7 @@ class HubProcess(ChildProcess):
             "broker": broker.model_dump(mode="json", exclude_none=True), "db_url": self.db_url,
             "hub_id": self.hub_id, "sites": sites, "snapshot_dir": str(workdir / "snapshots"),
             "http": {"host": "127.0.0.1", "port": self.port},
-            "ingest": {"batch_size": 200, "batch_ms": 20, "share_group": share_group or f"g{sites[0]}"},
+            "ingest": {"batch_size": 200, "batch_ms": 20, "share_group": share_group},
             "auth": {"public_metrics": True},
         }
         for key, value in (settings or {}).items():

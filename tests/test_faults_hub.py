@@ -53,9 +53,9 @@ def assert_all_stored_once(table: EventTable, site: str, gen: LoadGen, timeout: 
 
 
 def hub_and_table(broker: BrokerConfig, tmp_path: Path, site: str, cleanup: list,
-                  db_url: str | None = None) -> tuple[HubProcess, EventTable]:
+                  db_url: str | None = None, share_group: str | None = None) -> tuple[HubProcess, EventTable]:
     """A started hub for ``site`` and a view of its events table, both stopped at the end of the test."""
-    hub = HubProcess(broker, tmp_path, [site], db_url=db_url).start()
+    hub = HubProcess(broker, tmp_path, [site], db_url=db_url, share_group=share_group).start()
     cleanup.append(hub)
     table = EventTable(hub.db_url)
     cleanup.append(table)
@@ -96,12 +96,12 @@ def test_broker_restart_during_a_stream_of_ten_nodes(restartable_mosquitto: Loca
                                                      cleanup: list) -> None:
     """Ten nodes (one connection each, persistent sessions) stream through a broker restart.
 
-    The hub speaks MQTT 3.1.1 here, i.e. a plain subscription: with a ``$share`` one, Mosquitto loses the
+    The hub keeps its default plain subscription (MQTT 5): with a ``$share`` one, Mosquitto loses the
     subscription over the restart (see the next test).
     """
     broker = fast_broker(restartable_mosquitto)
     site = unique_site()
-    hub, table = hub_and_table(broker.model_copy(update={"protocol": 311}), tmp_path, site, cleanup)
+    hub, table = hub_and_table(broker, tmp_path, site, cleanup)
     gen = stream(broker, site, cleanup, nodes=10, connections=10, persistent=True)
     assert wait_until(lambda: len(online_nodes(hub, site)) == 10, 30)
     runner = gen.run_in_background(count=800)
@@ -114,14 +114,14 @@ def test_broker_restart_during_a_stream_of_ten_nodes(restartable_mosquitto: Loca
     assert hub.alive
 
 
-@pytest.mark.parametrize("protocol", [311, pytest.param(5, marks=SHARED_SUBSCRIPTION_LOSS)],
+@pytest.mark.parametrize("share_group", [None, pytest.param("hubs", marks=SHARED_SUBSCRIPTION_LOSS)],
                          ids=["plain-subscription", "shared-subscription"])
 def test_events_published_while_hub_is_down_survive_a_broker_restart(
-        restartable_mosquitto: LocalMosquitto, tmp_path: Path, cleanup: list, protocol: int) -> None:
+        restartable_mosquitto: LocalMosquitto, tmp_path: Path, cleanup: list, share_group: str | None) -> None:
     """Hub stopped, broker restarted, nodes publish, hub back: its persistent session must hold the events."""
     broker = fast_broker(restartable_mosquitto)
     site = unique_site()
-    hub, table = hub_and_table(broker.model_copy(update={"protocol": protocol}), tmp_path, site, cleanup)
+    hub, table = hub_and_table(broker, tmp_path, site, cleanup, share_group=share_group)
     assert hub.stop() == 0
     restartable_mosquitto.restart()
     gen = stream(broker, site, cleanup, nodes=2)
