@@ -17,6 +17,7 @@ from tests.conftest import FACE_MASK, SCENES, WEIGHTS, need
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_tiny_train_export_and_predict_on_litert(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     weights = need(WEIGHTS) / "mobilenet_v2_1.0_224_imagenet_no_top.h5"
