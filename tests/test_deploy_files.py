@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from types import UnionType
 from typing import Any, Union, get_args, get_origin
@@ -300,6 +301,31 @@ def test_example_config_loads_and_documents_every_option(example: str, model: ty
         hits = [i for i, line in enumerate(lines) if pattern.match(re.sub(r"^(\s*)# ?", r"\1", line))]
         assert hits, f"{example}: option {key} is not in the example"
         assert documented(lines, hits[0]), f"{example}: {key} has no comment"
+
+
+def leaves(tree: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from leaves(value, f"{prefix}{key}.")
+        else:
+            yield prefix + key, value
+
+
+@pytest.mark.parametrize(("example", "model", "marker"),
+                         [("edge.yaml", EdgeConfig, "Pi:"), ("hub.yaml", HubConfig, "Here:")])
+def test_example_config_shows_the_defaults_unless_it_says_otherwise(example: str, model: type[BaseModel],
+                                                                     marker: str) -> None:
+    path = DEPLOY / "pi" / example
+    lines = path.read_text().splitlines()
+    defaults = model().model_dump(mode="json")
+    for key, value in leaves(yaml.safe_load(path.read_text())):
+        default: Any = defaults
+        for part in key.split("."):  # under an optional section that defaults to null, the default is null
+            default = default[part] if isinstance(default, dict) else None
+        name, depth = key.rsplit(".", 1)[-1], key.count(".")
+        line = next(line for line in lines if re.match(rf"^ {{{2 * depth}}}{name}:", line))
+        if marker not in line:
+            assert value == default, f"{example}: {key} is {value!r}, the default is {default!r} (say '{marker}')"
 
 
 def install_config(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
