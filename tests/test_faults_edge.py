@@ -82,7 +82,10 @@ def test_lost_node_is_marked_offline_and_alerted(broker_config: BrokerConfig, tm
     lost = time.monotonic()
     assert wait_until(lambda: node_status(hub, site, node) == "offline", 60)
     took = time.monotonic() - lost
-    assert took <= 1.5 * KEEPALIVE_S + 5, f"marked offline after {took:.1f} s (keepalive {KEEPALIVE_S} s)"
+    # The broker counts 1.5 x keepalive from the node's last packet, which may be up to one keepalive before the
+    # freeze (an idle client pings once per keepalive); Mosquitto 2.0.11 measured here: 6.5-10.6 s for 5 s.
+    limit = (1 + 1.5) * KEEPALIVE_S + 3
+    assert took <= limit, f"marked offline after {took:.1f} s (keepalive {KEEPALIVE_S} s, limit {limit} s)"
     assert wait_until(lambda: any(a["kind"] == "node_offline" and a["node"] == node
                                   for a in hub.get(f"/api/alerts?site={site}")), 30)
     assert wait_until(lambda: any(a.kind == "node_offline" and a.node == node for a in received), 10)
