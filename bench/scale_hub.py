@@ -31,7 +31,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests")]
 
-from fault_support import HubProcess, wait_until  # noqa: E402
+from fault_support import HubProcess  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 
 from bench.common import write_result  # noqa: E402
@@ -41,6 +41,7 @@ from shared.broker import LocalMosquitto  # noqa: E402
 from shared.config import BrokerConfig  # noqa: E402
 from shared.mqtt import MqttClient, Received  # noqa: E402
 from shared.topics import node_filter  # noqa: E402
+from tests.polling import wait_until  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

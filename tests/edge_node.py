@@ -147,12 +147,3 @@ def running_node(config: EdgeConfig, pins: Any, models: tuple[Any, Any], broker:
         app.close()
         listener.close()
 
-
-def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
-    """Poll ``predicate`` until true or ``timeout``; return its last value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()

@@ -12,11 +12,10 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from sqlalchemy.exc import DBAPIError
 
 from shared.broker import free_port
 from shared.config import BrokerConfig
+from tests.polling import unique_site, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # bench.loadgen for the tests
@@ -35,19 +35,6 @@ MASKWATCH = str(Path(sys.executable).with_name("maskwatch"))
 PG_ADMIN = os.environ.get("MASKWATCH_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 
 
-def unique_site(prefix: str = "f") -> str:
-    """A site id no other test uses (hub sessions on a shared broker outlive a test)."""
-    return f"{prefix}{uuid.uuid4().hex[:10]}"
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, every: float = 0.1) -> bool:
-    """Poll ``predicate`` until it is truthy or ``timeout`` seconds passed; return its last verdict."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    return bool(predicate())
 
 
 class ChildProcess:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -18,11 +18,6 @@ from shared.errors import ContractError
 from shared.messages import COMMANDS, CommandResponse, Event, parse, utc_now
 from shared.mqtt import MqttClient, Received, Will
 from shared.topics import NodeTopics, alerts, parse_topic
-
-
-def unique_site() -> str:
-    """A site id no other test uses (persistent hub sessions on the shared broker stay subscribed)."""
-    return f"t{uuid.uuid4().hex[:10]}"
 
 
 def make_event(site: str, node: str, n: int, *, kind: str = "new", label: str = "mask", score: float = 0.9,
@@ -70,14 +65,6 @@ def alert_watcher(broker: BrokerConfig, site: str) -> Iterator[list[Received]]:
     finally:
         watcher.stop()
 
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, every: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    return predicate()
 
 
 def publisher(broker: BrokerConfig, name: str) -> MqttClient:

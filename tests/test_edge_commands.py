@@ -15,7 +15,8 @@ from shared.messages import DesiredConfig, NodeState, parse
 from shared.mqtt import MqttClient
 from shared.topics import NodeTopics
 from tests import edge_node
-from tests.edge_node import node_config, running_node, wait_until
+from tests.edge_node import node_config, running_node
+from tests.polling import wait_until
 from tests.test_edge_servo import expected_duty
 
 mock_pins = edge_node.mock_pins  # fixture

@@ -20,7 +20,8 @@ from shared.mqtt import MqttClient
 from shared.topics import NodeTopics
 from tests import edge_node
 from tests.conftest import FACE_MASK, need
-from tests.edge_node import Listener, make_scene, node_config, running_node, wait_until
+from tests.edge_node import Listener, make_scene, node_config, running_node
+from tests.polling import wait_until
 
 mock_pins = edge_node.mock_pins  # fixture
 models = edge_node.models  # fixture

@@ -13,7 +13,8 @@ import pytest
 from shared.broker import free_port
 from shared.config import BrokerConfig
 from tests import edge_node
-from tests.edge_node import node_config, running_node, wait_until
+from tests.edge_node import node_config, running_node
+from tests.polling import wait_until
 
 mock_pins = edge_node.mock_pins  # fixture
 models = edge_node.models  # fixture

@@ -11,7 +11,7 @@ from edge.config import IndicatorConfig, ServoConfig
 from edge.indicator import Indicator
 from edge.servo import PanServo, ServoPlanner, Sighting
 from tests import edge_node
-from tests.edge_node import wait_until
+from tests.polling import wait_until
 
 mock_pins = edge_node.mock_pins  # fixture
 

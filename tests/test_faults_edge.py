@@ -17,13 +17,14 @@ from pathlib import Path
 
 import pytest
 from conftest import FACE_MASK, need
-from fault_support import EdgeProcess, EventTable, HubProcess, unique_site, wait_until
+from fault_support import EdgeProcess, EventTable, HubProcess
 
 from shared.broker import LocalMosquitto
 from shared.config import BrokerConfig
 from shared.messages import Alert, CommandResponse, NodeStats, parse
 from shared.mqtt import MqttClient
 from shared.topics import NodeTopics, alerts
+from tests.polling import unique_site, wait_until
 
 KEEPALIVE_S = 5
 

@@ -14,11 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fault_support import EventTable, HubProcess, unique_site, wait_until
+from fault_support import EventTable, HubProcess
 
 from bench.loadgen import LoadGen
 from shared.broker import LocalMosquitto
 from shared.config import BrokerConfig
+from tests.polling import unique_site, wait_until
 
 
 @pytest.fixture

@@ -19,8 +19,6 @@ from fault_support import (
     HubProcess,
     bad_payloads,
     postgres_database,
-    unique_site,
-    wait_until,
 )
 
 from bench.loadgen import LoadGen
@@ -29,6 +27,7 @@ from shared.errors import ContractError
 from shared.messages import COMMANDS, CommandResponse, DesiredConfig, Event, NodeState, NodeStats, parse
 from shared.mqtt import MqttClient
 from shared.topics import NodeTopics, node_filter, site_command
+from tests.polling import unique_site, wait_until
 
 REASONS = {"json", "schema", "version", "oversize", "topic"}
 

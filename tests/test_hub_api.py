@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hub_support import hub_config, make_event, publisher, running_hub, unique_site, wait_until
+from hub_support import hub_config, make_event, publisher, running_hub
 from sqlalchemy import func, select
 
 from hub.api import HubServices, create_app
@@ -25,6 +25,7 @@ from shared.cli import main
 from shared.config import BrokerConfig
 from shared.messages import utc_now
 from shared.topics import NodeTopics
+from tests.polling import unique_site, wait_until
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette: "use httpx2" notice

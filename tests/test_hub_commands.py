@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hub_support import NodeResponder, hub_config, make_event, publisher, running_hub, unique_site, wait_until
+from hub_support import NodeResponder, hub_config, make_event, publisher, running_hub
 from sqlalchemy import select
 
 from hub.models import CommandRow, NodeRow
@@ -20,6 +20,7 @@ from shared.config import BrokerConfig
 from shared.messages import DesiredConfig, parse
 from shared.mqtt import MqttClient
 from shared.topics import NodeTopics
+from tests.polling import unique_site, wait_until
 
 
 def cli(broker: BrokerConfig, *args: str) -> int:

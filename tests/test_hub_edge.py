@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hub_support import hub_config, running_hub, unique_site, wait_until
+from hub_support import hub_config, running_hub
 from sqlalchemy import func, select
 
 from hub.models import CommandRow, EventRow, NodeRow
@@ -16,6 +16,7 @@ from shared.config import BrokerConfig
 from tests import edge_node
 from tests.conftest import FACE_MASK, need
 from tests.edge_node import make_scene, node_config, running_node
+from tests.polling import unique_site, wait_until
 
 mock_pins = edge_node.mock_pins  # fixture
 models = edge_node.models  # fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hub_support import alert_watcher, hub_config, make_event, publisher, running_hub, unique_site, wait_until
+from hub_support import alert_watcher, hub_config, make_event, publisher, running_hub
 from sqlalchemy import func, select
 
 from hub.models import AlertRow, EventMessage, EventRow, NodeRow, RejectedRow, SnapshotRow
@@ -23,6 +23,7 @@ from hub.store import Store
 from shared.config import BrokerConfig
 from shared.messages import MAX_PAYLOAD_BYTES, Alert, NodeState, ServoState, parse, utc_now
 from shared.topics import NodeTopics
+from tests.polling import unique_site, wait_until
 
 MALFORMED = {  # reason -> how many of the 50, and a payload factory
     "json": (15, lambda n: b'{"v": 1, "type": "new", "id": ' + str(n).encode()),

@@ -14,10 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from fault_support import EventTable, HubProcess, postgres_database, unique_site, wait_until
+from fault_support import EventTable, HubProcess, postgres_database
 
 from bench.loadgen import LoadGen
 from shared.config import BrokerConfig
+from tests.polling import unique_site, wait_until
 
 log = logging.getLogger(__name__)
 
