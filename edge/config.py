@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from shared.config import BrokerConfig, StrictModel, load_config, parse_host_port
+from shared.config import BrokerConfig, Identifier, StrictModel, load_config, parse_host_port
 
 ServoModeName = Literal["sweep", "track", "hold", "off"]
 
@@ -135,8 +135,8 @@ class PreviewConfig(StrictModel):
 class EdgeConfig(StrictModel):
     """Everything an edge node needs."""
 
-    site: str = Field("site", pattern=r"^[a-z0-9_-]{1,64}$")
-    node: str = Field("node-1", pattern=r"^[a-z0-9_-]{1,64}$")
+    site: Identifier = "site"
+    node: Identifier = "node-1"
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
     source: str = Field("0", description="camera index, video file, URL, image folder, picamera, scene:DIR")
     profile: Literal["near", "crowd"] = "near"

@@ -21,8 +21,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 
-from shared.config import BrokerConfig, StrictModel
-from shared.topics import ID_PATTERN
+from shared.config import BrokerConfig, Identifier, StrictModel
 
 
 class HttpConfig(StrictModel):
@@ -39,18 +38,11 @@ class IngestConfig(StrictModel):
     batch_size: int = Field(500, ge=1, le=100_000, description="commit after this many messages")
     batch_ms: int = Field(50, ge=1, le=60_000, description="... or after this many milliseconds")
     queue_max: int = Field(50_000, ge=100, description="messages waiting for the writer before back-pressure")
-    share_group: str | None = Field(
+    share_group: Identifier | None = Field(
         None, description="MQTT 5 shared-subscription group: give every hub of a site the same group to split the "
                           "load. Unset (the default): a plain persistent subscription, which, unlike a $share one "
                           "in Mosquitto 2.0, survives a broker restart (docs/scaling.md)")
     max_snapshot_bytes: int = Field(2_000_000, ge=1024, description="larger snapshots are rejected")
-
-    @field_validator("share_group")
-    @classmethod
-    def _group_id(cls, value: str | None) -> str | None:
-        if value is not None and not ID_PATTERN.fullmatch(value):
-            raise ValueError("must match [a-z0-9_-]{1,64}")
-        return value
 
 
 class AlertConfig(StrictModel):
@@ -116,8 +108,8 @@ class HubConfig(StrictModel):
 
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
     db_url: str = Field("sqlite:///maskwatch.db", description="any SQLAlchemy URL (sqlite, postgresql...)")
-    hub_id: str = Field("hub", description="names this hub's MQTT session: maskwatch-hub-<hub_id>")
-    sites: list[str] = Field(default_factory=list, description="sites to follow; empty: every site")
+    hub_id: Identifier = Field("hub", description="names this hub's MQTT session: maskwatch-hub-<hub_id>")
+    sites: list[Identifier] = Field(default_factory=list, description="sites to follow; empty: every site")
     snapshot_dir: Path = Field(Path("snapshots"), description="where snapshot JPEGs are written")
     command_timeout_s: float = Field(5.0, gt=0, le=300, description="how long to wait for a node's answer")
     http: HttpConfig = Field(default_factory=HttpConfig)
@@ -126,21 +118,6 @@ class HubConfig(StrictModel):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
-
-    @field_validator("sites")
-    @classmethod
-    def _site_ids(cls, sites: list[str]) -> list[str]:
-        for site in sites:
-            if not ID_PATTERN.fullmatch(site):
-                raise ValueError(f"invalid site id {site!r}: use [a-z0-9_-]")
-        return sites
-
-    @field_validator("hub_id")
-    @classmethod
-    def _hub_id(cls, value: str) -> str:
-        if not ID_PATTERN.fullmatch(value):
-            raise ValueError("must match [a-z0-9_-]{1,64}")
-        return value
 
     @model_validator(mode="after")
     def _site_list_unique(self) -> HubConfig:

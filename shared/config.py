@@ -16,10 +16,10 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shared.errors import ConfigError
 from shared.topics import ID_PATTERN
@@ -85,11 +85,14 @@ def parse_host_port(value: str, default_port: int = 1883) -> tuple[str, int]:
     return host, int(port)
 
 
-def site_id(value: str) -> str:
-    """argparse/pydantic helper: a valid site or node id."""
+def _identifier(value: str) -> str:
     if not ID_PATTERN.fullmatch(value):
-        raise ConfigError(f"invalid id {value!r}: use [a-z0-9_-]")
+        raise ValueError("must match [a-z0-9_-]{1,64}")
     return value
+
+
+#: A config value used as a topic level or session name (site, node, hub id, share group).
+Identifier = Annotated[str, AfterValidator(_identifier)]
 
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
