@@ -342,11 +342,14 @@ def parse(model: type[M], payload: bytes | str, *, max_bytes: int = MAX_PAYLOAD_
         raise ContractError("payload nested too deeply", reason="schema") from None
 
 
+#: Every public message by its short name (the stem of its file in ``docs/schemas/``).
+MESSAGES: dict[str, type[Message]] = {
+    "event": Event, "state": NodeState, "stats": NodeStats, "response": CommandResponse,
+    "desired": DesiredConfig, "alert": Alert, "summary": NodeSummary,
+    **{f"cmd-{name}": cls for name, cls in COMMANDS.items()},
+}
+
+
 def export_schemas() -> dict[str, dict[str, Any]]:
-    """JSON Schema of every public message, keyed by a file stem."""
-    models: dict[str, type[BaseModel]] = {
-        "event": Event, "state": NodeState, "stats": NodeStats, "response": CommandResponse,
-        "desired": DesiredConfig, "alert": Alert, "summary": NodeSummary,
-    }
-    models.update({f"cmd-{name}": cls for name, cls in COMMANDS.items()})
-    return {name: cls.model_json_schema(mode="serialization") for name, cls in models.items()}
+    """JSON Schema of every public message, keyed by its name in :data:`MESSAGES`."""
+    return {name: cls.model_json_schema(mode="serialization") for name, cls in MESSAGES.items()}
