@@ -71,6 +71,16 @@ def _strip_share(topic_filter: str) -> str:
     return topic_filter
 
 
+def _call_hook(name: str, hook: Callable[..., None] | None, *args: object) -> None:
+    """Run a user hook on the network thread; an error in it is logged, never raised into paho."""
+    if hook is None:
+        return
+    try:
+        hook(*args)
+    except Exception:
+        log.exception("%s hook failed", name)
+
+
 def topic_matches(topic_filter: str, topic: str) -> bool:
     """Whether ``topic`` matches ``topic_filter`` (``$share/<group>/`` prefixes are ignored)."""
     return paho.topic_matches_sub(_strip_share(topic_filter), topic)
@@ -219,11 +229,7 @@ class MqttClient:
         self._connected.set()
         log.info("connected to %s as %s (session present: %s)", self.broker.address, self.client_id,
                  flags.session_present)
-        if self._on_connect_hook:
-            try:
-                self._on_connect_hook()
-            except Exception:
-                log.exception("on_connect hook failed")
+        _call_hook("on_connect", self._on_connect_hook)
 
     def _handle_socket_open(self, client: paho.Client, userdata: object, sock: object) -> None:
         # MQTT sends small packets back to back (PUBACK, then an answer): without TCP_NODELAY, Nagle's
@@ -246,21 +252,13 @@ class MqttClient:
         if was_connected:
             log.log(logging.INFO if self._stopping else logging.WARNING, "disconnected from %s: %s",
                     self.broker.address, reason_code)
-            if self._on_disconnect_hook:
-                try:
-                    self._on_disconnect_hook()
-                except Exception:
-                    log.exception("on_disconnect hook failed")
+            _call_hook("on_disconnect", self._on_disconnect_hook)
 
     def _handle_publish(self, client: paho.Client, userdata: object, mid: int,
                         reason_code: paho.ReasonCode, properties: Properties | None) -> None:
         if reason_code.is_failure:  # MQTT 5: e.g. "Not authorized" when the broker's ACL drops it
             log.warning("broker %s dropped message %s: %s", self.broker.address, mid, reason_code)
-        if self._on_publish_hook:
-            try:
-                self._on_publish_hook(mid)
-            except Exception:
-                log.exception("on_publish hook failed")
+        _call_hook("on_publish", self._on_publish_hook, mid)
 
     def _handle_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         received = Received(topic=message.topic, payload=message.payload, qos=message.qos,
