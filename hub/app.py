@@ -1,9 +1,10 @@
 """The composition root of the hub: builds the parts, starts them, stops them in reverse order.
 
 Threads: paho's network threads (intake and control clients), ``hub-ingest``
-(the batch writer), ``hub-housekeeping`` (offline alerts, retention),
+(batches to the writer, acks), ``hub-housekeeping`` (offline alerts, retention),
 ``hub-http`` (uvicorn serving the API), and ``ha-discovery`` when Home Assistant
-discovery is on.
+discovery is on. Process: ``maskwatch-hub-writer`` validates and stores the
+batches (:mod:`hub.writer`; ``ingest.writer_process: false`` keeps it in the hub process).
 
 Example::
 
@@ -23,6 +24,7 @@ import uvicorn
 
 from hub.alerts import Alerter
 from hub.api import HubServices, create_app
+from hub.batches import WriterSettings
 from hub.commands import Commander
 from hub.config import HubConfig
 from hub.discovery import HaDiscovery
@@ -32,6 +34,7 @@ from hub.housekeeping import Housekeeper
 from hub.ingest import Ingest
 from hub.registry import Registry
 from hub.store import Store
+from hub.writer import WriterProcess
 from shared.config import redacted
 from shared.errors import MaskwatchError
 from shared.mqtt import MqttClient
@@ -50,6 +53,7 @@ class HubApp:
         self.stopping = threading.Event()
         self.store: Store | None = None
         self.ingest: Ingest | None = None
+        self._writer: WriterProcess | None = None
         self._intake: MqttClient | None = None
         self._control: MqttClient | None = None
         self._housekeeper: Housekeeper | None = None
@@ -74,7 +78,15 @@ class HubApp:
                                stopping=self.stopping)
         alerter = Alerter(lambda topic, alert: control.publish(topic, alert, qos=1),
                           cooldown_s=cfg.alerts.cooldown_s, public_url=services.public_url)
-        self.ingest = services.ingest = Ingest(cfg, self._intake, store, events, registry, alerter, feed)
+        settings = WriterSettings(db_url=cfg.db_url, snapshot_dir=cfg.snapshot_dir,
+                                  max_snapshot_bytes=cfg.ingest.max_snapshot_bytes,
+                                  rejected_max_rows=cfg.retention.rejected_max_rows,
+                                  alert_cooldown_s=cfg.alerts.cooldown_s, public_url=services.public_url)
+        if cfg.ingest.writer_process:
+            self._writer = WriterProcess(settings)
+            self._writer.start()
+        self.ingest = services.ingest = Ingest(cfg, self._intake, self._writer or settings.build(store), events,
+                                               alerter, feed)
         services.commander = Commander(control, timeout_s=cfg.command_timeout_s, store=store, registry=registry)
         for site in cfg.sites or [None]:
             services.commander.listen(site)
@@ -148,6 +160,9 @@ class HubApp:
         if self.ingest is not None:
             self.ingest.stop()
             self.ingest = None
+        if self._writer is not None:
+            self._writer.stop()
+            self._writer = None
         for client in (self._intake, self._control):
             if client is not None:
                 client.stop(publish_will=False)

@@ -43,6 +43,9 @@ class IngestConfig(StrictModel):
                           "load. Unset (the default): a plain persistent subscription, which, unlike a $share one "
                           "in Mosquitto 2.0, survives a broker restart (docs/scaling.md)")
     max_snapshot_bytes: int = Field(2_000_000, ge=1024, description="larger snapshots are rejected")
+    writer_process: bool = Field(
+        True, description="validate and write batches in a child process, so the database work runs on another "
+                          "core than the MQTT network thread; false: in the hub process (one core)")
 
 
 class AlertConfig(StrictModel):

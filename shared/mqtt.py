@@ -64,6 +64,9 @@ class Will:
 
 Handler = Callable[[Received], None]
 
+#: Topics whose matching handlers are remembered; the cache starts over when it is full.
+ROUTE_CACHE_MAX = 4096
+
 
 def _strip_share(topic_filter: str) -> str:
     if topic_filter.startswith("$share/"):
@@ -114,6 +117,7 @@ class MqttClient:
         self._on_publish_hook = on_publish
         self._on_disconnect_hook = on_disconnect
         self._subscriptions: dict[str, tuple[int, Handler]] = {}
+        self._routes: dict[str, list[Handler]] = {}  # topic -> matching handlers
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._stopping = False
@@ -199,12 +203,14 @@ class MqttClient:
         """Route messages matching ``topic_filter`` to ``handler``; renewed on every connect."""
         with self._lock:
             self._subscriptions[topic_filter] = (qos, handler)
+            self._routes.clear()
         if self.connected:
             self._client.subscribe(topic_filter, qos=qos)
 
     def unsubscribe(self, topic_filter: str) -> None:
         with self._lock:
             self._subscriptions.pop(topic_filter, None)
+            self._routes.clear()
         if self.connected:
             self._client.unsubscribe(topic_filter)
 
@@ -260,12 +266,21 @@ class MqttClient:
             log.warning("broker %s dropped message %s: %s", self.broker.address, mid, reason_code)
         _call_hook("on_publish", self._on_publish_hook, mid)
 
+    def _handlers(self, topic: str) -> list[Handler]:
+        """The handlers whose filters match ``topic`` (matched once per topic, then remembered)."""
+        with self._lock:
+            handlers = self._routes.get(topic)
+            if handlers is None:
+                if len(self._routes) >= ROUTE_CACHE_MAX:
+                    self._routes.clear()
+                handlers = [h for f, (_q, h) in self._subscriptions.items() if topic_matches(f, topic)]
+                self._routes[topic] = handlers
+            return handlers
+
     def _handle_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         received = Received(topic=message.topic, payload=message.payload, qos=message.qos,
                             retain=bool(message.retain), mid=message.mid)
-        with self._lock:
-            handlers = [h for f, (_q, h) in self._subscriptions.items() if topic_matches(f, message.topic)]
-        for handler in handlers:
+        for handler in self._handlers(message.topic):
             try:
                 handler(received)
             except Exception:

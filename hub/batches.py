@@ -1,0 +1,188 @@
+"""One batch of node messages: validate each, store all in one transaction, say what changed.
+
+:class:`BatchWriter` is the pure "messages in, result out" core of the ingest. It
+runs in the hub process or, by default, in a writer process of its own
+(:mod:`hub.writer`), so it takes plain ``(topic, payload)`` pairs and returns a
+picklable :class:`BatchResult`; acknowledging, publishing alerts and the live
+feed stay with :class:`hub.ingest.Ingest`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
+
+from hub.alerts import Alerter
+from hub.events import EventIn, EventLog, RejectIn, SnapshotIn
+from hub.registry import NodeUpdate, Registry
+from hub.store import Store
+from shared import topics
+from shared.errors import ContractError, MaskwatchError
+from shared.messages import MAX_PAYLOAD_BYTES, Alert, Event, NodeState, NodeStats, parse
+
+log = logging.getLogger(__name__)
+
+JPEG_MAGIC = b"\xff\xd8"
+STATUS_VALUES = {b"online": True, b"offline": False}
+
+#: A received message as the writer takes it.
+Message = tuple[str, bytes]
+
+
+class StorageError(MaskwatchError):
+    """A batch could not be stored (database or snapshot folder); nothing of it was committed."""
+
+
+@dataclass
+class Batch:
+    """One transaction's worth of classified messages."""
+
+    events: list[EventIn] = field(default_factory=list)
+    snapshots: list[SnapshotIn] = field(default_factory=list)
+    nodes: list[NodeUpdate] = field(default_factory=list)
+    rejects: list[RejectIn] = field(default_factory=list)
+    kinds: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class BatchResult:
+    """What one committed batch did.
+
+    ``event_ts`` are the event timestamps (POSIX seconds) of its valid event messages and
+    ``committed_at`` the :func:`time.time` of the commit: their difference is the event-to-commit latency.
+    """
+
+    messages: int
+    events: int
+    duplicates: int
+    rejected: list[str]
+    alerts: list[Alert]
+    touched_events: list[str]
+    touched_nodes: list[tuple[str, str]]
+    event_ts: list[float]
+    committed_at: float
+
+
+@dataclass(frozen=True)
+class WriterSettings:
+    """Everything a :class:`BatchWriter` needs, in a form that crosses to a writer process."""
+
+    db_url: str
+    snapshot_dir: Path
+    max_snapshot_bytes: int
+    rejected_max_rows: int
+    alert_cooldown_s: float
+    public_url: str
+
+    def build(self, store: Store | None = None) -> BatchWriter:
+        """A writer on ``store`` (or on a new :class:`Store` of ``db_url``)."""
+        store = store or Store(self.db_url)
+        return BatchWriter(store, EventLog(store, self.snapshot_dir), Registry(store),
+                           Alerter(None, cooldown_s=self.alert_cooldown_s, public_url=self.public_url),
+                           max_snapshot_bytes=self.max_snapshot_bytes, rejected_max_rows=self.rejected_max_rows)
+
+
+def parse_event(payload: bytes) -> Event:
+    """:func:`shared.messages.parse` for events, with pydantic's JSON parser on the hot path.
+
+    A payload that fails the fast path goes through ``parse``, which names the reason
+    (``json``, ``version``, ``schema``, ``oversize``) exactly as everywhere else.
+    """
+    if len(payload) <= MAX_PAYLOAD_BYTES:
+        try:
+            return Event.model_validate_json(payload)
+        except ValidationError:
+            pass
+    return parse(Event, payload)
+
+
+def classify(topic: str, payload: bytes, batch: Batch, now: datetime, max_snapshot_bytes: int) -> None:
+    """Validate one message and add it to ``batch`` (as data, or as a rejection with its reason)."""
+    try:
+        info = topics.parse_topic(topic)
+        if info.node is None:
+            raise ContractError(f"not a node topic: {topic}", field="topic", reason="topic")
+        batch.kinds[info.kind] += 1
+        if info.kind == "events":
+            event = parse_event(payload)
+            if (event.site, event.node) != (info.site, info.node):
+                raise ContractError(f"event of {event.site}/{event.node} published on {topic}",
+                                    field="node", reason="topic")
+            batch.events.append(EventIn(event, now, payload))
+            batch.nodes.append(NodeUpdate(info.site, info.node, "seen", now))
+        elif info.kind == "snapshot":
+            if len(payload) > max_snapshot_bytes:
+                raise ContractError(f"snapshot of {len(payload)} bytes exceeds {max_snapshot_bytes}",
+                                    reason="oversize")
+            if not payload.startswith(JPEG_MAGIC):
+                raise ContractError("snapshot is not a JPEG", reason="schema")
+            batch.snapshots.append(SnapshotIn(info.site, info.node, info.name or "", payload, now))
+        elif info.kind == "status":
+            if payload not in STATUS_VALUES:
+                raise ContractError(f"status must be online or offline, got {payload[:32]!r}",
+                                    field="status", reason="schema")
+            batch.nodes.append(NodeUpdate(info.site, info.node, "status", now, online=STATUS_VALUES[payload]))
+        elif info.kind in ("state", "stats"):
+            model = NodeState if info.kind == "state" else NodeStats
+            data = parse(model, payload)
+            if (data.site, data.node) != (info.site, info.node):
+                raise ContractError(f"{info.kind} of {data.site}/{data.node} published on {topic}",
+                                    field="node", reason="topic")
+            batch.nodes.append(NodeUpdate(info.site, info.node, info.kind, now,
+                                          payload=data.model_dump(mode="json", exclude_none=True)))
+        else:
+            raise ContractError(f"unexpected topic {topic}", field="topic", reason="topic")
+    except ContractError as exc:
+        log.warning("rejected message on %s (%s): %s", topic, exc.reason, exc)
+        batch.rejects.append(RejectIn(topic, exc.reason, exc.field, str(exc), payload, now))
+
+
+class BatchWriter:
+    """Validates a batch and stores it in one transaction: events, snapshots, rejections, nodes, counters, alerts.
+
+    A storage failure raises :class:`StorageError` with nothing committed; the caller retries the same
+    batch, which then stores each message once.
+
+    Example::
+
+        writer = settings.build()
+        result = writer.write([("maskwatch/hq/door-1/events", payload)], utc_now())
+    """
+
+    def __init__(self, store: Store, events: EventLog, registry: Registry, alerter: Alerter, *,
+                 max_snapshot_bytes: int, rejected_max_rows: int) -> None:
+        self.store = store
+        self.events = events
+        self.registry = registry
+        self.alerter = alerter
+        self.max_snapshot_bytes = max_snapshot_bytes
+        self.rejected_max_rows = rejected_max_rows
+
+    def write(self, messages: list[Message], now: datetime) -> BatchResult:
+        """Validate ``messages`` (received at ``now``) and commit them; alerts are returned, not published."""
+        batch = Batch()
+        for topic, payload in messages:
+            classify(topic, payload, batch, now, self.max_snapshot_bytes)
+        try:
+            with self.store.transaction() as session:
+                written = self.events.write(session, batch.events)
+                self.events.save_snapshots(session, batch.snapshots)
+                self.events.reject(session, batch.rejects, self.rejected_max_rows)
+                touched_nodes = self.registry.apply(session, batch.nodes)
+                self.store.count(session, {**{f"messages.{k}": v for k, v in batch.kinds.items()},
+                                           "events.duplicates": written.duplicates})
+                alerts = self.alerter.for_events(session, self.events.claim_no_mask(session, written.no_mask),
+                                                 now)
+        except (SQLAlchemyError, OSError) as exc:
+            raise StorageError(f"{type(exc).__name__}: {exc}") from exc
+        return BatchResult(messages=len(messages), events=len(batch.events), duplicates=written.duplicates,
+                           rejected=[r.reason for r in batch.rejects], alerts=alerts,
+                           touched_events=written.touched, touched_nodes=touched_nodes,
+                           event_ts=[item.event.ts.timestamp() for item in batch.events], committed_at=time.time())
