@@ -47,6 +47,7 @@ class Batch:
     events: list[EventIn] = field(default_factory=list)
     snapshots: list[SnapshotIn] = field(default_factory=list)
     nodes: list[NodeUpdate] = field(default_factory=list)
+    seen: set[tuple[str, str]] = field(default_factory=set)  # nodes that sent an event (one update each)
     rejects: list[RejectIn] = field(default_factory=list)
     kinds: Counter[str] = field(default_factory=Counter)
 
@@ -116,7 +117,7 @@ def classify(topic: str, payload: bytes, batch: Batch, now: datetime, max_snapsh
                 raise ContractError(f"event of {event.site}/{event.node} published on {topic}",
                                     field="node", reason="topic")
             batch.events.append(EventIn(event, now, payload))
-            batch.nodes.append(NodeUpdate(info.site, info.node, "seen", now))
+            batch.seen.add((info.site, info.node))
         elif info.kind == "snapshot":
             if len(payload) > max_snapshot_bytes:
                 raise ContractError(f"snapshot of {len(payload)} bytes exceeds {max_snapshot_bytes}",
@@ -175,7 +176,8 @@ class BatchWriter:
                 written = self.events.write(session, batch.events)
                 self.events.save_snapshots(session, batch.snapshots)
                 self.events.reject(session, batch.rejects, self.rejected_max_rows)
-                touched_nodes = self.registry.apply(session, batch.nodes)
+                touched_nodes = self.registry.apply(session, [
+                    *(NodeUpdate(site, node, "seen", now) for site, node in batch.seen), *batch.nodes])
                 self.store.count(session, {**{f"messages.{k}": v for k, v in batch.kinds.items()},
                                            "events.duplicates": written.duplicates})
                 alerts = self.alerter.for_events(session, self.events.claim_no_mask(session, written.no_mask),

@@ -36,7 +36,7 @@ KEEP_REJECTED_BYTES = 64 * 1024
 TYPE_ORDER = {"new": 0, "update": 1, "end": 2}
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class EventIn:
     """A valid event message waiting to be stored, with the bytes it arrived as (``raw``)."""
 
@@ -247,20 +247,20 @@ class EventLog:
         self.store.bound_rejected(session, max_rows)
 
     def claim_no_mask(self, session: Session, ids: Sequence[str]) -> list[Row[Any]]:
-        """Events among ``ids`` now labelled ``no_mask`` that have raised no alert yet; marks them alerted.
+        """Events among ``ids`` now labelled ``no_mask`` that have raised no alert yet, oldest first; marks them
+        alerted.
 
         Rows have ``id``, ``site``, ``node``, ``best_score`` and ``snapshot_expected``.
         """
         if not ids:
             return []
         table = EventRow.__table__
-        rows = list(session.execute(
-            select(table.c.id, table.c.site, table.c.node, table.c.best_score, table.c.snapshot_expected)
-            .where(table.c.id.in_(ids), table.c.label == "no_mask", table.c.alerted.is_(False))
-            .order_by(table.c.first_seen)))
-        if rows:
-            session.execute(update(table).where(table.c.id.in_([r.id for r in rows])).values(alerted=True))
-        return rows
+        rows = session.execute(
+            update(table).where(table.c.id.in_(ids), table.c.label == "no_mask", table.c.alerted.is_(False))
+            .values(alerted=True)
+            .returning(table.c.id, table.c.site, table.c.node, table.c.best_score, table.c.snapshot_expected,
+                       table.c.first_seen)).all()
+        return sorted(rows, key=lambda row: (row.first_seen, row.id))
 
     # -- reads ----------------------------------------------------------------
 

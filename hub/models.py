@@ -27,12 +27,22 @@ class UtcDateTime(TypeDecorator[datetime]):
         return None if value is None else _naive_utc(value)
 
     def bind_processor(self, dialect: Dialect) -> Callable[[datetime | None], Any] | None:
-        """On SQLite, the text SQLAlchemy would store, made in one step (the ingest binds thousands a second)."""
+        """On SQLite, the text SQLAlchemy would store, made in one step (the ingest binds thousands a second).
+
+        A batch binds the same receive time on every row, so the last value's text is kept.
+        """
         if dialect.name != "sqlite":
             return super().bind_processor(dialect)
+        last: tuple[datetime | None, str] = (None, "")  # replaced whole, so threads never see half of it
 
         def process(value: datetime | None) -> str | None:
-            return None if value is None else _naive_utc(value).isoformat(" ", "microseconds")
+            nonlocal last
+            if value is None:
+                return None
+            cached = last
+            if value is not cached[0]:
+                cached = last = (value, _naive_utc(value).isoformat(" ", "microseconds"))
+            return cached[1]
 
         return process
 
@@ -41,9 +51,10 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 
 def _naive_utc(value: datetime) -> datetime:
-    if value.tzinfo is None:
+    offset = value.utcoffset()
+    if offset is None:
         raise ValueError(f"naive datetime {value!r}: give a timezone")
-    return value.astimezone(UTC).replace(tzinfo=None)
+    return value.replace(tzinfo=None) - offset if offset else value.replace(tzinfo=None)
 
 
 class Base(DeclarativeBase):

@@ -155,7 +155,7 @@ def test_rejected_table_is_bounded(store: Store) -> None:
 def test_prune_by_api_and_cli(store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     snaps = tmp_path / "snaps"
     log = EventLog(store, snaps)
-    old, new = T0 - timedelta(days=40), T0
+    old, new = T0 - timedelta(days=40), T0 - timedelta(hours=1)  # "new" is older than the second prune
     with store.transaction() as session:
         log.write(session, [EventIn(make_event("hq", "n", 1, ts=old), old),
                             EventIn(make_event("hq", "n", 2, ts=new), new)])
