@@ -29,22 +29,23 @@ class UtcDateTime(TypeDecorator[datetime]):
     def bind_processor(self, dialect: Dialect) -> Callable[[datetime | None], Any] | None:
         """On SQLite, the text SQLAlchemy would store, made in one step (the ingest binds thousands a second).
 
-        A batch binds the same receive time on every row, so the last value's text is kept.
+        A batch binds each event time and the receive time several times, so recent texts are remembered.
         """
         if dialect.name != "sqlite":
             return super().bind_processor(dialect)
-        last: tuple[datetime | None, str] = (None, "")  # replaced whole, so threads never see half of it
+        texts: dict[int, tuple[datetime, str]] = {}  # id(value) -> (value, text); entries are never changed
 
         def process(value: datetime | None) -> str | None:
-            nonlocal last
             if value is None:
                 return None
-            cached = last
-            if value is not cached[0]:
-                cached = last = (value, _naive_utc(value).isoformat(" ", "microseconds"))
-            return cached[1]
-
-        return process
+            known = texts.get(id(value))
+            if known is not None and known[0] is value:
+                return known[1]
+            if len(texts) >= 8192:
+                texts.clear()
+            text = _naive_utc(value).isoformat(" ", "microseconds")
+            texts[id(value)] = (value, text)
+            return text
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         return None if value is None else value.replace(tzinfo=UTC)
