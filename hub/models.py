@@ -98,7 +98,7 @@ class EventRow(Base):
 
 
 class EventMessage(Base):
-    """A raw event message as received (kept when ``ingest.keep_raw``); ``digest`` makes it unique."""
+    """A raw event message as received; ``digest`` (SHA-256 of its bytes) makes it unique: the idempotency key."""
 
     __tablename__ = "event_messages"
 
