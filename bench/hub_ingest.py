@@ -195,7 +195,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each latency run")
     parser.add_argument("--latency-rates", type=lambda v: [int(x) for x in v.split(",")], default=[1000, 200],
                         metavar="R,R", help="steady publishing rates of the latency runs (default 1000,200)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved pass-through/durable rounds")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved pass-through/durable rounds")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     with LocalMosquitto() as mosquitto, tempfile.TemporaryDirectory(prefix="bench-hub-") as tmp:
