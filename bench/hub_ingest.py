@@ -21,7 +21,6 @@ import argparse
 import json
 import logging
 import multiprocessing as mp
-import os
 import statistics
 import sys
 import tempfile
@@ -32,7 +31,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests")]
+
+from fault_support import tree_cpu_s  # noqa: E402
 
 from bench.report import machine  # noqa: E402
 from hub.alerts import Alerter  # noqa: E402
@@ -166,11 +167,12 @@ def run_consumer(broker: BrokerConfig, workdir: Path, name: str, count: int, bat
 
     ingest, client, store, writer = make_ingest(broker, workdir, name, batch_size, batch_ms, on_commit)
     cpu = time.process_time()
-    cpu_writer = writer_cpu(writer)
+    assert writer.pid is not None
+    cpu_writer = tree_cpu_s(writer.pid)
     _started, pub_rate = publish_all(broker, count, name, rate)
     assert done.wait(600), f"{name}: committed {commits[-1][1] if commits else 0} of {count}"
     cpu = time.process_time() - cpu
-    cpu_writer = writer_cpu(writer) - cpu_writer
+    cpu_writer = tree_cpu_s(writer.pid) - cpu_writer
     (first_at, first_total), (last_at, last_total) = commits[0], commits[-1]
     events_per_s = (last_total - first_total) / (last_at - first_at)  # steady state: after the first commit
     ingest.stop()
@@ -180,12 +182,6 @@ def run_consumer(broker: BrokerConfig, workdir: Path, name: str, count: int, bat
     out = {"events_per_s": events_per_s, "publisher_events_per_s": pub_rate, "batches": ingest.stats.batches,
            "cpu_us_per_event": 1e6 * (cpu + cpu_writer) / count, "writer_cpu_us_per_event": 1e6 * cpu_writer / count}
     return {**out, **percentiles(latencies)} if rate else out
-
-
-def writer_cpu(writer: WriterProcess) -> float:
-    """CPU seconds (user + system) used so far by the writer process."""
-    fields = Path(f"/proc/{writer.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> int:

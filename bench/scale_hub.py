@@ -5,7 +5,8 @@ connections, QoS 1 ``new`` events with ``ts`` stamped at publish time):
 
 * **hub**: a real ``maskwatch hub`` subprocess (SQLite, default batching). Sustained rate = events stored / time
   from the first to the last store; latency = ``received_at - first_seen`` of each stored row (publish ->
-  stored in the batch that commits it); hub RSS sampled every second (peak = ``VmHWM``); hub CPU from /proc.
+  stored in the batch that commits it); hub RSS sampled every second (peak = ``VmHWM``); hub CPU from /proc
+  (hub = the hub process and its children: the writer process and multiprocessing's resource tracker).
 * **baseline**: the broker's bare QoS 1 pass-through to a plain subscriber in its own process (receive - ts).
 
 Writes ``bench/results/scale_hub.json``::
@@ -18,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
 import statistics
 import sys
 import tempfile
@@ -31,7 +31,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests")]
 
-from fault_support import HubProcess  # noqa: E402
+from fault_support import HubProcess, tree_cpu_s, tree_rss_kb  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 
 from bench.common import write_result  # noqa: E402
@@ -42,8 +42,6 @@ from shared.config import BrokerConfig  # noqa: E402
 from shared.mqtt import MqttClient, Received  # noqa: E402
 from shared.topics import node_filter  # noqa: E402
 from tests.polling import wait_until  # noqa: E402
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -99,7 +97,7 @@ def run_baseline(broker: BrokerConfig, args: argparse.Namespace) -> dict[str, An
 
 
 class Sampler:
-    """Samples a process's RSS and CPU time every second in a thread."""
+    """Samples the RSS and CPU time of a process and its children every second in a thread."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
@@ -110,13 +108,11 @@ class Sampler:
         self.wall_start = time.monotonic()
 
     def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return tree_cpu_s(self.pid)
 
     def _run(self) -> None:
         while not self._stop.wait(1.0):
-            status = Path(f"/proc/{self.pid}/status").read_text()
-            self.rss_kb.append(int(next(x for x in status.splitlines() if x.startswith("VmRSS:")).split()[1]))
+            self.rss_kb.append(tree_rss_kb(self.pid))
 
     def start(self) -> Sampler:
         self._thread.start()

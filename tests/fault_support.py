@@ -84,6 +84,39 @@ class ChildProcess:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its child processes (for the hub: its writer process), from /proc."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return [pid, *map(int, children)]
+
+
+def tree_rss_kb(pid: int, field: str = "VmRSS") -> int:
+    """Sum of a /proc status field (kB) over ``pid`` and its children."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            lines = Path(f"/proc/{member}/status").read_text().splitlines()
+        except OSError:  # exited meanwhile
+            continue
+        total += next((int(line.split()[1]) for line in lines if line.startswith(field + ":")), 0)
+    return total
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and its children."""
+    ticks = 0
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 class HubProcess(ChildProcess):
     """``maskwatch hub --config <file>`` as a child process, with its own database, HTTP port and session.
 
@@ -157,11 +190,8 @@ class HubProcess(ChildProcess):
         return int(sum(v for k, v in self.metrics().items() if k.startswith("maskwatch_rejected_total")))
 
     def rss_kb(self, field: str = "VmRSS") -> int:
-        """Resident memory of the hub process (``VmHWM`` for the peak)."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-        return 0
+        """Resident memory of the hub and its child processes, the writer included (``VmHWM``: peaks)."""
+        return tree_rss_kb(self.pid, field)
 
     def __enter__(self) -> HubProcess:
         return self.start()
