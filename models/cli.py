@@ -42,6 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--balance", action="store_true",
                        help="weight every (source, class) cell equally (more no-mask recall on scenes, "
                             "less precision)")
+    train.add_argument("--low-res", type=float, default=0.0,
+                       help="share of augmented crops shrunk to a 16-64 px face, JPEG-compressed and enlarged "
+                            "back (default 0)")
+    train.add_argument("--hold-out-fold", type=int, metavar="I",
+                       help="cross-validation: leave the scene photos of fold I (of --folds) out entirely")
+    train.add_argument("--folds", type=int, default=2, help="scene photo folds for --hold-out-fold (default 2)")
     train.add_argument("--fine-tune-lr", type=float, default=1e-5, help="fine-tuning learning rate (default 1e-5)")
     train.add_argument("--seed", type=int, default=0, help="random seed; same seed and data, same model")
     train.add_argument("--detector", choices=["blazeface", "res10", "none"], default="blazeface",
@@ -119,7 +125,9 @@ def run_train(args: argparse.Namespace) -> int:
         backbone_weights=str(args.backbone_weights), size=args.size, head_epochs=args.epochs,
         fine_tune_epochs=args.fine_tune_epochs, batch_size=args.batch_size, augment_copies=args.augment_copies,
         validation=args.validation, seed=args.seed, detector=None if args.detector == "none" else args.detector,
-        limit_per_class=args.limit, balance=args.balance, fine_tune_learning_rate=args.fine_tune_lr)
+        limit_per_class=args.limit, balance=args.balance, fine_tune_learning_rate=args.fine_tune_lr,
+        low_res=args.low_res, hold_out_fold=args.hold_out_fold,
+        folds=args.folds)
     report = train(settings)
     val = report["validation"]
     print(f"validation: {val['n']} crops, accuracy {val['accuracy']:.4f}, no-mask recall "

@@ -10,8 +10,9 @@ import pytest
 
 from edge.classifier import MaskClassifier
 from edge.images import list_images, read_image
-from models.training.data import dhash, group_split, near_duplicate_groups
-from models.training.train import Crops
+from models.training.augment import Augmentation
+from models.training.data import dhash, group_split, near_duplicate_groups, photo_fold
+from models.training.train import Crops, without_fold
 from shared.cli import main
 from tests.conftest import FACE_MASK, SCENES, WEIGHTS, need
 
@@ -43,6 +44,46 @@ def test_tiny_train_export_and_predict_on_litert(tmp_path: Path, capsys: pytest.
         crops = [read_image(p) for p in list_images(FACE_MASK / "without_mask")[:3]]
         p = classifier.no_mask_probability(crops)
         assert p.shape == (3,) and ((p >= 0) & (p <= 1)).all()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_training_with_the_same_seed_gives_the_same_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import keras
+
+    weights = need(WEIGHTS) / "mobilenet_v2_1.0_224_imagenet_no_top.h5"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    predictions = []
+    for run in ("a", "b"):
+        assert main(["model", "train", str(need(FACE_MASK)), "--limit", "12", "--detector", "none", "--size", "64",
+                     "--epochs", "2", "--fine-tune-epochs", "1", "--augment-copies", "1", "--low-res", "0.5",
+                     "--backbone-weights", str(weights),
+                     "--out", str(tmp_path / run), "--seed", "5"]) == 0
+        model = keras.models.load_model(tmp_path / run / "model.keras")
+        predictions.append(model.predict(np.load(tmp_path / run / "split.npz")["val_images"], verbose=0))
+    np.testing.assert_array_equal(predictions[0], predictions[1])
+
+
+def test_low_resolution_step_blurs_and_keeps_the_plain_recipe_unchanged() -> None:
+    images = np.random.default_rng(0).integers(0, 256, (4, 96, 96, 3), dtype=np.uint8)
+    plain = Augmentation().apply(images, np.random.default_rng(1))
+    assert np.array_equal(Augmentation(low_res=0.0).apply(images, np.random.default_rng(1)), plain)
+    degraded = Augmentation(low_res=1.0, low_res_px=(16, 16)).apply(images, np.random.default_rng(1))
+    assert degraded.shape == images.shape and degraded.dtype == np.uint8
+    detail = [np.abs(np.diff(batch.astype(int), axis=2)).mean() for batch in (plain, degraded)]
+    assert detail[1] < detail[0] / 3
+
+
+def test_cross_validation_folds_leave_out_whole_scene_photos_only() -> None:
+    groups = [f"photo:{i // 2}" for i in range(40)] + [f"dup:{i}" for i in range(4)]
+    crops = Crops(np.zeros((44, 4, 4, 3), np.uint8), np.array([0, 1] * 22), groups, ["scenes"] * 40 + ["face-mask"] * 4)
+    kept = [without_fold(crops, fold, 2, seed=0) for fold in (0, 1)]
+    for fold, part in enumerate(kept):
+        assert part.sources.count("face-mask") == 4
+        assert all(photo_fold(g, 2, 0) != fold for g, s in zip(part.groups, part.sources, strict=True) if s == "scenes")
+    assert len(kept[0].labels) + len(kept[1].labels) == 40 + 2 * 4 and all(len(p.labels) < 44 for p in kept)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        without_fold(crops, 2, 2, seed=0)
 
 
 def test_export_refuses_an_incomplete_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -185,6 +185,16 @@ def _merge_groups(first: list[str], second: list[str]) -> list[str]:
     return [root(a) for a in first]
 
 
+def photo_group(frame: np.ndarray) -> str:
+    """The group of a scene photo: a hash of its pixels, so exact duplicate photos share it."""
+    return "photo:" + hashlib.sha256(frame.tobytes()).hexdigest()[:16]
+
+
+def photo_fold(group: str, folds: int, seed: int) -> int:
+    """The cross-validation fold (0 .. folds - 1) of a scene photo group, from a seeded hash of its name."""
+    return int(hashlib.sha256(f"fold:{seed}:{group}".encode()).hexdigest(), 16) % folds
+
+
 def scene_crops(folder: Path, size: int, limit: int | None = None) -> Crops:
     """Crops of every labelled face of a scenes folder (VOC), cut with the edge's margin; grouped by photo.
 
@@ -200,7 +210,7 @@ def scene_crops(folder: Path, size: int, limit: int | None = None) -> Crops:
             log.warning("skipped: %s", exc)
             continue
         stats["scene_photos"] += 1
-        group = "photo:" + hashlib.sha256(frame.tobytes()).hexdigest()[:16]  # exact duplicate photos share it
+        group = photo_group(frame)
         for face in scene.faces:
             if face.size < MIN_SCENE_FACE_PX:
                 stats["scene_small_skipped"] += 1

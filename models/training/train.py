@@ -20,7 +20,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from models.training.augment import Augmentation
-from models.training.data import Crops, concat, face_mask_crops, group_split, scene_crops
+from models.training.data import Crops, concat, face_mask_crops, group_split, photo_fold, scene_crops
 from models.training.network import FINE_TUNE_FROM, backbone, classifier, head, set_fine_tuning
 from models.training.plots import plot_confusion, plot_curves
 
@@ -46,6 +46,9 @@ class TrainSettings:
     head_learning_rate: float = 1e-3
     fine_tune_learning_rate: float = 1e-5
     balance: bool = False
+    low_res: float = 0.0
+    hold_out_fold: int | None = None
+    folds: int = 2
     augment_copies: int = 2
     validation: float = 0.2
     seed: int = 0
@@ -96,6 +99,19 @@ def load_crops(settings: TrainSettings, cache_dir: Path | None = None) -> Crops:
     return crops
 
 
+def without_fold(crops: Crops, fold: int, folds: int, seed: int) -> Crops:
+    """The crops without the scene photos of one cross-validation fold (kept out of training and validation).
+
+    :raises ValueError: ``fold`` is not in 0 .. folds - 1.
+    """
+    if not 0 <= fold < folds:
+        raise ValueError(f"hold-out fold must be between 0 and {folds - 1}, got {fold}")
+    keep = np.array([source != "scenes" or photo_fold(group, folds, seed) != fold
+                     for source, group in zip(crops.sources, crops.groups, strict=True)])
+    log.info("cross-validation: scene photos of fold %d/%d left out (%d crops)", fold, folds, (~keep).sum())
+    return crops.subset(np.nonzero(keep)[0])
+
+
 def features(base: keras.Model, images: np.ndarray, batch_size: int, desc: str) -> np.ndarray:
     """Pooled backbone features of uint8 RGB images, with a progress bar."""
     out = np.empty((len(images), base.output_shape[-1]), np.float32)
@@ -116,11 +132,11 @@ class AugmentedBatches(keras.utils.PyDataset):
     """Shuffled, freshly augmented, weighted training batches with a seeded generator (deterministic per epoch)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, weights: np.ndarray, batch_size: int,
-                 seed: int) -> None:
+                 seed: int, augmentation: Augmentation) -> None:
         super().__init__()
         self.images, self.labels, self.weights = images, labels, weights
         self.batch_size, self.seed = batch_size, seed
-        self.augmentation = Augmentation()
+        self.augmentation = augmentation
         self.epoch = 0
         self.order = np.random.default_rng(seed).permutation(len(images))
 
@@ -162,6 +178,8 @@ def train(settings: TrainSettings) -> dict:
     tf.config.experimental.enable_op_determinism()
 
     crops = load_crops(settings)
+    if settings.hold_out_fold is not None:
+        crops = without_fold(crops, settings.hold_out_fold, settings.folds, settings.seed)
     train_index, val_index = group_split(crops, settings.validation, settings.seed)
     train_set, val_set = crops.subset(train_index), crops.subset(val_index)
     log.info("split: %d train / %d validation crops (groups kept whole)", len(train_index), len(val_index))
@@ -170,7 +188,7 @@ def train(settings: TrainSettings) -> dict:
     base.trainable = False
     top = head(settings.seed)
     rng = np.random.default_rng(settings.seed)
-    augmentation = Augmentation()
+    augmentation = Augmentation(low_res=settings.low_res)
     train_images = [train_set.images] + [augmentation.apply(train_set.images, rng)
                                          for _ in range(settings.augment_copies)]
     train_features = np.concatenate([features(base, images, settings.batch_size, f"features {i + 1}/"
@@ -194,7 +212,7 @@ def train(settings: TrainSettings) -> dict:
         model.compile(optimizer=keras.optimizers.Adam(settings.fine_tune_learning_rate),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         fine = model.fit(AugmentedBatches(train_set.images, train_set.labels, weights, settings.batch_size,
-                                          settings.seed),
+                                          settings.seed, augmentation),
                          epochs=settings.fine_tune_epochs, validation_data=(val_set.images, val_set.labels),
                          verbose=0, callbacks=[TqdmEpochs(settings.fine_tune_epochs, "fine-tune")])
         for key, values in fine.history.items():
