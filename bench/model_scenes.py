@@ -7,6 +7,8 @@ plus smaller faces. Writes ``bench/results/model_scenes.json``; ratios are maskw
 except ``ms_per_image`` where seed / maskwatch is given).
 
     python bench/model_scenes.py [--scenes DIR] [--weights DIR]
+    python bench/model_scenes.py --held-out [--model FILE]     # photos held out of the committed model's training
+    python bench/model_scenes.py --cross-validation FOLD0.tflite FOLD1.tflite   # models of --hold-out-fold 0, 1
 """
 
 from __future__ import annotations
@@ -87,19 +89,20 @@ def seed_detector() -> MultiPassDetector:
                                                                                   threshold=0.5))
 
 
-def held_out_photos(folder: Path, seed: int = 0) -> set[str]:
-    """Scene photos on the validation side of the training split (same grouping and seed as ``model train``)."""
-    import hashlib
-
+def held_out_photos(folder: Path, seed: int = 0, fold: int | None = None, folds: int = 2) -> set[str]:
+    """Scene photos a model never trained on: the validation side of the training split (same grouping and seed
+    as ``model train``), or with ``fold`` the photos of that cross-validation fold (``--hold-out-fold``)."""
     from edge.images import read_image
     from models.scenes import load_scenes
-    from models.training.data import group_split, scene_crops
+    from models.training.data import group_split, photo_fold, photo_group, scene_crops
 
+    groups = {s.image.name: photo_group(read_image(s.image)) for s in load_scenes(folder)}
+    if fold is not None:
+        return {name for name, group in groups.items() if photo_fold(group, folds, seed) == fold}
     crops = scene_crops(folder, 8)
     _, val = group_split(crops, 0.2, seed)
-    val_groups = {crops.groups[i] for i in val}
-    return {s.image.name for s in load_scenes(folder)
-            if "photo:" + hashlib.sha256(read_image(s.image).tobytes()).hexdigest()[:16] in val_groups}
+    chosen = {crops.groups[i] for i in val}
+    return {name for name, group in groups.items() if group in chosen}
 
 
 def summary(result: dict, band: str = ">=24") -> dict:
@@ -118,13 +121,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scenes", type=Path, default=SHARED / "datasets" / "face-mask-scenes")
     parser.add_argument("--weights", type=Path, default=SHARED / "weights")
-    parser.add_argument("--held-out", action="store_true",
-                        help="only the crowd profile on the photos held out of training; writes "
-                             "model_scenes_held_out.json")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--held-out", action="store_true",
+                      help="only the crowd profile on the photos held out of training; writes "
+                           "model_scenes_held_out.json")
+    mode.add_argument("--cross-validation", type=Path, nargs="+", metavar="MODEL",
+                      help="int8 models trained with --hold-out-fold 0, 1, ... (--folds = their number), each "
+                           "on the photos of its fold; writes model_scenes_cv.json")
+    parser.add_argument("--model", type=Path, help="classifier .tflite (default: the committed int8 model)")
+    parser.add_argument("--seed", type=int, default=0, help="--seed of the training run(s) (default 0)")
     args = parser.parse_args()
-    classifier = MaskClassifier(num_threads=2)
+    if args.cross_validation:
+        return cross_validation(args.scenes, args.cross_validation, args.seed)
+    classifier = MaskClassifier(args.model, num_threads=2)
     if args.held_out:
-        return held_out(args.scenes, classifier)
+        return held_out(args.scenes, classifier, args.seed)
     runs = {}
     for profile in ("crowd", "near"):
         started = time.perf_counter()
@@ -155,18 +166,48 @@ def main() -> int:
     return 0
 
 
-def held_out(folder: Path, classifier: MaskClassifier) -> int:
+def held_out(folder: Path, classifier: MaskClassifier, seed: int = 0) -> int:
     """The crowd pipeline on the scene photos that training never saw (the classifier's honest figure)."""
-    photos = held_out_photos(folder)
+    photos = held_out_photos(folder, seed)
     result = evaluate_scenes(folder, classifier, create_detector("crowd", num_threads=2), only=photos)
     figures = {f"crowd_{k}": v for k, v in summary(result).items()} | {"photos": len(photos)}
     figures["threshold_sweep_>=24"] = result["threshold_sweep"]
     out = HERE / "results" / "model_scenes_held_out.json"
-    out.write_text(json.dumps({"name": "model_scenes_held_out",
+    out.write_text(json.dumps({"name": "model_scenes",
                                "title": "Scenes held out of training (validation photos): crowd pipeline",
                                "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
                                "figures": figures, "baseline": {}, "ratios": {}, "details": result}, indent=2))
     print(json.dumps(figures, indent=2))
+    return 0
+
+
+def cross_validation(folder: Path, models: list[Path], seed: int = 0) -> int:
+    """Crowd pipeline, each fold's classifier on the photos of its fold; no-mask decisions pooled over folds."""
+    detector = create_detector("crowd", num_threads=2)
+    folds, pooled = [], {}
+    for fold, model in enumerate(models):
+        photos = held_out_photos(folder, seed, fold, len(models))
+        result = evaluate_scenes(folder, MaskClassifier(model, 2), detector, only=photos)
+        folds.append({"fold": fold, "photos": len(photos), "model": result["model"]} | summary(result))
+        for threshold, decision in result["threshold_sweep"].items():
+            counts = pooled.setdefault(threshold, {"true_positives": 0, "predicted": 0, "n": 0})
+            for key in counts:
+                counts[key] += decision[key]
+    sweep = {threshold: {"precision": round(c["true_positives"] / max(1, c["predicted"]), 4),
+                         "recall": round(c["true_positives"] / max(1, c["n"]), 4), "n": c["n"]}
+             for threshold, c in pooled.items()}
+    figures = {"crowd_no_mask_precision": sweep["0.5"]["precision"], "crowd_no_mask_recall": sweep["0.5"]["recall"],
+               "no_mask_faces": sweep["0.5"]["n"], "folds": len(models), "seed": seed,
+               "photos": sum(f["photos"] for f in folds), "threshold_sweep_>=24": sweep}
+    out = HERE / "results" / "model_scenes_cv.json"
+    out.write_text(json.dumps({"name": "model_scenes", "title": "Scenes, cross-validated by photo: no-mask "
+                                                              "decision of classifiers that never saw the photo",
+                               "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
+                               "figures": figures, "baseline": {}, "ratios": {}, "details": {"folds": folds},
+                               "notes": "crowd profile, threshold 0.5, faces >= 24 px; each fold's model was "
+                                        "trained with `--hold-out-fold i` (scene photos of fold i left out)"},
+                              indent=2))
+    print(json.dumps(figures | {"per_fold": folds}, indent=2))
     return 0
 
 

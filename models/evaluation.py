@@ -26,9 +26,14 @@ SIZE_BANDS = ((0, 16, "<16"), (16, 24, "16-23"), (24, 48, "24-47"), (48, 10**6, 
 PROMISED_FACE_PX = 24
 
 
-def _precision_recall(truth: np.ndarray, guess: np.ndarray, positive: str) -> dict:
+def _counts(truth: np.ndarray, guess: np.ndarray, positive: str) -> tuple[int, int, int]:
+    """(true positives, predicted positives, actual positives)."""
     tp = int(((truth == positive) & (guess == positive)).sum())
-    predicted, actual = int((guess == positive).sum()), int((truth == positive).sum())
+    return tp, int((guess == positive).sum()), int((truth == positive).sum())
+
+
+def _precision_recall(truth: np.ndarray, guess: np.ndarray, positive: str) -> dict:
+    tp, predicted, actual = _counts(truth, guess, positive)
     return {"precision": round(tp / predicted, 4) if predicted else 0.0,
             "recall": round(tp / actual, 4) if actual else 0.0, "n": actual}
 
@@ -149,6 +154,7 @@ def _decision(decisions: list[tuple[bool, bool, int]], min_size: int) -> dict:
     truth = np.array(["no_mask" if t else "mask" for t, _ in chosen])
     guess = np.array(["no_mask" if g else "mask" for _, g in chosen])
     figures = _precision_recall(truth, guess, "no_mask")
+    figures["true_positives"], figures["predicted"], _ = _counts(truth, guess, "no_mask")
     figures["faces"] = len(chosen)
     figures["accuracy"] = round(float((truth == guess).mean()), 4) if chosen else 0.0
     return figures
