@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="'imagenet' (downloads) or a MobileNetV2 no-top .h5 file")
     train.add_argument("--size", type=int, default=96, help="input size in pixels (default 96)")
     train.add_argument("--epochs", type=int, default=20, help="head epochs on frozen features (default 20)")
-    train.add_argument("--fine-tune-epochs", type=int, default=3, help="fine-tuning epochs (default 3, 0 = none)")
+    train.add_argument("--fine-tune-epochs", type=int, default=6, help="fine-tuning epochs (default 6, 0 = none)")
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--augment-copies", type=int, default=2,
                        help="augmented copies per training crop for the head phase (default 2)")
@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--hold-out-fold", type=int, metavar="I",
                        help="cross-validation: leave the scene photos of fold I (of --folds) out entirely")
     train.add_argument("--folds", type=int, default=2, help="scene photo folds for --hold-out-fold (default 2)")
-    train.add_argument("--fine-tune-lr", type=float, default=1e-5, help="fine-tuning learning rate (default 1e-5)")
+    train.add_argument("--fine-tune-lr", type=float, default=2e-5, help="fine-tuning learning rate (default 2e-5)")
     train.add_argument("--seed", type=int, default=0, help="random seed; same seed and data, same model")
     train.add_argument("--detector", choices=["blazeface", "res10", "none"], default="blazeface",
                        help="detector that cuts the training crops (none = whole images)")

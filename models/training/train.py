@@ -40,11 +40,11 @@ class TrainSettings:
     backbone_weights: str = "imagenet"
     size: int = 96
     head_epochs: int = 20
-    fine_tune_epochs: int = 3
+    fine_tune_epochs: int = 6
     fine_tune_from: str = FINE_TUNE_FROM
     batch_size: int = 32
     head_learning_rate: float = 1e-3
-    fine_tune_learning_rate: float = 1e-5
+    fine_tune_learning_rate: float = 2e-5
     balance: bool = False
     low_res: float = 0.0
     hold_out_fold: int | None = None
