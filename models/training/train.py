@@ -32,7 +32,7 @@ CROPS_VERSION = 1
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Everything that decides a training run (saved with it as ``settings.json``)."""
+    """Everything that decides a training run (saved with it in ``metrics.json`` under ``settings``)."""
 
     data: str
     scenes: str | None
