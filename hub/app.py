@@ -100,7 +100,8 @@ class HubApp:
                                           cfg.sites, client_id=f"{client_id}-ha")
             self._discovery.start()
         server = uvicorn.Server(uvicorn.Config(create_app(services), host=cfg.http.host, port=cfg.http.port,
-                                               log_level="warning", lifespan="off", timeout_graceful_shutdown=3))
+                                               log_level="warning", lifespan="off", timeout_graceful_shutdown=3,
+                                               log_config=None))  # keep the process's logging as configured
         self._server = server
         self._http_thread = threading.Thread(target=server.run, name="hub-http", daemon=True)
         self._http_thread.start()
