@@ -47,6 +47,8 @@ class UtcDateTime(TypeDecorator[datetime]):
             texts[id(value)] = (value, text)
             return text
 
+        return process
+
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         return None if value is None else value.replace(tzinfo=UTC)
 

@@ -7,7 +7,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -134,6 +134,22 @@ def test_redelivery_changes_nothing(store: Store) -> None:
     with store.session() as session:
         after = [(r.id, r.messages, r.updated_at) for r in session.scalars(select(EventRow).order_by(EventRow.id))]
     assert after == before
+
+
+def test_times_are_stored_as_naive_utc_text_whatever_their_zone(store: Store) -> None:
+    """One text format for every stored time (SQLAlchemy's SQLite format, UTC): string comparisons in
+    filters and pruning depend on it, and both insert paths (executemany, insertmanyvalues) must use it."""
+    local = (T0 + timedelta(microseconds=7)).astimezone(timezone(timedelta(hours=2)))
+    with store.transaction() as session:
+        EventLog(store, Path("unused")).write(session, [EventIn(make_event("hq", "n", 1, ts=local), T0)])
+    expected = (T0 + timedelta(microseconds=7)).replace(tzinfo=None).isoformat(" ", "microseconds")
+    with store.engine.connect() as connection:
+        stored = connection.execute(text(
+            "SELECT m.ts, m.received_at, e.first_seen, e.last_seen FROM event_messages m JOIN events e "
+            "ON e.id = m.event_id")).one()
+    assert tuple(stored) == (expected, T0.replace(tzinfo=None).isoformat(" ", "microseconds"), expected, expected)
+    with store.session() as session:
+        assert session.scalar(select(EventRow.first_seen)) == T0 + timedelta(microseconds=7)
 
 
 def test_rejected_table_is_bounded(store: Store) -> None:
