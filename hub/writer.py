@@ -77,7 +77,7 @@ def _serve(settings: WriterSettings, connection: Connection, log_level: int) -> 
         except StorageError as exc:
             reply = ("storage", str(exc))
         except Exception as exc:  # a bug: reported to the hub, the writer stays up
-            logging.getLogger(__name__).exception("batch of %d messages failed", len(messages))
+            log.exception("batch of %d messages failed", len(messages))
             reply = ("error", f"{type(exc).__name__}: {exc}")
         try:
             connection.send((*reply, records.take()))
