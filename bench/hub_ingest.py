@@ -135,10 +135,7 @@ def make_ingest(broker: BrokerConfig, workdir: Path, name: str, batch_size: int,
         "ingest": {"batch_size": batch_size, "batch_ms": batch_ms, "share_group": f"g{name}"}})
     store = Store(config.db_url)
     store.migrate()
-    writer = WriterProcess(WriterSettings(db_url=config.db_url, snapshot_dir=config.snapshot_dir,
-                                          max_snapshot_bytes=config.ingest.max_snapshot_bytes,
-                                          rejected_max_rows=config.retention.rejected_max_rows,
-                                          alert_cooldown_s=60, public_url="http://bench"))
+    writer = WriterProcess(WriterSettings.from_config(config, "http://bench"))
     writer.start()
     client = MqttClient(broker, f"bench-hub-{name}", persistent=True, manual_ack=True)
     ingest = Ingest(config, client, writer, EventLog(store, config.snapshot_dir),

@@ -78,10 +78,7 @@ class HubApp:
                                stopping=self.stopping)
         alerter = Alerter(lambda topic, alert: control.publish(topic, alert, qos=1),
                           cooldown_s=cfg.alerts.cooldown_s, public_url=services.public_url)
-        settings = WriterSettings(db_url=cfg.db_url, snapshot_dir=cfg.snapshot_dir,
-                                  max_snapshot_bytes=cfg.ingest.max_snapshot_bytes,
-                                  rejected_max_rows=cfg.retention.rejected_max_rows,
-                                  alert_cooldown_s=cfg.alerts.cooldown_s, public_url=services.public_url)
+        settings = WriterSettings.from_config(cfg, services.public_url)
         if cfg.ingest.writer_process:
             self._writer = WriterProcess(settings)
             self._writer.start()

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from hub.alerts import Alerter
+from hub.config import HubConfig
 from hub.events import EventIn, EventLog, RejectIn, SnapshotIn
 from hub.registry import NodeUpdate, Registry
 from hub.store import Store
@@ -81,6 +82,14 @@ class WriterSettings:
     rejected_max_rows: int
     alert_cooldown_s: float
     public_url: str
+
+    @classmethod
+    def from_config(cls, config: HubConfig, public_url: str) -> WriterSettings:
+        """The settings of ``config``'s ingest, with snapshot links under ``public_url``."""
+        return cls(db_url=config.db_url, snapshot_dir=config.snapshot_dir,
+                   max_snapshot_bytes=config.ingest.max_snapshot_bytes,
+                   rejected_max_rows=config.retention.rejected_max_rows,
+                   alert_cooldown_s=config.alerts.cooldown_s, public_url=public_url)
 
     def build(self, store: Store | None = None) -> BatchWriter:
         """A writer on ``store`` (or on a new :class:`Store` of ``db_url``)."""
