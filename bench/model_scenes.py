@@ -90,19 +90,14 @@ def seed_detector() -> MultiPassDetector:
 
 
 def held_out_photos(folder: Path, seed: int = 0, fold: int | None = None, folds: int = 2) -> set[str]:
-    """Scene photos a model never trained on: the validation side of the training split (same grouping and seed
-    as ``model train``), or with ``fold`` the photos of that cross-validation fold (``--hold-out-fold``)."""
+    """Scene photos a model never trained on: the validation side of the training split (same seed as
+    ``model train``), or with ``fold`` the photos of that cross-validation fold (``--hold-out-fold``)."""
     from edge.images import read_image
     from models.scenes import load_scenes
-    from models.training.data import group_split, photo_fold, photo_group, scene_crops
+    from models.training.data import photo_group, validation_photo
 
-    groups = {s.image.name: photo_group(read_image(s.image)) for s in load_scenes(folder)}
-    if fold is not None:
-        return {name for name, group in groups.items() if photo_fold(group, folds, seed) == fold}
-    crops = scene_crops(folder, 8)
-    _, val = group_split(crops, 0.2, seed)
-    chosen = {crops.groups[i] for i in val}
-    return {name for name, group in groups.items() if group in chosen}
+    return {s.image.name for s in load_scenes(folder)
+            if validation_photo(photo_group(read_image(s.image)), seed, fold=fold, folds=folds)}
 
 
 def summary(result: dict, band: str = ">=24") -> dict:

@@ -46,9 +46,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="share of augmented crops shrunk to a 16-64 px face, JPEG-compressed and enlarged "
                             "back (default 0)")
     train.add_argument("--hold-out-fold", type=int, metavar="I",
-                       help="cross-validation: leave the scene photos of fold I (of --folds) out entirely")
+                       help="cross-validation: the scene photos of fold I (of --folds) are the scene validation "
+                            "and never train; every other scene photo trains")
     train.add_argument("--folds", type=int, default=2, help="scene photo folds for --hold-out-fold (default 2)")
     train.add_argument("--fine-tune-lr", type=float, default=2e-5, help="fine-tuning learning rate (default 2e-5)")
+    train.add_argument("--fine-tune-from", metavar="LAYER",
+                       help="first MobileNetV2 layer to fine-tune (default block_13_expand; an earlier block "
+                            "fine-tunes more layers)")
     train.add_argument("--seed", type=int, default=0, help="random seed; same seed and data, same model")
     train.add_argument("--detector", choices=["blazeface", "res10", "none"], default="blazeface",
                        help="detector that cuts the training crops (none = whole images)")
@@ -98,8 +102,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def add_inference_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by the commands that run the edge's detector and classifier."""
     parser.add_argument("--model", type=Path, help="classifier .tflite (default: models/mask_classifier_int8.tflite)")
-    parser.add_argument("--threshold", type=float, default=0.5,
-                        help="no-mask decision threshold 0..1 (default 0.5)")
+    parser.add_argument("--threshold", type=float,
+                        help="no-mask decision threshold 0..1 (default: the profile's, near 0.5, crowd 0.25)")
     parser.add_argument("--profile", choices=["near", "crowd"], default="crowd",
                         help="detector operating point (default crowd)")
     parser.add_argument("--detector", choices=["blazeface", "res10"], default="blazeface",
@@ -126,8 +130,8 @@ def run_train(args: argparse.Namespace) -> int:
         fine_tune_epochs=args.fine_tune_epochs, batch_size=args.batch_size, augment_copies=args.augment_copies,
         validation=args.validation, seed=args.seed, detector=None if args.detector == "none" else args.detector,
         limit_per_class=args.limit, balance=args.balance, fine_tune_learning_rate=args.fine_tune_lr,
-        low_res=args.low_res, hold_out_fold=args.hold_out_fold,
-        folds=args.folds)
+        low_res=args.low_res, hold_out_fold=args.hold_out_fold, folds=args.folds,
+        **({"fine_tune_from": args.fine_tune_from} if args.fine_tune_from else {}))
     report = train(settings)
     val = report["validation"]
     print(f"validation: {val['n']} crops, accuracy {val['accuracy']:.4f}, no-mask recall "
@@ -145,12 +149,16 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _threshold(value: float) -> float:
+def _threshold(args: argparse.Namespace) -> float:
+    """``--threshold``, checked, or the ``--profile``'s default."""
+    from edge.config import DEFAULT_THRESHOLDS
     from shared.errors import ConfigError
 
-    if not 0.0 <= value <= 1.0:
-        raise ConfigError(f"--threshold must be between 0 and 1, got {value}")
-    return value
+    if args.threshold is None:
+        return DEFAULT_THRESHOLDS[args.profile]
+    if not 0.0 <= args.threshold <= 1.0:
+        raise ConfigError(f"--threshold must be between 0 and 1, got {args.threshold}")
+    return args.threshold
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -158,7 +166,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from edge.detector import create_detector
     from models.evaluation import check_folder, evaluate_folder, evaluate_scenes
 
-    threshold = _threshold(args.threshold)
+    threshold = _threshold(args)
     folder = check_folder(args.dir)
     classifier = MaskClassifier(args.model, args.threads)
     if args.scenes:
@@ -194,7 +202,7 @@ def run_detect(args: argparse.Namespace) -> int:
     from edge.images import ImageReadError, list_images, read_image
     from models.inference import analyse, annotate
 
-    threshold = _threshold(args.threshold)
+    threshold = _threshold(args)
     images: list[Path] = []
     for path in args.paths:
         if path.is_dir():

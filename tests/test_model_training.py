@@ -7,12 +7,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ai_edge_litert.interpreter import Interpreter
 
 from edge.classifier import MaskClassifier
 from edge.images import list_images, read_image
 from models.training.augment import Augmentation
-from models.training.data import dhash, group_split, near_duplicate_groups, photo_fold
-from models.training.train import Crops, without_fold
+from models.training.data import (
+    Crops,
+    dhash,
+    group_split,
+    near_duplicate_groups,
+    train_validation_split,
+    validation_photo,
+)
+from models.training.export import FLOAT_LAYERS, convert
 from shared.cli import main
 from tests.conftest import FACE_MASK, SCENES, WEIGHTS, need
 
@@ -45,6 +53,19 @@ def test_tiny_train_export_and_predict_on_litert(tmp_path: Path, capsys: pytest.
         p = classifier.no_mask_probability(crops)
         assert p.shape == (3,) and ((p >= 0) & (p <= 1)).all()
 
+    # the export's fallback: int8 with the first depthwise convolution left in float, uint8 in and out still
+    selective = tmp_path / "selective.tflite"
+    selective.write_bytes(convert(run / "model.keras", np.load(run / "split.npz")["representative"], FLOAT_LAYERS))
+    interpreter = Interpreter(str(selective))
+    assert interpreter.get_input_details()[0]["dtype"] == np.uint8
+    assert interpreter.get_output_details()[0]["dtype"] == np.uint8
+    tensors = interpreter.get_tensor_details()
+    assert any(t["dtype"] == np.float32 and FLOAT_LAYERS[0] in t["name"] for t in tensors)
+    assert any(t["dtype"] == np.int8 for t in tensors)
+    p_selective = MaskClassifier(selective, num_threads=1).no_mask_probability(crops)
+    p_float = MaskClassifier(tmp_path / "out" / "mask_classifier_f16.tflite", num_threads=1).no_mask_probability(crops)
+    assert np.abs(p_selective - p_float).max() < 0.1
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
@@ -74,16 +95,24 @@ def test_low_resolution_step_blurs_and_keeps_the_plain_recipe_unchanged() -> Non
     assert detail[1] < detail[0] / 3
 
 
-def test_cross_validation_folds_leave_out_whole_scene_photos_only() -> None:
-    groups = [f"photo:{i // 2}" for i in range(40)] + [f"dup:{i}" for i in range(4)]
-    crops = Crops(np.zeros((44, 4, 4, 3), np.uint8), np.array([0, 1] * 22), groups, ["scenes"] * 40 + ["face-mask"] * 4)
-    kept = [without_fold(crops, fold, 2, seed=0) for fold in (0, 1)]
-    for fold, part in enumerate(kept):
-        assert part.sources.count("face-mask") == 4
-        assert all(photo_fold(g, 2, 0) != fold for g, s in zip(part.groups, part.sources, strict=True) if s == "scenes")
-    assert len(kept[0].labels) + len(kept[1].labels) == 40 + 2 * 4 and all(len(p.labels) < 44 for p in kept)
+def test_scene_photos_are_split_whole_and_each_fold_validates_its_own_photos() -> None:
+    groups = [f"photo:{i // 2}" for i in range(40)] + [f"dup:{i}" for i in range(10)]
+    sources = ["scenes"] * 40 + ["face-mask"] * 10
+    crops = Crops(np.zeros((50, 4, 4, 3), np.uint8), np.array([0, 1] * 25), groups, sources)
+    plain_val = train_validation_split(crops, 0.2, seed=0)[1]
+    folds = [train_validation_split(crops, 0.2, seed=0, fold=fold, folds=2) for fold in (0, 1)]
+    face_mask_val = {i for i in plain_val if crops.sources[i] == "face-mask"}
+    scene_val: list[int] = []
+    for fold, (train_index, val_index) in enumerate(folds):
+        assert sorted([*train_index, *val_index]) == list(range(50))
+        assert {i for i in val_index if crops.sources[i] == "face-mask"} == face_mask_val
+        val_groups = {crops.groups[i] for i in val_index}
+        assert not val_groups & {crops.groups[i] for i in train_index}
+        assert all(validation_photo(g, 0, fold=fold, folds=2) for g in val_groups if g.startswith("photo:"))
+        scene_val += [i for i in val_index if crops.sources[i] == "scenes"]
+    assert sorted(scene_val) == list(range(40))  # every scene photo is validated in exactly one fold
     with pytest.raises(ValueError, match="between 0 and 1"):
-        without_fold(crops, 2, 2, seed=0)
+        train_validation_split(crops, 0.2, seed=0, fold=2, folds=2)
 
 
 def test_export_refuses_an_incomplete_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from edge.crop import TRAINING_MARGIN, crop_face
 from edge.detector import FaceDetector
 from edge.images import ImageReadError, list_images, read_image
-from models.scenes import DatasetError, load_scenes
+from models.scenes import DatasetError, load_scenes, match
 
 log = logging.getLogger(__name__)
 
@@ -190,19 +190,28 @@ def photo_group(frame: np.ndarray) -> str:
     return "photo:" + hashlib.sha256(frame.tobytes()).hexdigest()[:16]
 
 
-def photo_fold(group: str, folds: int, seed: int) -> int:
-    """The cross-validation fold (0 .. folds - 1) of a scene photo group, from a seeded hash of its name."""
-    return int(hashlib.sha256(f"fold:{seed}:{group}".encode()).hexdigest(), 16) % folds
+def validation_photo(group: str, seed: int, validation: float = 0.2, fold: int | None = None,
+                     folds: int = 2) -> bool:
+    """Whether a scene photo group is on the validation side: with ``fold``, when it is in that
+    cross-validation fold (0 .. folds - 1); without, for a ``validation`` share of the photos. Both come from
+    a seeded hash of the group name, so the bench can tell which photos a model never saw.
+    """
+    digest = int(hashlib.sha256(f"fold:{seed}:{group}".encode()).hexdigest(), 16)
+    if fold is not None:
+        return digest % folds == fold
+    return digest / 2**256 < validation
 
 
-def scene_crops(folder: Path, size: int, limit: int | None = None) -> Crops:
+def scene_crops(folder: Path, size: int, limit: int | None = None, detector: FaceDetector | None = None) -> Crops:
     """Crops of every labelled face of a scenes folder (VOC), cut with the edge's margin; grouped by photo.
 
     An incorrectly worn mask is labelled "no mask". Faces under :data:`MIN_SCENE_FACE_PX` are left out.
+    With a ``detector``, a labelled face that it finds (IoU >= 0.3) gives a second crop: the detected box, cut
+    as the edge cuts it at run time (detected boxes sit a little higher and vary more than labelled ones).
     """
     scenes = load_scenes(folder)[:limit]
     images, labels, groups = [], [], []
-    stats = {"scene_photos": 0, "scene_faces": 0, "scene_small_skipped": 0}
+    stats = {"scene_photos": 0, "scene_faces": 0, "scene_small_skipped": 0, "scene_detected_crops": 0}
     for scene in tqdm(scenes, desc="scene crops", unit="photo", leave=False):
         try:
             frame = read_image(scene.image)
@@ -211,16 +220,22 @@ def scene_crops(folder: Path, size: int, limit: int | None = None) -> Crops:
             continue
         stats["scene_photos"] += 1
         group = photo_group(frame)
-        for face in scene.faces:
-            if face.size < MIN_SCENE_FACE_PX:
-                stats["scene_small_skipped"] += 1
-                continue
-            images.append(resize_square(crop_face(frame, face.box, TRAINING_MARGIN), size))
-            labels.append(int(face.no_mask))
+        kept = [face for face in scene.faces if face.size >= MIN_SCENE_FACE_PX]
+        stats["scene_small_skipped"] += len(scene.faces) - len(kept)
+        stats["scene_faces"] += len(kept)
+        boxes = [(face.box, face.no_mask) for face in kept]
+        if detector is not None:
+            detected = [f.box for f in detector.detect(frame)]
+            pairs = match([face.box for face in kept], detected)
+            boxes += [(detected[j], kept[i].no_mask) for i, j in sorted(pairs.items())]
+            stats["scene_detected_crops"] += len(pairs)
+        for box, no_mask in boxes:
+            images.append(resize_square(crop_face(frame, box, TRAINING_MARGIN), size))
+            labels.append(int(no_mask))
             groups.append(group)
-            stats["scene_faces"] += 1
-    log.info("scenes: %d faces from %d photos (%d faces under %d px left out)", stats["scene_faces"],
-             stats["scene_photos"], stats["scene_small_skipped"], MIN_SCENE_FACE_PX)
+    log.info("scenes: %d faces from %d photos (%d faces under %d px left out), %d more crops of detected boxes",
+             stats["scene_faces"], stats["scene_photos"], stats["scene_small_skipped"], MIN_SCENE_FACE_PX,
+             stats["scene_detected_crops"])
     return Crops(np.array(images, np.uint8).reshape(-1, size, size, 3), np.array(labels, np.int64), groups,
                  ["scenes"] * len(labels), stats)
 
@@ -260,4 +275,22 @@ def group_split(crops: Crops, validation: float, seed: int) -> tuple[np.ndarray,
                     val_groups.add(g)
                     taken += counts[g]
     is_val = np.array([g in val_groups for g in crops.groups])
+    return np.nonzero(~is_val)[0], np.nonzero(is_val)[0]
+
+
+def train_validation_split(crops: Crops, validation: float, seed: int, fold: int | None = None,
+                           folds: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, validation): face-mask crops as in :func:`group_split`; scene crops by photo, with
+    :func:`validation_photo` (with ``fold``, cross-validation: that fold's photos are the scene validation and
+    every other photo trains).
+
+    :raises ValueError: ``fold`` is not in 0 .. folds - 1.
+    """
+    if fold is not None and not 0 <= fold < folds:
+        raise ValueError(f"hold-out fold must be between 0 and {folds - 1}, got {fold}")
+    is_val = np.zeros(len(crops.labels), bool)
+    is_val[group_split(crops, validation, seed)[1]] = True
+    for i, (source, group) in enumerate(zip(crops.sources, crops.groups, strict=True)):
+        if source == "scenes":
+            is_val[i] = validation_photo(group, seed, validation, fold, folds)
     return np.nonzero(~is_val)[0], np.nonzero(is_val)[0]

@@ -20,14 +20,14 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from models.training.augment import Augmentation
-from models.training.data import Crops, concat, face_mask_crops, group_split, photo_fold, scene_crops
+from models.training.data import Crops, concat, face_mask_crops, scene_crops, train_validation_split
 from models.training.network import FINE_TUNE_FROM, backbone, classifier, head, set_fine_tuning
 from models.training.plots import plot_confusion, plot_curves
 
 log = logging.getLogger(__name__)
 
 #: Bump when the way crops are cut changes, so cached crops are not reused.
-CROPS_VERSION = 1
+CROPS_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -93,23 +93,11 @@ def load_crops(settings: TrainSettings, cache_dir: Path | None = None) -> Crops:
     parts = [face_mask_crops(Path(settings.data), settings.size, detector, settings.limit_per_class)]
     if settings.scenes:
         limit = None if settings.limit_per_class is None else settings.limit_per_class // 4
-        parts.append(scene_crops(Path(settings.scenes), settings.size, limit))
+        scene_detector = create_detector("crowd", settings.detector) if settings.detector else None
+        parts.append(scene_crops(Path(settings.scenes), settings.size, limit, scene_detector))
     crops = concat(parts)
     crops.save(cache)
     return crops
-
-
-def without_fold(crops: Crops, fold: int, folds: int, seed: int) -> Crops:
-    """The crops without the scene photos of one cross-validation fold (kept out of training and validation).
-
-    :raises ValueError: ``fold`` is not in 0 .. folds - 1.
-    """
-    if not 0 <= fold < folds:
-        raise ValueError(f"hold-out fold must be between 0 and {folds - 1}, got {fold}")
-    keep = np.array([source != "scenes" or photo_fold(group, folds, seed) != fold
-                     for source, group in zip(crops.sources, crops.groups, strict=True)])
-    log.info("cross-validation: scene photos of fold %d/%d left out (%d crops)", fold, folds, (~keep).sum())
-    return crops.subset(np.nonzero(keep)[0])
 
 
 def features(base: keras.Model, images: np.ndarray, batch_size: int, desc: str) -> np.ndarray:
@@ -178,9 +166,11 @@ def train(settings: TrainSettings) -> dict:
     tf.config.experimental.enable_op_determinism()
 
     crops = load_crops(settings)
+    train_index, val_index = train_validation_split(crops, settings.validation, settings.seed,
+                                                    settings.hold_out_fold, settings.folds)
     if settings.hold_out_fold is not None:
-        crops = without_fold(crops, settings.hold_out_fold, settings.folds, settings.seed)
-    train_index, val_index = group_split(crops, settings.validation, settings.seed)
+        log.info("cross-validation: the scene photos of fold %d/%d are the scene validation, all others train",
+                 settings.hold_out_fold, settings.folds)
     train_set, val_set = crops.subset(train_index), crops.subset(val_index)
     log.info("split: %d train / %d validation crops (groups kept whole)", len(train_index), len(val_index))
 
