@@ -104,7 +104,7 @@ class EdgeApp:
             from edge.classifier import MaskClassifier
 
             self._classifier = MaskClassifier(cfg.classifier_path, cfg.num_threads)
-        self.runtime = NodeRuntime(site=cfg.site, node=cfg.node, threshold=cfg.threshold, detect=cfg.detect,
+        self.runtime = NodeRuntime(site=cfg.site, node=cfg.node, threshold=cfg.decision_threshold(), detect=cfg.detect,
                                    model=self._classifier.version, profile=cfg.profile, source=cfg.source,
                                    servo=self.servo, planner=self.planner, min_deg=cfg.servo.min_deg,
                                    max_deg=cfg.servo.max_deg)

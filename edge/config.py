@@ -132,6 +132,12 @@ class PreviewConfig(StrictModel):
     quality: int = Field(75, ge=10, le=100)
 
 
+#: Default no-mask threshold per profile. Crowd faces are small and the classifier is less sure of them: 0.25 is
+#: where cross-validation on the scene photos put no-mask precision and recall both above 0.85 (see
+#: models/MODEL_CARD.md, "Default thresholds"); near keeps 0.5, the balanced point on the face-mask validation.
+DEFAULT_THRESHOLDS: dict[str, float] = {"near": 0.5, "crowd": 0.25}
+
+
 class EdgeConfig(StrictModel):
     """Everything an edge node needs."""
 
@@ -143,7 +149,8 @@ class EdgeConfig(StrictModel):
     detector: str | None = Field(None, description="detector kind (default: the profile's)")
     classifier_path: Path | None = Field(None, description="default: the packaged int8 classifier")
     num_threads: int = Field(2, ge=1, le=16)
-    threshold: float = Field(0.5, ge=0, le=1, description="no-mask probability at or above which: no_mask")
+    threshold: float | None = Field(None, ge=0, le=1, description="no-mask probability at or above which: no_mask "
+                                    "(default: the profile's, near 0.5, crowd 0.25)")
     detect: bool = Field(True, description="inference running at start")
     min_face_px: int = Field(16, ge=4, description="smaller detections are ignored")
     stats_interval_s: float = Field(10.0, gt=0)
@@ -163,6 +170,10 @@ class EdgeConfig(StrictModel):
         if self.preview.bind:
             parse_host_port(self.preview.bind, 8090)
         return self
+
+    def decision_threshold(self) -> float:
+        """``threshold``, or the profile's default (:data:`DEFAULT_THRESHOLDS`) when it is not set."""
+        return DEFAULT_THRESHOLDS[self.profile] if self.threshold is None else self.threshold
 
     def outbox_path(self) -> Path:
         """The outbox file, defaulting to one per site/node under ~/.local/state/maskwatch."""

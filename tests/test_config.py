@@ -114,3 +114,11 @@ def test_redacted_hides_secrets() -> None:
     out = redacted(cfg)
     assert out["broker"]["password"] == "***"
     assert out["broker"]["username"] == "u"
+
+
+def test_edge_threshold_defaults_to_the_profile_s_own() -> None:
+    from edge.config import DEFAULT_THRESHOLDS, EdgeConfig
+
+    assert EdgeConfig().decision_threshold() == DEFAULT_THRESHOLDS["near"] == 0.5
+    assert EdgeConfig(profile="crowd").decision_threshold() == DEFAULT_THRESHOLDS["crowd"] < 0.5
+    assert EdgeConfig(profile="crowd", threshold=0.6).decision_threshold() == 0.6

@@ -350,7 +350,7 @@ def test_install_script_writes_a_tls_node_config(tmp_path: Path) -> None:
     assert read_env(etc / "edge.env")["MASKWATCH_BROKER__USERNAME"] == "hq/door-7"
     assert (etc / "edge.env").stat().st_mode & 0o077 == 0
     # a second run keeps the operator's edits
-    (etc / "edge.yaml").write_text((etc / "edge.yaml").read_text().replace("threshold: 0.5", "threshold: 0.7"))
+    (etc / "edge.yaml").write_text((etc / "edge.yaml").read_text().replace("threshold: null", "threshold: 0.7"))
     assert install_config(tmp_path, "--site", "hq", "--node", "door-7", "--broker", "broker.lan",
                           "--ca", str(ca)).returncode == 0
     assert load_edge_config(etc / "edge.yaml").threshold == 0.7

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from edge.config import DEFAULT_THRESHOLDS
 from edge.images import list_images
 from shared.cli import main
 from tests.conftest import FACE_MASK, SCENES, need
@@ -74,6 +75,13 @@ def test_eval_scenes_reports_recall_per_class_and_size(capsys: pytest.CaptureFix
     assert set(result["no_mask_decision"]) == {"all", ">=24"}
     assert {"precision", "recall", "faces", "accuracy", "n"} <= set(result["no_mask_decision"]["all"])
     assert 0 < result["precision"] <= 1 and result["ms_per_image"] > 0
+    assert result["threshold"] == DEFAULT_THRESHOLDS["crowd"]  # the profile's, --threshold not given
+
+
+def test_threshold_follows_the_profile_unless_given(capsys: pytest.CaptureFixture[str], scenes_dir: Path) -> None:
+    for extra, expected in ((["--profile", "near"], DEFAULT_THRESHOLDS["near"]), (["--threshold", "0.7"], 0.7)):
+        code, (result,) = run_json(capsys, ["model", "eval", str(scenes_dir), "--scenes", "--json", *extra])
+        assert code == 0 and result["threshold"] == expected
 
 
 def test_detect_prints_one_json_line_per_image(capsys: pytest.CaptureFixture[str], scenes_dir: Path,
@@ -86,7 +94,10 @@ def test_detect_prints_one_json_line_per_image(capsys: pytest.CaptureFixture[str
         assert set(result) == {"image", "faces", "ms"} and set(result["ms"]) == {"detect", "classify", "total"}
         for face in result["faces"]:
             assert set(face) == {"box", "face_score", "label", "score"}
-            assert len(face["box"]) == 4 and face["label"] in ("mask", "no_mask") and 0.5 <= face["score"] <= 1
+            assert len(face["box"]) == 4 and face["label"] in ("mask", "no_mask") and face["score"] <= 1
+            # score is the probability of the label; detect defaults to the crowd profile's threshold
+            threshold = DEFAULT_THRESHOLDS["crowd"]
+            assert face["score"] >= (threshold if face["label"] == "no_mask" else 1 - threshold)
     assert sum(len(r["faces"]) for r in results) >= 5
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "maksssksksss0.jpg", "maksssksksss1.jpg", "maksssksksss10.jpg"]
