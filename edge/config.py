@@ -136,6 +136,7 @@ class PreviewConfig(StrictModel):
 #: where cross-validation on the scene photos put no-mask precision and recall both above 0.85 (see
 #: models/MODEL_CARD.md, "Default thresholds"); near keeps 0.5, the balanced point on the face-mask validation.
 DEFAULT_THRESHOLDS: dict[str, float] = {"near": 0.5, "crowd": 0.25}
+_PROFILE_THRESHOLDS = ", ".join(f"{profile} {value}" for profile, value in DEFAULT_THRESHOLDS.items())
 
 
 class EdgeConfig(StrictModel):
@@ -150,7 +151,7 @@ class EdgeConfig(StrictModel):
     classifier_path: Path | None = Field(None, description="default: the packaged int8 classifier")
     num_threads: int = Field(2, ge=1, le=16)
     threshold: float | None = Field(None, ge=0, le=1, description="no-mask probability at or above which: no_mask "
-                                    "(default: the profile's, near 0.5, crowd 0.25)")
+                                    f"(default: the profile's, {_PROFILE_THRESHOLDS})")
     detect: bool = Field(True, description="inference running at start")
     min_face_px: int = Field(16, ge=4, description="smaller detections are ignored")
     stats_interval_s: float = Field(10.0, gt=0)

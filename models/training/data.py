@@ -207,7 +207,7 @@ def scene_crops(folder: Path, size: int, limit: int | None = None, detector: Fac
 
     An incorrectly worn mask is labelled "no mask". Faces under :data:`MIN_SCENE_FACE_PX` are left out.
     With a ``detector``, a labelled face that it finds (IoU >= 0.3) gives a second crop: the detected box, cut
-    as the edge cuts it at run time (detected boxes sit a little higher and vary more than labelled ones).
+    as the edge cuts it at run time (detected boxes vary more than labelled ones).
     """
     scenes = load_scenes(folder)[:limit]
     images, labels, groups = [], [], []
