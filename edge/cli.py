@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--profile", choices=("near", "crowd"),
                         help="near: entrance camera, faces >= 48 px, fast; crowd: small faces, slower")
     parser.add_argument("--once", action="store_true",
-                        help="process a file or folder to its end, deliver every event, exit (0: all delivered)")
+                        help="process a file or folder to its end, deliver every event, exit (0: all delivered; "
+                             "1: source failed, broker never reached or events left in the outbox)")
     parser.add_argument("--outbox", metavar="PATH", help="SQLite outbox file (default per site/node in "
                         "~/.local/state/maskwatch/)")
     parser.add_argument("--preview", metavar="HOST:PORT", help="serve an annotated MJPEG preview (off by default)")

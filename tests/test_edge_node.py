@@ -14,6 +14,7 @@ import pytest
 
 from edge.app import EdgeApp
 from edge.tracker import iou
+from shared.broker import free_port
 from shared.config import BrokerConfig
 from shared.messages import Event, NodeStats, parse
 from shared.mqtt import MqttClient
@@ -150,6 +151,19 @@ def test_corrupt_video_is_a_clear_error_without_a_crash(tmp_path: Path, broker_c
         capture_output=True, text=True, timeout=60)
     assert run.returncode == 1
     assert "broken.mp4" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_once_without_a_broker_exits_1_and_says_so(tmp_path: Path) -> None:
+    folder = tmp_path / "empty-room"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "wall.png"), np.full((120, 160, 3), 128, np.uint8))  # no face: nothing to publish
+    nobody = f"127.0.0.1:{free_port()}"
+    run = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "edge", "--once", "--source", str(folder), "--broker", nobody,
+         "--outbox", str(tmp_path / "o.sqlite"), "--set", "pin_factory=mock", "--set", "outbox.drain_timeout_s=2"],
+        capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1
+    assert f"broker {nobody} never reached" in run.stderr and "Traceback" not in run.stderr
 
 
 @pytest.mark.parametrize("spec", ["scene:/no/such/dir", "/no/such/video.mp4"])
