@@ -44,6 +44,10 @@ class Writer(Protocol):
     def write(self, messages: list[Message], now: datetime) -> BatchResult: ...
 
 
+class BatchFailed(Exception):
+    """The writer failed on a batch for a reason other than storage (a bug); nothing of it was stored."""
+
+
 @dataclass
 class IngestStats:
     """Running totals of this hub process (the database holds the durable counters)."""
@@ -53,6 +57,7 @@ class IngestStats:
     batches: int = 0
     duplicates: int = 0
     storage_errors: int = 0
+    failed_messages: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     last_commit: datetime | None = None
     last_batch_ms: float = 0.0
@@ -127,10 +132,9 @@ class Ingest:
             batch = self._collect()
             try:
                 if batch:
-                    self._commit_with_retry(batch)
+                    self._commit_isolating(batch)
             except Exception:  # the thread's boundary: a bug must not stop ingest
-                log.exception("batch of %d messages failed; left unacknowledged (redelivered after a reconnect)",
-                              len(batch))
+                log.exception("batch of %d messages failed after it was stored", len(batch))
         self._drain()
 
     def _drain(self) -> None:
@@ -163,6 +167,24 @@ class Ingest:
                 break
         return items
 
+    def _commit_isolating(self, received: list[Received]) -> None:
+        """Commit ``received``; when the writer fails on it for a reason other than storage (a bug), commit each
+        half on its own, so a message that trips the bug holds back only itself. That message stays
+        unacknowledged (the broker redelivers it after a reconnect) and is counted in ``failed_messages``.
+        """
+        try:
+            self._commit_with_retry(received)
+        except BatchFailed:
+            if len(received) == 1:
+                self.stats.failed_messages += 1
+                log.exception("message on %s failed in the writer; left unacknowledged (redelivered after a "
+                              "reconnect)", received[0].topic)
+                return
+            half = len(received) // 2
+            log.warning("batch of %d messages failed in the writer; committing its halves apart", len(received))
+            self._commit_isolating(received[:half])
+            self._commit_isolating(received[half:])
+
     def _commit_with_retry(self, received: list[Received]) -> None:
         delay = 0.2
         while True:
@@ -182,7 +204,12 @@ class Ingest:
     def process(self, received: list[Received]) -> BatchResult:
         """Store ``received`` in one transaction, acknowledge it, then publish alerts and feed items."""
         started = time.perf_counter()
-        result = self.writer.write([(message.topic, message.payload) for message in received], utc_now())
+        try:
+            result = self.writer.write([(message.topic, message.payload) for message in received], utc_now())
+        except StorageError:
+            raise
+        except Exception as exc:  # nothing was stored or acknowledged
+            raise BatchFailed(f"{type(exc).__name__}: {exc}") from exc
         for message in received:
             if message.qos:
                 self.client.ack(message.mid, message.qos)

@@ -71,6 +71,9 @@ def render(store: Store, ingest: Ingest | None = None, feed: Feed | None = None)
         lines += _family("maskwatch_ingest_storage_errors_total", "counter",
                          "batches retried after a database or snapshot-folder error",
                          [_sample("maskwatch_ingest_storage_errors_total", stats.storage_errors)])
+        lines += _family("maskwatch_ingest_failed_messages_total", "counter",
+                         "messages the writer failed on (a bug), left unacknowledged for redelivery",
+                         [_sample("maskwatch_ingest_failed_messages_total", stats.failed_messages)])
     if feed is not None:
         lines += _family("maskwatch_stream_clients", "gauge", "open /api/stream connections",
                          [_sample("maskwatch_stream_clients", feed.subscribers)])

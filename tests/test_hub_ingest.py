@@ -10,8 +10,9 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -184,6 +185,40 @@ def test_storage_error_holds_the_batch_until_storage_is_back(broker_config: Brok
         assert count(store, EventRow) == 0  # nothing committed, nothing acknowledged
         blocker.unlink()
         assert wait_until(lambda: count(store, SnapshotRow) == 1 and count(store, EventRow) == 1, 15)
+        client.stop()
+        store.close()
+
+
+class TrippingWriter:
+    """The hub's own writer, failing as a bug would on any batch that holds ``marker`` (nothing stored then)."""
+
+    def __init__(self, writer: Any, marker: bytes) -> None:
+        self.writer, self.marker = writer, marker
+
+    def write(self, messages: list[tuple[str, bytes]], now: datetime) -> Any:
+        if any(self.marker in payload for _, payload in messages):
+            raise RuntimeError("a writer bug that this payload triggers")
+        return self.writer.write(messages, now)
+
+
+def test_a_message_that_trips_a_writer_bug_holds_back_only_itself(broker_config: BrokerConfig,
+                                                                  tmp_path: Path) -> None:
+    site = unique_site()
+    config = hub_config(broker_config, tmp_path, site, ingest={"batch_ms": 300})
+    with running_hub(config) as hub:
+        assert hub.ingest is not None
+        hub.ingest.writer = TrippingWriter(hub.ingest.writer, b"-poison-")
+        store = Store(config.db_url)
+        client = publisher(broker_config, "cam")
+        for n in range(1, 4):
+            client.publish(NodeTopics(site, "cam").events, make_event(site, "cam", n), qos=1)
+        client.publish(NodeTopics(site, "poison").events, make_event(site, "poison", 1), qos=1)
+        for n in range(4, 7):
+            client.publish(NodeTopics(site, "cam").events, make_event(site, "cam", n), qos=1)
+        assert wait_until(lambda: count(store, EventRow) == 6 and hub.ingest.stats.failed_messages == 1, 15), \
+            (count(store, EventRow), hub.ingest.stats.failed_messages)
+        assert count(store, EventRow, EventRow.node == "poison") == 0
+        assert hub.ingest.stats.batches >= 2  # the valid messages were committed apart from the bad one
         client.stop()
         store.close()
 
