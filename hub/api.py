@@ -241,14 +241,17 @@ def create_app(services: HubServices) -> FastAPI:
 
     @app.get("/api/stats", tags=["events"])
     def stats(_: Principal, since: Since = None, until: Until = None) -> dict[str, Any]:
-        """Compliance (share of faces with masks) overall, per node and per hour (default: last 24 h)."""
+        """Compliance (share of faces with masks) overall, per node, per hour and per node and hour (UTC hours;
+        default: last 24 h)."""
         until_ = aware(until) or utc_now()
         since_ = aware(since) or until_ - timedelta(hours=24)
         per_node: dict[tuple[str, str], dict[str, int]] = {}
         per_hour: dict[str, dict[str, int]] = {}
+        per_node_hour: dict[tuple[str, str, str], dict[str, int]] = {}
         for site, node, hour, label, n in services.events.label_counts(since=since_, until=until_, by_hour=True):
             per_node.setdefault((site, node), {"mask": 0, "no_mask": 0})[label] += n
             per_hour.setdefault(hour or "", {"mask": 0, "no_mask": 0})[label] += n
+            per_node_hour.setdefault((site, node, hour or ""), {"mask": 0, "no_mask": 0})[label] += n
         mask = sum(c["mask"] for c in per_node.values())
         no_mask = sum(c["no_mask"] for c in per_node.values())
         return {
@@ -258,6 +261,8 @@ def create_app(services: HubServices) -> FastAPI:
                          for (s, n), c in sorted(per_node.items())],
             "per_hour": [{"hour": h, **c, "compliance": compliance(c["mask"], c["no_mask"])}
                          for h, c in sorted(per_hour.items())],
+            "per_node_hour": [{"site": s, "node": n, "hour": h, **c, "compliance": compliance(c["mask"], c["no_mask"])}
+                              for (s, n, h), c in sorted(per_node_hour.items())],
             "rejected": services.store.counters("rejected."),
             "ingest": None if services.ingest is None else {
                 "received": services.ingest.stats.received, "committed": services.ingest.stats.committed,

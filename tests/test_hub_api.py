@@ -101,6 +101,9 @@ def test_stats_and_metrics_match_the_database(api: tuple[TestClient, Store]) -> 
     stats = client.get("/api/stats", params={"since": START.isoformat()}).json()
     assert (stats["faces"], stats["mask"], stats["no_mask"], stats["compliance"]) == (60, 45, 15, 0.75)
     assert [h["mask"] + h["no_mask"] for h in stats["per_hour"]] == [60]
+    per_node_hour = {(e["node"], e["hour"]): (e["mask"], e["no_mask"]) for e in stats["per_node_hour"]}
+    assert {(e["node"], e["hour"]): (e["mask"], e["no_mask"]) for e in stats["per_node"]
+            for e in [{**e, "hour": stats["per_hour"][0]["hour"]}]} == per_node_hour  # one hour: the same counts
     assert stats["rejected"] == {"rejected.json": 1, "rejected.version": 1}
     metrics = client.get("/metrics").text
     samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()

@@ -30,32 +30,26 @@ function svg(tag, attrs = {}, text) {
   return node;
 }
 
-/** Hour windows [start, start + 1 h) of the last 24 hours, the current hour last. */
+/** The starts of the last 24 UTC hours (the hub counts by UTC hour), the current hour last. */
 function hours() {
   const end = new Date();
-  end.setMinutes(0, 0, 0);
-  end.setHours(end.getHours() + 1);
+  end.setUTCMinutes(0, 0, 0);
+  end.setTime(end.getTime() + 3600e3);
   return Array.from({ length: HOURS }, (_, i) => new Date(end.getTime() - (HOURS - i) * 3600e3));
 }
 
-/** series: node key -> array (one per hour) of {mask, no_mask, compliance} or null. */
+/** series: node key -> array (one per hour) of {mask, no_mask, compliance} or null; one /api/stats call. */
 async function load() {
   const windows = hours();
-  const perHour = await Promise.all(windows.map((start) => {
-    const query = new URLSearchParams({ since: start.toISOString(), until: new Date(start.getTime() + 3600e3).toISOString() });
-    return api(`api/stats?${query}`).then((r) => r.body);
-  }));
-  const since = windows[0].toISOString();
-  const { body: day } = await api(`api/stats?${new URLSearchParams({ since })}`);
+  const index = new Map(windows.map((start, i) => [start.getTime(), i]));
+  const { body: day } = await api(`api/stats?${new URLSearchParams({ since: windows[0].toISOString() })}`);
   const series = new Map();
   for (const entry of day.per_node) series.set(nodeKey(entry.site, entry.node), new Array(HOURS).fill(null));
-  perHour.forEach((stats, i) => {
-    for (const entry of stats.per_node) {
-      const key = nodeKey(entry.site, entry.node);
-      if (!series.has(key)) series.set(key, new Array(HOURS).fill(null));
-      series.get(key)[i] = entry;
-    }
-  });
+  for (const entry of day.per_node_hour) {
+    const i = index.get(new Date(entry.hour).getTime());
+    const key = nodeKey(entry.site, entry.node);
+    if (i !== undefined && series.has(key)) series.get(key)[i] = entry;
+  }
   return { windows, series, day };
 }
 
