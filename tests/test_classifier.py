@@ -96,3 +96,20 @@ def test_corrupt_empty_and_missing_images_give_clear_errors(tmp_path: Path) -> N
         read_image(tmp_path / "absent.jpg")
     with pytest.raises(ImageReadError, match="folder not found"):
         list_images(tmp_path / "nowhere")
+
+
+def test_model_card_names_the_committed_files_bytes_and_digests() -> None:
+    from edge.model_store import sha256_of
+
+    card = (DEFAULT_MODEL.parent / "MODEL_CARD.md").read_text()
+    for path in sorted(DEFAULT_MODEL.parent.glob("mask_classifier_*.tflite")):
+        row = next(line for line in card.splitlines() if line.startswith(f"| `{path.name}` |"))
+        assert f"`{sha256_of(path)}`" in row and f"{path.stat().st_size:,}" in row, row
+    assert f"`{MaskClassifier(num_threads=1).version}`" in card
+
+
+def test_mirror_averaging_is_the_mean_of_the_crop_and_its_mirror(classifier: MaskClassifier) -> None:
+    crop = read_image(list_images(need(FACE_MASK) / "without_mask")[0])
+    single = MaskClassifier(num_threads=1, mirror=False)
+    plain, mirrored = single.no_mask_probability([crop, np.ascontiguousarray(crop[:, ::-1])])
+    assert classifier.mirror and classifier.no_mask_probability([crop])[0] == pytest.approx((plain + mirrored) / 2)
