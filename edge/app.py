@@ -58,8 +58,6 @@ class EdgeApp:
                  detector: Detector | None = None, classifier: Classifier | None = None) -> None:
         self.config = config
         self.once = once
-        #: Whether the client has connected at least once (``--once`` exits 1 when it never did).
-        self.reached_broker = False
         self.topics = NodeTopics(config.site, config.node)
         self.stopping = threading.Event()
         self._delivery_stop = threading.Event()
@@ -158,7 +156,6 @@ class EdgeApp:
 
     def _on_connect(self) -> None:
         """Network thread, after every connect: re-announce and let the courier replay (no waiting here)."""
-        self.reached_broker = True
         self.client.publish(self.topics.status, b"online", qos=1, retain=True)
         self.publish_state()
         self.courier.reconnected()
@@ -246,7 +243,7 @@ class EdgeApp:
                 code = 1 if self.once else 0
         # a short run may end before the first connect: give it the drain timeout (unless the drain just spent it)
         if self.once and hasattr(self, "client") and not (
-                self.reached_broker or self.client.wait_connected(0 if code else self.config.outbox.drain_timeout_s)):
+                self.client.connects or self.client.wait_connected(0 if code else self.config.outbox.drain_timeout_s)):
             log.error("broker %s never reached: nothing was published (events stay in %s for the next start)",
                       self.config.broker.address, self.config.outbox_path())
             code = 1
