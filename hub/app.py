@@ -4,7 +4,7 @@ Threads: paho's network threads (intake and control clients), ``hub-ingest``
 (batches to the writer, acks), ``hub-housekeeping`` (offline alerts, retention),
 ``hub-http`` (uvicorn serving the API), and ``ha-discovery`` when Home Assistant
 discovery is on. Process: ``maskwatch-hub-writer`` validates and stores the
-batches (:mod:`hub.writer`; ``ingest.writer_process: false`` keeps it in the hub process).
+batches (:mod:`hub.ingest.writer_process`; ``ingest.writer_process: false`` keeps it in the hub process).
 
 Example::
 
@@ -22,19 +22,19 @@ from types import FrameType
 
 import uvicorn
 
-from hub.alerts import Alerter
 from hub.api import HubServices, create_app
-from hub.batches import WriterSettings
-from hub.commands import Commander
 from hub.config import HubConfig
-from hub.discovery import HaDiscovery
-from hub.events import EventLog
-from hub.feed import Feed
-from hub.housekeeping import Housekeeper
-from hub.ingest import Ingest
-from hub.registry import Registry
-from hub.store import Store
-from hub.writer import WriterProcess
+from hub.ingest.batch_core import WriterSettings
+from hub.ingest.consumer import Ingest
+from hub.ingest.writer_process import WriterProcess
+from hub.services.alerts import Alerter
+from hub.services.commands import Commander
+from hub.services.discovery import HaDiscovery
+from hub.services.feed import Feed
+from hub.services.housekeeping import Housekeeper
+from hub.storage.database import Store
+from hub.storage.events import EventLog
+from hub.storage.nodes import Registry
 from shared.config import redacted
 from shared.errors import MaskwatchError
 from shared.mqtt import MqttClient

@@ -26,7 +26,7 @@ from shared.errors import ConfigError, MaskwatchError
 
 if TYPE_CHECKING:
     from hub.config import HubConfig
-    from hub.store import Store
+    from hub.storage.database import Store
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ def open_store(url: str) -> Store:
     from sqlalchemy import inspect
     from sqlalchemy.exc import SQLAlchemyError
 
-    from hub.store import Store
+    from hub.storage.database import Store
 
     store = Store(url)
     try:
@@ -257,8 +257,8 @@ def run_hub(args: argparse.Namespace) -> int:
     from shared.config import merge, parse_host_port, parse_set_options
 
     if args.new_token:
-        from hub.auth import new_token
         from hub.config import hash_token
+        from hub.services.auth import new_token
 
         token = new_token()
         print(f"token for {args.new_token} (shown once; give it to the client):\n  {token}\n"
@@ -289,7 +289,7 @@ def run_events(args: argparse.Namespace) -> int:
         items = page["items"]
     else:
         from hub.api import event_json
-        from hub.events import EventLog
+        from hub.storage.events import EventLog
 
         config = load_hub_config(args)
         store = open_store(config.db_url)
@@ -315,7 +315,7 @@ def run_nodes(args: argparse.Namespace) -> int:
         items = api_get(args.api, "/api/nodes", {"site": args.site}, _token(args))
     else:
         from hub.api import node_json
-        from hub.registry import Registry
+        from hub.storage.nodes import Registry
 
         store = open_store(load_hub_config(args).db_url)
         try:
@@ -335,13 +335,13 @@ def send_command(args: argparse.Namespace, name: str, params: dict[str, Any]) ->
     """Send one command over MQTT, print the answers, return 0/1/3."""
     import uuid
 
-    from hub.commands import Commander, exit_code
+    from hub.services.commands import Commander, exit_code
     from shared.mqtt import MqttClient
 
     config = load_hub_config(args)
     store = registry = None
     if args.db:
-        from hub.registry import Registry
+        from hub.storage.nodes import Registry
 
         store = open_store(args.db)
         registry = Registry(store)

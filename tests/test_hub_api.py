@@ -17,10 +17,10 @@ from sqlalchemy import func, select
 
 from hub.api import HubServices, create_app
 from hub.config import HubConfig, hash_token
-from hub.events import EventIn, EventLog, RejectIn, SnapshotIn
-from hub.models import EventRow
-from hub.registry import NodeUpdate, Registry
-from hub.store import Store
+from hub.storage.database import Store
+from hub.storage.events import EventIn, EventLog, RejectIn, SnapshotIn
+from hub.storage.nodes import NodeUpdate, Registry
+from hub.storage.rows import EventRow
 from shared.cli import main
 from shared.config import BrokerConfig
 from shared.messages import utc_now

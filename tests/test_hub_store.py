@@ -16,9 +16,9 @@ from sqlalchemy import func, inspect, select, text
 from sqlalchemy.exc import OperationalError
 
 from hub.config import HubConfig, hash_token
-from hub.events import EventIn, EventLog, RejectIn, SnapshotIn, fold
-from hub.models import AlertRow, EventMessage, EventRow, RejectedRow, SnapshotRow
-from hub.store import Store
+from hub.storage.database import Store
+from hub.storage.events import EventIn, EventLog, RejectIn, SnapshotIn, fold
+from hub.storage.rows import AlertRow, EventMessage, EventRow, RejectedRow, SnapshotRow
 from shared.cli import main
 from shared.config import load_config
 from shared.errors import ConfigError
@@ -38,7 +38,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 def test_migrate_creates_schema_in_wal_mode_and_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     s = Store(f"sqlite:///{tmp_path / 'sub' / 'hub.db'}")
-    with caplog.at_level(logging.INFO, logger="hub.store"):
+    with caplog.at_level(logging.INFO, logger="hub.storage.database"):
         assert s.migrate() == "0002"
         assert s.migrate() == "0002"
     messages = [r.getMessage() for r in caplog.records]
@@ -193,9 +193,9 @@ def test_prune_by_api_and_cli(store: Store, tmp_path: Path, capsys: pytest.Captu
 
 
 def test_housekeeper_prunes_on_its_timer(store: Store, tmp_path: Path) -> None:
-    from hub.alerts import Alerter
-    from hub.housekeeping import Housekeeper
-    from hub.registry import Registry
+    from hub.services.alerts import Alerter
+    from hub.services.housekeeping import Housekeeper
+    from hub.storage.nodes import Registry
 
     log = EventLog(store, tmp_path)
     with store.transaction() as session:

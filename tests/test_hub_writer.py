@@ -13,10 +13,10 @@ import pytest
 from hub_support import hub_config, make_event, publisher, running_hub
 from sqlalchemy import func, select
 
-from hub.batches import StorageError, WriterSettings
-from hub.models import EventMessage, EventRow
-from hub.store import Store
-from hub.writer import WriterProcess
+from hub.ingest.batch_core import StorageError, WriterSettings
+from hub.ingest.writer_process import WriterProcess
+from hub.storage.database import Store
+from hub.storage.rows import EventMessage, EventRow
 from shared.config import BrokerConfig
 from shared.messages import utc_now
 from shared.topics import NodeTopics
@@ -67,7 +67,7 @@ def test_rejections_logged_by_the_writer_reach_the_hub_log(broker_config: Broker
         client.publish(NodeTopics(site, "cam").events, b'{"v": 1, "type": "new"', qos=1)
         assert wait_until(lambda: hub.ingest is not None and hub.ingest.stats.rejected["json"] == 1, 10)
         client.stop()
-    records = [r for r in caplog.records if r.name == "hub.batches"]
+    records = [r for r in caplog.records if r.name == "hub.ingest.batch_core"]
     assert len(records) == 1 and records[0].levelno == logging.WARNING
     assert f"rejected message on {NodeTopics(site, 'cam').events} (json)" in records[0].getMessage()
 

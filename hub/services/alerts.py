@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session
 
-from hub.models import AlertRow, NodeRow
+from hub.storage.rows import AlertRow, NodeRow
 from shared import topics
 from shared.messages import Alert
 
@@ -50,7 +50,7 @@ class Alerter:
         return self._last
 
     def for_events(self, session: Session, rows: Sequence[Row[Any]], now: datetime) -> list[Alert]:
-        """Alerts for newly ``no_mask`` events (rows of :meth:`hub.events.EventLog.claim_no_mask`),
+        """Alerts for newly ``no_mask`` events (rows of :meth:`hub.storage.events.EventLog.claim_no_mask`),
         except those within the node's cooldown."""
         last = self._last_alerts(session)
         out: list[Alert] = []

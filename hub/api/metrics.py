@@ -10,10 +10,10 @@ from collections.abc import Iterable
 
 from sqlalchemy import func, select
 
-from hub.feed import Feed
-from hub.ingest import Ingest
-from hub.models import AlertRow, CommandRow, CounterRow, EventRow, NodeRow
-from hub.store import Store
+from hub.ingest.consumer import Ingest
+from hub.services.feed import Feed
+from hub.storage.database import Store
+from hub.storage.rows import AlertRow, CommandRow, CounterRow, EventRow, NodeRow
 
 
 def _escape(value: object) -> str:

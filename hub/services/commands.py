@@ -28,9 +28,9 @@ from typing import Any, Literal
 from pydantic import ValidationError
 from sqlalchemy import update
 
-from hub.models import CommandRow
-from hub.registry import Registry
-from hub.store import Store
+from hub.storage.database import Store
+from hub.storage.nodes import Registry
+from hub.storage.rows import CommandRow
 from shared import topics
 from shared.errors import ContractError
 from shared.messages import COMMANDS, Command, CommandResponse, DesiredConfig, parse, utc_now

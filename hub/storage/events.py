@@ -24,8 +24,8 @@ from typing import Any
 from sqlalchemy import Row, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from hub.models import EventMessage, EventRow, RejectedRow, SnapshotRow
-from hub.store import Store
+from hub.storage.database import Store
+from hub.storage.rows import EventMessage, EventRow, RejectedRow, SnapshotRow
 from shared.messages import Event
 
 log = logging.getLogger(__name__)

@@ -168,7 +168,7 @@ class DemoSite:
             raise
 
     def _start_broker(self) -> None:
-        from shared.broker import LocalMosquitto, mosquitto_binary
+        from devsite.broker import LocalMosquitto, mosquitto_binary
 
         if self.external:
             host, port = self.external
@@ -176,16 +176,16 @@ class DemoSite:
             mosquitto = LocalMosquitto(workdir=self.state_dir / "mosquitto").start()
             self.broker, host, port = mosquitto, mosquitto.host, mosquitto.port
         else:
-            from hub.embedded_broker import EmbeddedBroker
+            from devsite.embedded_broker import EmbeddedBroker
 
             embedded = EmbeddedBroker().start()
             self.broker, host, port, self.protocol = embedded, embedded.host, embedded.port, embedded.protocol
         self.broker_address = f"{host}:{port}"
 
     def _start_hub(self) -> None:
+        from devsite.broker import free_port
         from hub.app import HubApp
         from hub.config import HomeAssistantConfig, HttpConfig, HubConfig
-        from shared.broker import free_port
         from shared.config import BrokerConfig
         from shared.errors import MaskwatchError
 

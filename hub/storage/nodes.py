@@ -14,8 +14,8 @@ from typing import Any, Literal
 from sqlalchemy import case, select
 from sqlalchemy.orm import Session
 
-from hub.models import NodeRow
-from hub.store import Store
+from hub.storage.database import Store
+from hub.storage.rows import NodeRow
 
 UpdateKind = Literal["status", "state", "stats", "seen"]
 

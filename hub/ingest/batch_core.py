@@ -2,9 +2,9 @@
 
 :class:`BatchWriter` is the pure "messages in, result out" core of the ingest. It
 runs in the hub process or, by default, in a writer process of its own
-(:mod:`hub.writer`), so it takes plain ``(topic, payload)`` pairs and returns a
+(:mod:`hub.ingest.writer_process`), so it takes plain ``(topic, payload)`` pairs and returns a
 picklable :class:`BatchResult`; acknowledging, publishing alerts and the live
-feed stay with :class:`hub.ingest.Ingest`.
+feed stay with :class:`hub.ingest.consumer.Ingest`.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from pathlib import Path
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
-from hub.alerts import Alerter
 from hub.config import HubConfig
-from hub.events import EventIn, EventLog, RejectIn, SnapshotIn
-from hub.registry import NodeUpdate, Registry
-from hub.store import Store
+from hub.services.alerts import Alerter
+from hub.storage.database import Store
+from hub.storage.events import EventIn, EventLog, RejectIn, SnapshotIn
+from hub.storage.nodes import NodeUpdate, Registry
 from shared import topics
 from shared.errors import ContractError, MaskwatchError
 from shared.messages import MAX_PAYLOAD_BYTES, Alert, Event, NodeState, NodeStats, parse

@@ -30,7 +30,6 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
@@ -38,22 +37,23 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Str
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select, text
 
-from hub import metrics
-from hub.auth import RateLimiter, TokenChecker
-from hub.commands import Commander, exit_code
+from hub.api import metrics
 from hub.config import HubConfig
-from hub.events import EventLog
-from hub.feed import Feed
-from hub.ingest import Ingest
-from hub.models import AlertRow, CommandRow, EventRow, NodeRow, RejectedRow
-from hub.registry import Registry
-from hub.store import Store
+from hub.ingest.consumer import Ingest
+from hub.services.auth import RateLimiter, TokenChecker
+from hub.services.commands import Commander, exit_code
+from hub.services.feed import Feed
+from hub.storage.database import Store
+from hub.storage.events import EventLog
+from hub.storage.nodes import Registry
+from hub.storage.rows import AlertRow, CommandRow, EventRow, NodeRow, RejectedRow
+from hub.web import STATIC as WEB_STATIC
 from shared.errors import ContractError
 from shared.messages import utc_now
 
 log = logging.getLogger(__name__)
 
-WEB_STATIC = Path(__file__).parent / "web" / "static"
+
 CSV_COLUMNS = ("id", "site", "node", "label", "best_score", "first_seen", "last_seen", "state", "messages",
                "mask_score", "no_mask_score", "angle", "snapshot")
 MAX_PAGE = 1000

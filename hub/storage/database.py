@@ -27,7 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from hub.models import AlertRow, CounterRow, EventMessage, EventRow, RejectedRow, SnapshotRow
+from hub.storage.rows import AlertRow, CounterRow, EventMessage, EventRow, RejectedRow, SnapshotRow
 from shared.errors import ConfigError, MaskwatchError
 from shared.messages import utc_now
 
