@@ -13,11 +13,12 @@ import pytest
 from hub_support import hub_config, make_event, publisher, running_hub
 from sqlalchemy import func, select
 
-from hub.ingest.batch_core import StorageError, WriterSettings
+from hub.ingest.batch_core import WriterSettings
 from hub.ingest.writer_process import WriterProcess
 from hub.storage.database import Store
 from hub.storage.rows import EventMessage, EventRow
 from shared.config import BrokerConfig
+from shared.errors import StorageError
 from shared.messages import utc_now
 from shared.topics import NodeTopics
 from tests.polling import unique_site, wait_until
@@ -34,7 +35,7 @@ def test_killed_writer_is_restarted_and_every_event_is_stored_once(broker_config
     config = hub_config(broker_config, tmp_path, site, ingest={"batch_size": 50, "batch_ms": 20})
     with running_hub(config) as hub:
         store = Store(config.db_url)
-        writer = hub._writer
+        writer = hub.parts.writer
         assert writer is not None and writer.pid is not None and writer.pid != os.getpid()
         first_pid = writer.pid
         client = publisher(broker_config, "cam")
@@ -76,7 +77,7 @@ def test_in_process_writer_stores_events_and_alerts(broker_config: BrokerConfig,
     site = unique_site()
     config = hub_config(broker_config, tmp_path, site, ingest={"writer_process": False})
     with running_hub(config) as hub:
-        assert hub._writer is None
+        assert hub.parts.writer is None
         store = Store(config.db_url)
         client = publisher(broker_config, "cam")
         for n in range(20):

@@ -27,11 +27,13 @@ from datetime import datetime
 from typing import Protocol
 
 from hub.config import HubConfig
-from hub.ingest.batch_core import BatchResult, Message, StorageError
+from hub.ingest.batch_core import BatchResult, Message
 from hub.services.alerts import Alerter
 from hub.services.feed import Feed
 from hub.storage.events import EventLog
+from hub.views import event_feed_json
 from shared import topics
+from shared.errors import BatchFailed, StorageError
 from shared.messages import Alert, utc_now
 from shared.mqtt import MqttClient, Received
 
@@ -43,10 +45,6 @@ class Writer(Protocol):
     :class:`hub.ingest.writer_process.WriterProcess`."""
 
     def write(self, messages: list[Message], now: datetime) -> BatchResult: ...
-
-
-class BatchFailed(Exception):
-    """The writer failed on a batch for a reason other than storage (a bug); nothing of it was stored."""
 
 
 @dataclass
@@ -235,9 +233,7 @@ class Ingest:
     def _announce(self, feed: Feed, event_ids: list[str], nodes: list[tuple[str, str]],
                   alerts: list[Alert]) -> None:
         for row in self.events.by_ids(event_ids):
-            feed.publish("event", {"id": row.id, "site": row.site, "node": row.node, "label": row.label,
-                                   "score": row.best_score, "state": row.state,
-                                   "last_seen": row.last_seen.isoformat()})
+            feed.publish("event", event_feed_json(row))
         for site, node in nodes:
             feed.publish("node", {"site": site, "node": node})
         for alert in alerts:

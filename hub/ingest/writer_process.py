@@ -26,8 +26,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from hub.ingest.batch_core import BatchResult, Message, StorageError, WriterSettings
-from shared.errors import MaskwatchError
+from hub.ingest.batch_core import BatchResult, Message, WriterSettings
+from shared.errors import MaskwatchError, StorageError
 
 log = logging.getLogger(__name__)
 
