@@ -61,7 +61,7 @@ def build_hub(config: HubConfig, stopping: threading.Event, stack: ExitStack) ->
 
     :raises MaskwatchError: the database cannot be upgraded or the API cannot listen.
     """
-    cfg = config
+    cfg = config  # short: used on most lines below
     store = Store(cfg.db_url)
     stack.callback(store.close)
     store.migrate()

@@ -36,7 +36,6 @@ from shared.messages import Alert, parse
 from shared.mqtt import MqttClient, Received
 
 if TYPE_CHECKING:
-    from hub.services.commands import CommandStatus
     from hub.storage.database import Store
 
 log = logging.getLogger(__name__)
@@ -44,8 +43,6 @@ log = logging.getLogger(__name__)
 RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 EXIT_TIMEOUT = 3
-#: Exit code of a command's overall outcome, by :class:`hub.services.commands.CommandStatus` value.
-EXIT_CODE = {"ok": 0, "error": 1, "timeout": EXIT_TIMEOUT}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -245,11 +242,6 @@ def open_store(url: str) -> Store:
     return store
 
 
-def exit_code(status: CommandStatus) -> int:
-    """The exit code of a command's overall outcome: 0 ok, 1 an ``error`` answer, 3 no answer in time."""
-    return EXIT_CODE[status.value]
-
-
 def _print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
@@ -336,7 +328,9 @@ def send_command(args: argparse.Namespace, name: str, params: dict[str, Any]) ->
     """Send one command over MQTT, print the answers, return 0/1/3."""
     from hub.services.commands import Commander, CommandStatus, overall_status
     from hub.storage.nodes import Registry
+    from hub.views import outcome_json
 
+    exit_codes = {CommandStatus.OK: 0, CommandStatus.ERROR: 1, CommandStatus.TIMEOUT: EXIT_TIMEOUT}
     config = load_hub_config(args)
     store = registry = None
     if args.db:
@@ -357,7 +351,7 @@ def send_command(args: argparse.Namespace, name: str, params: dict[str, Any]) ->
         if store is not None:
             store.close()
     if args.json:
-        _print_json([o.as_dict() for o in outcomes])
+        _print_json([outcome_json(o) for o in outcomes])
     else:
         for o in outcomes:
             if o.status == CommandStatus.OK:
@@ -366,7 +360,7 @@ def send_command(args: argparse.Namespace, name: str, params: dict[str, Any]) ->
                 print(f"error: {o.site}/{o.node} {name}: {o.error}")
             else:
                 print(f"timeout: no answer from {o.site}/{o.node} within {commander.timeout_s:g} s")
-    return exit_code(overall_status(outcomes))
+    return exit_codes[overall_status(outcomes)]
 
 
 def run_servo(args: argparse.Namespace) -> int:

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hub.storage.rows import AlertRow, CommandRow, EventRow, NodeRow, RejectedRow
+
+if TYPE_CHECKING:
+    from hub.services.commands import Outcome
 
 #: Columns of ``/api/events.csv``, in order.
 CSV_COLUMNS = ("id", "site", "node", "label", "best_score", "first_seen", "last_seen", "state", "messages",
@@ -77,6 +80,12 @@ def command_json(row: CommandRow) -> dict[str, Any]:
             "payload": row.payload, "source": row.source, "sent_at": row.sent_at.isoformat(), "status": row.status,
             "answered_at": row.answered_at.isoformat() if row.answered_at else None, "response": row.response,
             "error": row.error}
+
+
+def outcome_json(outcome: Outcome) -> dict[str, Any]:
+    """One node's answer to a command (API ``results``, CLI ``--json``, the audit's ``response``)."""
+    return {"site": outcome.site, "node": outcome.node, "name": outcome.name, "request_id": outcome.request_id,
+            "status": outcome.status.value, "value": outcome.value, "error": outcome.error}
 
 
 def rejected_json(row: RejectedRow) -> dict[str, Any]:

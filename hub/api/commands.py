@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 
 from hub.api.deps import Limit, Principal, Services, rate_limited
 from hub.services.commands import SENDABLE, CommandStatus, overall_status
-from hub.views import command_json
+from hub.views import command_json, outcome_json
 from shared.errors import ContractError
 
 router = APIRouter(tags=["nodes"])
@@ -35,7 +35,7 @@ def command(site: str, node: str, name: CommandName, services: Services,
                                            params or {}, source=f"api:{who}", timeout_s=timeout_s)
     except ContractError as exc:
         raise HTTPException(422, str(exc)) from None
-    body = {"request_id": outcomes[0].request_id, "results": [o.as_dict() for o in outcomes]}
+    body = {"request_id": outcomes[0].request_id, "results": [outcome_json(o) for o in outcomes]}
     return JSONResponse(body, status_code=HTTP_STATUS[overall_status(outcomes)])
 
 

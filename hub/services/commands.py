@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from hub.storage.commands import AuditAnswer, CommandAudit
 from hub.storage.database import Store
 from hub.storage.nodes import Registry
+from hub.views import outcome_json
 from shared import topics
 from shared.errors import ContractError
 from shared.messages import COMMANDS, Command, CommandResponse, DesiredConfig, parse, utc_now
@@ -65,9 +66,6 @@ class Outcome:
     value: Any = None
     error: str | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"site": self.site, "node": self.node, "name": self.name, "request_id": self.request_id,
-                "status": self.status.value, "value": self.value, "error": self.error}
 
 
 @dataclass
@@ -230,12 +228,12 @@ class Commander:
         if nodes:  # one row per node
             by_node = {o.node: o for o in outcomes}
             node_outcomes = [(row_id, by_node[node]) for row_id, node in zip(audit_ids, nodes, strict=True)]
-            answers = [AuditAnswer(row_id, o.status.value, o.as_dict(), o.error,
+            answers = [AuditAnswer(row_id, o.status.value, outcome_json(o), o.error,
                                    answered=o.status != CommandStatus.TIMEOUT) for row_id, o in node_outcomes]
         else:  # one row for a site-wide command: summary status, every answer in `response`
             status = overall_status(outcomes)
             errors = "; ".join(f"{o.node}: {o.error}" for o in outcomes if o.error) or None
-            answers = [AuditAnswer(audit_ids[0], status.value, {"answers": [o.as_dict() for o in outcomes]}, errors,
+            answers = [AuditAnswer(audit_ids[0], status.value, {"answers": [outcome_json(o) for o in outcomes]}, errors,
                                    answered=status != CommandStatus.TIMEOUT)]
         self.audit.record_answers(answers, utc_now())
 
