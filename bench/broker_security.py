@@ -36,7 +36,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from deploy_site import HUB, ShippedSite  # noqa: E402
 
 from bench.common import write_result  # noqa: E402
-from shared.broker import LocalMosquitto  # noqa: E402
+from devsite.broker import LocalMosquitto  # noqa: E402
 from shared.config import BrokerConfig  # noqa: E402
 from shared.messages import Event, utc_now  # noqa: E402
 from shared.mqtt import MqttClient, Received  # noqa: E402

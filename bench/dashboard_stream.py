@@ -27,10 +27,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from bench.common import percentiles, write_result  # noqa: E402
+from devsite.broker import LocalMosquitto, free_port  # noqa: E402
 from hub.app import HubApp  # noqa: E402
 from hub.config import HttpConfig, HubConfig  # noqa: E402
 from hub.web import STATIC  # noqa: E402
-from shared.broker import LocalMosquitto, free_port  # noqa: E402
 from shared.config import BrokerConfig  # noqa: E402
 from shared.messages import Event, utc_now  # noqa: E402
 from shared.mqtt import MqttClient  # noqa: E402

@@ -28,9 +28,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from bench.common import write_result  # noqa: E402
+from devsite.broker import LocalMosquitto  # noqa: E402
 from edge.app import EdgeApp  # noqa: E402
 from edge.config import load_edge_config  # noqa: E402
-from shared.broker import LocalMosquitto  # noqa: E402
 from shared.config import BrokerConfig  # noqa: E402
 from shared.mqtt import MqttClient, Received  # noqa: E402
 from shared.topics import NodeTopics  # noqa: E402

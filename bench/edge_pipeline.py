@@ -32,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from bench.common import write_result  # noqa: E402
+from devsite.broker import LocalMosquitto  # noqa: E402
 from edge.app import EdgeApp  # noqa: E402
 from edge.classifier import MaskClassifier  # noqa: E402
 from edge.config import EdgeConfig, load_edge_config  # noqa: E402
@@ -41,7 +42,6 @@ from edge.pipeline import Pipeline  # noqa: E402
 from edge.scene import BUILTIN_DIR, Placement, Scene, SceneCamera  # noqa: E402
 from edge.sources import Frame  # noqa: E402
 from edge.state import NodeRuntime  # noqa: E402
-from shared.broker import LocalMosquitto  # noqa: E402
 from shared.messages import Event, parse  # noqa: E402
 
 log = logging.getLogger("bench.edge_pipeline")

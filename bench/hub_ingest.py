@@ -36,14 +36,14 @@ sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests")]
 from fault_support import tree_cpu_s  # noqa: E402
 
 from bench.report import machine  # noqa: E402
-from hub.alerts import Alerter  # noqa: E402
-from hub.batches import BatchResult, WriterSettings  # noqa: E402
+from devsite.broker import LocalMosquitto  # noqa: E402
 from hub.config import HubConfig  # noqa: E402
-from hub.events import EventLog  # noqa: E402
-from hub.ingest import Ingest  # noqa: E402
-from hub.store import Store  # noqa: E402
-from hub.writer import WriterProcess  # noqa: E402
-from shared.broker import LocalMosquitto  # noqa: E402
+from hub.ingest.batch_core import BatchResult, WriterSettings  # noqa: E402
+from hub.ingest.consumer import Ingest  # noqa: E402
+from hub.ingest.writer_process import WriterProcess  # noqa: E402
+from hub.services.alerts import Alerter  # noqa: E402
+from hub.storage.database import Store  # noqa: E402
+from hub.storage.events import EventLog  # noqa: E402
 from shared.config import BrokerConfig  # noqa: E402
 from shared.messages import Event, utc_now  # noqa: E402
 from shared.mqtt import MqttClient, Received  # noqa: E402

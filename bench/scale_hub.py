@@ -36,8 +36,8 @@ from sqlalchemy import create_engine, text  # noqa: E402
 
 from bench.common import write_result  # noqa: E402
 from bench.loadgen import LoadGen  # noqa: E402
+from devsite.broker import LocalMosquitto  # noqa: E402
 from hub.config import HubConfig  # noqa: E402
-from shared.broker import LocalMosquitto  # noqa: E402
 from shared.config import BrokerConfig  # noqa: E402
 from shared.mqtt import MqttClient, Received  # noqa: E402
 from shared.topics import node_filter  # noqa: E402

@@ -4,7 +4,7 @@ Threads: paho's network threads (intake and control clients), ``hub-ingest``
 (batches to the writer, acks), ``hub-housekeeping`` (offline alerts, retention),
 ``hub-http`` (uvicorn serving the API), and ``ha-discovery`` when Home Assistant
 discovery is on. Process: ``maskwatch-hub-writer`` validates and stores the
-batches (:mod:`hub.writer`; ``ingest.writer_process: false`` keeps it in the hub process).
+batches (:mod:`hub.ingest.writer_process`; ``ingest.writer_process: false`` keeps it in the hub process).
 
 Example::
 
@@ -18,23 +18,25 @@ import logging
 import signal
 import threading
 import time
+from contextlib import ExitStack
+from dataclasses import dataclass
 from types import FrameType
 
 import uvicorn
 
-from hub.alerts import Alerter
 from hub.api import HubServices, create_app
-from hub.batches import WriterSettings
-from hub.commands import Commander
 from hub.config import HubConfig
-from hub.discovery import HaDiscovery
-from hub.events import EventLog
-from hub.feed import Feed
-from hub.housekeeping import Housekeeper
-from hub.ingest import Ingest
-from hub.registry import Registry
-from hub.store import Store
-from hub.writer import WriterProcess
+from hub.ingest.batch_core import WriterSettings
+from hub.ingest.consumer import Ingest
+from hub.ingest.writer_process import WriterProcess
+from hub.services.alerts import Alerter
+from hub.services.commands import Commander
+from hub.services.discovery import HaDiscovery
+from hub.services.feed import Feed
+from hub.services.housekeeping import Housekeeper
+from hub.storage.database import Store
+from hub.storage.events import EventLog
+from hub.storage.nodes import Registry
 from shared.config import redacted
 from shared.errors import MaskwatchError
 from shared.mqtt import MqttClient
@@ -42,8 +44,92 @@ from shared.mqtt import MqttClient
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class HubParts:
+    """The running parts of a hub that callers (tests, benchmarks) look at."""
+
+    store: Store
+    ingest: Ingest
+    writer: WriterProcess | None
+    http_port: int
+
+
+def build_hub(config: HubConfig, stopping: threading.Event, stack: ExitStack) -> HubParts:
+    """Build and start every part of the hub; each part's close goes on ``stack`` as it is started, so closing
+    the stack stops them in reverse order: HTTP, housekeeping, discovery, ingest (flush and ack), writer,
+    MQTT clients, database.
+
+    :raises MaskwatchError: the database cannot be upgraded or the API cannot listen.
+    """
+    cfg = config  # short: used on most lines below
+    store = Store(cfg.db_url)
+    stack.callback(store.close)
+    store.migrate()
+    events, registry, feed = EventLog(store, cfg.snapshot_dir), Registry(store), Feed()
+    client_id = cfg.broker.client_id or f"maskwatch-hub-{cfg.hub_id}"
+    intake = MqttClient(cfg.broker, client_id, persistent=True, manual_ack=True)
+    control = MqttClient(cfg.broker.model_copy(update={"client_id": None}), f"{client_id}-control")
+    stack.callback(control.stop, publish_will=False)
+    stack.callback(intake.stop, publish_will=False)
+    services = HubServices(config=cfg, store=store, events=events, registry=registry, feed=feed,
+                           mqtt_connected=lambda: intake.connected, stopping=stopping)
+    alerter = Alerter(lambda topic, alert: control.publish(topic, alert, qos=1),
+                      cooldown_s=cfg.alerts.cooldown_s, public_url=services.public_url)
+    settings = WriterSettings.from_config(cfg, services.public_url)
+    writer = None
+    if cfg.ingest.writer_process:
+        writer = WriterProcess(settings)
+        stack.callback(writer.stop)
+        writer.start()
+    ingest = services.ingest = Ingest(cfg, intake, writer or settings.build(store), events, alerter, feed)
+    services.commander = Commander(control, timeout_s=cfg.command_timeout_s, store=store, registry=registry)
+    for site in cfg.sites or [None]:
+        services.commander.listen(site)
+    stack.callback(ingest.stop)
+    ingest.start()
+    control.start()
+    intake.start()
+    if cfg.homeassistant.enabled:
+        discovery = HaDiscovery(cfg.broker.model_copy(update={"client_id": None}), cfg.homeassistant,
+                                cfg.sites, client_id=f"{client_id}-ha")
+        stack.callback(discovery.stop)
+        discovery.start()
+    housekeeper = Housekeeper(cfg, store, registry, alerter)
+    stack.callback(housekeeper.stop)
+    housekeeper.start()
+    http_port = _serve_http(services, stack, stopping)
+    log.info("hub %s: API on http://%s:%s, database %s", cfg.hub_id, cfg.http.host, http_port, store.safe_url)
+    if not cfg.auth.enabled:
+        log.warning("API auth is off (no auth.tokens): anyone reaching %s:%s can read and send commands",
+                    cfg.http.host, http_port)
+    return HubParts(store=store, ingest=ingest, writer=writer, http_port=http_port)
+
+
+def _serve_http(services: HubServices, stack: ExitStack, stopping: threading.Event, timeout: float = 10.0) -> int:
+    """Serve the API on the ``hub-http`` thread; return the port it listens on."""
+    http = services.config.http
+    server = uvicorn.Server(uvicorn.Config(create_app(services), host=http.host, port=http.port,
+                                           log_level="warning", lifespan="off", timeout_graceful_shutdown=3,
+                                           log_config=None))  # keep the process's logging as configured
+    thread = threading.Thread(target=server.run, name="hub-http", daemon=True)
+
+    def stop_http() -> None:
+        server.should_exit = True
+        thread.join(10)
+
+    stack.callback(stop_http)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        stopping.wait(0.05)
+    if not server.started:
+        raise MaskwatchError(f"the API could not listen on {http.host}:{http.port}")
+    sockets = [sock for srv in server.servers for sock in srv.sockets]
+    return sockets[0].getsockname()[1] if sockets else http.port
+
+
 class HubApp:
-    """Wires store, MQTT clients, ingest, commander, housekeeping and the HTTP API.
+    """Runs a hub: :func:`build_hub` on :meth:`start`, everything closed in reverse order on :meth:`stop`.
 
     :param config: the hub configuration.
     """
@@ -51,80 +137,27 @@ class HubApp:
     def __init__(self, config: HubConfig) -> None:
         self.config = config
         self.stopping = threading.Event()
-        self.store: Store | None = None
-        self.ingest: Ingest | None = None
-        self._writer: WriterProcess | None = None
-        self._intake: MqttClient | None = None
-        self._control: MqttClient | None = None
-        self._housekeeper: Housekeeper | None = None
-        self._discovery: HaDiscovery | None = None
-        self._server: uvicorn.Server | None = None
-        self._http_thread: threading.Thread | None = None
-        self.http_port: int | None = None
+        self._running = ExitStack()
 
     def start(self) -> None:
-        """Upgrade the database, connect, start every thread and the API."""
-        cfg = self.config
-        log.info("starting hub with %s", redacted(cfg))
-        self.store = store = Store(cfg.db_url)
-        store.migrate()
-        events, registry, feed = EventLog(store, cfg.snapshot_dir), Registry(store), Feed()
-        client_id = cfg.broker.client_id or f"maskwatch-hub-{cfg.hub_id}"
-        self._intake = MqttClient(cfg.broker, client_id, persistent=True, manual_ack=True)
-        self._control = control = MqttClient(cfg.broker.model_copy(update={"client_id": None}),
-                                             f"{client_id}-control")
-        services = HubServices(config=cfg, store=store, events=events, registry=registry, feed=feed,
-                               mqtt_connected=lambda: bool(self._intake and self._intake.connected),
-                               stopping=self.stopping)
-        alerter = Alerter(lambda topic, alert: control.publish(topic, alert, qos=1),
-                          cooldown_s=cfg.alerts.cooldown_s, public_url=services.public_url)
-        settings = WriterSettings.from_config(cfg, services.public_url)
-        if cfg.ingest.writer_process:
-            self._writer = WriterProcess(settings)
-            self._writer.start()
-        self.ingest = services.ingest = Ingest(cfg, self._intake, self._writer or settings.build(store), events,
-                                               alerter, feed)
-        services.commander = Commander(control, timeout_s=cfg.command_timeout_s, store=store, registry=registry)
-        for site in cfg.sites or [None]:
-            services.commander.listen(site)
-        self.ingest.start()
-        control.start()
-        self._intake.start()
-        self._housekeeper = Housekeeper(cfg, store, registry, alerter)
-        self._housekeeper.start()
-        if cfg.homeassistant.enabled:
-            self._discovery = HaDiscovery(cfg.broker.model_copy(update={"client_id": None}), cfg.homeassistant,
-                                          cfg.sites, client_id=f"{client_id}-ha")
-            self._discovery.start()
-        server = uvicorn.Server(uvicorn.Config(create_app(services), host=cfg.http.host, port=cfg.http.port,
-                                               log_level="warning", lifespan="off", timeout_graceful_shutdown=3,
-                                               log_config=None))  # keep the process's logging as configured
-        self._server = server
-        self._http_thread = threading.Thread(target=server.run, name="hub-http", daemon=True)
-        self._http_thread.start()
-        if not self._wait_http(server):
-            self.stop()
-            raise MaskwatchError(f"the API could not listen on {cfg.http.host}:{cfg.http.port}")
-        log.info("hub %s: API on http://%s:%s, database %s", cfg.hub_id, cfg.http.host, self.http_port,
-                 store.safe_url)
-        if not cfg.auth.enabled:
-            log.warning("API auth is off (no auth.tokens): anyone reaching %s:%s can read and send commands",
-                        cfg.http.host, self.http_port)
+        """Upgrade the database, connect, start every thread and the API (a part that fails closes the others)."""
+        log.info("starting hub with %s", redacted(self.config))
+        with ExitStack() as stack:
+            self.parts = build_hub(self.config, self.stopping, stack)
+            self._running = stack.pop_all()
 
-    def _wait_http(self, server: uvicorn.Server, timeout: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while not server.started and time.monotonic() < deadline:
-            if self._http_thread is None or not self._http_thread.is_alive():
-                return False
-            self.stopping.wait(0.05)
-        if not server.started:
-            return False
-        sockets = [sock for srv in server.servers for sock in srv.sockets]
-        self.http_port = sockets[0].getsockname()[1] if sockets else self.config.http.port
-        return True
+    @property
+    def ingest(self) -> Ingest:
+        """The ingest of the running hub."""
+        return self.parts.ingest
+
+    @property
+    def http_port(self) -> int:
+        """The port the API listens on (the configured one, or the one picked for port 0)."""
+        return self.parts.http_port
 
     def run(self) -> None:
-        """Start, then block until SIGINT/SIGTERM (or :meth:`request_stop`), then stop cleanly."""
+        """Start, then block until SIGINT/SIGTERM, then stop cleanly."""
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             self.start()
@@ -138,34 +171,8 @@ class HubApp:
         log.info("received %s: stopping", signal.Signals(signum).name)
         self.stopping.set()
 
-    def request_stop(self) -> None:
-        self.stopping.set()
-
     def stop(self) -> None:
         """Stop consuming, flush and acknowledge what is queued, close everything (idempotent)."""
         self.stopping.set()
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._http_thread is not None:
-            self._http_thread.join(10)
-            self._http_thread = None
-        if self._housekeeper is not None:
-            self._housekeeper.stop()
-            self._housekeeper = None
-        if self._discovery is not None:
-            self._discovery.stop()
-            self._discovery = None
-        if self.ingest is not None:
-            self.ingest.stop()
-            self.ingest = None
-        if self._writer is not None:
-            self._writer.stop()
-            self._writer = None
-        for client in (self._intake, self._control):
-            if client is not None:
-                client.stop(publish_will=False)
-        self._intake = self._control = None
-        if self.store is not None:
-            self.store.close()
-            self.store = None
+        self._running.close()
         log.info("hub stopped")

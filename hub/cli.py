@@ -4,7 +4,8 @@
 database (or, for ``events``/``nodes``, its API); ``servo``, ``threshold`` and
 ``alerts`` talk MQTT directly, so they work without a hub. Command exit codes:
 0 the node answered ``ok``, 1 it answered ``error`` (printed), 3 no answer in time.
-Heavy modules are imported inside the handlers so ``maskwatch --help`` works without the hub extra.
+Modules of the hub extra (SQLAlchemy, FastAPI, uvicorn) are imported inside the handlers, so
+``maskwatch --help`` works without it.
 """
 
 from __future__ import annotations
@@ -12,21 +13,30 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import queue
 import re
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hub.config import HubConfig, hash_token
+from hub.services.auth import new_token
+from shared import topics
+from shared.config import load_config, merge, parse_host_port, parse_set_options
 from shared.errors import ConfigError, MaskwatchError
+from shared.messages import Alert, parse
+from shared.mqtt import MqttClient, Received
 
 if TYPE_CHECKING:
-    from hub.config import HubConfig
-    from hub.store import Store
+    from hub.storage.database import Store
 
 log = logging.getLogger(__name__)
 
@@ -170,9 +180,6 @@ def _add_prune(subparsers: argparse._SubParsersAction) -> None:
 
 def load_hub_config(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> HubConfig:
     """The hub config from ``--config``, the environment and the named options."""
-    from hub.config import HubConfig
-    from shared.config import load_config, parse_host_port
-
     named: dict[str, Any] = dict(extra or {})
     if getattr(args, "db", None):
         named["db_url"] = args.db
@@ -223,24 +230,15 @@ def api_get(base: str, path: str, params: dict[str, Any], token: str | None) -> 
 
 
 def _token(args: argparse.Namespace) -> str | None:
-    import os
-
     return args.token or os.environ.get("MASKWATCH_TOKEN")
 
 
 def open_store(url: str) -> Store:
     """The hub database at ``url``, which must already hold the hub schema."""
-    from sqlalchemy import inspect
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from hub.store import Store
+    from hub.storage.database import Store
 
     store = Store(url)
-    try:
-        if not inspect(store.engine).has_table("events"):
-            raise MaskwatchError(f"{store.safe_url} holds no hub data: start 'maskwatch hub' on it first")
-    except SQLAlchemyError as exc:
-        raise MaskwatchError(f"cannot open the database {store.safe_url}: {exc}") from None
+    store.require_schema()
     return store
 
 
@@ -254,12 +252,7 @@ def _print_json(data: Any) -> None:
 
 def run_hub(args: argparse.Namespace) -> int:
     """``maskwatch hub``: run until SIGINT/SIGTERM."""
-    from shared.config import merge, parse_host_port, parse_set_options
-
     if args.new_token:
-        from hub.auth import new_token
-        from hub.config import hash_token
-
         token = new_token()
         print(f"token for {args.new_token} (shown once; give it to the client):\n  {token}\n"
               f"add to the hub config under auth.tokens:\n  - {{name: {args.new_token}, sha256: {hash_token(token)}}}")
@@ -288,8 +281,8 @@ def run_events(args: argparse.Namespace) -> int:
             _token(args))
         items = page["items"]
     else:
-        from hub.api import event_json
-        from hub.events import EventLog
+        from hub.storage.events import EventLog
+        from hub.views import event_json
 
         config = load_hub_config(args)
         store = open_store(config.db_url)
@@ -314,8 +307,8 @@ def run_nodes(args: argparse.Namespace) -> int:
     if args.api:
         items = api_get(args.api, "/api/nodes", {"site": args.site}, _token(args))
     else:
-        from hub.api import node_json
-        from hub.registry import Registry
+        from hub.storage.nodes import Registry
+        from hub.views import node_json
 
         store = open_store(load_hub_config(args).db_url)
         try:
@@ -333,16 +326,14 @@ def run_nodes(args: argparse.Namespace) -> int:
 
 def send_command(args: argparse.Namespace, name: str, params: dict[str, Any]) -> int:
     """Send one command over MQTT, print the answers, return 0/1/3."""
-    import uuid
+    from hub.services.commands import Commander, CommandStatus, overall_status
+    from hub.storage.nodes import Registry
+    from hub.views import outcome_json
 
-    from hub.commands import Commander, exit_code
-    from shared.mqtt import MqttClient
-
+    exit_codes = {CommandStatus.OK: 0, CommandStatus.ERROR: 1, CommandStatus.TIMEOUT: EXIT_TIMEOUT}
     config = load_hub_config(args)
     store = registry = None
     if args.db:
-        from hub.registry import Registry
-
         store = open_store(args.db)
         registry = Registry(store)
     client = MqttClient(config.broker.model_copy(update={"client_id": None}), f"maskwatch-cli-{uuid.uuid4().hex[:8]}")
@@ -360,16 +351,16 @@ def send_command(args: argparse.Namespace, name: str, params: dict[str, Any]) ->
         if store is not None:
             store.close()
     if args.json:
-        _print_json([o.as_dict() for o in outcomes])
+        _print_json([outcome_json(o) for o in outcomes])
     else:
         for o in outcomes:
-            if o.status == "ok":
+            if o.status == CommandStatus.OK:
                 print(f"ok: {o.site}/{o.node} {name}" + (f" -> {json.dumps(o.value)}" if o.value is not None else ""))
-            elif o.status == "error":
+            elif o.status == CommandStatus.ERROR:
                 print(f"error: {o.site}/{o.node} {name}: {o.error}")
             else:
                 print(f"timeout: no answer from {o.site}/{o.node} within {commander.timeout_s:g} s")
-    return exit_code(outcomes)
+    return exit_codes[overall_status(outcomes)]
 
 
 def run_servo(args: argparse.Namespace) -> int:
@@ -387,13 +378,6 @@ def run_threshold(args: argparse.Namespace) -> int:
 
 def run_alerts(args: argparse.Namespace) -> int:
     """``maskwatch alerts``: print alerts until Ctrl-C (or --count)."""
-    import time
-    import uuid
-
-    from shared import topics
-    from shared.messages import Alert, parse
-    from shared.mqtt import MqttClient, Received
-
     config = load_hub_config(args)
     inbox: queue.Queue[Received] = queue.Queue()
     client = MqttClient(config.broker.model_copy(update={"client_id": None}),
@@ -434,8 +418,6 @@ def run_alerts(args: argparse.Namespace) -> int:
 
 def run_prune(args: argparse.Namespace) -> int:
     """``maskwatch prune``: delete old data now."""
-    from pathlib import Path
-
     config = load_hub_config(args)
     store = open_store(config.db_url)
     try:

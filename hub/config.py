@@ -98,7 +98,7 @@ def hash_token(token: str) -> str:
 
 
 class HomeAssistantConfig(StrictModel):
-    """Home Assistant MQTT discovery (off unless ``enabled``); see :mod:`hub.discovery`."""
+    """Home Assistant MQTT discovery (off unless ``enabled``); see :mod:`hub.services.discovery`."""
 
     enabled: bool = Field(False, description="publish discovery configs and node summaries")
     window_s: float = Field(3600.0, gt=0, description="compliance sensor window, seconds")

@@ -45,3 +45,11 @@ class MissingExtraError(MaskwatchError, ImportError):
         super().__init__(f"this command needs the '{extra}' extra ({module} is missing): "
                          f"pip install 'maskwatch[{extra}]'")
         self.extra = extra
+
+
+class StorageError(MaskwatchError, RuntimeError):
+    """A batch could not be stored (database or snapshot folder); nothing of it was committed."""
+
+
+class BatchFailed(MaskwatchError, RuntimeError):
+    """The writer failed on a batch for a reason other than storage (a bug); nothing of it was stored."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.broker import LocalMosquitto, mosquitto_binary
+from devsite.broker import LocalMosquitto, mosquitto_binary
 from shared.config import BrokerConfig
 
 REPO = Path(__file__).resolve().parents[1]

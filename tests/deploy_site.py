@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from shared.broker import LocalMosquitto, free_port
+from devsite.broker import LocalMosquitto, free_port
 from shared.config import BrokerConfig, TlsConfig
 
 REPO = Path(__file__).resolve().parents[1]

@@ -24,7 +24,7 @@ import yaml
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
-from shared.broker import free_port
+from devsite.broker import free_port
 from shared.config import BrokerConfig
 from tests.polling import unique_site, wait_until
 

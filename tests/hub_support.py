@@ -10,9 +10,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from devsite.broker import free_port
 from hub.app import HubApp
 from hub.config import HubConfig
-from shared.broker import free_port
 from shared.config import BrokerConfig
 from shared.errors import ContractError
 from shared.messages import COMMANDS, CommandResponse, Event, parse, utc_now

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
+from devsite.broker import free_port
+from devsite.demo import DemoSite
 from hub.app import HubApp
 from hub.config import ApiToken, AuthConfig, HttpConfig, HubConfig, hash_token
-from hub.demo import DemoSite
-from shared.broker import free_port
 from shared.config import BrokerConfig
 from shared.messages import Event, utc_now
 from shared.mqtt import MqttClient

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from deploy_site import ALERTS, HUB, REPO, ShippedSite, make_certs
 
-from shared.broker import free_port
+from devsite.broker import free_port
 from shared.messages import Alert, Event, parse, utc_now
 from shared.mqtt import MqttClient, Received
 from shared.topics import NodeTopics, alerts, node_filter

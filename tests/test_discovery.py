@@ -12,8 +12,8 @@ import jinja2
 import pytest
 
 from hub.config import HomeAssistantConfig
-from hub.discovery import HaDiscovery, Limits, entity_configs
-from hub.summary import NodeSummaries
+from hub.services.discovery import HaDiscovery, Limits, entity_configs
+from hub.services.summary import NodeSummaries
 from shared.config import BrokerConfig
 from shared.messages import (
     COMMANDS,

@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
+from devsite.broker import free_port
 from edge.app import EdgeApp
 from edge.tracker import iou
-from shared.broker import free_port
 from shared.config import BrokerConfig
 from shared.messages import Event, NodeStats, parse
 from shared.mqtt import MqttClient

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from devsite.broker import LocalMosquitto
 from edge.outbox import Courier, Outbox, OutboxError
-from shared.broker import LocalMosquitto
 from shared.config import BrokerConfig
 from shared.messages import Event, parse, utc_now
 from shared.mqtt import MqttClient

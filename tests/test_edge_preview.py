@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from shared.broker import free_port
+from devsite.broker import free_port
 from shared.config import BrokerConfig
 from tests import edge_node
 from tests.edge_node import node_config, running_node

@@ -19,7 +19,7 @@ import pytest
 from conftest import FACE_MASK, need
 from fault_support import EdgeProcess, EventTable, HubProcess
 
-from shared.broker import LocalMosquitto
+from devsite.broker import LocalMosquitto
 from shared.config import BrokerConfig
 from shared.messages import Alert, CommandResponse, NodeStats, parse
 from shared.mqtt import MqttClient

@@ -17,7 +17,7 @@ import pytest
 from fault_support import EventTable, HubProcess
 
 from bench.loadgen import LoadGen
-from shared.broker import LocalMosquitto
+from devsite.broker import LocalMosquitto
 from shared.config import BrokerConfig
 from tests.polling import unique_site, wait_until
 

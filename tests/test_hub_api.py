@@ -17,10 +17,11 @@ from sqlalchemy import func, select
 
 from hub.api import HubServices, create_app
 from hub.config import HubConfig, hash_token
-from hub.events import EventIn, EventLog, RejectIn, SnapshotIn
-from hub.models import EventRow
-from hub.registry import NodeUpdate, Registry
-from hub.store import Store
+from hub.storage.database import Store
+from hub.storage.events import EventIn, EventLog, SnapshotIn
+from hub.storage.nodes import NodeUpdate, Registry
+from hub.storage.rejected import RejectedStore, RejectIn
+from hub.storage.rows import EventRow
 from shared.cli import main
 from shared.config import BrokerConfig
 from shared.messages import utc_now
@@ -42,7 +43,7 @@ def seed(store: Store, snapshot_dir: Path) -> EventLog:
                                 ts=START + timedelta(minutes=n), snapshot=n == 5), START) for n in range(60)]
     with store.transaction() as session:
         log.write(session, items)
-        log.reject(session, [RejectIn("maskwatch/hq/a/events", "json", None, "bad", b"{", START),
+        RejectedStore(store).add(session, [RejectIn("maskwatch/hq/a/events", "json", None, "bad", b"{", START),
                              RejectIn("maskwatch/hq/a/events", "version", "v", "v=2", b"{}", START)], 100)
         Registry(store).apply(session, [NodeUpdate("hq", "a", "status", START, online=True),
                                         NodeUpdate("hq", "b", "status", START, online=False)])

@@ -13,8 +13,8 @@ import pytest
 from hub_support import NodeResponder, hub_config, make_event, publisher, running_hub
 from sqlalchemy import select
 
-from hub.models import CommandRow, NodeRow
-from hub.store import Store
+from hub.storage.database import Store
+from hub.storage.rows import CommandRow, NodeRow
 from shared.cli import main
 from shared.config import BrokerConfig
 from shared.messages import DesiredConfig, parse

@@ -9,8 +9,8 @@ import pytest
 from hub_support import hub_config, running_hub
 from sqlalchemy import func, select
 
-from hub.models import CommandRow, EventRow, NodeRow
-from hub.store import Store
+from hub.storage.database import Store
+from hub.storage.rows import CommandRow, EventRow, NodeRow
 from shared.cli import main
 from shared.config import BrokerConfig
 from tests import edge_node

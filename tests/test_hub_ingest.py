@@ -19,8 +19,8 @@ import yaml
 from hub_support import alert_watcher, hub_config, make_event, publisher, running_hub
 from sqlalchemy import func, select
 
-from hub.models import AlertRow, EventMessage, EventRow, NodeRow, RejectedRow, SnapshotRow
-from hub.store import Store
+from hub.storage.database import Store
+from hub.storage.rows import AlertRow, EventMessage, EventRow, NodeRow, RejectedRow, SnapshotRow
 from shared.config import BrokerConfig
 from shared.messages import MAX_PAYLOAD_BYTES, Alert, NodeState, ServoState, parse, utc_now
 from shared.topics import NodeTopics

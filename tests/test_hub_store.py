@@ -16,9 +16,10 @@ from sqlalchemy import func, inspect, select, text
 from sqlalchemy.exc import OperationalError
 
 from hub.config import HubConfig, hash_token
-from hub.events import EventIn, EventLog, RejectIn, SnapshotIn, fold
-from hub.models import AlertRow, EventMessage, EventRow, RejectedRow, SnapshotRow
-from hub.store import Store
+from hub.storage.database import Store
+from hub.storage.events import EventIn, EventLog, SnapshotIn, fold
+from hub.storage.rejected import RejectedStore, RejectIn
+from hub.storage.rows import AlertRow, EventMessage, EventRow, RejectedRow, SnapshotRow
 from shared.cli import main
 from shared.config import load_config
 from shared.errors import ConfigError
@@ -38,7 +39,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 def test_migrate_creates_schema_in_wal_mode_and_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     s = Store(f"sqlite:///{tmp_path / 'sub' / 'hub.db'}")
-    with caplog.at_level(logging.INFO, logger="hub.store"):
+    with caplog.at_level(logging.INFO, logger="hub.storage.database"):
         assert s.migrate() == "0002"
         assert s.migrate() == "0002"
     messages = [r.getMessage() for r in caplog.records]
@@ -153,16 +154,16 @@ def test_times_are_stored_as_naive_utc_text_whatever_their_zone(store: Store) ->
 
 
 def test_rejected_table_is_bounded(store: Store) -> None:
-    log = EventLog(store, Path("unused"))
+    rejected = RejectedStore(store)
     for batch in range(3):
         with store.transaction() as session:
-            log.reject(session, [RejectIn("t", "json", None, "bad", bytes([batch, n]), T0) for n in range(4)], 5)
+            rejected.add(session, [RejectIn("t", "json", None, "bad", bytes([batch, n]), T0) for n in range(4)], 5)
     with store.session() as session:
         kept = list(session.scalars(select(RejectedRow.payload).order_by(RejectedRow.id)))
     assert kept == [bytes([1, 3]), bytes([2, 0]), bytes([2, 1]), bytes([2, 2]), bytes([2, 3])]
     assert store.counters("rejected.") == {"rejected.json": 12}
     with store.transaction() as session:
-        log.reject(session, [RejectIn("t", "oversize", None, "too big", b"x" * 1_000_000, T0)], 5)
+        rejected.add(session, [RejectIn("t", "oversize", None, "too big", b"x" * 1_000_000, T0)], 5)
     with store.session() as session:
         big = session.scalars(select(RejectedRow).order_by(RejectedRow.id.desc())).first()
     assert big is not None and len(big.payload) == 65536 and "payload of 1000000 bytes" in big.error
@@ -177,7 +178,7 @@ def test_prune_by_api_and_cli(store: Store, tmp_path: Path, capsys: pytest.Captu
                             EventIn(make_event("hq", "n", 2, ts=new), new)])
         log.save_snapshots(session, [SnapshotIn("hq", "n", "hq-n-00001", b"\xff\xd8old", old),
                                      SnapshotIn("hq", "n", "hq-n-00002", b"\xff\xd8new", new)])
-        log.reject(session, [RejectIn("t", "json", None, "bad", b"x", old)], 10)
+        RejectedStore(store).add(session, [RejectIn("t", "json", None, "bad", b"x", old)], 10)
         session.add(AlertRow(kind="no_mask", site="hq", node="n", ts=old, event_id="hq-n-00001"))
     assert store.prune(30, snaps) == {"event_messages": 1, "snapshots": 1, "events": 1, "alerts": 1, "rejected": 1}
     assert not (snaps / "hq" / "n" / "hq-n-00001.jpg").exists() and (snaps / "hq" / "n" / "hq-n-00002.jpg").exists()
@@ -193,9 +194,9 @@ def test_prune_by_api_and_cli(store: Store, tmp_path: Path, capsys: pytest.Captu
 
 
 def test_housekeeper_prunes_on_its_timer(store: Store, tmp_path: Path) -> None:
-    from hub.alerts import Alerter
-    from hub.housekeeping import Housekeeper
-    from hub.registry import Registry
+    from hub.services.alerts import Alerter
+    from hub.services.housekeeping import Housekeeper
+    from hub.storage.nodes import Registry
 
     log = EventLog(store, tmp_path)
     with store.transaction() as session:

@@ -13,11 +13,12 @@ import pytest
 from hub_support import hub_config, make_event, publisher, running_hub
 from sqlalchemy import func, select
 
-from hub.batches import StorageError, WriterSettings
-from hub.models import EventMessage, EventRow
-from hub.store import Store
-from hub.writer import WriterProcess
+from hub.ingest.batch_core import WriterSettings
+from hub.ingest.writer_process import WriterProcess
+from hub.storage.database import Store
+from hub.storage.rows import EventMessage, EventRow
 from shared.config import BrokerConfig
+from shared.errors import StorageError
 from shared.messages import utc_now
 from shared.topics import NodeTopics
 from tests.polling import unique_site, wait_until
@@ -34,7 +35,7 @@ def test_killed_writer_is_restarted_and_every_event_is_stored_once(broker_config
     config = hub_config(broker_config, tmp_path, site, ingest={"batch_size": 50, "batch_ms": 20})
     with running_hub(config) as hub:
         store = Store(config.db_url)
-        writer = hub._writer
+        writer = hub.parts.writer
         assert writer is not None and writer.pid is not None and writer.pid != os.getpid()
         first_pid = writer.pid
         client = publisher(broker_config, "cam")
@@ -67,7 +68,7 @@ def test_rejections_logged_by_the_writer_reach_the_hub_log(broker_config: Broker
         client.publish(NodeTopics(site, "cam").events, b'{"v": 1, "type": "new"', qos=1)
         assert wait_until(lambda: hub.ingest is not None and hub.ingest.stats.rejected["json"] == 1, 10)
         client.stop()
-    records = [r for r in caplog.records if r.name == "hub.batches"]
+    records = [r for r in caplog.records if r.name == "hub.ingest.batch_core"]
     assert len(records) == 1 and records[0].levelno == logging.WARNING
     assert f"rejected message on {NodeTopics(site, 'cam').events} (json)" in records[0].getMessage()
 
@@ -76,7 +77,7 @@ def test_in_process_writer_stores_events_and_alerts(broker_config: BrokerConfig,
     site = unique_site()
     config = hub_config(broker_config, tmp_path, site, ingest={"writer_process": False})
     with running_hub(config) as hub:
-        assert hub._writer is None
+        assert hub.parts.writer is None
         store = Store(config.db_url)
         client = publisher(broker_config, "cam")
         for n in range(20):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import queue
 import time
 
-from shared.broker import LocalMosquitto
+from devsite.broker import LocalMosquitto
 from shared.config import BrokerConfig
 from shared.messages import Event, parse, utc_now
 from shared.mqtt import MqttClient, Received, Will

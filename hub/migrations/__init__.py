@@ -1,1 +1,1 @@
-"""Alembic migrations of the hub database, run by :meth:`hub.store.Store.migrate` on start."""
+"""Alembic migrations of the hub database, run by :meth:`hub.storage.database.Store.migrate` on start."""

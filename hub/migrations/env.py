@@ -1,11 +1,11 @@
-"""Alembic environment: runs on the connection handed over by :meth:`hub.store.Store.migrate`."""
+"""Alembic environment: runs on the connection handed over by :meth:`hub.storage.database.Store.migrate`."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import Connection, create_engine
 
-from hub.models import Base
+from hub.storage.rows import Base
 
 
 def run(connection: Connection) -> None:

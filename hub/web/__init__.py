@@ -14,10 +14,9 @@ Example::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from fastapi import FastAPI
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 #: The dashboard's files.
 STATIC = Path(__file__).parent / "static"
@@ -25,6 +24,4 @@ STATIC = Path(__file__).parent / "static"
 
 def mount_dashboard(app: FastAPI) -> None:
     """Serve the dashboard at ``/`` of ``app``; call it after every API route is added."""
-    from fastapi.staticfiles import StaticFiles
-
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="dashboard")

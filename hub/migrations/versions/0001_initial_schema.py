@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import hub.models
+import hub.storage.rows
 
 revision: str = '0001'
 down_revision: str | None = None
@@ -27,7 +27,7 @@ def upgrade() -> None:
     sa.Column('kind', sa.String(length=16), nullable=False),
     sa.Column('site', sa.String(length=64), nullable=False),
     sa.Column('node', sa.String(length=64), nullable=False),
-    sa.Column('ts', hub.models.UtcDateTime(), nullable=False),
+    sa.Column('ts', hub.storage.rows.UtcDateTime(), nullable=False),
     sa.Column('event_id', sa.String(length=128), nullable=True),
     sa.Column('score', sa.Float(), nullable=True),
     sa.Column('snapshot_url', sa.String(length=512), nullable=True),
@@ -45,9 +45,9 @@ def upgrade() -> None:
     sa.Column('name', sa.String(length=32), nullable=False),
     sa.Column('payload', sa.JSON(), nullable=False),
     sa.Column('source', sa.String(length=64), nullable=False, comment='cli, api:<token name>...'),
-    sa.Column('sent_at', hub.models.UtcDateTime(), nullable=False),
+    sa.Column('sent_at', hub.storage.rows.UtcDateTime(), nullable=False),
     sa.Column('status', sa.String(length=8), nullable=False, comment='ok, error or timeout'),
-    sa.Column('answered_at', hub.models.UtcDateTime(), nullable=True),
+    sa.Column('answered_at', hub.storage.rows.UtcDateTime(), nullable=True),
     sa.Column('response', sa.JSON(), nullable=True),
     sa.Column('error', sa.String(length=512), nullable=True),
     sa.PrimaryKeyConstraint('id')
@@ -66,11 +66,11 @@ def upgrade() -> None:
     sa.Column('digest', sa.String(length=64), nullable=False),
     sa.Column('event_id', sa.String(length=128), nullable=False),
     sa.Column('type', sa.String(length=8), nullable=False),
-    sa.Column('ts', hub.models.UtcDateTime(), nullable=False),
+    sa.Column('ts', hub.storage.rows.UtcDateTime(), nullable=False),
     sa.Column('label', sa.String(length=16), nullable=False),
     sa.Column('score', sa.Float(), nullable=False),
     sa.Column('payload', sa.JSON(), nullable=False),
-    sa.Column('received_at', hub.models.UtcDateTime(), nullable=False),
+    sa.Column('received_at', hub.storage.rows.UtcDateTime(), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('digest')
     )
@@ -81,8 +81,8 @@ def upgrade() -> None:
     sa.Column('id', sa.String(length=128), nullable=False),
     sa.Column('site', sa.String(length=64), nullable=False),
     sa.Column('node', sa.String(length=64), nullable=False),
-    sa.Column('first_seen', hub.models.UtcDateTime(), nullable=False),
-    sa.Column('last_seen', hub.models.UtcDateTime(), nullable=False),
+    sa.Column('first_seen', hub.storage.rows.UtcDateTime(), nullable=False),
+    sa.Column('last_seen', hub.storage.rows.UtcDateTime(), nullable=False),
     sa.Column('label', sa.String(length=16), nullable=False, comment='label of the latest message'),
     sa.Column('best_score', sa.Float(), nullable=False, comment='highest score of the final label'),
     sa.Column('mask_score', sa.Float(), nullable=True, comment="highest 'mask' score seen"),
@@ -91,12 +91,12 @@ def upgrade() -> None:
     sa.Column('angle', sa.Float(), nullable=True),
     sa.Column('frames', sa.Integer(), nullable=True),
     sa.Column('started', sa.Boolean(), nullable=False, comment="the 'new' message was received"),
-    sa.Column('ended_at', hub.models.UtcDateTime(), nullable=True, comment="time of the 'end' message"),
+    sa.Column('ended_at', hub.storage.rows.UtcDateTime(), nullable=True, comment="time of the 'end' message"),
     sa.Column('messages', sa.Integer(), nullable=False, comment='distinct messages received'),
     sa.Column('snapshot_expected', sa.Boolean(), nullable=False),
     sa.Column('alerted', sa.Boolean(), nullable=False),
-    sa.Column('received_at', hub.models.UtcDateTime(), nullable=False, comment='when the hub first stored it'),
-    sa.Column('updated_at', hub.models.UtcDateTime(), nullable=False),
+    sa.Column('received_at', hub.storage.rows.UtcDateTime(), nullable=False, comment='when the hub first stored it'),
+    sa.Column('updated_at', hub.storage.rows.UtcDateTime(), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('events', schema=None) as batch_op:
@@ -108,8 +108,8 @@ def upgrade() -> None:
     sa.Column('site', sa.String(length=64), nullable=False),
     sa.Column('node', sa.String(length=64), nullable=False),
     sa.Column('online', sa.Boolean(), nullable=True),
-    sa.Column('status_at', hub.models.UtcDateTime(), nullable=True, comment='when online/offline last changed'),
-    sa.Column('last_seen', hub.models.UtcDateTime(), nullable=True),
+    sa.Column('status_at', hub.storage.rows.UtcDateTime(), nullable=True, comment='when online/offline last changed'),
+    sa.Column('last_seen', hub.storage.rows.UtcDateTime(), nullable=True),
     sa.Column('state', sa.JSON(), nullable=True),
     sa.Column('stats', sa.JSON(), nullable=True),
     sa.Column('model', sa.String(length=128), nullable=True),
@@ -119,7 +119,7 @@ def upgrade() -> None:
     )
     op.create_table('rejected',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
-    sa.Column('received_at', hub.models.UtcDateTime(), nullable=False),
+    sa.Column('received_at', hub.storage.rows.UtcDateTime(), nullable=False),
     sa.Column('topic', sa.String(length=512), nullable=False),
     sa.Column('reason', sa.String(length=16), nullable=False),
     sa.Column('field', sa.String(length=256), nullable=True),
@@ -136,7 +136,7 @@ def upgrade() -> None:
     sa.Column('node', sa.String(length=64), nullable=False),
     sa.Column('path', sa.String(length=512), nullable=False),
     sa.Column('size', sa.Integer(), nullable=False),
-    sa.Column('received_at', hub.models.UtcDateTime(), nullable=False),
+    sa.Column('received_at', hub.storage.rows.UtcDateTime(), nullable=False),
     sa.PrimaryKeyConstraint('event_id')
     )
     with op.batch_alter_table('snapshots', schema=None) as batch_op:

@@ -11,10 +11,12 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, func, select
+from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
-from hub.models import AlertRow, NodeRow
+from hub.storage.alerts import AlertStore
+from hub.storage.rows import NodeRow
+from hub.views import snapshot_url
 from shared import topics
 from shared.messages import Alert
 
@@ -39,18 +41,13 @@ class Alerter:
         self.suppressed = 0
         self.published = 0
 
-    def snapshot_url(self, event_id: str) -> str:
-        return f"{self.public_url}/api/events/{event_id}/snapshot.jpg"
-
     def _last_alerts(self, session: Session) -> dict[tuple[str, str], datetime]:
         if self._last is None:  # resume cooldowns after a restart
-            rows = session.execute(select(AlertRow.site, AlertRow.node, func.max(AlertRow.ts))
-                                   .where(AlertRow.kind == "no_mask").group_by(AlertRow.site, AlertRow.node))
-            self._last = {(site, node): ts for site, node, ts in rows}
+            self._last = AlertStore.latest_no_mask(session)
         return self._last
 
     def for_events(self, session: Session, rows: Sequence[Row[Any]], now: datetime) -> list[Alert]:
-        """Alerts for newly ``no_mask`` events (rows of :meth:`hub.events.EventLog.claim_no_mask`),
+        """Alerts for newly ``no_mask`` events (rows of :meth:`hub.storage.events.EventLog.claim_no_mask`),
         except those within the node's cooldown."""
         last = self._last_alerts(session)
         out: list[Alert] = []
@@ -63,8 +60,8 @@ class Alerter:
             last[key] = now
             out.append(Alert(kind="no_mask", site=row.site, node=row.node, ts=now, event_id=row.id,
                              score=row.best_score,
-                             snapshot_url=self.snapshot_url(row.id) if row.snapshot_expected else None))
-        self._store(session, out)
+                             snapshot_url=snapshot_url(self.public_url, row.id) if row.snapshot_expected else None))
+        AlertStore.add(session, out)
         return out
 
     def for_offline(self, session: Session, rows: Sequence[NodeRow], now: datetime) -> list[Alert]:
@@ -72,14 +69,8 @@ class Alerter:
         out = [Alert(kind="node_offline", site=row.site, node=row.node, ts=now,
                      message=f"offline since {row.status_at.isoformat() if row.status_at else 'unknown'}")
                for row in rows]
-        self._store(session, out)
+        AlertStore.add(session, out)
         return out
-
-    def _store(self, session: Session, alerts: Sequence[Alert]) -> None:
-        for alert in alerts:
-            session.add(AlertRow(kind=alert.kind, site=alert.site, node=alert.node, ts=alert.ts,
-                                 event_id=alert.event_id, score=alert.score, snapshot_url=alert.snapshot_url,
-                                 message=alert.message))
 
     def publish(self, alerts: Sequence[Alert]) -> None:
         """Publish committed alerts (call after the transaction that stored them)."""
@@ -89,10 +80,3 @@ class Alerter:
             self._publish(topics.alerts(alert.site), alert)
             self.published += 1
             log.info("alert %s for %s/%s (event %s)", alert.kind, alert.site, alert.node, alert.event_id)
-
-    def recent(self, session: Session, *, site: str | None = None, limit: int = 100) -> list[AlertRow]:
-        """The newest stored alerts."""
-        stmt = select(AlertRow).order_by(AlertRow.ts.desc(), AlertRow.id.desc()).limit(limit)
-        if site:
-            stmt = stmt.where(AlertRow.site == site)
-        return list(session.scalars(stmt))

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import case, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from hub.models import NodeRow
-from hub.store import Store
+from hub.storage.database import Store
+from hub.storage.rows import NodeRow
 
 UpdateKind = Literal["status", "state", "stats", "seen"]
 
@@ -93,9 +93,11 @@ class Registry:
                 stmt = stmt.where(NodeRow.site == site)
             return list(session.scalars(stmt))
 
-    def get(self, site: str, node: str) -> NodeRow | None:
+    def counts_by_availability(self) -> list[tuple[bool | None, int]]:
+        """``(online, nodes)`` rows (``online`` is ``None`` for a node never heard on ``status``)."""
         with self.store.session() as session:
-            return session.get(NodeRow, (site, node))
+            return [(online, int(n)) for online, n in session.execute(
+                select(NodeRow.online, func.count()).group_by(NodeRow.online))]
 
     def claim_overdue(self, session: Session, now: datetime, offline_after_s: float) -> list[NodeRow]:
         """Nodes offline for longer than ``offline_after_s`` not yet alerted; they are marked alerted."""
@@ -106,11 +108,14 @@ class Registry:
             row.offline_alerted = True
         return rows
 
-    def merge_desired(self, session: Session, site: str, node: str, changes: dict[str, Any]) -> dict[str, Any]:
-        """Merge ``changes`` into the node's desired config and return the result."""
-        row = session.get(NodeRow, (site, node))
-        if row is None:
-            row = NodeRow(site=site, node=node, offline_alerted=False)
-            session.add(row)
-        row.desired = {**(row.desired or {}), **changes}
-        return row.desired
+    def merge_desired(self, site: str, nodes: Sequence[str], changes: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Merge ``changes`` into the desired config of each of ``nodes`` (one transaction); return the results."""
+        merged: dict[str, dict[str, Any]] = {}
+        with self.store.transaction() as session:
+            for node in nodes:
+                row = session.get(NodeRow, (site, node))
+                if row is None:
+                    row = NodeRow(site=site, node=node, offline_alerted=False)
+                    session.add(row)
+                row.desired = merged[node] = {**(row.desired or {}), **changes}
+        return merged

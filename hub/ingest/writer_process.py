@@ -2,8 +2,8 @@
 
 The hub's MQTT network thread receives and acknowledges; a :class:`WriterProcess`
 takes each batch as ``(topic, payload)`` pairs over a pipe, runs
-:class:`hub.batches.BatchWriter` in a child process, and hands back the
-:class:`hub.batches.BatchResult` together with the child's log records, which are
+:class:`hub.ingest.batch_core.BatchWriter` in a child process, and hands back the
+:class:`hub.ingest.batch_core.BatchResult` together with the child's log records, which are
 re-emitted by the hub's own loggers. A child that dies is started again and the
 batch is retried (storage is idempotent, so nothing is stored twice).
 
@@ -26,8 +26,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from hub.batches import BatchResult, Message, StorageError, WriterSettings
-from shared.errors import MaskwatchError
+from hub.ingest.batch_core import BatchResult, Message, WriterSettings
+from shared.errors import MaskwatchError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def _serve(settings: WriterSettings, connection: Connection, log_level: int) -> 
 
 
 class WriterProcess:
-    """Runs a :class:`hub.batches.BatchWriter` of ``settings`` in a child process (same ``write`` call).
+    """Runs a :class:`hub.ingest.batch_core.BatchWriter` of ``settings`` in a child process (same ``write`` call).
 
     :param settings: what the child's writer is built from.
     """
@@ -125,7 +125,7 @@ class WriterProcess:
         return self._process.pid if self._process is not None else None
 
     def write(self, messages: list[Message], now: datetime) -> BatchResult:
-        """Validate and store ``messages`` in the child; see :meth:`hub.batches.BatchWriter.write`.
+        """Validate and store ``messages`` in the child; see :meth:`hub.ingest.batch_core.BatchWriter.write`.
 
         :raises StorageError: not stored (storage failed, or the child died or could not be started).
         """

@@ -2,9 +2,9 @@
 
 :class:`BatchWriter` is the pure "messages in, result out" core of the ingest. It
 runs in the hub process or, by default, in a writer process of its own
-(:mod:`hub.writer`), so it takes plain ``(topic, payload)`` pairs and returns a
+(:mod:`hub.ingest.writer_process`), so it takes plain ``(topic, payload)`` pairs and returns a
 picklable :class:`BatchResult`; acknowledging, publishing alerts and the live
-feed stay with :class:`hub.ingest.Ingest`.
+feed stay with :class:`hub.ingest.consumer.Ingest`.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ from pathlib import Path
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
-from hub.alerts import Alerter
 from hub.config import HubConfig
-from hub.events import EventIn, EventLog, RejectIn, SnapshotIn
-from hub.registry import NodeUpdate, Registry
-from hub.store import Store
+from hub.services.alerts import Alerter
+from hub.storage.database import Store
+from hub.storage.events import EventIn, EventLog, SnapshotIn
+from hub.storage.nodes import NodeUpdate, Registry
+from hub.storage.rejected import RejectedStore, RejectIn
 from shared import topics
-from shared.errors import ContractError, MaskwatchError
+from shared.errors import ContractError, StorageError
 from shared.messages import MAX_PAYLOAD_BYTES, Alert, Event, NodeState, NodeStats, parse
 
 log = logging.getLogger(__name__)
@@ -35,10 +36,6 @@ STATUS_VALUES = {b"online": True, b"offline": False}
 
 #: A received message as the writer takes it.
 Message = tuple[str, bytes]
-
-
-class StorageError(MaskwatchError):
-    """A batch could not be stored (database or snapshot folder); nothing of it was committed."""
 
 
 @dataclass
@@ -171,6 +168,7 @@ class BatchWriter:
         self.store = store
         self.events = events
         self.registry = registry
+        self.rejected = RejectedStore(store)
         self.alerter = alerter
         self.max_snapshot_bytes = max_snapshot_bytes
         self.rejected_max_rows = rejected_max_rows
@@ -184,7 +182,7 @@ class BatchWriter:
             with self.store.transaction() as session:
                 written = self.events.write(session, batch.events)
                 self.events.save_snapshots(session, batch.snapshots)
-                self.events.reject(session, batch.rejects, self.rejected_max_rows)
+                self.rejected.add(session, batch.rejects, self.rejected_max_rows)
                 touched_nodes = self.registry.apply(session, [
                     *(NodeUpdate(site, node, "seen", now) for site, node in batch.seen), *batch.nodes])
                 self.store.count(session, {**{f"messages.{k}": v for k, v in batch.kinds.items()},

@@ -12,7 +12,7 @@ Example::
     commander.listen("hq")
     client.start(); client.wait_connected(5)
     outcome, = commander.send("hq", ["door-1"], "threshold", {"value": 0.6})
-    outcome.status   # 'ok', 'error' or 'timeout'
+    outcome.status   # CommandStatus.OK, ERROR or TIMEOUT
 """
 
 from __future__ import annotations
@@ -23,14 +23,15 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import update
 
-from hub.models import CommandRow
-from hub.registry import Registry
-from hub.store import Store
+from hub.storage.commands import AuditAnswer, CommandAudit
+from hub.storage.database import Store
+from hub.storage.nodes import Registry
+from hub.views import outcome_json
 from shared import topics
 from shared.errors import ContractError
 from shared.messages import COMMANDS, Command, CommandResponse, DesiredConfig, parse, utc_now
@@ -38,9 +39,19 @@ from shared.mqtt import MqttClient, Received
 
 log = logging.getLogger(__name__)
 
-Status = Literal["ok", "error", "timeout"]
-#: Hub-side commands (the node also knows ``config``).
+#: Hub-side commands (the node also knows ``config``): the one list the API and the CLI derive theirs from.
 SENDABLE = ("servo", "threshold", "detect", "snapshot")
+
+
+class CommandStatus(StrEnum):
+    """How a command went for one node, or for all of them (the CLI and the API map it to their codes).
+
+    The value is what the ``commands`` audit stores in ``status``.
+    """
+
+    OK = "ok"
+    ERROR = "error"
+    TIMEOUT = "timeout"
 
 
 @dataclass
@@ -51,13 +62,10 @@ class Outcome:
     node: str
     name: str
     request_id: str
-    status: Status
+    status: CommandStatus
     value: Any = None
     error: str | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"site": self.site, "node": self.node, "name": self.name, "request_id": self.request_id,
-                "status": self.status, "value": self.value, "error": self.error}
 
 
 @dataclass
@@ -67,13 +75,13 @@ class _Pending:
     done: threading.Condition = field(default_factory=threading.Condition)
 
 
-def exit_code(outcomes: Sequence[Outcome]) -> int:
-    """CLI exit code: 3 if any node timed out, 1 if any answered ``error``, else 0."""
-    if any(o.status == "timeout" for o in outcomes):
-        return 3
-    if any(o.status == "error" for o in outcomes):
-        return 1
-    return 0
+def overall_status(outcomes: Sequence[Outcome]) -> CommandStatus:
+    """``timeout`` if any node did not answer, else ``error`` if any answered so, else ``ok``."""
+    statuses = {o.status for o in outcomes}
+    for status in (CommandStatus.TIMEOUT, CommandStatus.ERROR):
+        if status in statuses:
+            return status
+    return CommandStatus.OK
 
 
 def build_command(name: str, params: dict[str, Any], request_id: str) -> Command:
@@ -110,7 +118,7 @@ class Commander:
 
     :param client: a connected-or-starting MQTT client (not the manual-ack intake client).
     :param timeout_s: default wait for each answer.
-    :param store: where the audit table lives (``None``: no audit, no desired config).
+    :param store: where the audit table lives (``None``: no audit).
     :param registry: which nodes of a site answer a site-wide command; also keeps desired config.
     """
 
@@ -118,7 +126,7 @@ class Commander:
                  registry: Registry | None = None) -> None:
         self.client = client
         self.timeout_s = timeout_s
-        self.store = store
+        self.audit = CommandAudit(store) if store is not None else None
         self.registry = registry
         self._pending: dict[str, _Pending] = {}
         self._lock = threading.Lock()
@@ -198,55 +206,47 @@ class Commander:
         for node in nodes:
             answer = pending.answers.get(node)
             if answer is None:
-                out.append(Outcome(site, node, name, request_id, "timeout", error="no answer in time"))
+                out.append(Outcome(site, node, name, request_id, CommandStatus.TIMEOUT, error="no answer in time"))
             else:
-                out.append(Outcome(site, node, name, request_id, answer.status, answer.value, answer.error))
+                out.append(Outcome(site, node, name, request_id, CommandStatus(answer.status), answer.value,
+                                   answer.error))
         return out
 
     def _audit_sent(self, site: str, nodes: Sequence[str] | None, command: Command, name: str,
                     source: str) -> list[int]:
-        if self.store is None:
+        if self.audit is None:
             return []
-        now = utc_now()
-        payload = command.model_dump(mode="json", exclude_none=True)
-        with self.store.transaction() as session:
-            rows = [CommandRow(request_id=command.request_id, site=site, node=node, name=name, payload=payload,
-                               source=source[:64], sent_at=now, status="pending")
-                    for node in (nodes or [topics.ALL_NODES])]
-            session.add_all(rows)
-            session.flush()
-            return [row.id for row in rows]
+        return self.audit.record_sent(request_id=command.request_id, site=site,
+                                      nodes=list(nodes or [topics.ALL_NODES]), name=name,
+                                      payload=command.model_dump(mode="json", exclude_none=True), source=source,
+                                      sent_at=utc_now())
 
     def _audit_answered(self, audit_ids: list[int], nodes: Sequence[str] | None,
                         outcomes: list[Outcome]) -> None:
-        if self.store is None or not audit_ids:
+        if self.audit is None or not audit_ids:
             return
-        now = utc_now()
         if nodes:  # one row per node
             by_node = {o.node: o for o in outcomes}
-            results = [(row_id, by_node[node]) for row_id, node in zip(audit_ids, nodes, strict=True)]
-            finals = [(row_id, o.status, o.as_dict(), o.error) for row_id, o in results]
+            node_outcomes = [(row_id, by_node[node]) for row_id, node in zip(audit_ids, nodes, strict=True)]
+            answers = [AuditAnswer(row_id, o.status.value, outcome_json(o), o.error,
+                                   answered=o.status != CommandStatus.TIMEOUT) for row_id, o in node_outcomes]
         else:  # one row for a site-wide command: summary status, every answer in `response`
-            status: Status = {0: "ok", 1: "error", 3: "timeout"}[exit_code(outcomes)]  # type: ignore[assignment]
+            status = overall_status(outcomes)
             errors = "; ".join(f"{o.node}: {o.error}" for o in outcomes if o.error) or None
-            finals = [(audit_ids[0], status, {"answers": [o.as_dict() for o in outcomes]}, errors)]
-        with self.store.transaction() as session:
-            for row_id, status, response, error in finals:
-                session.execute(update(CommandRow).where(CommandRow.id == row_id).values(
-                    status=status, answered_at=None if status == "timeout" else now,
-                    response=response, error=error[:512] if error else None))
+            answers = [AuditAnswer(audit_ids[0], status.value, {"answers": [outcome_json(o) for o in outcomes]}, errors,
+                                   answered=status != CommandStatus.TIMEOUT)]
+        self.audit.record_answers(answers, utc_now())
 
     def _apply_desired(self, site: str, command: Command, outcomes: list[Outcome]) -> None:
         """Keep what the command changes as the desired config of every node that did not refuse it
         (``ok`` or no answer yet: an absent node applies it when it reconnects), and publish it retained."""
         changes = desired_changes(command)
-        if not changes or self.store is None or self.registry is None:
+        if not changes or self.registry is None:
             return
-        targets = [o.node for o in outcomes if o.status != "error" and o.node != topics.ALL_NODES]
+        targets = [o.node for o in outcomes if o.status != CommandStatus.ERROR and o.node != topics.ALL_NODES]
         if not targets:
             return
-        with self.store.transaction() as session:
-            desired = {node: self.registry.merge_desired(session, site, node, changes) for node in targets}
+        desired = self.registry.merge_desired(site, targets, changes)
         for node, config in desired.items():
             self.client.publish(topics.NodeTopics(site, node).desired, DesiredConfig.model_validate(config),
                                 qos=1, retain=True)

@@ -8,8 +8,8 @@ subscriptions (they are retained, and every hub keeps the whole registry).
 
 The network thread only enqueues. The ``hub-ingest`` thread takes up to
 ``batch_size`` messages or whatever arrived within ``batch_ms`` and hands them
-to the writer (:class:`hub.batches.BatchWriter`, by default in its own process,
-:class:`hub.writer.WriterProcess`), which validates and commits them in one
+to the writer (:class:`hub.ingest.batch_core.BatchWriter`, by default in its own process,
+:class:`hub.ingest.writer_process.WriterProcess`), which validates and commits them in one
 transaction; only then are they acknowledged to the broker. A crash loses nothing
 acknowledged, and what was not acknowledged is redelivered and de-duplicated.
 """
@@ -26,12 +26,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from hub.alerts import Alerter
-from hub.batches import BatchResult, Message, StorageError
 from hub.config import HubConfig
-from hub.events import EventLog
-from hub.feed import Feed
+from hub.ingest.batch_core import BatchResult, Message
+from hub.services.alerts import Alerter
+from hub.services.feed import Feed
+from hub.storage.events import EventLog
+from hub.views import event_feed_json
 from shared import topics
+from shared.errors import BatchFailed, StorageError
 from shared.messages import Alert, utc_now
 from shared.mqtt import MqttClient, Received
 
@@ -39,13 +41,10 @@ log = logging.getLogger(__name__)
 
 
 class Writer(Protocol):
-    """Validates and stores one batch: :class:`hub.batches.BatchWriter` or :class:`hub.writer.WriterProcess`."""
+    """Validates and stores one batch: :class:`hub.ingest.batch_core.BatchWriter` or
+    :class:`hub.ingest.writer_process.WriterProcess`."""
 
     def write(self, messages: list[Message], now: datetime) -> BatchResult: ...
-
-
-class BatchFailed(Exception):
-    """The writer failed on a batch for a reason other than storage (a bug); nothing of it was stored."""
 
 
 @dataclass
@@ -86,7 +85,7 @@ class Ingest:
     :param events: reads the touched events back for the live ``feed``.
     :param alerter: publishes the alerts of each committed batch.
     :param on_commit: optional hook called on the ingest thread after each commit with its
-        :class:`hub.batches.BatchResult` (benchmarks measure latency with it).
+        :class:`hub.ingest.batch_core.BatchResult` (benchmarks measure latency with it).
     """
 
     def __init__(self, config: HubConfig, client: MqttClient, writer: Writer, events: EventLog, alerter: Alerter,
@@ -234,9 +233,7 @@ class Ingest:
     def _announce(self, feed: Feed, event_ids: list[str], nodes: list[tuple[str, str]],
                   alerts: list[Alert]) -> None:
         for row in self.events.by_ids(event_ids):
-            feed.publish("event", {"id": row.id, "site": row.site, "node": row.node, "label": row.label,
-                                   "score": row.best_score, "state": row.state,
-                                   "last_seen": row.last_seen.isoformat()})
+            feed.publish("event", event_feed_json(row))
         for site, node in nodes:
             feed.publish("node", {"site": site, "node": node})
         for alert in alerts:

@@ -1,19 +1,19 @@
-"""Prometheus text exposition of the hub: counts read from the database, plus this process's ingest figures.
+"""Route of the Prometheus text exposition: counts read from the database, plus this process's ingest figures.
 
 Counts of stored rows (events, alerts, nodes, commands) come from the
 database, so every hub sharing it reports the same figures.
 """
 
-from __future__ import annotations
-
 from collections.abc import Iterable
+from typing import Annotated
 
-from sqlalchemy import func, select
+from fastapi import APIRouter, Depends
+from fastapi.responses import PlainTextResponse
 
-from hub.feed import Feed
-from hub.ingest import Ingest
-from hub.models import AlertRow, CommandRow, CounterRow, EventRow, NodeRow
-from hub.store import Store
+from hub.api.deps import HubServices, Services, principal_unless
+from hub.views import AVAILABILITY
+
+router = APIRouter(tags=["ops"])
 
 
 def _escape(value: object) -> str:
@@ -31,20 +31,26 @@ def _family(name: str, kind: str, help_text: str, samples: Iterable[str]) -> lis
     return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples]
 
 
-def render(store: Store, ingest: Ingest | None = None, feed: Feed | None = None) -> str:
+@router.get("/metrics", response_class=PlainTextResponse)
+def metrics_page(services: Services,
+                 _: Annotated[str, Depends(principal_unless(lambda config: config.auth.public_metrics))]
+                 ) -> PlainTextResponse:
+    """Prometheus text exposition."""
+    return PlainTextResponse(render(services), media_type="text/plain; version=0.0.4")
+
+
+def render(services: HubServices) -> str:
     """The ``/metrics`` page."""
-    with store.session() as session:
-        events = session.execute(select(EventRow.site, EventRow.node, EventRow.label, func.count())
-                                 .group_by(EventRow.site, EventRow.node, EventRow.label)).all()
-        counters = {name: value for name, value in session.execute(select(CounterRow.name, CounterRow.value))}
-        nodes = session.execute(select(NodeRow.online, func.count()).group_by(NodeRow.online)).all()
-        alerts = session.execute(select(AlertRow.kind, func.count()).group_by(AlertRow.kind)).all()
-        commands = session.execute(select(CommandRow.name, CommandRow.status, func.count())
-                                   .group_by(CommandRow.name, CommandRow.status)).all()
+    events = services.events.label_counts()
+    counters = services.store.counters()
+    nodes = services.registry.counts_by_availability()
+    alerts = services.alerts.counts_by_kind()
+    commands = services.audit.counts()
+    ingest = services.ingest
     lines: list[str] = []
     lines += _family("maskwatch_events_stored", "gauge", "events in the database by site, node and final label",
                      (_sample("maskwatch_events_stored", n, {"site": s, "node": nd, "label": lb})
-                      for s, nd, lb, n in events))
+                      for s, nd, _hour, lb, n in events))
     lines += _family("maskwatch_messages_total", "counter", "messages ingested by topic kind",
                      (_sample("maskwatch_messages_total", v, {"kind": k.split(".", 1)[1]})
                       for k, v in sorted(counters.items()) if k.startswith("messages.")))
@@ -53,9 +59,8 @@ def render(store: Store, ingest: Ingest | None = None, feed: Feed | None = None)
                       for k, v in sorted(counters.items()) if k.startswith("rejected.")))
     lines += _family("maskwatch_event_duplicates_total", "counter", "event messages received again and ignored",
                      [_sample("maskwatch_event_duplicates_total", counters.get("events.duplicates", 0))])
-    state_name = {True: "online", False: "offline", None: "unknown"}
     lines += _family("maskwatch_nodes", "gauge", "known nodes by availability",
-                     (_sample("maskwatch_nodes", n, {"state": state_name[online]}) for online, n in nodes))
+                     (_sample("maskwatch_nodes", n, {"state": AVAILABILITY[online]}) for online, n in nodes))
     lines += _family("maskwatch_alerts_stored", "gauge", "alerts in the database by kind",
                      (_sample("maskwatch_alerts_stored", n, {"kind": k}) for k, n in alerts))
     lines += _family("maskwatch_commands_total", "counter", "audited commands by name and outcome",
@@ -74,7 +79,6 @@ def render(store: Store, ingest: Ingest | None = None, feed: Feed | None = None)
         lines += _family("maskwatch_ingest_failed_messages_total", "counter",
                          "messages the writer failed on (a bug), left unacknowledged for redelivery",
                          [_sample("maskwatch_ingest_failed_messages_total", stats.failed_messages)])
-    if feed is not None:
-        lines += _family("maskwatch_stream_clients", "gauge", "open /api/stream connections",
-                         [_sample("maskwatch_stream_clients", feed.subscribers)])
+    lines += _family("maskwatch_stream_clients", "gauge", "open /api/stream connections",
+                     [_sample("maskwatch_stream_clients", services.feed.subscribers)])
     return "\n".join(lines) + "\n"

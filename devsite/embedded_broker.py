@@ -4,7 +4,7 @@ Its limits, which the demo respects: MQTT 3.1.1 only (no MQTT 5 session expiry,
 no shared subscriptions), and it is slower than Mosquitto. It listens on a
 loopback port and runs its asyncio loop on a thread of its own, so it offers the
 same ``start``/``stop``/``host``/``port``/``address`` as
-:class:`shared.broker.LocalMosquitto`.
+:class:`devsite.broker.LocalMosquitto`.
 
 Example::
 
@@ -20,7 +20,7 @@ import logging
 import threading
 from typing import Any
 
-from shared.broker import free_port, wait_for_port
+from devsite.broker import free_port, wait_for_port
 from shared.errors import MaskwatchError
 
 log = logging.getLogger(__name__)

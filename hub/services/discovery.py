@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hub.config import HomeAssistantConfig
-from hub.summary import NodeSummaries
+from hub.services.summary import NodeSummaries
 from shared import __version__
 from shared.config import BrokerConfig
 from shared.errors import ContractError

@@ -22,12 +22,16 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, func, select
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, delete, event, inspect, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from hub.models import AlertRow, CounterRow, EventMessage, EventRow, RejectedRow, SnapshotRow
+from hub.storage.rows import AlertRow, CounterRow, EventMessage, EventRow, RejectedRow, SnapshotRow
 from shared.errors import ConfigError, MaskwatchError
 from shared.messages import utc_now
 
@@ -71,9 +75,6 @@ class Store:
 
         :raises MaskwatchError: the database cannot be reached or upgraded.
         """
-        from alembic.config import Config
-        from alembic.script import ScriptDirectory
-
         config = Config()
         config.set_main_option("script_location", MIGRATIONS)
         config.set_main_option("sqlalchemy.url", self.engine.url.render_as_string(hide_password=False)
@@ -84,10 +85,7 @@ class Store:
         except SQLAlchemyError as exc:
             raise MaskwatchError(f"cannot open or upgrade the database {self.safe_url}: {exc}") from None
 
-    def _upgrade(self, config: Any, head: str) -> str:
-        from alembic import command
-        from alembic.runtime.migration import MigrationContext
-
+    def _upgrade(self, config: Config, head: str) -> str:
         with self.engine.begin() as connection:
             current = MigrationContext.configure(connection).get_current_revision()
             if current == head:
@@ -166,11 +164,21 @@ class Store:
         log.info("pruned data older than %s days: %s", days, deleted)
         return deleted
 
-    def bound_rejected(self, session: Session, max_rows: int) -> None:
-        """Keep only the newest ``max_rows`` rejected payloads."""
-        newest = session.scalar(select(func.max(RejectedRow.id)))
-        if newest is not None and newest > max_rows:
-            session.execute(delete(RejectedRow).where(RejectedRow.id <= newest - max_rows))
+    def require_schema(self) -> None:
+        """Check that the database already holds the hub schema (the CLI reads, it never creates).
+
+        :raises MaskwatchError: it holds no hub data, or cannot be opened.
+        """
+        try:
+            if not inspect(self.engine).has_table("events"):
+                raise MaskwatchError(f"{self.safe_url} holds no hub data: start 'maskwatch hub' on it first")
+        except SQLAlchemyError as exc:
+            raise MaskwatchError(f"cannot open the database {self.safe_url}: {exc}") from None
+
+    def ping(self) -> None:
+        """Run ``SELECT 1``; raises whatever the database or driver raises when it does not answer."""
+        with self.session() as session:
+            session.execute(text("SELECT 1"))
 
     def close(self) -> None:
         """Release every pooled connection."""

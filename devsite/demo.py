@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib.util
 import logging
 import os
@@ -31,6 +32,13 @@ import threading
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
+
+from devsite.broker import LocalMosquitto, free_port, mosquitto_binary
+from devsite.embedded_broker import EmbeddedBroker
+from hub.config import HomeAssistantConfig, HttpConfig, HubConfig
+from shared.config import BrokerConfig, parse_host_port
+from shared.errors import ConfigError, MaskwatchError, MissingExtraError
+from shared.topics import validate_id
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +88,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo site until SIGINT/SIGTERM."""
-    from shared.config import parse_host_port
-    from shared.errors import ConfigError, MissingExtraError
-    from shared.topics import validate_id
-
     if not 1 <= args.nodes <= 20:
         raise ConfigError(f"--nodes {args.nodes}: give 1 to 20")
     validate_id(args.site, "site")
@@ -118,8 +122,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     """Linux: the node gets SIGTERM if the demo process dies without cleaning up."""
-    import ctypes
-
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
@@ -168,26 +170,18 @@ class DemoSite:
             raise
 
     def _start_broker(self) -> None:
-        from shared.broker import LocalMosquitto, mosquitto_binary
-
         if self.external:
             host, port = self.external
         elif mosquitto_binary() and not self.embedded:
             mosquitto = LocalMosquitto(workdir=self.state_dir / "mosquitto").start()
             self.broker, host, port = mosquitto, mosquitto.host, mosquitto.port
         else:
-            from hub.embedded_broker import EmbeddedBroker
-
             embedded = EmbeddedBroker().start()
             self.broker, host, port, self.protocol = embedded, embedded.host, embedded.port, embedded.protocol
         self.broker_address = f"{host}:{port}"
 
     def _start_hub(self) -> None:
-        from hub.app import HubApp
-        from hub.config import HomeAssistantConfig, HttpConfig, HubConfig
-        from shared.broker import free_port
-        from shared.config import BrokerConfig
-        from shared.errors import MaskwatchError
+        from hub.app import HubApp  # the hub extra: imported when the demo runs, not for `maskwatch --help`
 
         host, port = self.http
         port = port or free_port(host if host not in ("0.0.0.0", "::") else "127.0.0.1")

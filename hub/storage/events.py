@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,14 +23,12 @@ from typing import Any
 from sqlalchemy import Row, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from hub.models import EventMessage, EventRow, RejectedRow, SnapshotRow
-from hub.store import Store
+from hub.storage.database import Store
+from hub.storage.rows import EventMessage, EventRow, SnapshotRow
 from shared.messages import Event
 
 log = logging.getLogger(__name__)
 
-#: The ``rejected`` table keeps at most this much of each payload.
-KEEP_REJECTED_BYTES = 64 * 1024
 #: Among messages with the same timestamp, the later type wins the label.
 TYPE_ORDER = {"new": 0, "update": 1, "end": 2}
 
@@ -63,18 +60,6 @@ class SnapshotIn:
     node: str
     event_id: str
     data: bytes
-    received_at: datetime
-
-
-@dataclass(frozen=True)
-class RejectIn:
-    """A payload that failed validation."""
-
-    topic: str
-    reason: str
-    field: str | None
-    error: str
-    payload: bytes
     received_at: datetime
 
 
@@ -123,17 +108,6 @@ def fold(messages: Iterable[EventIn], now: datetime) -> dict[str, dict[str, Any]
         row.update(label=ev.label, box=list(ev.box), angle=ev.angle,
                    frames=ev.track.frames if ev.track else None, best_score=row[f"{ev.label}_score"])
     return rows
-
-
-def _db_text(text: str) -> str:
-    """``text`` without NUL characters, which PostgreSQL text columns cannot hold (a key of a bad payload may)."""
-    return text.replace("\x00", "\\x00")
-
-
-def _rejection_text(rejected: RejectIn) -> str:
-    kept = "" if len(rejected.payload) <= KEEP_REJECTED_BYTES else \
-        f" [payload of {len(rejected.payload)} bytes, first {KEEP_REJECTED_BYTES} kept]"
-    return _db_text(rejected.error)[:1024 - len(kept)] + kept
 
 
 def _max_of(column: Any, new: Any) -> Any:
@@ -229,22 +203,6 @@ class EventLog:
         session.execute(stmt.on_conflict_do_update(index_elements=[SnapshotRow.event_id], set_={
             "path": stmt.excluded.path, "size": stmt.excluded.size, "received_at": stmt.excluded.received_at}),
             rows)
-
-    def reject(self, session: Session, rejects: Sequence[RejectIn], max_rows: int) -> None:
-        """Count rejections per reason and keep the newest ``max_rows`` payloads."""
-        if not rejects:
-            return
-        counts: dict[str, int] = defaultdict(int)
-        for rej in rejects:
-            counts[f"rejected.{rej.reason}"] += 1
-        self.store.count(session, counts)
-        if max_rows <= 0:
-            return
-        session.execute(self.store.insert(RejectedRow), [
-            {"received_at": r.received_at, "topic": r.topic[:512], "reason": r.reason,
-             "field": _db_text(r.field)[:256] if r.field else None, "error": _rejection_text(r),
-             "payload": r.payload[:KEEP_REJECTED_BYTES]} for r in rejects[-max_rows:]])
-        self.store.bound_rejected(session, max_rows)
 
     def claim_no_mask(self, session: Session, ids: Sequence[str]) -> list[Row[Any]]:
         """Events among ``ids`` now labelled ``no_mask`` that have raised no alert yet, oldest first; marks them

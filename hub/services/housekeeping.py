@@ -8,10 +8,10 @@ import time
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from hub.alerts import Alerter
 from hub.config import HubConfig
-from hub.registry import Registry
-from hub.store import Store
+from hub.services.alerts import Alerter
+from hub.storage.database import Store
+from hub.storage.nodes import Registry
 from shared.messages import utc_now
 
 log = logging.getLogger(__name__)

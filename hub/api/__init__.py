@@ -1,0 +1,50 @@
+"""The REST API of the hub (FastAPI; OpenAPI at ``/openapi.json``, docs at ``/docs``).
+
+Routes (people script against them; keep them stable)::
+
+    GET  /api/events                 filters site, node, label, since, until; limit/offset pagination
+    GET  /api/events.csv             the same filters, every matching row
+    GET  /api/events/{id}            one event with its raw messages
+    GET  /api/events/{id}/snapshot.jpg
+    GET  /api/nodes                  registry: online, last seen, state, stats, model, desired config
+    GET  /api/stats                  compliance (share of faces with masks) per node and per hour
+    POST /api/nodes/{site}/{node}/commands/{name}   node 'all' = every node of the site
+    GET  /api/alerts, /api/commands, /api/rejected
+    GET  /api/stream                 Server-Sent Events: event, node, alert
+    GET  /metrics                    Prometheus text
+    GET  /healthz
+
+Every route but ``/healthz`` and ``/metrics`` (each configurable public) needs a
+bearer token when ``auth.tokens`` is set; refused requests get 401 and no data.
+Command routes are rate-limited per token (429 with ``Retry-After``).
+The dashboard (:mod:`hub.web`) is served at ``/`` when its ``static`` folder is present.
+
+Each family of routes is an ``APIRouter`` module (``events``, ``stats``, ``nodes``, ``commands``, ``stream``,
+``ops``, ``metrics``); :func:`create_app` only assembles them.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from hub.api import commands, events, metrics, nodes, ops, stats, stream
+from hub.api.deps import HubServices
+from hub.services.auth import RateLimiter, TokenChecker
+from hub.web import STATIC, mount_dashboard
+
+__all__ = ["HubServices", "create_app"]
+
+ROUTERS = (ops.router, metrics.router, events.router, nodes.router, stats.router, commands.router, stream.router)
+
+
+def create_app(services: HubServices) -> FastAPI:
+    """The FastAPI application over ``services``."""
+    app = FastAPI(title="Maskwatch hub", version="1", description=__doc__)
+    app.state.services = services
+    app.state.tokens = TokenChecker(services.config.auth)
+    app.state.limiter = RateLimiter(services.config.auth.command_rate_per_min)
+    for router in ROUTERS:
+        app.include_router(router)
+    if STATIC.is_dir():
+        mount_dashboard(app)  # last: the dashboard answers every path the API does not
+    return app

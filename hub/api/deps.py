@@ -1,0 +1,117 @@
+"""What every route of the API depends on: the hub's services, the caller's identity, the command rate limit,
+and the shared query parameters.
+
+:func:`hub.api.create_app` puts the :class:`HubServices`, the :class:`~hub.services.auth.TokenChecker` and the
+:class:`~hub.services.auth.RateLimiter` on ``app.state``; routes ask for them with the aliases below.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the dependency aliases at run time.
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import Depends, HTTPException, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from hub.config import HubConfig
+from hub.ingest.consumer import Ingest
+from hub.services.auth import RateLimiter, TokenChecker
+from hub.services.commands import Commander
+from hub.services.feed import Feed
+from hub.storage.alerts import AlertStore
+from hub.storage.commands import CommandAudit
+from hub.storage.database import Store
+from hub.storage.events import EventLog
+from hub.storage.nodes import Registry
+from hub.storage.rejected import RejectedStore
+
+#: The largest page of any list route.
+MAX_PAGE = 1000
+
+
+@dataclass
+class HubServices:
+    """What the API reads and drives; ``commander``/``ingest`` are absent in a read-only API."""
+
+    config: HubConfig
+    store: Store
+    events: EventLog
+    registry: Registry
+    feed: Feed = field(default_factory=Feed)
+    commander: Commander | None = None
+    ingest: Ingest | None = None
+    mqtt_connected: Callable[[], bool] | None = None
+    stopping: threading.Event = field(default_factory=threading.Event)
+    alerts: AlertStore = field(init=False)
+    audit: CommandAudit = field(init=False)
+    rejected: RejectedStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.alerts = AlertStore(self.store)
+        self.audit = CommandAudit(self.store)
+        self.rejected = RejectedStore(self.store)
+
+    @property
+    def public_url(self) -> str:
+        http = self.config.http
+        return (http.public_url or f"http://{http.host}:{http.port}").rstrip("/")
+
+
+def get_services(request: Request) -> HubServices:
+    """The services of the app serving ``request``."""
+    return request.app.state.services
+
+
+Services = Annotated[HubServices, Depends(get_services)]
+
+bearer = HTTPBearer(auto_error=False, description="an API token (maskwatch hub --new-token NAME)")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+def principal(request: Request, credentials: Credentials) -> str:
+    """The name of the caller's token (401 when refused); ``/api/stream`` also takes ``?access_token=``."""
+    token = credentials.credentials.strip() if credentials else None
+    if not token and request.url.path == "/api/stream":
+        token = request.query_params.get("access_token")
+    checker: TokenChecker = request.app.state.tokens
+    name = checker.identify(token)
+    if name is None:
+        raise HTTPException(401, "authentication required", headers={"WWW-Authenticate": "Bearer"})
+    return name
+
+
+Principal = Annotated[str, Depends(principal)]
+
+
+def principal_unless(public: Callable[[HubConfig], bool]) -> Callable[..., str]:
+    """A dependency that lets everyone in when ``public(config)`` holds, else asks for :func:`principal`."""
+    def check(request: Request, credentials: Credentials) -> str:
+        return "public" if public(get_services(request).config) else principal(request, credentials)
+    return check
+
+
+def rate_limited(request: Request, who: Principal) -> str:
+    """The caller, once the command rate limit lets it through (429 with ``Retry-After`` when not)."""
+    checker: TokenChecker = request.app.state.tokens
+    limiter: RateLimiter = request.app.state.limiter
+    key = who if checker.enabled else f"ip:{request.client.host if request.client else '?'}"
+    wait = limiter.take(key)
+    if wait > 0:
+        raise HTTPException(429, f"too many commands: retry in {wait:.0f} s",
+                            headers={"Retry-After": str(max(1, round(wait)))})
+    return who
+
+
+Since = Annotated[datetime | None, Query(description="ISO 8601; events first seen at or after")]
+Until = Annotated[datetime | None, Query(description="ISO 8601; events first seen before")]
+LabelQ = Annotated[Literal["mask", "no_mask"] | None, Query()]
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
+
+
+def aware(value: datetime | None) -> datetime | None:
+    """``value``, or 422 when it has no timezone."""
+    if value is not None and value.tzinfo is None:
+        raise HTTPException(422, "give times with a timezone, e.g. 2026-01-01T12:00:00Z")
+    return value

@@ -1,0 +1,74 @@
+"""Routes of stored events: list, CSV export, one event with its raw messages, its snapshot JPEG."""
+
+import csv
+import io
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import FileResponse, StreamingResponse
+
+from hub.api.deps import MAX_PAGE, LabelQ, Limit, Principal, Services, Since, Until, aware
+from hub.views import CSV_COLUMNS, event_csv_row, event_json
+
+router = APIRouter(tags=["events"])
+
+
+@router.get("/api/events")
+def list_events(services: Services, _: Principal, site: str | None = None, node: str | None = None,
+                label: LabelQ = None, since: Since = None, until: Until = None, limit: Limit = 100,
+                offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+    """Events, newest first: ``items``, ``total`` matching, and ``next_offset`` (null on the last page)."""
+    rows, total = services.events.query(site=site, node=node, label=label, since=aware(since),
+                                        until=aware(until), limit=limit, offset=offset)
+    snaps = services.events.has_snapshots([r.id for r in rows])
+    nxt = offset + len(rows)
+    return {"items": [event_json(r, r.id in snaps, services.public_url) for r in rows], "total": total,
+            "limit": limit, "offset": offset, "next_offset": nxt if nxt < total else None}
+
+
+@router.get("/api/events.csv", response_class=StreamingResponse)
+def events_csv(services: Services, _: Principal, site: str | None = None, node: str | None = None,
+               label: LabelQ = None, since: Since = None, until: Until = None) -> StreamingResponse:
+    """Every matching event as CSV (one header line, then one line per event, newest first)."""
+    since, until = aware(since), aware(until)
+
+    def lines() -> Iterator[str]:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        offset = 0
+        while True:
+            rows, _total = services.events.query(site=site, node=node, label=label, since=since,
+                                                 until=until, limit=MAX_PAGE, offset=offset)
+            snaps = services.events.has_snapshots([r.id for r in rows])
+            writer.writerows(event_csv_row(r, r.id in snaps) for r in rows)
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+            if len(rows) < MAX_PAGE:
+                return
+            offset += MAX_PAGE
+
+    return StreamingResponse(lines(), media_type="text/csv",
+                             headers={"Content-Disposition": 'attachment; filename="events.csv"'})
+
+
+@router.get("/api/events/{event_id}")
+def get_event(event_id: str, services: Services, _: Principal) -> dict[str, Any]:
+    """One event with its raw messages."""
+    row = services.events.get(event_id)
+    if row is None:
+        raise HTTPException(404, f"no event {event_id!r}")
+    body = event_json(row, bool(services.events.has_snapshots([event_id])), services.public_url)
+    body["raw_messages"] = services.events.raw_messages(event_id)
+    return body
+
+
+@router.get("/api/events/{event_id}/snapshot.jpg", response_class=FileResponse)
+def get_snapshot(event_id: str, services: Services, _: Principal) -> FileResponse:
+    """The JPEG the node sent for the event."""
+    path = services.events.snapshot_file(event_id)
+    if path is None:
+        raise HTTPException(404, f"no snapshot for event {event_id!r}")
+    return FileResponse(path, media_type="image/jpeg")
