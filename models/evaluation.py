@@ -1,6 +1,7 @@
 """``maskwatch model eval``: accuracy on labelled crops or photos, and detection + decision on labelled scenes.
 
-Everything runs through the edge's LiteRT code (:mod:`edge.detector`, :mod:`edge.classifier`), never TensorFlow.
+Everything runs through the edge's LiteRT code (:mod:`edge.vision.detector`, :mod:`edge.vision.classifier`),
+never TensorFlow.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.classifier import MaskClassifier
-from edge.detector import FaceDetector
-from edge.images import ImageReadError, list_images, read_image
+from edge.capture.images import list_images, read_image
+from edge.vision.classifier import MaskClassifier
+from edge.vision.detector import FaceDetector
 from models.inference import analyse
-from models.scenes import SCENE_CLASSES, DatasetError, load_scenes, match
+from models.scenes import SCENE_CLASSES, load_scenes, match
+from shared.errors import DatasetError, ImageReadError
 
 log = logging.getLogger(__name__)
 

@@ -45,3 +45,26 @@ class MissingExtraError(MaskwatchError, ImportError):
         super().__init__(f"this command needs the '{extra}' extra ({module} is missing): "
                          f"pip install 'maskwatch[{extra}]'")
         self.extra = extra
+
+
+class CommandRejected(MaskwatchError, ValueError):
+    """A well-formed command that a node cannot carry out; the message is the answer's ``error``."""
+
+
+class ImageReadError(MaskwatchError, ValueError):
+    """An image file is missing, empty, corrupt or of an unsupported kind."""
+
+
+class SnapshotError(MaskwatchError, ValueError):
+    """An image could not be encoded within the size cap."""
+
+
+class OutboxError(MaskwatchError, RuntimeError):
+    """The edge's outbox file cannot be opened or is not an outbox."""
+
+
+class DatasetError(MaskwatchError, ValueError):
+    """A data folder is missing, empty or laid out wrongly; the message says what was expected."""
+
+
+# hub errors

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edge.app import EdgeApp
-from edge.tracker import iou
+from edge.vision.tracker import iou
 from shared.broker import free_port
 from shared.config import BrokerConfig
 from shared.messages import Event, NodeStats, parse

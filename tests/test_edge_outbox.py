@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from edge.outbox import Courier, Outbox, OutboxError
+from edge.delivery.outbox import Courier, Outbox
 from shared.broker import LocalMosquitto
 from shared.config import BrokerConfig
+from shared.errors import OutboxError
 from shared.messages import Event, parse, utc_now
 from shared.mqtt import MqttClient
 from shared.topics import NodeTopics

@@ -77,8 +77,8 @@ def load_crops(settings: TrainSettings, cache_dir: Path | None = None) -> Crops:
 
     Crops are cached in ``cache_dir`` under a key of the data folders' listings and the crop settings.
     """
-    from edge.crop import TRAINING_MARGIN
-    from edge.detector import create_detector
+    from edge.vision.crop import TRAINING_MARGIN
+    from edge.vision.detector import create_detector
 
     key_parts = [settings.size, settings.detector, settings.limit_per_class, TRAINING_MARGIN, CROPS_VERSION]
     for folder in filter(None, (settings.data, settings.scenes)):
