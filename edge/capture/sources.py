@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from edge.capture.frames import Frame, FrameSource
@@ -45,8 +46,6 @@ class VideoSource:
         self._index = 0
 
     def open(self) -> None:
-        import cv2
-
         if not self.live and not Path(self.spec).is_file():
             raise HardwareError(f"video file not found: {self.spec}")
         cap = cv2.VideoCapture(int(self.spec) if self.spec.isdigit() else self.spec)
