@@ -18,6 +18,7 @@ from edge.vision.detector import FaceDetector
 from models.inference import analyse
 from models.scenes import SCENE_CLASSES, load_scenes, match
 from shared.errors import DatasetError, ImageReadError
+from shared.vocabulary import decide
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def evaluate_folder(folder: Path, classifier: MaskClassifier, detector: FaceDete
         start = time.perf_counter()
         if detector is None:
             p = float(classifier.no_mask_probability([frame])[0])
-            guess = "no_mask" if p >= threshold else "mask"
+            guess = decide(p, threshold).label
         else:
             faces = analyse(frame, detector, classifier, threshold).faces
             if faces:

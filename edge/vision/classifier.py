@@ -4,7 +4,7 @@ Example::
 
     classifier = MaskClassifier()                 # models/mask_classifier_int8.tflite
     p = classifier.no_mask_probability([crop_face(frame, face.box)])
-    label = "no_mask" if p[0] >= 0.5 else "mask"
+    label, score = decide(p[0], threshold=0.5)  # shared.vocabulary.decide
 """
 
 from __future__ import annotations
