@@ -34,14 +34,14 @@ sys.path.insert(0, str(HERE.parent))
 from bench.common import write_result  # noqa: E402
 from devsite.broker import LocalMosquitto  # noqa: E402
 from edge.app import EdgeApp  # noqa: E402
-from edge.classifier import MaskClassifier  # noqa: E402
+from edge.capture.scene import BUILTIN_DIR, Placement, Scene, SceneCamera  # noqa: E402
+from edge.capture.sources import Frame  # noqa: E402
 from edge.config import EdgeConfig, load_edge_config  # noqa: E402
-from edge.detector import create_detector  # noqa: E402
-from edge.outbox import Outbox  # noqa: E402
+from edge.delivery.outbox import Outbox  # noqa: E402
 from edge.pipeline import Pipeline  # noqa: E402
-from edge.scene import BUILTIN_DIR, Placement, Scene, SceneCamera  # noqa: E402
-from edge.sources import Frame  # noqa: E402
 from edge.state import NodeRuntime  # noqa: E402
+from edge.vision.classifier import MaskClassifier  # noqa: E402
+from edge.vision.detector import create_detector  # noqa: E402
 from shared.messages import Event, parse  # noqa: E402
 
 log = logging.getLogger("bench.edge_pipeline")
@@ -49,7 +49,7 @@ log = logging.getLogger("bench.edge_pipeline")
 
 def frames_with(faces: int, count: int, config: EdgeConfig) -> list[Frame]:
     """``count`` noisy 640x480 frames of a scene window holding ``faces`` faces."""
-    from edge.images import read_image
+    from edge.capture.images import read_image
 
     pictures = [read_image(BUILTIN_DIR / "astronaut.jpg"), read_image(BUILTIN_DIR / "astronaut_masked.jpg")]
     angles = {0: [], 1: [0.0], 3: [-17.0, 0.0, 17.0]}[faces]

@@ -29,10 +29,10 @@ sys.path.insert(0, str(HERE.parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from bench.report import machine  # noqa: E402
-from edge.classifier import MaskClassifier  # noqa: E402
-from edge.config import DEFAULT_THRESHOLDS  # noqa: E402
-from edge.detector import MultiPassDetector, Res10Net, Settings, create_detector  # noqa: E402
+from edge.vision.classifier import MaskClassifier  # noqa: E402
+from edge.vision.detector import MultiPassDetector, Res10Net, Settings, create_detector  # noqa: E402
 from models.evaluation import evaluate_scenes  # noqa: E402
+from shared.vocabulary import DEFAULT_THRESHOLDS  # noqa: E402
 
 CROWD_THRESHOLD = DEFAULT_THRESHOLDS["crowd"]
 SHARED = Path(os.environ.get("MASKWATCH_SHARED", HERE.parents[1] / "shared"))
@@ -94,7 +94,7 @@ def seed_detector() -> MultiPassDetector:
 def held_out_photos(folder: Path, seed: int = 0, fold: int | None = None, folds: int = 2) -> set[str]:
     """Scene photos a model never trained on: the validation side of the training split (same seed as
     ``model train``), or with ``fold`` the photos of that cross-validation fold (``--hold-out-fold``)."""
-    from edge.images import read_image
+    from edge.capture.images import read_image
     from models.scenes import load_scenes
     from models.training.data import photo_group, validation_photo
 

@@ -32,15 +32,15 @@ sys.path.insert(0, str(HERE.parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from bench.report import machine  # noqa: E402
-from edge.classifier import MaskClassifier  # noqa: E402
-from edge.detector import create_detector  # noqa: E402
-from edge.images import list_images, read_image  # noqa: E402
+from edge.capture.images import list_images, read_image  # noqa: E402
+from edge.vision.classifier import MaskClassifier  # noqa: E402
+from edge.vision.detector import create_detector  # noqa: E402
+from edge.vision.model_store import packaged_model  # noqa: E402
 from models.inference import analyse  # noqa: E402
 from models.scenes import load_scenes  # noqa: E402
 
 SHARED = Path(os.environ.get("MASKWATCH_SHARED", HERE.parents[1] / "shared"))
 SCENES = SHARED / "datasets" / "face-mask-scenes"
-MODELS = HERE.parent / "models"
 
 
 def median_ms(run: Callable[[], object], repeat: int, warmup: int = 3) -> float:
@@ -111,7 +111,7 @@ def main() -> int:
     figures: dict[str, float] = {}
     for threads in (1, 2):
         for variant in ("int8", "f16"):
-            classifier = MaskClassifier(MODELS / f"mask_classifier_{variant}.tflite", threads)
+            classifier = MaskClassifier(packaged_model(f"mask_classifier_{variant}.tflite"), threads)
             figures[f"classify_{variant}_ms_per_face_{threads}t"] = median_ms(
                 lambda c=classifier: c.no_mask_probability([crop]), 200)
         classifier = MaskClassifier(num_threads=threads)

@@ -3,7 +3,7 @@
 Threads (all stop on one shared Event, in reverse order): ``capture`` (the
 source), ``inference`` (the :class:`~edge.pipeline.Pipeline`), ``servo``,
 ``commands`` (the :class:`~edge.commands.Dispatcher`), ``stats``, ``preview``,
-and ``delivery`` (the outbox :class:`~edge.outbox.Courier`), which stops last
+and ``delivery`` (the outbox :class:`~edge.delivery.outbox.Courier`), which stops last
 so what the others produced is flushed. MQTT's own network thread only
 enqueues.
 
@@ -21,22 +21,25 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from typing import Any
 
-from edge.commands import CommandRejected, Dispatcher, NodeCommands
+from edge.capture.sources import Capture, open_source
+from edge.commands import Dispatcher, NodeCommands
 from edge.config import EdgeConfig
-from edge.indicator import Indicator
-from edge.outbox import Courier, Outbox
-from edge.pins import make_pin_factory
-from edge.pipeline import Classifier, Detector, Pipeline
-from edge.preview import PreviewServer, view_jpeg
-from edge.servo import PanServo, ServoPlanner, drive
-from edge.snapshot import blur_box, encode_jpeg
-from edge.sources import Capture, open_source
+from edge.delivery.outbox import Courier, Outbox
+from edge.delivery.preview import PreviewServer, view_jpeg
+from edge.delivery.snapshot import blur_box, encode_jpeg
+from edge.delivery.stats import cpu_temperature
+from edge.devices.indicator import Indicator
+from edge.devices.pins import make_pin_factory
+from edge.devices.servo import PanServo, ServoPlanner, drive
+from edge.pipeline import Pipeline
 from edge.state import NodeRuntime
-from edge.stats import cpu_temperature
+from edge.vision.classifier import Classifier, MaskClassifier
+from edge.vision.detector import FaceDetector, create_detector
 from shared.config import parse_host_port, redacted
-from shared.errors import ContractError
+from shared.errors import CommandRejected, ContractError
 from shared.messages import NodeStats, utc_now
 from shared.mqtt import MqttClient, Will
 from shared.topics import NodeTopics
@@ -55,7 +58,7 @@ class EdgeApp:
     """
 
     def __init__(self, config: EdgeConfig, *, once: bool = False, pin_factory: Any = None,
-                 detector: Detector | None = None, classifier: Classifier | None = None) -> None:
+                 detector: FaceDetector | None = None, classifier: Classifier | None = None) -> None:
         self.config = config
         self.once = once
         self.topics = NodeTopics(config.site, config.node)
@@ -65,7 +68,9 @@ class EdgeApp:
         self._detector = detector
         self._classifier = classifier
         self._threads: list[threading.Thread] = []
-        self._closers: list[Callable[[], None]] = []
+        #: what :meth:`_build` opened, closed in reverse by :meth:`close`
+        self._parts = ExitStack()
+        self._built = False
         self._started = time.monotonic()
         self.servo: PanServo | None = None
         self.planner: ServoPlanner | None = None
@@ -86,35 +91,34 @@ class EdgeApp:
             self._threads.append(thread)
 
     def _build(self) -> None:
+        """Build every part, in dependency order; each one that holds a resource is registered to be closed in
+        reverse (client, outbox, indicator, servo)."""
         cfg = self.config
         if cfg.servo.enabled or cfg.indicator.enabled:
             factory = self._pin_factory or make_pin_factory(cfg.pin_factory)
             if cfg.servo.enabled:
                 self.servo = PanServo(cfg.servo, factory)
-                self._closers.append(self.servo.close)
+                self._parts.callback(self.servo.close)
                 self.planner = ServoPlanner(cfg.servo)
             if cfg.indicator.enabled:
                 self.indicator = Indicator(cfg.indicator, factory)
-                self._closers.append(self.indicator.close)
+                self._parts.callback(self.indicator.close)
         if self._detector is None:
-            from edge.detector import create_detector
-
             self._detector = create_detector(cfg.profile, cfg.detector, cfg.num_threads)
         if self._classifier is None:
-            from edge.classifier import MaskClassifier
-
             self._classifier = MaskClassifier(cfg.classifier_path, cfg.num_threads)
         self.runtime = NodeRuntime(site=cfg.site, node=cfg.node, threshold=cfg.decision_threshold(), detect=cfg.detect,
                                    model=self._classifier.version, profile=cfg.profile, source=cfg.source,
                                    servo=self.servo, planner=self.planner, min_deg=cfg.servo.min_deg,
                                    max_deg=cfg.servo.max_deg)
         self.outbox = Outbox(cfg.outbox_path(), cfg.outbox.max_messages)
-        self._closers.append(self.outbox.close)
+        self._parts.callback(self.outbox.close)
         if self.outbox.depth:
             log.info("outbox %s holds %d undelivered message(s): replaying", cfg.outbox_path(), self.outbox.depth)
         self.client = MqttClient(cfg.broker, cfg.client_id(), will=Will(self.topics.status, b"offline"),
                                  persistent=True, on_connect=self._on_connect,
                                  on_publish=lambda mid: self.courier.acknowledged(mid))
+        self._parts.callback(self.client.stop)
         self.courier = Courier(self.outbox, lambda t, p, q: self.client.publish(t, p, qos=q),
                                lambda: self.client.connected, resend_after_s=cfg.outbox.resend_after_s)
         servo = self.servo
@@ -135,6 +139,7 @@ class EdgeApp:
             host, port = parse_host_port(cfg.preview.bind, 8090)
             self.preview = PreviewServer(host, port, self._preview_jpeg, cfg.preview.fps)
         self.client.start()
+        self._built = True
 
     def _bodies(self) -> list[tuple[str, Callable[[], None]]]:
         bodies: list[tuple[str, Callable[[], None]]] = [
@@ -231,30 +236,30 @@ class EdgeApp:
         for thread in reversed(self._threads):
             if thread.name != "delivery":
                 thread.join(5.0)
+        code = self._deliver(drain) if self._built else 0
+        self._built = False
+        self._parts.close()
+        self._threads = []
+        return code
+
+    def _deliver(self, drain: bool) -> int:
+        """Stop the courier after draining the outbox; with ``once``, the exit code of the run."""
         code = 0
-        if hasattr(self, "courier"):
-            self._delivery_stop.set()
-            for thread in self._threads:
-                if thread.name == "delivery":
-                    thread.join(5.0)
-            if drain and not self.courier.drain(self.config.outbox.drain_timeout_s):
-                log.warning("%d message(s) not acknowledged yet: kept in %s for the next start",
-                            self.outbox.depth, self.config.outbox_path())
-                code = 1 if self.once else 0
+        self._delivery_stop.set()
+        for thread in self._threads:
+            if thread.name == "delivery":
+                thread.join(5.0)
+        if drain and not self.courier.drain(self.config.outbox.drain_timeout_s):
+            log.warning("%d message(s) not acknowledged yet: kept in %s for the next start",
+                        self.outbox.depth, self.config.outbox_path())
+            code = 1 if self.once else 0
         # a short run may end before the first connect: give it the drain timeout (unless the drain just spent it)
-        if self.once and hasattr(self, "client") and not (
+        if self.once and not (
                 self.client.connects or self.client.wait_connected(0 if code else self.config.outbox.drain_timeout_s)):
             log.error("broker %s never reached: nothing was published (events stay in %s for the next start)",
                       self.config.broker.address, self.config.outbox_path())
             code = 1
-        capture: Capture | None = getattr(self, "capture", None)
-        if self.once and capture is not None and capture.error:
-            log.error("source failed: %s", capture.error)
+        if self.once and self.capture.error:
+            log.error("source failed: %s", self.capture.error)
             code = 1
-        if hasattr(self, "client"):
-            self.client.stop()
-        for closer in reversed(self._closers):
-            closer()
-        self._closers = []
-        self._threads = []
         return code

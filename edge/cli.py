@@ -7,6 +7,11 @@ import logging
 import signal
 from typing import Any
 
+from edge.config import load_edge_config
+from shared.config import merge, parse_host_port, parse_set_options
+from shared.messages import COMMANDS
+from shared.vocabulary import Profile
+
 log = logging.getLogger(__name__)
 
 SOURCES_HELP = ("camera index (0), video file, RTSP/HTTP URL, image folder, 'picamera', "
@@ -19,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "edge", help="run an edge node: camera -> faces -> mask -> events over MQTT",
         description="Run an edge node: capture frames, detect faces, classify mask / no mask, track each "
                     "face into one event per visit and publish it over MQTT through a persistent outbox. "
-                    "The node answers remote commands (servo, threshold, detect, snapshot, config).",
+                    f"The node answers remote commands ({', '.join(COMMANDS)}).",
         epilog="Examples:\n  maskwatch edge --source scene:builtin --preview 127.0.0.1:8090\n"
                "  maskwatch edge --source photos/ --once --broker 10.0.0.5:1883 --site hq --node door-1\n"
                "Any config key can be set with --set KEY=VALUE (e.g. --set servo.mode=track) or "
@@ -30,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--site", help="site id ([a-z0-9_-])")
     parser.add_argument("--node", help="node id ([a-z0-9_-])")
     parser.add_argument("--source", metavar="SRC", help=SOURCES_HELP)
-    parser.add_argument("--profile", choices=("near", "crowd"),
+    parser.add_argument("--profile", choices=[profile.value for profile in Profile],
                         help="near: entrance camera, faces >= 48 px, fast; crowd: small faces, slower")
     parser.add_argument("--once", action="store_true",
                         help="process a file or folder to its end, deliver every event, exit (0: all delivered; "
@@ -45,8 +50,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     """Config overrides from the command line (``--set`` first, the named options win)."""
-    from shared.config import merge, parse_host_port, parse_set_options
-
     tree = parse_set_options(args.overrides)
     named: dict[str, Any] = {"site": args.site, "node": args.node, "source": args.source, "profile": args.profile}
     if args.broker:
@@ -61,8 +64,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """``maskwatch edge``: run the node until SIGINT/SIGTERM (or, with --once, the end of the source)."""
-    from edge.app import EdgeApp
-    from edge.config import load_edge_config
+    from edge.app import EdgeApp  # needs the edge extra (OpenCV, LiteRT)
 
     config = load_edge_config(args.config, overrides_from(args))
     app = EdgeApp(config, once=args.once)

@@ -7,9 +7,10 @@ of handlers (name -> handler) and answers each exactly once, with the
 Commands to ``maskwatch/<site>/all/cmd/<name>`` are handled like the node's own.
 The hub's retained ``desired`` config is applied on every connect.
 
-:class:`NodeCommands` holds the node's handlers (``servo``, ``threshold``,
-``detect``, ``snapshot``, ``config``): each checks, applies, returns the
-applied value, and the dispatcher publishes the retained state afterwards.
+:class:`NodeCommands` holds one handler per command of the contract
+(``_on_<name>`` for each name of :data:`shared.messages.COMMANDS`; a command
+without a handler fails this module's import): each checks, applies, returns
+the applied value, and the dispatcher publishes the retained state afterwards.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from edge.servo import PanServo, ServoPlanner
+from edge.devices.servo import PanServo, ServoPlanner
 from edge.state import NodeRuntime
-from shared.errors import ContractError
+from shared.errors import CommandRejected, ContractError
 from shared.messages import (
     COMMANDS,
     Command,
@@ -38,15 +39,12 @@ from shared.messages import (
 )
 from shared.mqtt import Received
 from shared.topics import NodeTopics, parse_topic
+from shared.vocabulary import ServoMode
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Command], Any]
 PublishFn = Callable[[str, bytes], Any]
-
-
-class CommandRejected(ValueError):
-    """A well-formed command that cannot be carried out; the message is the answer's ``error``."""
 
 
 def _request_id_of(payload: bytes) -> str | None:
@@ -156,6 +154,11 @@ class Dispatcher:
             self._after()
 
 
+def handler_name(command: str) -> str:
+    """The name of :class:`NodeCommands`' method that handles ``command``."""
+    return f"_on_{command}"
+
+
 class NodeCommands:
     """The node's command handlers and the desired-config applier.
 
@@ -176,9 +179,8 @@ class NodeCommands:
         self._config = config
 
     def table(self) -> dict[str, Handler]:
-        """Command name -> handler."""
-        return {"servo": self._on_servo, "threshold": self._on_threshold, "detect": self._on_detect,
-                "snapshot": self._on_snapshot, "config": self._on_config}
+        """Command name -> handler: ``_on_<name>`` for every command of the contract (:data:`COMMANDS`)."""
+        return {name: getattr(self, handler_name(name)) for name in COMMANDS}
 
     def _on_servo(self, command: Command) -> Any:
         assert isinstance(command, ServoCommand)
@@ -195,7 +197,7 @@ class NodeCommands:
         if command.sweep_max_deg is not None:
             hi, c = self.servo.clamp(command.sweep_max_deg)
             clamped |= c
-        mode = command.mode or "hold"
+        mode = command.mode or ServoMode.HOLD
         value = self.planner.set_mode(mode, angle=angle, sweep_min_deg=lo, sweep_max_deg=hi,
                                       sweep_step_deg=command.sweep_step_deg, dwell_s=command.dwell_s)
         value["clamped"] = clamped
@@ -231,5 +233,10 @@ class NodeCommands:
         if self.servo is not None and self.planner is not None and \
                 (desired.servo_mode is not None or desired.servo_angle is not None):
             angle = None if desired.servo_angle is None else self.servo.clamp(desired.servo_angle)[0]
-            mode = desired.servo_mode or ("hold" if angle is not None else self.planner.mode)
+            mode = desired.servo_mode or (ServoMode.HOLD if angle is not None else self.planner.mode)
             self.planner.set_mode(mode, angle=angle)
+
+
+_unhandled = [name for name in COMMANDS if not callable(getattr(NodeCommands, handler_name(name), None))]
+if _unhandled:
+    raise TypeError(f"NodeCommands has no handler for command(s) {', '.join(_unhandled)} of shared.messages.COMMANDS")

@@ -16,8 +16,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from shared.config import BrokerConfig, Identifier, StrictModel, load_config, parse_host_port
-
-ServoModeName = Literal["sweep", "track", "hold", "off"]
+from shared.vocabulary import Profile, ServoMode, Threshold, describe_default_thresholds
 
 
 class TrackerConfig(StrictModel):
@@ -67,7 +66,7 @@ class ServoConfig(StrictModel):
     speed_dps: float = Field(120.0, gt=0, le=2000, description="speed limit, degrees per second")
     step_s: float = Field(0.02, gt=0, le=1, description="control period (one small step per period)")
     detach_idle_s: float = Field(1.0, ge=0, description="detach after this long without a move (0: never)")
-    mode: ServoModeName = Field("sweep", description="mode at start")
+    mode: ServoMode = Field(ServoMode.SWEEP, description="mode at start")
     start_deg: float = 0.0
     sweep_min_deg: float | None = Field(None, description="default: min_deg")
     sweep_max_deg: float | None = Field(None, description="default: max_deg")
@@ -132,11 +131,6 @@ class PreviewConfig(StrictModel):
     quality: int = Field(75, ge=10, le=100)
 
 
-#: Default no-mask threshold per profile. Crowd faces are small and the classifier is less sure of them: 0.25 is
-#: where cross-validation on the scene photos put no-mask precision and recall both above 0.85 (see
-#: models/MODEL_CARD.md, "Default thresholds"); near keeps 0.5, the balanced point on the face-mask validation.
-DEFAULT_THRESHOLDS: dict[str, float] = {"near": 0.5, "crowd": 0.25}
-_PROFILE_THRESHOLDS = ", ".join(f"{profile} {value}" for profile, value in DEFAULT_THRESHOLDS.items())
 
 
 class EdgeConfig(StrictModel):
@@ -146,12 +140,12 @@ class EdgeConfig(StrictModel):
     node: Identifier = "node-1"
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
     source: str = Field("0", description="camera index, video file, URL, image folder, picamera, scene:DIR")
-    profile: Literal["near", "crowd"] = "near"
+    profile: Profile = Profile.NEAR
     detector: str | None = Field(None, description="detector kind (default: the profile's)")
     classifier_path: Path | None = Field(None, description="default: the packaged int8 classifier")
     num_threads: int = Field(2, ge=1, le=16)
-    threshold: float | None = Field(None, ge=0, le=1, description="no-mask probability at or above which: no_mask "
-                                    f"(default: the profile's, {_PROFILE_THRESHOLDS})")
+    threshold: Threshold | None = Field(None, description="no-mask probability at or above which: no_mask "
+                                    f"(default: the profile's, {describe_default_thresholds()})")
     detect: bool = Field(True, description="inference running at start")
     min_face_px: int = Field(16, ge=4, description="smaller detections are ignored")
     stats_interval_s: float = Field(10.0, gt=0)
@@ -173,8 +167,8 @@ class EdgeConfig(StrictModel):
         return self
 
     def decision_threshold(self) -> float:
-        """``threshold``, or the profile's default (:data:`DEFAULT_THRESHOLDS`) when it is not set."""
-        return DEFAULT_THRESHOLDS[self.profile] if self.threshold is None else self.threshold
+        """``threshold``, or the profile's default (:attr:`Profile.default_threshold`) when it is not set."""
+        return self.profile.default_threshold if self.threshold is None else self.threshold
 
     def outbox_path(self) -> Path:
         """The outbox file, defaulting to one per site/node under ~/.local/state/maskwatch."""

@@ -14,44 +14,36 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
 
 import cv2
 import numpy as np
 
+from edge.capture.frames import Frame
+from edge.capture.sources import Capture
 from edge.config import EdgeConfig
-from edge.crop import crop_face
-from edge.indicator import Indicator
-from edge.outbox import Outbox
-from edge.servo import ServoPlanner, Sighting
-from edge.snapshot import SnapshotError, face_snapshot
-from edge.sources import Capture, Frame
+from edge.delivery.outbox import Outbox
+from edge.delivery.snapshot import face_snapshot
+from edge.delivery.stats import StageTimes
+from edge.devices.indicator import Indicator
+from edge.devices.servo import ServoPlanner, Sighting
 from edge.state import NodeRuntime
-from edge.stats import StageTimes
-from edge.tracker import Change, Observation, Tracker, decide_label
+from edge.vision.classifier import Classifier
+from edge.vision.crop import crop_face
+from edge.vision.detector import FaceDetector
+from edge.vision.tracker import Change, Observation, Tracker
+from shared.errors import SnapshotError
 from shared.messages import Event, TrackInfo, utc_now
 from shared.topics import NodeTopics
+from shared.vocabulary import decide
 
 log = logging.getLogger(__name__)
 
 #: Stills (often tight face crops) get this much grey border, as a fraction of their larger side,
 #: so the detector sees a whole face with context around it.
 STILL_BORDER = 0.3
-
-
-class Detector(Protocol):
-    name: str
-
-    def detect(self, frame_bgr: np.ndarray) -> list[Any]: ...
-
-
-class Classifier(Protocol):
-    version: str
-
-    def no_mask_probability(self, crops: Sequence[np.ndarray]) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -93,7 +85,7 @@ class Pipeline:
     :param indicator: shows blue/red for the faces in view.
     """
 
-    def __init__(self, config: EdgeConfig, detector: Detector, classifier: Classifier, runtime: NodeRuntime,
+    def __init__(self, config: EdgeConfig, detector: FaceDetector, classifier: Classifier, runtime: NodeRuntime,
                  outbox: Outbox, *, notify: Callable[[], None] = lambda: None,
                  planner: ServoPlanner | None = None, indicator: Indicator | None = None) -> None:
         self.config = config
@@ -184,8 +176,7 @@ class Pipeline:
             box = (x0, y0, x1 - x0, y1 - y0)
             p = obs.p_no_mask
             assert p is not None  # stills are always classified
-            label = decide_label(p, threshold)
-            score = p if label == "no_mask" else 1 - p
+            label, score = decide(p, threshold)
             event_id = self.new_id()
             track = TrackInfo(frames=1, first_seen=frame.ts, last_seen=frame.ts)
             for kind in ("new", "end"):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Literal
 
-from edge.servo import PanServo, ServoPlanner
+from edge.devices.servo import PanServo, ServoPlanner
 from shared.messages import NodeState, ServoState, utc_now
+from shared.vocabulary import Profile, ServoMode
 
 
 @dataclass
@@ -22,7 +22,7 @@ class NodeRuntime:
     threshold: float
     detect: bool = True
     model: str = "unknown"
-    profile: Literal["near", "crowd"] = "near"
+    profile: Profile = Profile.NEAR
     source: str | None = None
     servo: PanServo | None = None
     planner: ServoPlanner | None = None
@@ -33,13 +33,13 @@ class NodeRuntime:
     @property
     def angle(self) -> float | None:
         """The camera's pan angle (``None`` without a servo or when switched off)."""
-        if self.servo is None or (self.planner is not None and self.planner.mode == "off"):
+        if self.servo is None or (self.planner is not None and self.planner.mode == ServoMode.OFF):
             return None
         return round(self.servo.position, 2)
 
     def state(self) -> NodeState:
         """The retained ``state`` message now."""
-        mode = self.planner.mode if self.planner else "off"
+        mode = self.planner.mode if self.planner else ServoMode.OFF
         return NodeState(site=self.site, node=self.node, ts=utc_now(),
                          servo=ServoState(angle=self.angle, mode=mode, min_deg=self.min_deg, max_deg=self.max_deg),
                          threshold=self.threshold, detect=self.detect, model=self.model, profile=self.profile,

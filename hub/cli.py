@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 from hub.config import HubConfig, hash_token
 from hub.services.auth import new_token
@@ -34,6 +34,7 @@ from shared.config import load_config, merge, parse_host_port, parse_set_options
 from shared.errors import ConfigError, MaskwatchError
 from shared.messages import Alert, parse
 from shared.mqtt import MqttClient, Received
+from shared.vocabulary import Label, ServoMode, check_threshold
 
 if TYPE_CHECKING:
     from hub.storage.database import Store
@@ -104,7 +105,7 @@ def _add_events(subparsers: argparse._SubParsersAction) -> None:
     _source_options(parser)
     parser.add_argument("--site", help="only this site")
     parser.add_argument("--node", help="only this node")
-    parser.add_argument("--label", choices=("mask", "no_mask"), help="only this final label")
+    parser.add_argument("--label", choices=get_args(Label), help="only this final label")
     parser.add_argument("--since", metavar="TIME", help="ISO time, or a duration ago: 30m, 2h, 7d")
     parser.add_argument("--until", metavar="TIME", help="ISO time, or a duration ago")
     parser.add_argument("--limit", type=int, default=50, help="at most this many (default 50, max 1000)")
@@ -139,7 +140,7 @@ def _add_servo(subparsers: argparse._SubParsersAction) -> None:
     _command_options(parser)
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--angle", type=float, metavar="DEG", help="go to this angle (mode becomes hold)")
-    target.add_argument("--mode", choices=("sweep", "track", "hold", "off"), help="servo mode")
+    target.add_argument("--mode", choices=[mode.value for mode in ServoMode], help="servo mode")
     parser.set_defaults(handler=run_servo)
 
 
@@ -371,9 +372,7 @@ def run_servo(args: argparse.Namespace) -> int:
 
 def run_threshold(args: argparse.Namespace) -> int:
     """``maskwatch threshold``."""
-    if not 0.0 <= args.value <= 1.0:
-        raise ConfigError(f"threshold must be within 0..1, got {args.value}")
-    return send_command(args, "threshold", {"value": args.value})
+    return send_command(args, "threshold", {"value": check_threshold(args.value)})
 
 
 def run_alerts(args: argparse.Namespace) -> int:

@@ -7,6 +7,10 @@ import json
 import sys
 from pathlib import Path
 
+from edge.vision.model_store import MODEL_FILES, fetch_models, model_dir
+from shared.errors import ImageReadError
+from shared.vocabulary import Profile, check_threshold, describe_default_thresholds
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this package's subcommands to the `maskwatch` parser."""
@@ -102,9 +106,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def add_inference_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by the commands that run the edge's detector and classifier."""
     parser.add_argument("--model", type=Path, help="classifier .tflite (default: models/mask_classifier_int8.tflite)")
-    parser.add_argument("--threshold", type=float,
-                        help="no-mask decision threshold 0..1 (default: the profile's, near 0.5, crowd 0.25)")
-    parser.add_argument("--profile", choices=["near", "crowd"], default="crowd",
+    parser.add_argument("--threshold", type=float, help="no-mask decision threshold 0..1 (default: the profile's, "
+                        f"{describe_default_thresholds()})")
+    parser.add_argument("--profile", choices=[profile.value for profile in Profile], default=Profile.CROWD.value,
                         help="detector operating point (default crowd)")
     parser.add_argument("--detector", choices=["blazeface", "res10"], default="blazeface",
                         help="face detector (default blazeface)")
@@ -112,8 +116,6 @@ def add_inference_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run_fetch(args: argparse.Namespace) -> int:
-    from edge.model_store import MODEL_FILES, fetch_models, model_dir
-
     paths = fetch_models()
     for path in paths:
         print(f"{path}  sha256 {MODEL_FILES[path.name].sha256[:16]}…  ({MODEL_FILES[path.name].licence})")
@@ -151,19 +153,14 @@ def run_export(args: argparse.Namespace) -> int:
 
 def _threshold(args: argparse.Namespace) -> float:
     """``--threshold``, checked, or the ``--profile``'s default."""
-    from edge.config import DEFAULT_THRESHOLDS
-    from shared.errors import ConfigError
-
     if args.threshold is None:
-        return DEFAULT_THRESHOLDS[args.profile]
-    if not 0.0 <= args.threshold <= 1.0:
-        raise ConfigError(f"--threshold must be between 0 and 1, got {args.threshold}")
-    return args.threshold
+        return Profile(args.profile).default_threshold
+    return check_threshold(args.threshold, "--threshold")
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from edge.classifier import MaskClassifier
-    from edge.detector import create_detector
+    from edge.vision.classifier import MaskClassifier
+    from edge.vision.detector import create_detector
     from models.evaluation import check_folder, evaluate_folder, evaluate_scenes
 
     threshold = _threshold(args)
@@ -197,9 +194,9 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_detect(args: argparse.Namespace) -> int:
     import cv2
 
-    from edge.classifier import MaskClassifier
-    from edge.detector import create_detector
-    from edge.images import ImageReadError, list_images, read_image
+    from edge.capture.images import list_images, read_image
+    from edge.vision.classifier import MaskClassifier
+    from edge.vision.detector import create_detector
     from models.inference import analyse, annotate
 
     threshold = _threshold(args)

@@ -1,6 +1,7 @@
 """``maskwatch model eval``: accuracy on labelled crops or photos, and detection + decision on labelled scenes.
 
-Everything runs through the edge's LiteRT code (:mod:`edge.detector`, :mod:`edge.classifier`), never TensorFlow.
+Everything runs through the edge's LiteRT code (:mod:`edge.vision.detector`, :mod:`edge.vision.classifier`),
+never TensorFlow.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.classifier import MaskClassifier
-from edge.detector import FaceDetector
-from edge.images import ImageReadError, list_images, read_image
+from edge.capture.images import list_images, read_image
+from edge.vision.classifier import MaskClassifier
+from edge.vision.detector import FaceDetector
 from models.inference import analyse
-from models.scenes import SCENE_CLASSES, DatasetError, load_scenes, match
+from models.scenes import SCENE_CLASSES, load_scenes, match
+from shared.errors import DatasetError, ImageReadError
+from shared.vocabulary import decide
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +71,7 @@ def evaluate_folder(folder: Path, classifier: MaskClassifier, detector: FaceDete
         start = time.perf_counter()
         if detector is None:
             p = float(classifier.no_mask_probability([frame])[0])
-            guess = "no_mask" if p >= threshold else "mask"
+            guess = decide(p, threshold).label
         else:
             faces = analyse(frame, detector, classifier, threshold).faces
             if faces:

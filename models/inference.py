@@ -8,9 +8,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from edge.classifier import MaskClassifier
-from edge.crop import crop_face
-from edge.detector import FaceDetector
+from edge.vision.classifier import MaskClassifier
+from edge.vision.crop import crop_face
+from edge.vision.detector import FaceDetector
+from shared.vocabulary import decide
 
 #: Box colours of the seed's on-screen indicator (BGR): blue for a mask, red for no mask.
 COLOURS = {"mask": (255, 0, 0), "no_mask": (0, 0, 255)}
@@ -40,11 +41,6 @@ class ImageResult:
     ms: dict[str, float]
 
 
-def label_of(p_no_mask: float, threshold: float) -> tuple[str, float]:
-    """The decision for a no-mask probability: (label, probability of that label)."""
-    return ("no_mask", p_no_mask) if p_no_mask >= threshold else ("mask", 1.0 - p_no_mask)
-
-
 def analyse(frame_bgr: np.ndarray, detector: FaceDetector, classifier: MaskClassifier,
             threshold: float = 0.5) -> ImageResult:
     """Detect every face in a BGR frame and classify each crop in one batch."""
@@ -55,7 +51,7 @@ def analyse(frame_bgr: np.ndarray, detector: FaceDetector, classifier: MaskClass
     done = time.perf_counter()
     results = []
     for face, p_no_mask in zip(faces, p, strict=True):
-        label, score = label_of(float(p_no_mask), threshold)
+        label, score = decide(float(p_no_mask), threshold)
         results.append(FaceResult(face.box, face.score, label, score, float(p_no_mask)))
     return ImageResult(results, {"detect": round(1000 * (detected - start), 2),
                                  "classify": round(1000 * (done - detected), 2),

@@ -9,16 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.errors import MaskwatchError
+from shared.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
 #: VOC class names and whether the face counts as "no mask" (an incorrectly worn mask does).
 SCENE_CLASSES = {"with_mask": False, "without_mask": True, "mask_weared_incorrect": True}
-
-
-class DatasetError(MaskwatchError, ValueError):
-    """A data folder is missing, empty or laid out wrongly; the message says what was expected."""
 
 
 @dataclass(frozen=True)

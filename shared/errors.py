@@ -47,6 +47,27 @@ class MissingExtraError(MaskwatchError, ImportError):
         self.extra = extra
 
 
+class CommandRejected(MaskwatchError, ValueError):
+    """A well-formed command that a node cannot carry out; the message is the answer's ``error``."""
+
+
+class ImageReadError(MaskwatchError, ValueError):
+    """An image file is missing, empty, corrupt or of an unsupported kind."""
+
+
+class SnapshotError(MaskwatchError, ValueError):
+    """An image could not be encoded within the size cap."""
+
+
+class OutboxError(MaskwatchError, RuntimeError):
+    """The edge's outbox file cannot be opened or is not an outbox."""
+
+
+class DatasetError(MaskwatchError, ValueError):
+    """A data folder is missing, empty or laid out wrongly; the message says what was expected."""
+
+
+
 class StorageError(MaskwatchError, RuntimeError):
     """A batch could not be stored (database or snapshot folder); nothing of it was committed."""
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 import math
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypeVar
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -34,6 +35,7 @@ from pydantic import (
 
 from shared.errors import ContractError
 from shared.topics import EVENT_ID_PATTERN, ID_PATTERN
+from shared.vocabulary import Label, Probability, Profile, ServoMode, Threshold
 
 SCHEMA_VERSION = 1
 #: Payloads larger than this are rejected before JSON decoding (snapshots excepted).
@@ -42,15 +44,12 @@ MAX_PAYLOAD_BYTES = 64 * 1024
 SiteId = Annotated[str, Field(pattern=ID_PATTERN.pattern, description="site id, [a-z0-9_-]+")]
 NodeId = Annotated[str, Field(pattern=ID_PATTERN.pattern, description="node id, [a-z0-9_-]+")]
 EventId = Annotated[str, Field(pattern=EVENT_ID_PATTERN.pattern, description="globally unique event id")]
-Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 #: Integers that fit the 32- and 64-bit columns of any database the hub writes to.
 Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
 Count32 = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Count64 = Annotated[int, Field(ge=0, le=2**63 - 1)]
 #: Deepest nesting accepted in a free-form value (a response's ``value``).
 MAX_VALUE_DEPTH = 32
-Label = Literal["mask", "no_mask"]
-ServoMode = Literal["sweep", "track", "hold", "off"]
 
 
 def utc_now() -> datetime:
@@ -165,10 +164,10 @@ class NodeState(Message):
     node: NodeId
     ts: UtcTime
     servo: ServoState
-    threshold: Probability = Field(description="no-mask probability at or above which a face is no_mask")
+    threshold: Threshold = Field(description="no-mask probability at or above which a face is no_mask")
     detect: bool = Field(description="inference running")
     model: str = Field(max_length=128, description="classifier model version")
-    profile: Literal["near", "crowd"] = "near"
+    profile: Profile = Profile.NEAR
     source: str | None = None
 
 
@@ -194,13 +193,26 @@ class NodeStats(Message):
 
 
 class Command(Message):
-    """Base of every command on ``.../cmd/<name>``; ``request_id`` is echoed in the answer."""
+    """Base of every command on ``.../cmd/<name>``; ``request_id`` is echoed in the answer.
+
+    Each subclass names itself (``name``, the last topic level), says whether the hub may send it
+    (``sendable``) and which part of the node's :class:`DesiredConfig` it sets (:meth:`desired_changes`).
+    """
+
+    name: ClassVar[str]
+    sendable: ClassVar[bool] = True
 
     request_id: str = Field(min_length=1, max_length=128)
+
+    def desired_changes(self) -> dict[str, Any]:
+        """The fields of :class:`DesiredConfig` this command changes (kept by the hub, published retained)."""
+        return {}
 
 
 class ServoCommand(Command):
     """``cmd/servo``: go to ``angle`` (mode becomes ``hold``) or switch ``mode``."""
+
+    name: ClassVar[str] = "servo"
 
     angle: float | None = Field(None, allow_inf_nan=False, description="degrees; clamped to the limits")
     mode: ServoMode | None = None
@@ -213,38 +225,60 @@ class ServoCommand(Command):
     def _angle_or_mode(self) -> ServoCommand:
         if self.angle is None and self.mode is None:
             raise ValueError("give 'angle' or 'mode'")
-        if self.angle is not None and self.mode not in (None, "hold"):
+        if self.angle is not None and self.mode not in (None, ServoMode.HOLD):
             raise ValueError("'angle' goes with mode 'hold' only")
         return self
+
+    def desired_changes(self) -> dict[str, Any]:
+        mode = self.mode or (ServoMode.HOLD if self.angle is not None else None)
+        changes: dict[str, Any] = {"servo_mode": None if mode is None else mode.value}
+        if self.angle is not None:
+            changes["servo_angle"] = self.angle
+        return changes
 
 
 class ThresholdCommand(Command):
     """``cmd/threshold``: set the no-mask probability threshold."""
 
-    value: Probability
+    name: ClassVar[str] = "threshold"
+
+    value: Threshold
+
+    def desired_changes(self) -> dict[str, Any]:
+        return {"threshold": self.value}
 
 
 class DetectCommand(Command):
     """``cmd/detect``: pause (``false``) or resume (``true``) inference; the camera stays open."""
 
+    name: ClassVar[str] = "detect"
+
     enabled: bool
+
+    def desired_changes(self) -> dict[str, Any]:
+        return {"detect": self.enabled}
 
 
 class SnapshotCommand(Command):
     """``cmd/snapshot``: publish a JPEG of the current frame now."""
 
+    name: ClassVar[str] = "snapshot"
+
 
 class ConfigCommand(Command):
-    """``cmd/config``: answer with the effective config, secrets removed."""
+    """``cmd/config``: answer with the effective config, secrets removed (asked by hand, not sent by the hub)."""
+
+    name: ClassVar[str] = "config"
+    sendable: ClassVar[bool] = False
 
 
-COMMANDS: dict[str, type[Command]] = {
-    "servo": ServoCommand,
-    "threshold": ThresholdCommand,
-    "detect": DetectCommand,
-    "snapshot": SnapshotCommand,
-    "config": ConfigCommand,
-}
+#: Every command by its name: the one list of the commands a node understands.
+COMMANDS: dict[str, type[Command]] = {cls.name: cls for cls in (
+    ServoCommand, ThresholdCommand, DetectCommand, SnapshotCommand, ConfigCommand)}
+#: The commands the hub may send, in :data:`COMMANDS` order.
+SENDABLE_COMMANDS: tuple[str, ...] = tuple(name for name, cls in COMMANDS.items() if cls.sendable)
+#: :data:`SENDABLE_COMMANDS` as an enum (API path parameters, argparse choices).
+SendableCommand = StrEnum("SendableCommand", [(name.upper(), name) for name in SENDABLE_COMMANDS])
 
 
 class CommandResponse(Message):
@@ -273,7 +307,7 @@ class CommandResponse(Message):
 class DesiredConfig(Message):
     """Retained ``.../desired`` from the hub: applied by the node on every connect."""
 
-    threshold: Probability | None = None
+    threshold: Threshold | None = None
     servo_mode: ServoMode | None = None
     servo_angle: float | None = Field(None, allow_inf_nan=False)
     detect: bool | None = None

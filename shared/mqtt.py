@@ -37,9 +37,6 @@ from shared.config import BrokerConfig
 
 log = logging.getLogger(__name__)
 
-MQTT_ERR_SUCCESS = paho.MQTT_ERR_SUCCESS
-MQTT_ERR_NO_CONN = paho.MQTT_ERR_NO_CONN
-
 
 @dataclass(frozen=True)
 class Received:

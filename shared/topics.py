@@ -40,7 +40,6 @@ EVENT_ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 NODE_KINDS: Final = ("status", "events", "state", "stats", "desired", "summary")
 #: Per-node topic kinds followed by one more level (event id or command name).
 NAMED_KINDS: Final = ("snapshot", "cmd", "response")
-COMMAND_NAMES: Final = ("servo", "threshold", "detect", "snapshot", "config")
 
 HA_DISCOVERY_PREFIX: Final = "homeassistant"
 

@@ -36,8 +36,8 @@ def mock_pins() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def models() -> tuple[Any, Any]:
     """The real near-profile detector and the packaged int8 classifier (loaded once per module)."""
-    from edge.classifier import MaskClassifier
-    from edge.detector import create_detector
+    from edge.vision.classifier import MaskClassifier
+    from edge.vision.detector import create_detector
 
     return create_detector("near", num_threads=1), MaskClassifier(num_threads=1)
 

@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.classifier import DEFAULT_MODEL, MaskClassifier
-from edge.images import ImageReadError, decode_image, list_images, read_image
-from edge.model_store import ensure_model
-from shared.errors import ModelError
+from edge.capture.images import decode_image, list_images, read_image
+from edge.vision.classifier import DEFAULT_MODEL, MaskClassifier
+from edge.vision.model_store import ensure_model
+from shared.errors import ImageReadError, ModelError
 from tests.conftest import FACE_MASK, need
 
 
@@ -99,7 +99,7 @@ def test_corrupt_empty_and_missing_images_give_clear_errors(tmp_path: Path) -> N
 
 
 def test_model_card_names_the_committed_files_bytes_and_digests() -> None:
-    from edge.model_store import sha256_of
+    from edge.vision.model_store import sha256_of
 
     card = (DEFAULT_MODEL.parent / "MODEL_CARD.md").read_text()
     for path in sorted(DEFAULT_MODEL.parent.glob("mask_classifier_*.tflite")):

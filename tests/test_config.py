@@ -117,7 +117,8 @@ def test_redacted_hides_secrets() -> None:
 
 
 def test_edge_threshold_defaults_to_the_profile_s_own() -> None:
-    from edge.config import DEFAULT_THRESHOLDS, EdgeConfig
+    from edge.config import EdgeConfig
+    from shared.vocabulary import DEFAULT_THRESHOLDS
 
     assert EdgeConfig().decision_threshold() == DEFAULT_THRESHOLDS["near"] == 0.5
     assert EdgeConfig(profile="crowd").decision_threshold() == DEFAULT_THRESHOLDS["crowd"] < 0.5

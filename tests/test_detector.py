@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.crop import TRAINING_MARGIN, crop_face, expand_box
-from edge.detector import Face, create_detector, ssd_anchors, tiles, weighted_nms
-from edge.images import read_image
+from edge.capture.images import read_image
+from edge.vision.crop import TRAINING_MARGIN, crop_face, expand_box
+from edge.vision.detector import Face, create_detector, ssd_anchors, tiles, weighted_nms
 from models.scenes import load_scenes, match
 from shared.errors import ModelError
 from tests.conftest import SCENES, need

@@ -8,7 +8,8 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("module", ["edge.tracker", "edge.outbox", "edge.servo", "edge.indicator", "edge.stats"])
+@pytest.mark.parametrize("module", ["edge.vision.tracker", "edge.delivery.outbox", "edge.devices.servo",
+                                    "edge.devices.indicator", "edge.delivery.stats", "shared.vocabulary"])
 def test_docstring_examples_run(module: str) -> None:
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0

@@ -14,7 +14,7 @@ import pytest
 
 from devsite.broker import free_port
 from edge.app import EdgeApp
-from edge.tracker import iou
+from edge.vision.tracker import iou
 from shared.config import BrokerConfig
 from shared.messages import Event, NodeStats, parse
 from shared.mqtt import MqttClient

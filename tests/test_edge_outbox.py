@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from devsite.broker import LocalMosquitto
-from edge.outbox import Courier, Outbox, OutboxError
+from edge.delivery.outbox import Courier, Outbox
 from shared.config import BrokerConfig
+from shared.errors import OutboxError
 from shared.messages import Event, parse, utc_now
 from shared.mqtt import MqttClient
 from shared.topics import NodeTopics

@@ -50,7 +50,7 @@ def test_preview_is_off_by_default(tmp_path: Path, broker_config: BrokerConfig, 
 def test_preview_on_a_busy_port_is_a_clear_config_error() -> None:
     import socket
 
-    from edge.preview import PreviewServer
+    from edge.delivery.preview import PreviewServer
     from shared.errors import ConfigError
 
     with socket.socket() as busy:

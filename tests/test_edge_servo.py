@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from edge.config import IndicatorConfig, ServoConfig
-from edge.indicator import Indicator
-from edge.servo import PanServo, ServoPlanner, Sighting
+from edge.devices.indicator import Indicator
+from edge.devices.servo import PanServo, ServoPlanner, Sighting
 from tests import edge_node
 from tests.polling import wait_until
 

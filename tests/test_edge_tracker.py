@@ -6,7 +6,7 @@ import itertools
 from datetime import UTC, datetime, timedelta
 
 from edge.config import TrackerConfig
-from edge.tracker import Observation, Tracker, iou
+from edge.vision.tracker import Observation, Tracker, iou
 
 T0 = datetime(2026, 1, 1, 12, tzinfo=UTC)
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import DEFAULT_THRESHOLDS
-from edge.images import list_images
+from edge.capture.images import list_images
 from shared.cli import main
+from shared.vocabulary import DEFAULT_THRESHOLDS
 from tests.conftest import FACE_MASK, SCENES, need
 
 

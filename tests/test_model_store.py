@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.litert import load_interpreter
-from edge.model_store import MODEL_FILES, cached, ensure_model, fetch_models, model_dir, sha256_of
+from edge.vision.litert import load_interpreter
+from edge.vision.model_store import MODEL_FILES, cached, ensure_model, fetch_models, model_dir, sha256_of
 from shared.errors import ModelError
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
-from edge.classifier import MaskClassifier
-from edge.images import list_images, read_image
+from edge.capture.images import list_images, read_image
+from edge.vision.classifier import MaskClassifier
 from models.training.augment import Augmentation
 from models.training.data import (
     Crops,

@@ -1,25 +1,24 @@
 """Routes of remote commands: send one to nodes and wait for the answers; read the command audit."""
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query
 from fastapi.responses import JSONResponse
 
 from hub.api.deps import Limit, Principal, Services, rate_limited
-from hub.services.commands import SENDABLE, CommandStatus, overall_status
+from hub.services.commands import CommandStatus, overall_status
 from hub.views import command_json, outcome_json
 from shared.errors import ContractError
+from shared.messages import SendableCommand
 
 router = APIRouter(tags=["nodes"])
 
-#: The ``name`` path parameter: the commands the hub may send.
-CommandName = Literal[SENDABLE]  # type: ignore[valid-type]  # built from the one list at run time
 #: HTTP status of a command's overall outcome.
 HTTP_STATUS = {CommandStatus.OK: 200, CommandStatus.ERROR: 502, CommandStatus.TIMEOUT: 504}
 
 
 @router.post("/api/nodes/{site}/{node}/commands/{name}")
-def command(site: str, node: str, name: CommandName, services: Services,
+def command(site: str, node: str, name: SendableCommand, services: Services,
             who: Annotated[str, Depends(rate_limited)],
             params: Annotated[dict[str, Any] | None, Body(description="command fields, e.g. {\"value\": 0.6}")] = None,
             timeout_s: Annotated[float | None, Query(gt=0, le=60)] = None) -> JSONResponse:
@@ -31,7 +30,7 @@ def command(site: str, node: str, name: CommandName, services: Services,
     if services.commander is None:
         raise HTTPException(503, "this API has no MQTT connection to send commands")
     try:
-        outcomes = services.commander.send(site, None if node == "all" else node.split(","), name,
+        outcomes = services.commander.send(site, None if node == "all" else node.split(","), name.value,
                                            params or {}, source=f"api:{who}", timeout_s=timeout_s)
     except ContractError as exc:
         raise HTTPException(422, str(exc)) from None

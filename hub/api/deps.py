@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -26,6 +26,7 @@ from hub.storage.database import Store
 from hub.storage.events import EventLog
 from hub.storage.nodes import Registry
 from hub.storage.rejected import RejectedStore
+from shared.vocabulary import Label
 
 #: The largest page of any list route.
 MAX_PAGE = 1000
@@ -106,7 +107,7 @@ def rate_limited(request: Request, who: Principal) -> str:
 
 Since = Annotated[datetime | None, Query(description="ISO 8601; events first seen at or after")]
 Until = Annotated[datetime | None, Query(description="ISO 8601; events first seen before")]
-LabelQ = Annotated[Literal["mask", "no_mask"] | None, Query()]
+LabelQ = Annotated[Label | None, Query()]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
 
 

@@ -34,13 +34,11 @@ from hub.storage.nodes import Registry
 from hub.views import outcome_json
 from shared import topics
 from shared.errors import ContractError
-from shared.messages import COMMANDS, Command, CommandResponse, DesiredConfig, parse, utc_now
+from shared.messages import COMMANDS, SENDABLE_COMMANDS, Command, CommandResponse, DesiredConfig, parse, utc_now
 from shared.mqtt import MqttClient, Received
 
 log = logging.getLogger(__name__)
 
-#: Hub-side commands (the node also knows ``config``): the one list the API and the CLI derive theirs from.
-SENDABLE = ("servo", "threshold", "detect", "snapshot")
 
 
 class CommandStatus(StrEnum):
@@ -86,31 +84,14 @@ def overall_status(outcomes: Sequence[Outcome]) -> CommandStatus:
 
 def build_command(name: str, params: dict[str, Any], request_id: str) -> Command:
     """The typed command ``name`` with ``params``, or :class:`ContractError` saying what is wrong."""
-    if name not in SENDABLE:
-        raise ContractError(f"unknown command {name!r}: use one of {', '.join(SENDABLE)}", field="name")
+    if name not in SENDABLE_COMMANDS:
+        raise ContractError(f"unknown command {name!r}: use one of {', '.join(SENDABLE_COMMANDS)}", field="name")
     try:
         return COMMANDS[name].model_validate({**params, "request_id": request_id})
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or name
         raise ContractError(f"{name}: {where}: {err['msg']}", field=where) from None
-
-
-def desired_changes(command: Command) -> dict[str, Any]:
-    """What a command changes in the node's desired config (kept and published retained)."""
-    data = command.model_dump(exclude_none=True)
-    name = next(n for n, cls in COMMANDS.items() if isinstance(command, cls))
-    if name == "threshold":
-        return {"threshold": data["value"]}
-    if name == "detect":
-        return {"detect": data["enabled"]}
-    if name == "servo":
-        mode = data.get("mode", "hold" if "angle" in data else None)
-        changes: dict[str, Any] = {"servo_mode": mode}
-        if "angle" in data:
-            changes["servo_angle"] = data["angle"]
-        return changes
-    return {}
 
 
 class Commander:
@@ -240,7 +221,7 @@ class Commander:
     def _apply_desired(self, site: str, command: Command, outcomes: list[Outcome]) -> None:
         """Keep what the command changes as the desired config of every node that did not refuse it
         (``ok`` or no answer yet: an absent node applies it when it reconnects), and publish it retained."""
-        changes = desired_changes(command)
+        changes = command.desired_changes()
         if not changes or self.registry is None:
             return
         targets = [o.node for o in outcomes if o.status != CommandStatus.ERROR and o.node != topics.ALL_NODES]

@@ -47,10 +47,10 @@ from shared.errors import ContractError
 from shared.messages import Event, NodeState, parse, utc_now
 from shared.mqtt import MqttClient, Received
 from shared.topics import HA_STATUS, NodeTopics, ha_discovery, node_filter, parse_topic
+from shared.vocabulary import ServoMode
 
 log = logging.getLogger(__name__)
 
-SERVO_MODES = ("sweep", "track", "hold", "off")
 #: Renders a request id that is new on every command Home Assistant sends.
 REQUEST_ID = "ha-{{ now().timestamp() }}"
 
@@ -115,7 +115,7 @@ def entity_configs(site: str, node: str, limits: Limits = Limits(), model: str |
         },
         ("select", "servo_mode"): {
             "name": "Servo mode", "state_topic": topics.state, "value_template": "{{ value_json.servo.mode }}",
-            "command_topic": topics.cmd("servo"), "options": list(SERVO_MODES),
+            "command_topic": topics.cmd("servo"), "options": [mode.value for mode in ServoMode],
             "command_template": f'{{"v": 1, "request_id": "{REQUEST_ID}", "mode": "{{{{ value }}}}"}}',
         },
     }

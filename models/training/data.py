@@ -19,16 +19,16 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from edge.crop import TRAINING_MARGIN, crop_face
-from edge.detector import FaceDetector
-from edge.images import ImageReadError, list_images, read_image
-from models.scenes import DatasetError, load_scenes, match
+from edge.capture.images import list_images, read_image
+from edge.vision.crop import TRAINING_MARGIN, crop_face
+from edge.vision.detector import FaceDetector
+from models.scenes import load_scenes, match
+from shared.errors import DatasetError, ImageReadError
 
 log = logging.getLogger(__name__)
 
 #: Class folders of a face-mask data set and their label (1 = no mask).
 CLASS_FOLDERS = {"with_mask": 0, "without_mask": 1}
-LABEL_NAMES = ("mask", "no_mask")
 #: Hamming distance of 64-bit dHashes under which two images count as near duplicates.
 NEAR_DUPLICATE_BITS = 4
 #: Scene faces smaller than this (shorter side, px) are too small to teach anything and are left out.

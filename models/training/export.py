@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.classifier import MaskClassifier
+from edge.vision.classifier import MaskClassifier
 from models.evaluation import THRESHOLD_SWEEP
 from shared.errors import ModelError
 

@@ -19,10 +19,13 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from edge.vision.crop import TRAINING_MARGIN
+from edge.vision.detector import create_detector
 from models.training.augment import Augmentation
 from models.training.data import Crops, concat, face_mask_crops, scene_crops, train_validation_split
 from models.training.network import FINE_TUNE_FROM, backbone, classifier, head, set_fine_tuning
 from models.training.plots import plot_confusion, plot_curves
+from shared.vocabulary import Profile
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +80,6 @@ def load_crops(settings: TrainSettings, cache_dir: Path | None = None) -> Crops:
 
     Crops are cached in ``cache_dir`` under a key of the data folders' listings and the crop settings.
     """
-    from edge.crop import TRAINING_MARGIN
-    from edge.detector import create_detector
-
     key_parts = [settings.size, settings.detector, settings.limit_per_class, TRAINING_MARGIN, CROPS_VERSION]
     for folder in filter(None, (settings.data, settings.scenes)):
         key_parts += sorted((str(p.relative_to(folder)), p.stat().st_size) for p in Path(folder).rglob("*")
@@ -89,11 +89,11 @@ def load_crops(settings: TrainSettings, cache_dir: Path | None = None) -> Crops:
     if cache.is_file():
         log.info("using cached crops %s", cache)
         return Crops.load(cache)
-    detector = create_detector("near", settings.detector) if settings.detector else None
+    detector = create_detector(Profile.NEAR, settings.detector) if settings.detector else None
     parts = [face_mask_crops(Path(settings.data), settings.size, detector, settings.limit_per_class)]
     if settings.scenes:
         limit = None if settings.limit_per_class is None else settings.limit_per_class // 4
-        scene_detector = create_detector("crowd", settings.detector) if settings.detector else None
+        scene_detector = create_detector(Profile.CROWD, settings.detector) if settings.detector else None
         parts.append(scene_crops(Path(settings.scenes), settings.size, limit, scene_detector))
     crops = concat(parts)
     crops.save(cache)

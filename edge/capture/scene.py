@@ -30,11 +30,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.capture.frames import Frame
+from edge.capture.images import IMAGE_SUFFIXES, read_image
 from edge.config import SceneConfig
-from edge.images import IMAGE_SUFFIXES, ImageReadError, read_image
-from edge.sources import Frame
 from shared.config import read_yaml
-from shared.errors import ConfigError
+from shared.errors import ConfigError, ImageReadError
 from shared.messages import utc_now
 
 log = logging.getLogger(__name__)

@@ -7,14 +7,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from shared.errors import MaskwatchError
+from shared.errors import ImageReadError
 
 #: File name endings treated as images when a folder is scanned.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
-
-
-class ImageReadError(MaskwatchError, ValueError):
-    """An image file is missing, empty, corrupt or of an unsupported kind."""
 
 
 def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:

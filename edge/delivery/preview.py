@@ -14,8 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import cv2
 import numpy as np
 
+from edge.delivery.snapshot import encode_jpeg
 from edge.pipeline import View
-from edge.snapshot import encode_jpeg
 from shared.errors import ConfigError
 
 log = logging.getLogger(__name__)

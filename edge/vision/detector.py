@@ -24,14 +24,13 @@ from typing import Literal, Protocol
 import cv2
 import numpy as np
 
-from edge.litert import load_interpreter
-from edge.model_store import ensure_model
+from edge.vision.litert import load_interpreter
+from edge.vision.model_store import ensure_model
 from shared.errors import ModelError
+from shared.vocabulary import Profile
 
 log = logging.getLogger(__name__)
 
-Profile = Literal["near", "crowd"]
-PROFILES: tuple[str, ...] = ("near", "crowd")
 KINDS: tuple[str, ...] = ("blazeface", "res10")
 
 
@@ -262,18 +261,19 @@ class MultiPassDetector:
 
 
 #: Operating points per detector kind and profile.
-SETTINGS: dict[tuple[str, str], Settings] = {
-    ("blazeface", "near"): Settings(passes=(("full", 1), ("short", 1)), threshold=0.5),
+SETTINGS: dict[tuple[str, Profile], Settings] = {
+    ("blazeface", Profile.NEAR): Settings(passes=(("full", 1), ("short", 1)), threshold=0.5),
     # recall first: both ranges on the whole frame and on 2x2 and 3x3 tiles, lower threshold (measured on the
     # scenes: see models/MODEL_CARD.md)
-    ("blazeface", "crowd"): Settings(passes=(("full", 1), ("short", 1), ("full", 2), ("short", 2), ("full", 3),
+    ("blazeface", Profile.CROWD): Settings(passes=(("full", 1), ("short", 1), ("full", 2), ("short", 2), ("full", 3),
                                              ("short", 3)), threshold=0.45),
-    ("res10", "near"): Settings(passes=(("res10", 1),), threshold=0.5),
-    ("res10", "crowd"): Settings(passes=(("res10", 1), ("res10", 2)), threshold=0.3),
+    ("res10", Profile.NEAR): Settings(passes=(("res10", 1),), threshold=0.5),
+    ("res10", Profile.CROWD): Settings(passes=(("res10", 1), ("res10", 2)), threshold=0.3),
 }
 
 
-def create_detector(profile: Profile = "near", kind: str | None = None, num_threads: int = 2) -> FaceDetector:
+def create_detector(profile: Profile | str = Profile.NEAR, kind: str | None = None,
+                    num_threads: int = 2) -> FaceDetector:
     """Build the face detector for an operating point, fetching its model files on first use.
 
     :param profile: ``near`` (faces of 48 px and more, speed first) or ``crowd`` (small faces, recall first).
@@ -282,8 +282,10 @@ def create_detector(profile: Profile = "near", kind: str | None = None, num_thre
     :raises ModelError: unknown kind/profile, or model files missing and not fetchable.
     """
     kind = kind or "blazeface"
-    if profile not in PROFILES:
-        raise ModelError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+    try:
+        profile = Profile(profile)
+    except ValueError:
+        raise ModelError(f"profile must be one of {', '.join(Profile)}, got {profile!r}") from None
     if kind not in KINDS:
         raise ModelError(f"detector kind must be one of {', '.join(KINDS)}, got {kind!r}")
     settings = SETTINGS[(kind, profile)]

@@ -32,8 +32,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from edge.config import ServoConfig, ServoModeName
+from edge.config import ServoConfig
 from shared.errors import HardwareError
+from shared.vocabulary import ServoMode
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ class ServoPlanner:
         self.config = config
         self._clock = clock
         self._lock = threading.Lock()
-        self.mode: ServoModeName = config.mode
+        self.mode: ServoMode = config.mode
         self.hold_deg = config.start_deg
         self.sweep_min_deg = config.min_deg if config.sweep_min_deg is None else config.sweep_min_deg
         self.sweep_max_deg = config.max_deg if config.sweep_max_deg is None else config.sweep_max_deg
@@ -138,7 +139,7 @@ class ServoPlanner:
         self._paused_at: float | None = None
         self._ignore_faces = False
 
-    def set_mode(self, mode: ServoModeName, *, angle: float | None = None, sweep_min_deg: float | None = None,
+    def set_mode(self, mode: ServoMode, *, angle: float | None = None, sweep_min_deg: float | None = None,
                  sweep_max_deg: float | None = None, sweep_step_deg: float | None = None,
                  dwell_s: float | None = None) -> dict[str, Any]:
         """Switch mode (angles already clamped by the caller); return the applied settings."""
@@ -163,9 +164,9 @@ class ServoPlanner:
     def settings(self) -> dict[str, Any]:
         """The mode and its parameters."""
         out: dict[str, Any] = {"mode": self.mode}
-        if self.mode == "hold":
+        if self.mode == ServoMode.HOLD:
             out["angle"] = self.hold_deg
-        if self.mode == "sweep":
+        if self.mode == ServoMode.SWEEP:
             out.update(sweep_min_deg=self.sweep_min_deg, sweep_max_deg=self.sweep_max_deg,
                        sweep_step_deg=self.sweep_step_deg, dwell_s=self.dwell_s)
         return out
@@ -181,11 +182,11 @@ class ServoPlanner:
             now = self._clock()
             seen = self._sighting
             recent = seen is not None and now - seen.at <= self.config.face_hold_s
-            if self.mode == "off":
+            if self.mode == ServoMode.OFF:
                 return None
-            if self.mode == "hold":
+            if self.mode == ServoMode.HOLD:
                 return self.hold_deg
-            if self.mode == "track":
+            if self.mode == ServoMode.TRACK:
                 if seen is None or not recent:
                     return position
                 if abs(seen.offset_deg) <= self.config.track_dead_band_deg:

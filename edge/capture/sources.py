@@ -5,7 +5,7 @@ A source is opened from a ``--source`` string by :func:`open_source`:
 * ``0`` (a camera index), a video file, an RTSP/HTTP URL: OpenCV ``VideoCapture``;
 * a folder: every image in it (and its subfolders) as an independent still;
 * ``picamera``: picamera2 on a Raspberry Pi (imported only then);
-* ``scene:DIR`` or ``scene:builtin``: the simulated panoramic camera (:mod:`edge.scene`).
+* ``scene:DIR`` or ``scene:builtin``: the simulated panoramic camera (:mod:`edge.capture.scene`).
 
 :class:`Capture` reads a source in its own thread. For live sources it keeps
 only the newest frame and counts the ones it had to drop, so latency stays
@@ -18,54 +18,20 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+import cv2
 import numpy as np
 
+from edge.capture.frames import Frame, FrameSource
+from edge.capture.images import IMAGE_SUFFIXES, read_image
+from edge.capture.scene import SceneCamera, load_scene
 from edge.config import CameraConfig, SceneConfig
-from edge.images import IMAGE_SUFFIXES, ImageReadError, read_image
-from shared.errors import HardwareError
-from shared.messages import utc_now
+from shared.errors import HardwareError, ImageReadError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Frame:
-    """One captured image (BGR ``uint8``) and where it came from."""
-
-    image: np.ndarray
-    index: int
-    ts: datetime = field(default_factory=utc_now)
-    name: str | None = None
-    angle: float | None = None
-    still: bool = False
-    captured: float = field(default_factory=time.monotonic)
-
-    @property
-    def ref(self) -> int | str:
-        """The event's ``frame`` field: the file name of a still, else the index."""
-        return self.name if self.still and self.name else self.index
-
-
-class FrameSource(Protocol):
-    """Something that yields frames.
-
-    ``read()`` returns the next frame, or ``None`` at the end of a finite source;
-    it raises :class:`HardwareError` when a live device fails.
-    """
-
-    name: str
-    live: bool
-
-    def open(self) -> None: ...
-    def read(self) -> Frame | None: ...
-    def close(self) -> None: ...
 
 
 class VideoSource:
@@ -80,8 +46,6 @@ class VideoSource:
         self._index = 0
 
     def open(self) -> None:
-        import cv2
-
         if not self.live and not Path(self.spec).is_file():
             raise HardwareError(f"video file not found: {self.spec}")
         cap = cv2.VideoCapture(int(self.spec) if self.spec.isdigit() else self.spec)
@@ -201,8 +165,6 @@ def open_source(spec: str, *, camera: CameraConfig | None = None, scene: SceneCo
                 angle: Callable[[], float] | None = None) -> FrameSource:
     """Build (not open) the source named by ``spec``; ``angle`` is the servo position for a scene."""
     if spec.startswith("scene:"):
-        from edge.scene import SceneCamera, load_scene
-
         cfg = scene or SceneConfig()
         return SceneCamera(load_scene(spec.removeprefix("scene:"), cfg), cfg, angle=angle or (lambda: 0.0))
     if spec == "picamera":

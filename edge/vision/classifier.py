@@ -4,7 +4,7 @@ Example::
 
     classifier = MaskClassifier()                 # models/mask_classifier_int8.tflite
     p = classifier.no_mask_probability([crop_face(frame, face.box)])
-    label = "no_mask" if p[0] >= 0.5 else "mask"
+    label, score = decide(p[0], threshold=0.5)  # shared.vocabulary.decide
 """
 
 from __future__ import annotations
@@ -12,25 +12,29 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
 
-from edge.litert import load_interpreter
-from edge.model_store import sha256_of
+from edge.vision.litert import load_interpreter
+from edge.vision.model_store import packaged_model, sha256_of
 from shared.errors import ModelError
 
 log = logging.getLogger(__name__)
 
 #: The committed default model (int8, the edge's choice).
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "mask_classifier_int8.tflite"
+DEFAULT_MODEL = packaged_model("mask_classifier_int8.tflite")
 #: Output index of the "no mask" class.
 NO_MASK_INDEX = 1
 
 
-def default_model_path() -> Path:
-    """The committed int8 classifier shipped with the package."""
-    return DEFAULT_MODEL
+class Classifier(Protocol):
+    """Anything that tells for BGR face crops how likely each face wears no mask."""
+
+    version: str
+
+    def no_mask_probability(self, crops: Sequence[np.ndarray]) -> np.ndarray: ...
 
 
 class MaskClassifier:
@@ -46,7 +50,7 @@ class MaskClassifier:
     """
 
     def __init__(self, model_path: Path | None = None, num_threads: int = 2, mirror: bool = True) -> None:
-        path = Path(model_path) if model_path is not None else default_model_path()
+        path = Path(model_path) if model_path is not None else DEFAULT_MODEL
         self._interpreter = load_interpreter(path, num_threads)
         inputs = self._interpreter.get_input_details()
         outputs = self._interpreter.get_output_details()

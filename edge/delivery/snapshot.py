@@ -5,14 +5,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from edge.crop import expand_box
-from shared.errors import MaskwatchError
+from edge.vision.crop import expand_box
+from shared.errors import SnapshotError
 
 Box = tuple[int, int, int, int]
-
-
-class SnapshotError(MaskwatchError, ValueError):
-    """An image could not be encoded within the size cap."""
 
 
 def encode_jpeg(image: np.ndarray, max_bytes: int, quality: int = 85) -> bytes:

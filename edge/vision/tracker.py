@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from edge.config import TrackerConfig
+from shared.vocabulary import Label, decide, label_score
 
 Box = tuple[int, int, int, int]
 ChangeKind = Literal["new", "update", "end"]
@@ -53,13 +54,13 @@ class Track:
     first_seen: datetime
     last_seen: datetime
     history: deque[float]
-    label: str
+    label: Label
     frames: int = 1
     misses: int = 0
     stable_frames: int = 1
     confirmed: bool = False
     last_emit: datetime | None = None
-    emitted_label: str | None = None
+    emitted_label: Label | None = None
     emitted_score: float = 0.0
     frame_ref: Any = None
     unclassified: int = 0
@@ -72,8 +73,7 @@ class Track:
     @property
     def score(self) -> float:
         """Probability of the current label."""
-        p = self.p_no_mask
-        return p if self.label == "no_mask" else 1.0 - p
+        return label_score(self.label, self.p_no_mask)
 
 
 @dataclass(frozen=True)
@@ -98,11 +98,6 @@ def _centre_distance(a: Box, b: Box) -> float:
     dx = (a[0] + a[2] / 2) - (b[0] + b[2] / 2)
     dy = (a[1] + a[3] / 2) - (b[1] + b[3] / 2)
     return float((dx * dx + dy * dy) ** 0.5)
-
-
-def decide_label(p_no_mask: float, threshold: float) -> str:
-    """The contract's decision: ``no_mask`` if ``p >= threshold``."""
-    return "no_mask" if p_no_mask >= threshold else "mask"
 
 
 class Tracker:
@@ -203,7 +198,7 @@ class Tracker:
                 raise ValueError(f"a new face must be classified (box {obs.box})")
             track = Track(id=self._id_factory(), box=obs.box, first_seen=ts, last_seen=ts,
                           history=deque([obs.p_no_mask], maxlen=self.config.smooth_frames),
-                          label=decide_label(obs.p_no_mask, threshold), frame_ref=frame_ref)
+                          label=decide(obs.p_no_mask, threshold).label, frame_ref=frame_ref)
             self.tracks.append(track)
             if self.config.confirm_frames <= 1:
                 track.confirmed = True

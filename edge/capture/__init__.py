@@ -1,0 +1,1 @@
+"""Capture: frame sources (camera, video, image folder, the simulated panoramic scene) and image files."""
