@@ -24,6 +24,7 @@ Usage: sudo install.sh --site SITE --node NODE --broker HOST[:PORT] (--ca FILE |
 
 Installs on this Raspberry Pi:
   apt packages    python3-venv, python3-lgpio (GPIO), python3-picamera2 (Pi camera), libgl1...
+                  (lgpio from PyPI when the archive lacks python3-lgpio, as plain Debian does)
   /opt/maskwatch  a venv with maskwatch[edge] (sees the apt-installed lgpio and picamera2)
   user maskwatch  system user in the video and gpio groups, home /var/lib/maskwatch
   /etc/maskwatch  edge.yaml (from deploy/pi/edge.yaml, kept if present), edge.env, ca.crt
@@ -94,12 +95,23 @@ OPT=$DESTDIR/opt/maskwatch
 STATE=$DESTDIR/var/lib/maskwatch
 VENV=$OPT/venv
 
+apt_has() { [ -n "$(apt-cache madison "$1" 2>/dev/null)" ]; }
+
 install_packages() {
     step "apt packages"
     [ "$(uname -m)" = aarch64 ] || echo "warning: $(uname -m) is not aarch64; Raspberry Pi OS 64-bit is expected"
     apt-get update
-    local packages=(python3 python3-venv python3-pip python3-lgpio libgl1 libglib2.0-0 openssl ca-certificates)
-    [ "$CAMERA" = picamera ] && packages+=(python3-picamera2)
+    local packages=(python3 python3-venv python3-pip libgl1 libglib2.0-0 openssl ca-certificates)
+    # Raspberry Pi OS packages; plain Debian lacks them (install_venv then tries PyPI or says what to do).
+    local optional=(python3-lgpio)
+    [ "$CAMERA" = picamera ] && optional+=(python3-picamera2)
+    for package in "${optional[@]}"; do
+        if apt_has "$package"; then
+            packages+=("$package")
+        else
+            echo "warning: $package is not in this apt archive (it is in Raspberry Pi OS's)"
+        fi
+    done
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${packages[@]}"
     python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "Python 3.11 or later is needed"
 }
@@ -121,7 +133,15 @@ install_venv() {
     python3 -m venv --system-site-packages "$VENV"
     "$VENV/bin/pip" install --upgrade pip
     "$VENV/bin/pip" install "${SPEC:-$SRC[edge]}"
-    if [ "$CAMERA" = picamera ] && ! "$VENV/bin/python" -c 'import picamera2' 2>/dev/null; then
+    if ! "$VENV/bin/python" -c 'import lgpio' 2>/dev/null; then
+        echo "no lgpio from apt: installing lgpio from PyPI (gpiozero's pin factory)"
+        "$VENV/bin/pip" install lgpio || echo "warning: no lgpio: gpiozero cannot drive the servo and LEDs" \
+            "until python3-lgpio (Raspberry Pi OS's archive) is installed; then rerun install.sh"
+    fi
+    if [ "$CAMERA" = picamera ] && ! dpkg -s python3-picamera2 >/dev/null 2>&1; then
+        echo "warning: python3-picamera2 is not installed: the Pi camera will not open until it is" \
+             "(Raspberry Pi OS: apt-get install python3-picamera2), or rerun with --camera usb"
+    elif [ "$CAMERA" = picamera ] && ! "$VENV/bin/python" -c 'import picamera2' 2>/dev/null; then
         # apt's compiled helpers (e.g. simplejpeg) may predate the venv's numpy 2
         echo "warning: picamera2 does not import in the venv; trying simplejpeg from PyPI"
         "$VENV/bin/pip" install simplejpeg
