@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from edge.acks import numbered
 from edge.config import EdgeConfig
 from edge.crop import crop_face
 from edge.indicator import Indicator
@@ -250,7 +251,8 @@ class Pipeline:
                 log.warning("no snapshot for %s: %s", event.id, exc)
             if jpeg is not None:
                 event = event.model_copy(update={"snapshot": True})
-        self.outbox.put(self.topics.events, event.to_json())
+        hub_delivery = self.config.delivery == "hub"
+        self.outbox.put(self.topics.events, numbered(event, self.outbox.outbox_id) if hub_delivery else event.to_json())
         if jpeg is not None:
             self.outbox.put(self.topics.snapshot(event.id), jpeg)
         self.events_written += 1

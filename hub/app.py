@@ -22,6 +22,7 @@ from types import FrameType
 
 import uvicorn
 
+from hub.acks import AckPublisher, announce, presence_will
 from hub.alerts import Alerter
 from hub.api import HubServices, create_app
 from hub.batches import WriterSettings
@@ -70,7 +71,9 @@ class HubApp:
         store.migrate()
         events, registry, feed = EventLog(store, cfg.snapshot_dir), Registry(store), Feed()
         client_id = cfg.broker.client_id or f"maskwatch-hub-{cfg.hub_id}"
-        self._intake = MqttClient(cfg.broker, client_id, persistent=True, manual_ack=True)
+        intake = self._intake = MqttClient(cfg.broker, client_id, persistent=True, manual_ack=True,
+                                           will=presence_will(cfg.hub_id),
+                                           on_connect=lambda: announce(intake.publish, cfg.hub_id))
         self._control = control = MqttClient(cfg.broker.model_copy(update={"client_id": None}),
                                              f"{client_id}-control")
         services = HubServices(config=cfg, store=store, events=events, registry=registry, feed=feed,
@@ -82,8 +85,9 @@ class HubApp:
         if cfg.ingest.writer_process:
             self._writer = WriterProcess(settings)
             self._writer.start()
+        acks = AckPublisher(cfg.hub_id, lambda topic, payload: control.publish(topic, payload, qos=1))
         self.ingest = services.ingest = Ingest(cfg, self._intake, self._writer or settings.build(store), events,
-                                               alerter, feed)
+                                               alerter, feed, acks=acks)
         services.commander = Commander(control, timeout_s=cfg.command_timeout_s, store=store, registry=registry)
         for site in cfg.sites or [None]:
             services.commander.listen(site)
@@ -163,7 +167,7 @@ class HubApp:
             self._writer = None
         for client in (self._intake, self._control):
             if client is not None:
-                client.stop(publish_will=False)
+                client.stop(publish_will=client is self._intake)  # the intake's will: the hub is offline
         self._intake = self._control = None
         if self.store is not None:
             self.store.close()

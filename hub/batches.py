@@ -19,6 +19,7 @@ from pathlib import Path
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
+from hub.acks import Delivered
 from hub.alerts import Alerter
 from hub.config import HubConfig
 from hub.events import EventIn, EventLog, RejectIn, SnapshotIn
@@ -51,6 +52,7 @@ class Batch:
     seen: set[tuple[str, str]] = field(default_factory=set)  # nodes that sent an event (one update each)
     rejects: list[RejectIn] = field(default_factory=list)
     kinds: Counter[str] = field(default_factory=Counter)
+    delivered: list[Delivered] = field(default_factory=list)
 
 
 @dataclass
@@ -59,6 +61,7 @@ class BatchResult:
 
     ``event_ts`` are the event timestamps (POSIX seconds) of its valid event messages and
     ``committed_at`` the :func:`time.time` of the commit: their difference is the event-to-commit latency.
+    ``delivered`` are the node outbox messages it holds, to acknowledge (:mod:`hub.acks`).
     """
 
     messages: int
@@ -70,6 +73,7 @@ class BatchResult:
     touched_nodes: list[tuple[str, str]]
     event_ts: list[float]
     committed_at: float
+    delivered: list[Delivered] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -127,7 +131,10 @@ def classify(topic: str, payload: bytes, batch: Batch, now: datetime, max_snapsh
                                     field="node", reason="topic")
             batch.events.append(EventIn(event, now, payload))
             batch.seen.add((info.site, info.node))
+            if event.seq is not None and event.outbox_id is not None:
+                batch.delivered.append(Delivered(info.site, info.node, event.outbox_id, event.seq))
         elif info.kind == "snapshot":
+            batch.delivered.append(Delivered(info.site, info.node, snapshot=info.name))  # stored or rejected
             if len(payload) > max_snapshot_bytes:
                 raise ContractError(f"snapshot of {len(payload)} bytes exceeds {max_snapshot_bytes}",
                                     reason="oversize")
@@ -196,4 +203,5 @@ class BatchWriter:
         return BatchResult(messages=len(messages), events=len(batch.events), duplicates=written.duplicates,
                            rejected=[r.reason for r in batch.rejects], alerts=alerts,
                            touched_events=written.touched, touched_nodes=touched_nodes,
-                           event_ts=[item.event.ts.timestamp() for item in batch.events], committed_at=time.time())
+                           event_ts=[item.event.ts.timestamp() for item in batch.events], committed_at=time.time(),
+                           delivered=batch.delivered)

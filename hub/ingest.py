@@ -10,7 +10,8 @@ The network thread only enqueues. The ``hub-ingest`` thread takes up to
 ``batch_size`` messages or whatever arrived within ``batch_ms`` and hands them
 to the writer (:class:`hub.batches.BatchWriter`, by default in its own process,
 :class:`hub.writer.WriterProcess`), which validates and commits them in one
-transaction; only then are they acknowledged to the broker. A crash loses nothing
+transaction; only then are they acknowledged to the broker, and to the nodes
+on their ``.../ack`` topics (:mod:`hub.acks`). A crash loses nothing
 acknowledged, and what was not acknowledged is redelivered and de-duplicated.
 """
 
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from hub.acks import AckPublisher
 from hub.alerts import Alerter
 from hub.batches import BatchResult, Message, StorageError
 from hub.config import HubConfig
@@ -87,10 +89,12 @@ class Ingest:
     :param alerter: publishes the alerts of each committed batch.
     :param on_commit: optional hook called on the ingest thread after each commit with its
         :class:`hub.batches.BatchResult` (benchmarks measure latency with it).
+    :param acks: acknowledges each committed batch to the nodes (:mod:`hub.acks`).
     """
 
     def __init__(self, config: HubConfig, client: MqttClient, writer: Writer, events: EventLog, alerter: Alerter,
-                 feed: Feed | None = None, on_commit: Callable[[BatchResult], None] | None = None) -> None:
+                 feed: Feed | None = None, on_commit: Callable[[BatchResult], None] | None = None,
+                 acks: AckPublisher | None = None) -> None:
         self.config = config
         self.client = client
         self.writer = writer
@@ -98,6 +102,7 @@ class Ingest:
         self.alerter = alerter
         self.feed = feed
         self.on_commit = on_commit
+        self.acks = acks
         self.stats = IngestStats()
         self._queue: queue.Queue[Received] = queue.Queue(config.ingest.queue_max)
         self._stop = threading.Event()
@@ -213,6 +218,8 @@ class Ingest:
         for message in received:
             if message.qos:
                 self.client.ack(message.mid, message.qos)
+        if self.acks is not None and result.delivered:
+            self.acks.publish(result.delivered)
         self._account(result, started)
         self.alerter.publish(result.alerts)
         if self.on_commit is not None:

@@ -116,7 +116,7 @@ def test_edge_process_killed_then_restarted_replays_the_outbox(tmp_path: Path) -
     env = dict(os.environ, MASKWATCH_PIN_FACTORY="mock")
     base = [sys.executable, "-m", "shared.cli", "edge", "--broker", broker.address, "--site", "t", "--node",
             "proc", "--outbox", str(outbox), "--set", "broker.reconnect_max_s=1", "--set", "servo.enabled=false",
-            "--set", "indicator.enabled=false"]
+            "--set", "indicator.enabled=false", "--set", "delivery=broker"]
     proc = subprocess.Popen([*base, "--source", str(folder)], env=env, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
