@@ -175,8 +175,8 @@ class EdgeApp:
 
     def delivery_error(self) -> str | None:
         """Why events cannot be delivered now: a refused publish, subscription or connection (``None``: none)."""
-        refusals = [f"broker refused {cause}: {reason}" for cause, reason in self.client.refusals.items()]
-        return self.courier.error or (refusals[0] if refusals else None)
+        refusals = [f"broker refused {cause}: {reason}" for cause, reason in list(self.client.refusals.items())]
+        return "; ".join(refusals)[:512] or None
 
     def stats(self) -> NodeStats:
         """The ``stats`` message for the interval now ending."""

@@ -189,7 +189,7 @@ class Courier:
     With ``delivery="hub"`` a message is removed by a hub's :class:`~shared.messages.Ack` (the broker's
     PUBACK only marks it sent), and nothing is published while ``may_send()`` is false (no hub online);
     with ``delivery="broker"`` the PUBACK removes it. A publish the broker refuses (PUBACK reason code
-    >= 0x80) keeps the message; the reason, naming the topic, is logged once and kept in :attr:`error`.
+    >= 0x80) keeps the message, to be sent again after its timeout (the MQTT client logs the reason).
 
     Wire :meth:`acknowledged` / :meth:`refused` to the MQTT client's ``on_publish`` / ``on_refused``,
     :meth:`reconnected` to its ``on_connect`` and :meth:`receive_ack` to ``.../ack`` (all only enqueue, as
@@ -224,8 +224,6 @@ class Courier:
         self._mid_to_msg: dict[int, OutboxMessage] = {}
         self.published = 0
         self.acknowledged_total = 0
-        self.error: str | None = None
-        self._logged: set[str] = set()
 
     # -- network-thread callbacks: enqueue only -----------------------------
 
@@ -309,12 +307,10 @@ class Courier:
         msg = self._mid_to_msg.pop(mid, None)
         if msg is None:  # not an outbox message (state, stats...), or one sent before a reconnect
             return
-        if reason is not None:
-            self._fail(f"broker refused publish to {msg.topic}: {reason}")
+        if reason is not None:  # refused: it stays, due again after its timeout
+            log.debug("outbox #%d refused by the broker: %s", msg.seq, reason)
             return
         self.published += 1
-        if self.error and self.error.startswith(f"broker refused publish to {msg.topic}:"):
-            self.error = None
         if self.delivery == "broker":
             self.outbox.remove(msg.seq)
             self.tracker.forget(msg.seq)
@@ -333,18 +329,11 @@ class Courier:
                 acked += 1
         self.acknowledged_total += acked
 
-    def _fail(self, error: str) -> None:
-        """Keep ``error`` as the reason delivery is stuck; log it once."""
-        self.error = error
-        if error not in self._logged:
-            self._logged.add(error)
-            log.error("%s; the message stays in the outbox", error)
-
     def drain(self, timeout: float, blocked: Callable[[], str | None] = lambda: None) -> bool:
         """Call from the delivery thread's owner after stopping it: deliver until empty, ``timeout``, or
         ``blocked()`` names a refusal that waiting cannot heal."""
         deadline = time.monotonic() + timeout
-        while self.outbox.depth and time.monotonic() < deadline and not (self.error or blocked()):
+        while self.outbox.depth and time.monotonic() < deadline and not blocked():
             self.step()
             self._wake.wait(0.05)
             self._wake.clear()

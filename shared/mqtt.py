@@ -105,8 +105,9 @@ class MqttClient:
         refused a publish (MQTT 5 PUBACK reason code >= 0x80, e.g. "Not authorized" from its ACL).
     :param on_disconnect: called after the connection is lost.
 
-    A refused connection (CONNACK) or subscription (SUBACK) is kept in :attr:`refusals` (cause -> reason,
-    e.g. ``{"subscribe maskwatch/hq/door-1/ack": "Not authorized"}``) until it succeeds, and logged once per cause.
+    A refused connection (CONNACK), subscription (SUBACK) or publish (PUBACK) is kept in :attr:`refusals`
+    (cause -> reason, e.g. ``{"publish to maskwatch/hq/door-1/events": "Not authorized"}``) until the same
+    succeeds, and logged once per cause.
     """
 
     def __init__(self, broker: BrokerConfig, client_id: str, *, will: Will | None = None,
@@ -286,11 +287,15 @@ class MqttClient:
 
     def _handle_publish(self, client: paho.Client, userdata: object, mid: int,
                         reason_code: paho.ReasonCode, properties: Properties | None) -> None:
+        # paho calls this before it forgets the message, so its topic can still be named
+        message = self._client._out_messages.get(mid)
+        topic = message.topic if message is not None else "a topic"
         if reason_code.is_failure:  # MQTT 5: e.g. "Not authorized" when the broker's ACL drops it
-            if self._on_refused_hook is None:
-                self._refused("a publish", str(reason_code))
+            self._refused(f"publish to {topic}", str(reason_code))
             _call_hook("on_refused", self._on_refused_hook, mid, str(reason_code))
             return
+        if self.refusals:
+            self.refusals.pop(f"publish to {topic}", None)
         _call_hook("on_publish", self._on_publish_hook, mid)
 
     def _handle_subscribe(self, client: paho.Client, userdata: object, mid: int,

@@ -8,7 +8,8 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("module", ["edge.tracker", "edge.outbox", "edge.servo", "edge.indicator", "edge.stats"])
+@pytest.mark.parametrize("module", ["edge.tracker", "edge.outbox", "edge.acks", "edge.servo", "edge.indicator",
+                                    "edge.stats"])
 def test_docstring_examples_run(module: str) -> None:
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0
