@@ -18,6 +18,8 @@ from pydantic import Field, model_validator
 from shared.config import BrokerConfig, Identifier, StrictModel, load_config, parse_host_port
 
 ServoModeName = Literal["sweep", "track", "hold", "off"]
+#: Who acknowledges an outbox message: a hub's commit (``.../ack``) or the broker's PUBACK.
+Delivery = Literal["hub", "broker"]
 
 
 class TrackerConfig(StrictModel):
@@ -147,7 +149,7 @@ class EdgeConfig(StrictModel):
     site: Identifier = "site"
     node: Identifier = "node-1"
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
-    delivery: Literal["hub", "broker"] = Field(
+    delivery: Delivery = Field(
         "hub", description="who acknowledges an event so the outbox forgets it: hub (a hub's commit on .../ack; "
                            "sent while a hub is online) or broker (its PUBACK: a site without a hub)")
     source: str = Field("0", description="camera index, video file, URL, image folder, picamera, scene:DIR")

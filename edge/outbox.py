@@ -33,9 +33,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from edge.acks import AckTracker
+from edge.config import Delivery
 from shared.errors import ContractError, MaskwatchError
 from shared.messages import Ack, parse
 from shared.mqtt import Received
@@ -179,8 +180,6 @@ class Outbox:
 
 
 PublishFn = Callable[[str, bytes, int], Any]
-#: Who acknowledges an outbox message: a hub's commit (``.../ack``) or the broker's PUBACK.
-Delivery = Literal["hub", "broker"]
 
 
 class Courier:
@@ -207,7 +206,7 @@ class Courier:
     """
 
     def __init__(self, outbox: Outbox, publish: PublishFn, connected: Callable[[], bool], *,
-                 topics: NodeTopics | None = None, delivery: Delivery = "broker",
+                 delivery: Delivery, topics: NodeTopics | None = None,
                  may_send: Callable[[], bool] = lambda: True, resend_after_s: float = 15.0,
                  resend_max_s: float = 120.0, window: int = 50) -> None:
         self.outbox = outbox

@@ -12,15 +12,16 @@ connect, ``offline`` as its Last Will. Nodes send only while some hub is online.
 Example::
 
     acks = AckPublisher("hub", lambda topic, payload: client.publish(topic, payload, qos=1))
-    acks.publish([Delivered("hq", "door-1", "0123456789abcdef", 7)])
+    delivered = Delivered()
+    delivered.event("hq", "door-1", "0123456789abcdef", 7)
+    acks.publish(delivered)
 """
 
 from __future__ import annotations
 
-import threading
-from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 
 from shared.messages import MAX_ACK_RANGES, Ack, seq_ranges, utc_now
 from shared.mqtt import Will
@@ -30,15 +31,25 @@ ONLINE = b"online"
 OFFLINE = b"offline"
 
 
-@dataclass(frozen=True)
+@dataclass
 class Delivered:
-    """A node's outbox message in a committed batch: an event's ``(outbox_id, seq)``, or a snapshot's event id."""
+    """The node outbox messages a batch holds, to acknowledge once it is committed.
 
-    site: str
-    node: str
-    outbox_id: str | None = None
-    seq: int | None = None
-    snapshot: str | None = None
+    ``seqs``: ``(site, node, outbox_id)`` -> event ``seq`` numbers; ``snapshots``: ``(site, node)`` -> event ids
+    whose snapshot it holds. Plain dicts of lists, so a batch's worth crosses from the writer process cheaply.
+    """
+
+    seqs: dict[tuple[str, str, str], list[int]] = field(default_factory=dict)
+    snapshots: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+
+    def event(self, site: str, node: str, outbox_id: str, seq: int) -> None:
+        self.seqs.setdefault((site, node, outbox_id), []).append(seq)
+
+    def snapshot(self, site: str, node: str, event_id: str) -> None:
+        self.snapshots.setdefault((site, node), []).append(event_id)
+
+    def __bool__(self) -> bool:
+        return bool(self.seqs or self.snapshots)
 
 
 class AckPublisher:
@@ -51,39 +62,30 @@ class AckPublisher:
     def __init__(self, hub_id: str, publish: Callable[[str, bytes], object]) -> None:
         self.hub_id = hub_id
         self._publish = publish
-        self._lock = threading.Lock()
         self.acks = 0
         self.bytes = 0
-        self.messages = 0
 
-    def publish(self, delivered: list[Delivered]) -> None:
+    def publish(self, delivered: Delivered) -> None:
         """Acknowledge ``delivered`` (already committed): one ack per node outbox, snapshots with the first."""
-        seqs: dict[tuple[str, str], dict[str | None, list[int]]] = defaultdict(lambda: defaultdict(list))
-        snapshots: dict[tuple[str, str], list[str]] = defaultdict(list)
-        for item in delivered:
-            if item.snapshot is not None:
-                snapshots[(item.site, item.node)].append(item.snapshot)
-            elif item.seq is not None:
-                seqs[(item.site, item.node)][item.outbox_id].append(item.seq)
         now = utc_now()
-        for site, node in {*seqs, *snapshots}:
-            by_outbox = seqs.get((site, node)) or {None: []}
-            pending_snapshots = snapshots.get((site, node), [])
-            for outbox_id, numbers in by_outbox.items():
-                ranges = seq_ranges(numbers)
-                while True:
-                    chunk, ranges = ranges[:MAX_ACK_RANGES], ranges[MAX_ACK_RANGES:]
-                    shots, pending_snapshots = pending_snapshots[:MAX_ACK_RANGES], pending_snapshots[MAX_ACK_RANGES:]
-                    payload = Ack(hub=self.hub_id, ts=now, outbox_id=outbox_id, seqs=chunk,
-                                  snapshots=shots).to_json()
-                    self._publish(NodeTopics(site, node).ack, payload)
-                    with self._lock:
-                        self.acks += 1
-                        self.bytes += len(payload)
-                    if not ranges and not pending_snapshots:
-                        break
-        with self._lock:
-            self.messages += len(delivered)
+        snapshots = dict(delivered.snapshots)
+        for (site, node, outbox_id), seqs in delivered.seqs.items():
+            self._send(site, node, outbox_id, seq_ranges(seqs), snapshots.pop((site, node), []), now)
+        for (site, node), event_ids in snapshots.items():
+            self._send(site, node, None, [], event_ids, now)
+
+    def _send(self, site: str, node: str, outbox_id: str | None, ranges: list[tuple[int, int]],
+              snapshots: list[str], now: datetime) -> None:
+        topic = NodeTopics(site, node).ack
+        while True:  # more than MAX_ACK_RANGES: several acks
+            chunk, ranges = ranges[:MAX_ACK_RANGES], ranges[MAX_ACK_RANGES:]
+            shots, snapshots = snapshots[:MAX_ACK_RANGES], snapshots[MAX_ACK_RANGES:]
+            payload = Ack(hub=self.hub_id, ts=now, outbox_id=outbox_id, seqs=chunk, snapshots=shots).to_json()
+            self._publish(topic, payload)
+            self.acks += 1
+            self.bytes += len(payload)
+            if not ranges and not snapshots:
+                return
 
 
 def presence_will(hub_id: str) -> Will:

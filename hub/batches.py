@@ -52,7 +52,7 @@ class Batch:
     seen: set[tuple[str, str]] = field(default_factory=set)  # nodes that sent an event (one update each)
     rejects: list[RejectIn] = field(default_factory=list)
     kinds: Counter[str] = field(default_factory=Counter)
-    delivered: list[Delivered] = field(default_factory=list)
+    delivered: Delivered = field(default_factory=Delivered)
 
 
 @dataclass
@@ -73,7 +73,7 @@ class BatchResult:
     touched_nodes: list[tuple[str, str]]
     event_ts: list[float]
     committed_at: float
-    delivered: list[Delivered] = field(default_factory=list)
+    delivered: Delivered = field(default_factory=Delivered)
 
 
 @dataclass(frozen=True)
@@ -132,9 +132,9 @@ def classify(topic: str, payload: bytes, batch: Batch, now: datetime, max_snapsh
             batch.events.append(EventIn(event, now, payload))
             batch.seen.add((info.site, info.node))
             if event.seq is not None and event.outbox_id is not None:
-                batch.delivered.append(Delivered(info.site, info.node, event.outbox_id, event.seq))
+                batch.delivered.event(info.site, info.node, event.outbox_id, event.seq)
         elif info.kind == "snapshot":
-            batch.delivered.append(Delivered(info.site, info.node, snapshot=info.name))  # stored or rejected
+            batch.delivered.snapshot(info.site, info.node, info.name or "")  # stored or rejected: acknowledged
             if len(payload) > max_snapshot_bytes:
                 raise ContractError(f"snapshot of {len(payload)} bytes exceeds {max_snapshot_bytes}",
                                     reason="oversize")

@@ -71,7 +71,8 @@ def test_broker_killed_mid_stream_every_event_arrives_once_in_order(tmp_path: Pa
         assert sub.wait_connected(5)
         box = Outbox(tmp_path / "o.sqlite")
         pub: MqttClient
-        courier = Courier(box, lambda t, p, q: pub.publish(t, p, qos=q), lambda: pub.connected, resend_after_s=2)
+        courier = Courier(box, lambda t, p, q: pub.publish(t, p, qos=q), lambda: pub.connected, delivery="broker",
+                          resend_after_s=2)
         pub = MqttClient(cfg, "t-edge-kill", persistent=True, on_publish=courier.acknowledged,
                          on_connect=courier.reconnected)
         pub.start()

@@ -66,6 +66,14 @@ def procs() -> Iterator[list[Any]]:
             item.close()
 
 
+@pytest.fixture
+def broker(procs: list[Any]) -> LocalMosquitto:
+    """A broker of the test that saves its state rarely."""
+    started = LocalMosquitto(extra_config=RARE_AUTOSAVE).start()
+    procs.append(started)
+    return started
+
+
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return photo_folder(tmp_path_factory.mktemp("photos") / "street", PHOTOS)
@@ -107,11 +115,13 @@ class Run:
     def stored_events(self) -> int:
         return len(stored_messages(self.hub.db_url, self.site))
 
-    def wait_mid_stream(self, expected: int) -> None:
-        """Until an eighth of the expected events are stored; fails unless the node is still streaming then."""
+    def mid_stream(self, undisturbed: Counter[StoredEvent]) -> Run:
+        """Wait until an eighth of the expected events are stored; fail unless the node is still streaming then."""
+        expected = sum(undisturbed.values())
         assert wait_until(lambda: self.stored_events() >= max(1, expected // 8), 180, every=0.05), \
             self.edge.log_tail()
         assert self.edge.alive and self.stored_events() < expected // 2, "the stream is too short for the fault"
+        return self
 
     def finish(self) -> None:
         """The node delivers everything and exits 0."""
@@ -155,7 +165,7 @@ def test_broker_sigkill_mid_stream(persistence: str, photos: Path, undisturbed: 
         broker.restart()  # SIGTERM saves the state: the hub's session and subscription
         assert wait_until(lambda: run.hub.get("/healthz").get("mqtt") is True, 30)
     run.edge.start()
-    run.wait_mid_stream(sum(undisturbed.values()))
+    run.mid_stream(undisturbed)
     broker.stop(kill=True)
     time.sleep(3)  # the broker stays down
     broker.start()
@@ -163,14 +173,12 @@ def test_broker_sigkill_mid_stream(persistence: str, photos: Path, undisturbed: 
     assert_same_as_undisturbed(run, undisturbed)
 
 
-def test_broker_restarted_while_the_hub_is_down(photos: Path, undisturbed: Counter[StoredEvent], tmp_path: Path,
+def test_broker_restarted_while_the_hub_is_down(broker: LocalMosquitto, photos: Path,
+                                                undisturbed: Counter[StoredEvent], tmp_path: Path,
                                                 procs: list[Any]) -> None:
     """The hub reads through a shared subscription, which Mosquitto 2.0 does not restore after a restart."""
-    broker = LocalMosquitto(extra_config=RARE_AUTOSAVE).start()
-    procs.append(broker)
     run = Run(quick(broker), patient(broker), tmp_path, photos, procs, share_group="hubs").start()
-    run.wait_mid_stream(sum(undisturbed.values()))
-    run.hub.kill()
+    run.mid_stream(undisturbed).hub.kill()
     broker.stop(kill=True)
     broker.start()
     time.sleep(3)  # the broker is back, the hub still down: the node keeps its events
@@ -179,39 +187,31 @@ def test_broker_restarted_while_the_hub_is_down(photos: Path, undisturbed: Count
     assert_same_as_undisturbed(run, undisturbed)
 
 
-def test_hub_sigkill_mid_stream(photos: Path, undisturbed: Counter[StoredEvent], tmp_path: Path,
-                                procs: list[Any]) -> None:
-    broker = LocalMosquitto(extra_config=RARE_AUTOSAVE).start()
-    procs.append(broker)
+def test_hub_sigkill_mid_stream(broker: LocalMosquitto, photos: Path, undisturbed: Counter[StoredEvent],
+                                tmp_path: Path, procs: list[Any]) -> None:
     run = Run(quick(broker), quick(broker), tmp_path, photos, procs).start()
-    run.wait_mid_stream(sum(undisturbed.values()))
-    run.hub.kill()
+    run.mid_stream(undisturbed).hub.kill()
     time.sleep(3)  # the hub stays down
     run.hub.start()
     run.finish()
     assert_same_as_undisturbed(run, undisturbed)
 
 
-def test_node_sigkill_mid_stream(photos: Path, undisturbed: Counter[StoredEvent], tmp_path: Path,
-                                 procs: list[Any]) -> None:
-    broker = LocalMosquitto(extra_config=RARE_AUTOSAVE).start()
-    procs.append(broker)
+def test_node_sigkill_mid_stream(broker: LocalMosquitto, photos: Path, undisturbed: Counter[StoredEvent],
+                                 tmp_path: Path, procs: list[Any]) -> None:
     run = Run(quick(broker), quick(broker), tmp_path, photos, procs).start()
-    run.wait_mid_stream(sum(undisturbed.values()))
-    run.edge.kill()
+    run.mid_stream(undisturbed).edge.kill()
     written = run.written()
     run.edge.start()  # the same outbox: first what the killed node left, then the photos again
     run.finish()
     assert_killed_node_lost_nothing(run, written, undisturbed)
 
 
-def test_power_cut_kills_broker_hub_and_node(photos: Path, undisturbed: Counter[StoredEvent], tmp_path: Path,
+def test_power_cut_kills_broker_hub_and_node(broker: LocalMosquitto, photos: Path,
+                                             undisturbed: Counter[StoredEvent], tmp_path: Path,
                                              procs: list[Any]) -> None:
-    broker = LocalMosquitto(extra_config=RARE_AUTOSAVE).start()
-    procs.append(broker)
     run = Run(quick(broker), quick(broker), tmp_path, photos, procs).start()
-    run.wait_mid_stream(sum(undisturbed.values()))
-    run.edge.kill()
+    run.mid_stream(undisturbed).edge.kill()
     run.hub.kill()
     broker.stop(kill=True)
     written = run.written()
@@ -236,8 +236,7 @@ def test_two_broker_site_uplink_cut_then_building_broker_sigkill(photos: Path, u
         "cleansession false", f"remote_clientid building-{tmp_path.name[-20:]}", "restart_timeout 1 2",
         "keepalive_interval 5", "notifications false"])).start()
     procs.append(building)
-    run = Run(quick(building), quick(central), tmp_path, photos, procs).start()
-    run.wait_mid_stream(sum(undisturbed.values()))
+    run = Run(quick(building), quick(central), tmp_path, photos, procs).start().mid_stream(undisturbed)
     uplink.cut()
     time.sleep(10)  # the uplink stays cut; the building broker queues what the node sends
     building.stop(kill=True)
