@@ -53,26 +53,28 @@ from shared.topics import NodeTopics, node_filter  # noqa: E402
 
 log = logging.getLogger("bench.hub_ingest")
 SITE = "bench"
+#: Simulated nodes the events come from, round robin.
+NODES = 5
 
 
 def event_payload(node: str, n: int, tag: str) -> bytes:
-    """Event ``n`` of ``node``, numbered as a node's outbox numbers it (``seq``, ``outbox_id``)."""
+    """Event ``n`` (round robin over the nodes) of ``node``, numbered as its outbox would (``seq``, ``outbox_id``)."""
     return Event(type="new", id=f"{tag}-{node}-{n:07d}", site=SITE, node=node, ts=utc_now(),
                  label="no_mask" if n % 10 == 0 else "mask", score=0.9, box=(10, 20, 64, 64), angle=0.0,
-                 seq=n + 1, outbox_id=f"{int(node[1:]):016x}").to_json()
+                 seq=n // NODES + 1, outbox_id=f"{int(node[1:]):016x}").to_json()
 
 
 def _publisher(broker: BrokerConfig, count: int, tag: str, rate: float | None, out: mp.Queue[float]) -> None:
     """Child process: publish ``count`` events QoS 1 (paced at ``rate``/s, stamped at publish time)."""
-    nodes = [f"n{i}" for i in range(5)]
+    nodes = [f"n{i}" for i in range(NODES)]
     client = MqttClient(broker, f"bench-pub-{uuid.uuid4().hex[:6]}")
     client.start()
     assert client.wait_connected(10)
-    prepared = [] if rate else [event_payload(nodes[n % 5], n, tag) for n in range(count)]
+    prepared = [] if rate else [event_payload(nodes[n % NODES], n, tag) for n in range(count)]
     started = time.perf_counter()
     infos = []
     for n in range(count):
-        node = nodes[n % 5]
+        node = nodes[n % NODES]
         if rate:
             lag = started + n / rate - time.perf_counter()
             if lag > 0:

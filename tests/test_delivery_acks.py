@@ -15,6 +15,7 @@ from edge.acks import HubPresence, numbered
 from edge.outbox import Courier, Outbox
 from hub.metrics import render
 from hub.store import Store
+from shared.cli import main
 from shared.config import BrokerConfig
 from shared.messages import Ack, Event, NodeStats, parse, utc_now
 from shared.mqtt import MqttClient, Received
@@ -84,7 +85,8 @@ def test_hub_acknowledges_what_it_committed_as_ranges_and_announces_itself(broke
         presence.close()
 
 
-def test_node_outbox_figures_reach_metrics(broker_config: BrokerConfig, tmp_path: Path) -> None:
+def test_node_outbox_figures_reach_metrics_and_the_cli(broker_config: BrokerConfig, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
     site = unique_site()
     config = hub_config(broker_config, tmp_path, site)
     with running_hub(config) as hub:
@@ -100,6 +102,9 @@ def test_node_outbox_figures_reach_metrics(broker_config: BrokerConfig, tmp_path
         assert f"maskwatch_node_outbox_oldest_seconds{labels} 42.5" in page
         store.close()
         client.stop()
+    assert main(["nodes", "--db", config.db_url, "--site", site]) == 0
+    header, row = capsys.readouterr().out.splitlines()[:2]
+    assert "OUTBOX_UNACKED" in header and row.split()[-3:] == ["12", "5", "42.5"]
 
 
 class Node:
@@ -178,6 +183,23 @@ def test_node_keeps_events_until_a_hub_commits_them(node: Node, broker_config: B
         store.close()
     finally:
         events.close()
+
+
+def test_with_two_hubs_sharing_the_load_any_hubs_ack_counts(node: Node, broker_config: BrokerConfig,
+                                                            tmp_path: Path) -> None:
+    site = node.topics.site
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = hub_config(broker_config, tmp_path / "a", site, hub_id=unique_site("hub"))
+    second = hub_config(broker_config, tmp_path / "b", site, hub_id=unique_site("hub"))
+    with running_hub(first) as hub_a, running_hub(second) as hub_b:
+        for n in range(60):
+            node.write(n)
+        assert wait_until(lambda: node.outbox.depth == 0, 30), node.outbox.depth
+        assert hub_a.ingest is not None and hub_b.ingest is not None
+        assert hub_a.ingest.acks is not None and hub_b.ingest.acks is not None
+        assert hub_a.ingest.acks.acks > 0 and hub_b.ingest.acks.acks > 0
+        assert hub_a.ingest.stats.received + hub_b.ingest.stats.received >= 60
 
 
 def test_unacknowledged_events_are_resent_in_order_with_backoff(node: Node, broker_config: BrokerConfig) -> None:

@@ -249,11 +249,19 @@ def test_two_broker_site_uplink_cut_then_building_broker_sigkill(photos: Path, u
 
 def test_wrong_login_keeps_every_event_exits_1_then_the_right_login_delivers_them(
         photos: Path, undisturbed: Counter[StoredEvent], tmp_path: Path, procs: list[Any]) -> None:
-    """The shipped ACL: node hq/door-1 started with hq/door-2's login (a copied credentials file)."""
+    """The shipped ACL: node hq/door-1 started with hq/door-2's login (a copied credentials file). Before that, a
+    wrong password: the refused connection is named too."""
     site = ShippedSite(("hq/door-1", "hq/door-2")).start()
     procs.append(site)
     hub = HubProcess(site.login(HUB), tmp_path, ["hq"])
     procs.append(hub.start())
+    empty = tmp_path / "no-more-photos"
+    empty.mkdir()
+    no_login = EdgeProcess(site.login(f"hq/{NODE}", password="guess"), tmp_path / "guess", "hq", NODE, once=True,
+                           settings={**node_settings(empty), "outbox": {"drain_timeout_s": 2}})
+    procs.append(no_login)
+    assert no_login.start().wait(120) == 1
+    assert "never reached (Not authorized)" in no_login.log_path.read_text(), no_login.log_tail()
     wrong = EdgeProcess(site.login("hq/door-2"), tmp_path, "hq", NODE, once=True, settings=node_settings(photos))
     procs.append(wrong)
     assert wrong.start().wait(300) == 1, wrong.log_tail()
@@ -267,8 +275,6 @@ def test_wrong_login_keeps_every_event_exits_1_then_the_right_login_delivers_the
     assert waiting["events"] == sum(len(key) for key, _snap in undisturbed.elements())
     assert waiting["snapshot"] == sum(snap for _key, snap in undisturbed.elements())
 
-    empty = tmp_path / "no-more-photos"
-    empty.mkdir()
     right = EdgeProcess(site.login(f"hq/{NODE}"), tmp_path, "hq", NODE, once=True,
                         settings={**node_settings(photos), "source": str(empty)})
     procs.append(right)
