@@ -25,9 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from shared.errors import ContractError
-from shared.messages import Event
+from shared.messages import MAX_ERROR_CHARS, Event
 from shared.mqtt import Received
-from shared.topics import parse_hub_presence
+from shared.topics import HUB_PRESENCE_FILTER, parse_hub_presence
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,38 @@ class HubPresence:
         """At least one hub is online."""
         with self._lock:
             return any(self._hubs.values())
+
+
+class DeliveryStatus:
+    """Why a node's events are not getting through, in words for its stats, state and log.
+
+    :param refusals: the MQTT client's refusals (cause -> reason), see :attr:`shared.mqtt.MqttClient.refusals`.
+    :param presence: the hubs' presence (``None`` with ``delivery: broker``).
+    :param drain_timeout_s: how long ``--once`` waits for acknowledgements.
+    """
+
+    def __init__(self, refusals: Callable[[], dict[str, str]], presence: HubPresence | None,
+                 drain_timeout_s: float) -> None:
+        self._refusals = refusals
+        self.presence = presence
+        self.drain_timeout_s = drain_timeout_s
+
+    def error(self) -> str | None:
+        """The broker's refusals (publish, subscription, connection), naming the topic; ``None`` if none."""
+        refusals = "; ".join(f"broker refused {cause}: {reason}" for cause, reason in self._refusals().items())
+        return refusals[:MAX_ERROR_CHARS] or None
+
+    def hub_online(self) -> bool | None:
+        """Whether a hub is online (``None`` with ``delivery: broker``)."""
+        return None if self.presence is None else self.presence.online
+
+    def stall_reason(self) -> str:
+        """Why the outbox did not drain: a refusal, no hub online, or no ack in time."""
+        if error := self.error():
+            return error
+        if self.presence is not None and not self.presence.online:
+            return f"no hub online: no retained 'online' on {HUB_PRESENCE_FILTER}"
+        return f"no acknowledgement within outbox.drain_timeout_s = {self.drain_timeout_s:g} s"
 
 
 def numbered(event: Event, outbox_id: str) -> Callable[[int], bytes]:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from edge.acks import HubPresence
+from edge.acks import DeliveryStatus, HubPresence
 from edge.commands import CommandRejected, Dispatcher, NodeCommands
 from edge.config import EdgeConfig
 from edge.indicator import Indicator
@@ -122,6 +122,8 @@ class EdgeApp:
                                lambda: self.client.connected, topics=self.topics, delivery=cfg.delivery,
                                may_send=lambda: self.presence.online, resend_after_s=cfg.outbox.resend_after_s,
                                resend_max_s=cfg.outbox.resend_max_s)
+        self.delivery = DeliveryStatus(lambda: dict(self.client.refusals),
+                                       self.presence if cfg.delivery == "hub" else None, cfg.outbox.drain_timeout_s)
         if cfg.delivery == "hub":
             self.client.subscribe(self.topics.ack, self.courier.receive_ack, qos=1)
             self.client.subscribe(HUB_PRESENCE_FILTER, self.presence.receive, qos=1)
@@ -173,11 +175,6 @@ class EdgeApp:
         if self.client.connected:
             self.client.publish(self.topics.state, self.runtime.state().to_json(), qos=1, retain=True)
 
-    def delivery_error(self) -> str | None:
-        """Why events cannot be delivered now: a refused publish, subscription or connection (``None``: none)."""
-        refusals = [f"broker refused {cause}: {reason}" for cause, reason in list(self.client.refusals.items())]
-        return "; ".join(refusals)[:512] or None
-
     def stats(self) -> NodeStats:
         """The ``stats`` message for the interval now ending."""
         fps, stage_ms = self.pipeline.times.reset()
@@ -186,8 +183,7 @@ class EdgeApp:
                          frames=self.pipeline.times.frames_total, dropped_frames=dropped,
                          outbox_depth=self.outbox.depth, outbox_dropped=self.outbox.dropped,
                          outbox_unacked=self.courier.unacked, outbox_oldest_s=self.outbox.oldest_age_s(),
-                         hub_online=self.presence.online if self.config.delivery == "hub" else None,
-                         delivery_error=self.delivery_error(),
+                         hub_online=self.delivery.hub_online(), delivery_error=self.delivery.error(),
                          events_published=self.courier.published, reconnects=max(0, self.client.connects - 1),
                          uptime_s=round(time.monotonic() - self._started, 1), cpu_temp_c=cpu_temperature(),
                          camera_ok=self.capture.ok, camera_error=self.capture.error,
@@ -225,13 +221,6 @@ class EdgeApp:
         return {"topic": topic, "bytes": len(jpeg), "width": image.shape[1], "height": image.shape[0],
                 "frame": view.frame.ref, "angle": view.frame.angle}
 
-    def _stall_reason(self) -> str:
-        if error := self.delivery_error():
-            return error
-        if self.config.delivery == "hub" and not self.presence.online:
-            return f"no hub online: no retained 'online' on {HUB_PRESENCE_FILTER}"
-        return f"no acknowledgement within outbox.drain_timeout_s = {self.config.outbox.drain_timeout_s:g} s"
-
     def _preview_jpeg(self) -> bytes | None:
         return view_jpeg(self.pipeline.latest(), self.runtime.angle, self.config.preview.quality)
 
@@ -263,10 +252,10 @@ class EdgeApp:
             for thread in self._threads:
                 if thread.name == "delivery":
                     thread.join(5.0)
-            if drain and not self.courier.drain(self.config.outbox.drain_timeout_s, self.delivery_error):
+            if drain and not self.courier.drain(self.config.outbox.drain_timeout_s, self.delivery.error):
                 log.log(logging.ERROR if self.once else logging.WARNING,
                         "%d message(s) not acknowledged (%s): kept in %s for the next start", self.outbox.depth,
-                        self._stall_reason(), self.config.outbox_path())
+                        self.delivery.stall_reason(), self.config.outbox_path())
                 code = 1 if self.once else 0
         # a short run may end before the first connect: give it the drain timeout (unless the drain just spent it)
         if self.once and hasattr(self, "client") and not (

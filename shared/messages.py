@@ -51,6 +51,8 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
 Count32 = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Count64 = Annotated[int, Field(ge=0, le=2**63 - 1)]
+#: Longest error text a node reports (``delivery_error``).
+MAX_ERROR_CHARS = 512
 #: Deepest nesting accepted in a free-form value (a response's ``value``).
 MAX_VALUE_DEPTH = 32
 Label = Literal["mask", "no_mask"]
@@ -183,7 +185,7 @@ class NodeState(Message):
     model: str = Field(max_length=128, description="classifier model version")
     profile: Literal["near", "crowd"] = "near"
     source: str | None = None
-    delivery_error: str | None = Field(None, max_length=512, description="as in stats")
+    delivery_error: str | None = Field(None, max_length=MAX_ERROR_CHARS, description="as in stats")
 
 
 class NodeStats(Message):
@@ -201,8 +203,8 @@ class NodeStats(Message):
     outbox_unacked: Count64 = Field(0, description="outbox messages published, awaiting their acknowledgement")
     outbox_oldest_s: float | None = Field(None, ge=0, description="age of the oldest outbox message, seconds")
     hub_online: bool | None = Field(None, description="a hub's presence is online (null with delivery: broker)")
-    delivery_error: str | None = Field(None, max_length=512, description="why delivery is stuck (refused publish, "
-                                       "subscription or connection), naming the topic")
+    delivery_error: str | None = Field(None, max_length=MAX_ERROR_CHARS, description="why delivery is stuck "
+                                       "(refused publish, subscription or connection), naming the topic")
     events_published: Count64 = 0
     reconnects: Count64 = 0
     uptime_s: float = Field(0, ge=0)
