@@ -149,13 +149,17 @@ class DeliveryStatus:
         """Whether a hub is online (``None`` with ``delivery: broker``)."""
         return None if self.presence is None else self.presence.online
 
-    def stall_reason(self) -> str:
-        """Why the outbox did not drain: a refusal, no hub online, or no ack in time."""
+    def stuck(self) -> str | None:
+        """What waiting for acknowledgements at shutdown cannot cure: a refusal, or no hub online."""
         if error := self.error():
             return error
         if self.presence is not None and not self.presence.online:
             return f"no hub online: no retained 'online' on {HUB_PRESENCE_FILTER}"
-        return f"no acknowledgement within outbox.drain_timeout_s = {self.drain_timeout_s:g} s"
+        return None
+
+    def stall_reason(self) -> str:
+        """Why the outbox did not drain: a refusal, no hub online, or no ack in time."""
+        return self.stuck() or f"no acknowledgement within outbox.drain_timeout_s = {self.drain_timeout_s:g} s"
 
 
 def numbered(event: Event, outbox_id: str) -> Callable[[int], bytes]:

@@ -252,7 +252,9 @@ class EdgeApp:
             for thread in self._threads:
                 if thread.name == "delivery":
                     thread.join(5.0)
-            if drain and not self.courier.drain(self.config.outbox.drain_timeout_s, self.delivery.error):
+            # --once waits for a hub that is away; a service that stops keeps its events for the next start
+            blocked = self.delivery.error if self.once else self.delivery.stuck
+            if drain and not self.courier.drain(self.config.outbox.drain_timeout_s, blocked):
                 log.log(logging.ERROR if self.once else logging.WARNING,
                         "%d message(s) not acknowledged (%s): kept in %s for the next start", self.outbox.depth,
                         self.delivery.stall_reason(), self.config.outbox_path())
