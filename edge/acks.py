@@ -25,14 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from shared.errors import ContractError
-from shared.messages import MAX_ERROR_CHARS, Event
+from shared.messages import AVAILABILITY, MAX_ERROR_CHARS, Event
 from shared.mqtt import Received
 from shared.topics import HUB_PRESENCE_FILTER, parse_hub_presence
 
 log = logging.getLogger(__name__)
-
-#: The retained payloads of a hub presence topic.
-PRESENCE = {b"online": True, b"offline": False}
 
 
 @dataclass
@@ -106,12 +103,12 @@ class HubPresence:
         except ContractError as exc:
             log.warning("ignored hub presence: %s", exc)
             return
-        if message.payload not in PRESENCE and message.payload != b"":  # b"": the retained message was cleared
+        if message.payload not in AVAILABILITY and message.payload != b"":  # b"": the retained message was cleared
             log.warning("ignored hub presence of %s: %r is neither online nor offline", hub, message.payload[:32])
             return
         with self._lock:
             was_online = any(self._hubs.values())
-            self._hubs[hub] = PRESENCE.get(message.payload, False)
+            self._hubs[hub] = AVAILABILITY.get(message.payload, False)
             now_online = any(self._hubs.values())
         if now_online != was_online:
             log.info("hub %s is %s: %s", hub, "online" if self._hubs[hub] else "offline",

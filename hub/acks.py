@@ -23,12 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from shared.messages import MAX_ACK_RANGES, Ack, seq_ranges, utc_now
+from shared.messages import MAX_ACK_RANGES, OFFLINE, ONLINE, Ack, seq_ranges, utc_now
 from shared.mqtt import Will
 from shared.topics import NodeTopics, hub_presence
-
-ONLINE = b"online"
-OFFLINE = b"offline"
 
 
 @dataclass

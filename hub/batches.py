@@ -27,12 +27,12 @@ from hub.registry import NodeUpdate, Registry
 from hub.store import Store
 from shared import topics
 from shared.errors import ContractError, MaskwatchError
-from shared.messages import MAX_PAYLOAD_BYTES, Alert, Event, NodeState, NodeStats, parse
+from shared.messages import AVAILABILITY, MAX_PAYLOAD_BYTES, Alert, Event, NodeState, NodeStats, parse
 
 log = logging.getLogger(__name__)
 
 JPEG_MAGIC = b"\xff\xd8"
-STATUS_VALUES = {b"online": True, b"offline": False}
+STATUS_VALUES = AVAILABILITY
 
 #: A received message as the writer takes it.
 Message = tuple[str, bytes]

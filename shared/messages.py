@@ -51,6 +51,9 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
 Count32 = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Count64 = Annotated[int, Field(ge=0, le=2**63 - 1)]
+#: The plain-text payloads of a node's ``status`` and a hub's presence, and whether each means available.
+ONLINE, OFFLINE = b"online", b"offline"
+AVAILABILITY: dict[bytes, bool] = {ONLINE: True, OFFLINE: False}
 #: Longest error text a node reports (``delivery_error``).
 MAX_ERROR_CHARS = 512
 #: Deepest nesting accepted in a free-form value (a response's ``value``).
