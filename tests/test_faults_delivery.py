@@ -282,3 +282,34 @@ def test_wrong_login_keeps_every_event_exits_1_then_the_right_login_delivers_the
     assert not right.outbox()
     stored = stored_set(hub.db_url, "hq")
     assert stored == undisturbed, (undisturbed - stored, stored - undisturbed)
+
+
+#: Mosquitto's dynamic security plugin (shipped with Mosquitto 2.0): unlike its ACL file, it refuses a SUBSCRIBE.
+DYNSEC = Path("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so")
+
+
+@pytest.mark.skipif(not DYNSEC.exists(), reason=f"no Mosquitto dynamic security plugin at {DYNSEC}")
+def test_refused_subscription_to_the_acks_keeps_every_event_and_exits_1(tmp_path: Path, procs: list[Any]) -> None:
+    """A broker whose policy refuses the node's SUBSCRIBE to its ack topic (SUBACK 0x87)."""
+    policy = tmp_path / "dynsec.json"
+    policy.write_text(json.dumps({
+        "defaultACLAccess": {"publishClientSend": True, "publishClientReceive": True, "subscribe": True,
+                             "unsubscribe": True},
+        "clients": [], "groups": [{"groupname": "anonymous", "roles": [{"rolename": "no-acks"}]}],
+        "roles": [{"rolename": "no-acks", "acls": [{"acltype": "subscribePattern", "topic": "maskwatch/+/+/ack",
+                                                     "priority": 0, "allow": False}]}],
+        "anonymousGroup": "anonymous"}))
+    broker = LocalMosquitto(extra_config=f"plugin {DYNSEC}\nplugin_opt_config_file {policy}").start()
+    procs.append(broker)
+    site = unique_site()
+    few = photo_folder(tmp_path / "few", 3)
+    edge = EdgeProcess(quick(broker), tmp_path, site, NODE, once=True, settings=node_settings(few))
+    procs.append(edge)
+    assert edge.start().wait(300) == 1, edge.log_tail()
+    refusal = f"refused the subscription to maskwatch/{site}/{NODE}/ack: Not authorized"
+    lines = [line for line in edge.log_path.read_text().splitlines() if refusal in line]
+    assert len(lines) == 2 and "not acknowledged" in lines[1], edge.log_tail()
+    (count, last), = edge._outbox_query("SELECT COUNT(*), MAX(seq) FROM outbox")
+    assert count == last and any(topic.endswith("/events") for topic, _payload in edge.outbox()), \
+        "every event stays in the outbox (numbered 1..n, none removed)"
+
