@@ -88,6 +88,7 @@ def main() -> int:
             config = load_edge_config(None, {
                 "site": "bench", "node": "cmd", "source": "scene:builtin", "pin_factory": "mock",
                 "broker": {"host": broker.host, "port": broker.port}, "outbox": {"path": f"{tmp}/o.sqlite"},
+                "delivery": "broker",
                 "scene": {"fps": 15}})
             app = EdgeApp(config)
             app.start()

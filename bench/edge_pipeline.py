@@ -104,7 +104,7 @@ def latency(seconds: float, folder: Path) -> dict[str, Any]:
     try:
         config = load_edge_config(None, {
             "site": "bench", "node": "lat", "source": "scene:builtin", "pin_factory": "mock",
-            "broker": {"host": broker.host, "port": broker.port},
+            "broker": {"host": broker.host, "port": broker.port}, "delivery": "broker",  # the node alone: to PUBACK
             "outbox": {"path": str(folder / "latency.sqlite")},
             "scene": {"fps": 30}, "tracker": {"confirm_frames": 2, "end_frames": 2},
             "servo": {"mode": "sweep", "sweep_step_deg": 30, "dwell_s": 0.2, "speed_dps": 400,

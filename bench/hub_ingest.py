@@ -4,7 +4,8 @@ Three consumers of the same stream of QoS 1 events, each in the same run, on the
 
 * **durable**: the hub's ingest as the hub runs it (persistent MQTT 5 session, manual acks after commit,
   batches of ``batch_size`` / ``batch_ms`` validated and written by the writer process, SQLite WAL with
-  ``synchronous=FULL``);
+  ``synchronous=FULL``), with acks on: the events carry ``seq``/``outbox_id`` as nodes send them and the hub
+  publishes an ack per node outbox after each commit (:mod:`hub.ingest.acks`; its bytes per event are reported);
 * **(a) pass-through**: a bare QoS 1 subscriber that only counts messages (the broker's own rate);
 * **(b) naive**: the same ingest code committing one transaction per message (``batch_size=1``).
 
@@ -38,6 +39,7 @@ from fault_support import tree_cpu_s  # noqa: E402
 from bench.report import machine  # noqa: E402
 from devsite.broker import LocalMosquitto  # noqa: E402
 from hub.config import HubConfig  # noqa: E402
+from hub.ingest.acks import AckPublisher  # noqa: E402
 from hub.ingest.batch_core import BatchResult, WriterSettings  # noqa: E402
 from hub.ingest.consumer import Ingest  # noqa: E402
 from hub.ingest.writer_process import WriterProcess  # noqa: E402
@@ -51,24 +53,28 @@ from shared.topics import NodeTopics, node_filter  # noqa: E402
 
 log = logging.getLogger("bench.hub_ingest")
 SITE = "bench"
+#: Simulated nodes the events come from, round robin.
+NODES = 5
 
 
 def event_payload(node: str, n: int, tag: str) -> bytes:
+    """Event ``n`` (round robin over the nodes) of ``node``, numbered as its outbox would (``seq``, ``outbox_id``)."""
     return Event(type="new", id=f"{tag}-{node}-{n:07d}", site=SITE, node=node, ts=utc_now(),
-                 label="no_mask" if n % 10 == 0 else "mask", score=0.9, box=(10, 20, 64, 64), angle=0.0).to_json()
+                 label="no_mask" if n % 10 == 0 else "mask", score=0.9, box=(10, 20, 64, 64), angle=0.0,
+                 seq=n // NODES + 1, outbox_id=f"{int(node[1:]):016x}").to_json()
 
 
 def _publisher(broker: BrokerConfig, count: int, tag: str, rate: float | None, out: mp.Queue[float]) -> None:
     """Child process: publish ``count`` events QoS 1 (paced at ``rate``/s, stamped at publish time)."""
-    nodes = [f"n{i}" for i in range(5)]
+    nodes = [f"n{i}" for i in range(NODES)]
     client = MqttClient(broker, f"bench-pub-{uuid.uuid4().hex[:6]}")
     client.start()
     assert client.wait_connected(10)
-    prepared = [] if rate else [event_payload(nodes[n % 5], n, tag) for n in range(count)]
+    prepared = [] if rate else [event_payload(nodes[n % NODES], n, tag) for n in range(count)]
     started = time.perf_counter()
     infos = []
     for n in range(count):
-        node = nodes[n % 5]
+        node = nodes[n % NODES]
         if rate:
             lag = started + n / rate - time.perf_counter()
             if lag > 0:
@@ -138,8 +144,10 @@ def make_ingest(broker: BrokerConfig, workdir: Path, name: str, batch_size: int,
     writer = WriterProcess(WriterSettings.from_config(config, "http://bench"))
     writer.start()
     client = MqttClient(broker, f"bench-hub-{name}", persistent=True, manual_ack=True)
+    acks = AckPublisher("bench", lambda topic, payload: client.publish(topic, payload, qos=1))
     ingest = Ingest(config, client, writer, EventLog(store, config.snapshot_dir),
-                    Alerter(None, cooldown_s=60, public_url="http://bench"), on_commit=on_commit)  # type: ignore[arg-type]
+                    Alerter(None, cooldown_s=60, public_url="http://bench"), on_commit=on_commit,  # type: ignore[arg-type]
+                    acks=acks)
     ingest.start()
     client.start()
     assert client.wait_connected(10)
@@ -176,7 +184,9 @@ def run_consumer(broker: BrokerConfig, workdir: Path, name: str, count: int, bat
     writer.stop()
     client.stop()
     store.close()
+    assert ingest.acks is not None
     out = {"events_per_s": events_per_s, "publisher_events_per_s": pub_rate, "batches": ingest.stats.batches,
+           "ack_bytes_per_event": ingest.acks.bytes / count, "acks_per_batch": ingest.acks.acks / ingest.stats.batches,
            "cpu_us_per_event": 1e6 * (cpu + cpu_writer) / count, "writer_cpu_us_per_event": 1e6 * cpu_writer / count}
     return {**out, **percentiles(latencies)} if rate else out
 
@@ -194,7 +204,7 @@ def main() -> int:
     with LocalMosquitto() as mosquitto, tempfile.TemporaryDirectory(prefix="bench-hub-") as tmp:
         broker = BrokerConfig(host=mosquitto.host, port=mosquitto.port, reconnect_min_s=0.2, reconnect_max_s=2)
         workdir = Path(tmp)
-        bare, durable, bare_cpu, durable_cpu = [], [], [], []
+        bare, durable, bare_cpu, durable_cpu, ack_bytes = [], [], [], [], []
         for r in range(args.rounds):  # interleaved, so load changes on the shared machine hit both alike
             a = run_passthrough(broker, args.events, f"a{r}")
             d = run_consumer(broker, workdir, f"durable{r}", args.events, 500, 50)
@@ -202,6 +212,7 @@ def main() -> int:
             durable.append(d["events_per_s"])
             bare_cpu.append(a["cpu_us_per_event"])
             durable_cpu.append(d["cpu_us_per_event"])
+            ack_bytes.append(d["ack_bytes_per_event"])
             print(f"round {r + 1}: pass-through {bare[-1]:.0f}/s ({bare_cpu[-1]:.0f} us CPU/event), "
                   f"durable {durable[-1]:.0f}/s ({durable_cpu[-1]:.0f} us CPU/event)", flush=True)
         naive_run = run_consumer(broker, workdir, "naive", args.naive_events, 1, 1)
@@ -231,6 +242,7 @@ def main() -> int:
             **{f"latency_run_{r}_per_s_publisher_rate": round(v["publisher_events_per_s"], 1)
                for r, v in lat_durable.items()},
             "durable_cpu_us_per_event_median": round(statistics.median(durable_cpu), 1),
+            "ack_bytes_per_event_median": round(statistics.median(ack_bytes), 2),
             "events_per_round": args.events,
         },
         "baseline": {
@@ -249,7 +261,9 @@ def main() -> int:
             "durable_vs_naive": round(statistics.median(durable) / naive, 2),
             "passthrough_cpu_share_of_durable": round(statistics.median(bare_cpu) / statistics.median(durable_cpu), 3),
         },
-        "notes": "Targets: durable >= 0.8 x pass-through, >= 10 x naive. Publishers run in a separate process; "
+        "notes": "Targets: durable (acks to the nodes on) >= 0.8 x pass-through, >= 10 x naive. Ack bytes per event: "
+                 "payload bytes of the hub's acks (5 simulated nodes, one outbox each) over events. "
+                 "Publishers run in a separate process; "
                  "rates are steady-state (first to last message received or committed); rounds are interleaved "
                  "on a 2-core machine shared with other work. SQLite WAL, synchronous=FULL; batch 500 / 50 ms. "
                  "Latency = commit time - event ts stamped when published (same clock). CPU per event of the durable "

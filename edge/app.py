@@ -27,6 +27,7 @@ from typing import Any
 from edge.capture.sources import Capture, open_source
 from edge.commands import Dispatcher, NodeCommands
 from edge.config import EdgeConfig
+from edge.delivery.acks import DeliveryStatus, HubPresence
 from edge.delivery.outbox import Courier, Outbox
 from edge.delivery.preview import PreviewServer, view_jpeg
 from edge.delivery.snapshot import blur_box, encode_jpeg
@@ -42,7 +43,7 @@ from shared.config import parse_host_port, redacted
 from shared.errors import CommandRejected, ContractError
 from shared.messages import NodeStats, utc_now
 from shared.mqtt import MqttClient, Will
-from shared.topics import NodeTopics
+from shared.topics import HUB_PRESENCE_FILTER, NodeTopics
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +118,19 @@ class EdgeApp:
             log.info("outbox %s holds %d undelivered message(s): replaying", cfg.outbox_path(), self.outbox.depth)
         self.client = MqttClient(cfg.broker, cfg.client_id(), will=Will(self.topics.status, b"offline"),
                                  persistent=True, on_connect=self._on_connect,
-                                 on_publish=lambda mid: self.courier.acknowledged(mid))
+                                 on_publish=lambda mid: self.courier.acknowledged(mid),
+                                 on_refused=lambda mid, reason: self.courier.refused(mid, reason))
+        self.presence = HubPresence(on_online=lambda: self.courier.reconnected())
         self._parts.callback(self.client.stop)
         self.courier = Courier(self.outbox, lambda t, p, q: self.client.publish(t, p, qos=q),
-                               lambda: self.client.connected, resend_after_s=cfg.outbox.resend_after_s)
+                               lambda: self.client.connected, topics=self.topics, delivery=cfg.delivery,
+                               may_send=lambda: self.presence.online, resend_after_s=cfg.outbox.resend_after_s,
+                               resend_max_s=cfg.outbox.resend_max_s)
+        self.delivery = DeliveryStatus(lambda: dict(self.client.refusals),
+                                       self.presence if cfg.delivery == "hub" else None, cfg.outbox.drain_timeout_s)
+        if cfg.delivery == "hub":
+            self.client.subscribe(self.topics.ack, self.courier.receive_ack, qos=1)
+            self.client.subscribe(HUB_PRESENCE_FILTER, self.presence.receive, qos=1)
         servo = self.servo
         source = open_source(cfg.source, camera=cfg.camera, scene=cfg.scene,
                              angle=(lambda: servo.position) if servo else None)
@@ -177,6 +187,8 @@ class EdgeApp:
         return NodeStats(site=self.config.site, node=self.config.node, ts=utc_now(), fps=fps, stage_ms=stage_ms,
                          frames=self.pipeline.times.frames_total, dropped_frames=dropped,
                          outbox_depth=self.outbox.depth, outbox_dropped=self.outbox.dropped,
+                         outbox_unacked=self.courier.unacked, outbox_oldest_s=self.outbox.oldest_age_s(),
+                         hub_online=self.delivery.hub_online(), delivery_error=self.delivery.error(),
                          events_published=self.courier.published, reconnects=max(0, self.client.connects - 1),
                          uptime_s=round(time.monotonic() - self._started, 1), cpu_temp_c=cpu_temperature(),
                          camera_ok=self.capture.ok, camera_error=self.capture.error,
@@ -185,6 +197,9 @@ class EdgeApp:
     def _stats_loop(self) -> None:
         while not self.stopping.wait(self.config.stats_interval_s):
             stats = self.stats()
+            if stats.delivery_error != self.runtime.delivery_error:  # the retained state shows it too
+                self.runtime.delivery_error = stats.delivery_error
+                self.publish_state()
             if self.client.connected:  # stats are a live view: an interval while offline is not kept
                 self.client.publish(self.topics.stats, stats.to_json(), qos=0)
 
@@ -249,15 +264,19 @@ class EdgeApp:
         for thread in self._threads:
             if thread.name == "delivery":
                 thread.join(5.0)
-        if drain and not self.courier.drain(self.config.outbox.drain_timeout_s):
-            log.warning("%d message(s) not acknowledged yet: kept in %s for the next start",
-                        self.outbox.depth, self.config.outbox_path())
+        # --once waits for a hub that is away; a service that stops keeps its events for the next start
+        blocked = self.delivery.error if self.once else self.delivery.stuck
+        if drain and not self.courier.drain(self.config.outbox.drain_timeout_s, blocked):
+            log.log(logging.ERROR if self.once else logging.WARNING,
+                    "%d message(s) not acknowledged (%s): kept in %s for the next start", self.outbox.depth,
+                    self.delivery.stall_reason(), self.config.outbox_path())
             code = 1 if self.once else 0
         # a short run may end before the first connect: give it the drain timeout (unless the drain just spent it)
         if self.once and not (
                 self.client.connects or self.client.wait_connected(0 if code else self.config.outbox.drain_timeout_s)):
-            log.error("broker %s never reached: nothing was published (events stay in %s for the next start)",
-                      self.config.broker.address, self.config.outbox_path())
+            log.error("broker %s never reached%s: nothing was published (events stay in %s for the next start)",
+                      self.config.broker.address, f" ({self.client.last_error})" if self.client.last_error else "",
+                      self.config.outbox_path())
             code = 1
         if self.once and self.capture.error:
             log.error("source failed: %s", self.capture.error)

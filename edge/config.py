@@ -18,6 +18,9 @@ from pydantic import Field, model_validator
 from shared.config import BrokerConfig, Identifier, StrictModel, load_config, parse_host_port
 from shared.vocabulary import Profile, ServoMode, Threshold, describe_default_thresholds
 
+#: Who acknowledges an outbox message: a hub's commit (``.../ack``) or the broker's PUBACK.
+Delivery = Literal["hub", "broker"]
+
 
 class TrackerConfig(StrictModel):
     """How detections become tracked events (Frigate-like lifecycle)."""
@@ -40,8 +43,10 @@ class OutboxConfig(StrictModel):
 
     path: Path | None = Field(None, description="SQLite file; default in ~/.local/state/maskwatch/")
     max_messages: int = Field(10000, ge=10, description="bound; the oldest are dropped (and counted) beyond it")
-    resend_after_s: float = Field(15.0, gt=0, description="re-publish a message not acknowledged after this")
-    drain_timeout_s: float = Field(30.0, ge=0, description="--once / shutdown: how long to wait for PUBACKs")
+    resend_after_s: float = Field(15.0, gt=0, description="re-publish a message not acknowledged after this ...")
+    resend_max_s: float = Field(120.0, gt=0, description="... doubling per attempt up to this (also re-published "
+                                "after every reconnect)")
+    drain_timeout_s: float = Field(30.0, ge=0, description="--once / shutdown: how long to wait for acknowledgements")
 
 
 class SnapshotConfig(StrictModel):
@@ -139,6 +144,9 @@ class EdgeConfig(StrictModel):
     site: Identifier = "site"
     node: Identifier = "node-1"
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    delivery: Delivery = Field(
+        "hub", description="who acknowledges an event so the outbox forgets it: hub (a hub's commit on .../ack; "
+                           "sent while a hub is online) or broker (its PUBACK: a site without a hub)")
     source: str = Field("0", description="camera index, video file, URL, image folder, picamera, scene:DIR")
     profile: Profile = Profile.NEAR
     detector: str | None = Field(None, description="detector kind (default: the profile's)")

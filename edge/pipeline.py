@@ -24,6 +24,7 @@ import numpy as np
 from edge.capture.frames import Frame
 from edge.capture.sources import Capture
 from edge.config import EdgeConfig
+from edge.delivery.acks import numbered
 from edge.delivery.outbox import Outbox
 from edge.delivery.snapshot import face_snapshot
 from edge.delivery.stats import StageTimes
@@ -241,7 +242,8 @@ class Pipeline:
                 log.warning("no snapshot for %s: %s", event.id, exc)
             if jpeg is not None:
                 event = event.model_copy(update={"snapshot": True})
-        self.outbox.put(self.topics.events, event.to_json())
+        hub_delivery = self.config.delivery == "hub"
+        self.outbox.put(self.topics.events, numbered(event, self.outbox.outbox_id) if hub_delivery else event.to_json())
         if jpeg is not None:
             self.outbox.put(self.topics.snapshot(event.id), jpeg)
         self.events_written += 1

@@ -28,6 +28,7 @@ class NodeRuntime:
     planner: ServoPlanner | None = None
     min_deg: float = -90.0
     max_deg: float = 90.0
+    delivery_error: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -43,4 +44,4 @@ class NodeRuntime:
         return NodeState(site=self.site, node=self.node, ts=utc_now(),
                          servo=ServoState(angle=self.angle, mode=mode, min_deg=self.min_deg, max_deg=self.max_deg),
                          threshold=self.threshold, detect=self.detect, model=self.model, profile=self.profile,
-                         source=self.source)
+                         source=self.source, delivery_error=self.delivery_error)

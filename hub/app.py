@@ -26,6 +26,7 @@ import uvicorn
 
 from hub.api import HubServices, create_app
 from hub.config import HubConfig
+from hub.ingest.acks import AckPublisher, announce, presence_will
 from hub.ingest.batch_core import WriterSettings
 from hub.ingest.consumer import Ingest
 from hub.ingest.writer_process import WriterProcess
@@ -67,10 +68,11 @@ def build_hub(config: HubConfig, stopping: threading.Event, stack: ExitStack) ->
     store.migrate()
     events, registry, feed = EventLog(store, cfg.snapshot_dir), Registry(store), Feed()
     client_id = cfg.broker.client_id or f"maskwatch-hub-{cfg.hub_id}"
-    intake = MqttClient(cfg.broker, client_id, persistent=True, manual_ack=True)
+    intake = MqttClient(cfg.broker, client_id, persistent=True, manual_ack=True, will=presence_will(cfg.hub_id),
+                        on_connect=lambda: announce(intake.publish, cfg.hub_id))
     control = MqttClient(cfg.broker.model_copy(update={"client_id": None}), f"{client_id}-control")
     stack.callback(control.stop, publish_will=False)
-    stack.callback(intake.stop, publish_will=False)
+    stack.callback(intake.stop, publish_will=True)  # its will says the hub is offline
     services = HubServices(config=cfg, store=store, events=events, registry=registry, feed=feed,
                            mqtt_connected=lambda: intake.connected, stopping=stopping)
     alerter = Alerter(lambda topic, alert: control.publish(topic, alert, qos=1),
@@ -81,7 +83,9 @@ def build_hub(config: HubConfig, stopping: threading.Event, stack: ExitStack) ->
         writer = WriterProcess(settings)
         stack.callback(writer.stop)
         writer.start()
-    ingest = services.ingest = Ingest(cfg, intake, writer or settings.build(store), events, alerter, feed)
+    acks = AckPublisher(cfg.hub_id, lambda topic, payload: control.publish(topic, payload, qos=1))
+    ingest = services.ingest = Ingest(cfg, intake, writer or settings.build(store), events, alerter, feed,
+                                      acks=acks)
     services.commander = Commander(control, timeout_s=cfg.command_timeout_s, store=store, registry=registry)
     for site in cfg.sites or [None]:
         services.commander.listen(site)

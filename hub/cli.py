@@ -303,6 +303,10 @@ def run_events(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Stats fields ``maskwatch nodes`` shows: how a node's delivery is going.
+NODE_DELIVERY_COLUMNS = ("outbox_depth", "outbox_unacked", "outbox_oldest_s", "delivery_error")
+
+
 def run_nodes(args: argparse.Namespace) -> int:
     """``maskwatch nodes``: print the registry."""
     if args.api:
@@ -320,8 +324,10 @@ def run_nodes(args: argparse.Namespace) -> int:
         _print_json(items)
     else:
         rows = [{**item, "threshold": (item.get("state") or {}).get("threshold"),
-                 "servo": ((item.get("state") or {}).get("servo") or {}).get("mode")} for item in items]
-        print(format_table(rows, ("site", "node", "status", "last_seen", "model", "threshold", "servo")))
+                 "servo": ((item.get("state") or {}).get("servo") or {}).get("mode"),
+                 **{key: (item.get("stats") or {}).get(key) for key in NODE_DELIVERY_COLUMNS}} for item in items]
+        print(format_table(rows, ("site", "node", "status", "last_seen", "model", "threshold", "servo",
+                                  *NODE_DELIVERY_COLUMNS)))
     return 0
 
 

@@ -44,10 +44,19 @@ MAX_PAYLOAD_BYTES = 64 * 1024
 SiteId = Annotated[str, Field(pattern=ID_PATTERN.pattern, description="site id, [a-z0-9_-]+")]
 NodeId = Annotated[str, Field(pattern=ID_PATTERN.pattern, description="node id, [a-z0-9_-]+")]
 EventId = Annotated[str, Field(pattern=EVENT_ID_PATTERN.pattern, description="globally unique event id")]
+HubId = Annotated[str, Field(pattern=ID_PATTERN.pattern, description="hub id, [a-z0-9_-]+")]
+OutboxId = Annotated[str, Field(pattern=r"^[0-9a-f]{16}$", description="random id of one node outbox file")]
+#: An outbox sequence number: the node numbers what it writes to its outbox 1, 2, 3...
+Seq = Annotated[int, Field(ge=1, le=2**63 - 1)]
 #: Integers that fit the 32- and 64-bit columns of any database the hub writes to.
 Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
 Count32 = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Count64 = Annotated[int, Field(ge=0, le=2**63 - 1)]
+#: The plain-text payloads of a node's ``status`` and a hub's presence, and whether each means available.
+ONLINE, OFFLINE = b"online", b"offline"
+AVAILABILITY: dict[bytes, bool] = {ONLINE: True, OFFLINE: False}
+#: Longest error text a node reports (``delivery_error``).
+MAX_ERROR_CHARS = 512
 #: Deepest nesting accepted in a free-form value (a response's ``value``).
 MAX_VALUE_DEPTH = 32
 
@@ -137,6 +146,9 @@ class Event(Message):
         None, description="frame index, or file name for an image folder")
     track: TrackInfo | None = None
     snapshot: bool = Field(False, description="a JPEG is published on .../snapshot/<id>")
+    seq: Seq | None = Field(None, description="the message's number in the node's outbox, acknowledged by a hub "
+                            "on .../ack (absent with the node's delivery: broker)")
+    outbox_id: OutboxId | None = Field(None, description="the outbox that numbered it (with seq)")
 
     @field_validator("box")
     @classmethod
@@ -144,6 +156,12 @@ class Event(Message):
         if box[2] <= 0 or box[3] <= 0:
             raise ValueError("box width and height must be positive")
         return box
+
+    @model_validator(mode="after")
+    def _seq_with_outbox(self) -> Event:
+        if (self.seq is None) != (self.outbox_id is None):
+            raise ValueError("'seq' and 'outbox_id' go together")
+        return self
 
 
 class ServoState(BaseModel):
@@ -169,6 +187,7 @@ class NodeState(Message):
     model: str = Field(max_length=128, description="classifier model version")
     profile: Profile = Profile.NEAR
     source: str | None = None
+    delivery_error: str | None = Field(None, max_length=MAX_ERROR_CHARS, description="as in stats")
 
 
 class NodeStats(Message):
@@ -181,8 +200,13 @@ class NodeStats(Message):
     stage_ms: dict[str, float] = Field(default_factory=dict, description="mean ms per pipeline stage")
     frames: Count64 = 0
     dropped_frames: Count64 = 0
-    outbox_depth: Count64 = 0
+    outbox_depth: Count64 = Field(0, description="messages in the outbox: not yet acknowledged")
     outbox_dropped: Count64 = 0
+    outbox_unacked: Count64 = Field(0, description="outbox messages published, awaiting their acknowledgement")
+    outbox_oldest_s: float | None = Field(None, ge=0, description="age of the oldest outbox message, seconds")
+    hub_online: bool | None = Field(None, description="a hub's presence is online (null with delivery: broker)")
+    delivery_error: str | None = Field(None, max_length=MAX_ERROR_CHARS, description="why delivery is stuck "
+                                       "(refused publish, subscription or connection), naming the topic")
     events_published: Count64 = 0
     reconnects: Count64 = 0
     uptime_s: float = Field(0, ge=0)
@@ -343,6 +367,47 @@ class NodeSummary(Message):
     compliance: Probability | None = Field(None, description="share of those faces wearing a mask; null if none")
 
 
+#: Most ranges one ack carries (a hub sends several acks for a longer list).
+MAX_ACK_RANGES = 1000
+
+
+class Ack(Message):
+    """``.../ack`` from a hub: the node's outbox messages it has committed (stored, or recognised as repeats).
+
+    ``seqs`` are inclusive ``[first, last]`` ranges of ``seq`` numbers of the outbox ``outbox_id``;
+    ``snapshots`` the event ids whose snapshot was committed. Any hub's ack counts.
+    """
+
+    hub: HubId
+    ts: UtcTime
+    outbox_id: OutboxId | None = None
+    seqs: list[tuple[Seq, Seq]] = Field(default_factory=list, max_length=MAX_ACK_RANGES)
+    snapshots: list[EventId] = Field(default_factory=list, max_length=MAX_ACK_RANGES)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> Ack:
+        if self.seqs and self.outbox_id is None:
+            raise ValueError("'seqs' need 'outbox_id'")
+        if any(first > last for first, last in self.seqs):
+            raise ValueError("a range is [first, last] with first <= last")
+        return self
+
+
+def seq_ranges(seqs: list[int]) -> list[tuple[int, int]]:
+    """Sorted, merged inclusive ranges of ``seqs``.
+
+    >>> seq_ranges([5, 1, 2, 3, 7, 6, 10])
+    [(1, 3), (5, 7), (10, 10)]
+    """
+    ranges: list[tuple[int, int]] = []
+    for seq in sorted(set(seqs)):
+        if ranges and seq == ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], seq)
+        else:
+            ranges.append((seq, seq))
+    return ranges
+
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -379,7 +444,7 @@ def parse(model: type[M], payload: bytes | str, *, max_bytes: int = MAX_PAYLOAD_
 #: Every public message by its short name (the stem of its file in ``docs/schemas/``).
 MESSAGES: dict[str, type[Message]] = {
     "event": Event, "state": NodeState, "stats": NodeStats, "response": CommandResponse,
-    "desired": DesiredConfig, "alert": Alert, "summary": NodeSummary,
+    "desired": DesiredConfig, "alert": Alert, "summary": NodeSummary, "ack": Ack,
     **{f"cmd-{name}": cls for name, cls in COMMANDS.items()},
 }
 

@@ -98,13 +98,20 @@ class MqttClient:
     :param on_connect: called on the network thread after every successful connect,
         once subscriptions are renewed (re-publish retained state here).
     :param on_publish: called with the message id when the broker acknowledged a publish.
+    :param on_refused: called with the message id and the reason instead of ``on_publish`` when the broker
+        refused a publish (MQTT 5 PUBACK reason code >= 0x80, e.g. "Not authorized" from its ACL).
     :param on_disconnect: called after the connection is lost.
+
+    A refused connection (CONNACK), subscription (SUBACK) or publish (PUBACK) is kept in :attr:`refusals`
+    (cause -> reason, e.g. ``{"publish to maskwatch/hq/door-1/events": "Not authorized"}``) until the same
+    succeeds, and logged once per cause.
     """
 
     def __init__(self, broker: BrokerConfig, client_id: str, *, will: Will | None = None,
                  persistent: bool = False, manual_ack: bool = False,
                  on_connect: Callable[[], None] | None = None,
                  on_publish: Callable[[int], None] | None = None,
+                 on_refused: Callable[[int, str], None] | None = None,
                  on_disconnect: Callable[[], None] | None = None) -> None:
         self.broker = broker
         self.client_id = broker.client_id or client_id
@@ -112,6 +119,7 @@ class MqttClient:
         self.persistent = persistent
         self._on_connect_hook = on_connect
         self._on_publish_hook = on_publish
+        self._on_refused_hook = on_refused
         self._on_disconnect_hook = on_disconnect
         self._subscriptions: dict[str, tuple[int, Handler]] = {}
         self._routes: dict[str, list[Handler]] = {}  # topic -> matching handlers
@@ -120,6 +128,9 @@ class MqttClient:
         self._stopping = False
         self.connects = 0
         self.last_error: str | None = None
+        self.refusals: dict[str, str] = {}
+        self._logged_refusals: set[tuple[str, str]] = set()
+        self._subscribing: dict[int, str] = {}  # SUBSCRIBE mid -> filter, until its SUBACK
         self._v5 = broker.protocol == 5
         if self._v5:
             self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
@@ -146,6 +157,7 @@ class MqttClient:
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
         self._client.on_publish = self._handle_publish
+        self._client.on_subscribe = self._handle_subscribe
         self._client.on_connect_fail = self._handle_connect_fail
         self._client.on_socket_open = self._handle_socket_open
 
@@ -202,7 +214,19 @@ class MqttClient:
             self._subscriptions[topic_filter] = (qos, handler)
             self._routes.clear()
         if self.connected:
-            self._client.subscribe(topic_filter, qos=qos)
+            self._send_subscribe(topic_filter, qos)
+
+    def _send_subscribe(self, topic_filter: str, qos: int) -> None:
+        _rc, mid = self._client.subscribe(topic_filter, qos=qos)
+        if mid is not None:
+            self._subscribing[mid] = topic_filter
+
+    def _refused(self, cause: str, reason: str) -> None:
+        """Keep a refusal in :attr:`refusals`; log it once per cause and reason."""
+        self.refusals[cause] = reason
+        if (cause, reason) not in self._logged_refusals:
+            self._logged_refusals.add((cause, reason))
+            log.error("broker %s refused %s: %s", self.broker.address, cause, reason)
 
     def unsubscribe(self, topic_filter: str) -> None:
         with self._lock:
@@ -221,14 +245,15 @@ class MqttClient:
                         reason_code: paho.ReasonCode, properties: Properties | None) -> None:
         if reason_code.is_failure:
             self.last_error = str(reason_code)
-            log.error("broker %s refused the connection: %s", self.broker.address, reason_code)
+            self._refused("the connection", str(reason_code))
             return
         self.connects += 1
         self.last_error = None
+        self.refusals.pop("the connection", None)
         with self._lock:
             subs = list(self._subscriptions.items())
         for topic_filter, (qos, _handler) in subs:
-            client.subscribe(topic_filter, qos=qos)
+            self._send_subscribe(topic_filter, qos)
         self._connected.set()
         log.info("connected to %s as %s (session present: %s)", self.broker.address, self.client_id,
                  flags.session_present)
@@ -259,9 +284,25 @@ class MqttClient:
 
     def _handle_publish(self, client: paho.Client, userdata: object, mid: int,
                         reason_code: paho.ReasonCode, properties: Properties | None) -> None:
+        # paho calls this before it forgets the message, so its topic can still be named
+        message = self._client._out_messages.get(mid)
+        topic = message.topic if message is not None else "a topic"
         if reason_code.is_failure:  # MQTT 5: e.g. "Not authorized" when the broker's ACL drops it
-            log.warning("broker %s dropped message %s: %s", self.broker.address, mid, reason_code)
+            self._refused(f"publish to {topic}", str(reason_code))
+            _call_hook("on_refused", self._on_refused_hook, mid, str(reason_code))
+            return
+        if self.refusals:
+            self.refusals.pop(f"publish to {topic}", None)
         _call_hook("on_publish", self._on_publish_hook, mid)
+
+    def _handle_subscribe(self, client: paho.Client, userdata: object, mid: int,
+                          reason_codes: list[paho.ReasonCode], properties: Properties | None) -> None:
+        topic_filter = self._subscribing.pop(mid, "a subscription")
+        failures = [str(code) for code in reason_codes if code.is_failure]
+        if failures:
+            self._refused(f"the subscription to {topic_filter}", failures[0])
+        else:
+            self.refusals.pop(f"the subscription to {topic_filter}", None)
 
     def _handlers(self, topic: str) -> list[Handler]:
         """The handlers whose filters match ``topic`` (matched once per topic, then remembered)."""

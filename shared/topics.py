@@ -11,6 +11,8 @@ Layout (``<site>`` and ``<node>`` match ``[a-z0-9_-]+``)::
     maskwatch/<site>/<node>/response/<name>   the node's answer
     maskwatch/<site>/<node>/desired           retained desired config from the hub
     maskwatch/<site>/<node>/summary           retained faces in view and compliance, from the hub
+    maskwatch/<site>/<node>/ack               a hub's acknowledgement of the node's stored events
+    maskwatch/hubs/<hub>                      retained online|offline of one hub (its Last Will)
     maskwatch/<site>/all/cmd/<name>           a command to every node of the site
     maskwatch/<site>/alerts                   alerts published by the hub
 
@@ -33,11 +35,13 @@ from shared.errors import ContractError
 
 ROOT: Final = "maskwatch"
 ALL_NODES: Final = "all"
+#: The level of hub presence topics, reserved as a site id.
+HUBS: Final = "hubs"
 ID_PATTERN: Final = re.compile(r"^[a-z0-9_-]{1,64}$")
 EVENT_ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 #: Per-node topic kinds that carry no sub-name.
-NODE_KINDS: Final = ("status", "events", "state", "stats", "desired", "summary")
+NODE_KINDS: Final = ("status", "events", "state", "stats", "desired", "summary", "ack")
 #: Per-node topic kinds followed by one more level (event id or command name).
 NAMED_KINDS: Final = ("snapshot", "cmd", "response")
 
@@ -48,6 +52,9 @@ def validate_id(value: str, what: str = "id") -> str:
     """Return ``value`` if it is a valid site or node id, else raise :class:`ContractError`."""
     if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
         raise ContractError(f"invalid {what} {value!r}: must match [a-z0-9_-]{{1,64}}", field=what,
+                            reason="topic")
+    if what == "site" and value == HUBS:
+        raise ContractError(f"{HUBS!r} is reserved: maskwatch/{HUBS}/<hub> is hub presence", field=what,
                             reason="topic")
     return value
 
@@ -98,6 +105,10 @@ class NodeTopics:
     def summary(self) -> str:
         return f"{self.base}/summary"
 
+    @property
+    def ack(self) -> str:
+        return f"{self.base}/ack"
+
     def snapshot(self, event_id: str) -> str:
         return f"{self.base}/snapshot/{validate_event_id(event_id)}"
 
@@ -132,6 +143,27 @@ def site_command(site: str, name: str) -> str:
 def alerts(site: str) -> str:
     """Topic on which the hub publishes alerts for ``site``."""
     return f"{ROOT}/{validate_id(site, 'site')}/alerts"
+
+
+def hub_presence(hub_id: str) -> str:
+    """Retained ``online``/``offline`` of one hub (Sparkplug's primary host STATE, one per hub)."""
+    return f"{ROOT}/{HUBS}/{validate_id(hub_id, 'hub')}"
+
+
+#: Filter for the presence of every hub.
+HUB_PRESENCE_FILTER: Final = f"{ROOT}/{HUBS}/+"
+
+
+def parse_hub_presence(topic: str) -> str:
+    """The hub id of a presence topic, or raise :class:`ContractError`.
+
+    >>> parse_hub_presence(hub_presence("hub-a"))
+    'hub-a'
+    """
+    parts = topic.split("/")
+    if len(parts) != 3 or parts[:2] != [ROOT, HUBS]:
+        raise ContractError(f"not a hub presence topic: {topic!r}", field="topic", reason="topic")
+    return validate_id(parts[2], "hub")
 
 
 def node_filter(kind: str, site: str | None = None) -> str:

@@ -49,7 +49,7 @@ def node_config(broker_config: BrokerConfig, tmp_path: Path, **overrides: Any) -
         "broker": {"host": broker_config.host, "port": broker_config.port, "keepalive_s": 10, "reconnect_min_s": 0.2,
                    "reconnect_max_s": 1.0},
         "outbox": {"path": str(tmp_path / "outbox.sqlite"), "drain_timeout_s": 10},
-        "stats_interval_s": 1.0, "pin_factory": "mock",
+        "stats_interval_s": 1.0, "pin_factory": "mock", "delivery": "broker",  # no hub: the PUBACK delivers
         "tracker": {"confirm_frames": 2, "end_frames": 3},
         "scene": {"fps": 10},
     }

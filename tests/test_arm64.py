@@ -41,7 +41,7 @@ from conftest import REPO, SCENES, need
 from polling import unique_site, wait_until
 
 if TYPE_CHECKING:  # the broker fixture's type only: these tests use the product through its command line
-    from shared.broker import LocalMosquitto
+    from devsite.broker import LocalMosquitto
 
 pytestmark = [pytest.mark.arm64, pytest.mark.timeout(3600)]
 

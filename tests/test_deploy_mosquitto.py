@@ -25,6 +25,7 @@ from shared.topics import (
     alerts,
     alerts_filter,
     ha_discovery,
+    hub_presence,
     node_filter,
     shared_subscription,
     site_command,
@@ -146,9 +147,10 @@ def test_node_cannot_publish_to_other_nodes_or_to_commands(site: ShippedSite,
         send(node, DOOR1.events, b"sentinel")
         assert seen.wait_for(DOOR1.events, b"sentinel")
     assert seen.topics() == {DOOR1.events}
-    # with MQTT 5 the publisher learns it too: one warning per dropped message
-    dropped = [r for r in caplog.records if "dropped message" in r.getMessage()]
-    assert len(dropped) == len(forbidden) and all("Not authorized" in r.getMessage() for r in dropped)
+    # with MQTT 5 the publisher learns it too: one error per refused topic, naming it
+    refused = [r.getMessage() for r in caplog.records if "refused publish to" in r.getMessage()]
+    assert len(refused) == len(forbidden) and all("Not authorized" in message for message in refused)
+    assert {message.split("publish to ")[1].split(":")[0] for message in refused} == set(forbidden)
 
 
 def test_node_reads_only_its_own_and_its_sites_commands(site: ShippedSite) -> None:
@@ -185,6 +187,23 @@ def test_hub_commands_nodes_and_publishes_alerts_desired_and_discovery(site: Shi
         assert alerts_seen.wait_for(alerts("hq"), b"alert")
         assert ha_seen.wait_for(discovery, b"{}")
         send(hub, DOOR1.desired, b"", retain=True)  # clear the retained message
+
+
+def test_hub_acknowledges_and_announces_itself_to_nodes_that_cannot_forge_either(site: ShippedSite) -> None:
+    presence = hub_presence("hub-a")
+    with client(site.login(HUB), "test-hub") as (hub, _), \
+            client(site.login("hq/door-2"), "test-door-2") as (door2, _), \
+            client(site.login("hq/door-1"), "test-door-1", subscribe=EVERYTHING) as (_node, seen):
+        ready(seen, hub, DOOR1.ack)
+        send(hub, DOOR2.ack, b"for door-2")
+        send(door2, DOOR1.ack, b"forged")
+        send(door2, presence, b"offline")
+        send(hub, presence, b"online")
+        send(hub, DOOR1.ack, b"sentinel")
+        assert seen.wait_for(DOOR1.ack, b"sentinel")
+        assert seen.wait_for(presence, b"online")
+    assert seen.topics() == {DOOR1.ack, presence}
+    assert (DOOR1.ack, b"forged") not in seen.messages and (presence, b"offline") not in seen.messages
 
 
 def test_hub_reads_through_a_shared_subscription(site: ShippedSite) -> None:

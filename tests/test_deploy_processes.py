@@ -57,7 +57,7 @@ def edge(site: ShippedSite, tmp_path: Path, ca: Path, *, drain_s: int = 30) -> s
         ["maskwatch", "edge", "--config", str(PI / "edge.yaml"), "--broker", f"localhost:{site.tls_port}",
          "--site", "hq", "--node", "door-1", "--once", "--outbox", str(tmp_path / "outbox.sqlite"), *SCENE,
          "--set", "pin_factory=mock", "--set", f"broker.tls.ca_certs={ca}",
-         "--set", f"outbox.drain_timeout_s={drain_s}"],
+         "--set", f"outbox.drain_timeout_s={drain_s}", "--set", "delivery=broker"],
         env=login_env(site, "hq/door-1"), capture_output=True, text=True, timeout=180)
 
 
@@ -146,7 +146,7 @@ def test_compose_node_command_runs_through_the_image_entrypoint(site: ShippedSit
         # no login in the environment: the entrypoint reads it from the make-users file
         env = login_env(site, None, CREDENTIALS_FILE=str(site.secrets / "credentials" / credentials))
         proc = subprocess.run(["sh", str(REPO / "deploy" / "docker" / "entrypoint.sh"), *command, "--once",
-                               *SCENE[2:]],
+                               "--set", "delivery=broker", *SCENE[2:]],
                               env=env, capture_output=True, text=True, timeout=180)
         assert proc.returncode == 0, proc.stderr[-3000:]
         wait(lambda: bool(got), 10, "events from demo/node-1")

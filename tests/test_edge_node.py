@@ -24,6 +24,8 @@ from tests.conftest import FACE_MASK, need
 from tests.edge_node import Listener, make_scene, node_config, running_node
 from tests.polling import wait_until
 
+#: ``maskwatch edge`` on a site without a hub: the broker's PUBACK delivers.
+EDGE = [sys.executable, "-m", "shared.cli", "edge", "--set", "delivery=broker"]
 mock_pins = edge_node.mock_pins  # fixture
 models = edge_node.models  # fixture
 
@@ -48,7 +50,7 @@ def test_labelled_folder_once_gives_one_event_per_face_with_the_right_labels(
     sub.start()
     assert sub.wait_connected(5)
     run = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "edge", "--once", "--source", str(folder), "--broker",
+        [*EDGE, "--once", "--source", str(folder), "--broker",
          broker_config.address, "--site", "t", "--node", "folder", "--outbox", str(tmp_path / "o.sqlite"),
          "--set", "servo.enabled=false", "--set", "indicator.enabled=false"],
         capture_output=True, text=True, timeout=120)
@@ -145,7 +147,7 @@ def test_corrupt_video_is_a_clear_error_without_a_crash(tmp_path: Path, broker_c
     video = tmp_path / "broken.mp4"
     video.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 500)
     run = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "edge", "--once", "--source", str(video), "--broker",
+        [*EDGE, "--once", "--source", str(video), "--broker",
          broker_config.address, "--site", "t", "--node", "video", "--outbox", str(tmp_path / "o.sqlite"),
          "--set", "pin_factory=mock"],
         capture_output=True, text=True, timeout=60)
@@ -159,7 +161,7 @@ def test_once_without_a_broker_exits_1_and_says_so(tmp_path: Path) -> None:
     cv2.imwrite(str(folder / "wall.png"), np.full((120, 160, 3), 128, np.uint8))  # no face: nothing to publish
     nobody = f"127.0.0.1:{free_port()}"
     run = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "edge", "--once", "--source", str(folder), "--broker", nobody,
+        [*EDGE, "--once", "--source", str(folder), "--broker", nobody,
          "--outbox", str(tmp_path / "o.sqlite"), "--set", "pin_factory=mock", "--set", "outbox.drain_timeout_s=2"],
         capture_output=True, text=True, timeout=120)
     assert run.returncode == 1
@@ -169,7 +171,7 @@ def test_once_without_a_broker_exits_1_and_says_so(tmp_path: Path) -> None:
 @pytest.mark.parametrize("spec", ["scene:/no/such/dir", "/no/such/video.mp4"])
 def test_bad_source_names_the_problem(tmp_path: Path, broker_config: BrokerConfig, spec: str) -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "edge", "--once", "--source", spec, "--broker",
+        [*EDGE, "--once", "--source", spec, "--broker",
          broker_config.address, "--outbox", str(tmp_path / "o.sqlite"), "--set", "pin_factory=mock"],
         capture_output=True, text=True, timeout=60)
     assert run.returncode in (1, 2)
@@ -215,7 +217,7 @@ def test_sigterm_shuts_down_cleanly_with_offline(tmp_path: Path, broker_config: 
     sub.start()
     assert sub.wait_connected(5)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "edge", "--source", "scene:builtin", "--broker", broker_config.address,
+        [*EDGE, "--source", "scene:builtin", "--broker", broker_config.address,
          "--site", "t", "--node", "term", "--outbox", str(tmp_path / "o.sqlite"), "--set", "pin_factory=mock"],
         stderr=subprocess.PIPE, text=True)
     try:

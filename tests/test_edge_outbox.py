@@ -72,7 +72,8 @@ def test_broker_killed_mid_stream_every_event_arrives_once_in_order(tmp_path: Pa
         assert sub.wait_connected(5)
         box = Outbox(tmp_path / "o.sqlite")
         pub: MqttClient
-        courier = Courier(box, lambda t, p, q: pub.publish(t, p, qos=q), lambda: pub.connected, resend_after_s=2)
+        courier = Courier(box, lambda t, p, q: pub.publish(t, p, qos=q), lambda: pub.connected, delivery="broker",
+                          resend_after_s=2)
         pub = MqttClient(cfg, "t-edge-kill", persistent=True, on_publish=courier.acknowledged,
                          on_connect=courier.reconnected)
         pub.start()
@@ -117,7 +118,7 @@ def test_edge_process_killed_then_restarted_replays_the_outbox(tmp_path: Path) -
     env = dict(os.environ, MASKWATCH_PIN_FACTORY="mock")
     base = [sys.executable, "-m", "shared.cli", "edge", "--broker", broker.address, "--site", "t", "--node",
             "proc", "--outbox", str(outbox), "--set", "broker.reconnect_max_s=1", "--set", "servo.enabled=false",
-            "--set", "indicator.enabled=false"]
+            "--set", "indicator.enabled=false", "--set", "delivery=broker"]
     proc = subprocess.Popen([*base, "--source", str(folder)], env=env, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60

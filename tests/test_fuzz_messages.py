@@ -20,6 +20,7 @@ from shared.errors import ContractError
 from shared.messages import (
     COMMANDS,
     MAX_PAYLOAD_BYTES,
+    Ack,
     Alert,
     CommandResponse,
     DesiredConfig,
@@ -29,6 +30,7 @@ from shared.messages import (
     parse,
 )
 from shared.topics import (
+    HUBS,
     ID_PATTERN,
     NODE_KINDS,
     NodeTopics,
@@ -42,7 +44,7 @@ TS = "2026-01-01T12:00:00Z"
 VALID: dict[type[BaseModel], dict[str, Any]] = {
     Event: {"v": 1, "type": "update", "id": "hq-door-1-0001", "site": "hq", "node": "door-1", "ts": TS,
             "label": "mask", "score": 0.9, "box": [1, 2, 30, 40], "angle": 10.5, "frame": 7, "snapshot": True,
-            "track": {"frames": 3, "first_seen": TS, "last_seen": TS}},
+            "track": {"frames": 3, "first_seen": TS, "last_seen": TS}, "seq": 12, "outbox_id": "0123456789abcdef"},
     NodeState: {"v": 1, "site": "hq", "node": "door-1", "ts": TS, "threshold": 0.5, "detect": True,
                 "model": "m@1", "profile": "crowd", "source": "0",
                 "servo": {"angle": 0.0, "mode": "sweep", "min_deg": -90.0, "max_deg": 90.0}},
@@ -54,6 +56,8 @@ VALID: dict[type[BaseModel], dict[str, Any]] = {
     DesiredConfig: {"v": 1, "threshold": 0.4, "servo_mode": "hold", "servo_angle": 5.0, "detect": False},
     Alert: {"v": 1, "kind": "no_mask", "site": "hq", "node": "door-1", "ts": TS, "event_id": "e-1", "score": 0.8,
             "snapshot_url": "http://hub/e-1.jpg", "message": "hi"},
+    Ack: {"v": 1, "hub": "hub", "ts": TS, "outbox_id": "0123456789abcdef", "seqs": [[1, 5], [7, 7]],
+          "snapshots": ["hq-door-1-0001"]},
     COMMANDS["servo"]: {"v": 1, "request_id": "r1", "angle": 20.0, "mode": "hold", "dwell_s": 1.0},
     COMMANDS["threshold"]: {"v": 1, "request_id": "r1", "value": 0.3},
     COMMANDS["detect"]: {"v": 1, "request_id": "r1", "enabled": True},
@@ -229,6 +233,8 @@ def test_any_other_version_is_a_version_or_schema_error(model: type[BaseModel], 
 # -- topics ----------------------------------------------------------------------------------------------------
 
 IDS = st.from_regex(ID_PATTERN, fullmatch=True).filter(lambda s: "\n" not in s)
+#: Site ids: ``hubs`` is reserved (``maskwatch/hubs/<hub>`` is hub presence).
+SITE_IDS = IDS.filter(lambda s: s != HUBS)
 ODD_IDS = st.sampled_from(["", "hq\n", "Hq", "a/b", "a+b", "#", "a b", "é", "x" * 65, "\x00", "a\tb", ".", ".."])
 
 
@@ -249,14 +255,14 @@ def test_parse_topic_accepts_only_well_formed_topics(topic: str) -> None:
     assert not any(c in topic for c in "+#\n\x00")
 
 
-@given(site=IDS, node=IDS.filter(lambda n: n != "all"), kind=st.sampled_from(NODE_KINDS))
+@given(site=SITE_IDS, node=IDS.filter(lambda n: n != "all"), kind=st.sampled_from(NODE_KINDS))
 def test_node_topics_round_trip(site: str, node: str, kind: str) -> None:
     topic = getattr(NodeTopics(site, node), kind)
     assert parse_topic(topic) == type(parse_topic(topic))(site=site, node=node, kind=kind)
 
 
 @settings(max_examples=50)
-@given(site=IDS, node=IDS.filter(lambda n: n != "all"), event_id=st.from_regex(r"[A-Za-z0-9_.:-]{1,128}",
+@given(site=SITE_IDS, node=IDS.filter(lambda n: n != "all"), event_id=st.from_regex(r"[A-Za-z0-9_.:-]{1,128}",
                                                                                   fullmatch=True))
 def test_snapshot_topics_round_trip(site: str, node: str, event_id: str) -> None:
     if "\n" in event_id:

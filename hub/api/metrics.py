@@ -31,6 +31,25 @@ def _family(name: str, kind: str, help_text: str, samples: Iterable[str]) -> lis
     return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples]
 
 
+#: Node stats shown as gauges per node: (stats field, metric name, help).
+NODE_OUTBOX_GAUGES = (
+    ("outbox_depth", "maskwatch_node_outbox_depth", "messages in the node's outbox, not yet acknowledged"),
+    ("outbox_unacked", "maskwatch_node_outbox_unacked", "outbox messages published, awaiting their ack"),
+    ("outbox_oldest_s", "maskwatch_node_outbox_oldest_seconds", "age of the oldest message in the node's outbox"),
+)
+
+
+def _node_outboxes(services: HubServices) -> list[str]:
+    """The outbox figures of each node's last stats."""
+    rows = [(node.site, node.node, node.stats) for node in services.registry.nodes()]
+    lines: list[str] = []
+    for key, name, help_text in NODE_OUTBOX_GAUGES:
+        lines += _family(name, "gauge", help_text,
+                         (_sample(name, stats[key], {"site": site, "node": node})
+                          for site, node, stats in rows if stats and stats.get(key) is not None))
+    return lines
+
+
 @router.get("/metrics", response_class=PlainTextResponse)
 def metrics_page(services: Services,
                  _: Annotated[str, Depends(principal_unless(lambda config: config.auth.public_metrics))]
@@ -59,6 +78,7 @@ def render(services: HubServices) -> str:
                       for k, v in sorted(counters.items()) if k.startswith("rejected.")))
     lines += _family("maskwatch_event_duplicates_total", "counter", "event messages received again and ignored",
                      [_sample("maskwatch_event_duplicates_total", counters.get("events.duplicates", 0))])
+    lines += _node_outboxes(services)
     lines += _family("maskwatch_nodes", "gauge", "known nodes by availability",
                      (_sample("maskwatch_nodes", n, {"state": AVAILABILITY[online]}) for online, n in nodes))
     lines += _family("maskwatch_alerts_stored", "gauge", "alerts in the database by kind",
@@ -76,6 +96,11 @@ def render(services: HubServices) -> str:
         lines += _family("maskwatch_ingest_storage_errors_total", "counter",
                          "batches retried after a database or snapshot-folder error",
                          [_sample("maskwatch_ingest_storage_errors_total", stats.storage_errors)])
+        if ingest.acks is not None:
+            lines += _family("maskwatch_acks_published_total", "counter", "acks this hub published to nodes",
+                             [_sample("maskwatch_acks_published_total", ingest.acks.acks)])
+            lines += _family("maskwatch_ack_bytes_total", "counter", "payload bytes of those acks",
+                             [_sample("maskwatch_ack_bytes_total", ingest.acks.bytes)])
         lines += _family("maskwatch_ingest_failed_messages_total", "counter",
                          "messages the writer failed on (a bug), left unacknowledged for redelivery",
                          [_sample("maskwatch_ingest_failed_messages_total", stats.failed_messages)])

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from hub.config import HubConfig
+from hub.ingest.acks import Delivered
 from hub.services.alerts import Alerter
 from hub.storage.database import Store
 from hub.storage.events import EventIn, EventLog, SnapshotIn
@@ -27,12 +28,12 @@ from hub.storage.nodes import NodeUpdate, Registry
 from hub.storage.rejected import RejectedStore, RejectIn
 from shared import topics
 from shared.errors import ContractError, StorageError
-from shared.messages import MAX_PAYLOAD_BYTES, Alert, Event, NodeState, NodeStats, parse
+from shared.messages import AVAILABILITY, MAX_PAYLOAD_BYTES, Alert, Event, NodeState, NodeStats, parse
 
 log = logging.getLogger(__name__)
 
 JPEG_MAGIC = b"\xff\xd8"
-STATUS_VALUES = {b"online": True, b"offline": False}
+STATUS_VALUES = AVAILABILITY
 
 #: A received message as the writer takes it.
 Message = tuple[str, bytes]
@@ -48,6 +49,7 @@ class Batch:
     seen: set[tuple[str, str]] = field(default_factory=set)  # nodes that sent an event (one update each)
     rejects: list[RejectIn] = field(default_factory=list)
     kinds: Counter[str] = field(default_factory=Counter)
+    delivered: Delivered = field(default_factory=Delivered)
 
 
 @dataclass
@@ -56,6 +58,7 @@ class BatchResult:
 
     ``event_ts`` are the event timestamps (POSIX seconds) of its valid event messages and
     ``committed_at`` the :func:`time.time` of the commit: their difference is the event-to-commit latency.
+    ``delivered`` are the node outbox messages it holds, to acknowledge (:mod:`hub.ingest.acks`).
     """
 
     messages: int
@@ -67,6 +70,7 @@ class BatchResult:
     touched_nodes: list[tuple[str, str]]
     event_ts: list[float]
     committed_at: float
+    delivered: Delivered = field(default_factory=Delivered)
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,10 @@ def classify(topic: str, payload: bytes, batch: Batch, now: datetime, max_snapsh
                                     field="node", reason="topic")
             batch.events.append(EventIn(event, now, payload))
             batch.seen.add((info.site, info.node))
+            if event.seq is not None and event.outbox_id is not None:
+                batch.delivered.event(info.site, info.node, event.outbox_id, event.seq)
         elif info.kind == "snapshot":
+            batch.delivered.snapshot(info.site, info.node, info.name or "")  # stored or rejected: acknowledged
             if len(payload) > max_snapshot_bytes:
                 raise ContractError(f"snapshot of {len(payload)} bytes exceeds {max_snapshot_bytes}",
                                     reason="oversize")
@@ -194,4 +201,5 @@ class BatchWriter:
         return BatchResult(messages=len(messages), events=len(batch.events), duplicates=written.duplicates,
                            rejected=[r.reason for r in batch.rejects], alerts=alerts,
                            touched_events=written.touched, touched_nodes=touched_nodes,
-                           event_ts=[item.event.ts.timestamp() for item in batch.events], committed_at=time.time())
+                           event_ts=[item.event.ts.timestamp() for item in batch.events], committed_at=time.time(),
+                           delivered=batch.delivered)

@@ -10,7 +10,8 @@ The network thread only enqueues. The ``hub-ingest`` thread takes up to
 ``batch_size`` messages or whatever arrived within ``batch_ms`` and hands them
 to the writer (:class:`hub.ingest.batch_core.BatchWriter`, by default in its own process,
 :class:`hub.ingest.writer_process.WriterProcess`), which validates and commits them in one
-transaction; only then are they acknowledged to the broker. A crash loses nothing
+transaction; only then are they acknowledged to the broker, and to the nodes
+on their ``.../ack`` topics (:mod:`hub.ingest.acks`). A crash loses nothing
 acknowledged, and what was not acknowledged is redelivered and de-duplicated.
 """
 
@@ -27,6 +28,7 @@ from datetime import datetime
 from typing import Protocol
 
 from hub.config import HubConfig
+from hub.ingest.acks import AckPublisher
 from hub.ingest.batch_core import BatchResult, Message
 from hub.services.alerts import Alerter
 from hub.services.feed import Feed
@@ -86,10 +88,12 @@ class Ingest:
     :param alerter: publishes the alerts of each committed batch.
     :param on_commit: optional hook called on the ingest thread after each commit with its
         :class:`hub.ingest.batch_core.BatchResult` (benchmarks measure latency with it).
+    :param acks: acknowledges each committed batch to the nodes (:mod:`hub.ingest.acks`).
     """
 
     def __init__(self, config: HubConfig, client: MqttClient, writer: Writer, events: EventLog, alerter: Alerter,
-                 feed: Feed | None = None, on_commit: Callable[[BatchResult], None] | None = None) -> None:
+                 feed: Feed | None = None, on_commit: Callable[[BatchResult], None] | None = None,
+                 acks: AckPublisher | None = None) -> None:
         self.config = config
         self.client = client
         self.writer = writer
@@ -97,6 +101,7 @@ class Ingest:
         self.alerter = alerter
         self.feed = feed
         self.on_commit = on_commit
+        self.acks = acks
         self.stats = IngestStats()
         self._queue: queue.Queue[Received] = queue.Queue(config.ingest.queue_max)
         self._stop = threading.Event()
@@ -212,6 +217,8 @@ class Ingest:
         for message in received:
             if message.qos:
                 self.client.ack(message.mid, message.qos)
+        if self.acks is not None and result.delivered:
+            self.acks.publish(result.delivered)
         self._account(result, started)
         self.alerter.publish(result.alerts)
         if self.on_commit is not None:

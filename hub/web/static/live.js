@@ -32,6 +32,9 @@ function renderCard(node) {
       field("mode", servo.mode || "–"),
       field("threshold", state.threshold === undefined ? "–" : num(state.threshold, 2)),
       field("detect", state.detect === undefined ? "–" : state.detect ? "on" : "paused"),
+      field("outbox", stats.outbox_depth === undefined ? "–" : `${stats.outbox_depth} (${stats.outbox_unacked ?? 0} unacked`
+        + `${stats.outbox_oldest_s == null ? "" : `, oldest ${num(stats.outbox_oldest_s, 0)} s`})`),
+      ...(stats.delivery_error ? field("delivery", el("span", { class: "error" }, stats.delivery_error)) : []),
       field("last event", last ? el("span", {}, badge(last.label), " ", ago(last.last_seen)) : "none"),
       field("seen", ago(node.last_seen))));
   const snap = snapshots.get(key);
