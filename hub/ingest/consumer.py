@@ -217,9 +217,9 @@ class Ingest:
         for message in received:
             if message.qos:
                 self.client.ack(message.mid, message.qos)
+        self._account(result, started)
         if self.acks is not None and result.delivered:
             self.acks.publish(result.delivered)
-        self._account(result, started)
         self.alerter.publish(result.alerts)
         if self.on_commit is not None:
             self.on_commit(result)
