@@ -130,7 +130,7 @@ class Run:
     def written(self) -> dict[str, set[str]]:
         """Event id -> payloads the node has written so far: stored ones and those still in its outbox."""
         out = {event_id: set(payloads) for event_id, payloads in stored_messages(self.hub.db_url, self.site).items()}
-        for topic, payload in self.edge.delivery.outbox():
+        for topic, payload in self.edge.outbox():
             if topic.endswith("/events"):
                 out.setdefault(json.loads(payload)["id"], set()).add(payload.decode())
         return out
