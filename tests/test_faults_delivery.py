@@ -310,6 +310,6 @@ def test_refused_subscription_to_the_acks_keeps_every_event_and_exits_1(tmp_path
     lines = [line for line in edge.log_path.read_text().splitlines() if refusal in line]
     assert len(lines) == 2 and "not acknowledged" in lines[1], edge.log_tail()
     (count, last), = edge._outbox_query("SELECT COUNT(*), MAX(seq) FROM outbox")
-    assert count == last and any(topic.endswith("/events") for topic, _payload in edge.delivery.outbox()), \
+    assert count == last and any(topic.endswith("/events") for topic, _payload in edge.outbox()), \
         "every event stays in the outbox (numbered 1..n, none removed)"
 

@@ -105,10 +105,10 @@ def test_restarted_node_replays_what_the_broker_never_acknowledged(restartable_m
     restartable_mosquitto.stop()
     edge = EdgeProcess(broker, tmp_path, site, node, settings={"source": str(folder)})
     procs.append(edge.start())
-    assert wait_until(lambda: len(event_ids(edge.delivery.outbox())) >= 4, 120), edge.log_tail()
+    assert wait_until(lambda: len(event_ids(edge.outbox())) >= 4, 120), edge.log_tail()
     time.sleep(2)  # let the folder finish; the assertion below only needs what is in the outbox at the kill
     edge.kill()
-    pending = event_ids(edge.delivery.outbox())
+    pending = event_ids(edge.outbox())
     assert pending and all(n >= 1 for n in pending.values())
 
     restartable_mosquitto.start()
@@ -122,7 +122,7 @@ def test_restarted_node_replays_what_the_broker_never_acknowledged(restartable_m
             f"lost: {sorted(set(pending) - set(table.rows(site)))}"
     finally:
         table.close()
-    assert not set(event_ids(edge.delivery.outbox())) & set(pending), "replayed messages leave the outbox"
+    assert not set(event_ids(edge.outbox())) & set(pending), "replayed messages leave the outbox"
 
 
 @pytest.mark.slow
@@ -135,7 +135,7 @@ def test_full_outbox_drops_the_oldest_counts_them_and_the_node_keeps_running(
     restartable_mosquitto.stop()
     edge = EdgeProcess(broker, tmp_path, site, node, settings={"source": str(folder), "outbox": {"max_messages": 10}})
     procs.append(edge.start())
-    assert wait_until(lambda: len(edge.delivery.outbox()) == 10 and edge.outbox_dropped() > 0, 180), edge.log_tail()
+    assert wait_until(lambda: len(edge.outbox()) == 10 and edge.outbox_dropped() > 0, 180), edge.log_tail()
     dropped = edge.outbox_dropped()
     assert edge.alive
 
