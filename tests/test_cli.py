@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -31,3 +32,26 @@ def test_missing_extra_hint(module: str, extra: str) -> None:
 
 def test_unrelated_import_error_not_masked() -> None:
     assert missing_extra(ModuleNotFoundError("x", name="nonexistent_mod")) is None
+
+
+@pytest.mark.parametrize("argv", [
+    ["servo", "--site", "hq", "--node", "door-1", "--angle", "nan"],
+    ["servo", "--site", "hq", "--node", "door-1", "--angle", "inf"],
+    ["threshold", "--site", "hq", "--node", "door-1", "nan"],
+    ["threshold", "--site", "hq", "--node", "door-1", "0.5", "--timeout", "-1"],
+    ["alerts", "--count", "-1"],
+    ["alerts", "--count", "0"],
+    ["events", "--limit", "0"],
+])
+def test_bad_arguments_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "error: argument" in capsys.readouterr().err
+
+
+def test_a_duration_beyond_the_calendar_is_a_clear_usage_error(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["events", "--db", str(tmp_path / "m.db"), "--since", "99999999d"]) == 2
+    err = capsys.readouterr().err
+    assert "99999999d" in err and "Traceback" not in err
