@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 
 RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+#: How long ``alerts`` without ``--timeout`` waits for the broker before giving up.
+CONNECT_WAIT_S = 10.0
+#: The shortest wait for a command's answers once connected (a connect that used up the timeout still sends).
+MIN_ANSWER_WAIT_S = 0.01
 EXIT_TIMEOUT = 3
 
 
@@ -344,13 +348,14 @@ def send_command(args: argparse.Namespace, name: str, params: dict[str, Any]) ->
     client = MqttClient(config.broker.model_copy(update={"client_id": None}), f"maskwatch-cli-{uuid.uuid4().hex[:8]}")
     commander = Commander(client, timeout_s=args.timeout or config.command_timeout_s, store=store,
                           registry=registry)
+    deadline = time.monotonic() + commander.timeout_s  # connecting counts against the timeout
     commander.listen(args.site)
     client.start()
     try:
-        if not client.wait_connected(10):
+        if not client.wait_connected(commander.timeout_s):
             raise MaskwatchError(f"cannot reach the broker {config.broker.address}: {client.last_error}")
         outcomes = commander.send(args.site, None if args.node == "all" else args.node.split(","), name, params,
-                                  source="cli")
+                                  source="cli", timeout_s=max(MIN_ANSWER_WAIT_S, deadline - time.monotonic()))
     finally:
         client.stop()
         if store is not None:
@@ -390,7 +395,7 @@ def run_alerts(args: argparse.Namespace) -> int:
     seen = 0
     deadline = time.monotonic() + args.timeout if args.timeout else None
     try:
-        if not client.wait_connected(10):
+        if not client.wait_connected(CONNECT_WAIT_S if args.timeout is None else args.timeout):
             raise MaskwatchError(f"cannot reach the broker {config.broker.address}: {client.last_error}")
         print(f"following alerts of {args.site} on {config.broker.address} (Ctrl-C to stop)", file=sys.stderr)
         while args.count is None or seen < args.count:
