@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, get_args
 from hub.config import HubConfig, hash_token
 from hub.services.auth import new_token
 from shared import topics
+from shared.cli import finite_float, positive_int, seconds
 from shared.config import load_config, merge, parse_host_port, parse_set_options
 from shared.errors import ConfigError, MaskwatchError
 from shared.messages import Alert, parse
@@ -43,6 +44,10 @@ log = logging.getLogger(__name__)
 
 RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+#: How long ``alerts`` without ``--timeout`` waits for the broker before giving up.
+CONNECT_WAIT_S = 10.0
+#: The shortest wait for a command's answers once connected (a connect that used up the timeout still sends).
+MIN_ANSWER_WAIT_S = 0.01
 EXIT_TIMEOUT = 3
 
 
@@ -108,7 +113,7 @@ def _add_events(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--label", choices=get_args(Label), help="only this final label")
     parser.add_argument("--since", metavar="TIME", help="ISO time, or a duration ago: 30m, 2h, 7d")
     parser.add_argument("--until", metavar="TIME", help="ISO time, or a duration ago")
-    parser.add_argument("--limit", type=int, default=50, help="at most this many (default 50, max 1000)")
+    parser.add_argument("--limit", type=positive_int, default=50, help="at most this many (default 50, max 1000)")
     parser.set_defaults(handler=run_events)
 
 
@@ -124,7 +129,7 @@ def _command_options(parser: argparse.ArgumentParser) -> None:
     _config_options(parser, db=False, broker=True)
     parser.add_argument("--site", required=True, help="site id")
     parser.add_argument("--node", required=True, help="node id, a comma-separated list, or 'all' (every node)")
-    parser.add_argument("--timeout", type=float, metavar="S", help="seconds to wait for the answer (default 5)")
+    parser.add_argument("--timeout", type=seconds, metavar="S", help="seconds to wait for the answer (default 5)")
     parser.add_argument("--db", metavar="URL", help="also record the command in this hub database's audit table")
     parser.add_argument("--json", action="store_true", help="print the answers as JSON")
 
@@ -139,7 +144,7 @@ def _add_servo(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _command_options(parser)
     target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--angle", type=float, metavar="DEG", help="go to this angle (mode becomes hold)")
+    target.add_argument("--angle", type=finite_float, metavar="DEG", help="go to this angle (mode becomes hold)")
     target.add_argument("--mode", choices=[mode.value for mode in ServoMode], help="servo mode")
     parser.set_defaults(handler=run_servo)
 
@@ -150,7 +155,7 @@ def _add_threshold(subparsers: argparse._SubParsersAction) -> None:
         description="Set the no-mask probability threshold of a node over MQTT and wait for the answer. "
                     "Exit 0 on 'ok', 1 on an 'error' answer, 3 when no answer came in time.")
     _command_options(parser)
-    parser.add_argument("value", type=float, metavar="VALUE", help="threshold in 0..1")
+    parser.add_argument("value", type=finite_float, metavar="VALUE", help="threshold in 0..1")
     parser.set_defaults(handler=run_threshold)
 
 
@@ -161,8 +166,8 @@ def _add_alerts(subparsers: argparse._SubParsersAction) -> None:
     _config_options(parser, db=False, broker=True)
     parser.add_argument("--site", required=True, help="site id")
     parser.add_argument("--json", action="store_true", help="print each alert as one JSON line")
-    parser.add_argument("--count", type=int, metavar="N", help="exit after N alerts")
-    parser.add_argument("--timeout", type=float, metavar="S", help="with --count: give up after S seconds (exit 3)")
+    parser.add_argument("--count", type=positive_int, metavar="N", help="exit after N alerts")
+    parser.add_argument("--timeout", type=seconds, metavar="S", help="with --count: give up after S seconds (exit 3)")
     parser.set_defaults(handler=run_alerts)
 
 
@@ -171,7 +176,7 @@ def _add_prune(subparsers: argparse._SubParsersAction) -> None:
         "prune", help="delete old events, snapshots, alerts and rejected payloads",
         description="Delete what is older than the retention (retention.days in the config, or --days).")
     _config_options(parser)
-    parser.add_argument("--days", type=float, help="keep this many days (default: retention.days, 30)")
+    parser.add_argument("--days", type=finite_float, help="keep this many days (default: retention.days, 30)")
     parser.add_argument("--snapshot-dir", metavar="DIR", help="snapshot folder (default: snapshot_dir)")
     parser.set_defaults(handler=run_prune)
 
@@ -196,7 +201,10 @@ def parse_time(value: str | None, now: datetime | None = None) -> datetime | Non
         return None
     match = RELATIVE.match(value.strip())
     if match:
-        return (now or datetime.now(UTC)) - timedelta(seconds=float(match[1]) * UNIT_SECONDS[match[2]])
+        try:
+            return (now or datetime.now(UTC)) - timedelta(seconds=float(match[1]) * UNIT_SECONDS[match[2]])
+        except OverflowError:
+            raise ConfigError(f"duration {value!r} reaches before the year 1") from None
     try:
         parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
@@ -346,13 +354,14 @@ def send_command(args: argparse.Namespace, name: str, params: dict[str, Any]) ->
     client = MqttClient(config.broker.model_copy(update={"client_id": None}), f"maskwatch-cli-{uuid.uuid4().hex[:8]}")
     commander = Commander(client, timeout_s=args.timeout or config.command_timeout_s, store=store,
                           registry=registry)
+    deadline = time.monotonic() + commander.timeout_s  # connecting counts against the timeout
     commander.listen(args.site)
     client.start()
     try:
-        if not client.wait_connected(10):
+        if not client.wait_connected(commander.timeout_s):
             raise MaskwatchError(f"cannot reach the broker {config.broker.address}: {client.last_error}")
         outcomes = commander.send(args.site, None if args.node == "all" else args.node.split(","), name, params,
-                                  source="cli")
+                                  source="cli", timeout_s=max(MIN_ANSWER_WAIT_S, deadline - time.monotonic()))
     finally:
         client.stop()
         if store is not None:
@@ -392,7 +401,7 @@ def run_alerts(args: argparse.Namespace) -> int:
     seen = 0
     deadline = time.monotonic() + args.timeout if args.timeout else None
     try:
-        if not client.wait_connected(10):
+        if not client.wait_connected(CONNECT_WAIT_S if args.timeout is None else args.timeout):
             raise MaskwatchError(f"cannot reach the broker {config.broker.address}: {client.last_error}")
         print(f"following alerts of {args.site} on {config.broker.address} (Ctrl-C to stop)", file=sys.stderr)
         while args.count is None or seen < args.count:

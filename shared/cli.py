@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
@@ -26,6 +27,40 @@ EXTRA_OF_MODULE = {
     "sqlalchemy": "hub", "alembic": "hub", "fastapi": "hub", "uvicorn": "hub", "starlette": "hub",
     "tensorflow": "train", "keras": "train", "matplotlib": "train", "PIL": "train", "tqdm": "train",
 }
+
+
+#: The longest wait any command accepts (a day), so a timeout is a real bound and never overflows a clock.
+MAX_TIMEOUT_S = 86_400.0
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a finite number (``nan``/``inf`` are a usage error, exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a duration in seconds, above 0 and at most :data:`MAX_TIMEOUT_S`."""
+    value = finite_float(text)
+    if not 0 < value <= MAX_TIMEOUT_S:
+        raise argparse.ArgumentTypeError(f"expected seconds in (0, {MAX_TIMEOUT_S:.0f}], got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

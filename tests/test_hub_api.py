@@ -97,6 +97,26 @@ def test_event_detail_snapshot_and_csv(api: tuple[TestClient, Store]) -> None:
     assert rows[0]["id"] == "hq-c-00056"
 
 
+@pytest.mark.parametrize(("path", "params"), [
+    ("/api/events", {"offset": "9223372036854775808"}),
+    ("/api/events", {"offset": "-1"}),
+    ("/api/events", {"since": "0001-01-01T00:00:00+14:00"}),
+    ("/api/events", {"until": "9999-12-31T23:59:59-14:00"}),
+    ("/api/stats", {"since": "0001-01-01T00:00:00+14:00"}),
+    ("/api/stats", {"until": "9999-12-31T23:59:59-14:00"}),
+    ("/api/events.csv", {"since": "0001-01-01T00:00:00+14:00"}),
+    ("/api/events.csv", {"until": "9999-12-31T23:59:59-14:00"}),
+    ("/api/events.csv", {"since": "2026-01-01T00:00:00"}),
+])
+def test_out_of_range_parameters_get_a_json_4xx(api: tuple[TestClient, Store], path: str,
+                                                params: dict[str, str], caplog: pytest.LogCaptureFixture) -> None:
+    client, _store = api
+    response = client.get(path, params=params)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/json") and response.json()["detail"]
+    assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.exc_info]
+
+
 def test_stats_and_metrics_match_the_database(api: tuple[TestClient, Store]) -> None:
     client, store = api
     stats = client.get("/api/stats", params={"since": START.isoformat()}).json()

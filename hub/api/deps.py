@@ -9,7 +9,7 @@ and the shared query parameters.
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, Request
@@ -30,6 +30,11 @@ from shared.vocabulary import Label
 
 #: The largest page of any list route.
 MAX_PAGE = 1000
+#: The largest offset into any list (far above any stored table, far below SQLite's 64-bit integers).
+MAX_OFFSET = 10**9
+#: The span of times a query may name; a day inside datetime's own span, so a day's arithmetic cannot overflow.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 12, 30, tzinfo=UTC)
 
 
 @dataclass
@@ -109,10 +114,19 @@ Since = Annotated[datetime | None, Query(description="ISO 8601; events first see
 Until = Annotated[datetime | None, Query(description="ISO 8601; events first seen before")]
 LabelQ = Annotated[Label | None, Query()]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
 
 
 def aware(value: datetime | None) -> datetime | None:
-    """``value``, or 422 when it has no timezone."""
-    if value is not None and value.tzinfo is None:
+    """``value``, or 422 when it has no timezone or lies outside :data:`EARLIEST`..:data:`LATEST`."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
         raise HTTPException(422, "give times with a timezone, e.g. 2026-01-01T12:00:00Z")
+    try:
+        in_range = EARLIEST <= value.astimezone(UTC) <= LATEST
+    except OverflowError:
+        in_range = False
+    if not in_range:
+        raise HTTPException(422, f"give times between {EARLIEST.isoformat()} and {LATEST.isoformat()}")
     return value

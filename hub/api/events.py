@@ -3,12 +3,12 @@
 import csv
 import io
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse, StreamingResponse
 
-from hub.api.deps import MAX_PAGE, LabelQ, Limit, Principal, Services, Since, Until, aware
+from hub.api.deps import MAX_PAGE, LabelQ, Limit, Offset, Principal, Services, Since, Until, aware
 from hub.views import CSV_COLUMNS, event_csv_row, event_json
 
 router = APIRouter(tags=["events"])
@@ -17,7 +17,7 @@ router = APIRouter(tags=["events"])
 @router.get("/api/events")
 def list_events(services: Services, _: Principal, site: str | None = None, node: str | None = None,
                 label: LabelQ = None, since: Since = None, until: Until = None, limit: Limit = 100,
-                offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+                offset: Offset = 0) -> dict[str, Any]:
     """Events, newest first: ``items``, ``total`` matching, and ``next_offset`` (null on the last page)."""
     rows, total = services.events.query(site=site, node=node, label=label, since=aware(since),
                                         until=aware(until), limit=limit, offset=offset)
@@ -30,8 +30,15 @@ def list_events(services: Services, _: Principal, site: str | None = None, node:
 @router.get("/api/events.csv", response_class=StreamingResponse)
 def events_csv(services: Services, _: Principal, site: str | None = None, node: str | None = None,
                label: LabelQ = None, since: Since = None, until: Until = None) -> StreamingResponse:
-    """Every matching event as CSV (one header line, then one line per event, newest first)."""
+    """Every matching event as CSV (one header line, then one line per event, newest first); the parameters
+    are checked and the first page read before the first byte is sent, so a bad request gets a 4xx."""
     since, until = aware(since), aware(until)
+
+    def page(offset: int) -> list[Any]:
+        return services.events.query(site=site, node=node, label=label, since=since, until=until,
+                                     limit=MAX_PAGE, offset=offset)[0]
+
+    first = page(0)
 
     def lines() -> Iterator[str]:
         buffer = io.StringIO()
@@ -39,8 +46,7 @@ def events_csv(services: Services, _: Principal, site: str | None = None, node: 
         writer.writerow(CSV_COLUMNS)
         offset = 0
         while True:
-            rows, _total = services.events.query(site=site, node=node, label=label, since=since,
-                                                 until=until, limit=MAX_PAGE, offset=offset)
+            rows = first if offset == 0 else page(offset)
             snaps = services.events.has_snapshots([r.id for r in rows])
             writer.writerows(event_csv_row(r, r.id in snaps) for r in rows)
             yield buffer.getvalue()

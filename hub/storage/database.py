@@ -167,8 +167,12 @@ class Store:
     def require_schema(self) -> None:
         """Check that the database already holds the hub schema (the CLI reads, it never creates).
 
-        :raises MaskwatchError: it holds no hub data, or cannot be opened.
+        :raises MaskwatchError: it does not exist, holds no hub data, or cannot be opened.
         """
+        url = self.engine.url
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
+                and not Path(url.database).exists():  # connecting would create an empty file
+            raise MaskwatchError(f"no hub database at {url.database}: give --db, or start 'maskwatch hub' first")
         try:
             if not inspect(self.engine).has_table("events"):
                 raise MaskwatchError(f"{self.safe_url} holds no hub data: start 'maskwatch hub' on it first")
