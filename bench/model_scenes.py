@@ -29,12 +29,14 @@ sys.path.insert(0, str(HERE.parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from bench.report import machine  # noqa: E402
-from edge.classifier import MaskClassifier  # noqa: E402
-from edge.config import DEFAULT_THRESHOLDS  # noqa: E402
-from edge.detector import MultiPassDetector, Res10Net, Settings, create_detector  # noqa: E402
-from models.evaluation import evaluate_scenes  # noqa: E402
+from edge.classifier import CropScores, MaskClassifier  # noqa: E402
+from edge.config import DEFAULT_FACE_SCORES, DEFAULT_THRESHOLDS  # noqa: E402
+from edge.detector import PROFILES, MultiPassDetector, Res10Net, Settings, create_detector  # noqa: E402
+from models.evaluation import SceneRecord, collect_scenes, evaluate_scenes, operating_points, score_scenes  # noqa: E402
+from models.training.plots import plot_operating_points  # noqa: E402
 
 CROWD_THRESHOLD = DEFAULT_THRESHOLDS["crowd"]
+MODELS = HERE.parent / "models"
 SHARED = Path(os.environ.get("MASKWATCH_SHARED", HERE.parents[1] / "shared"))
 
 
@@ -70,6 +72,10 @@ class SeedClassifier:
         batch = np.stack([cv2.resize(c, (224, 224))[:, :, ::-1] for c in crops]).astype(np.float32) / 127.5 - 1
         return self.model(batch, training=False).numpy()[:, 1].astype(np.float32)
 
+    def scores(self, crops: Sequence[np.ndarray]) -> CropScores:
+        """The seed has no not-a-face class: every crop has face score 1."""
+        return CropScores(self.no_mask_probability(crops), np.ones(len(crops), np.float32))
+
 
 def _load_by_name(base: object, path: Path) -> None:
     """Copy the backbone's weights from a legacy HDF5 model file, layer by layer, in the stored order."""
@@ -103,14 +109,19 @@ def held_out_photos(folder: Path, seed: int = 0, fold: int | None = None, folds:
 
 
 def summary(result: dict, band: str = ">=24") -> dict:
-    """Face recall per class in a size band, and the no-mask decision when it is reported for that band."""
+    """Face recall per class in a size band, and the no-mask decision and the alert figures when they are
+    reported for that band."""
     recall = result["recall"]
     figures = {f"recall_{name}": recall[label].get(band, {}).get("recall", 0.0)
                for name, label in (("with_mask", "with_mask"), ("without_mask", "without_mask"),
                                    ("incorrect", "mask_weared_incorrect"))}
     if band in result["no_mask_decision"]:
+        figures["face_recall"] = result["face_recall"]
         figures["no_mask_precision"] = result["no_mask_decision"][band]["precision"]
         figures["no_mask_recall"] = result["no_mask_decision"][band]["recall"]
+        figures["alert_precision"] = result["alerts"]["alert_precision"]
+        figures["false_alerts_per_photo"] = result["alerts"]["false_alerts_per_photo"]
+        figures["detection_precision"] = result["precision"]
     return figures
 
 
@@ -128,9 +139,12 @@ def main() -> int:
                            "for --seed N > 0)")
     parser.add_argument("--model", type=Path, help="classifier .tflite (default: the committed int8 model)")
     parser.add_argument("--seed", type=int, default=0, help="--seed of the training run(s) (default 0)")
+    parser.add_argument("--out", type=Path, help="--cross-validation: write the results here instead")
+    parser.add_argument("--curves", action="store_true",
+                        help="--cross-validation: draw models/operating_points_<profile>.png")
     args = parser.parse_args()
     if args.cross_validation:
-        return cross_validation(args.scenes, args.cross_validation, args.seed)
+        return cross_validation(args.scenes, args.cross_validation, args.seed, args.out, args.curves)
     classifier = MaskClassifier(args.model, num_threads=2)
     if args.held_out:
         return held_out(args.scenes, classifier, args.seed)
@@ -138,20 +152,20 @@ def main() -> int:
     for profile in ("crowd", "near"):
         started = time.perf_counter()
         runs[profile] = evaluate_scenes(args.scenes, classifier, create_detector(profile, num_threads=2),
-                                        DEFAULT_THRESHOLDS[profile])
+                                        DEFAULT_THRESHOLDS[profile], min_face_score=DEFAULT_FACE_SCORES[profile])
         runs[profile]["wall_s"] = round(time.perf_counter() - started, 1)
     seed = evaluate_scenes(args.scenes, SeedClassifier(args.weights / "face_mask_detector.model"),  # type: ignore[arg-type]
                            seed_detector())
     figures = {f"crowd_{k}": v for k, v in summary(runs["crowd"]).items()}
     figures |= {f"near_{k}": v for k, v in summary(runs["near"]).items()}
-    figures |= {"crowd_detection_precision": runs["crowd"]["precision"],
-                "crowd_ms_per_photo": runs["crowd"]["ms_per_image"], "near_ms_per_photo": runs["near"]["ms_per_image"]}
+    figures |= {"crowd_ms_per_photo": runs["crowd"]["ms_per_image"], "near_ms_per_photo": runs["near"]["ms_per_image"]}
     for band in ("16-23", "<16"):
         figures |= {f"crowd_{k}_{band}": v for k, v in summary(runs["crowd"], band).items() if "recall_with" in k
                     or "recall_without" in k}
-    baseline = summary(seed) | {"detection_precision": seed["precision"], "ms_per_photo": seed["ms_per_image"]}
+    baseline = summary(seed) | {"ms_per_photo": seed["ms_per_image"]}
     ratios = {k: round(figures[f"crowd_{k}"] / baseline[k], 3) if baseline[k] else None
-              for k in ("recall_with_mask", "recall_without_mask", "no_mask_precision", "no_mask_recall")}
+              for k in ("recall_with_mask", "recall_without_mask", "no_mask_precision", "no_mask_recall",
+                        "alert_precision")}
     ratios["ms_per_photo_seed_over_crowd"] = round(baseline["ms_per_photo"] / figures["crowd_ms_per_photo"], 3)
     result = {"name": "model_scenes", "title": "Scenes: face recall and no-mask decision, Maskwatch vs seed pipeline",
               "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
@@ -169,7 +183,7 @@ def held_out(folder: Path, classifier: MaskClassifier, seed: int = 0) -> int:
     """The crowd pipeline on the scene photos that training never saw (the classifier's honest figure)."""
     photos = held_out_photos(folder, seed)
     result = evaluate_scenes(folder, classifier, create_detector("crowd", num_threads=2), CROWD_THRESHOLD,
-                             only=photos)
+                             only=photos, min_face_score=DEFAULT_FACE_SCORES["crowd"])
     figures = {f"crowd_{k}": v for k, v in summary(result).items()} | {"photos": len(photos)}
     figures["threshold_sweep_>=24"] = result["threshold_sweep"]
     out = HERE / "results" / "model_scenes_held_out.json"
@@ -181,36 +195,45 @@ def held_out(folder: Path, classifier: MaskClassifier, seed: int = 0) -> int:
     return 0
 
 
-def cross_validation(folder: Path, models: list[Path], seed: int = 0) -> int:
-    """Crowd pipeline, each fold's classifier on the photos of its fold; no-mask decisions pooled over folds."""
-    detector = create_detector("crowd", num_threads=2)
-    folds, pooled = [], {}
-    for fold, model in enumerate(models):
-        photos = held_out_photos(folder, seed, fold, len(models))
-        result = evaluate_scenes(folder, MaskClassifier(model, 2), detector, CROWD_THRESHOLD, only=photos)
-        folds.append({"fold": fold, "photos": len(photos), "model": result["model"]} | summary(result))
-        for threshold, decision in result["threshold_sweep"].items():
-            counts = pooled.setdefault(threshold, {"true_positives": 0, "predicted": 0, "n": 0})
-            for key in counts:
-                counts[key] += decision[key]
-    sweep = {threshold: {"precision": round(c["true_positives"] / max(1, c["predicted"]), 4),
-                         "recall": round(c["true_positives"] / max(1, c["n"]), 4), "n": c["n"]}
-             for threshold, c in pooled.items()}
-    chosen = sweep[str(CROWD_THRESHOLD)]
-    figures = {"crowd_no_mask_precision": chosen["precision"], "crowd_no_mask_recall": chosen["recall"],
-               "no_mask_faces": chosen["n"], "threshold": CROWD_THRESHOLD, "folds": len(models), "seed": seed,
-               "photos": sum(f["photos"] for f in folds), "threshold_sweep_>=24": sweep}
-    out = HERE / "results" / ("model_scenes_cv.json" if seed == 0 else f"model_scenes_cv_seed{seed}.json")
-    title = (f"Scenes, {len(models)}-fold cross-validation by photo (fold seed {seed}): no-mask decision of "
+def cross_validation(folder: Path, models: list[Path], seed: int = 0, out: Path | None = None,
+                     curves: bool = False) -> int:
+    """Both profiles, each fold's classifier on the photos of its fold; every record pooled over the folds and
+    scored at every operating point (no-mask threshold x minimum face score); with ``curves`` they are drawn
+    to ``models/operating_points_<profile>.png``."""
+    per_profile: dict[str, dict] = {}
+    for profile in PROFILES:
+        detector = create_detector(profile, num_threads=2)  # type: ignore[arg-type]
+        point = (DEFAULT_THRESHOLDS[profile], DEFAULT_FACE_SCORES[profile])
+        records: list[SceneRecord] = []
+        folds, images = [], 0
+        for fold, model in enumerate(models):
+            photos = held_out_photos(folder, seed, fold, len(models))
+            run = collect_scenes(folder, MaskClassifier(model, 2), detector, only=photos)
+            records += run.records
+            images += run.images
+            folds.append({"fold": fold, "photos": run.images, "model": run.model}
+                         | summary(score_scenes(run.records, run.images, *point)))
+        chosen = score_scenes(records, images, *point)
+        points = operating_points(records, images)
+        per_profile[profile] = {"threshold": point[0], "min_face_score": point[1], "photos": images,
+                                "pooled": summary(chosen), "alerts": chosen["alerts"], "operating_points": points,
+                                "folds": folds}
+        if curves:
+            plot_operating_points(points, point, MODELS / f"operating_points_{profile}.png",
+                                  f"{profile}: {len(models)}-fold CV by photo, faces >= 24 px")
+    figures = {f"{profile}_{k}": v for profile, run in per_profile.items() for k, v in run["pooled"].items()}
+    figures |= {"folds": len(models), "seed": seed}
+    out = out or HERE / "results" / ("model_scenes_cv.json" if seed == 0 else f"model_scenes_cv_seed{seed}.json")
+    title = (f"Scenes, {len(models)}-fold cross-validation by photo (fold seed {seed}): every decision of "
              "classifiers that never saw the photo")
     out.write_text(json.dumps({"name": "model_scenes", "title": title,
                                "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
-                               "figures": figures, "baseline": {}, "ratios": {}, "details": {"folds": folds},
-                               "notes": f"crowd profile, threshold {CROWD_THRESHOLD}, faces >= 24 px; each fold's "
-                                        "model was trained with `--hold-out-fold i --folds N`: the photos of "
-                                        "fold i never train, all others do"},
+                               "figures": figures, "baseline": {}, "ratios": {}, "details": per_profile,
+                               "notes": "each profile at its operating point, faces >= 24 px; each fold's model was "
+                                        "trained with `--hold-out-fold i --folds N`: the photos of fold i never "
+                                        "train (nor their hard negatives), all others do"},
                               indent=2))
-    print(json.dumps(figures | {"per_fold": folds}, indent=2))
+    print(json.dumps(figures | {"per_fold": {p: r["folds"] for p, r in per_profile.items()}}, indent=2))
     return 0
 
 

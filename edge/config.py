@@ -137,6 +137,11 @@ class PreviewConfig(StrictModel):
 #: models/MODEL_CARD.md, "Default thresholds"); near keeps 0.5, the balanced point on the face-mask validation.
 DEFAULT_THRESHOLDS: dict[str, float] = {"near": 0.5, "crowd": 0.25}
 _PROFILE_THRESHOLDS = ", ".join(f"{profile} {value}" for profile, value in DEFAULT_THRESHOLDS.items())
+#: Default minimum face score (the classifier's 1 - p_not_face) per profile: detections under it are no face
+#: and never become a decision. Chosen with the no-mask threshold by cross-validation on the scene photos
+#: (models/MODEL_CARD.md, "Operating points").
+DEFAULT_FACE_SCORES: dict[str, float] = {"near": 0.5, "crowd": 0.5}
+_PROFILE_FACE_SCORES = ", ".join(f"{profile} {value}" for profile, value in DEFAULT_FACE_SCORES.items())
 
 
 class EdgeConfig(StrictModel):
@@ -152,6 +157,9 @@ class EdgeConfig(StrictModel):
     num_threads: int = Field(2, ge=1, le=16)
     threshold: float | None = Field(None, ge=0, le=1, description="no-mask probability at or above which: no_mask "
                                     f"(default: the profile's, {_PROFILE_THRESHOLDS})")
+    min_face_score: float | None = Field(None, ge=0, le=1, description="face score (1 - the classifier's "
+                                         "not-face probability) under which a detection is dropped (default: "
+                                         f"the profile's, {_PROFILE_FACE_SCORES})")
     detect: bool = Field(True, description="inference running at start")
     min_face_px: int = Field(16, ge=4, description="smaller detections are ignored")
     stats_interval_s: float = Field(10.0, gt=0)
@@ -175,6 +183,10 @@ class EdgeConfig(StrictModel):
     def decision_threshold(self) -> float:
         """``threshold``, or the profile's default (:data:`DEFAULT_THRESHOLDS`) when it is not set."""
         return DEFAULT_THRESHOLDS[self.profile] if self.threshold is None else self.threshold
+
+    def face_score_threshold(self) -> float:
+        """``min_face_score``, or the profile's default (:data:`DEFAULT_FACE_SCORES`) when it is not set."""
+        return DEFAULT_FACE_SCORES[self.profile] if self.min_face_score is None else self.min_face_score
 
     def outbox_path(self) -> Path:
         """The outbox file, defaulting to one per site/node under ~/.local/state/maskwatch."""

@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 WEB_STATIC = Path(__file__).parent / "web" / "static"
 CSV_COLUMNS = ("id", "site", "node", "label", "best_score", "first_seen", "last_seen", "state", "messages",
-               "mask_score", "no_mask_score", "angle", "snapshot")
+               "mask_score", "no_mask_score", "angle", "snapshot", "face_score")
 MAX_PAGE = 1000
 STATUS_OF_EXIT = {0: 200, 1: 502, 3: 504}
 
@@ -84,7 +84,7 @@ def event_json(row: EventRow, has_snapshot: bool, base_url: str) -> dict[str, An
     """The public JSON form of an event."""
     return {
         "id": row.id, "site": row.site, "node": row.node, "label": row.label, "best_score": row.best_score,
-        "mask_score": row.mask_score, "no_mask_score": row.no_mask_score,
+        "mask_score": row.mask_score, "no_mask_score": row.no_mask_score, "face_score": row.face_score,
         "first_seen": row.first_seen.isoformat(), "last_seen": row.last_seen.isoformat(),
         "ended_at": row.ended_at.isoformat() if row.ended_at else None, "state": row.state,
         "messages": row.messages, "box": row.box, "angle": row.angle, "frames": row.frames,
@@ -205,7 +205,7 @@ def create_app(services: HubServices) -> FastAPI:
                 for r in rows:
                     writer.writerow([r.id, r.site, r.node, r.label, r.best_score, r.first_seen.isoformat(),
                                      r.last_seen.isoformat(), r.state, r.messages, r.mask_score, r.no_mask_score,
-                                     r.angle, int(r.id in snaps)])
+                                     r.angle, int(r.id in snaps), r.face_score])
                 yield buffer.getvalue()
                 buffer.seek(0)
                 buffer.truncate()
