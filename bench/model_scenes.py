@@ -3,12 +3,15 @@ beside the seed-style pipeline (res10 SSD at 0.5 + the Keras ``face_mask_detecto
 
 Both run on ``../shared/datasets/face-mask-scenes`` with the same matching (IoU >= 0.3) and scoring as
 ``maskwatch model eval --scenes``. Figures for faces of at least 24 px (the size the crowd profile promises),
-plus smaller faces. Writes ``bench/results/model_scenes.json``; ratios are maskwatch / seed (> 1 = better,
-except ``ms_per_image`` where seed / maskwatch is given).
+plus smaller faces. ``alert_precision`` judges every no-mask decision (also those on boxes that are no labelled
+face), ``false_alerts_per_photo`` counts the wrong ones; each profile runs at its operating point (no-mask
+threshold and minimum face score). Writes ``bench/results/model_scenes.json``; ratios are maskwatch / seed
+(> 1 = better, except ``ms_per_image`` where seed / maskwatch is given).
 
     python bench/model_scenes.py [--scenes DIR] [--weights DIR]
     python bench/model_scenes.py --held-out [--model FILE]     # photos held out of the committed model's training
     python bench/model_scenes.py --cross-validation FOLD0.tflite FOLD1.tflite   # models of --hold-out-fold 0, 1
+        [--curves] [--cache RECORDS.json]   # draw models/operating_points_<profile>.png; re-score without runs
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import asdict, astuple
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,7 +36,14 @@ from bench.report import machine  # noqa: E402
 from edge.classifier import CropScores, MaskClassifier  # noqa: E402
 from edge.config import DEFAULT_FACE_SCORES, DEFAULT_THRESHOLDS  # noqa: E402
 from edge.detector import PROFILES, MultiPassDetector, Res10Net, Settings, create_detector  # noqa: E402
-from models.evaluation import SceneRecord, collect_scenes, evaluate_scenes, operating_points, score_scenes  # noqa: E402
+from models.evaluation import (  # noqa: E402
+    SceneRecord,
+    SceneRun,
+    collect_scenes,
+    evaluate_scenes,
+    operating_points,
+    score_scenes,
+)
 from models.training.plots import plot_operating_points  # noqa: E402
 
 CROWD_THRESHOLD = DEFAULT_THRESHOLDS["crowd"]
@@ -142,9 +153,12 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="--cross-validation: write the results here instead")
     parser.add_argument("--curves", action="store_true",
                         help="--cross-validation: draw models/operating_points_<profile>.png")
+    parser.add_argument("--cache", type=Path,
+                        help="--cross-validation: keep every fold's records in this JSON file and re-score them "
+                             "from it when it exists (no model runs)")
     args = parser.parse_args()
     if args.cross_validation:
-        return cross_validation(args.scenes, args.cross_validation, args.seed, args.out, args.curves)
+        return cross_validation(args.scenes, args.cross_validation, args.seed, args.out, args.curves, args.cache)
     classifier = MaskClassifier(args.model, num_threads=2)
     if args.held_out:
         return held_out(args.scenes, classifier, args.seed)
@@ -195,20 +209,35 @@ def held_out(folder: Path, classifier: MaskClassifier, seed: int = 0) -> int:
     return 0
 
 
+def fold_runs(folder: Path, models: list[Path], seed: int, profile: str, cache: Path | None) -> list[SceneRun]:
+    """Each fold's classifier on the photos of its fold (``profile``'s detector); with ``cache``, the runs are
+    read from that JSON file when it exists and written to it otherwise, so operating points can be re-scored
+    without running the models again."""
+    if cache is not None and cache.is_file():
+        stored = json.loads(cache.read_text())[profile]
+        return [SceneRun([SceneRecord(*r) for r in run["records"]], run["images"], run["ms_per_image"],
+                         run["model"], run["detector"]) for run in stored]
+    detector = create_detector(profile, num_threads=2)  # type: ignore[arg-type]
+    runs = [collect_scenes(folder, MaskClassifier(model, 2), detector,
+                           only=held_out_photos(folder, seed, fold, len(models))) for fold, model in enumerate(models)]
+    if cache is not None:
+        stored = json.loads(cache.read_text()) if cache.is_file() else {}
+        stored[profile] = [asdict(run) | {"records": [astuple(r) for r in run.records]} for run in runs]
+        cache.write_text(json.dumps(stored))
+    return runs
+
+
 def cross_validation(folder: Path, models: list[Path], seed: int = 0, out: Path | None = None,
-                     curves: bool = False) -> int:
+                     curves: bool = False, cache: Path | None = None) -> int:
     """Both profiles, each fold's classifier on the photos of its fold; every record pooled over the folds and
     scored at every operating point (no-mask threshold x minimum face score); with ``curves`` they are drawn
     to ``models/operating_points_<profile>.png``."""
     per_profile: dict[str, dict] = {}
     for profile in PROFILES:
-        detector = create_detector(profile, num_threads=2)  # type: ignore[arg-type]
         point = (DEFAULT_THRESHOLDS[profile], DEFAULT_FACE_SCORES[profile])
         records: list[SceneRecord] = []
         folds, images = [], 0
-        for fold, model in enumerate(models):
-            photos = held_out_photos(folder, seed, fold, len(models))
-            run = collect_scenes(folder, MaskClassifier(model, 2), detector, only=photos)
+        for fold, run in enumerate(fold_runs(folder, models, seed, profile, cache)):
             records += run.records
             images += run.images
             folds.append({"fold": fold, "photos": run.images, "model": run.model}
