@@ -9,7 +9,6 @@ threshold and minimum face score). Writes ``bench/results/model_scenes.json``; r
 (> 1 = better, except ``ms_per_image`` where seed / maskwatch is given).
 
     python bench/model_scenes.py [--scenes DIR] [--weights DIR]
-    python bench/model_scenes.py --held-out [--model FILE]     # photos held out of the committed model's training
     python bench/model_scenes.py --cross-validation FOLD0.tflite FOLD1.tflite   # models of --hold-out-fold 0, 1
         [--curves] [--cache RECORDS.json]   # draw models/operating_points_<profile>.png; re-score without runs
 """
@@ -140,11 +139,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scenes", type=Path, default=SHARED / "datasets" / "face-mask-scenes")
     parser.add_argument("--weights", type=Path, default=SHARED / "weights")
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--held-out", action="store_true",
-                      help="only the crowd profile on the photos held out of training; writes "
-                           "model_scenes_held_out.json")
-    mode.add_argument("--cross-validation", type=Path, nargs="+", metavar="MODEL",
+    parser.add_argument("--cross-validation", type=Path, nargs="+", metavar="MODEL",
                       help="int8 models trained with --hold-out-fold 0, 1, ... (--folds = their number), each "
                            "on the photos of its fold; writes model_scenes_cv.json (model_scenes_cv_seedN.json "
                            "for --seed N > 0)")
@@ -160,8 +155,6 @@ def main() -> int:
     if args.cross_validation:
         return cross_validation(args.scenes, args.cross_validation, args.seed, args.out, args.curves, args.cache)
     classifier = MaskClassifier(args.model, num_threads=2)
-    if args.held_out:
-        return held_out(args.scenes, classifier, args.seed)
     runs = {}
     for profile in ("crowd", "near"):
         started = time.perf_counter()
@@ -190,22 +183,6 @@ def main() -> int:
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps({"figures": figures, "baseline": baseline, "ratios": ratios}, indent=2))
-    return 0
-
-
-def held_out(folder: Path, classifier: MaskClassifier, seed: int = 0) -> int:
-    """The crowd pipeline on the scene photos that training never saw (the classifier's honest figure)."""
-    photos = held_out_photos(folder, seed)
-    result = evaluate_scenes(folder, classifier, create_detector("crowd", num_threads=2), CROWD_THRESHOLD,
-                             only=photos, min_face_score=DEFAULT_FACE_SCORES["crowd"])
-    figures = {f"crowd_{k}": v for k, v in summary(result).items()} | {"photos": len(photos)}
-    figures["threshold_sweep_>=24"] = result["threshold_sweep"]
-    out = HERE / "results" / "model_scenes_held_out.json"
-    out.write_text(json.dumps({"name": "model_scenes",
-                               "title": "Scenes held out of training (validation photos): crowd pipeline",
-                               "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
-                               "figures": figures, "baseline": {}, "ratios": {}, "details": result}, indent=2))
-    print(json.dumps(figures, indent=2))
     return 0
 
 
