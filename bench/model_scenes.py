@@ -8,9 +8,9 @@ face), ``false_alerts_per_photo`` counts the wrong ones; each profile runs at it
 threshold and minimum face score). Writes ``bench/results/model_scenes.json``; ratios are maskwatch / seed
 (> 1 = better, except ``ms_per_image`` where seed / maskwatch is given).
 
-    python bench/model_scenes.py [--scenes DIR] [--weights DIR]
+    python bench/model_scenes.py [--scenes DIR] [--weights DIR] [--model FILE] [--cache RECORDS.json]
     python bench/model_scenes.py --cross-validation FOLD0.tflite FOLD1.tflite   # models of --hold-out-fold 0, 1
-        [--curves] [--cache RECORDS.json]   # draw models/operating_points_<profile>.png; re-score without runs
+        [--curves] [--cache RECORDS.json]   # draw models/operating_points_<profile>.png
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ import argparse
 import json
 import os
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, astuple
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,8 +38,8 @@ from models.evaluation import (  # noqa: E402
     SceneRecord,
     SceneRun,
     collect_scenes,
-    evaluate_scenes,
     operating_points,
+    scene_report,
     score_scenes,
 )
 from models.training.plots import plot_operating_points  # noqa: E402
@@ -149,20 +148,20 @@ def main() -> int:
     parser.add_argument("--curves", action="store_true",
                         help="--cross-validation: draw models/operating_points_<profile>.png")
     parser.add_argument("--cache", type=Path,
-                        help="--cross-validation: keep every fold's records in this JSON file and re-score them "
-                             "from it when it exists (no model runs)")
+                        help="keep every run's records in this JSON file and re-score them from it when they are "
+                             "there (no model runs)")
     args = parser.parse_args()
     if args.cross_validation:
         return cross_validation(args.scenes, args.cross_validation, args.seed, args.out, args.curves, args.cache)
     classifier = MaskClassifier(args.model, num_threads=2)
     runs = {}
-    for profile in ("crowd", "near"):
-        started = time.perf_counter()
-        runs[profile] = evaluate_scenes(args.scenes, classifier, create_detector(profile, num_threads=2),
-                                        DEFAULT_THRESHOLDS[profile], min_face_score=DEFAULT_FACE_SCORES[profile])
-        runs[profile]["wall_s"] = round(time.perf_counter() - started, 1)
-    seed = evaluate_scenes(args.scenes, SeedClassifier(args.weights / "face_mask_detector.model"),  # type: ignore[arg-type]
-                           seed_detector())
+    for profile in PROFILES:
+        run = cached_run(args.cache, profile, lambda p=profile: collect_scenes(
+            args.scenes, classifier, create_detector(p, num_threads=2)))  # type: ignore[arg-type]
+        runs[profile] = scene_report(run, DEFAULT_THRESHOLDS[profile], DEFAULT_FACE_SCORES[profile])
+    seed = scene_report(cached_run(args.cache, "seed", lambda: collect_scenes(
+        args.scenes, SeedClassifier(args.weights / "face_mask_detector.model"), seed_detector())),  # type: ignore[arg-type]
+        0.5)
     figures = {f"crowd_{k}": v for k, v in summary(runs["crowd"]).items()}
     figures |= {f"near_{k}": v for k, v in summary(runs["near"]).items()}
     figures |= {"crowd_ms_per_photo": runs["crowd"]["ms_per_image"], "near_ms_per_photo": runs["near"]["ms_per_image"]}
@@ -186,22 +185,33 @@ def main() -> int:
     return 0
 
 
-def fold_runs(folder: Path, models: list[Path], seed: int, profile: str, cache: Path | None) -> list[SceneRun]:
-    """Each fold's classifier on the photos of its fold (``profile``'s detector); with ``cache``, the runs are
-    read from that JSON file when it exists and written to it otherwise, so operating points can be re-scored
-    without running the models again."""
-    if cache is not None and cache.is_file():
-        stored = json.loads(cache.read_text())[profile]
-        return [SceneRun([SceneRecord(*r) for r in run["records"]], run["images"], run["ms_per_image"],
-                         run["model"], run["detector"]) for run in stored]
-    detector = create_detector(profile, num_threads=2)  # type: ignore[arg-type]
-    runs = [collect_scenes(folder, MaskClassifier(model, 2), detector,
-                           only=held_out_photos(folder, seed, fold, len(models))) for fold, model in enumerate(models)]
+def cached_run(cache: Path | None, key: str, make: Callable[[], SceneRun]) -> SceneRun:
+    """The run stored under ``key`` in the JSON file ``cache``, or ``make()`` (then stored there): operating
+    points can be re-scored without running the models again."""
+    stored = json.loads(cache.read_text()) if cache is not None and cache.is_file() else {}
+    if key in stored:
+        run = stored[key]
+        return SceneRun([SceneRecord(*r) for r in run["records"]], run["images"], run["ms_per_image"], run["model"],
+                        run["detector"])
+    made = make()
     if cache is not None:
-        stored = json.loads(cache.read_text()) if cache.is_file() else {}
-        stored[profile] = [asdict(run) | {"records": [astuple(r) for r in run.records]} for run in runs]
+        stored[key] = asdict(made) | {"records": [astuple(r) for r in made.records]}
         cache.write_text(json.dumps(stored))
-    return runs
+    return made
+
+
+def fold_runs(folder: Path, models: list[Path], seed: int, profile: str, cache: Path | None) -> list[SceneRun]:
+    """Each fold's classifier on the photos of its fold (``profile``'s detector), cached in ``cache``."""
+    detector = None
+
+    def make(fold: int, model: Path) -> SceneRun:
+        nonlocal detector
+        detector = detector or create_detector(profile, num_threads=2)  # type: ignore[arg-type]
+        return collect_scenes(folder, MaskClassifier(model, 2), detector,
+                              only=held_out_photos(folder, seed, fold, len(models)))
+
+    return [cached_run(cache, f"{profile}/fold{fold}", lambda f=fold, m=model: make(f, m))
+            for fold, model in enumerate(models)]
 
 
 def cross_validation(folder: Path, models: list[Path], seed: int = 0, out: Path | None = None,

@@ -85,6 +85,11 @@ class MaskClassifier:
         log.info("mask classifier %s, input %dx%d %s", self.version, shape[2], shape[1],
                  np.dtype(self._in["dtype"]).name)
 
+    @property
+    def verifies_faces(self) -> bool:
+        """Whether the model has the ``not_face`` class (else every face score is 1 and means nothing)."""
+        return self.classes == 3
+
     def _input_tensor(self, crop_bgr: np.ndarray) -> np.ndarray:
         if crop_bgr.ndim != 3 or crop_bgr.shape[2] != 3 or crop_bgr.size == 0:
             raise ValueError(f"expected a BGR face crop of shape (H, W, 3), got {crop_bgr.shape}")

@@ -51,6 +51,7 @@ class Detector(Protocol):
 
 class Classifier(Protocol):
     version: str
+    verifies_faces: bool
 
     def scores(self, crops: Sequence[np.ndarray]) -> CropScores: ...
 
@@ -143,7 +144,8 @@ class Pipeline:
             with self.times.stage("classify"):
                 scores = self.classifier.scores(crops)
                 for i, p, face_score in zip(todo, scores.p_no_mask, scores.face_score, strict=True):
-                    probs[i], face_scores[i] = float(p), float(face_score)
+                    probs[i] = float(p)
+                    face_scores[i] = float(face_score) if self.classifier.verifies_faces else None
         minimum = self.config.face_score_threshold()
         return [Observation(f.box, p, f.score, face) for f, p, face in zip(faces, probs, face_scores, strict=True)
                 if face is None or face >= minimum]

@@ -262,7 +262,13 @@ def evaluate_scenes(folder: Path, classifier: MaskClassifier, detector: FaceDete
 
     :raises DatasetError: the folder is not a scenes folder.
     """
-    run = collect_scenes(folder, classifier, detector, min_iou, only)
+    return scene_report(collect_scenes(folder, classifier, detector, min_iou, only), threshold, min_face_score) | {
+        "min_iou": min_iou}
+
+
+def scene_report(run: SceneRun, threshold: float, min_face_score: float = 0.0) -> dict:
+    """:func:`score_scenes` of a run at one operating point, a sweep of the no-mask threshold at that minimum
+    face score, and the run's cost, model and detector."""
     result = score_scenes(run.records, run.images, threshold, min_face_score)
     sweep = {}
     for t in THRESHOLD_SWEEP:
@@ -270,7 +276,7 @@ def evaluate_scenes(folder: Path, classifier: MaskClassifier, detector: FaceDete
         sweep[str(t)] = scored["no_mask_decision"][f">={PROMISED_FACE_PX}"] | {
             k: scored["alerts"][k] for k in ("alert_precision", "false_alerts_per_photo")}
     return result | {"threshold_sweep": sweep, "ms_per_image": run.ms_per_image, "model": run.model,
-                     "detector": run.detector, "min_iou": min_iou}
+                     "detector": run.detector}
 
 
 def _decision(decisions: list[tuple[bool, bool, int]], min_size: int) -> dict:

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 #: Bump when the way crops are cut changes, so cached crops are not reused.
 CROPS_VERSION = 3
 #: Detector score threshold of the ``near`` detector that cuts the face-mask crops (the committed models' crops
-#: were cut at 0.5; the edge's ``near`` profile has run at 0.4 since the not-a-face class).
+#: were cut at 0.5), kept apart from the edge's ``near`` operating point.
 FACE_MASK_CROP_THRESHOLD = 0.5
 
 
