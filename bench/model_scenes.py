@@ -3,12 +3,14 @@ beside the seed-style pipeline (res10 SSD at 0.5 + the Keras ``face_mask_detecto
 
 Both run on ``../shared/datasets/face-mask-scenes`` with the same matching (IoU >= 0.3) and scoring as
 ``maskwatch model eval --scenes``. Figures for faces of at least 24 px (the size the crowd profile promises),
-plus smaller faces. Writes ``bench/results/model_scenes.json``; ratios are maskwatch / seed (> 1 = better,
-except ``ms_per_image`` where seed / maskwatch is given).
+plus smaller faces. ``alert_precision`` judges every no-mask decision (also those on boxes that are no labelled
+face), ``false_alerts_per_photo`` counts the wrong ones; each profile runs at its operating point (no-mask
+threshold and minimum face score). Writes ``bench/results/model_scenes.json``; ratios are maskwatch / seed
+(> 1 = better, except ``ms_per_image`` where seed / maskwatch is given).
 
-    python bench/model_scenes.py [--scenes DIR] [--weights DIR]
-    python bench/model_scenes.py --held-out [--model FILE]     # photos held out of the committed model's training
+    python bench/model_scenes.py [--scenes DIR] [--weights DIR] [--model FILE] [--cache RECORDS.json]
     python bench/model_scenes.py --cross-validation FOLD0.tflite FOLD1.tflite   # models of --hold-out-fold 0, 1
+        [--curves] [--cache RECORDS.json]   # draw models/operating_points_<profile>.png
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import argparse
 import json
 import os
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, astuple
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,12 +31,21 @@ sys.path.insert(0, str(HERE.parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from bench.report import machine  # noqa: E402
-from edge.vision.classifier import MaskClassifier  # noqa: E402
+from edge.vision.classifier import CropScores, MaskClassifier  # noqa: E402
 from edge.vision.detector import MultiPassDetector, Res10Net, Settings, create_detector  # noqa: E402
-from models.evaluation import evaluate_scenes  # noqa: E402
-from shared.vocabulary import DEFAULT_THRESHOLDS  # noqa: E402
+from models.evaluation import (  # noqa: E402
+    SceneRecord,
+    SceneRun,
+    collect_scenes,
+    operating_points,
+    scene_report,
+    score_scenes,
+)
+from models.training.plots import plot_operating_points  # noqa: E402
+from shared.vocabulary import DEFAULT_FACE_SCORES, DEFAULT_THRESHOLDS, Profile  # noqa: E402
 
-CROWD_THRESHOLD = DEFAULT_THRESHOLDS["crowd"]
+CROWD_THRESHOLD = Profile.CROWD.default_threshold
+MODELS = HERE.parent / "models"
 SHARED = Path(os.environ.get("MASKWATCH_SHARED", HERE.parents[1] / "shared"))
 
 
@@ -70,6 +81,10 @@ class SeedClassifier:
         batch = np.stack([cv2.resize(c, (224, 224))[:, :, ::-1] for c in crops]).astype(np.float32) / 127.5 - 1
         return self.model(batch, training=False).numpy()[:, 1].astype(np.float32)
 
+    def scores(self, crops: Sequence[np.ndarray]) -> CropScores:
+        """The seed has no not-a-face class: every crop has face score 1."""
+        return CropScores(self.no_mask_probability(crops), np.ones(len(crops), np.float32))
+
 
 def _load_by_name(base: object, path: Path) -> None:
     """Copy the backbone's weights from a legacy HDF5 model file, layer by layer, in the stored order."""
@@ -103,14 +118,19 @@ def held_out_photos(folder: Path, seed: int = 0, fold: int | None = None, folds:
 
 
 def summary(result: dict, band: str = ">=24") -> dict:
-    """Face recall per class in a size band, and the no-mask decision when it is reported for that band."""
+    """Face recall per class in a size band, and the no-mask decision and the alert figures when they are
+    reported for that band."""
     recall = result["recall"]
     figures = {f"recall_{name}": recall[label].get(band, {}).get("recall", 0.0)
                for name, label in (("with_mask", "with_mask"), ("without_mask", "without_mask"),
                                    ("incorrect", "mask_weared_incorrect"))}
     if band in result["no_mask_decision"]:
+        figures["face_recall"] = result["face_recall"]
         figures["no_mask_precision"] = result["no_mask_decision"][band]["precision"]
         figures["no_mask_recall"] = result["no_mask_decision"][band]["recall"]
+        figures["alert_precision"] = result["alerts"]["alert_precision"]
+        figures["false_alerts_per_photo"] = result["alerts"]["false_alerts_per_photo"]
+        figures["detection_precision"] = result["precision"]
     return figures
 
 
@@ -118,40 +138,40 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scenes", type=Path, default=SHARED / "datasets" / "face-mask-scenes")
     parser.add_argument("--weights", type=Path, default=SHARED / "weights")
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--held-out", action="store_true",
-                      help="only the crowd profile on the photos held out of training; writes "
-                           "model_scenes_held_out.json")
-    mode.add_argument("--cross-validation", type=Path, nargs="+", metavar="MODEL",
+    parser.add_argument("--cross-validation", type=Path, nargs="+", metavar="MODEL",
                       help="int8 models trained with --hold-out-fold 0, 1, ... (--folds = their number), each "
                            "on the photos of its fold; writes model_scenes_cv.json (model_scenes_cv_seedN.json "
                            "for --seed N > 0)")
     parser.add_argument("--model", type=Path, help="classifier .tflite (default: the committed int8 model)")
     parser.add_argument("--seed", type=int, default=0, help="--seed of the training run(s) (default 0)")
+    parser.add_argument("--out", type=Path, help="--cross-validation: write the results here instead")
+    parser.add_argument("--curves", action="store_true",
+                        help="--cross-validation: draw models/operating_points_<profile>.png")
+    parser.add_argument("--cache", type=Path,
+                        help="keep every run's records in this JSON file and re-score them from it when they are "
+                             "there (no model runs)")
     args = parser.parse_args()
     if args.cross_validation:
-        return cross_validation(args.scenes, args.cross_validation, args.seed)
+        return cross_validation(args.scenes, args.cross_validation, args.seed, args.out, args.curves, args.cache)
     classifier = MaskClassifier(args.model, num_threads=2)
-    if args.held_out:
-        return held_out(args.scenes, classifier, args.seed)
     runs = {}
-    for profile in ("crowd", "near"):
-        started = time.perf_counter()
-        runs[profile] = evaluate_scenes(args.scenes, classifier, create_detector(profile, num_threads=2),
-                                        DEFAULT_THRESHOLDS[profile])
-        runs[profile]["wall_s"] = round(time.perf_counter() - started, 1)
-    seed = evaluate_scenes(args.scenes, SeedClassifier(args.weights / "face_mask_detector.model"),  # type: ignore[arg-type]
-                           seed_detector())
+    for profile in Profile:
+        run = cached_run(args.cache, profile, lambda p=profile: collect_scenes(
+            args.scenes, classifier, create_detector(p, num_threads=2)))  # type: ignore[arg-type]
+        runs[profile] = scene_report(run, DEFAULT_THRESHOLDS[profile], DEFAULT_FACE_SCORES[profile])
+    seed = scene_report(cached_run(args.cache, "seed", lambda: collect_scenes(
+        args.scenes, SeedClassifier(args.weights / "face_mask_detector.model"), seed_detector())),  # type: ignore[arg-type]
+        0.5)
     figures = {f"crowd_{k}": v for k, v in summary(runs["crowd"]).items()}
     figures |= {f"near_{k}": v for k, v in summary(runs["near"]).items()}
-    figures |= {"crowd_detection_precision": runs["crowd"]["precision"],
-                "crowd_ms_per_photo": runs["crowd"]["ms_per_image"], "near_ms_per_photo": runs["near"]["ms_per_image"]}
+    figures |= {"crowd_ms_per_photo": runs["crowd"]["ms_per_image"], "near_ms_per_photo": runs["near"]["ms_per_image"]}
     for band in ("16-23", "<16"):
         figures |= {f"crowd_{k}_{band}": v for k, v in summary(runs["crowd"], band).items() if "recall_with" in k
                     or "recall_without" in k}
-    baseline = summary(seed) | {"detection_precision": seed["precision"], "ms_per_photo": seed["ms_per_image"]}
+    baseline = summary(seed) | {"ms_per_photo": seed["ms_per_image"]}
     ratios = {k: round(figures[f"crowd_{k}"] / baseline[k], 3) if baseline[k] else None
-              for k in ("recall_with_mask", "recall_without_mask", "no_mask_precision", "no_mask_recall")}
+              for k in ("recall_with_mask", "recall_without_mask", "no_mask_precision", "no_mask_recall",
+                        "alert_precision")}
     ratios["ms_per_photo_seed_over_crowd"] = round(baseline["ms_per_photo"] / figures["crowd_ms_per_photo"], 3)
     result = {"name": "model_scenes", "title": "Scenes: face recall and no-mask decision, Maskwatch vs seed pipeline",
               "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
@@ -165,52 +185,71 @@ def main() -> int:
     return 0
 
 
-def held_out(folder: Path, classifier: MaskClassifier, seed: int = 0) -> int:
-    """The crowd pipeline on the scene photos that training never saw (the classifier's honest figure)."""
-    photos = held_out_photos(folder, seed)
-    result = evaluate_scenes(folder, classifier, create_detector("crowd", num_threads=2), CROWD_THRESHOLD,
-                             only=photos)
-    figures = {f"crowd_{k}": v for k, v in summary(result).items()} | {"photos": len(photos)}
-    figures["threshold_sweep_>=24"] = result["threshold_sweep"]
-    out = HERE / "results" / "model_scenes_held_out.json"
-    out.write_text(json.dumps({"name": "model_scenes",
-                               "title": "Scenes held out of training (validation photos): crowd pipeline",
-                               "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
-                               "figures": figures, "baseline": {}, "ratios": {}, "details": result}, indent=2))
-    print(json.dumps(figures, indent=2))
-    return 0
+def cached_run(cache: Path | None, key: str, make: Callable[[], SceneRun]) -> SceneRun:
+    """The run stored under ``key`` in the JSON file ``cache``, or ``make()`` (then stored there): operating
+    points can be re-scored without running the models again."""
+    stored = json.loads(cache.read_text()) if cache is not None and cache.is_file() else {}
+    if key in stored:
+        run = stored[key]
+        return SceneRun([SceneRecord(*r) for r in run["records"]], run["images"], run["ms_per_image"], run["model"],
+                        run["detector"])
+    made = make()
+    if cache is not None:
+        stored[key] = asdict(made) | {"records": [astuple(r) for r in made.records]}
+        cache.write_text(json.dumps(stored))
+    return made
 
 
-def cross_validation(folder: Path, models: list[Path], seed: int = 0) -> int:
-    """Crowd pipeline, each fold's classifier on the photos of its fold; no-mask decisions pooled over folds."""
-    detector = create_detector("crowd", num_threads=2)
-    folds, pooled = [], {}
-    for fold, model in enumerate(models):
-        photos = held_out_photos(folder, seed, fold, len(models))
-        result = evaluate_scenes(folder, MaskClassifier(model, 2), detector, CROWD_THRESHOLD, only=photos)
-        folds.append({"fold": fold, "photos": len(photos), "model": result["model"]} | summary(result))
-        for threshold, decision in result["threshold_sweep"].items():
-            counts = pooled.setdefault(threshold, {"true_positives": 0, "predicted": 0, "n": 0})
-            for key in counts:
-                counts[key] += decision[key]
-    sweep = {threshold: {"precision": round(c["true_positives"] / max(1, c["predicted"]), 4),
-                         "recall": round(c["true_positives"] / max(1, c["n"]), 4), "n": c["n"]}
-             for threshold, c in pooled.items()}
-    chosen = sweep[str(CROWD_THRESHOLD)]
-    figures = {"crowd_no_mask_precision": chosen["precision"], "crowd_no_mask_recall": chosen["recall"],
-               "no_mask_faces": chosen["n"], "threshold": CROWD_THRESHOLD, "folds": len(models), "seed": seed,
-               "photos": sum(f["photos"] for f in folds), "threshold_sweep_>=24": sweep}
-    out = HERE / "results" / ("model_scenes_cv.json" if seed == 0 else f"model_scenes_cv_seed{seed}.json")
-    title = (f"Scenes, {len(models)}-fold cross-validation by photo (fold seed {seed}): no-mask decision of "
+def fold_runs(folder: Path, models: list[Path], seed: int, profile: str, cache: Path | None) -> list[SceneRun]:
+    """Each fold's classifier on the photos of its fold (``profile``'s detector), cached in ``cache``."""
+    detector = None
+
+    def make(fold: int, model: Path) -> SceneRun:
+        nonlocal detector
+        detector = detector or create_detector(profile, num_threads=2)  # type: ignore[arg-type]
+        return collect_scenes(folder, MaskClassifier(model, 2), detector,
+                              only=held_out_photos(folder, seed, fold, len(models)))
+
+    return [cached_run(cache, f"{profile}/fold{fold}", lambda f=fold, m=model: make(f, m))
+            for fold, model in enumerate(models)]
+
+
+def cross_validation(folder: Path, models: list[Path], seed: int = 0, out: Path | None = None,
+                     curves: bool = False, cache: Path | None = None) -> int:
+    """Both profiles, each fold's classifier on the photos of its fold; every record pooled over the folds and
+    scored at every operating point (no-mask threshold x minimum face score); with ``curves`` they are drawn
+    to ``models/operating_points_<profile>.png``."""
+    per_profile: dict[str, dict] = {}
+    for profile in Profile:
+        point = (DEFAULT_THRESHOLDS[profile], DEFAULT_FACE_SCORES[profile])
+        records: list[SceneRecord] = []
+        folds, images = [], 0
+        for fold, run in enumerate(fold_runs(folder, models, seed, profile, cache)):
+            records += run.records
+            images += run.images
+            folds.append({"fold": fold, "photos": run.images, "model": run.model}
+                         | summary(score_scenes(run.records, run.images, *point)))
+        chosen = score_scenes(records, images, *point)
+        points = operating_points(records, images)
+        per_profile[profile] = {"threshold": point[0], "min_face_score": point[1], "photos": images,
+                                "pooled": summary(chosen), "alerts": chosen["alerts"], "operating_points": points,
+                                "folds": folds}
+        if curves:
+            plot_operating_points(points, point, MODELS / f"operating_points_{profile}.png",
+                                  f"{profile}: {len(models)}-fold CV by photo, faces >= 24 px")
+    figures = {f"{profile}_{k}": v for profile, run in per_profile.items() for k, v in run["pooled"].items()}
+    figures |= {"folds": len(models), "seed": seed}
+    out = out or HERE / "results" / ("model_scenes_cv.json" if seed == 0 else f"model_scenes_cv_seed{seed}.json")
+    title = (f"Scenes, {len(models)}-fold cross-validation by photo (fold seed {seed}): every decision of "
              "classifiers that never saw the photo")
     out.write_text(json.dumps({"name": "model_scenes", "title": title,
                                "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
-                               "figures": figures, "baseline": {}, "ratios": {}, "details": {"folds": folds},
-                               "notes": f"crowd profile, threshold {CROWD_THRESHOLD}, faces >= 24 px; each fold's "
-                                        "model was trained with `--hold-out-fold i --folds N`: the photos of "
-                                        "fold i never train, all others do"},
+                               "figures": figures, "baseline": {}, "ratios": {}, "details": per_profile,
+                               "notes": "each profile at its operating point, faces >= 24 px; each fold's model was "
+                                        "trained with `--hold-out-fold i --folds N`: the photos of fold i never "
+                                        "train (nor their hard negatives), all others do"},
                               indent=2))
-    print(json.dumps(figures | {"per_fold": folds}, indent=2))
+    print(json.dumps(figures | {"per_fold": {p: r["folds"] for p, r in per_profile.items()}}, indent=2))
     return 0
 
 

@@ -16,7 +16,15 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from shared.config import BrokerConfig, Identifier, StrictModel, load_config, parse_host_port
-from shared.vocabulary import Profile, ServoMode, Threshold, describe_default_thresholds
+from shared.vocabulary import (
+    DEFAULT_FACE_SCORES,
+    Probability,
+    Profile,
+    ServoMode,
+    Threshold,
+    describe_default_thresholds,
+    describe_profile_defaults,
+)
 
 #: Who acknowledges an outbox message: a hub's commit (``.../ack``) or the broker's PUBACK.
 Delivery = Literal["hub", "broker"]
@@ -154,6 +162,9 @@ class EdgeConfig(StrictModel):
     num_threads: int = Field(2, ge=1, le=16)
     threshold: Threshold | None = Field(None, description="no-mask probability at or above which: no_mask "
                                     f"(default: the profile's, {describe_default_thresholds()})")
+    min_face_score: Probability | None = Field(None, description="face score (1 - the classifier's "
+                                         "not-face probability) under which a detection is dropped (default: "
+                                         f"the profile's, {describe_profile_defaults(DEFAULT_FACE_SCORES)})")
     detect: bool = Field(True, description="inference running at start")
     min_face_px: int = Field(16, ge=4, description="smaller detections are ignored")
     stats_interval_s: float = Field(10.0, gt=0)
@@ -177,6 +188,10 @@ class EdgeConfig(StrictModel):
     def decision_threshold(self) -> float:
         """``threshold``, or the profile's default (:attr:`Profile.default_threshold`) when it is not set."""
         return self.profile.default_threshold if self.threshold is None else self.threshold
+
+    def face_score_threshold(self) -> float:
+        """``min_face_score``, or the profile's default (:attr:`Profile.default_min_face_score`) when it is not set."""
+        return self.profile.default_min_face_score if self.min_face_score is None else self.min_face_score
 
     def outbox_path(self) -> Path:
         """The outbox file, defaulting to one per site/node under ~/.local/state/maskwatch."""

@@ -66,6 +66,11 @@ class View:
     fps: float = 0.0
 
 
+def _rounded(face_score: float | None) -> float | None:
+    """A face score as events carry it (4 decimals), or ``None`` when the classifier gives none."""
+    return None if face_score is None else round(face_score, 4)
+
+
 def event_ids(site: str, node: str) -> Callable[[], str]:
     """A generator of event ids unique across restarts: ``<site>-<node>-<start ms, base 36>-<n>``."""
     stamp = np.base_repr(int(time.time() * 1000), 36).lower()
@@ -78,7 +83,7 @@ class Pipeline:
 
     :param config: the node's config (tracker, snapshot, min face size, field of view).
     :param detector: finds faces (``detect(frame) -> [Face]``).
-    :param classifier: ``no_mask_probability(crops)`` in one batch.
+    :param classifier: ``scores(crops)`` (no-mask probability and face score) in one batch.
     :param runtime: threshold and detect switch (changed by commands).
     :param outbox: where events are written before they are published.
     :param notify: called after events were written (wakes the courier).
@@ -110,7 +115,8 @@ class Pipeline:
     # -- per frame -------------------------------------------------------------
 
     def observe(self, image: np.ndarray, tracked: bool = False) -> list[Observation]:
-        """Detect the faces of one image and classify them in one batch.
+        """Detect the faces of one image and classify them in one batch; drop those the classifier says are
+        no face (face score under the config's :meth:`~edge.config.EdgeConfig.face_score_threshold`).
 
         With ``tracked``, faces the tracker says may reuse their track's probability are not classified.
         """
@@ -121,14 +127,19 @@ class Pipeline:
             return []
         wanted = self.tracker.needs_classification([f.box for f in faces]) if tracked else [True] * len(faces)
         probs: list[float | None] = [None] * len(faces)
+        face_scores: list[float | None] = [None] * len(faces)
         todo = [i for i, w in enumerate(wanted) if w]
         if todo:
             with self.times.stage("crop"):
                 crops = [crop_face(image, faces[i].box) for i in todo]
             with self.times.stage("classify"):
-                for i, p in zip(todo, self.classifier.no_mask_probability(crops), strict=True):
+                scores = self.classifier.scores(crops)
+                for i, p, face_score in zip(todo, scores.p_no_mask, scores.face_score, strict=True):
                     probs[i] = float(p)
-        return [Observation(f.box, p, f.score) for f, p in zip(faces, probs, strict=True)]
+                    face_scores[i] = float(face_score) if self.classifier.verifies_faces else None
+        minimum = self.config.face_score_threshold()
+        return [Observation(f.box, p, f.score, face) for f, p, face in zip(faces, probs, face_scores, strict=True)
+                if face is None or face >= minimum]
 
     def process(self, frame: Frame) -> list[Event]:
         """Run one frame through the pipeline; write and return its events."""
@@ -183,8 +194,8 @@ class Pipeline:
             for kind in ("new", "end"):
                 events.append(self._write(Event(type=kind, id=event_id, site=self.config.site,
                                                 node=self.config.node, ts=frame.ts, label=label,
-                                                score=score, box=box, angle=frame.angle, frame=frame.ref,
-                                                track=track), frame, box))
+                                                score=score, face_score=_rounded(obs.face_score), box=box,
+                                                angle=frame.angle, frame=frame.ref, track=track), frame, box))
             marks.append(FaceMark(box, label, score, True))
         self.notify()
         self._show(frame, marks, [m.label for m in marks])
@@ -222,7 +233,7 @@ class Pipeline:
                 t = change.track
                 ts = t.last_seen if change.kind == "end" else (frame.ts if frame else t.last_seen)
                 event = Event(type=change.kind, id=t.id, site=self.config.site, node=self.config.node, ts=ts,
-                              label=t.label, score=round(t.score, 4), box=t.box,
+                              label=t.label, score=round(t.score, 4), face_score=_rounded(t.face_score), box=t.box,
                               angle=frame.angle if frame else None, frame=t.frame_ref,
                               track=TrackInfo(frames=t.frames, first_seen=t.first_seen, last_seen=t.last_seen))
                 snap_frame = frame if frame is not None and change.kind != "end" and t.misses == 0 else None

@@ -52,6 +52,9 @@ class AlertConfig(StrictModel):
     """When alerts are raised."""
 
     cooldown_s: float = Field(60.0, ge=0, description="per node: no_mask alerts closer than this are suppressed")
+    min_face_score: float | None = Field(
+        None, ge=0, le=1, description="no_mask events whose face score (the node's face verification) is lower "
+                                      "raise no alert; events without a face score still do (default: off)")
     offline_after_s: float = Field(120.0, gt=0, description="alert when a node has been offline this long")
     check_every_s: float = Field(5.0, gt=0, description="how often offline nodes are checked")
 

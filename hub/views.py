@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 #: Columns of ``/api/events.csv``, in order.
 CSV_COLUMNS = ("id", "site", "node", "label", "best_score", "first_seen", "last_seen", "state", "messages",
-               "mask_score", "no_mask_score", "angle", "snapshot")
+               "mask_score", "no_mask_score", "angle", "snapshot", "face_score")
 #: ``online`` of a node row -> its availability name.
 AVAILABILITY = {True: "online", False: "offline", None: "unknown"}
 
@@ -37,7 +37,7 @@ def event_json(row: EventRow, has_snapshot: bool, base_url: str) -> dict[str, An
     """The public JSON form of an event."""
     return {
         "id": row.id, "site": row.site, "node": row.node, "label": row.label, "best_score": row.best_score,
-        "mask_score": row.mask_score, "no_mask_score": row.no_mask_score,
+        "mask_score": row.mask_score, "no_mask_score": row.no_mask_score, "face_score": row.face_score,
         "first_seen": row.first_seen.isoformat(), "last_seen": row.last_seen.isoformat(),
         "ended_at": row.ended_at.isoformat() if row.ended_at else None, "state": row.state,
         "messages": row.messages, "box": row.box, "angle": row.angle, "frames": row.frames,
@@ -49,7 +49,7 @@ def event_csv_row(row: EventRow, has_snapshot: bool) -> list[Any]:
     """One line of ``/api/events.csv`` (:data:`CSV_COLUMNS`)."""
     return [row.id, row.site, row.node, row.label, row.best_score, row.first_seen.isoformat(),
             row.last_seen.isoformat(), row.state, row.messages, row.mask_score, row.no_mask_score, row.angle,
-            int(has_snapshot)]
+            int(has_snapshot), row.face_score]
 
 
 def event_feed_json(row: EventRow) -> dict[str, Any]:

@@ -9,7 +9,13 @@ from pathlib import Path
 
 from edge.vision.model_store import MODEL_FILES, fetch_models, model_dir
 from shared.errors import ImageReadError
-from shared.vocabulary import Profile, check_threshold, describe_default_thresholds
+from shared.vocabulary import (
+    DEFAULT_FACE_SCORES,
+    Profile,
+    check_threshold,
+    describe_default_thresholds,
+    describe_profile_defaults,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -61,6 +67,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--detector", choices=["blazeface", "res10", "none"], default="blazeface",
                        help="detector that cuts the training crops (none = whole images)")
     train.add_argument("--limit", type=int, help="use at most this many images per class (quick runs)")
+    train.add_argument("--not-face", action="store_true",
+                       help="train a third class, not_face, on the crowd detector's boxes in the scene photos that "
+                            "match no labelled face and on background patches of those photos")
     train.set_defaults(handler=run_train)
 
     export = actions.add_parser("export", help="export a trained model to float16 and int8 TFLite",
@@ -93,7 +102,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     detect = subparsers.add_parser(
         "detect", help="detect faces in images and tell mask / no mask",
         description="Run the edge's detector and classifier on image files or folders. Prints a table, or "
-                    "with --json one JSON line per image: {image, faces: [{box, face_score, label, score}], "
+                    "with --json one JSON line per image: {image, faces: [{box, detector_score, face_score, label, "
+                    "score}], "
                     "ms: {detect, classify, total}}.")
     detect.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders of images")
     detect.add_argument("--json", action="store_true", help="one JSON line per image")
@@ -108,6 +118,9 @@ def add_inference_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, help="classifier .tflite (default: models/mask_classifier_int8.tflite)")
     parser.add_argument("--threshold", type=float, help="no-mask decision threshold 0..1 (default: the profile's, "
                         f"{describe_default_thresholds()})")
+    parser.add_argument("--min-face-score", type=float,
+                        help="face score 0..1 (the classifier's 1 - p_not_face) under which a detection is no face "
+                             f"(default: the profile's, {describe_profile_defaults(DEFAULT_FACE_SCORES)})")
     parser.add_argument("--profile", choices=[profile.value for profile in Profile], default=Profile.CROWD.value,
                         help="detector operating point (default crowd)")
     parser.add_argument("--detector", choices=["blazeface", "res10"], default="blazeface",
@@ -132,7 +145,7 @@ def run_train(args: argparse.Namespace) -> int:
         fine_tune_epochs=args.fine_tune_epochs, batch_size=args.batch_size, augment_copies=args.augment_copies,
         validation=args.validation, seed=args.seed, detector=None if args.detector == "none" else args.detector,
         limit_per_class=args.limit, balance=args.balance, fine_tune_learning_rate=args.fine_tune_lr,
-        low_res=args.low_res, hold_out_fold=args.hold_out_fold, folds=args.folds,
+        low_res=args.low_res, hold_out_fold=args.hold_out_fold, folds=args.folds, not_face=args.not_face,
         **({"fine_tune_from": args.fine_tune_from} if args.fine_tune_from else {}))
     report = train(settings)
     val = report["validation"]
@@ -158,20 +171,27 @@ def _threshold(args: argparse.Namespace) -> float:
     return check_threshold(args.threshold, "--threshold")
 
 
+def _min_face_score(args: argparse.Namespace) -> float:
+    """``--min-face-score``, checked, or the ``--profile``'s default."""
+    if args.min_face_score is None:
+        return Profile(args.profile).default_min_face_score
+    return check_threshold(args.min_face_score, "--min-face-score")
+
+
 def run_eval(args: argparse.Namespace) -> int:
     from edge.vision.classifier import MaskClassifier
     from edge.vision.detector import create_detector
     from models.evaluation import check_folder, evaluate_folder, evaluate_scenes
 
-    threshold = _threshold(args)
+    threshold, min_face_score = _threshold(args), _min_face_score(args)
     folder = check_folder(args.dir)
     classifier = MaskClassifier(args.model, args.threads)
     if args.scenes:
         detector = create_detector(args.profile, args.detector, args.threads)
-        result = evaluate_scenes(folder, classifier, detector, threshold, args.min_iou)
+        result = evaluate_scenes(folder, classifier, detector, threshold, args.min_iou, min_face_score=min_face_score)
     else:
         detector = create_detector(args.profile, args.detector, args.threads) if args.detect else None
-        result = evaluate_folder(folder, classifier, detector, threshold)
+        result = evaluate_folder(folder, classifier, detector, threshold, min_face_score)
     if args.json:
         print(json.dumps(result))
     elif args.scenes:
@@ -183,8 +203,14 @@ def run_eval(args: argparse.Namespace) -> int:
         for band, v in result["no_mask_decision"].items():
             print(f"  no-mask decision {band:<5} precision {v['precision']:.3f} recall {v['recall']:.3f} "
                   f"accuracy {v['accuracy']:.3f} on {v['faces']} matched faces")
+        a = result["alerts"]
+        print(f"  alerts (every no-mask decision, faces and boxes >= 24 px): alert precision "
+              f"{a['alert_precision']:.3f}, {a['false_alerts_per_photo']:.3f} false alerts per photo "
+              f"({a['right']} right, {a['on_masked_face']} on masked faces, {a['on_no_face']} on no labelled face; "
+              f"threshold {result['threshold']}, min face score {result['min_face_score']})")
     else:
         print(f"{result['n']} images, accuracy {result['accuracy']:.4f}, no face {result['no_face']}, "
+              f"not a face {result['not_face']}, "
               f"{result['ms_per_image']} ms/image, model {result['model']}")
         for name, v in result["per_class"].items():
             print(f"  {name:<8} precision {v['precision']:.4f} recall {v['recall']:.4f} n={v['n']}")
@@ -222,7 +248,7 @@ def run_detect(args: argparse.Namespace) -> int:
             print(f"maskwatch detect: {exc}", file=sys.stderr)
             failures = True
             continue
-        result = analyse(frame, detector, classifier, threshold)
+        result = analyse(frame, detector, classifier, threshold, _min_face_score(args))
         if args.json:
             print(json.dumps({"image": str(path), "faces": [f.to_json() for f in result.faces], "ms": result.ms}),
                   flush=True)
@@ -231,7 +257,8 @@ def run_detect(args: argparse.Namespace) -> int:
                   f"(detect {result.ms['detect']:.1f}, classify {result.ms['classify']:.1f})")
             for face in result.faces:
                 x, y, w, h = face.box
-                print(f"    {x:>5} {y:>5} {w:>4}x{h:<4} face {face.face_score:.2f}  {face.label:<8} {face.score:.2f}")
+                print(f"    {x:>5} {y:>5} {w:>4}x{h:<4} detector {face.detector_score:.2f}  face "
+                      f"{face.face_score:.2f}  {face.label:<8} {face.score:.2f}")
         if args.annotate:
             cv2.imwrite(str(args.annotate / (path.stem + ".jpg")), annotate(frame, result.faces))
     return 1 if failures else 0

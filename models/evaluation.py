@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,8 @@ SIZE_BANDS = ((0, 16, "<16"), (16, 24, "16-23"), (24, 48, "24-47"), (48, 10**6, 
 PROMISED_FACE_PX = 24
 #: Thresholds of the no-mask decision sweeps in reports (each profile's default among them).
 THRESHOLD_SWEEP = (0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7)
+#: Minimum face scores (1 - p_not_face) of the operating-point sweeps.
+FACE_SCORE_SWEEP = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
 
 
 def _counts(truth: np.ndarray, guess: np.ndarray, positive: str) -> tuple[int, int, int]:
@@ -44,11 +47,13 @@ def _precision_recall(truth: np.ndarray, guess: np.ndarray, positive: str) -> di
 
 
 def evaluate_folder(folder: Path, classifier: MaskClassifier, detector: FaceDetector | None = None,
-                    threshold: float = 0.5) -> dict:
+                    threshold: float = 0.5, min_face_score: float = 0.0) -> dict:
     """Accuracy on ``folder/with_mask`` and ``folder/without_mask``.
 
     Without a detector each image is one face crop. With one, the largest detected face is classified;
-    an image without a face counts as wrong and as ``no_face``. Unreadable images are logged and skipped.
+    an image without a face counts as wrong and as ``no_face``. A crop whose face score is under
+    ``min_face_score`` gets no decision: wrong, counted as ``not_face``. Unreadable images are logged and
+    skipped.
 
     :raises DatasetError: a class folder is missing, or there is no image at all.
     """
@@ -60,7 +65,7 @@ def evaluate_folder(folder: Path, classifier: MaskClassifier, detector: FaceDete
         items += [(p, label) for p in list_images(sub)]
     if not items:
         raise DatasetError(f"{folder}: no images (.jpg, .png, .webp) in with_mask/ or without_mask/")
-    truths, guesses, no_face, unreadable, spent = [], [], 0, 0, 0.0
+    truths, guesses, no_face, not_face, unreadable, spent = [], [], 0, 0, 0, 0.0
     for path, label in items:
         try:
             frame = read_image(path)
@@ -70,14 +75,21 @@ def evaluate_folder(folder: Path, classifier: MaskClassifier, detector: FaceDete
             continue
         start = time.perf_counter()
         if detector is None:
-            p = float(classifier.no_mask_probability([frame])[0])
-            guess = decide(p, threshold).label
+            scores = classifier.scores([frame])
+            if scores.face_score[0] < min_face_score:
+                guess, not_face = "not_face", not_face + 1
+            else:
+                guess = decide(float(scores.p_no_mask[0]), threshold).label
         else:
             faces = analyse(frame, detector, classifier, threshold).faces
-            if faces:
-                guess = max(faces, key=lambda f: f.box[2] * f.box[3]).label
-            else:
+            if not faces:
                 guess, no_face = "no_face", no_face + 1
+            else:
+                largest = max(faces, key=lambda f: f.box[2] * f.box[3])
+                if largest.face_score < min_face_score:
+                    guess, not_face = "not_face", not_face + 1
+                else:
+                    guess = largest.label
         spent += time.perf_counter() - start
         truths.append(label)
         guesses.append(guess)
@@ -88,7 +100,8 @@ def evaluate_folder(folder: Path, classifier: MaskClassifier, detector: FaceDete
     truth, guess = np.array(truths), np.array(guesses)
     return {"n": len(truth), "accuracy": round(float((truth == guess).mean()), 4),
             "per_class": {name: _precision_recall(truth, guess, name) for name in ("mask", "no_mask")},
-            "no_face": no_face, "ms_per_image": round(1000 * spent / len(truth), 2), "model": classifier.version}
+            "no_face": no_face, "not_face": not_face, "min_face_score": min_face_score,
+            "ms_per_image": round(1000 * spent / len(truth), 2), "model": classifier.version}
 
 
 def size_band(size: int) -> str:
@@ -96,22 +109,46 @@ def size_band(size: int) -> str:
     return next(name for low, high, name in SIZE_BANDS if low <= size < high)
 
 
-def evaluate_scenes(folder: Path, classifier: MaskClassifier, detector: FaceDetector, threshold: float = 0.5,
-                    min_iou: float = 0.3, only: set[str] | None = None) -> dict:
-    """Detection recall per class and size, detection precision, and the per-face no-mask decision.
+@dataclass(frozen=True)
+class SceneRecord:
+    """One labelled face, or one detection that matches no labelled face, and what the pipeline said of it.
 
-    Detected faces are matched one-to-one to labelled ones at IoU >= ``min_iou``. The no-mask decision
-    (``mask_weared_incorrect`` counts as no mask) is scored on matched faces, for all of them and for
-    faces of at least :data:`PROMISED_FACE_PX`.
+    ``label`` is the VOC class, ``None`` for an unmatched detection; ``size`` the shorter side of the labelled
+    box (of the detected box when unmatched); ``detected`` whether a detection matched the labelled face (always
+    true for an unmatched detection); ``p_no_mask`` and ``face_score`` are the classifier's scores of that
+    detection (0 and 0 when nothing was detected).
+    """
+
+    label: str | None
+    size: int
+    detected: bool
+    p_no_mask: float = 0.0
+    face_score: float = 0.0
+
+
+@dataclass
+class SceneRun:
+    """Every record of a pass over labelled scenes, and what it cost."""
+
+    records: list[SceneRecord]
+    images: int
+    ms_per_image: float
+    model: str
+    detector: str
+
+
+def collect_scenes(folder: Path, classifier: MaskClassifier, detector: FaceDetector, min_iou: float = 0.3,
+                   only: set[str] | None = None) -> SceneRun:
+    """Run the pipeline over labelled scenes and record every labelled face and every unmatched detection.
+
+    Detected faces are matched one-to-one to labelled ones at IoU >= ``min_iou``. No face is rejected here:
+    :func:`score_scenes` applies the decision thresholds, so one pass serves every operating point.
 
     :param only: image file names to keep (default: all).
-    :raises DatasetError: the folder is not a scenes folder.
+    :raises DatasetError: the folder is not a scenes folder, or no image could be read.
     """
     scenes = [s for s in load_scenes(folder) if only is None or s.image.name in only]
-    found: dict[tuple[str, str], list[int]] = {}
-    decisions: list[tuple[bool, bool, int]] = []  # (truly no mask, decided no mask, face size)
-    probabilities: list[tuple[bool, float, int]] = []  # (truly no mask, p_no_mask, face size)
-    detections = matched_detections = 0
+    records: list[SceneRecord] = []
     unreadable, spent = 0, 0.0
     for scene in scenes:
         try:
@@ -121,37 +158,128 @@ def evaluate_scenes(folder: Path, classifier: MaskClassifier, detector: FaceDete
             unreadable += 1
             continue
         start = time.perf_counter()
-        result = analyse(frame, detector, classifier, threshold)
+        result = analyse(frame, detector, classifier, min_face_score=0.0)
         spent += time.perf_counter() - start
         pairs = match([f.box for f in scene.faces], [f.box for f in result.faces], min_iou)
-        detections += len(result.faces)
-        matched_detections += len(pairs)
         for i, face in enumerate(scene.faces):
-            for key in ((face.label, size_band(face.size)), (face.label, "all")):
-                found.setdefault(key, [0, 0])[0] += 1
-                found[key][1] += i in pairs
-            if face.size >= PROMISED_FACE_PX:
-                found.setdefault((face.label, f">={PROMISED_FACE_PX}"), [0, 0])[0] += 1
-                found[(face.label, f">={PROMISED_FACE_PX}")][1] += i in pairs
-            if i in pairs:
-                decisions.append((face.no_mask, result.faces[pairs[i]].label == "no_mask", face.size))
-                probabilities.append((face.no_mask, result.faces[pairs[i]].p_no_mask, face.size))
+            found = result.faces[pairs[i]] if i in pairs else None
+            records.append(SceneRecord(face.label, face.size, found is not None,
+                                       found.p_no_mask if found else 0.0, found.face_score if found else 0.0))
+        matched = set(pairs.values())
+        records += [SceneRecord(None, min(f.box[2], f.box[3]), True, f.p_no_mask, f.face_score)
+                    for j, f in enumerate(result.faces) if j not in matched]
     images = len(scenes) - unreadable
     if images == 0:
         raise DatasetError(f"{folder}: none of the {len(scenes)} images could be read")
+    return SceneRun(records, images, round(1000 * spent / images, 2), classifier.version,
+                    getattr(detector, "name", type(detector).__name__))
+
+
+def alerts(records: list[SceneRecord], images: int, threshold: float, min_face_score: float) -> dict:
+    """The alert figures of an operating point: every no-mask decision, judged.
+
+    A no-mask decision is a detection kept as a face (``face_score >= min_face_score``) with ``p_no_mask >=
+    threshold``. It is right on a labelled ``without_mask`` / ``mask_weared_incorrect`` face of at least
+    :data:`PROMISED_FACE_PX`, wrong on a masked face of that size or on a detection matching no labelled face
+    whose shorter side is that size or more; decisions on smaller faces or boxes count on neither side.
+    ``alert_precision`` = right / (right + wrong); ``false_alerts_per_photo`` = wrong / photos.
+    """
+    right = on_masked = on_no_face = 0
+    for r in records:
+        if not (r.detected and r.face_score >= min_face_score and r.p_no_mask >= threshold):
+            continue
+        if r.size < PROMISED_FACE_PX:
+            continue
+        if r.label is None:
+            on_no_face += 1
+        elif SCENE_CLASSES[r.label]:
+            right += 1
+        else:
+            on_masked += 1
+    decisions = right + on_masked + on_no_face
+    wrong = on_masked + on_no_face
+    return {"alert_precision": round(right / decisions, 4) if decisions else 0.0,
+            "false_alerts_per_photo": round(wrong / images, 4) if images else 0.0,
+            "alerts": decisions, "right": right, "on_masked_face": on_masked, "on_no_face": on_no_face,
+            "photos": images}
+
+
+def score_scenes(records: list[SceneRecord], images: int, threshold: float, min_face_score: float = 0.0) -> dict:
+    """Face recall per class and size, detection precision, the per-face no-mask decision and the alerts.
+
+    A detection counts only when it is kept as a face (``face_score >= min_face_score``): a labelled face whose
+    detection the classifier rejects is not found. The no-mask decision (``mask_weared_incorrect`` counts as no
+    mask) is scored on found faces, for all of them and for faces of at least :data:`PROMISED_FACE_PX`.
+    """
+    found: dict[tuple[str, str], list[int]] = {}
+    decisions: list[tuple[bool, bool, int]] = []  # (truly no mask, decided no mask, face size)
+    kept = [r.detected and r.face_score >= min_face_score for r in records]
+    for record, is_kept in zip(records, kept, strict=True):
+        if record.label is None:
+            continue
+        bands = [size_band(record.size), "all"] + ([f">={PROMISED_FACE_PX}"] if record.size >= PROMISED_FACE_PX
+                                                   else [])
+        for band in bands:
+            counts = found.setdefault((record.label, band), [0, 0])
+            counts[0] += 1
+            counts[1] += is_kept
+        if is_kept:
+            decisions.append((SCENE_CLASSES[record.label], record.p_no_mask >= threshold, record.size))
+    detections = sum(kept)
+    matched = sum(k for r, k in zip(records, kept, strict=True) if r.label is not None)
     recall = {label: {band: {"recall": round(hit / n, 4), "n": n} for (lab, band), (n, hit) in sorted(found.items())
                       if lab == label} for label in SCENE_CLASSES}
+    promised = [r for r in records if r.label is not None and r.size >= PROMISED_FACE_PX]
     return {"images": images, "faces": sum(v[0] for (_, b), v in found.items() if b == "all"),
             "detections": detections,
-            "precision": round(matched_detections / detections, 4) if detections else 0.0,
+            "precision": round(matched / detections, 4) if detections else 0.0,
+            "face_recall": round(sum(r.detected and r.face_score >= min_face_score for r in promised)
+                                 / len(promised), 4) if promised else 0.0,
             "recall": recall,
             "no_mask_decision": {"all": _decision(decisions, 0),
                                  f">={PROMISED_FACE_PX}": _decision(decisions, PROMISED_FACE_PX)},
-            "threshold_sweep": {str(t): _decision([(truth, p >= t, size) for truth, p, size in probabilities],
-                                                  PROMISED_FACE_PX) for t in THRESHOLD_SWEEP},
-            "ms_per_image": round(1000 * spent / images, 2), "model": classifier.version,
-            "detector": getattr(detector, "name", type(detector).__name__), "threshold": threshold,
-            "min_iou": min_iou}
+            "alerts": alerts(records, images, threshold, min_face_score),
+            "threshold": threshold, "min_face_score": min_face_score}
+
+
+def operating_points(records: list[SceneRecord], images: int, thresholds: tuple[float, ...] = THRESHOLD_SWEEP,
+                     face_scores: tuple[float, ...] = FACE_SCORE_SWEEP) -> list[dict]:
+    """Face recall, no-mask recall and alert figures (faces >= :data:`PROMISED_FACE_PX`) for every pair of
+    no-mask threshold and minimum face score: the data of the operating-point curves."""
+    points = []
+    for face in face_scores:
+        for threshold in thresholds:
+            scored = score_scenes(records, images, threshold, face)
+            decision = scored["no_mask_decision"][f">={PROMISED_FACE_PX}"]
+            points.append({"threshold": threshold, "min_face_score": face, "face_recall": scored["face_recall"],
+                           "no_mask_recall": decision["recall"], "no_mask_precision": decision["precision"]}
+                          | {k: scored["alerts"][k] for k in ("alert_precision", "false_alerts_per_photo",
+                                                               "alerts")})
+    return points
+
+
+def evaluate_scenes(folder: Path, classifier: MaskClassifier, detector: FaceDetector, threshold: float = 0.5,
+                    min_iou: float = 0.3, only: set[str] | None = None, min_face_score: float = 0.0) -> dict:
+    """:func:`collect_scenes` then :func:`score_scenes` at one operating point, with a sweep of the no-mask
+    threshold at that minimum face score.
+
+    :raises DatasetError: the folder is not a scenes folder.
+    """
+    return scene_report(collect_scenes(folder, classifier, detector, min_iou, only), threshold, min_face_score) | {
+        "min_iou": min_iou}
+
+
+def scene_report(run: SceneRun, threshold: float, min_face_score: float = 0.0) -> dict:
+    """:func:`score_scenes` of a run at one operating point, a sweep of the no-mask threshold at that minimum
+    face score, and the run's cost, model and detector."""
+    result = score_scenes(run.records, run.images, threshold, min_face_score)
+    sweep = {}
+    for t in THRESHOLD_SWEEP:
+        scored = score_scenes(run.records, run.images, t, min_face_score)
+        sweep[str(t)] = scored["no_mask_decision"][f">={PROMISED_FACE_PX}"] | {
+            k: scored["alerts"][k] for k in ("alert_precision", "false_alerts_per_photo")}
+    return result | {"threshold_sweep": sweep, "ms_per_image": run.ms_per_image, "model": run.model,
+                     "detector": run.detector}
 
 
 def _decision(decisions: list[tuple[bool, bool, int]], min_size: int) -> dict:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from edge.vision.classifier import MaskClassifier
+from edge.vision.classifier import CropScores, MaskClassifier
 from edge.vision.crop import crop_face
 from edge.vision.detector import FaceDetector
 from shared.vocabulary import decide
@@ -20,17 +20,19 @@ CAPTIONS = {"mask": "wearing mask", "no_mask": "not wearing mask"}
 
 @dataclass(frozen=True)
 class FaceResult:
-    """A detected face with its mask decision: ``score`` is the probability of ``label``."""
+    """A detected face with its mask decision: ``score`` is the probability of ``label``, ``face_score`` the
+    classifier's probability that the crop is a face at all, ``detector_score`` the detector's confidence."""
 
     box: tuple[int, int, int, int]
-    face_score: float
+    detector_score: float
     label: str
     score: float
     p_no_mask: float
+    face_score: float
 
     def to_json(self) -> dict:
-        return {"box": list(self.box), "face_score": round(self.face_score, 4), "label": self.label,
-                "score": round(self.score, 4)}
+        return {"box": list(self.box), "detector_score": round(self.detector_score, 4),
+                "face_score": round(self.face_score, 4), "label": self.label, "score": round(self.score, 4)}
 
 
 @dataclass(frozen=True)
@@ -42,17 +44,21 @@ class ImageResult:
 
 
 def analyse(frame_bgr: np.ndarray, detector: FaceDetector, classifier: MaskClassifier,
-            threshold: float = 0.5) -> ImageResult:
-    """Detect every face in a BGR frame and classify each crop in one batch."""
+            threshold: float = 0.5, min_face_score: float = 0.0) -> ImageResult:
+    """Detect every face in a BGR frame and classify each crop in one batch; detections whose face score is
+    under ``min_face_score`` are dropped (the classifier says they are no face)."""
     start = time.perf_counter()
     faces = detector.detect(frame_bgr)
     detected = time.perf_counter()
-    p = classifier.no_mask_probability([crop_face(frame_bgr, f.box) for f in faces]) if faces else np.zeros(0)
+    crops = [crop_face(frame_bgr, f.box) for f in faces]
+    scores = classifier.scores(crops) if faces else CropScores(np.zeros(0), np.zeros(0))
     done = time.perf_counter()
     results = []
-    for face, p_no_mask in zip(faces, p, strict=True):
+    for face, p_no_mask, face_score in zip(faces, scores.p_no_mask, scores.face_score, strict=True):
+        if face_score < min_face_score:
+            continue
         label, score = decide(float(p_no_mask), threshold)
-        results.append(FaceResult(face.box, face.score, label, score, float(p_no_mask)))
+        results.append(FaceResult(face.box, face.score, label, score, float(p_no_mask), float(face_score)))
     return ImageResult(results, {"detect": round(1000 * (detected - start), 2),
                                  "classify": round(1000 * (done - detected), 2),
                                  "total": round(1000 * (done - start), 2)})

@@ -140,6 +140,9 @@ class Event(Message):
     ts: UtcTime = Field(description="UTC time of the observation")
     label: Label
     score: Probability = Field(description="probability of the label")
+    face_score: Probability | None = Field(
+        None, description="face verification: the classifier's probability that the box is a face at all "
+                          "(1 - p_not_face; absent from nodes whose classifier has no not-a-face class)")
     box: tuple[Int32, Int32, Int32, Int32] = Field(description="[x, y, w, h] in frame pixels")
     angle: float | None = Field(None, ge=-360, le=360, allow_inf_nan=False, description="servo angle, degrees")
     frame: Count64 | Annotated[str, Field(max_length=256)] | None = Field(

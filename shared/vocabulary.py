@@ -57,16 +57,30 @@ class Profile(StrEnum):
         """The no-mask threshold used when none is set (:data:`DEFAULT_THRESHOLDS`)."""
         return DEFAULT_THRESHOLDS[self]
 
+    @property
+    def default_min_face_score(self) -> float:
+        """The minimum face score used when none is set (:data:`DEFAULT_FACE_SCORES`)."""
+        return DEFAULT_FACE_SCORES[self]
+
 
 #: Default no-mask threshold per profile. Crowd faces are small and the classifier is less sure of them: 0.25 is
 #: where cross-validation on the scene photos put no-mask precision and recall both above 0.85 (see
 #: models/MODEL_CARD.md, "Default thresholds"); near keeps 0.5, the balanced point on the face-mask validation.
 DEFAULT_THRESHOLDS: dict[Profile, float] = {Profile.NEAR: 0.5, Profile.CROWD: 0.25}
+#: Default minimum face score (the classifier's 1 - p_not_face) per profile: detections under it are no face and
+#: never become a decision. Chosen with the no-mask threshold by cross-validation on the scene photos
+#: (models/MODEL_CARD.md, "Operating points"). Only classifiers with a not-face class score faces.
+DEFAULT_FACE_SCORES: dict[Profile, float] = {Profile.NEAR: 0.5, Profile.CROWD: 0.5}
+
+
+def describe_profile_defaults(defaults: dict[Profile, float]) -> str:
+    """Per-profile defaults for help texts, e.g. ``near 0.5, crowd 0.25``."""
+    return ", ".join(f"{profile} {value}" for profile, value in defaults.items())
 
 
 def describe_default_thresholds() -> str:
     """The default thresholds for help texts: ``near 0.5, crowd 0.25``."""
-    return ", ".join(f"{profile} {value}" for profile, value in DEFAULT_THRESHOLDS.items())
+    return describe_profile_defaults(DEFAULT_THRESHOLDS)
 
 
 def check_threshold(value: float, what: str = "threshold") -> float:

@@ -21,9 +21,9 @@ from shared.topics import NodeTopics, alerts, parse_topic
 
 
 def make_event(site: str, node: str, n: int, *, kind: str = "new", label: str = "mask", score: float = 0.9,
-               ts: datetime | None = None, snapshot: bool = False) -> Event:
+               ts: datetime | None = None, snapshot: bool = False, face_score: float | None = None) -> Event:
     return Event(type=kind, id=f"{site}-{node}-{n:05d}", site=site, node=node, ts=ts or utc_now(), label=label,
-                 score=score, box=(10, 20, 64, 64), angle=0.0, snapshot=snapshot)
+                 score=score, box=(10, 20, 64, 64), angle=0.0, snapshot=snapshot, face_score=face_score)
 
 
 def hub_config(broker: BrokerConfig, tmp_path: Path, site: str, **overrides: Any) -> HubConfig:

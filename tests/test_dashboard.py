@@ -190,6 +190,10 @@ def test_events_page_filters_and_exports_csv(demo: DemoSite, page: Any, shots: P
     sync_api.expect(rows.first).to_be_visible(timeout=15_000)
     page.screenshot(path=str(shots / "events.png"), full_page=True)
     shown = set(rows.evaluate_all("rows => rows.map(r => r.dataset.id)"))
+    first_id = rows.first.get_attribute("data-id")
+    face_score = _call(f"{demo.url}api/events/{first_id}")["face_score"]
+    expected = "\u2013" if face_score is None else f"{face_score:.2f}"
+    sync_api.expect(rows.first.locator("td.face")).to_have_text(expected)
     with page.expect_download() as download_info:
         page.locator("#csv").click()
     path = download_info.value.path()

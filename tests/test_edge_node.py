@@ -62,6 +62,9 @@ def test_labelled_folder_once_gives_one_event_per_face_with_the_right_labels(
     for ev in received:
         by_id.setdefault(ev.id, []).append(ev)
     assert all([e.type for e in evs] == ["new", "end"] for evs in by_id.values())
+    # the committed classifier has no not-a-face class: events carry no face verification score
+    _detector, classifier = models
+    assert not classifier.verifies_faces and all(e.face_score is None for e in received)
     per_file: dict[str, list[tuple[int, int, int, int]]] = {}
     for evs in by_id.values():
         per_file.setdefault(str(evs[0].frame), []).append(evs[0].box)

@@ -40,7 +40,8 @@ def seed(store: Store, snapshot_dir: Path) -> EventLog:
     """60 events: nodes a/b/c, labels alternating, one minute apart from START; two rejections."""
     log = EventLog(store, snapshot_dir)
     items = [EventIn(make_event("hq", "abc"[n % 3], n, label="no_mask" if n % 4 == 0 else "mask",
-                                ts=START + timedelta(minutes=n), snapshot=n == 5), START) for n in range(60)]
+                                ts=START + timedelta(minutes=n), snapshot=n == 5,
+                                face_score=0.97 if n == 5 else None), START) for n in range(60)]
     with store.transaction() as session:
         log.write(session, items)
         RejectedStore(store).add(session, [RejectIn("maskwatch/hq/a/events", "json", None, "bad", b"{", START),
@@ -87,6 +88,7 @@ def test_event_detail_snapshot_and_csv(api: tuple[TestClient, Store]) -> None:
     event = client.get("/api/events/hq-c-00005").json()
     assert event["snapshot_url"].endswith("/api/events/hq-c-00005/snapshot.jpg")
     assert event["raw_messages"][0]["id"] == "hq-c-00005"
+    assert event["face_score"] == 0.97 and client.get("/api/events/hq-a-00000").json()["face_score"] is None
     snap = client.get("/api/events/hq-c-00005/snapshot.jpg")
     assert snap.status_code == 200 and snap.headers["content-type"] == "image/jpeg" and snap.content[:2] == b"\xff\xd8"
     assert client.get("/api/events/hq-a-00000/snapshot.jpg").status_code == 404

@@ -223,6 +223,36 @@ def test_a_message_that_trips_a_writer_bug_holds_back_only_itself(broker_config:
         store.close()
 
 
+def test_alerts_require_the_minimum_face_score(broker_config: BrokerConfig, tmp_path: Path) -> None:
+    site = unique_site()
+    config = hub_config(broker_config, tmp_path, site, alerts={"cooldown_s": 0, "min_face_score": 0.8})
+    start = utc_now()
+    events = [make_event(site, "door", 1, label="no_mask", face_score=0.4, ts=start),  # not a face: no alert
+              make_event(site, "door", 2, label="no_mask", face_score=0.95, ts=start),
+              make_event(site, "door", 3, label="no_mask", ts=start),  # an older node without the score
+              make_event(site, "door", 4, label="no_mask", face_score=0.5, ts=start),
+              make_event(site, "door", 4, kind="update", label="no_mask", face_score=0.9,  # verified later
+                         ts=start + timedelta(seconds=1))]
+    with alert_watcher(broker_config, site) as inbox, running_hub(config):
+        store = Store(config.db_url)
+        client = publisher(broker_config, "door")
+        for ev in events[:4]:
+            client.publish(NodeTopics(site, "door").events, ev, qos=1)
+        assert wait_until(lambda: count(store, EventMessage) == 4)
+        assert wait_until(lambda: len(inbox) == 2, 5)
+        client.publish(NodeTopics(site, "door").events, events[4], qos=1)
+        assert wait_until(lambda: len(inbox) == 3, 5)
+        time.sleep(0.3)
+        assert sorted(parse(Alert, m.payload).event_id for m in inbox) == [f"{site}-door-{n:05d}" for n in (2, 3, 4)]
+        with store.session() as session:
+            first = session.get(EventRow, f"{site}-door-00001")
+            assert first is not None and first.face_score == 0.4 and not first.alerted
+            later = session.get(EventRow, f"{site}-door-00004")
+            assert later is not None and later.face_score == 0.9 and later.alerted
+        client.stop()
+        store.close()
+
+
 def test_offline_node_raises_alert(broker_config: BrokerConfig, tmp_path: Path) -> None:
     site = unique_site()
     config = hub_config(broker_config, tmp_path, site, alerts={"offline_after_s": 0.5, "check_every_s": 0.2})

@@ -40,8 +40,8 @@ def store(tmp_path: Path) -> Iterator[Store]:
 def test_migrate_creates_schema_in_wal_mode_and_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     s = Store(f"sqlite:///{tmp_path / 'sub' / 'hub.db'}")
     with caplog.at_level(logging.INFO, logger="hub.storage.database"):
-        assert s.migrate() == "0002"
-        assert s.migrate() == "0002"
+        assert s.migrate() == "0003"
+        assert s.migrate() == "0003"
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("upgrading database") for m in messages)
     assert any("is up to date" in m for m in messages)
@@ -69,7 +69,7 @@ def test_upgrade_from_0001_keeps_raw_messages(tmp_path: Path) -> None:
         conn.execute(text("INSERT INTO event_messages (digest, event_id, type, ts, label, score, payload, "
                           "received_at) VALUES ('d1', 'e1', 'new', '2026-01-01 00:00:00.000000', 'mask', 0.9, "
                           "'{\"v\": 1, \"id\": \"e1\"}', '2026-01-01 00:00:00.000000')"))
-    assert s.migrate() == "0002"
+    assert s.migrate() == "0003"
     assert EventLog(s, tmp_path).raw_messages("e1") == [{"v": 1, "id": "e1"}]
     s.close()
 
@@ -86,7 +86,7 @@ def test_postgresql_migrate_and_upsert() -> None:
         conn.execute(text(f"CREATE SCHEMA {schema}"))
     s = Store(f"{PG_URL}?options=-csearch_path%3D{schema}")
     try:
-        assert s.migrate() == "0002"
+        assert s.migrate() == "0003"
         log = EventLog(s, Path("unused"))
         items = [EventIn(make_event("hq", "n", 1, kind="new", label="mask", score=0.6, ts=T0), T0),
                  EventIn(make_event("hq", "n", 1, kind="end", label="no_mask", score=0.8,

@@ -10,7 +10,7 @@ import pytest
 
 from edge.capture.images import list_images
 from shared.cli import main
-from shared.vocabulary import DEFAULT_THRESHOLDS
+from shared.vocabulary import DEFAULT_FACE_SCORES, DEFAULT_THRESHOLDS
 from tests.conftest import FACE_MASK, SCENES, need
 
 
@@ -48,7 +48,8 @@ def run_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, 
 def test_eval_crops_json_has_the_exact_keys(capsys: pytest.CaptureFixture[str], crops_dir: Path) -> None:
     code, (result,) = run_json(capsys, ["model", "eval", str(crops_dir), "--json"])
     assert code == 0
-    assert set(result) == {"n", "accuracy", "per_class", "no_face", "ms_per_image", "model"}
+    assert set(result) == {"n", "accuracy", "per_class", "no_face", "not_face", "min_face_score", "ms_per_image",
+                           "model"}
     assert set(result["per_class"]) == {"mask", "no_mask"}
     assert set(result["per_class"]["mask"]) == {"precision", "recall", "n"}
     assert result["n"] == 14  # the corrupt file is skipped, not counted
@@ -76,12 +77,20 @@ def test_eval_scenes_reports_recall_per_class_and_size(capsys: pytest.CaptureFix
     assert {"precision", "recall", "faces", "accuracy", "n"} <= set(result["no_mask_decision"]["all"])
     assert 0 < result["precision"] <= 1 and result["ms_per_image"] > 0
     assert result["threshold"] == DEFAULT_THRESHOLDS["crowd"]  # the profile's, --threshold not given
+    assert result["min_face_score"] == DEFAULT_FACE_SCORES["crowd"]
+    alerts = result["alerts"]
+    assert alerts["alerts"] == alerts["right"] + alerts["on_masked_face"] + alerts["on_no_face"]
+    assert alerts["false_alerts_per_photo"] == pytest.approx((alerts["alerts"] - alerts["right"]) / 3, abs=1e-4)
+    assert {"alert_precision", "false_alerts_per_photo"} <= set(result["threshold_sweep"]["0.5"])
 
 
 def test_threshold_follows_the_profile_unless_given(capsys: pytest.CaptureFixture[str], scenes_dir: Path) -> None:
     for extra, expected in ((["--profile", "near"], DEFAULT_THRESHOLDS["near"]), (["--threshold", "0.7"], 0.7)):
         code, (result,) = run_json(capsys, ["model", "eval", str(scenes_dir), "--scenes", "--json", *extra])
         assert code == 0 and result["threshold"] == expected
+    code, (result,) = run_json(capsys, ["model", "eval", str(scenes_dir), "--scenes", "--json", "--min-face-score",
+                                        "0.99"])
+    assert code == 0 and result["min_face_score"] == 0.99
 
 
 def test_detect_prints_one_json_line_per_image(capsys: pytest.CaptureFixture[str], scenes_dir: Path,
@@ -93,7 +102,7 @@ def test_detect_prints_one_json_line_per_image(capsys: pytest.CaptureFixture[str
     for result in results:
         assert set(result) == {"image", "faces", "ms"} and set(result["ms"]) == {"detect", "classify", "total"}
         for face in result["faces"]:
-            assert set(face) == {"box", "face_score", "label", "score"}
+            assert set(face) == {"box", "detector_score", "face_score", "label", "score"}
             assert len(face["box"]) == 4 and face["label"] in ("mask", "no_mask") and face["score"] <= 1
             # score is the probability of the label; detect defaults to the crowd profile's threshold
             threshold = DEFAULT_THRESHOLDS["crowd"]

@@ -1,16 +1,23 @@
-"""The mask classifier: a MobileNetV2 exported to TFLite (uint8 RGB input, softmax [mask, no_mask]) on LiteRT.
+"""The mask classifier: a MobileNetV2 exported to TFLite (uint8 RGB input, softmax [mask, no_mask, not_face])
+on LiteRT.
+
+The third class, ``not_face``, lets the classifier reject what the detector took for a face (a hand, a bag, a
+poster); its complement is the *face score*. Two-class models ([mask, no_mask]) still load: their face score
+is always 1.
 
 Example::
 
     classifier = MaskClassifier()                 # models/mask_classifier_int8.tflite
-    p = classifier.no_mask_probability([crop_face(frame, face.box)])
-    label, score = decide(p[0], threshold=0.5)  # shared.vocabulary.decide
+    scores = classifier.scores([crop_face(frame, face.box)])
+    label, score = decide(scores.p_no_mask[0], threshold=0.5)  # shared.vocabulary.decide
+    is_face = scores.face_score[0] >= 0.5
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -25,16 +32,28 @@ log = logging.getLogger(__name__)
 
 #: The committed default model (int8, the edge's choice).
 DEFAULT_MODEL = packaged_model("mask_classifier_int8.tflite")
-#: Output index of the "no mask" class.
-NO_MASK_INDEX = 1
+#: Output indices of the classes: mask, no mask and, in three-class models, not a face.
+MASK_INDEX, NO_MASK_INDEX, NOT_FACE_INDEX = 0, 1, 2
+#: Output sizes the classifier accepts: [mask, no_mask] or [mask, no_mask, not_face].
+CLASS_COUNTS = (2, 3)
+
+
+@dataclass(frozen=True)
+class CropScores:
+    """Per crop: ``p_no_mask``, the probability of no mask given that it is a face (0..1), and ``face_score``,
+    the probability that it is a face at all (1 - p_not_face; 1 for a two-class model)."""
+
+    p_no_mask: np.ndarray
+    face_score: np.ndarray
 
 
 class Classifier(Protocol):
-    """Anything that tells for BGR face crops how likely each face wears no mask."""
+    """Anything that tells for BGR face crops how likely each face wears no mask and whether it is a face."""
 
     version: str
+    verifies_faces: bool
 
-    def no_mask_probability(self, crops: Sequence[np.ndarray]) -> np.ndarray: ...
+    def scores(self, crops: Sequence[np.ndarray]) -> CropScores: ...
 
 
 class MaskClassifier:
@@ -46,7 +65,7 @@ class MaskClassifier:
         trained with horizontal flips, so both views are equally valid; averaging them removes some int8
         noise (face-mask validation: +0.3 to +0.6 point accuracy, int8; see models/MODEL_CARD.md).
     :raises ModelError: the file is missing, not a TFLite model, or not a mask classifier
-        (one (1, H, W, 3) image input, two-class output).
+        (one (1, H, W, 3) image input, a two- or three-class output).
     """
 
     def __init__(self, model_path: Path | None = None, num_threads: int = 2, mirror: bool = True) -> None:
@@ -58,16 +77,23 @@ class MaskClassifier:
             raise ModelError(f"{path} is not a mask classifier: expected 1 input and 1 output, "
                              f"got {len(inputs)} and {len(outputs)}")
         shape = tuple(int(v) for v in inputs[0]["shape"])
-        if len(shape) != 4 or shape[3] != 3 or tuple(outputs[0]["shape"])[-1] != 2:
+        classes = int(outputs[0]["shape"][-1])
+        if len(shape) != 4 or shape[3] != 3 or classes not in CLASS_COUNTS:
             raise ModelError(f"{path} is not a mask classifier: input {shape} (want (1, H, W, 3)), "
-                             f"output {tuple(outputs[0]['shape'])} (want (1, 2))")
+                             f"output {tuple(outputs[0]['shape'])} (want (1, 2) or (1, 3))")
         self.path = path
+        self.classes = classes
         self.mirror = mirror
         self.size = (shape[2], shape[1])
         self._in, self._out = inputs[0], outputs[0]
         self.version = f"{path.stem}@{sha256_of(path)[:12]}"
         log.info("mask classifier %s, input %dx%d %s", self.version, shape[2], shape[1],
                  np.dtype(self._in["dtype"]).name)
+
+    @property
+    def verifies_faces(self) -> bool:
+        """Whether the model has the ``not_face`` class (else every face score is 1 and means nothing)."""
+        return self.classes == 3
 
     def _input_tensor(self, crop_bgr: np.ndarray) -> np.ndarray:
         if crop_bgr.ndim != 3 or crop_bgr.shape[2] != 3 or crop_bgr.size == 0:
@@ -83,20 +109,29 @@ class MaskClassifier:
             return rgb.astype(np.float32)
         raise ModelError(f"{self.path}: unsupported input type {dtype.name}")
 
-    def _probability(self, tensor: np.ndarray) -> float:
+    def _probabilities(self, tensor: np.ndarray) -> np.ndarray:
+        """The model's class probabilities for one input tensor, normalised to sum to 1."""
         self._interpreter.set_tensor(self._in["index"], tensor)
         self._interpreter.invoke()
         raw = self._interpreter.get_tensor(self._out["index"])[0]
         scale, zero = self._out["quantization"]
         probabilities = (raw.astype(np.float32) - zero) * scale if scale else raw.astype(np.float32)
-        return float(probabilities[NO_MASK_INDEX]) / max(float(probabilities.sum()), 1e-6)
+        return np.clip(probabilities, 0.0, None) / max(float(probabilities.sum()), 1e-6)
 
-    def no_mask_probability(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        """Probability 0..1 that each BGR face crop shows no mask; shape (len(crops),)."""
-        result = np.empty(len(crops), np.float32)
+    def scores(self, crops: Sequence[np.ndarray]) -> CropScores:
+        """No-mask probability and face score of each BGR face crop (see :class:`CropScores`)."""
+        probabilities = np.empty((len(crops), self.classes), np.float32)
         for i, crop in enumerate(crops):
             tensor = self._input_tensor(crop)
-            result[i] = self._probability(tensor)
+            probabilities[i] = self._probabilities(tensor)
             if self.mirror:
-                result[i] = (result[i] + self._probability(np.ascontiguousarray(tensor[:, :, ::-1]))) / 2
-        return np.clip(result, 0.0, 1.0)
+                mirrored = np.ascontiguousarray(tensor[:, :, ::-1])
+                probabilities[i] = (probabilities[i] + self._probabilities(mirrored)) / 2
+        face = probabilities[:, MASK_INDEX] + probabilities[:, NO_MASK_INDEX]
+        p_no_mask = probabilities[:, NO_MASK_INDEX] / np.maximum(face, 1e-6)
+        face_score = np.ones(len(crops), np.float32) if self.classes == 2 else 1.0 - probabilities[:, NOT_FACE_INDEX]
+        return CropScores(np.clip(p_no_mask, 0.0, 1.0), np.clip(face_score, 0.0, 1.0))
+
+    def no_mask_probability(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """Probability 0..1 that each BGR face crop shows no mask (given it is a face); shape (len(crops),)."""
+        return self.scores(crops).p_no_mask

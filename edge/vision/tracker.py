@@ -38,11 +38,13 @@ ChangeKind = Literal["new", "update", "end"]
 @dataclass(frozen=True)
 class Observation:
     """One face in one frame; ``p_no_mask`` is ``None`` when it was not classified this frame
-    (the track it continues keeps its smoothed probability)."""
+    (the track it continues keeps its smoothed probability). ``face_score`` is the classifier's face
+    verification (``None`` when not classified, or from a classifier without a not-a-face class)."""
 
     box: Box
     p_no_mask: float | None
     det_score: float = 1.0
+    face_score: float | None = None
 
 
 @dataclass
@@ -64,6 +66,7 @@ class Track:
     emitted_score: float = 0.0
     frame_ref: Any = None
     unclassified: int = 0
+    face_score: float | None = None
 
     @property
     def p_no_mask(self) -> float:
@@ -181,6 +184,7 @@ class Tracker:
             else:
                 track.history.append(obs.p_no_mask)
                 track.unclassified = 0
+                track.face_score = obs.face_score if obs.face_score is not None else track.face_score
             self._relabel(track, threshold)
             if not track.confirmed:
                 if track.stable_frames >= self.config.confirm_frames:
@@ -198,7 +202,8 @@ class Tracker:
                 raise ValueError(f"a new face must be classified (box {obs.box})")
             track = Track(id=self._id_factory(), box=obs.box, first_seen=ts, last_seen=ts,
                           history=deque([obs.p_no_mask], maxlen=self.config.smooth_frames),
-                          label=decide(obs.p_no_mask, threshold).label, frame_ref=frame_ref)
+                          label=decide(obs.p_no_mask, threshold).label, frame_ref=frame_ref,
+                          face_score=obs.face_score)
             self.tracks.append(track)
             if self.config.confirm_frames <= 1:
                 track.confirmed = True

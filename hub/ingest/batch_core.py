@@ -83,6 +83,7 @@ class WriterSettings:
     rejected_max_rows: int
     alert_cooldown_s: float
     public_url: str
+    alert_min_face_score: float | None = None
 
     @classmethod
     def from_config(cls, config: HubConfig, public_url: str) -> WriterSettings:
@@ -90,13 +91,15 @@ class WriterSettings:
         return cls(db_url=config.db_url, snapshot_dir=config.snapshot_dir,
                    max_snapshot_bytes=config.ingest.max_snapshot_bytes,
                    rejected_max_rows=config.retention.rejected_max_rows,
-                   alert_cooldown_s=config.alerts.cooldown_s, public_url=public_url)
+                   alert_cooldown_s=config.alerts.cooldown_s, public_url=public_url,
+                   alert_min_face_score=config.alerts.min_face_score)
 
     def build(self, store: Store | None = None) -> BatchWriter:
         """A writer on ``store`` (or on a new :class:`Store` of ``db_url``)."""
         store = store or Store(self.db_url)
         return BatchWriter(store, EventLog(store, self.snapshot_dir), Registry(store),
-                           Alerter(None, cooldown_s=self.alert_cooldown_s, public_url=self.public_url),
+                           Alerter(None, cooldown_s=self.alert_cooldown_s, public_url=self.public_url,
+                                   min_face_score=self.alert_min_face_score),
                            max_snapshot_bytes=self.max_snapshot_bytes, rejected_max_rows=self.rejected_max_rows)
 
 
@@ -194,8 +197,8 @@ class BatchWriter:
                     *(NodeUpdate(site, node, "seen", now) for site, node in batch.seen), *batch.nodes])
                 self.store.count(session, {**{f"messages.{k}": v for k, v in batch.kinds.items()},
                                            "events.duplicates": written.duplicates})
-                alerts = self.alerter.for_events(session, self.events.claim_no_mask(session, written.no_mask),
-                                                 now)
+                claimed = self.events.claim_no_mask(session, written.no_mask, self.alerter.min_face_score)
+                alerts = self.alerter.for_events(session, claimed, now)
         except (SQLAlchemyError, OSError) as exc:
             raise StorageError(f"{type(exc).__name__}: {exc}") from exc
         return BatchResult(messages=len(messages), events=len(batch.events), duplicates=written.duplicates,

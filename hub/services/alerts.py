@@ -31,11 +31,15 @@ class Alerter:
     :param publish: sends one alert to a topic (the hub's MQTT client), or ``None`` to only store.
     :param cooldown_s: per node, ``no_mask`` alerts closer together than this are suppressed.
     :param public_url: base of the snapshot links, e.g. ``http://hub:8080``.
+    :param min_face_score: ``no_mask`` events with a lower face score raise no alert (``None``: off); applied
+        when events are claimed (:meth:`hub.storage.events.EventLog.claim_no_mask`).
     """
 
-    def __init__(self, publish: Publish | None, *, cooldown_s: float, public_url: str) -> None:
+    def __init__(self, publish: Publish | None, *, cooldown_s: float, public_url: str,
+                 min_face_score: float | None = None) -> None:
         self._publish = publish
         self.cooldown_s = cooldown_s
+        self.min_face_score = min_face_score
         self.public_url = public_url.rstrip("/")
         self._last: dict[tuple[str, str], datetime] | None = None
         self.suppressed = 0

@@ -20,7 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Row, case, func, or_, select, update
+from sqlalchemy import Row, case, func, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from hub.storage.database import Store
@@ -105,7 +105,7 @@ def fold(messages: Iterable[EventIn], now: datetime) -> dict[str, dict[str, Any]
             latest[ev.id] = item
     for event_id, row in rows.items():
         ev = latest[event_id].event
-        row.update(label=ev.label, box=list(ev.box), angle=ev.angle,
+        row.update(label=ev.label, box=list(ev.box), angle=ev.angle, face_score=ev.face_score,
                    frames=ev.track.frames if ev.track else None, best_score=row[f"{ev.label}_score"])
     return rows
 
@@ -150,6 +150,7 @@ class EventLog:
             "best_score": case((label == "mask", mask_score), else_=no_mask_score),
             "box": case((newer, new.box), else_=old.box),
             "angle": case((newer, new.angle), else_=old.angle),
+            "face_score": case((newer, new.face_score), else_=old.face_score),
             "frames": case((newer, new.frames), else_=old.frames),
             "mask_score": mask_score,
             "no_mask_score": no_mask_score,
@@ -204,17 +205,23 @@ class EventLog:
             "path": stmt.excluded.path, "size": stmt.excluded.size, "received_at": stmt.excluded.received_at}),
             rows)
 
-    def claim_no_mask(self, session: Session, ids: Sequence[str]) -> list[Row[Any]]:
+    def claim_no_mask(self, session: Session, ids: Sequence[str], min_face_score: float | None = None
+                      ) -> list[Row[Any]]:
         """Events among ``ids`` now labelled ``no_mask`` that have raised no alert yet, oldest first; marks them
-        alerted.
+        alerted. With ``min_face_score``, an event whose face score is lower is not claimed (a later message
+        with a higher score may still raise its alert); events without a face score (nodes whose classifier
+        has no not-a-face class) are claimed as before.
 
         Rows have ``id``, ``site``, ``node``, ``best_score`` and ``snapshot_expected``.
         """
         if not ids:
             return []
         table = EventRow.__table__
+        verified = true() if min_face_score is None else or_(table.c.face_score.is_(None),
+                                                                table.c.face_score >= min_face_score)
         rows = session.execute(
-            update(table).where(table.c.id.in_(ids), table.c.label == "no_mask", table.c.alerted.is_(False))
+            update(table).where(table.c.id.in_(ids), table.c.label == "no_mask", table.c.alerted.is_(False),
+                                verified)
             .values(alerted=True)
             .returning(table.c.id, table.c.site, table.c.node, table.c.best_score, table.c.snapshot_expected,
                        table.c.first_seen)).all()

@@ -80,6 +80,7 @@ class EventRow(Base):
     best_score: Mapped[float] = mapped_column(Float, comment="highest score of the final label")
     mask_score: Mapped[float | None] = mapped_column(Float, comment="highest 'mask' score seen")
     no_mask_score: Mapped[float | None] = mapped_column(Float, comment="highest 'no_mask' score seen")
+    face_score: Mapped[float | None] = mapped_column(Float, comment="face verification score of the latest message")
     box: Mapped[list[int]] = mapped_column(JSON, comment="[x, y, w, h] of the latest message")
     angle: Mapped[float | None] = mapped_column(Float)
     frames: Mapped[int | None] = mapped_column(Integer)

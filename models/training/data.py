@@ -1,4 +1,6 @@
-"""Training crops: face-mask images cut by the edge's detector, and the labelled faces of scene photos.
+"""Training crops: face-mask images cut by the edge's detector, the labelled faces of scene photos and, for the
+third class ``not_face``, what the detector finds in the scene photos that is no labelled face plus background
+patches.
 
 Every crop carries a group: near-duplicate images (perceptual hash with mirroring) and photos of the same
 person share one, and so do all faces of one scene photo, so a validation split never sees a relative of a
@@ -22,13 +24,19 @@ from tqdm import tqdm
 from edge.capture.images import list_images, read_image
 from edge.vision.crop import TRAINING_MARGIN, crop_face
 from edge.vision.detector import FaceDetector
-from models.scenes import load_scenes, match
+from models.scenes import iou_matrix, load_scenes, match
 from shared.errors import DatasetError, ImageReadError
 
 log = logging.getLogger(__name__)
 
 #: Class folders of a face-mask data set and their label (1 = no mask).
 CLASS_FOLDERS = {"with_mask": 0, "without_mask": 1}
+#: Label of the third class: a detection that matches no labelled face, or a background patch.
+NOT_FACE = 2
+#: A detection is a hard negative when its IoU with every labelled face stays under this (the scoring's match).
+NEGATIVE_MAX_IOU = 0.3
+#: Background patches cut per scene photo for ``not_face`` (boxes touching no labelled face).
+BACKGROUND_PER_PHOTO = 3
 #: Hamming distance of 64-bit dHashes under which two images count as near duplicates.
 NEAR_DUPLICATE_BITS = 4
 #: Scene faces smaller than this (shorter side, px) are too small to teach anything and are left out.
@@ -41,7 +49,7 @@ class Crops:
     """Face crops resized to the model input, with labels, groups and where each came from."""
 
     images: np.ndarray  # (n, S, S, 3) uint8 RGB
-    labels: np.ndarray  # (n,) 0 mask, 1 no mask
+    labels: np.ndarray  # (n,) 0 mask, 1 no mask, 2 not a face
     groups: list[str]
     sources: list[str]  # "face-mask" or "scenes"
     stats: dict[str, int] = field(default_factory=dict)
@@ -202,16 +210,38 @@ def validation_photo(group: str, seed: int, validation: float = 0.2, fold: int |
     return digest / 2**256 < validation
 
 
-def scene_crops(folder: Path, size: int, limit: int | None = None, detector: FaceDetector | None = None) -> Crops:
+def background_boxes(faces: list[tuple[int, int, int, int]], width: int, height: int, count: int,
+                     rng: np.random.Generator) -> list[tuple[int, int, int, int]]:
+    """Up to ``count`` square boxes of face-like sizes (8-96 px) that touch none of ``faces`` (x, y, w, h)."""
+    boxes: list[tuple[int, int, int, int]] = []
+    for _ in range(20 * count):
+        if len(boxes) == count:
+            break
+        side = int(rng.integers(MIN_SCENE_FACE_PX, min(96, width, height) + 1))
+        x, y = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
+        if not faces or iou_matrix(np.array([(x, y, side, side)]), np.array(faces)).max() == 0:
+            boxes.append((x, y, side, side))
+    return boxes
+
+
+def scene_crops(folder: Path, size: int, limit: int | None = None, detector: FaceDetector | None = None,
+                not_face: bool = False, seed: int = 0) -> Crops:
     """Crops of every labelled face of a scenes folder (VOC), cut with the edge's margin; grouped by photo.
 
     An incorrectly worn mask is labelled "no mask". Faces under :data:`MIN_SCENE_FACE_PX` are left out.
     With a ``detector``, a labelled face that it finds (IoU >= 0.3) gives a second crop: the detected box, cut
     as the edge cuts it at run time (detected boxes vary more than labelled ones).
+    With ``not_face``, crops labelled :data:`NOT_FACE` are added from the same photo (so they share its group
+    and a cross-validation fold never trains on its held-out photos' negatives): the detector's boxes that
+    overlap no labelled face by :data:`NEGATIVE_MAX_IOU` or more (hard negatives), and
+    :data:`BACKGROUND_PER_PHOTO` random background patches (seeded by ``seed``).
     """
     scenes = load_scenes(folder)[:limit]
     images, labels, groups = [], [], []
     stats = {"scene_photos": 0, "scene_faces": 0, "scene_small_skipped": 0, "scene_detected_crops": 0}
+    if not_face:
+        stats |= {"scene_hard_negatives": 0, "scene_background": 0}
+    rng = np.random.default_rng(seed)
     for scene in tqdm(scenes, desc="scene crops", unit="photo", leave=False):
         try:
             frame = read_image(scene.image)
@@ -223,21 +253,43 @@ def scene_crops(folder: Path, size: int, limit: int | None = None, detector: Fac
         kept = [face for face in scene.faces if face.size >= MIN_SCENE_FACE_PX]
         stats["scene_small_skipped"] += len(scene.faces) - len(kept)
         stats["scene_faces"] += len(kept)
-        boxes = [(face.box, face.no_mask) for face in kept]
+        boxes = [(face.box, int(face.no_mask)) for face in kept]
         if detector is not None:
             detected = [f.box for f in detector.detect(frame)]
             pairs = match([face.box for face in kept], detected)
-            boxes += [(detected[j], kept[i].no_mask) for i, j in sorted(pairs.items())]
+            boxes += [(detected[j], int(kept[i].no_mask)) for i, j in sorted(pairs.items())]
             stats["scene_detected_crops"] += len(pairs)
-        for box, no_mask in boxes:
+            if not_face:
+                negatives = _hard_negatives([face.box for face in scene.faces], detected)
+                boxes += [(box, NOT_FACE) for box in negatives]
+                stats["scene_hard_negatives"] += len(negatives)
+        if not_face:
+            background = background_boxes([face.box for face in scene.faces], frame.shape[1], frame.shape[0],
+                                          BACKGROUND_PER_PHOTO, rng)
+            boxes += [(box, NOT_FACE) for box in background]
+            stats["scene_background"] += len(background)
+        for box, label in boxes:
             images.append(resize_square(crop_face(frame, box, TRAINING_MARGIN), size))
-            labels.append(int(no_mask))
+            labels.append(label)
             groups.append(group)
-    log.info("scenes: %d faces from %d photos (%d faces under %d px left out), %d more crops of detected boxes",
-             stats["scene_faces"], stats["scene_photos"], stats["scene_small_skipped"], MIN_SCENE_FACE_PX,
-             stats["scene_detected_crops"])
+    log.info("scenes: %d faces from %d photos (%d faces under %d px left out), %d more crops of detected boxes, "
+             "%d hard negatives, %d background patches", stats["scene_faces"], stats["scene_photos"],
+             stats["scene_small_skipped"], MIN_SCENE_FACE_PX, stats["scene_detected_crops"],
+             stats.get("scene_hard_negatives", 0), stats.get("scene_background", 0))
     return Crops(np.array(images, np.uint8).reshape(-1, size, size, 3), np.array(labels, np.int64), groups,
                  ["scenes"] * len(labels), stats)
+
+
+def _hard_negatives(labelled: list[tuple[int, int, int, int]], detected: list[tuple[int, int, int, int]]
+                    ) -> list[tuple[int, int, int, int]]:
+    """Detected boxes of :data:`MIN_SCENE_FACE_PX` or more that overlap no labelled face enough to match it."""
+    if not detected:
+        return []
+    sized = [box for box in detected if min(box[2], box[3]) >= MIN_SCENE_FACE_PX]
+    if not labelled or not sized:
+        return sized
+    overlap = iou_matrix(np.array(sized), np.array(labelled)).max(axis=1)
+    return [box for box, best in zip(sized, overlap, strict=True) if best < NEGATIVE_MAX_IOU]
 
 
 def concat(parts: list[Crops]) -> Crops:
@@ -258,7 +310,7 @@ def group_split(crops: Crops, validation: float, seed: int) -> tuple[np.ndarray,
         raise ValueError(f"validation fraction must be between 0 and 1, got {validation}")
     val_groups: set[str] = set()
     for source in sorted(set(crops.sources)):
-        for label in (0, 1):
+        for label in sorted(set(crops.labels.tolist())):
             members = [g for g, s, y in zip(crops.groups, crops.sources, crops.labels, strict=True)
                        if s == source and y == label]
             if not members:

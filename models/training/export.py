@@ -1,10 +1,11 @@
 """``maskwatch model export``: a trained Keras classifier to float16 and int8 TFLite, with an agreement check.
 
 The int8 model takes uint8 RGB and returns uint8 probabilities; its representative data are training crops.
-It must agree with the float model on the validation split: accuracies within ``max_gap_pp`` percentage
-points. When the fully quantized model misses that, the export tries once more with the layers of
-:data:`FLOAT_LAYERS` left in float (selective quantization, as TensorFlow's quantization debugger does it);
-if that misses too, the export fails and no int8 file is written.
+It must agree with the float model on the validation split: accuracies (of the class decided at 0.5: mask, no
+mask and, for three-class models, not a face) within ``max_gap_pp`` percentage points. When the fully
+quantized model misses that, the export tries once more with the layers of :data:`FLOAT_LAYERS` left in float
+(selective quantization, as TensorFlow's quantization debugger does it); if that misses too, the export fails
+and no int8 file is written.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.vision.classifier import MaskClassifier
+from edge.vision.classifier import CropScores, MaskClassifier
 from models.evaluation import THRESHOLD_SWEEP
+from models.training.data import NOT_FACE
 from shared.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -73,9 +75,14 @@ def _selectively_quantized(converter: object, float_layers: tuple[str, ...]) -> 
     return tflite_util.modify_model_io_type(quantized, tf.uint8, tf.uint8)
 
 
-def predict_rgb(classifier: MaskClassifier, images_rgb: np.ndarray) -> np.ndarray:
-    """No-mask probabilities of S x S RGB crops through the edge's own classifier code."""
-    return classifier.no_mask_probability([image[:, :, ::-1] for image in images_rgb])
+def predict_rgb(classifier: MaskClassifier, images_rgb: np.ndarray) -> CropScores:
+    """No-mask probabilities and face scores of S x S RGB crops through the edge's own classifier code."""
+    return classifier.scores([image[:, :, ::-1] for image in images_rgb])
+
+
+def decided_classes(scores: CropScores) -> np.ndarray:
+    """The class each crop is given at 0.5: 2 (not a face) below face score 0.5, else 1 (no mask) or 0 (mask)."""
+    return np.where(scores.face_score < 0.5, NOT_FACE, (scores.p_no_mask >= 0.5).astype(int))
 
 
 def threshold_sweep(labels: np.ndarray, p_no_mask: np.ndarray, sources: np.ndarray,
@@ -107,19 +114,22 @@ def export(run_dir: Path, out_dir: Path, name: str = "mask_classifier", max_gap_
     f16_path, int8_path = out_dir / f"{name}_f16.tflite", out_dir / f"{name}_int8.tflite"
     log.info("converting to float16")
     f16_path.write_bytes(convert(model_path, None))
-    p_float = predict_rgb(MaskClassifier(f16_path, 2), val_images)
-    acc_float = float(((p_float >= 0.5) == val_labels).mean())
+    float_scores = predict_rgb(MaskClassifier(f16_path, 2), val_images)
+    float_classes = decided_classes(float_scores)
+    acc_float = float((float_classes == val_labels).mean())
     candidate = out_dir / f".{name}_int8.tflite.candidate"
     for float_layers in ((), FLOAT_LAYERS):
         log.info("converting to int8 with %d representative training crops%s", len(split["representative"]),
                  f", keeping {', '.join(float_layers)} in float" if float_layers else "")
         candidate.write_bytes(convert(model_path, split["representative"], float_layers))
-        p_int8 = predict_rgb(MaskClassifier(candidate, 2), val_images)
-        acc_int8 = float(((p_int8 >= 0.5) == val_labels).mean())
+        int8_scores = predict_rgb(MaskClassifier(candidate, 2), val_images)
+        int8_classes = decided_classes(int8_scores)
+        acc_int8 = float((int8_classes == val_labels).mean())
         figures = {"validation_n": len(val_labels), "accuracy_f16": acc_float, "accuracy_int8": acc_int8,
                    "gap_pp": round(100 * abs(acc_float - acc_int8), 3), "float_layers": list(float_layers),
-                   "label_agreement": float(((p_float >= 0.5) == (p_int8 >= 0.5)).mean()),
-                   "max_abs_probability_diff": float(np.abs(p_float - p_int8).max())}
+                   "label_agreement": float((float_classes == int8_classes).mean()),
+                   "max_abs_probability_diff": float(np.abs(float_scores.p_no_mask - int8_scores.p_no_mask).max()),
+                   "max_abs_face_score_diff": float(np.abs(float_scores.face_score - int8_scores.face_score).max())}
         if figures["gap_pp"] <= max_gap_pp:
             break
         log.warning("int8 accuracy %.4f vs float %.4f: %.3f points > %s", acc_int8, acc_float, figures["gap_pp"],
@@ -131,7 +141,7 @@ def export(run_dir: Path, out_dir: Path, name: str = "mask_classifier", max_gap_
                          "in float); int8 file not written")
     candidate.replace(int8_path)
     sources = split["val_sources"] if "val_sources" in split.files else np.array(["all"] * len(val_labels))
-    figures["int8_threshold_sweep"] = threshold_sweep(val_labels, p_int8, sources)
+    figures["int8_threshold_sweep"] = threshold_sweep(val_labels, int8_scores.p_no_mask, sources)
     log.info("int8 accuracy %.4f, float16 %.4f, labels agree on %.4f", acc_int8, acc_float,
              figures["label_agreement"])
     return figures

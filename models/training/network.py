@@ -28,18 +28,19 @@ def backbone(size: int, weights: str | Path) -> keras.Model:
         raise ModelError(f"cannot load backbone weights {weights}: {exc}") from exc
 
 
-def head(seed: int) -> keras.Model:
-    """The seed's head on pooled features: Dense(128, relu), Dropout(0.5), Dense(2, softmax)."""
+def head(seed: int, classes: int = 2) -> keras.Model:
+    """The seed's head on pooled features: Dense(128, relu), Dropout(0.5), Dense(``classes``, softmax)
+    ([mask, no_mask], or [mask, no_mask, not_face] with 3)."""
     features = keras.Input((FEATURES,), name="features")
     x = keras.layers.Dense(128, activation="relu", kernel_initializer=keras.initializers.GlorotUniform(seed))(features)
     x = keras.layers.Dropout(0.5, seed=seed)(x)
-    out = keras.layers.Dense(2, activation="softmax", kernel_initializer=keras.initializers.GlorotUniform(seed + 1),
-                             name="mask_no_mask")(x)
+    out = keras.layers.Dense(classes, activation="softmax",
+                             kernel_initializer=keras.initializers.GlorotUniform(seed + 1), name="mask_no_mask")(x)
     return keras.Model(features, out, name="head")
 
 
 def classifier(base: keras.Model, top: keras.Model) -> keras.Model:
-    """The whole classifier: uint8 RGB (S, S, 3) in, preprocessing inside, [p_mask, p_no_mask] out."""
+    """The whole classifier: uint8 RGB (S, S, 3) in, preprocessing inside, the head's class probabilities out."""
     size = base.input_shape[1]
     pixels = keras.Input((size, size, 3), dtype="uint8", name="image")
     x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range")(keras.ops.cast(pixels, "float32"))

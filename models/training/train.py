@@ -22,7 +22,7 @@ from tqdm import tqdm
 from edge.vision.crop import TRAINING_MARGIN
 from edge.vision.detector import create_detector
 from models.training.augment import Augmentation
-from models.training.data import Crops, concat, face_mask_crops, scene_crops, train_validation_split
+from models.training.data import NOT_FACE, Crops, concat, face_mask_crops, scene_crops, train_validation_split
 from models.training.network import FINE_TUNE_FROM, backbone, classifier, head, set_fine_tuning
 from models.training.plots import plot_confusion, plot_curves
 from shared.vocabulary import Profile
@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 #: Bump when the way crops are cut changes, so cached crops are not reused.
 CROPS_VERSION = 3
+#: Detector score threshold of the ``near`` detector that cuts the face-mask crops (the committed models' crops
+#: were cut at 0.5), kept apart from the edge's ``near`` operating point.
+FACE_MASK_CROP_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class TrainSettings:
     seed: int = 0
     detector: str | None = "blazeface"
     limit_per_class: int | None = None
+    not_face: bool = False
 
 
 class TqdmEpochs(keras.callbacks.Callback):
@@ -81,6 +85,8 @@ def load_crops(settings: TrainSettings, cache_dir: Path | None = None) -> Crops:
     Crops are cached in ``cache_dir`` under a key of the data folders' listings and the crop settings.
     """
     key_parts = [settings.size, settings.detector, settings.limit_per_class, TRAINING_MARGIN, CROPS_VERSION]
+    if settings.not_face:
+        key_parts += ["not_face", settings.seed]
     for folder in filter(None, (settings.data, settings.scenes)):
         key_parts += sorted((str(p.relative_to(folder)), p.stat().st_size) for p in Path(folder).rglob("*")
                             if p.is_file())
@@ -89,12 +95,14 @@ def load_crops(settings: TrainSettings, cache_dir: Path | None = None) -> Crops:
     if cache.is_file():
         log.info("using cached crops %s", cache)
         return Crops.load(cache)
-    detector = create_detector(Profile.NEAR, settings.detector) if settings.detector else None
+    detector = create_detector(Profile.NEAR, settings.detector, threshold=FACE_MASK_CROP_THRESHOLD) \
+        if settings.detector else None
     parts = [face_mask_crops(Path(settings.data), settings.size, detector, settings.limit_per_class)]
     if settings.scenes:
         limit = None if settings.limit_per_class is None else settings.limit_per_class // 4
         scene_detector = create_detector(Profile.CROWD, settings.detector) if settings.detector else None
-        parts.append(scene_crops(Path(settings.scenes), settings.size, limit, scene_detector))
+        parts.append(scene_crops(Path(settings.scenes), settings.size, limit, scene_detector, settings.not_face,
+                                 settings.seed))
     crops = concat(parts)
     crops.save(cache)
     return crops
@@ -141,8 +149,20 @@ class AugmentedBatches(keras.utils.PyDataset):
         self.order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.images))
 
 
+def face_metrics(labels: np.ndarray, face_score: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """How well the ``not_face`` class separates: face recall (faces kept) and not-face recall (rejected)."""
+    is_face = labels != NOT_FACE
+    kept = face_score >= threshold
+    return {"faces": int(is_face.sum()), "not_faces": int((~is_face).sum()),
+            "face_recall": float(kept[is_face].mean()) if is_face.any() else 0.0,
+            "not_face_recall": float((~kept[~is_face]).mean()) if (~is_face).any() else 0.0}
+
+
 def metrics_of(labels: np.ndarray, p_no_mask: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """Accuracy, no-mask precision/recall and the confusion matrix (rows truth mask/no_mask) of predictions."""
+    """Accuracy, no-mask precision/recall and the confusion matrix (rows truth mask/no_mask) of predictions on
+    face crops (``not_face`` crops, if any, are left out: see :func:`face_metrics`)."""
+    faces = labels != NOT_FACE
+    labels, p_no_mask = labels[faces], p_no_mask[faces]
     predicted = (p_no_mask >= threshold).astype(int)
     confusion = np.zeros((2, 2), int)
     for truth, guess in zip(labels, predicted, strict=True):
@@ -176,7 +196,7 @@ def train(settings: TrainSettings) -> dict:
 
     base = backbone(settings.size, settings.backbone_weights)
     base.trainable = False
-    top = head(settings.seed)
+    top = head(settings.seed, 3 if settings.not_face else 2)
     rng = np.random.default_rng(settings.seed)
     augmentation = Augmentation(low_res=settings.low_res)
     train_images = [train_set.images] + [augmentation.apply(train_set.images, rng)
@@ -208,13 +228,16 @@ def train(settings: TrainSettings) -> dict:
         for key, values in fine.history.items():
             history.setdefault(key, []).extend(map(float, values))
 
-    p_no_mask = model.predict(val_set.images, batch_size=64, verbose=0)[:, 1]
+    probabilities = model.predict(val_set.images, batch_size=64, verbose=0)
+    p_no_mask = probabilities[:, 1] / np.maximum(probabilities[:, 0] + probabilities[:, 1], 1e-6)
     report = {
         "validation": metrics_of(val_set.labels, p_no_mask),
         "validation_by_source": {
             source: metrics_of(val_set.labels[mask], p_no_mask[mask])
             for source in sorted(set(val_set.sources))
             for mask in [np.array([s == source for s in val_set.sources])]},
+        "validation_not_face": face_metrics(val_set.labels, 1.0 - probabilities[:, NOT_FACE])
+        if settings.not_face else None,
         "crops": crops.stats, "train_crops": len(train_index), "validation_crops": len(val_index),
         "train_groups": len(set(train_set.groups)), "validation_groups": len(set(val_set.groups)),
         "history": history, "settings": asdict(settings),

@@ -24,8 +24,10 @@ const prev = el("button", { onclick: () => { offset = Math.max(0, offset - PAGE)
 const next = el("button", { onclick: () => { offset += PAGE; load(); } }, "Older ›");
 main.append(el("h2", {}, "Events"), form,
   el("div", { class: "card table-wrap" }, el("table", { id: "events" },
-    el("thead", {}, el("tr", {}, ["", "Label", "Node", "First seen", "Last seen", "Duration", "Score", "Angle",
-      "State"].map((h, i) => el("th", { class: i >= 5 && i <= 7 ? "num" : null }, h)))), tbody),
+    el("thead", {}, el("tr", {}, ["", "Label", "Node", "First seen", "Last seen", "Duration", "Score", "Face",
+      "Angle", "State"].map((h, i) => el("th", { class: i >= 5 && i <= 8 ? "num" : null,
+      title: h === "Face" ? "face verification: how sure the classifier is that this is a face at all" : null },
+    h)))), tbody),
   el("div", { class: "pager" }, prev, next, summary)));
 
 let offset = 0;
@@ -57,6 +59,7 @@ function row(event) {
     el("td", {}, event.node, el("span", { class: "muted" }, ` · ${event.site}`)),
     el("td", {}, fmtTime(event.first_seen)), el("td", {}, fmtTime(event.last_seen)),
     el("td", { class: "num" }, duration(event)), el("td", { class: "num" }, num(event.best_score, 2)),
+    el("td", { class: "num face" }, num(event.face_score, 2)),
     el("td", { class: "num" }, event.angle === null ? "–" : `${num(event.angle, 0)}°`), el("td", {}, event.state));
 }
 
@@ -67,7 +70,7 @@ async function load() {
   query.set("offset", String(offset));
   const { body } = await api(`api/events?${query}`);
   tbody.replaceChildren(...(body.items.length ? body.items.map(row)
-    : [el("tr", {}, el("td", { colspan: 9, class: "empty" }, "No events match"))]));
+    : [el("tr", {}, el("td", { colspan: 10, class: "empty" }, "No events match"))]));
   const last = offset + body.items.length;
   summary.textContent = body.total ? `${offset + 1}–${last} of ${body.total}` : "0 events";
   prev.disabled = offset === 0;
@@ -90,4 +93,4 @@ csv.addEventListener("click", (e) => {
 
 const refresh = throttle(() => { if (offset === 0) load().catch(console.error); }, 2000);
 loadNodes().then(load).then(() => stream({ event: refresh }))
-  .catch((error) => tbody.replaceChildren(el("tr", {}, el("td", { colspan: 9 }, `Cannot reach the hub: ${error.message}`))));
+  .catch((error) => tbody.replaceChildren(el("tr", {}, el("td", { colspan: 10 }, `Cannot reach the hub: ${error.message}`))));

@@ -72,7 +72,9 @@ function feedItem(event, fresh) {
     dataset: { id: event.id, label: event.label, node: nodeKey(event.site, event.node) } },
     badge(event.label),
     el("span", {}, el("strong", {}, event.node), el("div", { class: "muted meta" },
-      `${event.site} · score ${num(event.score ?? event.best_score, 2)} · ${event.state}`)),
+      `${event.site} · score ${num(event.score ?? event.best_score, 2)}` +
+      `${event.face_score === null || event.face_score === undefined ? "" : ` · face ${num(event.face_score, 2)}`}` +
+      ` · ${event.state}`)),
     el("time", { class: "muted", datetime: event.last_seen }, fmtTime(event.last_seen)));
 }
 
