@@ -457,4 +457,4 @@ MESSAGES: dict[str, type[Message]] = {
 
 def export_schemas() -> dict[str, dict[str, Any]]:
     """JSON Schema of every public message, keyed by its name in :data:`MESSAGES`."""
-    return {name: cls.model_json_schema(mode="serialization") for name, cls in MESSAGES.items()}
+    return {name: cls.model_json_schema(mode="validation") for name, cls in MESSAGES.items()}
