@@ -27,6 +27,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
     ValidationError,
     field_serializer,
     field_validator,
@@ -35,7 +39,7 @@ from pydantic import (
 
 from shared.errors import ContractError
 from shared.topics import EVENT_ID_PATTERN, ID_PATTERN
-from shared.vocabulary import Label, Probability, Profile, ServoMode, Threshold
+from shared.vocabulary import Label, Probability, Profile, ServoMode
 
 SCHEMA_VERSION = 1
 #: Payloads larger than this are rejected before JSON decoding (snapshots excepted).
@@ -47,11 +51,11 @@ EventId = Annotated[str, Field(pattern=EVENT_ID_PATTERN.pattern, description="gl
 HubId = Annotated[str, Field(pattern=ID_PATTERN.pattern, description="hub id, [a-z0-9_-]+")]
 OutboxId = Annotated[str, Field(pattern=r"^[0-9a-f]{16}$", description="random id of one node outbox file")]
 #: An outbox sequence number: the node numbers what it writes to its outbox 1, 2, 3...
-Seq = Annotated[int, Field(ge=1, le=2**63 - 1)]
+Seq = Annotated[StrictInt, Field(ge=1, le=2**63 - 1)]
 #: Integers that fit the 32- and 64-bit columns of any database the hub writes to.
-Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
-Count32 = Annotated[int, Field(ge=0, le=2**31 - 1)]
-Count64 = Annotated[int, Field(ge=0, le=2**63 - 1)]
+Int32 = Annotated[StrictInt, Field(ge=-(2**31), le=2**31 - 1)]
+Count32 = Annotated[StrictInt, Field(ge=0, le=2**31 - 1)]
+Count64 = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
 #: The plain-text payloads of a node's ``status`` and a hub's presence, and whether each means available.
 ONLINE, OFFLINE = b"online", b"offline"
 AVAILABILITY: dict[bytes, bool] = {ONLINE: True, OFFLINE: False}
@@ -59,6 +63,8 @@ AVAILABILITY: dict[bytes, bool] = {ONLINE: True, OFFLINE: False}
 MAX_ERROR_CHARS = 512
 #: Deepest nesting accepted in a free-form value (a response's ``value``).
 MAX_VALUE_DEPTH = 32
+#: A probability as it travels: a JSON number, never a boolean or a string.
+StrictProbability = Annotated[Probability, Strict()]
 
 
 def utc_now() -> datetime:
@@ -139,16 +145,16 @@ class Event(Message):
     node: NodeId
     ts: UtcTime = Field(description="UTC time of the observation")
     label: Label
-    score: Probability = Field(description="probability of the label")
-    face_score: Probability | None = Field(
+    score: StrictProbability = Field(description="probability of the label")
+    face_score: StrictProbability | None = Field(
         None, description="face verification: the classifier's probability that the box is a face at all "
                           "(1 - p_not_face; absent from nodes whose classifier has no not-a-face class)")
     box: tuple[Int32, Int32, Int32, Int32] = Field(description="[x, y, w, h] in frame pixels")
-    angle: float | None = Field(None, ge=-360, le=360, allow_inf_nan=False, description="servo angle, degrees")
+    angle: StrictFloat | None = Field(None, ge=-360, le=360, allow_inf_nan=False, description="servo angle, degrees")
     frame: Count64 | Annotated[str, Field(max_length=256)] | None = Field(
         None, description="frame index, or file name for an image folder")
     track: TrackInfo | None = None
-    snapshot: bool = Field(False, description="a JPEG is published on .../snapshot/<id>")
+    snapshot: StrictBool = Field(False, description="a JPEG is published on .../snapshot/<id>")
     seq: Seq | None = Field(None, description="the message's number in the node's outbox, acknowledged by a hub "
                             "on .../ack (absent with the node's delivery: broker)")
     outbox_id: OutboxId | None = Field(None, description="the outbox that numbered it (with seq)")
@@ -172,10 +178,10 @@ class ServoState(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    angle: float | None = Field(None, description="current angle in degrees; null (or absent) when detached")
+    angle: StrictFloat | None = Field(None, description="current angle in degrees; null (or absent) when detached")
     mode: ServoMode
-    min_deg: float
-    max_deg: float
+    min_deg: StrictFloat
+    max_deg: StrictFloat
 
 
 class NodeState(Message):
@@ -185,8 +191,8 @@ class NodeState(Message):
     node: NodeId
     ts: UtcTime
     servo: ServoState
-    threshold: Threshold = Field(description="no-mask probability at or above which a face is no_mask")
-    detect: bool = Field(description="inference running")
+    threshold: StrictProbability = Field(description="no-mask probability at or above which a face is no_mask")
+    detect: StrictBool = Field(description="inference running")
     model: str = Field(max_length=128, description="classifier model version")
     profile: Profile = Profile.NEAR
     source: str | None = None
@@ -199,22 +205,22 @@ class NodeStats(Message):
     site: SiteId
     node: NodeId
     ts: UtcTime
-    fps: float = Field(ge=0)
-    stage_ms: dict[str, float] = Field(default_factory=dict, description="mean ms per pipeline stage")
+    fps: StrictFloat = Field(ge=0)
+    stage_ms: dict[str, StrictFloat] = Field(default_factory=dict, description="mean ms per pipeline stage")
     frames: Count64 = 0
     dropped_frames: Count64 = 0
     outbox_depth: Count64 = Field(0, description="messages in the outbox: not yet acknowledged")
     outbox_dropped: Count64 = 0
     outbox_unacked: Count64 = Field(0, description="outbox messages published, awaiting their acknowledgement")
-    outbox_oldest_s: float | None = Field(None, ge=0, description="age of the oldest outbox message, seconds")
-    hub_online: bool | None = Field(None, description="a hub's presence is online (null with delivery: broker)")
+    outbox_oldest_s: StrictFloat | None = Field(None, ge=0, description="age of the oldest outbox message, seconds")
+    hub_online: StrictBool | None = Field(None, description="a hub's presence is online (null with delivery: broker)")
     delivery_error: str | None = Field(None, max_length=MAX_ERROR_CHARS, description="why delivery is stuck "
                                        "(refused publish, subscription or connection), naming the topic")
     events_published: Count64 = 0
     reconnects: Count64 = 0
-    uptime_s: float = Field(0, ge=0)
-    cpu_temp_c: float | None = None
-    camera_ok: bool = True
+    uptime_s: StrictFloat = Field(0, ge=0)
+    cpu_temp_c: StrictFloat | None = None
+    camera_ok: StrictBool = True
     camera_error: str | None = None
     rejected: dict[str, Count64] = Field(default_factory=dict, description="rejected commands by reason")
 
@@ -241,12 +247,12 @@ class ServoCommand(Command):
 
     name: ClassVar[str] = "servo"
 
-    angle: float | None = Field(None, allow_inf_nan=False, description="degrees; clamped to the limits")
+    angle: StrictFloat | None = Field(None, allow_inf_nan=False, description="degrees; clamped to the limits")
     mode: ServoMode | None = None
-    sweep_min_deg: float | None = Field(None, allow_inf_nan=False)
-    sweep_max_deg: float | None = Field(None, allow_inf_nan=False)
-    sweep_step_deg: float | None = Field(None, gt=0, le=90, allow_inf_nan=False)
-    dwell_s: float | None = Field(None, ge=0, le=60, allow_inf_nan=False)
+    sweep_min_deg: StrictFloat | None = Field(None, allow_inf_nan=False)
+    sweep_max_deg: StrictFloat | None = Field(None, allow_inf_nan=False)
+    sweep_step_deg: StrictFloat | None = Field(None, gt=0, le=90, allow_inf_nan=False)
+    dwell_s: StrictFloat | None = Field(None, ge=0, le=60, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _angle_or_mode(self) -> ServoCommand:
@@ -269,7 +275,7 @@ class ThresholdCommand(Command):
 
     name: ClassVar[str] = "threshold"
 
-    value: Threshold
+    value: StrictProbability
 
     def desired_changes(self) -> dict[str, Any]:
         return {"threshold": self.value}
@@ -280,7 +286,7 @@ class DetectCommand(Command):
 
     name: ClassVar[str] = "detect"
 
-    enabled: bool
+    enabled: StrictBool
 
     def desired_changes(self) -> dict[str, Any]:
         return {"detect": self.enabled}
@@ -334,10 +340,10 @@ class CommandResponse(Message):
 class DesiredConfig(Message):
     """Retained ``.../desired`` from the hub: applied by the node on every connect."""
 
-    threshold: Threshold | None = None
+    threshold: StrictProbability | None = None
     servo_mode: ServoMode | None = None
-    servo_angle: float | None = Field(None, allow_inf_nan=False)
-    detect: bool | None = None
+    servo_angle: StrictFloat | None = Field(None, allow_inf_nan=False)
+    detect: StrictBool | None = None
 
 
 class Alert(Message):
@@ -348,7 +354,7 @@ class Alert(Message):
     node: NodeId
     ts: UtcTime
     event_id: EventId | None = None
-    score: Probability | None = None
+    score: StrictProbability | None = None
     snapshot_url: str | None = None
     message: str | None = None
 
@@ -363,11 +369,11 @@ class NodeSummary(Message):
     site: SiteId
     node: NodeId
     ts: UtcTime
-    faces_in_view: int = Field(ge=0, description="open events (faces currently tracked)")
-    no_mask_in_view: bool = Field(description="at least one open event is labelled no_mask")
-    window_s: float = Field(gt=0, description="length of the compliance window, seconds")
-    faces: int = Field(ge=0, description="events that started within the window")
-    compliance: Probability | None = Field(None, description="share of those faces wearing a mask; null if none")
+    faces_in_view: StrictInt = Field(ge=0, description="open events (faces currently tracked)")
+    no_mask_in_view: StrictBool = Field(description="at least one open event is labelled no_mask")
+    window_s: StrictFloat = Field(gt=0, description="length of the compliance window, seconds")
+    faces: StrictInt = Field(ge=0, description="events that started within the window")
+    compliance: StrictProbability | None = Field(None, description="share of those faces wearing a mask; null if none")
 
 
 #: Most ranges one ack carries (a hub sends several acks for a longer list).
@@ -454,4 +460,4 @@ MESSAGES: dict[str, type[Message]] = {
 
 def export_schemas() -> dict[str, dict[str, Any]]:
     """JSON Schema of every public message, keyed by its name in :data:`MESSAGES`."""
-    return {name: cls.model_json_schema(mode="serialization") for name, cls in MESSAGES.items()}
+    return {name: cls.model_json_schema(mode="validation") for name, cls in MESSAGES.items()}
