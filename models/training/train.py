@@ -13,6 +13,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -80,7 +81,8 @@ def load_crops(settings: TrainSettings, cache_dir: Path | None = None) -> Crops:
 
     Crops are cached in ``cache_dir`` under a key of the data folders' listings and the crop settings.
     """
-    key_parts = [settings.size, settings.detector, settings.limit_per_class, TRAINING_MARGIN, CROPS_VERSION]
+    key_parts: list[object] = [settings.size, settings.detector, settings.limit_per_class, TRAINING_MARGIN,
+                               CROPS_VERSION]
     for folder in filter(None, (settings.data, settings.scenes)):
         key_parts += sorted((str(p.relative_to(folder)), p.stat().st_size) for p in Path(folder).rglob("*")
                             if p.is_file())
@@ -131,7 +133,7 @@ class AugmentedBatches(keras.utils.PyDataset):
     def __len__(self) -> int:
         return int(np.ceil(len(self.images) / self.batch_size))
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         chosen = self.order[index * self.batch_size:(index + 1) * self.batch_size]
         rng = np.random.default_rng([self.seed, self.epoch, index])
         return self.augmentation.apply(self.images[chosen], rng), self.labels[chosen], self.weights[chosen]
@@ -141,7 +143,7 @@ class AugmentedBatches(keras.utils.PyDataset):
         self.order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.images))
 
 
-def metrics_of(labels: np.ndarray, p_no_mask: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+def metrics_of(labels: np.ndarray, p_no_mask: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
     """Accuracy, no-mask precision/recall and the confusion matrix (rows truth mask/no_mask) of predictions."""
     predicted = (p_no_mask >= threshold).astype(int)
     confusion = np.zeros((2, 2), int)
@@ -209,7 +211,7 @@ def train(settings: TrainSettings) -> dict:
             history.setdefault(key, []).extend(map(float, values))
 
     p_no_mask = model.predict(val_set.images, batch_size=64, verbose=0)[:, 1]
-    report = {
+    report: dict[str, Any] = {
         "validation": metrics_of(val_set.labels, p_no_mask),
         "validation_by_source": {
             source: metrics_of(val_set.labels[mask], p_no_mask[mask])
