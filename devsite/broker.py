@@ -70,8 +70,11 @@ class LocalMosquitto:
         self.binary = binary
         self.host = host
         self.port = port or free_port(host)
-        self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="maskwatch-mosquitto-")
-        self.workdir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if workdir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="maskwatch-mosquitto-")
+            workdir = Path(self._tmp.name)
+        self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.workdir / "mosquitto.conf"
         self.log_path = self.workdir / "mosquitto.log"

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 from devsite.broker import LocalMosquitto, free_port, mosquitto_binary
 from devsite.embedded_broker import EmbeddedBroker
 from hub.config import HomeAssistantConfig, HttpConfig, HubConfig
-from shared.config import BrokerConfig, parse_host_port
+from shared.config import BrokerConfig, MqttProtocol, parse_host_port
 from shared.errors import ConfigError, MaskwatchError, MissingExtraError
 from shared.topics import validate_id
 
@@ -140,17 +140,20 @@ class DemoSite:
     """
 
     def __init__(self, *, nodes: int = 3, site: str = "demo", http: tuple[str, int] = ("127.0.0.1", 8080),
-                 broker: tuple[str, int] | None = None, protocol: int | None = None, embedded: bool = False,
+                 broker: tuple[str, int] | None = None, protocol: MqttProtocol | None = None, embedded: bool = False,
                  homeassistant: bool = False, state_dir: Path | None = None) -> None:
         self.nodes = nodes
         self.site = site
         self.http = http
         self.external = broker
-        self.protocol = protocol or 5
+        self.protocol: MqttProtocol = protocol or 5
         self.embedded = embedded
         self.homeassistant = homeassistant
-        self._tmp = None if state_dir else tempfile.mkdtemp(prefix="maskwatch-demo-")
-        self.state_dir = Path(state_dir or self._tmp)  # type: ignore[arg-type]
+        self._tmp: str | None = None
+        if state_dir is None:
+            self._tmp = tempfile.mkdtemp(prefix="maskwatch-demo-")
+            state_dir = Path(self._tmp)
+        self.state_dir = Path(state_dir)
         self.broker: Broker | None = None
         self.broker_address = ""
         self.hub: Any = None

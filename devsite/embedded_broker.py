@@ -21,12 +21,13 @@ import threading
 from typing import Any
 
 from devsite.broker import free_port, wait_for_port
+from shared.config import MqttProtocol
 from shared.errors import MaskwatchError
 
 log = logging.getLogger(__name__)
 
 #: MQTT protocol version the embedded broker speaks.
-PROTOCOL = 311
+PROTOCOL: MqttProtocol = 311
 
 
 class EmbeddedBroker:

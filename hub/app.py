@@ -87,7 +87,8 @@ def build_hub(config: HubConfig, stopping: threading.Event, stack: ExitStack) ->
     ingest = services.ingest = Ingest(cfg, intake, writer or settings.build(store), events, alerter, feed,
                                       acks=acks)
     services.commander = Commander(control, timeout_s=cfg.command_timeout_s, store=store, registry=registry)
-    for site in cfg.sites or [None]:
+    scopes: list[str | None] = list(cfg.sites) or [None]  # None: every site
+    for site in scopes:
         services.commander.listen(site)
     stack.callback(ingest.stop)
     ingest.start()

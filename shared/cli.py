@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for entry in sorted(entry_points(group="maskwatch.commands"), key=lambda e: e.name):
         try:
-            register: Callable[[argparse._SubParsersAction], None] = entry.load()
+            register: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None] = entry.load()
         except ImportError as exc:  # a provider must import without its extra; say so if not
             log.debug("cannot load commands of %s: %s", entry.name, exc)
             continue

@@ -44,6 +44,10 @@ class TlsConfig(StrictModel):
     insecure: bool = Field(False, description="skip hostname verification (tests only)")
 
 
+#: The MQTT versions Maskwatch speaks: 5 and 3.1.1.
+MqttProtocol = Literal[5, 311]
+
+
 class BrokerConfig(StrictModel):
     """How to reach the MQTT broker."""
 
@@ -52,7 +56,7 @@ class BrokerConfig(StrictModel):
     username: str | None = None
     password: str | None = Field(None, description="secret; prefer MASKWATCH_BROKER__PASSWORD")
     tls: TlsConfig | None = None
-    protocol: Literal[5, 311] = Field(5, description="MQTT 5 (default) or 3.1.1 (311)")
+    protocol: MqttProtocol = Field(5, description="MQTT 5 (default) or 3.1.1 (311)")
     keepalive_s: int = Field(30, ge=5, le=3600)
     client_id: str | None = Field(None, description="default: maskwatch-<role>-<site>-<node>")
     session_expiry_s: int = Field(7 * 24 * 3600, ge=0, description="MQTT 5 persistent session lifetime")
@@ -225,4 +229,4 @@ def redacted(config: BaseModel) -> dict[str, Any]:
         if value is not None and any(s in key.lower() for s in ("password", "token", "secret", "keyfile")):
             return "***"
         return value
-    return scrub(config.model_dump(mode="json"))
+    return {k: scrub(v, k) for k, v in config.model_dump(mode="json").items()}

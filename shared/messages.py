@@ -19,7 +19,7 @@ import json
 import math
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Final, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -41,7 +41,7 @@ from shared.errors import ContractError
 from shared.topics import EVENT_ID_PATTERN, ID_PATTERN
 from shared.vocabulary import Label, Probability, Profile, ServoMode
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 #: Payloads larger than this are rejected before JSON decoding (snapshots excepted).
 MAX_PAYLOAD_BYTES = 64 * 1024
 
@@ -311,7 +311,8 @@ COMMANDS: dict[str, type[Command]] = {cls.name: cls for cls in (
 #: The commands the hub may send, in :data:`COMMANDS` order.
 SENDABLE_COMMANDS: tuple[str, ...] = tuple(name for name, cls in COMMANDS.items() if cls.sendable)
 #: :data:`SENDABLE_COMMANDS` as an enum (API path parameters, argparse choices).
-SendableCommand = StrEnum("SendableCommand", [(name.upper(), name) for name in SENDABLE_COMMANDS])
+SendableCommand = StrEnum(  # type: ignore[misc]  # mypy cannot see members derived from COMMANDS
+    "SendableCommand", [(name.upper(), name) for name in SENDABLE_COMMANDS])
 
 
 class CommandResponse(Message):

@@ -140,7 +140,8 @@ class MqttClient:
                                        protocol=paho.MQTTv311, clean_session=not persistent,
                                        manual_ack=manual_ack)
         self._client.enable_logger(logging.getLogger("paho"))
-        self._client.reconnect_delay_set(broker.reconnect_min_s, broker.reconnect_max_s)
+        min_s, max_s = broker.reconnect_min_s, broker.reconnect_max_s
+        self._client.reconnect_delay_set(min_s, max_s)  # type: ignore[arg-type]  # paho says int; float s work
         self._client.max_inflight_messages_set(100)
         if broker.username:
             self._client.username_pw_set(broker.username, broker.password)
@@ -165,14 +166,14 @@ class MqttClient:
 
     def start(self) -> None:
         """Connect in the background; reconnects forever with backoff until :meth:`stop`."""
-        kwargs: dict[str, object] = {}
         if self._v5:
             props = Properties(PacketTypes.CONNECT)
             if self.persistent:
                 props.SessionExpiryInterval = self.broker.session_expiry_s
-            kwargs = {"clean_start": not self.persistent, "properties": props}
-        self._client.connect_async(self.broker.host, self.broker.port, keepalive=self.broker.keepalive_s,
-                                   **kwargs)
+            self._client.connect_async(self.broker.host, self.broker.port, keepalive=self.broker.keepalive_s,
+                                       clean_start=not self.persistent, properties=props)
+        else:
+            self._client.connect_async(self.broker.host, self.broker.port, keepalive=self.broker.keepalive_s)
         self._client.loop_start()
 
     def wait_connected(self, timeout: float | None = None) -> bool:
@@ -262,9 +263,11 @@ class MqttClient:
     def _handle_socket_open(self, client: paho.Client, userdata: object, sock: object) -> None:
         # MQTT sends small packets back to back (PUBACK, then an answer): without TCP_NODELAY, Nagle's
         # algorithm holds the second until the broker's delayed ACK, about 40 ms per hop.
+        if not isinstance(sock, socket.socket):  # TLS sockets are sockets too; a websocket wrapper is not
+            return
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[attr-defined]
-        except (AttributeError, OSError) as exc:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:
             log.debug("cannot set TCP_NODELAY: %s", exc)
 
     def _handle_connect_fail(self, client: paho.Client, userdata: object) -> None:
@@ -316,7 +319,7 @@ class MqttClient:
             return handlers
 
     def _handle_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
-        received = Received(topic=message.topic, payload=message.payload, qos=message.qos,
+        received = Received(topic=message.topic, payload=bytes(message.payload), qos=message.qos,
                             retain=bool(message.retain), mid=message.mid)
         for handler in self._handlers(message.topic):
             try:

@@ -48,7 +48,7 @@ NAMED_KINDS: Final = ("snapshot", "cmd", "response")
 HA_DISCOVERY_PREFIX: Final = "homeassistant"
 
 
-def validate_id(value: str, what: str = "id") -> str:
+def validate_id(value: object, what: str = "id") -> str:
     """Return ``value`` if it is a valid site or node id, else raise :class:`ContractError`."""
     if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
         raise ContractError(f"invalid {what} {value!r}: must match [a-z0-9_-]{{1,64}}", field=what,
@@ -59,7 +59,7 @@ def validate_id(value: str, what: str = "id") -> str:
     return value
 
 
-def validate_event_id(value: str) -> str:
+def validate_event_id(value: object) -> str:
     """Return ``value`` if it is usable as an event id inside a topic level."""
     if not isinstance(value, str) or not EVENT_ID_PATTERN.fullmatch(value):
         raise ContractError(f"invalid event id {value!r}", field="id", reason="topic")
@@ -129,7 +129,7 @@ class NodeTopics:
         return f"{ROOT}/{self.site}/{ALL_NODES}/cmd/+"
 
 
-def _command_level(name: str) -> str:
+def _command_level(name: object) -> str:
     if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9_-]{1,32}", name):
         raise ContractError(f"invalid command name {name!r}", field="name", reason="topic")
     return name

@@ -26,7 +26,7 @@ def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
     if image is None or image.size == 0:
         raise ImageReadError(f"{name}: not a readable image (corrupt or unsupported format)")
     if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
+        image = np.right_shift(image, 8).astype(np.uint8)
     elif image.dtype != np.uint8:
         raise ImageReadError(f"{name}: unsupported pixel type {image.dtype}")
     if image.ndim == 2:

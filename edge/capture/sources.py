@@ -132,7 +132,7 @@ class PicameraSource:
 
     def open(self) -> None:
         try:
-            from picamera2 import Picamera2  # type: ignore[import-not-found]
+            from picamera2 import Picamera2
         except ImportError as exc:
             raise HardwareError("source 'picamera' needs picamera2 (apt install python3-picamera2)") from exc
         try:

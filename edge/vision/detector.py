@@ -32,6 +32,10 @@ from shared.vocabulary import Profile
 log = logging.getLogger(__name__)
 
 KINDS: tuple[str, ...] = ("blazeface", "res10")
+#: The BlazeFace ranges (:class:`BlazeFaceNet`).
+BlazeFaceVariant = Literal["short", "full"]
+#: The network a detector pass runs: OpenCV's res10 SSD or a BlazeFace range.
+Variant = Literal["res10", BlazeFaceVariant]
 
 
 @dataclass(frozen=True)
@@ -61,13 +65,13 @@ class Settings:
     A grid of n cuts the frame into n x n overlapping tiles, each scaled to the network input (1 = whole frame).
     """
 
-    passes: tuple[tuple[str, int], ...]
+    passes: tuple[tuple[Variant, int], ...]
     threshold: float
     nms_iou: float = 0.3
     tile_overlap: float = 0.3
     min_face_px: int = 0
     verify_below: float = 0.0
-    verify_with: str = "short"
+    verify_with: Variant = "short"
     verify_context: float = 1.0
 
 
@@ -99,7 +103,7 @@ class BlazeFaceNet:
         "full": ("face_detection_full_range.tflite", 192, (4,), (1,)),
     }
 
-    def __init__(self, variant: Literal["short", "full"] = "full", num_threads: int = 2,
+    def __init__(self, variant: BlazeFaceVariant = "full", num_threads: int = 2,
                  min_score: float = 0.1) -> None:
         if variant not in self.LAYOUTS:
             raise ModelError(f"BlazeFace variant must be one of {sorted(self.LAYOUTS)}, got {variant!r}")
@@ -299,5 +303,5 @@ def create_detector(profile: Profile | str = Profile.NEAR, kind: str | None = No
         if variant == "res10":
             networks[variant] = Res10Net(num_threads, min_score=settings.threshold)
         else:
-            networks[variant] = BlazeFaceNet(variant, num_threads, min_score=settings.threshold)  # type: ignore[arg-type]
+            networks[variant] = BlazeFaceNet(variant, num_threads, min_score=settings.threshold)
     return MultiPassDetector(f"{kind}/{profile}", networks, settings)

@@ -24,7 +24,7 @@ from hub.ingest.acks import Delivered
 from hub.services.alerts import Alerter
 from hub.storage.database import Store
 from hub.storage.events import EventIn, EventLog, SnapshotIn
-from hub.storage.nodes import NodeUpdate, Registry
+from hub.storage.nodes import NodeUpdate, Registry, UpdateKind
 from hub.storage.rejected import RejectedStore, RejectIn
 from shared import topics
 from shared.errors import ContractError, StorageError
@@ -147,12 +147,12 @@ def classify(topic: str, payload: bytes, batch: Batch, now: datetime, max_snapsh
                                     field="status", reason="schema")
             batch.nodes.append(NodeUpdate(info.site, info.node, "status", now, online=STATUS_VALUES[payload]))
         elif info.kind in ("state", "stats"):
-            model = NodeState if info.kind == "state" else NodeStats
-            data = parse(model, payload)
+            kind: UpdateKind = "state" if info.kind == "state" else "stats"
+            data = parse(NodeState, payload) if kind == "state" else parse(NodeStats, payload)
             if (data.site, data.node) != (info.site, info.node):
                 raise ContractError(f"{info.kind} of {data.site}/{data.node} published on {topic}",
                                     field="node", reason="topic")
-            batch.nodes.append(NodeUpdate(info.site, info.node, info.kind, now,
+            batch.nodes.append(NodeUpdate(info.site, info.node, kind, now,
                                           payload=data.model_dump(mode="json", exclude_none=True)))
         else:
             raise ContractError(f"unexpected topic {topic}", field="topic", reason="topic")

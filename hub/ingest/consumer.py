@@ -67,7 +67,8 @@ class IngestStats:
 def filters(config: HubConfig) -> list[str]:
     """The topic filters the hub subscribes to (shared ones for events and snapshots with MQTT 5 and a group)."""
     out = []
-    for site in config.sites or [None]:
+    scopes: list[str | None] = list(config.sites) or [None]  # None: every site
+    for site in scopes:
         for kind in ("events", "snapshot"):
             topic_filter = topics.node_filter(kind, site)
             if config.broker.protocol == 5 and config.ingest.share_group:

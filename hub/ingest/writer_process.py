@@ -140,7 +140,7 @@ class WriterProcess:
             self._restart(f"it stopped (exit code {code}, {type(exc).__name__})")
             raise StorageError("the writer process stopped during a batch; it was started again") from None
         if status == "ok":
-            return value  # type: ignore[no-any-return]
+            return value
         if status == "storage":
             raise StorageError(value)
         raise RuntimeError(f"the writer process failed on a batch: {value}")

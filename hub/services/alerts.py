@@ -22,7 +22,7 @@ from shared.messages import Alert
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[str, Alert], None]
+Publish = Callable[[str, Alert], object]  # what it returns is not used
 
 
 class Alerter:

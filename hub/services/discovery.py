@@ -154,7 +154,8 @@ class HaDiscovery:
 
     def start(self) -> None:
         """Subscribe and start the worker; returns at once (connection happens in the background)."""
-        for site in self.sites or [None]:
+        scopes: list[str | None] = list(self.sites) or [None]  # None: every site
+        for site in scopes:
             for kind in ("status", "state", "events"):
                 self.client.subscribe(node_filter(kind, site), self._enqueue, qos=1)
         self.client.subscribe(HA_STATUS, self._enqueue, qos=1)

@@ -26,12 +26,12 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, delete, event, inspect, select, text
+from sqlalchemy import Engine, Table, create_engine, delete, event, inspect, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from hub.storage.rows import AlertRow, CounterRow, EventMessage, EventRow, RejectedRow, SnapshotRow
+from hub.storage.rows import AlertRow, Base, CounterRow, EventMessage, EventRow, RejectedRow, SnapshotRow
 from shared.errors import ConfigError, MaskwatchError
 from shared.messages import utc_now
 
@@ -111,7 +111,7 @@ class Store:
         with self._sessions() as session, session.begin():
             yield session
 
-    def insert(self, table: type[Any]) -> Any:
+    def insert(self, table: Table | type[Base]) -> Any:
         """A dialect-specific ``INSERT`` that supports ``on_conflict_do_*``."""
         if self.dialect == "postgresql":
             return postgresql.insert(table)
@@ -150,14 +150,15 @@ class Store:
             old_ids = select(EventRow.id).where(EventRow.last_seen < cutoff)
             files = list(session.scalars(select(SnapshotRow.path).where(
                 (SnapshotRow.received_at < cutoff) | SnapshotRow.event_id.in_(old_ids))))
+            connection = session.connection()  # a Connection's DML result has a rowcount
             deleted = {
-                "event_messages": session.execute(delete(EventMessage).where(
+                "event_messages": connection.execute(delete(EventMessage).where(
                     EventMessage.event_id.in_(old_ids))).rowcount,
-                "snapshots": session.execute(delete(SnapshotRow).where(
+                "snapshots": connection.execute(delete(SnapshotRow).where(
                     (SnapshotRow.received_at < cutoff) | SnapshotRow.event_id.in_(old_ids))).rowcount,
-                "events": session.execute(delete(EventRow).where(EventRow.last_seen < cutoff)).rowcount,
-                "alerts": session.execute(delete(AlertRow).where(AlertRow.ts < cutoff)).rowcount,
-                "rejected": session.execute(delete(RejectedRow).where(RejectedRow.received_at < cutoff)).rowcount,
+                "events": connection.execute(delete(EventRow).where(EventRow.last_seen < cutoff)).rowcount,
+                "alerts": connection.execute(delete(AlertRow).where(AlertRow.ts < cutoff)).rowcount,
+                "rejected": connection.execute(delete(RejectedRow).where(RejectedRow.received_at < cutoff)).rowcount,
             }
         for relative in files:
             (snapshot_dir / relative).unlink(missing_ok=True)

@@ -50,8 +50,9 @@ class Augmentation:
         sigma = rng.uniform(0.0, self.blur_sigma)
         shrunk = cv2.resize(image, (small, small), interpolation=cv2.INTER_AREA)
         _, encoded = cv2.imencode(".jpg", shrunk[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
-        out = cv2.resize(cv2.imdecode(encoded, cv2.IMREAD_COLOR)[:, :, ::-1], (size, size),
-                         interpolation=cv2.INTER_LINEAR)
+        decoded = cv2.imdecode(encoded, cv2.IMREAD_COLOR)
+        assert decoded is not None  # OpenCV decodes the JPEG it just encoded
+        out = cv2.resize(decoded[:, :, ::-1], (size, size), interpolation=cv2.INTER_LINEAR)
         return cv2.GaussianBlur(out, (0, 0), sigma) if sigma > 0.1 else out
 
     def apply(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:

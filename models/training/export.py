@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +21,9 @@ from edge.vision.classifier import CropScores, MaskClassifier
 from models.evaluation import THRESHOLD_SWEEP
 from models.training.data import NOT_FACE
 from shared.errors import ModelError
+
+if TYPE_CHECKING:  # the train extra, imported where it is used
+    import tensorflow as tf
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +58,7 @@ def convert(model_path: Path, representative: np.ndarray | None, float_layers: t
         return converter.convert()
 
 
-def _selectively_quantized(converter: object, float_layers: tuple[str, ...]) -> bytes:
+def _selectively_quantized(converter: tf.lite.TFLiteConverter, float_layers: tuple[str, ...]) -> bytes:
     """Calibrate, then quantize every node but those named by ``float_layers``; uint8 input and output.
 
     Uses the converter internals that ``tf.lite.experimental.QuantizationDebugger`` uses for its
@@ -65,8 +69,8 @@ def _selectively_quantized(converter: object, float_layers: tuple[str, ...]) -> 
     from tensorflow.lite.python import convert as tflite_convert
     from tensorflow.lite.python import util as tflite_util
 
-    converter._experimental_calibrate_only = True  # type: ignore[attr-defined]
-    calibrated = converter.convert()  # type: ignore[attr-defined]
+    converter._experimental_calibrate_only = True
+    calibrated = converter.convert()
     names = [t["name"] for t in Interpreter(model_content=calibrated).get_tensor_details()]
     denied = [name for name in names if any(layer in name for layer in float_layers)]
     if not denied:
@@ -125,7 +129,7 @@ def export(run_dir: Path, out_dir: Path, name: str = "mask_classifier", max_gap_
         int8_scores = predict_rgb(MaskClassifier(candidate, 2), val_images)
         int8_classes = decided_classes(int8_scores)
         acc_int8 = float((int8_classes == val_labels).mean())
-        figures = {"validation_n": len(val_labels), "accuracy_f16": acc_float, "accuracy_int8": acc_int8,
+        figures: dict[str, Any] = {"validation_n": len(val_labels), "accuracy_f16": acc_float, "accuracy_int8": acc_int8,
                    "gap_pp": round(100 * abs(acc_float - acc_int8), 3), "float_layers": list(float_layers),
                    "label_agreement": float((float_classes == int8_classes).mean()),
                    "max_abs_probability_diff": float(np.abs(float_scores.p_no_mask - int8_scores.p_no_mask).max()),

@@ -13,6 +13,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -84,7 +85,8 @@ def load_crops(settings: TrainSettings, cache_dir: Path | None = None) -> Crops:
 
     Crops are cached in ``cache_dir`` under a key of the data folders' listings and the crop settings.
     """
-    key_parts = [settings.size, settings.detector, settings.limit_per_class, TRAINING_MARGIN, CROPS_VERSION]
+    key_parts: list[object] = [settings.size, settings.detector, settings.limit_per_class, TRAINING_MARGIN,
+                               CROPS_VERSION]
     if settings.not_face:
         key_parts += ["not_face", settings.seed]
     for folder in filter(None, (settings.data, settings.scenes)):
@@ -139,7 +141,7 @@ class AugmentedBatches(keras.utils.PyDataset):
     def __len__(self) -> int:
         return int(np.ceil(len(self.images) / self.batch_size))
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         chosen = self.order[index * self.batch_size:(index + 1) * self.batch_size]
         rng = np.random.default_rng([self.seed, self.epoch, index])
         return self.augmentation.apply(self.images[chosen], rng), self.labels[chosen], self.weights[chosen]
@@ -158,7 +160,7 @@ def face_metrics(labels: np.ndarray, face_score: np.ndarray, threshold: float = 
             "not_face_recall": float((~kept[~is_face]).mean()) if (~is_face).any() else 0.0}
 
 
-def metrics_of(labels: np.ndarray, p_no_mask: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+def metrics_of(labels: np.ndarray, p_no_mask: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
     """Accuracy, no-mask precision/recall and the confusion matrix (rows truth mask/no_mask) of predictions on
     face crops (``not_face`` crops, if any, are left out: see :func:`face_metrics`)."""
     faces = labels != NOT_FACE
@@ -230,7 +232,7 @@ def train(settings: TrainSettings) -> dict:
 
     probabilities = model.predict(val_set.images, batch_size=64, verbose=0)
     p_no_mask = probabilities[:, 1] / np.maximum(probabilities[:, 0] + probabilities[:, 1], 1e-6)
-    report = {
+    report: dict[str, Any] = {
         "validation": metrics_of(val_set.labels, p_no_mask),
         "validation_by_source": {
             source: metrics_of(val_set.labels[mask], p_no_mask[mask])
