@@ -187,8 +187,8 @@ def run_eval(args: argparse.Namespace) -> int:
     folder = check_folder(args.dir)
     classifier = MaskClassifier(args.model, args.threads)
     if args.scenes:
-        detector = create_detector(args.profile, args.detector, args.threads)
-        result = evaluate_scenes(folder, classifier, detector, threshold, args.min_iou, min_face_score=min_face_score)
+        result = evaluate_scenes(folder, classifier, create_detector(args.profile, args.detector, args.threads),
+                                 threshold, args.min_iou, min_face_score=min_face_score)
     else:
         detector = create_detector(args.profile, args.detector, args.threads) if args.detect else None
         result = evaluate_folder(folder, classifier, detector, threshold, min_face_score)

@@ -97,9 +97,9 @@ def evaluate_folder(folder: Path, classifier: MaskClassifier, detector: FaceDete
         raise DatasetError(f"{folder}: none of the {len(items)} images could be read")
     if unreadable:
         log.warning("%d unreadable image(s) skipped", unreadable)
-    truth, guess = np.array(truths), np.array(guesses)
-    return {"n": len(truth), "accuracy": round(float((truth == guess).mean()), 4),
-            "per_class": {name: _precision_recall(truth, guess, name) for name in ("mask", "no_mask")},
+    truth, guessed = np.array(truths), np.array(guesses)
+    return {"n": len(truth), "accuracy": round(float((truth == guessed).mean()), 4),
+            "per_class": {name: _precision_recall(truth, guessed, name) for name in ("mask", "no_mask")},
             "no_face": no_face, "not_face": not_face, "min_face_score": min_face_score,
             "ms_per_image": round(1000 * spent / len(truth), 2), "model": classifier.version}
 

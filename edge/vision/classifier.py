@@ -51,7 +51,11 @@ class Classifier(Protocol):
     """Anything that tells for BGR face crops how likely each face wears no mask and whether it is a face."""
 
     version: str
-    verifies_faces: bool
+
+    @property
+    def verifies_faces(self) -> bool:
+        """Whether :meth:`scores` gives a real face score (a model with a ``not_face`` class)."""
+        ...
 
     def scores(self, crops: Sequence[np.ndarray]) -> CropScores: ...
 

@@ -129,7 +129,8 @@ def export(run_dir: Path, out_dir: Path, name: str = "mask_classifier", max_gap_
         int8_scores = predict_rgb(MaskClassifier(candidate, 2), val_images)
         int8_classes = decided_classes(int8_scores)
         acc_int8 = float((int8_classes == val_labels).mean())
-        figures: dict[str, Any] = {"validation_n": len(val_labels), "accuracy_f16": acc_float, "accuracy_int8": acc_int8,
+        figures: dict[str, Any] = {
+                   "validation_n": len(val_labels), "accuracy_f16": acc_float, "accuracy_int8": acc_int8,
                    "gap_pp": round(100 * abs(acc_float - acc_int8), 3), "float_layers": list(float_layers),
                    "label_agreement": float((float_classes == int8_classes).mean()),
                    "max_abs_probability_diff": float(np.abs(float_scores.p_no_mask - int8_scores.p_no_mask).max()),
