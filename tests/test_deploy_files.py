@@ -399,3 +399,11 @@ def test_shell_scripts_parse_and_are_executable(script: str) -> None:
     if shutil.which("shellcheck"):
         check = subprocess.run(["shellcheck", "-s", shell, str(path)], capture_output=True, text=True)
         assert check.returncode == 0, check.stdout
+
+
+def test_broker_inflight_window_holds_a_whole_ingest_batch() -> None:
+    """docs/hub.md: the hub acknowledges per batch, so the shipped broker lets at least one batch be in flight."""
+    conf = (REPO / "deploy" / "mosquitto" / "mosquitto.conf").read_text()
+    [window] = re.findall(r"^max_inflight_messages (\d+)$", conf, re.M)
+    assert int(window) == 0 or int(window) >= HubConfig().ingest.batch_size
+    assert "at least `ingest.batch_size`" in (REPO / "docs" / "hub.md").read_text()
