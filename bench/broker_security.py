@@ -46,8 +46,17 @@ NODE = NodeTopics("hq", "door-1")
 
 
 def event(n: int) -> bytes:
-    return Event(type="new", id=f"hq-door-1-{n:06d}", site="hq", node="door-1", ts=utc_now(), label="no_mask",
-                 score=0.93, box=(120, 80, 96, 96), angle=15.0).to_json()
+    return Event(
+        type="new",
+        id=f"hq-door-1-{n:06d}",
+        site="hq",
+        node="door-1",
+        ts=utc_now(),
+        label="no_mask",
+        score=0.93,
+        box=(120, 80, 96, 96),
+        angle=15.0,
+    ).to_json()
 
 
 def broker_process(config_path: Path) -> psutil.Process:
@@ -63,8 +72,9 @@ def cpu_s(proc: psutil.Process) -> float:
     return times.user + times.system
 
 
-def throughput(node_cfg: BrokerConfig, hub_cfg: BrokerConfig, count: int,
-               broker: psutil.Process) -> tuple[float, float]:
+def throughput(
+    node_cfg: BrokerConfig, hub_cfg: BrokerConfig, count: int, broker: psutil.Process
+) -> tuple[float, float]:
     """Events per second from a node login to a hub login (QoS 1 both ways), and the broker's
     CPU milliseconds per 1000 events (counted by the kernel, so other load on the machine
     does not inflate it)."""
@@ -142,26 +152,43 @@ def main() -> int:
     finally:
         site.close()
         open_broker.close()
-    figures = {"auth_acl_broker_cpu_ms_per_1000_events": cpu["auth_acl"],
-               "auth_acl_tls_broker_cpu_ms_per_1000_events": cpu["auth_acl_tls"],
-               "auth_acl_events_per_s": rates["auth_acl"], "auth_acl_tls_events_per_s": rates["auth_acl_tls"],
-               "auth_acl_connect_ms_p50": connects["auth_acl"], "auth_acl_tls_connect_ms_p50": connects["auth_acl_tls"],
-               "events": args.events, "rounds": args.rounds, "connects": args.connects}
-    baseline = {"open_broker_cpu_ms_per_1000_events": cpu["open"], "open_events_per_s": rates["open"],
-                "open_connect_ms_p50": connects["open"]}
+    figures = {
+        "auth_acl_broker_cpu_ms_per_1000_events": cpu["auth_acl"],
+        "auth_acl_tls_broker_cpu_ms_per_1000_events": cpu["auth_acl_tls"],
+        "auth_acl_events_per_s": rates["auth_acl"],
+        "auth_acl_tls_events_per_s": rates["auth_acl_tls"],
+        "auth_acl_connect_ms_p50": connects["auth_acl"],
+        "auth_acl_tls_connect_ms_p50": connects["auth_acl_tls"],
+        "events": args.events,
+        "rounds": args.rounds,
+        "connects": args.connects,
+    }
+    baseline = {
+        "open_broker_cpu_ms_per_1000_events": cpu["open"],
+        "open_events_per_s": rates["open"],
+        "open_connect_ms_p50": connects["open"],
+    }
     # as the report reads them: 1.0 = the security is free, below 1 = what it costs
-    ratios = {"auth_acl_broker_cpu": round(cpu["open"] / cpu["auth_acl"], 2),
-              "auth_acl_tls_broker_cpu": round(cpu["open"] / cpu["auth_acl_tls"], 2),
-              "auth_acl_throughput": round(rates["auth_acl"] / rates["open"], 3),
-              "auth_acl_tls_throughput": round(rates["auth_acl_tls"] / rates["open"], 3),
-              "auth_acl_connect_time": round(connects["open"] / connects["auth_acl"], 3),
-              "auth_acl_tls_connect_time": round(connects["open"] / connects["auth_acl_tls"], 3)}
-    write_result("broker_security", "Broker security: auth + ACL and TLS vs an open broker", figures, baseline,
-                 ratios, "QoS 1 events node login -> hub login through one Mosquitto 2.0 binary. Broker CPU per "
-                 "event (kernel-counted) is the robust figure; events/s and connect times are wall-clock and move "
-                 "with the machine's load. Ratios are open / shipped for CPU and connect time, shipped / open for "
-                 "throughput: 1.0 means the security is free, below 1 is its cost (ACL checks, password hashing, "
-                 "TLS).")
+    ratios = {
+        "auth_acl_broker_cpu": round(cpu["open"] / cpu["auth_acl"], 2),
+        "auth_acl_tls_broker_cpu": round(cpu["open"] / cpu["auth_acl_tls"], 2),
+        "auth_acl_throughput": round(rates["auth_acl"] / rates["open"], 3),
+        "auth_acl_tls_throughput": round(rates["auth_acl_tls"] / rates["open"], 3),
+        "auth_acl_connect_time": round(connects["open"] / connects["auth_acl"], 3),
+        "auth_acl_tls_connect_time": round(connects["open"] / connects["auth_acl_tls"], 3),
+    }
+    write_result(
+        "broker_security",
+        "Broker security: auth + ACL and TLS vs an open broker",
+        figures,
+        baseline,
+        ratios,
+        "QoS 1 events node login -> hub login through one Mosquitto 2.0 binary. Broker CPU per "
+        "event (kernel-counted) is the robust figure; events/s and connect times are wall-clock and move "
+        "with the machine's load. Ratios are open / shipped for CPU and connect time, shipped / open for "
+        "throughput: 1.0 means the security is free, below 1 is its cost (ACL checks, password hashing, "
+        "TLS).",
+    )
     print(f"broker CPU ms/1000 events: {cpu}; events/s: {rates}; connect ms p50: {connects}")
     return 0
 

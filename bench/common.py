@@ -11,12 +11,20 @@ from typing import Any
 from bench.report import RESULTS, machine
 
 
-def write_result(name: str, title: str, figures: dict[str, Any], baseline: dict[str, Any],
-                 ratios: dict[str, Any], notes: str) -> Path:
+def write_result(
+    name: str, title: str, figures: dict[str, Any], baseline: dict[str, Any], ratios: dict[str, Any], notes: str
+) -> Path:
     """Write one benchmark's result (with the date, the machine and its load average) and return the file."""
-    result = {"name": name, "title": title, "date": datetime.now(UTC).isoformat(timespec="seconds"),
-              "machine": f"{machine()}, load average {os.getloadavg()[0]:.1f} at the end",
-              "figures": figures, "baseline": baseline, "ratios": ratios, "notes": notes}
+    result = {
+        "name": name,
+        "title": title,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{machine()}, load average {os.getloadavg()[0]:.1f} at the end",
+        "figures": figures,
+        "baseline": baseline,
+        "ratios": ratios,
+        "notes": notes,
+    }
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{name}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -64,19 +64,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-dashboard-") as tmp, LocalMosquitto() as broker:
         broker_config = BrokerConfig(host=broker.host, port=broker.port)
         port = free_port()
-        hub = HubApp(HubConfig(broker=broker_config, db_url=f"sqlite:///{tmp}/hub.db", sites=[SITE],
-                               snapshot_dir=Path(tmp) / "snapshots", hub_id="bench-dashboard",
-                               http=HttpConfig(port=port)))
+        hub = HubApp(
+            HubConfig(
+                broker=broker_config,
+                db_url=f"sqlite:///{tmp}/hub.db",
+                sites=[SITE],
+                snapshot_dir=Path(tmp) / "snapshots",
+                hub_id="bench-dashboard",
+                http=HttpConfig(port=port),
+            )
+        )
         hub.start()
         bare: dict[str, float] = {}
         subscriber = MqttClient(broker_config, "bench-dashboard-bare")
-        subscriber.subscribe(node_filter("events", SITE),
-                             lambda m: bare.setdefault(json.loads(m.payload)["id"], time.perf_counter()))
+        subscriber.subscribe(
+            node_filter("events", SITE), lambda m: bare.setdefault(json.loads(m.payload)["id"], time.perf_counter())
+        )
         publisher = MqttClient(broker_config, "bench-dashboard-node")
         streamed: dict[str, float] = {}
         ready, stop = threading.Event(), threading.Event()
-        reader = threading.Thread(target=read_stream, args=(f"http://127.0.0.1:{port}/api/stream", streamed,
-                                                           ready, stop), daemon=True)
+        reader = threading.Thread(
+            target=read_stream, args=(f"http://127.0.0.1:{port}/api/stream", streamed, ready, stop), daemon=True
+        )
         try:
             for client in (subscriber, publisher):
                 client.start()
@@ -86,8 +95,16 @@ def main() -> None:
             sent: dict[str, float] = {}
             topic = NodeTopics(SITE, NODE).events
             for i in range(args.count):
-                event = Event(type="new", id=f"bench-{i:05d}", site=SITE, node=NODE, ts=utc_now(), label="mask",
-                              score=0.9, box=(10, 10, 50, 50))
+                event = Event(
+                    type="new",
+                    id=f"bench-{i:05d}",
+                    site=SITE,
+                    node=NODE,
+                    ts=utc_now(),
+                    label="mask",
+                    score=0.9,
+                    box=(10, 10, 50, 50),
+                )
                 sent[event.id] = time.perf_counter()
                 publisher.publish(topic, event, qos=1)
                 time.sleep(1.0 / args.rate)
@@ -104,14 +121,25 @@ def main() -> None:
     bare_ms = [(bare[i] - t) * 1000 for i, t in sent.items() if i in bare]
     stream, baseline = percentiles(stream_ms), percentiles(bare_ms)
     assets = {p.name: p.stat().st_size for p in STATIC.iterdir() if p.is_file()}
-    figures = {"events": args.count, "rate_per_s": args.rate, "stream_latency": stream, "stream_missing": lost,
-               "static_files": len(assets), "static_kib": round(sum(assets.values()) / 1024, 1)}
+    figures = {
+        "events": args.count,
+        "rate_per_s": args.rate,
+        "stream_latency": stream,
+        "stream_missing": lost,
+        "static_files": len(assets),
+        "static_kib": round(sum(assets.values()) / 1024, 1),
+    }
     ratios = {k: round(baseline[k] / stream[k], 3) for k in ("p50_ms", "p99_ms") if stream[k]}
-    write_result("dashboard_stream", "Dashboard live feed: node publish to Server-Sent Event", figures,
-                 {"mqtt_subscriber_latency": baseline}, ratios,
-                 "Stream latency includes the hub's ingest batching (batch_ms 50), the SQLite commit and the "
-                 "SSE fan-out; the baseline is a bare MQTT subscriber on the same broker. Ratios: baseline / "
-                 "stream.")
+    write_result(
+        "dashboard_stream",
+        "Dashboard live feed: node publish to Server-Sent Event",
+        figures,
+        {"mqtt_subscriber_latency": baseline},
+        ratios,
+        "Stream latency includes the hub's ingest batching (batch_ms 50), the SQLite commit and the "
+        "SSE fan-out; the baseline is a bare MQTT subscriber on the same broker. Ratios: baseline / "
+        "stream.",
+    )
     print(json.dumps({"figures": figures, "baseline": baseline, "ratios": ratios}, indent=2))
 
 

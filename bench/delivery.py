@@ -47,8 +47,13 @@ NODE = "door-1"
 
 
 def broker_settings(broker: LocalMosquitto, *, reconnect_min_s: float, reconnect_max_s: float) -> BrokerConfig:
-    return BrokerConfig(host=broker.host, port=broker.port, keepalive_s=5, reconnect_min_s=reconnect_min_s,
-                        reconnect_max_s=reconnect_max_s)
+    return BrokerConfig(
+        host=broker.host,
+        port=broker.port,
+        keepalive_s=5,
+        reconnect_min_s=reconnect_min_s,
+        reconnect_max_s=reconnect_max_s,
+    )
 
 
 def stored_times(db_url: str, site: str) -> list[tuple[str, float, float]]:
@@ -56,8 +61,13 @@ def stored_times(db_url: str, site: str) -> list[tuple[str, float, float]]:
     engine = create_engine(db_url)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(text("SELECT m.payload, m.received_at FROM event_messages m JOIN events e "
-                                     "ON e.id = m.event_id WHERE e.site = :site"), {"site": site}).all()
+            rows = conn.execute(
+                text(
+                    "SELECT m.payload, m.received_at FROM event_messages m JOIN events e "
+                    "ON e.id = m.event_id WHERE e.site = :site"
+                ),
+                {"site": site},
+            ).all()
     except DBAPIError:  # tables not created yet
         return []
     finally:
@@ -94,11 +104,20 @@ def run(workdir: Path, photos: Path, *, delivery: str, crash_at: int | None) -> 
         if crash_at is not None:
             broker.restart()  # a clean stop saves the hub's session: the crash loses only what came after
             assert hub.healthy() and bare.wait_connected(10)
-        node = EdgeProcess(broker_settings(broker, reconnect_min_s=0.2, reconnect_max_s=1), workdir, site, NODE,
-                           once=True, settings={"source": str(photos), "profile": "crowd", "delivery": delivery,
-                                                "snapshot": {"mode": "on"},
-                                                "outbox": {"drain_timeout_s": 120, "resend_after_s": 2,
-                                                           "resend_max_s": 8}})
+        node = EdgeProcess(
+            broker_settings(broker, reconnect_min_s=0.2, reconnect_max_s=1),
+            workdir,
+            site,
+            NODE,
+            once=True,
+            settings={
+                "source": str(photos),
+                "profile": "crowd",
+                "delivery": delivery,
+                "snapshot": {"mode": "on"},
+                "outbox": {"drain_timeout_s": 120, "resend_after_s": 2, "resend_max_s": 8},
+            },
+        )
         started = time.time()
         node.start()
         back_at = None
@@ -117,8 +136,14 @@ def run(workdir: Path, photos: Path, *, delivery: str, crash_at: int | None) -> 
             node.stop()
             hub.stop()
             bare.stop()
-    return {"exit_code": code, "started": started, "back_at": back_at, "stored": stored, "received": received,
-            "events": _event_rows(hub.db_url, site)}
+    return {
+        "exit_code": code,
+        "started": started,
+        "back_at": back_at,
+        "stored": stored,
+        "received": received,
+        "events": _event_rows(hub.db_url, site),
+    }
 
 
 def _event_rows(db_url: str, site: str) -> int:
@@ -160,16 +185,22 @@ def main() -> int:
     calm_same_share_s = calm_stored[-1] - calm_stored[max(0, len(calm_stored) - remaining - 1)]
     stored_p, bare_p = percentiles(stored_new), percentiles(bare_new)
     figures = {
-        "photos": args.photos, "events_stored_undisturbed": total, "event_messages_undisturbed": len(calm_stored),
-        "capture_to_stored_p50_ms": stored_p["p50_ms"], "capture_to_stored_p99_ms": stored_p["p99_ms"],
-        "capture_to_stored_max_ms": stored_p["max_ms"], "new_events_measured": len(stored_new),
-        "crash_run_events_stored": crash["events"], "crash_run_exit_code": crash["exit_code"],
+        "photos": args.photos,
+        "events_stored_undisturbed": total,
+        "event_messages_undisturbed": len(calm_stored),
+        "capture_to_stored_p50_ms": stored_p["p50_ms"],
+        "capture_to_stored_p99_ms": stored_p["p99_ms"],
+        "capture_to_stored_max_ms": stored_p["max_ms"],
+        "new_events_measured": len(stored_new),
+        "crash_run_events_stored": crash["events"],
+        "crash_run_exit_code": crash["exit_code"],
         "crash_run_events_lost": total - int(crash["events"]),  # type: ignore[arg-type]
         "recovery_s_broker_back_to_last_stored": round(recovery_s, 2),
         "messages_stored_after_broker_back": remaining,
     }
     baseline = {
-        "capture_to_bare_subscriber_p50_ms": bare_p["p50_ms"], "capture_to_bare_subscriber_p99_ms": bare_p["p99_ms"],
+        "capture_to_bare_subscriber_p50_ms": bare_p["p50_ms"],
+        "capture_to_bare_subscriber_p99_ms": bare_p["p99_ms"],
         "undisturbed_time_for_the_same_messages_s": round(calm_same_share_s, 2),
         "delivery_broker_crash_run_events_stored": old_rule["events"],
         "delivery_broker_crash_run_events_lost": total - int(old_rule["events"]),  # type: ignore[arg-type]
@@ -182,14 +213,19 @@ def main() -> int:
         "events_kept_after_crash_hub_delivery": round(int(crash["events"]) / total, 3),  # type: ignore[arg-type]
         "events_kept_after_crash_broker_delivery": round(int(old_rule["events"]) / total, 3),  # type: ignore[arg-type]
     }
-    write_result("delivery", "Delivery: capture-to-stored latency and recovery after a broker crash", figures,
-                 baseline, ratios,
-                 "Real processes (Mosquitto saving every 10 min, hub, edge --once --profile crowd on street photos, "
-                 "snapshots on). Latency: hub's stored time (batch time) - event ts (capture of its frame), 'new' "
-                 "messages; the baseline is the same messages' arrival at a bare QoS 1 subscriber in the same run. "
-                 "Crash runs: the broker is SIGKILLed once 1/8 of the events are stored, restarted 2 s later; node "
-                 "reconnect 0.2-1 s, hub 2-4 s, resend after 2 s doubling to 8 s. Recovery: broker back -> last "
-                 "event message stored, against the undisturbed run's time for the same number of final messages.")
+    write_result(
+        "delivery",
+        "Delivery: capture-to-stored latency and recovery after a broker crash",
+        figures,
+        baseline,
+        ratios,
+        "Real processes (Mosquitto saving every 10 min, hub, edge --once --profile crowd on street photos, "
+        "snapshots on). Latency: hub's stored time (batch time) - event ts (capture of its frame), 'new' "
+        "messages; the baseline is the same messages' arrival at a bare QoS 1 subscriber in the same run. "
+        "Crash runs: the broker is SIGKILLed once 1/8 of the events are stored, restarted 2 s later; node "
+        "reconnect 0.2-1 s, hub 2-4 s, resend after 2 s doubling to 8 s. Recovery: broker back -> last "
+        "event message stored, against the undisturbed run's time for the same number of final messages.",
+    )
     print(json.dumps(ratios))
     return 0 if crash["exit_code"] == 0 and figures["crash_run_events_lost"] == 0 else 1
 

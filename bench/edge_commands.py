@@ -85,11 +85,19 @@ def main() -> int:
         baseline.update(percentiles(base), count=len(base))
 
         with tempfile.TemporaryDirectory() as tmp:
-            config = load_edge_config(None, {
-                "site": "bench", "node": "cmd", "source": "scene:builtin", "pin_factory": "mock",
-                "broker": {"host": broker.host, "port": broker.port}, "outbox": {"path": f"{tmp}/o.sqlite"},
-                "delivery": "broker",
-                "scene": {"fps": 15}})
+            config = load_edge_config(
+                None,
+                {
+                    "site": "bench",
+                    "node": "cmd",
+                    "source": "scene:builtin",
+                    "pin_factory": "mock",
+                    "broker": {"host": broker.host, "port": broker.port},
+                    "outbox": {"path": f"{tmp}/o.sqlite"},
+                    "delivery": "broker",
+                    "scene": {"fps": 15},
+                },
+            )
             app = EdgeApp(config)
             app.start()
             assert app.client.wait_connected(10)
@@ -105,12 +113,20 @@ def main() -> int:
         hub.stop()
     finally:
         broker.close()
-    ratios = {"p50": round(baseline["p50_ms"] / figures["p50_ms"], 2),
-              "p99": round(baseline["p99_ms"] / figures["p99_ms"], 2)}
+    ratios = {
+        "p50": round(baseline["p50_ms"] / figures["p50_ms"], 2),
+        "p99": round(baseline["p99_ms"] / figures["p99_ms"], 2),
+    }
     print(f"node round trip {figures}\nbare echo {baseline}\nratios (baseline/node) {ratios}")
-    write_result("edge_commands", "Edge command round trip (hub client -> node -> answer)", figures, baseline,
-                 ratios, "node: a running edge node with inference on answers threshold commands; baseline: a "
-                 "bare MQTT echo client on the same broker. ratio = baseline / node (1.0 = no overhead).")
+    write_result(
+        "edge_commands",
+        "Edge command round trip (hub client -> node -> answer)",
+        figures,
+        baseline,
+        ratios,
+        "node: a running edge node with inference on answers threshold commands; baseline: a "
+        "bare MQTT echo client on the same broker. ratio = baseline / node (1.0 = no overhead).",
+    )
     return 0
 
 

@@ -53,8 +53,13 @@ def frames_with(faces: int, count: int, config: EdgeConfig) -> list[Frame]:
 
     pictures = [read_image(BUILTIN_DIR / "astronaut.jpg"), read_image(BUILTIN_DIR / "astronaut_masked.jpg")]
     angles = {0: [], 1: [0.0], 3: [-17.0, 0.0, 17.0]}[faces]
-    scene = Scene(tuple(Placement(f"f{i}", pictures[i % 2], a, height_frac=0.3 if faces == 3 else 0.45)
-                        for i, a in enumerate(angles)), 360.0)
+    scene = Scene(
+        tuple(
+            Placement(f"f{i}", pictures[i % 2], a, height_frac=0.3 if faces == 3 else 0.45)
+            for i, a in enumerate(angles)
+        ),
+        360.0,
+    )
     camera = SceneCamera(scene, config.scene, angle=lambda: 0.0)
     camera.open()
     frames = []
@@ -87,13 +92,17 @@ def side_by_side(pipelines: list[Pipeline], frames: list[Frame]) -> list[dict[st
     for pipeline, times in zip(pipelines, spent, strict=True):
         _fps, stages = pipeline.times.reset()
         stages.pop("wait", None)
-        out.append({"fps": round(len(times) / sum(times), 1), "fps_median": round(1 / statistics.median(times), 1),
-                    "stage_ms": stages})
+        out.append(
+            {
+                "fps": round(len(times) / sum(times), 1),
+                "fps_median": round(1 / statistics.median(times), 1),
+                "stage_ms": stages,
+            }
+        )
     return out
 
 
-def make_pipeline(config: EdgeConfig, detector: Any, classifier: MaskClassifier, folder: Path, tag: str
-                  ) -> Pipeline:
+def make_pipeline(config: EdgeConfig, detector: Any, classifier: MaskClassifier, folder: Path, tag: str) -> Pipeline:
     runtime = NodeRuntime(site=config.site, node=config.node, threshold=0.5, model=classifier.version)
     return Pipeline(config, detector, classifier, runtime, Outbox(folder / f"{tag}.sqlite"))
 
@@ -102,14 +111,22 @@ def latency(seconds: float, folder: Path) -> dict[str, Any]:
     """Run the whole node against a private broker; capture -> PUBACK for every new/update event."""
     broker = LocalMosquitto().start()
     try:
-        config = load_edge_config(None, {
-            "site": "bench", "node": "lat", "source": "scene:builtin", "pin_factory": "mock",
-            "broker": {"host": broker.host, "port": broker.port}, "delivery": "broker",  # the node alone: to PUBACK
-            "outbox": {"path": str(folder / "latency.sqlite")},
-            "scene": {"fps": 30}, "tracker": {"confirm_frames": 2, "end_frames": 2},
-            "servo": {"mode": "sweep", "sweep_step_deg": 30, "dwell_s": 0.2, "speed_dps": 400,
-                      "face_hold_s": 0},
-            "snapshot": {"mode": "off"}})
+        config = load_edge_config(
+            None,
+            {
+                "site": "bench",
+                "node": "lat",
+                "source": "scene:builtin",
+                "pin_factory": "mock",
+                "broker": {"host": broker.host, "port": broker.port},
+                "delivery": "broker",  # the node alone: to PUBACK
+                "outbox": {"path": str(folder / "latency.sqlite")},
+                "scene": {"fps": 30},
+                "tracker": {"confirm_frames": 2, "end_frames": 2},
+                "servo": {"mode": "sweep", "sweep_step_deg": 30, "dwell_s": 0.2, "speed_dps": 400, "face_hold_s": 0},
+                "snapshot": {"mode": "off"},
+            },
+        )
         app = EdgeApp(config)
         app.start()
         outbox = app.outbox
@@ -136,11 +153,14 @@ def latency(seconds: float, folder: Path) -> dict[str, Any]:
     finally:
         broker.close()
     acked.sort()
-    return {"events": len(acked),
-            "capture_to_puback_ms_p50": round(statistics.median(acked), 1) if acked else None,
-            "capture_to_puback_ms_p99": round(acked[min(len(acked) - 1, int(0.99 * len(acked)))], 1)
-            if acked else None,
-            "node_fps": stats.fps, "node_stage_ms": stats.stage_ms, "dropped_frames": stats.dropped_frames}
+    return {
+        "events": len(acked),
+        "capture_to_puback_ms_p50": round(statistics.median(acked), 1) if acked else None,
+        "capture_to_puback_ms_p99": round(acked[min(len(acked) - 1, int(0.99 * len(acked)))], 1) if acked else None,
+        "node_fps": stats.fps,
+        "node_stage_ms": stats.stage_ms,
+        "dropped_frames": stats.dropped_frames,
+    }
 
 
 def node_rss(seconds: float) -> float:
@@ -149,9 +169,25 @@ def node_rss(seconds: float) -> float:
 
     broker = LocalMosquitto().start()
     with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "-q", "edge", "--source", "scene:builtin",
-                                 "--broker", broker.address, "--outbox", f"{tmp}/o.sqlite",
-                                 "--set", "pin_factory=mock", "--set", "scene.fps=30"])
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "shared.cli",
+                "-q",
+                "edge",
+                "--source",
+                "scene:builtin",
+                "--broker",
+                broker.address,
+                "--outbox",
+                f"{tmp}/o.sqlite",
+                "--set",
+                "pin_factory=mock",
+                "--set",
+                "scene.fps=30",
+            ]
+        )
         peak = 0
         try:
             handle = psutil.Process(proc.pid)
@@ -183,22 +219,35 @@ def main() -> int:
         folder = Path(tmp)
         for faces in (0, 1, 3):
             frames = frames_with(faces, args.frames, config)
-            mine, base = side_by_side([make_pipeline(config, ours, classifier, folder, f"ours{faces}"),
-                                       make_pipeline(config, seed, classifier, folder, f"seed{faces}")], frames)
+            mine, base = side_by_side(
+                [
+                    make_pipeline(config, ours, classifier, folder, f"ours{faces}"),
+                    make_pipeline(config, seed, classifier, folder, f"seed{faces}"),
+                ],
+                frames,
+            )
             figures[f"faces_{faces}"] = mine
             baseline[f"faces_{faces}"] = base
             ratios[f"fps_faces_{faces}"] = round(mine["fps"] / base["fps"], 2)
             ratios[f"fps_median_faces_{faces}"] = round(mine["fps_median"] / base["fps_median"], 2)
-            print(f"{faces} face(s): {mine['fps']} fps, median {mine['fps_median']} (baseline {base['fps']}, "
-                  f"median {base['fps_median']}) stages {mine['stage_ms']}")
+            print(
+                f"{faces} face(s): {mine['fps']} fps, median {mine['fps_median']} (baseline {base['fps']}, "
+                f"median {base['fps_median']}) stages {mine['stage_ms']}"
+            )
         figures["latency"] = latency(args.seconds, folder)
         print(f"latency: {figures['latency']}")
     figures["node_rss_peak_mb"] = node_rss(args.seconds)
     print(f"node peak RSS {figures['node_rss_peak_mb']} MB")
-    write_result("edge_pipeline", "Edge pipeline: fps by faces in view, stages, latency, RSS", figures,
-                 baseline, ratios, "baseline = seed-project-style res10 SSD detector + the same int8 classifier "
-                 "on the same frames; ratios = Maskwatch fps / baseline fps. Target: >= 30 fps with 3 faces, "
-                 "RSS <= 250 MB (the node process alone).")
+    write_result(
+        "edge_pipeline",
+        "Edge pipeline: fps by faces in view, stages, latency, RSS",
+        figures,
+        baseline,
+        ratios,
+        "baseline = seed-project-style res10 SSD detector + the same int8 classifier "
+        "on the same frames; ratios = Maskwatch fps / baseline fps. Target: >= 30 fps with 3 faces, "
+        "RSS <= 250 MB (the node process alone).",
+    )
     return 0
 
 

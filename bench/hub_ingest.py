@@ -59,9 +59,19 @@ NODES = 5
 
 def event_payload(node: str, n: int, tag: str) -> bytes:
     """Event ``n`` (round robin over the nodes) of ``node``, numbered as its outbox would (``seq``, ``outbox_id``)."""
-    return Event(type="new", id=f"{tag}-{node}-{n:07d}", site=SITE, node=node, ts=utc_now(),
-                 label="no_mask" if n % 10 == 0 else "mask", score=0.9, box=(10, 20, 64, 64), angle=0.0,
-                 seq=n // NODES + 1, outbox_id=f"{int(node[1:]):016x}").to_json()
+    return Event(
+        type="new",
+        id=f"{tag}-{node}-{n:07d}",
+        site=SITE,
+        node=node,
+        ts=utc_now(),
+        label="no_mask" if n % 10 == 0 else "mask",
+        score=0.9,
+        box=(10, 20, 64, 64),
+        angle=0.0,
+        seq=n // NODES + 1,
+        outbox_id=f"{int(node[1:]):016x}",
+    ).to_json()
 
 
 def _publisher(broker: BrokerConfig, count: int, tag: str, rate: float | None, out: mp.Queue[float]) -> None:
@@ -100,8 +110,11 @@ def publish_all(broker: BrokerConfig, count: int, tag: str, rate: float | None =
 
 def percentiles(latencies: list[float]) -> dict[str, float]:
     ordered = sorted(latencies)
-    return {"p50_ms": 1000 * statistics.median(ordered), "p99_ms": 1000 * ordered[int(0.99 * (len(ordered) - 1))],
-            "max_ms": 1000 * ordered[-1]}
+    return {
+        "p50_ms": 1000 * statistics.median(ordered),
+        "p99_ms": 1000 * ordered[int(0.99 * (len(ordered) - 1))],
+        "max_ms": 1000 * ordered[-1],
+    }
 
 
 def run_passthrough(broker: BrokerConfig, count: int, tag: str, rate: float | None = None) -> dict[str, float]:
@@ -128,26 +141,41 @@ def run_passthrough(broker: BrokerConfig, count: int, tag: str, rate: float | No
     assert done.wait(120), f"bare subscriber got {len(times)} of {count}"
     cpu = time.process_time() - cpu
     sub.stop()
-    out = {"events_per_s": (count - 1) / (times[-1] - times[0]), "publisher_events_per_s": pub_rate,
-           "cpu_us_per_event": 1e6 * cpu / count}
+    out = {
+        "events_per_s": (count - 1) / (times[-1] - times[0]),
+        "publisher_events_per_s": pub_rate,
+        "cpu_us_per_event": 1e6 * cpu / count,
+    }
     return {**out, **percentiles(latencies)} if rate else out
 
 
-def make_ingest(broker: BrokerConfig, workdir: Path, name: str, batch_size: int, batch_ms: int,
-                on_commit: object) -> tuple[Ingest, MqttClient, Store, WriterProcess]:
-    config = HubConfig.model_validate({
-        "broker": broker.model_dump(), "db_url": f"sqlite:///{workdir / f'{name}.db'}", "sites": [SITE],
-        "snapshot_dir": str(workdir / "snaps"),
-        "ingest": {"batch_size": batch_size, "batch_ms": batch_ms, "share_group": f"g{name}"}})
+def make_ingest(
+    broker: BrokerConfig, workdir: Path, name: str, batch_size: int, batch_ms: int, on_commit: object
+) -> tuple[Ingest, MqttClient, Store, WriterProcess]:
+    config = HubConfig.model_validate(
+        {
+            "broker": broker.model_dump(),
+            "db_url": f"sqlite:///{workdir / f'{name}.db'}",
+            "sites": [SITE],
+            "snapshot_dir": str(workdir / "snaps"),
+            "ingest": {"batch_size": batch_size, "batch_ms": batch_ms, "share_group": f"g{name}"},
+        }
+    )
     store = Store(config.db_url)
     store.migrate()
     writer = WriterProcess(WriterSettings.from_config(config, "http://bench"))
     writer.start()
     client = MqttClient(broker, f"bench-hub-{name}", persistent=True, manual_ack=True)
     acks = AckPublisher("bench", lambda topic, payload: client.publish(topic, payload, qos=1))
-    ingest = Ingest(config, client, writer, EventLog(store, config.snapshot_dir),
-                    Alerter(None, cooldown_s=60, public_url="http://bench"), on_commit=on_commit,  # type: ignore[arg-type]
-                    acks=acks)
+    ingest = Ingest(
+        config,
+        client,
+        writer,
+        EventLog(store, config.snapshot_dir),
+        Alerter(None, cooldown_s=60, public_url="http://bench"),
+        on_commit=on_commit,  # type: ignore[arg-type]
+        acks=acks,
+    )
     ingest.start()
     client.start()
     assert client.wait_connected(10)
@@ -155,8 +183,15 @@ def make_ingest(broker: BrokerConfig, workdir: Path, name: str, batch_size: int,
     return ingest, client, store, writer
 
 
-def run_consumer(broker: BrokerConfig, workdir: Path, name: str, count: int, batch_size: int,
-                 batch_ms: int, rate: float | None = None) -> dict[str, float]:
+def run_consumer(
+    broker: BrokerConfig,
+    workdir: Path,
+    name: str,
+    count: int,
+    batch_size: int,
+    batch_ms: int,
+    rate: float | None = None,
+) -> dict[str, float]:
     """Ingest ``count`` events; rate from the first to the last commit; latency event ts -> commit."""
     commits: list[tuple[float, int]] = []  # (time, events committed so far)
     latencies: list[float] = []
@@ -185,9 +220,15 @@ def run_consumer(broker: BrokerConfig, workdir: Path, name: str, count: int, bat
     client.stop()
     store.close()
     assert ingest.acks is not None
-    out = {"events_per_s": events_per_s, "publisher_events_per_s": pub_rate, "batches": ingest.stats.batches,
-           "ack_bytes_per_event": ingest.acks.bytes / count, "acks_per_batch": ingest.acks.acks / ingest.stats.batches,
-           "cpu_us_per_event": 1e6 * (cpu + cpu_writer) / count, "writer_cpu_us_per_event": 1e6 * cpu_writer / count}
+    out = {
+        "events_per_s": events_per_s,
+        "publisher_events_per_s": pub_rate,
+        "batches": ingest.stats.batches,
+        "ack_bytes_per_event": ingest.acks.bytes / count,
+        "acks_per_batch": ingest.acks.acks / ingest.stats.batches,
+        "cpu_us_per_event": 1e6 * (cpu + cpu_writer) / count,
+        "writer_cpu_us_per_event": 1e6 * cpu_writer / count,
+    }
     return {**out, **percentiles(latencies)} if rate else out
 
 
@@ -196,8 +237,13 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=20_000, help="events for the durable and pass-through runs")
     parser.add_argument("--naive-events", type=int, default=2_000, help="events for the naive run (slow)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each latency run")
-    parser.add_argument("--latency-rates", type=lambda v: [int(x) for x in v.split(",")], default=[1000, 200],
-                        metavar="R,R", help="steady publishing rates of the latency runs (default 1000,200)")
+    parser.add_argument(
+        "--latency-rates",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[1000, 200],
+        metavar="R,R",
+        help="steady publishing rates of the latency runs (default 1000,200)",
+    )
     parser.add_argument("--rounds", type=int, default=5, help="interleaved pass-through/durable rounds")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -213,21 +259,29 @@ def main() -> int:
             bare_cpu.append(a["cpu_us_per_event"])
             durable_cpu.append(d["cpu_us_per_event"])
             ack_bytes.append(d["ack_bytes_per_event"])
-            print(f"round {r + 1}: pass-through {bare[-1]:.0f}/s ({bare_cpu[-1]:.0f} us CPU/event), "
-                  f"durable {durable[-1]:.0f}/s ({durable_cpu[-1]:.0f} us CPU/event)", flush=True)
+            print(
+                f"round {r + 1}: pass-through {bare[-1]:.0f}/s ({bare_cpu[-1]:.0f} us CPU/event), "
+                f"durable {durable[-1]:.0f}/s ({durable_cpu[-1]:.0f} us CPU/event)",
+                flush=True,
+            )
         naive_run = run_consumer(broker, workdir, "naive", args.naive_events, 1, 1)
         naive = naive_run["events_per_s"]
-        print(f"naive one commit per message: {naive:.0f}/s ({naive_run['cpu_us_per_event']:.0f} us CPU/event)",
-              flush=True)
+        print(
+            f"naive one commit per message: {naive:.0f}/s ({naive_run['cpu_us_per_event']:.0f} us CPU/event)",
+            flush=True,
+        )
         lat_bare: dict[int, dict[str, float]] = {}
         lat_durable: dict[int, dict[str, float]] = {}
         for rate in args.latency_rates:
             count = int(rate * args.seconds)
             lat_bare[rate] = run_passthrough(broker, count, f"lat-a{rate}", rate=float(rate))
             lat_durable[rate] = run_consumer(broker, workdir, f"latency{rate}", count, 500, 50, rate=float(rate))
-            print(f"at {rate}/s: pass-through p50 {lat_bare[rate]['p50_ms']:.1f} ms "
-                  f"p99 {lat_bare[rate]['p99_ms']:.1f} ms; durable p50 {lat_durable[rate]['p50_ms']:.1f} ms "
-                  f"p99 {lat_durable[rate]['p99_ms']:.1f} ms", flush=True)
+            print(
+                f"at {rate}/s: pass-through p50 {lat_bare[rate]['p50_ms']:.1f} ms "
+                f"p99 {lat_bare[rate]['p99_ms']:.1f} ms; durable p50 {lat_durable[rate]['p50_ms']:.1f} ms "
+                f"p99 {lat_durable[rate]['p99_ms']:.1f} ms",
+                flush=True,
+            )
     paired = [d / b for d, b in zip(durable, bare, strict=True)]
     result = {
         "name": "hub_ingest",
@@ -237,10 +291,15 @@ def main() -> int:
         "figures": {
             "durable_events_per_s_median": round(statistics.median(durable), 1),
             "durable_events_per_s_rounds": [round(x, 1) for x in durable],
-            **{f"latency_at_{r}_per_s_{k}": round(v[k], 2) for r, v in lat_durable.items()
-               for k in ("p50_ms", "p99_ms", "max_ms")},
-            **{f"latency_run_{r}_per_s_publisher_rate": round(v["publisher_events_per_s"], 1)
-               for r, v in lat_durable.items()},
+            **{
+                f"latency_at_{r}_per_s_{k}": round(v[k], 2)
+                for r, v in lat_durable.items()
+                for k in ("p50_ms", "p99_ms", "max_ms")
+            },
+            **{
+                f"latency_run_{r}_per_s_publisher_rate": round(v["publisher_events_per_s"], 1)
+                for r, v in lat_durable.items()
+            },
             "durable_cpu_us_per_event_median": round(statistics.median(durable_cpu), 1),
             "ack_bytes_per_event_median": round(statistics.median(ack_bytes), 2),
             "events_per_round": args.events,
@@ -252,8 +311,11 @@ def main() -> int:
             "naive_events": args.naive_events,
             "naive_cpu_us_per_event": round(naive_run["cpu_us_per_event"], 1),
             "passthrough_cpu_us_per_event_median": round(statistics.median(bare_cpu), 1),
-            **{f"passthrough_latency_at_{r}_per_s_{k}": round(v[k], 2) for r, v in lat_bare.items()
-               for k in ("p50_ms", "p99_ms")},
+            **{
+                f"passthrough_latency_at_{r}_per_s_{k}": round(v[k], 2)
+                for r, v in lat_bare.items()
+                for k in ("p50_ms", "p99_ms")
+            },
         },
         "ratios": {
             "durable_vs_passthrough": round(statistics.median(durable) / statistics.median(bare), 3),
@@ -262,12 +324,12 @@ def main() -> int:
             "passthrough_cpu_share_of_durable": round(statistics.median(bare_cpu) / statistics.median(durable_cpu), 3),
         },
         "notes": "Targets: durable (acks to the nodes on) >= 0.8 x pass-through, >= 10 x naive. Ack bytes per event: "
-                 "payload bytes of the hub's acks (5 simulated nodes, one outbox each) over events. "
-                 "Publishers run in a separate process; "
-                 "rates are steady-state (first to last message received or committed); rounds are interleaved "
-                 "on a 2-core machine shared with other work. SQLite WAL, synchronous=FULL; batch 500 / 50 ms. "
-                 "Latency = commit time - event ts stamped when published (same clock). CPU per event of the durable "
-                 "hub = hub process + writer process.",
+        "payload bytes of the hub's acks (5 simulated nodes, one outbox each) over events. "
+        "Publishers run in a separate process; "
+        "rates are steady-state (first to last message received or committed); rounds are interleaved "
+        "on a 2-core machine shared with other work. SQLite WAL, synchronous=FULL; batch 500 / 50 ms. "
+        "Latency = commit time - event ts stamped when published (same clock). CPU per event of the durable "
+        "hub = hub process + writer process.",
     }
     out = HERE / "results" / "hub_ingest.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

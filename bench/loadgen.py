@@ -50,8 +50,9 @@ class Connection:
         self.acked = 0
         self._lock = threading.Lock()
         will = Will(nodes[0].status, b"offline") if len(nodes) == 1 else None
-        self.client = MqttClient(broker, client_id, will=will, persistent=persistent,
-                                 on_connect=self._announce, on_publish=self._on_ack)
+        self.client = MqttClient(
+            broker, client_id, will=will, persistent=persistent, on_connect=self._announce, on_publish=self._on_ack
+        )
 
     def _announce(self) -> None:  # network thread: publish only, never wait
         for topics in self.nodes:
@@ -93,9 +94,19 @@ class LoadGen:
     :param no_mask_every: every n-th event is ``no_mask`` (0: never), so alerts flow too.
     """
 
-    def __init__(self, broker: BrokerConfig, site: str, nodes: int, *, rate_per_node: float = 1.0,
-                 connections: int | None = None, prefix: str = "sim", lifecycle: bool = False,
-                 persistent: bool = False, no_mask_every: int = 10) -> None:
+    def __init__(
+        self,
+        broker: BrokerConfig,
+        site: str,
+        nodes: int,
+        *,
+        rate_per_node: float = 1.0,
+        connections: int | None = None,
+        prefix: str = "sim",
+        lifecycle: bool = False,
+        persistent: bool = False,
+        no_mask_every: int = 10,
+    ) -> None:
         self.site = site
         self.node_topics = [NodeTopics(site, f"{prefix}-{i:03d}") for i in range(nodes)]
         self.rate_per_node = rate_per_node
@@ -105,7 +116,8 @@ class LoadGen:
         tag = uuid.uuid4().hex[:6]
         self.connections = [
             Connection(broker, f"loadgen-{site}-{tag}-{c}", self.node_topics[c::count], persistent=persistent)
-            for c in range(count)]
+            for c in range(count)
+        ]
         self._route = {t.node: conn for conn in self.connections for t in conn.nodes}
         self.ids: list[str] = []
         self._run_tag = tag
@@ -129,14 +141,27 @@ class LoadGen:
         n = len(self.ids)
         event_id = event_id or f"{topics.node}-{self._run_tag}-{n:07d}"
         label = "no_mask" if self.no_mask_every and n % self.no_mask_every == 0 else "mask"
-        payload = Event(type=kind, id=event_id, site=self.site, node=topics.node, ts=utc_now(), label=label,
-                        score=0.9, box=(10, 20, 64, 64), angle=0.0, frame=n).to_json()
+        payload = Event(
+            type=kind,
+            id=event_id,
+            site=self.site,
+            node=topics.node,
+            ts=utc_now(),
+            label=label,
+            score=0.9,
+            box=(10, 20, 64, 64),
+            angle=0.0,
+            frame=n,
+        ).to_json()
         return event_id, payload
 
     def publish_event(self, node: str | None = None) -> str:
         """Publish one event (``new``, and ``end`` with ``lifecycle``) of ``node`` (round robin by default)."""
-        topics = next(t for t in self.node_topics if t.node == node) if node else \
-            self.node_topics[len(self.ids) % len(self.node_topics)]
+        topics = (
+            next(t for t in self.node_topics if t.node == node)
+            if node
+            else self.node_topics[len(self.ids) % len(self.node_topics)]
+        )
         event_id, payload = self.event(topics)
         conn = self._route[topics.node]
         conn.publish(topics.events, payload)
@@ -168,8 +193,9 @@ class LoadGen:
 
     def run_in_background(self, seconds: float | None = None, *, count: int | None = None) -> threading.Thread:
         """:meth:`run` in a daemon thread (``halt()`` then ``join()`` to stop it early)."""
-        thread = threading.Thread(target=self.run, kwargs={"seconds": seconds, "count": count},
-                                  name="loadgen", daemon=True)
+        thread = threading.Thread(
+            target=self.run, kwargs={"seconds": seconds, "count": count}, name="loadgen", daemon=True
+        )
         thread.start()
         return thread
 
@@ -214,8 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, port = parse_host_port(args.broker)
-    gen = LoadGen(BrokerConfig(host=host, port=port), args.site, args.nodes, rate_per_node=args.rate,
-                  connections=args.connections).start()
+    gen = LoadGen(
+        BrokerConfig(host=host, port=port), args.site, args.nodes, rate_per_node=args.rate, connections=args.connections
+    ).start()
     sent = gen.run(args.seconds)
     acked = gen.wait_acked(30)
     gen.stop()

@@ -102,8 +102,7 @@ def _load_by_name(base: object, path: Path) -> None:
 
 def seed_detector() -> MultiPassDetector:
     """The seed's detector: res10 SSD on the whole frame at confidence 0.5."""
-    return MultiPassDetector("res10/seed", {"res10": Res10Net(2, 0.5)}, Settings(passes=(("res10", 1),),
-                                                                                  threshold=0.5))
+    return MultiPassDetector("res10/seed", {"res10": Res10Net(2, 0.5)}, Settings(passes=(("res10", 1),), threshold=0.5))
 
 
 def held_out_photos(folder: Path, seed: int = 0, fold: int | None = None, folds: int = 2) -> set[str]:
@@ -113,17 +112,25 @@ def held_out_photos(folder: Path, seed: int = 0, fold: int | None = None, folds:
     from models.scenes import load_scenes
     from models.training.data import photo_group, validation_photo
 
-    return {s.image.name for s in load_scenes(folder)
-            if validation_photo(photo_group(read_image(s.image)), seed, fold=fold, folds=folds)}
+    return {
+        s.image.name
+        for s in load_scenes(folder)
+        if validation_photo(photo_group(read_image(s.image)), seed, fold=fold, folds=folds)
+    }
 
 
 def summary(result: dict, band: str = ">=24") -> dict:
     """Face recall per class in a size band, and the no-mask decision and the alert figures when they are
     reported for that band."""
     recall = result["recall"]
-    figures = {f"recall_{name}": recall[label].get(band, {}).get("recall", 0.0)
-               for name, label in (("with_mask", "with_mask"), ("without_mask", "without_mask"),
-                                   ("incorrect", "mask_weared_incorrect"))}
+    figures = {
+        f"recall_{name}": recall[label].get(band, {}).get("recall", 0.0)
+        for name, label in (
+            ("with_mask", "with_mask"),
+            ("without_mask", "without_mask"),
+            ("incorrect", "mask_weared_incorrect"),
+        )
+    }
     if band in result["no_mask_decision"]:
         figures["face_recall"] = result["face_recall"]
         figures["no_mask_precision"] = result["no_mask_decision"][band]["precision"]
@@ -138,46 +145,74 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scenes", type=Path, default=SHARED / "datasets" / "face-mask-scenes")
     parser.add_argument("--weights", type=Path, default=SHARED / "weights")
-    parser.add_argument("--cross-validation", type=Path, nargs="+", metavar="MODEL",
-                      help="int8 models trained with --hold-out-fold 0, 1, ... (--folds = their number), each "
-                           "on the photos of its fold; writes model_scenes_cv.json (model_scenes_cv_seedN.json "
-                           "for --seed N > 0)")
+    parser.add_argument(
+        "--cross-validation",
+        type=Path,
+        nargs="+",
+        metavar="MODEL",
+        help="int8 models trained with --hold-out-fold 0, 1, ... (--folds = their number), each "
+        "on the photos of its fold; writes model_scenes_cv.json (model_scenes_cv_seedN.json "
+        "for --seed N > 0)",
+    )
     parser.add_argument("--model", type=Path, help="classifier .tflite (default: the committed int8 model)")
     parser.add_argument("--seed", type=int, default=0, help="--seed of the training run(s) (default 0)")
     parser.add_argument("--out", type=Path, help="--cross-validation: write the results here instead")
-    parser.add_argument("--curves", action="store_true",
-                        help="--cross-validation: draw models/operating_points_<profile>.png")
-    parser.add_argument("--cache", type=Path,
-                        help="keep every run's records in this JSON file and re-score them from it when they are "
-                             "there (no model runs)")
+    parser.add_argument(
+        "--curves", action="store_true", help="--cross-validation: draw models/operating_points_<profile>.png"
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        help="keep every run's records in this JSON file and re-score them from it when they are there (no model runs)",
+    )
     args = parser.parse_args()
     if args.cross_validation:
         return cross_validation(args.scenes, args.cross_validation, args.seed, args.out, args.curves, args.cache)
     classifier = MaskClassifier(args.model, num_threads=2)
     runs = {}
     for profile in Profile:
-        run = cached_run(args.cache, profile, lambda p=profile: collect_scenes(
-            args.scenes, classifier, create_detector(p, num_threads=2)))  # type: ignore[arg-type]
+        run = cached_run(
+            args.cache,
+            profile,
+            lambda p=profile: collect_scenes(args.scenes, classifier, create_detector(p, num_threads=2)),
+        )  # type: ignore[arg-type]
         runs[profile] = scene_report(run, DEFAULT_THRESHOLDS[profile], DEFAULT_FACE_SCORES[profile])
-    seed = scene_report(cached_run(args.cache, "seed", lambda: collect_scenes(
-        args.scenes, SeedClassifier(args.weights / "face_mask_detector.model"), seed_detector())),  # type: ignore[arg-type]
-        0.5)
+    seed = scene_report(
+        cached_run(
+            args.cache,
+            "seed",
+            lambda: collect_scenes(
+                args.scenes, SeedClassifier(args.weights / "face_mask_detector.model"), seed_detector()
+            ),
+        ),  # type: ignore[arg-type]
+        0.5,
+    )
     figures = {f"crowd_{k}": v for k, v in summary(runs["crowd"]).items()}
     figures |= {f"near_{k}": v for k, v in summary(runs["near"]).items()}
     figures |= {"crowd_ms_per_photo": runs["crowd"]["ms_per_image"], "near_ms_per_photo": runs["near"]["ms_per_image"]}
     for band in ("16-23", "<16"):
-        figures |= {f"crowd_{k}_{band}": v for k, v in summary(runs["crowd"], band).items() if "recall_with" in k
-                    or "recall_without" in k}
+        figures |= {
+            f"crowd_{k}_{band}": v
+            for k, v in summary(runs["crowd"], band).items()
+            if "recall_with" in k or "recall_without" in k
+        }
     baseline = summary(seed) | {"ms_per_photo": seed["ms_per_image"]}
-    ratios = {k: round(figures[f"crowd_{k}"] / baseline[k], 3) if baseline[k] else None
-              for k in ("recall_with_mask", "recall_without_mask", "no_mask_precision", "no_mask_recall",
-                        "alert_precision")}
+    ratios = {
+        k: round(figures[f"crowd_{k}"] / baseline[k], 3) if baseline[k] else None
+        for k in ("recall_with_mask", "recall_without_mask", "no_mask_precision", "no_mask_recall", "alert_precision")
+    }
     ratios["ms_per_photo_seed_over_crowd"] = round(baseline["ms_per_photo"] / figures["crowd_ms_per_photo"], 3)
-    result = {"name": "model_scenes", "title": "Scenes: face recall and no-mask decision, Maskwatch vs seed pipeline",
-              "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
-              "figures": figures, "baseline": baseline, "ratios": ratios,
-              "details": {"crowd": runs["crowd"], "near": runs["near"], "seed": seed},
-              "notes": "faces >= 24 px unless the key names a band; incorrectly worn masks count as no mask"}
+    result = {
+        "name": "model_scenes",
+        "title": "Scenes: face recall and no-mask decision, Maskwatch vs seed pipeline",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "figures": figures,
+        "baseline": baseline,
+        "ratios": ratios,
+        "details": {"crowd": runs["crowd"], "near": runs["near"], "seed": seed},
+        "notes": "faces >= 24 px unless the key names a band; incorrectly worn masks count as no mask",
+    }
     out = HERE / "results" / "model_scenes.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
@@ -191,8 +226,9 @@ def cached_run(cache: Path | None, key: str, make: Callable[[], SceneRun]) -> Sc
     stored = json.loads(cache.read_text()) if cache is not None and cache.is_file() else {}
     if key in stored:
         run = stored[key]
-        return SceneRun([SceneRecord(*r) for r in run["records"]], run["images"], run["ms_per_image"], run["model"],
-                        run["detector"])
+        return SceneRun(
+            [SceneRecord(*r) for r in run["records"]], run["images"], run["ms_per_image"], run["model"], run["detector"]
+        )
     made = make()
     if cache is not None:
         stored[key] = asdict(made) | {"records": [astuple(r) for r in made.records]}
@@ -207,15 +243,24 @@ def fold_runs(folder: Path, models: list[Path], seed: int, profile: str, cache: 
     def make(fold: int, model: Path) -> SceneRun:
         nonlocal detector
         detector = detector or create_detector(profile, num_threads=2)  # type: ignore[arg-type]
-        return collect_scenes(folder, MaskClassifier(model, 2), detector,
-                              only=held_out_photos(folder, seed, fold, len(models)))
+        return collect_scenes(
+            folder, MaskClassifier(model, 2), detector, only=held_out_photos(folder, seed, fold, len(models))
+        )
 
-    return [cached_run(cache, f"{profile}/fold{fold}", lambda f=fold, m=model: make(f, m))
-            for fold, model in enumerate(models)]
+    return [
+        cached_run(cache, f"{profile}/fold{fold}", lambda f=fold, m=model: make(f, m))
+        for fold, model in enumerate(models)
+    ]
 
 
-def cross_validation(folder: Path, models: list[Path], seed: int = 0, out: Path | None = None,
-                     curves: bool = False, cache: Path | None = None) -> int:
+def cross_validation(
+    folder: Path,
+    models: list[Path],
+    seed: int = 0,
+    out: Path | None = None,
+    curves: bool = False,
+    cache: Path | None = None,
+) -> int:
     """Both profiles, each fold's classifier on the photos of its fold; every record pooled over the folds and
     scored at every operating point (no-mask threshold x minimum face score); with ``curves`` they are drawn
     to ``models/operating_points_<profile>.png``."""
@@ -227,28 +272,53 @@ def cross_validation(folder: Path, models: list[Path], seed: int = 0, out: Path 
         for fold, run in enumerate(fold_runs(folder, models, seed, profile, cache)):
             records += run.records
             images += run.images
-            folds.append({"fold": fold, "photos": run.images, "model": run.model}
-                         | summary(score_scenes(run.records, run.images, *point)))
+            folds.append(
+                {"fold": fold, "photos": run.images, "model": run.model}
+                | summary(score_scenes(run.records, run.images, *point))
+            )
         chosen = score_scenes(records, images, *point)
         points = operating_points(records, images)
-        per_profile[profile] = {"threshold": point[0], "min_face_score": point[1], "photos": images,
-                                "pooled": summary(chosen), "alerts": chosen["alerts"], "operating_points": points,
-                                "folds": folds}
+        per_profile[profile] = {
+            "threshold": point[0],
+            "min_face_score": point[1],
+            "photos": images,
+            "pooled": summary(chosen),
+            "alerts": chosen["alerts"],
+            "operating_points": points,
+            "folds": folds,
+        }
         if curves:
-            plot_operating_points(points, point, MODELS / f"operating_points_{profile}.png",
-                                  f"{profile}: {len(models)}-fold CV by photo, faces >= 24 px")
+            plot_operating_points(
+                points,
+                point,
+                MODELS / f"operating_points_{profile}.png",
+                f"{profile}: {len(models)}-fold CV by photo, faces >= 24 px",
+            )
     figures = {f"{profile}_{k}": v for profile, run in per_profile.items() for k, v in run["pooled"].items()}
     figures |= {"folds": len(models), "seed": seed}
     out = out or HERE / "results" / ("model_scenes_cv.json" if seed == 0 else f"model_scenes_cv_seed{seed}.json")
-    title = (f"Scenes, {len(models)}-fold cross-validation by photo (fold seed {seed}): every decision of "
-             "classifiers that never saw the photo")
-    out.write_text(json.dumps({"name": "model_scenes", "title": title,
-                               "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
-                               "figures": figures, "baseline": {}, "ratios": {}, "details": per_profile,
-                               "notes": "each profile at its operating point, faces >= 24 px; each fold's model was "
-                                        "trained with `--hold-out-fold i --folds N`: the photos of fold i never "
-                                        "train (nor their hard negatives), all others do"},
-                              indent=2))
+    title = (
+        f"Scenes, {len(models)}-fold cross-validation by photo (fold seed {seed}): every decision of "
+        "classifiers that never saw the photo"
+    )
+    out.write_text(
+        json.dumps(
+            {
+                "name": "model_scenes",
+                "title": title,
+                "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                "machine": machine(),
+                "figures": figures,
+                "baseline": {},
+                "ratios": {},
+                "details": per_profile,
+                "notes": "each profile at its operating point, faces >= 24 px; each fold's model was "
+                "trained with `--hold-out-fold i --folds N`: the photos of fold i never "
+                "train (nor their hard negatives), all others do",
+            },
+            indent=2,
+        )
+    )
     print(json.dumps(figures | {"per_fold": {p: r["folds"] for p, r in per_profile.items()}}, indent=2))
     return 0
 

@@ -63,7 +63,7 @@ def near_frame() -> tuple[np.ndarray, int]:
         if len(big) == 3 and len(scene.faces) == 3:
             frame = np.zeros((480, 640, 3), np.uint8)
             resized = cv2.resize(image, (round(image.shape[1] * scale), round(image.shape[0] * scale)))
-            frame[:resized.shape[0], :resized.shape[1]] = resized
+            frame[: resized.shape[0], : resized.shape[1]] = resized
             return frame, 3
     raise SystemExit("no scene photo with 3 faces of 48 px found")
 
@@ -113,36 +113,48 @@ def main() -> int:
         for variant in ("int8", "f16"):
             classifier = MaskClassifier(packaged_model(f"mask_classifier_{variant}.tflite"), threads)
             figures[f"classify_{variant}_ms_per_face_{threads}t"] = median_ms(
-                lambda c=classifier: c.no_mask_probability([crop]), 200)
+                lambda c=classifier: c.no_mask_probability([crop]), 200
+            )
         classifier = MaskClassifier(num_threads=threads)
         near = create_detector("near", num_threads=threads)
         figures[f"near_640x480_3faces_ms_{threads}t"] = median_ms(lambda d=near, c=classifier: analyse(frame, d, c), 50)
         figures[f"near_faces_found_{threads}t"] = len(analyse(frame, near, classifier).faces)
         crowd = create_detector("crowd", num_threads=threads)
-        figures[f"crowd_ms_per_scene_photo_{threads}t"] = round(statistics.mean(
-            median_ms(lambda p=p, d=crowd, c=classifier: analyse(p, d, c), 3, 1) for p in photos), 2)
-        figures[f"crowd_ms_per_640x480_frame_{threads}t"] = round(statistics.mean(
-            median_ms(lambda p=p, d=crowd, c=classifier: analyse(p, d, c), 3, 1) for p in frames), 2)
+        figures[f"crowd_ms_per_scene_photo_{threads}t"] = round(
+            statistics.mean(median_ms(lambda p=p, d=crowd, c=classifier: analyse(p, d, c), 3, 1) for p in photos), 2
+        )
+        figures[f"crowd_ms_per_640x480_frame_{threads}t"] = round(
+            statistics.mean(median_ms(lambda p=p, d=crowd, c=classifier: analyse(p, d, c), 3, 1) for p in frames), 2
+        )
     seed_classifier = SeedClassifier(SHARED / "weights" / "face_mask_detector.model")
     seed = seed_detector()
     baseline = {
         "classify_ms_per_face": median_ms(lambda: seed_classifier.no_mask_probability([crop]), 50),
         "near_640x480_3faces_ms": median_ms(lambda: analyse(frame, seed, seed_classifier), 20),  # type: ignore[arg-type]
-        "ms_per_scene_photo": round(statistics.mean(
-            median_ms(lambda p=p: analyse(p, seed, seed_classifier), 3, 1) for p in photos), 2),  # type: ignore[arg-type]
+        "ms_per_scene_photo": round(
+            statistics.mean(median_ms(lambda p=p: analyse(p, seed, seed_classifier), 3, 1) for p in photos), 2
+        ),  # type: ignore[arg-type]
         "peak_rss_mib": peak_rss("seed"),
     }
     figures["peak_rss_mib"] = peak_rss("maskwatch")
     figures["near_frame_labelled_faces"] = faces
-    pairs = {"classify_seed_over_int8_2t": ("classify_ms_per_face", "classify_int8_ms_per_face_2t"),
-             "near_seed_over_maskwatch_2t": ("near_640x480_3faces_ms", "near_640x480_3faces_ms_2t"),
-             "scene_photo_seed_over_crowd_2t": ("ms_per_scene_photo", "crowd_ms_per_scene_photo_2t"),
-             "rss_seed_over_maskwatch": ("peak_rss_mib", "peak_rss_mib")}
+    pairs = {
+        "classify_seed_over_int8_2t": ("classify_ms_per_face", "classify_int8_ms_per_face_2t"),
+        "near_seed_over_maskwatch_2t": ("near_640x480_3faces_ms", "near_640x480_3faces_ms_2t"),
+        "scene_photo_seed_over_crowd_2t": ("ms_per_scene_photo", "crowd_ms_per_scene_photo_2t"),
+        "rss_seed_over_maskwatch": ("peak_rss_mib", "peak_rss_mib"),
+    }
     ratios = {name: round(baseline[seed_key] / figures[ours], 2) for name, (seed_key, ours) in pairs.items()}
-    result = {"name": "model_speed", "title": "Inference speed and memory, Maskwatch (LiteRT) vs seed (TensorFlow)",
-              "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
-              "figures": figures, "baseline": baseline, "ratios": ratios,
-              "notes": f"medians; crowd over {len(photos)} scene photos; machine shared with other work"}
+    result = {
+        "name": "model_speed",
+        "title": "Inference speed and memory, Maskwatch (LiteRT) vs seed (TensorFlow)",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "figures": figures,
+        "baseline": baseline,
+        "ratios": ratios,
+        "notes": f"medians; crowd over {len(photos)} scene photos; machine shared with other work",
+    }
     out = HERE / "results" / "model_speed.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

@@ -33,8 +33,10 @@ def machine() -> str:
         memory = f"{int(mem) / 1024 / 1024:.0f} GiB"
     except (OSError, IndexError, ValueError):
         cores, memory = None, "?"
-    return f"{platform.machine()}, {cores} cores, {memory}, {platform.system()} {platform.release()}, " \
-           f"Python {platform.python_version()}"
+    return (
+        f"{platform.machine()}, {cores} cores, {memory}, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def _fmt(value: Any) -> str:
@@ -55,12 +57,20 @@ def _table(title: str, values: dict[str, Any]) -> list[str]:
 
 def render(results: list[dict[str, Any]]) -> str:
     """The Markdown report for these results."""
-    out = ["# Benchmarks", "",
-           f"Written by `bench/run` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}.",
-           "Each figure is measured side by side with its baseline in the same run; ratios compare the two.", ""]
+    out = [
+        "# Benchmarks",
+        "",
+        f"Written by `bench/run` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}.",
+        "Each figure is measured side by side with its baseline in the same run; ratios compare the two.",
+        "",
+    ]
     for result in sorted(results, key=lambda r: r.get("name", "")):
-        out += [f"## {result.get('title') or result.get('name')}", "",
-                f"`bench/{result.get('name')}.py`, run {result.get('date', '?')} on {result.get('machine', '?')}.", ""]
+        out += [
+            f"## {result.get('title') or result.get('name')}",
+            "",
+            f"`bench/{result.get('name')}.py`, run {result.get('date', '?')} on {result.get('machine', '?')}.",
+            "",
+        ]
         if result.get("notes"):
             out += [str(result["notes"]), ""]
         out += _table("figure", result.get("figures", {}))

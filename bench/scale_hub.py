@@ -50,8 +50,11 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def latency_figures(latencies_s: list[float]) -> dict[str, float]:
-    return {"latency_p50_ms": 1000 * statistics.median(latencies_s),
-            "latency_p99_ms": 1000 * percentile(latencies_s, 0.99), "latency_max_ms": 1000 * max(latencies_s)}
+    return {
+        "latency_p50_ms": 1000 * statistics.median(latencies_s),
+        "latency_p99_ms": 1000 * percentile(latencies_s, 0.99),
+        "latency_max_ms": 1000 * max(latencies_s),
+    }
 
 
 def _bare_subscriber(broker: BrokerConfig, site: str, expected: Any, ready: Any, out: Any) -> None:
@@ -73,8 +76,13 @@ def _bare_subscriber(broker: BrokerConfig, site: str, expected: Any, ready: Any,
     ready.set()
     wait_until(lambda: expected.value and len(times) >= expected.value, 900)
     client.stop()
-    out.put({"received": len(times), "rate": (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0,
-             **latency_figures(latencies or [0.0])})
+    out.put(
+        {
+            "received": len(times),
+            "rate": (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0,
+            **latency_figures(latencies or [0.0]),
+        }
+    )
 
 
 def run_baseline(broker: BrokerConfig, args: argparse.Namespace) -> dict[str, Any]:
@@ -123,15 +131,18 @@ class Sampler:
         wall = time.monotonic() - self.wall_start
         self._stop.set()
         self._thread.join()
-        return {"hub_cpu_percent_of_one_core": 100 * cpu / wall,
-                "hub_rss_mean_mb": statistics.mean(self.rss_kb) / 1024 if self.rss_kb else 0.0}
+        return {
+            "hub_cpu_percent_of_one_core": 100 * cpu / wall,
+            "hub_rss_mean_mb": statistics.mean(self.rss_kb) / 1024 if self.rss_kb else 0.0,
+        }
 
 
 def run_hub(broker: BrokerConfig, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     site = "scale"
     defaults = HubConfig().ingest  # the hub as shipped, not the test helper's small batches
-    hub = HubProcess(broker, workdir, [site], settings={"ingest": {"batch_size": defaults.batch_size,
-                                                                   "batch_ms": defaults.batch_ms}}).start()
+    hub = HubProcess(
+        broker, workdir, [site], settings={"ingest": {"batch_size": defaults.batch_size, "batch_ms": defaults.batch_ms}}
+    ).start()
     try:
         sampler = Sampler(hub.pid).start()
         gen = LoadGen(broker, site, args.nodes, rate_per_node=args.rate, connections=args.connections).start()
@@ -149,8 +160,9 @@ def run_hub(broker: BrokerConfig, workdir: Path, args: argparse.Namespace) -> di
         usage = sampler.stop()
         peak_mb = hub.rss_kb("VmHWM") / 1024
         with engine.connect() as conn:
-            rows = conn.execute(text("SELECT first_seen, received_at, messages FROM events WHERE site = :s"),
-                                {"s": site}).all()
+            rows = conn.execute(
+                text("SELECT first_seen, received_at, messages FROM events WHERE site = :s"), {"s": site}
+            ).all()
         gen.stop()
         engine.dispose()
     finally:
@@ -163,10 +175,17 @@ def run_hub(broker: BrokerConfig, workdir: Path, args: argparse.Namespace) -> di
 
     received = sorted(seconds(r[1]) for r in rows)
     latencies = [seconds(r[1]) - seconds(r[0]) for r in rows]
-    return {"events_sent": sent, "offered_rate": offered, "events_stored": len(rows),
-            "events_lost": sent - len(rows), "rows_with_extra_messages": sum(1 for r in rows if r[2] != 1),
-            "rate": (len(received) - 1) / (received[-1] - received[0]) if len(received) > 1 else 0.0,
-            **latency_figures(latencies or [0.0]), "hub_rss_peak_mb": peak_mb, **usage}
+    return {
+        "events_sent": sent,
+        "offered_rate": offered,
+        "events_stored": len(rows),
+        "events_lost": sent - len(rows),
+        "rows_with_extra_messages": sum(1 for r in rows if r[2] != 1),
+        "rate": (len(received) - 1) / (received[-1] - received[0]) if len(received) > 1 else 0.0,
+        **latency_figures(latencies or [0.0]),
+        "hub_rss_peak_mb": peak_mb,
+        **usage,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,26 +201,44 @@ def main(argv: list[str] | None = None) -> int:
         base = run_baseline(broker, args)
         print(f"hub: {args.nodes} nodes x {args.rate}/s x {args.seconds} s")
         hub = run_hub(broker, Path(tmp), args)
-    figures = {"nodes": args.nodes, "events_per_s_per_node": args.rate, "seconds": args.seconds,
-               "connections": args.connections, "offered_events_per_s": hub["offered_rate"],
-               "events_sent": hub["events_sent"], "events_stored": hub["events_stored"],
-               "events_lost": hub["events_lost"], "rows_counted_twice": hub["rows_with_extra_messages"],
-               "sustained_events_per_s": hub["rate"], "event_to_store_p50_ms": hub["latency_p50_ms"],
-               "event_to_store_p99_ms": hub["latency_p99_ms"], "event_to_store_max_ms": hub["latency_max_ms"],
-               "hub_rss_peak_mb": hub["hub_rss_peak_mb"], "hub_rss_mean_mb": hub["hub_rss_mean_mb"],
-               "hub_cpu_percent_of_one_core": hub["hub_cpu_percent_of_one_core"]}
-    baseline = {"offered_events_per_s": base["offered_rate"], "events_sent": base["events_sent"],
-                "events_received": base["received"],
-                "passthrough_events_per_s": base["rate"], "publish_to_receive_p50_ms": base["latency_p50_ms"],
-                "publish_to_receive_p99_ms": base["latency_p99_ms"]}
-    ratios = {"sustained_rate_vs_passthrough": hub["rate"] / base["rate"] if base["rate"] else 0.0,
-              "p50_latency_x_passthrough (lower is better)": hub["latency_p50_ms"] / base["latency_p50_ms"],
-              "p99_latency_x_passthrough (lower is better)": hub["latency_p99_ms"] / base["latency_p99_ms"]}
-    notes = (f"{args.nodes} simulated nodes on {args.connections} MQTT connections, {args.rate:g} QoS 1 events/s "
-             f"each for {args.seconds:g} s, into one `maskwatch hub` process (SQLite WAL, default batching) on a "
-             "private Mosquitto; the baseline is the same load through the same broker to a bare subscriber "
-             "process. Latency: publish -> row stored (hub) vs publish -> message received (baseline). "
-             "The load generator, the broker, the hub and the subscriber share this machine's cores.")
+    figures = {
+        "nodes": args.nodes,
+        "events_per_s_per_node": args.rate,
+        "seconds": args.seconds,
+        "connections": args.connections,
+        "offered_events_per_s": hub["offered_rate"],
+        "events_sent": hub["events_sent"],
+        "events_stored": hub["events_stored"],
+        "events_lost": hub["events_lost"],
+        "rows_counted_twice": hub["rows_with_extra_messages"],
+        "sustained_events_per_s": hub["rate"],
+        "event_to_store_p50_ms": hub["latency_p50_ms"],
+        "event_to_store_p99_ms": hub["latency_p99_ms"],
+        "event_to_store_max_ms": hub["latency_max_ms"],
+        "hub_rss_peak_mb": hub["hub_rss_peak_mb"],
+        "hub_rss_mean_mb": hub["hub_rss_mean_mb"],
+        "hub_cpu_percent_of_one_core": hub["hub_cpu_percent_of_one_core"],
+    }
+    baseline = {
+        "offered_events_per_s": base["offered_rate"],
+        "events_sent": base["events_sent"],
+        "events_received": base["received"],
+        "passthrough_events_per_s": base["rate"],
+        "publish_to_receive_p50_ms": base["latency_p50_ms"],
+        "publish_to_receive_p99_ms": base["latency_p99_ms"],
+    }
+    ratios = {
+        "sustained_rate_vs_passthrough": hub["rate"] / base["rate"] if base["rate"] else 0.0,
+        "p50_latency_x_passthrough (lower is better)": hub["latency_p50_ms"] / base["latency_p50_ms"],
+        "p99_latency_x_passthrough (lower is better)": hub["latency_p99_ms"] / base["latency_p99_ms"],
+    }
+    notes = (
+        f"{args.nodes} simulated nodes on {args.connections} MQTT connections, {args.rate:g} QoS 1 events/s "
+        f"each for {args.seconds:g} s, into one `maskwatch hub` process (SQLite WAL, default batching) on a "
+        "private Mosquitto; the baseline is the same load through the same broker to a bare subscriber "
+        "process. Latency: publish -> row stored (hub) vs publish -> message received (baseline). "
+        "The load generator, the broker, the hub and the subscriber share this machine's cores."
+    )
     write_result("scale_hub", "Scale: 100 nodes into one hub", figures, baseline, ratios, notes)
     print(json.dumps({"figures": figures, "baseline": baseline, "ratios": ratios}, indent=2))
     return 0 if hub["events_lost"] == 0 and hub["rows_with_extra_messages"] == 0 else 1

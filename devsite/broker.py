@@ -50,7 +50,8 @@ def wait_for_port(host: str, port: int, timeout: float) -> bool:
 def mosquitto_binary() -> str | None:
     """Path of the ``mosquitto`` executable, if installed."""
     return shutil.which("mosquitto") or next(
-        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None)
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None
+    )
 
 
 class LocalMosquitto:
@@ -62,8 +63,15 @@ class LocalMosquitto:
     :param workdir: folder for config, persistence and log; a temporary one by default.
     """
 
-    def __init__(self, port: int | None = None, *, extra_config: str = "", anonymous: bool = True,
-                 workdir: Path | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        extra_config: str = "",
+        anonymous: bool = True,
+        workdir: Path | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
         binary = mosquitto_binary()
         if binary is None:
             raise MaskwatchError("mosquitto is not installed (Debian: apt-get install mosquitto)")
@@ -88,10 +96,9 @@ class LocalMosquitto:
             "max_inflight_messages 0\n"
             "set_tcp_nodelay true\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
-            f"log_dest file {self.log_path}\n"
+            f"log_dest file {self.log_path}\n" + ("user root\n" if os.geteuid() == 0 else "") + extra_config + "\n"
             # as root, Mosquitto drops to user 'mosquitto', who cannot write our private folder
-            + ("user root\n" if os.geteuid() == 0 else "")
-            + extra_config + "\n")
+        )
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -107,8 +114,12 @@ class LocalMosquitto:
         if self.running:
             return self
         # its own session: a Ctrl-C in the terminal reaches our process, which stops the broker last
-        self._proc = subprocess.Popen([self.binary, "-c", str(self.config_path)], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE, start_new_session=True)
+        self._proc = subprocess.Popen(
+            [self.binary, "-c", str(self.config_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         if not wait_for_port(self.host, self.port, timeout):
             self.stop()
             tail = self.log_path.read_text()[-2000:] if self.log_path.exists() else ""
@@ -151,6 +162,7 @@ class LocalMosquitto:
     def __enter__(self) -> LocalMosquitto:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()

@@ -61,28 +61,42 @@ class Broker(Protocol):
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``maskwatch demo``."""
     parser = subparsers.add_parser(
-        "demo", help="run a whole demo site here: broker, hub, simulated nodes, dashboard",
+        "demo",
+        help="run a whole demo site here: broker, hub, simulated nodes, dashboard",
         description="Start a complete Maskwatch site on this machine: an MQTT broker (Mosquitto when installed, "
-                    "else an embedded MQTT 3.1.1 broker), the hub with a SQLite database, N simulated nodes on the "
-                    "built-in panoramic scene, and the web dashboard. Prints the dashboard URL; Ctrl-C stops "
-                    "everything.",
+        "else an embedded MQTT 3.1.1 broker), the hub with a SQLite database, N simulated nodes on the "
+        "built-in panoramic scene, and the web dashboard. Prints the dashboard URL; Ctrl-C stops "
+        "everything.",
         epilog="Examples:\n  maskwatch demo\n  maskwatch demo --nodes 5 --http 0.0.0.0:8080\n"
-               "  maskwatch demo --broker 10.0.0.5:1883 --homeassistant   # use an existing broker",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "  maskwatch demo --broker 10.0.0.5:1883 --homeassistant   # use an existing broker",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--nodes", type=int, default=3, metavar="N", help="simulated nodes (1..20, default 3)")
-    parser.add_argument("--http", metavar="HOST:PORT", default=DEFAULT_HTTP,
-                        help=f"dashboard and API address (default {DEFAULT_HTTP}; port 0 picks a free one)")
-    parser.add_argument("--broker", metavar="HOST:PORT",
-                        help="use this running broker instead of starting one")
-    parser.add_argument("--protocol", type=int, choices=(5, 311),
-                        help="MQTT version with --broker (default 5); a started broker sets its own")
-    parser.add_argument("--embedded-broker", action="store_true",
-                        help="start the embedded MQTT 3.1.1 broker even when Mosquitto is installed")
+    parser.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        default=DEFAULT_HTTP,
+        help=f"dashboard and API address (default {DEFAULT_HTTP}; port 0 picks a free one)",
+    )
+    parser.add_argument("--broker", metavar="HOST:PORT", help="use this running broker instead of starting one")
+    parser.add_argument(
+        "--protocol",
+        type=int,
+        choices=(5, 311),
+        help="MQTT version with --broker (default 5); a started broker sets its own",
+    )
+    parser.add_argument(
+        "--embedded-broker",
+        action="store_true",
+        help="start the embedded MQTT 3.1.1 broker even when Mosquitto is installed",
+    )
     parser.add_argument("--site", default="demo", help="site id (default demo)")
     parser.add_argument("--homeassistant", action="store_true", help="publish Home Assistant MQTT discovery")
-    parser.add_argument("--state-dir", metavar="DIR",
-                        help="keep the database, snapshots and node logs here (default: a temporary folder, "
-                             "removed on exit)")
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="keep the database, snapshots and node logs here (default: a temporary folder, removed on exit)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -96,9 +110,16 @@ def run(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("cv2") is None:  # the nodes are 'maskwatch edge' processes
         raise MissingExtraError("edge", "cv2")
     external = parse_host_port(args.broker, default_port=1883) if args.broker else None
-    site = DemoSite(nodes=args.nodes, site=args.site, http=(http_host, http_port), broker=external,
-                    protocol=args.protocol, embedded=args.embedded_broker, homeassistant=args.homeassistant,
-                    state_dir=Path(args.state_dir) if args.state_dir else None)
+    site = DemoSite(
+        nodes=args.nodes,
+        site=args.site,
+        http=(http_host, http_port),
+        broker=external,
+        protocol=args.protocol,
+        embedded=args.embedded_broker,
+        homeassistant=args.homeassistant,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
+    )
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -108,8 +129,11 @@ def run(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         site.start()
-        print(f"Maskwatch demo site '{args.site}': {args.nodes} nodes, broker {site.broker_address} "
-              f"(MQTT {'5' if site.protocol == 5 else '3.1.1'}), data in {site.state_dir}", flush=True)
+        print(
+            f"Maskwatch demo site '{args.site}': {args.nodes} nodes, broker {site.broker_address} "
+            f"(MQTT {'5' if site.protocol == 5 else '3.1.1'}), data in {site.state_dir}",
+            flush=True,
+        )
         print(f"Dashboard: {site.url}   (Ctrl-C stops everything)", flush=True)
         while not stop.wait(1.0):
             site.check_nodes()
@@ -139,9 +163,18 @@ class DemoSite:
     :param state_dir: where the database, snapshots, outboxes and node logs go (default: temporary).
     """
 
-    def __init__(self, *, nodes: int = 3, site: str = "demo", http: tuple[str, int] = ("127.0.0.1", 8080),
-                 broker: tuple[str, int] | None = None, protocol: MqttProtocol | None = None, embedded: bool = False,
-                 homeassistant: bool = False, state_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        nodes: int = 3,
+        site: str = "demo",
+        http: tuple[str, int] = ("127.0.0.1", 8080),
+        broker: tuple[str, int] | None = None,
+        protocol: MqttProtocol | None = None,
+        embedded: bool = False,
+        homeassistant: bool = False,
+        state_dir: Path | None = None,
+    ) -> None:
         self.nodes = nodes
         self.site = site
         self.http = http
@@ -192,12 +225,21 @@ class DemoSite:
         self.url = f"http://{shown}:{port}/"
         broker_host, broker_port = self.broker_address.rsplit(":", 1)
         config = HubConfig(
-            broker=BrokerConfig(host=broker_host, port=int(broker_port), protocol=self.protocol,
-                                reconnect_min_s=0.5, reconnect_max_s=5.0),
-            db_url=f"sqlite:///{self.state_dir / 'maskwatch.db'}", hub_id="demo", sites=[self.site],
-            snapshot_dir=self.state_dir / "snapshots", command_timeout_s=5.0,
+            broker=BrokerConfig(
+                host=broker_host,
+                port=int(broker_port),
+                protocol=self.protocol,
+                reconnect_min_s=0.5,
+                reconnect_max_s=5.0,
+            ),
+            db_url=f"sqlite:///{self.state_dir / 'maskwatch.db'}",
+            hub_id="demo",
+            sites=[self.site],
+            snapshot_dir=self.state_dir / "snapshots",
+            command_timeout_s=5.0,
             http=HttpConfig(host=host, port=port, public_url=self.url.rstrip("/")),
-            homeassistant=HomeAssistantConfig(enabled=self.homeassistant))
+            homeassistant=HomeAssistantConfig(enabled=self.homeassistant),
+        )
         self.hub = HubApp(config)
         try:
             self.hub.start()
@@ -207,15 +249,37 @@ class DemoSite:
     def _start_node(self, node: str, sweep: tuple[float, float]) -> None:
         logs = self.state_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "shared.cli", "edge", "--source", "scene:builtin", "--site", self.site,
-                   "--node", node, "--broker", self.broker_address,
-                   "--outbox", str(self.state_dir / "outbox" / f"{node}.sqlite"),
-                   "--set", f"servo.sweep_min_deg={sweep[0]:g}", "--set", f"servo.sweep_max_deg={sweep[1]:g}"]
+        command = [
+            sys.executable,
+            "-m",
+            "shared.cli",
+            "edge",
+            "--source",
+            "scene:builtin",
+            "--site",
+            self.site,
+            "--node",
+            node,
+            "--broker",
+            self.broker_address,
+            "--outbox",
+            str(self.state_dir / "outbox" / f"{node}.sqlite"),
+            "--set",
+            f"servo.sweep_min_deg={sweep[0]:g}",
+            "--set",
+            f"servo.sweep_max_deg={sweep[1]:g}",
+        ]
         env = {**os.environ, "MASKWATCH_BROKER__PROTOCOL": str(self.protocol)}
         with open(logs / f"{node}.log", "ab") as log_file:
             self.processes[node] = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
         log.info("node %s started (pid %d), log %s", node, self.processes[node].pid, logs / f"{node}.log")
 
     def check_nodes(self) -> None:
@@ -224,8 +288,7 @@ class DemoSite:
             code = process.poll()
             if code is not None and node not in self._reported:
                 self._reported.add(node)
-                log.error("node %s exited with code %s; see %s", node, code,
-                          self.state_dir / "logs" / f"{node}.log")
+                log.error("node %s exited with code %s; see %s", node, code, self.state_dir / "logs" / f"{node}.log")
 
     def stop(self) -> None:
         """Stop nodes, hub and broker in that order; remove the temporary folder (idempotent)."""

@@ -58,8 +58,15 @@ class EdgeApp:
     :param classifier: a mask classifier instead of the packaged one.
     """
 
-    def __init__(self, config: EdgeConfig, *, once: bool = False, pin_factory: Any = None,
-                 detector: FaceDetector | None = None, classifier: Classifier | None = None) -> None:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        *,
+        once: bool = False,
+        pin_factory: Any = None,
+        detector: FaceDetector | None = None,
+        classifier: Classifier | None = None,
+    ) -> None:
         self.config = config
         self.once = once
         self.topics = NodeTopics(config.site, config.node)
@@ -108,40 +115,81 @@ class EdgeApp:
             self._detector = create_detector(cfg.profile, cfg.detector, cfg.num_threads)
         if self._classifier is None:
             self._classifier = MaskClassifier(cfg.classifier_path, cfg.num_threads)
-        self.runtime = NodeRuntime(site=cfg.site, node=cfg.node, threshold=cfg.decision_threshold(), detect=cfg.detect,
-                                   model=self._classifier.version, profile=cfg.profile, source=cfg.source,
-                                   servo=self.servo, planner=self.planner, min_deg=cfg.servo.min_deg,
-                                   max_deg=cfg.servo.max_deg)
+        self.runtime = NodeRuntime(
+            site=cfg.site,
+            node=cfg.node,
+            threshold=cfg.decision_threshold(),
+            detect=cfg.detect,
+            model=self._classifier.version,
+            profile=cfg.profile,
+            source=cfg.source,
+            servo=self.servo,
+            planner=self.planner,
+            min_deg=cfg.servo.min_deg,
+            max_deg=cfg.servo.max_deg,
+        )
         self.outbox = Outbox(cfg.outbox_path(), cfg.outbox.max_messages)
         self._parts.callback(self.outbox.close)
         if self.outbox.depth:
             log.info("outbox %s holds %d undelivered message(s): replaying", cfg.outbox_path(), self.outbox.depth)
-        self.client = MqttClient(cfg.broker, cfg.client_id(), will=Will(self.topics.status, b"offline"),
-                                 persistent=True, on_connect=self._on_connect,
-                                 on_publish=lambda mid: self.courier.acknowledged(mid),
-                                 on_refused=lambda mid, reason: self.courier.refused(mid, reason))
+        self.client = MqttClient(
+            cfg.broker,
+            cfg.client_id(),
+            will=Will(self.topics.status, b"offline"),
+            persistent=True,
+            on_connect=self._on_connect,
+            on_publish=lambda mid: self.courier.acknowledged(mid),
+            on_refused=lambda mid, reason: self.courier.refused(mid, reason),
+        )
         self.presence = HubPresence(on_online=lambda: self.courier.reconnected())
         self._parts.callback(self.client.stop)
-        self.courier = Courier(self.outbox, lambda t, p, q: self.client.publish(t, p, qos=q),
-                               lambda: self.client.connected, topics=self.topics, delivery=cfg.delivery,
-                               may_send=lambda: self.presence.online, resend_after_s=cfg.outbox.resend_after_s,
-                               resend_max_s=cfg.outbox.resend_max_s)
-        self.delivery = DeliveryStatus(lambda: dict(self.client.refusals),
-                                       self.presence if cfg.delivery == "hub" else None, cfg.outbox.drain_timeout_s)
+        self.courier = Courier(
+            self.outbox,
+            lambda t, p, q: self.client.publish(t, p, qos=q),
+            lambda: self.client.connected,
+            topics=self.topics,
+            delivery=cfg.delivery,
+            may_send=lambda: self.presence.online,
+            resend_after_s=cfg.outbox.resend_after_s,
+            resend_max_s=cfg.outbox.resend_max_s,
+        )
+        self.delivery = DeliveryStatus(
+            lambda: dict(self.client.refusals),
+            self.presence if cfg.delivery == "hub" else None,
+            cfg.outbox.drain_timeout_s,
+        )
         if cfg.delivery == "hub":
             self.client.subscribe(self.topics.ack, self.courier.receive_ack, qos=1)
             self.client.subscribe(HUB_PRESENCE_FILTER, self.presence.receive, qos=1)
         servo = self.servo
-        source = open_source(cfg.source, camera=cfg.camera, scene=cfg.scene,
-                             angle=(lambda: servo.position) if servo else None)
+        source = open_source(
+            cfg.source, camera=cfg.camera, scene=cfg.scene, angle=(lambda: servo.position) if servo else None
+        )
         self.capture = Capture(source, cfg.camera.retry_min_s, cfg.camera.retry_max_s)
-        self.pipeline = Pipeline(cfg, self._detector, self._classifier, self.runtime, self.outbox,
-                                 notify=self.courier.notify, planner=self.planner, indicator=self.indicator)
-        self.commands = NodeCommands(self.runtime, servo=self.servo, planner=self.planner,
-                                     snapshot=self.publish_snapshot, config=lambda: redacted(cfg))
-        self.dispatcher = Dispatcher(self.topics, self.commands.table(),
-                                     lambda t, p: self.client.publish(t, p, qos=1),
-                                     after=self.publish_state, apply_desired=self.commands.apply_desired)
+        self.pipeline = Pipeline(
+            cfg,
+            self._detector,
+            self._classifier,
+            self.runtime,
+            self.outbox,
+            notify=self.courier.notify,
+            planner=self.planner,
+            indicator=self.indicator,
+        )
+        self.commands = NodeCommands(
+            self.runtime,
+            servo=self.servo,
+            planner=self.planner,
+            snapshot=self.publish_snapshot,
+            config=lambda: redacted(cfg),
+        )
+        self.dispatcher = Dispatcher(
+            self.topics,
+            self.commands.table(),
+            lambda t, p: self.client.publish(t, p, qos=1),
+            after=self.publish_state,
+            apply_desired=self.commands.apply_desired,
+        )
         for topic_filter in (self.topics.cmd_filter, self.topics.site_cmd_filter, self.topics.desired):
             self.client.subscribe(topic_filter, self.dispatcher.receive, qos=1)
         self.preview: PreviewServer | None = None
@@ -184,15 +232,28 @@ class EdgeApp:
         """The ``stats`` message for the interval now ending."""
         fps, stage_ms = self.pipeline.times.reset()
         dropped = self.capture.dropped + getattr(self.capture.source, "unreadable", 0) + self.pipeline.frames_skipped
-        return NodeStats(site=self.config.site, node=self.config.node, ts=utc_now(), fps=fps, stage_ms=stage_ms,
-                         frames=self.pipeline.times.frames_total, dropped_frames=dropped,
-                         outbox_depth=self.outbox.depth, outbox_dropped=self.outbox.dropped,
-                         outbox_unacked=self.courier.unacked, outbox_oldest_s=self.outbox.oldest_age_s(),
-                         hub_online=self.delivery.hub_online(), delivery_error=self.delivery.error(),
-                         events_published=self.courier.published, reconnects=max(0, self.client.connects - 1),
-                         uptime_s=round(time.monotonic() - self._started, 1), cpu_temp_c=cpu_temperature(),
-                         camera_ok=self.capture.ok, camera_error=self.capture.error,
-                         rejected=dict(self.dispatcher.rejected))
+        return NodeStats(
+            site=self.config.site,
+            node=self.config.node,
+            ts=utc_now(),
+            fps=fps,
+            stage_ms=stage_ms,
+            frames=self.pipeline.times.frames_total,
+            dropped_frames=dropped,
+            outbox_depth=self.outbox.depth,
+            outbox_dropped=self.outbox.dropped,
+            outbox_unacked=self.courier.unacked,
+            outbox_oldest_s=self.outbox.oldest_age_s(),
+            hub_online=self.delivery.hub_online(),
+            delivery_error=self.delivery.error(),
+            events_published=self.courier.published,
+            reconnects=max(0, self.client.connects - 1),
+            uptime_s=round(time.monotonic() - self._started, 1),
+            cpu_temp_c=cpu_temperature(),
+            camera_ok=self.capture.ok,
+            camera_error=self.capture.error,
+            rejected=dict(self.dispatcher.rejected),
+        )
 
     def _stats_loop(self) -> None:
         while not self.stopping.wait(self.config.stats_interval_s):
@@ -212,8 +273,7 @@ class EdgeApp:
         try:
             topic = self.topics.snapshot(request_id)
         except ContractError as exc:
-            raise CommandRejected(f"request_id cannot name the snapshot topic: {exc} (use [A-Za-z0-9_.:-])") \
-                from exc
+            raise CommandRejected(f"request_id cannot name the snapshot topic: {exc} (use [A-Za-z0-9_.:-])") from exc
         view = self.pipeline.latest()
         if view.frame is None:
             raise CommandRejected("no frame captured yet" + (f": {self.capture.error}" if self.capture.error else ""))
@@ -223,8 +283,14 @@ class EdgeApp:
                 image = blur_box(image, face.box)
         jpeg = encode_jpeg(image, snap.max_bytes, snap.quality)
         self.client.publish(topic, jpeg, qos=1)
-        return {"topic": topic, "bytes": len(jpeg), "width": image.shape[1], "height": image.shape[0],
-                "frame": view.frame.ref, "angle": view.frame.angle}
+        return {
+            "topic": topic,
+            "bytes": len(jpeg),
+            "width": image.shape[1],
+            "height": image.shape[0],
+            "frame": view.frame.ref,
+            "angle": view.frame.angle,
+        }
 
     def _preview_jpeg(self) -> bytes | None:
         return view_jpeg(self.pipeline.latest(), self.runtime.angle, self.config.preview.quality)
@@ -267,16 +333,24 @@ class EdgeApp:
         # --once waits for a hub that is away; a service that stops keeps its events for the next start
         blocked = self.delivery.error if self.once else self.delivery.stuck
         if drain and not self.courier.drain(self.config.outbox.drain_timeout_s, blocked):
-            log.log(logging.ERROR if self.once else logging.WARNING,
-                    "%d message(s) not acknowledged (%s): kept in %s for the next start", self.outbox.depth,
-                    self.delivery.stall_reason(), self.config.outbox_path())
+            log.log(
+                logging.ERROR if self.once else logging.WARNING,
+                "%d message(s) not acknowledged (%s): kept in %s for the next start",
+                self.outbox.depth,
+                self.delivery.stall_reason(),
+                self.config.outbox_path(),
+            )
             code = 1 if self.once else 0
         # a short run may end before the first connect: give it the drain timeout (unless the drain just spent it)
         if self.once and not (
-                self.client.connects or self.client.wait_connected(0 if code else self.config.outbox.drain_timeout_s)):
-            log.error("broker %s never reached%s: nothing was published (events stay in %s for the next start)",
-                      self.config.broker.address, f" ({self.client.last_error})" if self.client.last_error else "",
-                      self.config.outbox_path())
+            self.client.connects or self.client.wait_connected(0 if code else self.config.outbox.drain_timeout_s)
+        ):
+            log.error(
+                "broker %s never reached%s: nothing was published (events stay in %s for the next start)",
+                self.config.broker.address,
+                f" ({self.client.last_error})" if self.client.last_error else "",
+                self.config.outbox_path(),
+            )
             code = 1
         if self.once and self.capture.error:
             log.error("source failed: %s", self.capture.error)

@@ -14,37 +14,54 @@ from shared.vocabulary import Profile
 
 log = logging.getLogger(__name__)
 
-SOURCES_HELP = ("camera index (0), video file, RTSP/HTTP URL, image folder, 'picamera', "
-                "'scene:DIR' or 'scene:builtin' (simulated panoramic camera on the servo)")
+SOURCES_HELP = (
+    "camera index (0), video file, RTSP/HTTP URL, image folder, 'picamera', "
+    "'scene:DIR' or 'scene:builtin' (simulated panoramic camera on the servo)"
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this package's subcommands to the `maskwatch` parser."""
     parser = subparsers.add_parser(
-        "edge", help="run an edge node: camera -> faces -> mask -> events over MQTT",
+        "edge",
+        help="run an edge node: camera -> faces -> mask -> events over MQTT",
         description="Run an edge node: capture frames, detect faces, classify mask / no mask, track each "
-                    "face into one event per visit and publish it over MQTT through a persistent outbox. "
-                    f"The node answers remote commands ({', '.join(COMMANDS)}).",
+        "face into one event per visit and publish it over MQTT through a persistent outbox. "
+        f"The node answers remote commands ({', '.join(COMMANDS)}).",
         epilog="Examples:\n  maskwatch edge --source scene:builtin --preview 127.0.0.1:8090\n"
-               "  maskwatch edge --source photos/ --once --broker 10.0.0.5:1883 --site hq --node door-1\n"
-               "Any config key can be set with --set KEY=VALUE (e.g. --set servo.mode=track) or "
-               "MASKWATCH_KEY__SUB=VALUE.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "  maskwatch edge --source photos/ --once --broker 10.0.0.5:1883 --site hq --node door-1\n"
+        "Any config key can be set with --set KEY=VALUE (e.g. --set servo.mode=track) or "
+        "MASKWATCH_KEY__SUB=VALUE.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", metavar="FILE", help="YAML config file (see docs/edge.md)")
     parser.add_argument("--broker", metavar="HOST:PORT", help="MQTT broker (default 127.0.0.1:1883)")
     parser.add_argument("--site", help="site id ([a-z0-9_-])")
     parser.add_argument("--node", help="node id ([a-z0-9_-])")
     parser.add_argument("--source", metavar="SRC", help=SOURCES_HELP)
-    parser.add_argument("--profile", choices=[profile.value for profile in Profile],
-                        help="near: entrance camera, faces >= 48 px, fast; crowd: small faces, slower")
-    parser.add_argument("--once", action="store_true",
-                        help="process a file or folder to its end, deliver every event, exit (0: all delivered; "
-                             "1: source failed, broker never reached or events left in the outbox)")
-    parser.add_argument("--outbox", metavar="PATH", help="SQLite outbox file (default per site/node in "
-                        "~/.local/state/maskwatch/)")
+    parser.add_argument(
+        "--profile",
+        choices=[profile.value for profile in Profile],
+        help="near: entrance camera, faces >= 48 px, fast; crowd: small faces, slower",
+    )
+    parser.add_argument(
+        "--once",
+        action="store_true",
+        help="process a file or folder to its end, deliver every event, exit (0: all delivered; "
+        "1: source failed, broker never reached or events left in the outbox)",
+    )
+    parser.add_argument(
+        "--outbox", metavar="PATH", help="SQLite outbox file (default per site/node in ~/.local/state/maskwatch/)"
+    )
     parser.add_argument("--preview", metavar="HOST:PORT", help="serve an annotated MJPEG preview (off by default)")
-    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
-                        help="override a config key (repeatable)")
+    parser.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        dest="overrides",
+        help="override a config key (repeatable)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -76,6 +93,12 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     app.start()
-    log.info("node %s/%s: source %s, broker %s, outbox %s", config.site, config.node, config.source,
-             config.broker.address, config.outbox_path())
+    log.info(
+        "node %s/%s: source %s, broker %s, outbox %s",
+        config.site,
+        config.node,
+        config.source,
+        config.broker.address,
+        config.outbox_path(),
+    )
     return app.wait()

@@ -67,9 +67,15 @@ class Dispatcher:
     :param apply_desired: applies the hub's :class:`DesiredConfig`.
     """
 
-    def __init__(self, topics: NodeTopics, handlers: dict[str, Handler], publish: PublishFn, *,
-                 after: Callable[[], None] | None = None,
-                 apply_desired: Callable[[DesiredConfig], None] | None = None) -> None:
+    def __init__(
+        self,
+        topics: NodeTopics,
+        handlers: dict[str, Handler],
+        publish: PublishFn,
+        *,
+        after: Callable[[], None] | None = None,
+        apply_desired: Callable[[DesiredConfig], None] | None = None,
+    ) -> None:
         self.topics = topics
         self.handlers = handlers
         self._publish = publish
@@ -117,8 +123,9 @@ class Dispatcher:
         handler = self.handlers.get(name)
         if model is None or handler is None:
             self.rejected["unknown"] += 1
-            return self._error(_request_id_of(payload), f"unknown command {name!r}; known: "
-                               + ", ".join(sorted(self.handlers)))
+            return self._error(
+                _request_id_of(payload), f"unknown command {name!r}; known: " + ", ".join(sorted(self.handlers))
+            )
         try:
             command = parse(model, payload)
         except ContractError as exc:
@@ -130,13 +137,25 @@ class Dispatcher:
             self.rejected["rejected"] += 1
             return self._error(command.request_id, str(exc))
         log.info("command %s (%s): %s", name, command.request_id, value)
-        return CommandResponse(request_id=command.request_id, status="ok", site=self.topics.site,
-                               node=self.topics.node, ts=utc_now(), value=value)
+        return CommandResponse(
+            request_id=command.request_id,
+            status="ok",
+            site=self.topics.site,
+            node=self.topics.node,
+            ts=utc_now(),
+            value=value,
+        )
 
     def _error(self, request_id: str | None, reason: str) -> CommandResponse:
         log.warning("command rejected (%s): %s", request_id, reason)
-        return CommandResponse(request_id=request_id, status="error", site=self.topics.site,
-                               node=self.topics.node, ts=utc_now(), error=reason)
+        return CommandResponse(
+            request_id=request_id,
+            status="error",
+            site=self.topics.site,
+            node=self.topics.node,
+            ts=utc_now(),
+            error=reason,
+        )
 
     def _desired(self, payload: bytes) -> None:
         if not payload:  # a cleared retained message
@@ -170,8 +189,15 @@ class NodeCommands:
     :param config: returns the effective config, secrets removed.
     """
 
-    def __init__(self, runtime: NodeRuntime, *, servo: PanServo | None, planner: ServoPlanner | None,
-                 snapshot: Callable[[str], dict[str, Any]], config: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        runtime: NodeRuntime,
+        *,
+        servo: PanServo | None,
+        planner: ServoPlanner | None,
+        snapshot: Callable[[str], dict[str, Any]],
+        config: Callable[[], dict[str, Any]],
+    ) -> None:
         self.runtime = runtime
         self.servo = servo
         self.planner = planner
@@ -198,8 +224,14 @@ class NodeCommands:
             hi, c = self.servo.clamp(command.sweep_max_deg)
             clamped |= c
         mode = command.mode or ServoMode.HOLD
-        value = self.planner.set_mode(mode, angle=angle, sweep_min_deg=lo, sweep_max_deg=hi,
-                                      sweep_step_deg=command.sweep_step_deg, dwell_s=command.dwell_s)
+        value = self.planner.set_mode(
+            mode,
+            angle=angle,
+            sweep_min_deg=lo,
+            sweep_max_deg=hi,
+            sweep_step_deg=command.sweep_step_deg,
+            dwell_s=command.dwell_s,
+        )
         value["clamped"] = clamped
         if clamped:
             value["limits"] = [self.servo.config.min_deg, self.servo.config.max_deg]
@@ -230,8 +262,11 @@ class NodeCommands:
                 self.runtime.threshold = desired.threshold
             if desired.detect is not None:
                 self.runtime.detect = desired.detect
-        if self.servo is not None and self.planner is not None and \
-                (desired.servo_mode is not None or desired.servo_angle is not None):
+        if (
+            self.servo is not None
+            and self.planner is not None
+            and (desired.servo_mode is not None or desired.servo_angle is not None)
+        ):
             angle = None if desired.servo_angle is None else self.servo.clamp(desired.servo_angle)[0]
             mode = desired.servo_mode or (ServoMode.HOLD if angle is not None else self.planner.mode)
             self.planner.set_mode(mode, angle=angle)

@@ -36,14 +36,20 @@ class TrackerConfig(StrictModel):
     confirm_frames: int = Field(3, ge=1, le=100, description="frames with a stable label before `new`")
     end_frames: int = Field(8, ge=0, le=1000, description="frames without the face before `end`")
     iou_min: float = Field(0.25, ge=0, le=1, description="IoU at or above which a detection continues a track")
-    gate_box_frac: float = Field(0.6, gt=0, le=5,
-                                 description="motion gate: max centre jump as a fraction of the box size")
+    gate_box_frac: float = Field(
+        0.6, gt=0, le=5, description="motion gate: max centre jump as a fraction of the box size"
+    )
     smooth_frames: int = Field(7, ge=1, le=100, description="median window over the no-mask probability")
     hysteresis: float = Field(0.1, ge=0, le=0.5, description="margin around the threshold to flip a label")
     update_min_s: float = Field(3.0, ge=0, description="at most one `update` per track this often")
     update_score_gain: float = Field(0.1, ge=0, le=1, description="score gain that counts as clearly better")
-    reclassify_frames: int = Field(3, ge=1, le=100, description="classify a confirmed face every this many "
-                                   "frames (1: every frame); in between its smoothed probability is kept")
+    reclassify_frames: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="classify a confirmed face every this many "
+        "frames (1: every frame); in between its smoothed probability is kept",
+    )
 
 
 class OutboxConfig(StrictModel):
@@ -52,8 +58,9 @@ class OutboxConfig(StrictModel):
     path: Path | None = Field(None, description="SQLite file; default in ~/.local/state/maskwatch/")
     max_messages: int = Field(10000, ge=10, description="bound; the oldest are dropped (and counted) beyond it")
     resend_after_s: float = Field(15.0, gt=0, description="re-publish a message not acknowledged after this ...")
-    resend_max_s: float = Field(120.0, gt=0, description="... doubling per attempt up to this (also re-published "
-                                "after every reconnect)")
+    resend_max_s: float = Field(
+        120.0, gt=0, description="... doubling per attempt up to this (also re-published after every reconnect)"
+    )
     drain_timeout_s: float = Field(30.0, ge=0, description="--once / shutdown: how long to wait for acknowledgements")
 
 
@@ -86,8 +93,12 @@ class ServoConfig(StrictModel):
     sweep_step_deg: float = Field(15.0, gt=0, le=90)
     dwell_s: float = Field(0.5, ge=0, le=60, description="pause at each sweep step")
     face_hold_s: float = Field(1.5, ge=0, description="sweep resumes this long after the last face")
-    pause_max_s: float = Field(10.0, ge=0, description="sweep resumes after pausing this long at faces that "
-                               "stay, and pauses again only once the view was clear (0: no limit)")
+    pause_max_s: float = Field(
+        10.0,
+        ge=0,
+        description="sweep resumes after pausing this long at faces that "
+        "stay, and pauses again only once the view was clear (0: no limit)",
+    )
     track_gain: float = Field(0.6, gt=0, le=1, description="proportional gain of `track`")
     track_dead_band_deg: float = Field(3.0, ge=0, le=45, description="no move for smaller errors")
 
@@ -113,16 +124,24 @@ class IndicatorConfig(StrictModel):
 class SceneConfig(StrictModel):
     """The simulated panoramic camera (``--source scene:DIR`` or ``scene:builtin``)."""
 
-    fov_deg: float = Field(60.0, gt=5, le=180, description="horizontal field of view; with a real camera "
-                           "set it too: servo tracking and pan compensation of the tracker use it")
+    fov_deg: float = Field(
+        60.0,
+        gt=5,
+        le=180,
+        description="horizontal field of view; with a real camera "
+        "set it too: servo tracking and pan compensation of the tracker use it",
+    )
     span_deg: float = Field(360.0, gt=10, le=360, description="panorama width in degrees")
     width: int = Field(640, ge=64, le=4096)
     height: int = Field(480, ge=48, le=4096)
     fps: float = Field(15.0, gt=0, le=240)
     noise: float = Field(3.0, ge=0, le=50, description="std of Gaussian pixel noise (light noise)")
     face_height_frac: float = Field(0.45, gt=0.05, le=1, description="face height relative to the frame")
-    realtime: bool = Field(True, description="pace frames at fps like a camera (false: every frame is "
-                                             "processed, timestamps from a virtual clock at fps)")
+    realtime: bool = Field(
+        True,
+        description="pace frames at fps like a camera (false: every frame is "
+        "processed, timestamps from a virtual clock at fps)",
+    )
     duration_s: float | None = Field(None, gt=0, description="end the scene after this long (none: never)")
     seed: int = 0
 
@@ -144,8 +163,6 @@ class PreviewConfig(StrictModel):
     quality: int = Field(75, ge=10, le=100)
 
 
-
-
 class EdgeConfig(StrictModel):
     """Everything an edge node needs."""
 
@@ -153,23 +170,32 @@ class EdgeConfig(StrictModel):
     node: Identifier = "node-1"
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
     delivery: Delivery = Field(
-        "hub", description="who acknowledges an event so the outbox forgets it: hub (a hub's commit on .../ack; "
-                           "sent while a hub is online) or broker (its PUBACK: a site without a hub)")
+        "hub",
+        description="who acknowledges an event so the outbox forgets it: hub (a hub's commit on .../ack; "
+        "sent while a hub is online) or broker (its PUBACK: a site without a hub)",
+    )
     source: str = Field("0", description="camera index, video file, URL, image folder, picamera, scene:DIR")
     profile: Profile = Profile.NEAR
     detector: str | None = Field(None, description="detector kind (default: the profile's)")
     classifier_path: Path | None = Field(None, description="default: the packaged int8 classifier")
     num_threads: int = Field(2, ge=1, le=16)
-    threshold: Threshold | None = Field(None, description="no-mask probability at or above which: no_mask "
-                                    f"(default: the profile's, {describe_default_thresholds()})")
-    min_face_score: Probability | None = Field(None, description="face score (1 - the classifier's "
-                                         "not-face probability) under which a detection is dropped (default: "
-                                         f"the profile's, {describe_profile_defaults(DEFAULT_FACE_SCORES)})")
+    threshold: Threshold | None = Field(
+        None,
+        description="no-mask probability at or above which: no_mask "
+        f"(default: the profile's, {describe_default_thresholds()})",
+    )
+    min_face_score: Probability | None = Field(
+        None,
+        description="face score (1 - the classifier's "
+        "not-face probability) under which a detection is dropped (default: "
+        f"the profile's, {describe_profile_defaults(DEFAULT_FACE_SCORES)})",
+    )
     detect: bool = Field(True, description="inference running at start")
     min_face_px: int = Field(16, ge=4, description="smaller detections are ignored")
     stats_interval_s: float = Field(10.0, gt=0)
     pin_factory: Literal["auto", "mock", "lgpio", "pigpio", "rpigpio", "native"] = Field(
-        "auto", description="auto: gpiozero's default on a Raspberry Pi, the mock factory elsewhere")
+        "auto", description="auto: gpiozero's default on a Raspberry Pi, the mock factory elsewhere"
+    )
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig)

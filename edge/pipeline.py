@@ -91,9 +91,18 @@ class Pipeline:
     :param indicator: shows blue/red for the faces in view.
     """
 
-    def __init__(self, config: EdgeConfig, detector: FaceDetector, classifier: Classifier, runtime: NodeRuntime,
-                 outbox: Outbox, *, notify: Callable[[], None] = lambda: None,
-                 planner: ServoPlanner | None = None, indicator: Indicator | None = None) -> None:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        detector: FaceDetector,
+        classifier: Classifier,
+        runtime: NodeRuntime,
+        outbox: Outbox,
+        *,
+        notify: Callable[[], None] = lambda: None,
+        planner: ServoPlanner | None = None,
+        indicator: Indicator | None = None,
+    ) -> None:
         self.config = config
         self.detector = detector
         self.classifier = classifier
@@ -121,8 +130,7 @@ class Pipeline:
         With ``tracked``, faces the tracker says may reuse their track's probability are not classified.
         """
         with self.times.stage("detect"):
-            faces = [f for f in self.detector.detect(image)
-                     if min(f.box[2], f.box[3]) >= self.config.min_face_px]
+            faces = [f for f in self.detector.detect(image) if min(f.box[2], f.box[3]) >= self.config.min_face_px]
         if not faces:
             return []
         wanted = self.tracker.needs_classification([f.box for f in faces]) if tracked else [True] * len(faces)
@@ -138,8 +146,11 @@ class Pipeline:
                     probs[i] = float(p)
                     face_scores[i] = float(face_score) if self.classifier.verifies_faces else None
         minimum = self.config.face_score_threshold()
-        return [Observation(f.box, p, f.score, face) for f, p, face in zip(faces, probs, face_scores, strict=True)
-                if face is None or face >= minimum]
+        return [
+            Observation(f.box, p, f.score, face)
+            for f, p, face in zip(faces, probs, face_scores, strict=True)
+            if face is None or face >= minimum
+        ]
 
     def process(self, frame: Frame) -> list[Event]:
         """Run one frame through the pipeline; write and return its events."""
@@ -192,10 +203,26 @@ class Pipeline:
             event_id = self.new_id()
             track = TrackInfo(frames=1, first_seen=frame.ts, last_seen=frame.ts)
             for kind in ("new", "end"):
-                events.append(self._write(Event(type=kind, id=event_id, site=self.config.site,
-                                                node=self.config.node, ts=frame.ts, label=label,
-                                                score=score, face_score=_rounded(obs.face_score), box=box,
-                                                angle=frame.angle, frame=frame.ref, track=track), frame, box))
+                events.append(
+                    self._write(
+                        Event(
+                            type=kind,
+                            id=event_id,
+                            site=self.config.site,
+                            node=self.config.node,
+                            ts=frame.ts,
+                            label=label,
+                            score=score,
+                            face_score=_rounded(obs.face_score),
+                            box=box,
+                            angle=frame.angle,
+                            frame=frame.ref,
+                            track=track,
+                        ),
+                        frame,
+                        box,
+                    )
+                )
             marks.append(FaceMark(box, label, score, True))
         self.notify()
         self._show(frame, marks, [m.label for m in marks])
@@ -232,10 +259,20 @@ class Pipeline:
             for change in changes:
                 t = change.track
                 ts = t.last_seen if change.kind == "end" else (frame.ts if frame else t.last_seen)
-                event = Event(type=change.kind, id=t.id, site=self.config.site, node=self.config.node, ts=ts,
-                              label=t.label, score=round(t.score, 4), face_score=_rounded(t.face_score), box=t.box,
-                              angle=frame.angle if frame else None, frame=t.frame_ref,
-                              track=TrackInfo(frames=t.frames, first_seen=t.first_seen, last_seen=t.last_seen))
+                event = Event(
+                    type=change.kind,
+                    id=t.id,
+                    site=self.config.site,
+                    node=self.config.node,
+                    ts=ts,
+                    label=t.label,
+                    score=round(t.score, 4),
+                    face_score=_rounded(t.face_score),
+                    box=t.box,
+                    angle=frame.angle if frame else None,
+                    frame=t.frame_ref,
+                    track=TrackInfo(frames=t.frames, first_seen=t.first_seen, last_seen=t.last_seen),
+                )
                 snap_frame = frame if frame is not None and change.kind != "end" and t.misses == 0 else None
                 events.append(self._write(event, snap_frame, t.box))
             if events:
@@ -247,8 +284,14 @@ class Pipeline:
         snap = self.config.snapshot
         if frame is not None and event.label == "no_mask" and event.type != "end" and snap.mode != "off":
             try:
-                jpeg = face_snapshot(frame.image, box, blur=snap.mode == "blur", whole_frame=snap.include_frame,
-                                     max_bytes=snap.max_bytes, quality=snap.quality)
+                jpeg = face_snapshot(
+                    frame.image,
+                    box,
+                    blur=snap.mode == "blur",
+                    whole_frame=snap.include_frame,
+                    max_bytes=snap.max_bytes,
+                    quality=snap.quality,
+                )
             except SnapshotError as exc:
                 log.warning("no snapshot for %s: %s", event.id, exc)
             if jpeg is not None:

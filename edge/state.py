@@ -41,7 +41,15 @@ class NodeRuntime:
     def state(self) -> NodeState:
         """The retained ``state`` message now."""
         mode = self.planner.mode if self.planner else ServoMode.OFF
-        return NodeState(site=self.site, node=self.node, ts=utc_now(),
-                         servo=ServoState(angle=self.angle, mode=mode, min_deg=self.min_deg, max_deg=self.max_deg),
-                         threshold=self.threshold, detect=self.detect, model=self.model, profile=self.profile,
-                         source=self.source, delivery_error=self.delivery_error)
+        return NodeState(
+            site=self.site,
+            node=self.node,
+            ts=utc_now(),
+            servo=ServoState(angle=self.angle, mode=mode, min_deg=self.min_deg, max_deg=self.max_deg),
+            threshold=self.threshold,
+            detect=self.detect,
+            model=self.model,
+            profile=self.profile,
+            source=self.source,
+            delivery_error=self.delivery_error,
+        )

@@ -68,15 +68,31 @@ def build_hub(config: HubConfig, stopping: threading.Event, stack: ExitStack) ->
     store.migrate()
     events, registry, feed = EventLog(store, cfg.snapshot_dir), Registry(store), Feed()
     client_id = cfg.broker.client_id or f"maskwatch-hub-{cfg.hub_id}"
-    intake = MqttClient(cfg.broker, client_id, persistent=True, manual_ack=True, will=presence_will(cfg.hub_id),
-                        on_connect=lambda: announce(intake.publish, cfg.hub_id))
+    intake = MqttClient(
+        cfg.broker,
+        client_id,
+        persistent=True,
+        manual_ack=True,
+        will=presence_will(cfg.hub_id),
+        on_connect=lambda: announce(intake.publish, cfg.hub_id),
+    )
     control = MqttClient(cfg.broker.model_copy(update={"client_id": None}), f"{client_id}-control")
     stack.callback(control.stop, publish_will=False)
     stack.callback(intake.stop, publish_will=True)  # its will says the hub is offline
-    services = HubServices(config=cfg, store=store, events=events, registry=registry, feed=feed,
-                           mqtt_connected=lambda: intake.connected, stopping=stopping)
-    alerter = Alerter(lambda topic, alert: control.publish(topic, alert, qos=1),
-                      cooldown_s=cfg.alerts.cooldown_s, public_url=services.public_url)
+    services = HubServices(
+        config=cfg,
+        store=store,
+        events=events,
+        registry=registry,
+        feed=feed,
+        mqtt_connected=lambda: intake.connected,
+        stopping=stopping,
+    )
+    alerter = Alerter(
+        lambda topic, alert: control.publish(topic, alert, qos=1),
+        cooldown_s=cfg.alerts.cooldown_s,
+        public_url=services.public_url,
+    )
     settings = WriterSettings.from_config(cfg, services.public_url)
     writer = None
     if cfg.ingest.writer_process:
@@ -84,8 +100,7 @@ def build_hub(config: HubConfig, stopping: threading.Event, stack: ExitStack) ->
         stack.callback(writer.stop)
         writer.start()
     acks = AckPublisher(cfg.hub_id, lambda topic, payload: control.publish(topic, payload, qos=1))
-    ingest = services.ingest = Ingest(cfg, intake, writer or settings.build(store), events, alerter, feed,
-                                      acks=acks)
+    ingest = services.ingest = Ingest(cfg, intake, writer or settings.build(store), events, alerter, feed, acks=acks)
     services.commander = Commander(control, timeout_s=cfg.command_timeout_s, store=store, registry=registry)
     scopes: list[str | None] = list(cfg.sites) or [None]  # None: every site
     for site in scopes:
@@ -95,8 +110,9 @@ def build_hub(config: HubConfig, stopping: threading.Event, stack: ExitStack) ->
     control.start()
     intake.start()
     if cfg.homeassistant.enabled:
-        discovery = HaDiscovery(cfg.broker.model_copy(update={"client_id": None}), cfg.homeassistant,
-                                cfg.sites, client_id=f"{client_id}-ha")
+        discovery = HaDiscovery(
+            cfg.broker.model_copy(update={"client_id": None}), cfg.homeassistant, cfg.sites, client_id=f"{client_id}-ha"
+        )
         stack.callback(discovery.stop)
         discovery.start()
     housekeeper = Housekeeper(cfg, store, registry, alerter)
@@ -105,17 +121,28 @@ def build_hub(config: HubConfig, stopping: threading.Event, stack: ExitStack) ->
     http_port = _serve_http(services, stack, stopping)
     log.info("hub %s: API on http://%s:%s, database %s", cfg.hub_id, cfg.http.host, http_port, store.safe_url)
     if not cfg.auth.enabled:
-        log.warning("API auth is off (no auth.tokens): anyone reaching %s:%s can read and send commands",
-                    cfg.http.host, http_port)
+        log.warning(
+            "API auth is off (no auth.tokens): anyone reaching %s:%s can read and send commands",
+            cfg.http.host,
+            http_port,
+        )
     return HubParts(store=store, ingest=ingest, writer=writer, http_port=http_port)
 
 
 def _serve_http(services: HubServices, stack: ExitStack, stopping: threading.Event, timeout: float = 10.0) -> int:
     """Serve the API on the ``hub-http`` thread; return the port it listens on."""
     http = services.config.http
-    server = uvicorn.Server(uvicorn.Config(create_app(services), host=http.host, port=http.port,
-                                           log_level="warning", lifespan="off", timeout_graceful_shutdown=3,
-                                           log_config=None))  # keep the process's logging as configured
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(services),
+            host=http.host,
+            port=http.port,
+            log_level="warning",
+            lifespan="off",
+            timeout_graceful_shutdown=3,
+            log_config=None,
+        )
+    )  # keep the process's logging as configured
     thread = threading.Thread(target=server.run, name="hub-http", daemon=True)
 
     def stop_http() -> None:

@@ -84,29 +84,40 @@ def _source_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_hub(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "hub", help="run the hub: durable ingest, registry, alerts, commands, REST API",
+        "hub",
+        help="run the hub: durable ingest, registry, alerts, commands, REST API",
         description="Run the hub: store every event of the configured sites in the database (batched, "
-                    "acknowledged after commit, de-duplicated), keep the node registry, publish alerts, "
-                    "serve the REST API. The database is created or upgraded on start. "
-                    "Stops cleanly on SIGINT/SIGTERM.",
+        "acknowledged after commit, de-duplicated), keep the node registry, publish alerts, "
+        "serve the REST API. The database is created or upgraded on start. "
+        "Stops cleanly on SIGINT/SIGTERM.",
         epilog="Examples:\n  maskwatch hub --broker 10.0.0.5:1883 --db sqlite:///var/lib/maskwatch/hub.db\n"
-               "  maskwatch hub --config hub.yaml --http 0.0.0.0:8080\n"
-               "  maskwatch hub --new-token ops     # prints a token and the line for auth.tokens",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "  maskwatch hub --config hub.yaml --http 0.0.0.0:8080\n"
+        "  maskwatch hub --new-token ops     # prints a token and the line for auth.tokens",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _config_options(parser, broker=True)
     parser.add_argument("--http", metavar="HOST:PORT", help="API address (default 127.0.0.1:8080)")
-    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
-                        help="override a config key, e.g. --set ingest.batch_size=200 (repeatable)")
+    parser.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        dest="overrides",
+        help="override a config key, e.g. --set ingest.batch_size=200 (repeatable)",
+    )
     parser.add_argument("--new-token", metavar="NAME", help="create an API token, print it and its config entry, exit")
     parser.set_defaults(handler=run_hub)
 
 
 def _add_events(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "events", help="list stored events", description="List stored events, newest first.",
+        "events",
+        help="list stored events",
+        description="List stored events, newest first.",
         epilog="Examples:\n  maskwatch events --site hq --label no_mask --since 2h\n"
-               "  maskwatch events --api http://hub:8080 --token $T --json --limit 500",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "  maskwatch events --api http://hub:8080 --token $T --json --limit 500",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _source_options(parser)
     parser.add_argument("--site", help="only this site")
     parser.add_argument("--node", help="only this node")
@@ -118,8 +129,11 @@ def _add_events(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_nodes(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("nodes", help="list known nodes and their status",
-                                   description="List every node the hub knows: status, last seen, model, state.")
+    parser = subparsers.add_parser(
+        "nodes",
+        help="list known nodes and their status",
+        description="List every node the hub knows: status, last seen, model, state.",
+    )
     _source_options(parser)
     parser.add_argument("--site", help="only this site")
     parser.set_defaults(handler=run_nodes)
@@ -136,12 +150,14 @@ def _command_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_servo(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "servo", help="move a node's servo or change its mode",
+        "servo",
+        help="move a node's servo or change its mode",
         description="Send a servo command over MQTT and wait for the answer. "
-                    "Exit 0 on 'ok', 1 on an 'error' answer, 3 when no answer came in time.",
+        "Exit 0 on 'ok', 1 on an 'error' answer, 3 when no answer came in time.",
         epilog="Examples:\n  maskwatch servo --site hq --node door-1 --angle 30\n"
-               "  maskwatch servo --site hq --node all --mode sweep",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "  maskwatch servo --site hq --node all --mode sweep",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _command_options(parser)
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--angle", type=finite_float, metavar="DEG", help="go to this angle (mode becomes hold)")
@@ -151,9 +167,11 @@ def _add_servo(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_threshold(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "threshold", help="set a node's no-mask threshold",
+        "threshold",
+        help="set a node's no-mask threshold",
         description="Set the no-mask probability threshold of a node over MQTT and wait for the answer. "
-                    "Exit 0 on 'ok', 1 on an 'error' answer, 3 when no answer came in time.")
+        "Exit 0 on 'ok', 1 on an 'error' answer, 3 when no answer came in time.",
+    )
     _command_options(parser)
     parser.add_argument("value", type=finite_float, metavar="VALUE", help="threshold in 0..1")
     parser.set_defaults(handler=run_threshold)
@@ -161,8 +179,10 @@ def _add_threshold(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_alerts(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "alerts", help="follow the alerts of a site",
-        description="Subscribe to maskwatch/<site>/alerts and print each alert as it comes (Ctrl-C to stop).")
+        "alerts",
+        help="follow the alerts of a site",
+        description="Subscribe to maskwatch/<site>/alerts and print each alert as it comes (Ctrl-C to stop).",
+    )
     _config_options(parser, db=False, broker=True)
     parser.add_argument("--site", required=True, help="site id")
     parser.add_argument("--json", action="store_true", help="print each alert as one JSON line")
@@ -173,8 +193,10 @@ def _add_alerts(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_prune(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "prune", help="delete old events, snapshots, alerts and rejected payloads",
-        description="Delete what is older than the retention (retention.days in the config, or --days).")
+        "prune",
+        help="delete old events, snapshots, alerts and rejected payloads",
+        description="Delete what is older than the retention (retention.days in the config, or --days).",
+    )
     _config_options(parser)
     parser.add_argument("--days", type=finite_float, help="keep this many days (default: retention.days, 30)")
     parser.add_argument("--snapshot-dir", metavar="DIR", help="snapshot folder (default: snapshot_dir)")
@@ -263,8 +285,10 @@ def run_hub(args: argparse.Namespace) -> int:
     """``maskwatch hub``: run until SIGINT/SIGTERM."""
     if args.new_token:
         token = new_token()
-        print(f"token for {args.new_token} (shown once; give it to the client):\n  {token}\n"
-              f"add to the hub config under auth.tokens:\n  - {{name: {args.new_token}, sha256: {hash_token(token)}}}")
+        print(
+            f"token for {args.new_token} (shown once; give it to the client):\n  {token}\n"
+            f"add to the hub config under auth.tokens:\n  - {{name: {args.new_token}, sha256: {hash_token(token)}}}"
+        )
         return 0
     from hub.app import HubApp
 
@@ -284,10 +308,19 @@ def run_events(args: argparse.Namespace) -> int:
         raise ConfigError("--limit must be within 1..1000")
     since, until = parse_time(args.since), parse_time(args.until)
     if args.api:
-        page = api_get(args.api, "/api/events", {
-            "site": args.site, "node": args.node, "label": args.label, "limit": args.limit,
-            "since": since.isoformat() if since else None, "until": until.isoformat() if until else None},
-            _token(args))
+        page = api_get(
+            args.api,
+            "/api/events",
+            {
+                "site": args.site,
+                "node": args.node,
+                "label": args.label,
+                "limit": args.limit,
+                "since": since.isoformat() if since else None,
+                "until": until.isoformat() if until else None,
+            },
+            _token(args),
+        )
         items = page["items"]
     else:
         from hub.storage.events import EventLog
@@ -297,8 +330,9 @@ def run_events(args: argparse.Namespace) -> int:
         store = open_store(config.db_url)
         try:
             event_log = EventLog(store, config.snapshot_dir)
-            rows, _total = event_log.query(site=args.site, node=args.node, label=args.label, since=since,
-                                           until=until, limit=args.limit)
+            rows, _total = event_log.query(
+                site=args.site, node=args.node, label=args.label, since=since, until=until, limit=args.limit
+            )
             snaps = event_log.has_snapshots([r.id for r in rows])
             base = (config.http.public_url or f"http://{config.http.host}:{config.http.port}").rstrip("/")
             items = [event_json(r, r.id in snaps, base) for r in rows]
@@ -331,11 +365,20 @@ def run_nodes(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(items)
     else:
-        rows = [{**item, "threshold": (item.get("state") or {}).get("threshold"),
-                 "servo": ((item.get("state") or {}).get("servo") or {}).get("mode"),
-                 **{key: (item.get("stats") or {}).get(key) for key in NODE_DELIVERY_COLUMNS}} for item in items]
-        print(format_table(rows, ("site", "node", "status", "last_seen", "model", "threshold", "servo",
-                                  *NODE_DELIVERY_COLUMNS)))
+        rows = [
+            {
+                **item,
+                "threshold": (item.get("state") or {}).get("threshold"),
+                "servo": ((item.get("state") or {}).get("servo") or {}).get("mode"),
+                **{key: (item.get("stats") or {}).get(key) for key in NODE_DELIVERY_COLUMNS},
+            }
+            for item in items
+        ]
+        print(
+            format_table(
+                rows, ("site", "node", "status", "last_seen", "model", "threshold", "servo", *NODE_DELIVERY_COLUMNS)
+            )
+        )
     return 0
 
 
@@ -352,16 +395,21 @@ def send_command(args: argparse.Namespace, name: str, params: dict[str, Any]) ->
         store = open_store(args.db)
         registry = Registry(store)
     client = MqttClient(config.broker.model_copy(update={"client_id": None}), f"maskwatch-cli-{uuid.uuid4().hex[:8]}")
-    commander = Commander(client, timeout_s=args.timeout or config.command_timeout_s, store=store,
-                          registry=registry)
+    commander = Commander(client, timeout_s=args.timeout or config.command_timeout_s, store=store, registry=registry)
     deadline = time.monotonic() + commander.timeout_s  # connecting counts against the timeout
     commander.listen(args.site)
     client.start()
     try:
         if not client.wait_connected(commander.timeout_s):
             raise MaskwatchError(f"cannot reach the broker {config.broker.address}: {client.last_error}")
-        outcomes = commander.send(args.site, None if args.node == "all" else args.node.split(","), name, params,
-                                  source="cli", timeout_s=max(MIN_ANSWER_WAIT_S, deadline - time.monotonic()))
+        outcomes = commander.send(
+            args.site,
+            None if args.node == "all" else args.node.split(","),
+            name,
+            params,
+            source="cli",
+            timeout_s=max(MIN_ANSWER_WAIT_S, deadline - time.monotonic()),
+        )
     finally:
         client.stop()
         if store is not None:
@@ -394,8 +442,9 @@ def run_alerts(args: argparse.Namespace) -> int:
     """``maskwatch alerts``: print alerts until Ctrl-C (or --count)."""
     config = load_hub_config(args)
     inbox: queue.Queue[Received] = queue.Queue()
-    client = MqttClient(config.broker.model_copy(update={"client_id": None}),
-                        f"maskwatch-alerts-{uuid.uuid4().hex[:8]}")
+    client = MqttClient(
+        config.broker.model_copy(update={"client_id": None}), f"maskwatch-alerts-{uuid.uuid4().hex[:8]}"
+    )
     client.subscribe(topics.alerts(args.site), inbox.put, qos=1)
     client.start()
     seen = 0
@@ -421,8 +470,11 @@ def run_alerts(args: argparse.Namespace) -> int:
             if args.json:
                 print(alert.to_json().decode(), flush=True)
             else:
-                detail = (f"event {alert.event_id} score {alert.score:.2f}" if alert.kind == "no_mask"
-                          else alert.message or "")
+                detail = (
+                    f"event {alert.event_id} score {alert.score:.2f}"
+                    if alert.kind == "no_mask"
+                    else alert.message or ""
+                )
                 link = f" {alert.snapshot_url}" if alert.snapshot_url else ""
                 print(f"{alert.ts.isoformat()} {alert.kind} {alert.site}/{alert.node} {detail}{link}", flush=True)
     finally:
@@ -435,8 +487,9 @@ def run_prune(args: argparse.Namespace) -> int:
     config = load_hub_config(args)
     store = open_store(config.db_url)
     try:
-        deleted = store.prune(args.days or config.retention.days,
-                              Path(args.snapshot_dir) if args.snapshot_dir else config.snapshot_dir)
+        deleted = store.prune(
+            args.days or config.retention.days, Path(args.snapshot_dir) if args.snapshot_dir else config.snapshot_dir
+        )
     finally:
         store.close()
     print(format_table([{"table": k, "deleted": v} for k, v in deleted.items()], ("table", "deleted")))

@@ -39,13 +39,17 @@ class IngestConfig(StrictModel):
     batch_ms: int = Field(50, ge=1, le=60_000, description="... or after this many milliseconds")
     queue_max: int = Field(50_000, ge=100, description="messages waiting for the writer before back-pressure")
     share_group: Identifier | None = Field(
-        None, description="MQTT 5 shared-subscription group: give every hub of a site the same group to split the "
-                          "load. Unset (the default): a plain persistent subscription, which, unlike a $share one "
-                          "in Mosquitto 2.0, survives a broker restart (docs/scaling.md)")
+        None,
+        description="MQTT 5 shared-subscription group: give every hub of a site the same group to split the "
+        "load. Unset (the default): a plain persistent subscription, which, unlike a $share one "
+        "in Mosquitto 2.0, survives a broker restart (docs/scaling.md)",
+    )
     max_snapshot_bytes: int = Field(2_000_000, ge=1024, description="larger snapshots are rejected")
     writer_process: bool = Field(
-        True, description="validate and write batches in a child process, so the database work runs on another "
-                          "core than the MQTT network thread; false: in the hub process (one core)")
+        True,
+        description="validate and write batches in a child process, so the database work runs on another "
+        "core than the MQTT network thread; false: in the hub process (one core)",
+    )
 
 
 class AlertConfig(StrictModel):
@@ -53,8 +57,12 @@ class AlertConfig(StrictModel):
 
     cooldown_s: float = Field(60.0, ge=0, description="per node: no_mask alerts closer than this are suppressed")
     min_face_score: float | None = Field(
-        None, ge=0, le=1, description="no_mask events whose face score (the node's face verification) is lower "
-                                      "raise no alert; events without a face score still do (default: off)")
+        None,
+        ge=0,
+        le=1,
+        description="no_mask events whose face score (the node's face verification) is lower "
+        "raise no alert; events without a face score still do (default: off)",
+    )
     offline_after_s: float = Field(120.0, gt=0, description="alert when a node has been offline this long")
     check_every_s: float = Field(5.0, gt=0, description="how often offline nodes are checked")
 

@@ -22,8 +22,22 @@ if TYPE_CHECKING:
     from hub.services.commands import Outcome
 
 #: Columns of ``/api/events.csv``, in order.
-CSV_COLUMNS = ("id", "site", "node", "label", "best_score", "first_seen", "last_seen", "state", "messages",
-               "mask_score", "no_mask_score", "angle", "snapshot", "face_score")
+CSV_COLUMNS = (
+    "id",
+    "site",
+    "node",
+    "label",
+    "best_score",
+    "first_seen",
+    "last_seen",
+    "state",
+    "messages",
+    "mask_score",
+    "no_mask_score",
+    "angle",
+    "snapshot",
+    "face_score",
+)
 #: ``online`` of a node row -> its availability name.
 AVAILABILITY = {True: "online", False: "offline", None: "unknown"}
 
@@ -36,62 +50,129 @@ def snapshot_url(base_url: str, event_id: str) -> str:
 def event_json(row: EventRow, has_snapshot: bool, base_url: str) -> dict[str, Any]:
     """The public JSON form of an event."""
     return {
-        "id": row.id, "site": row.site, "node": row.node, "label": row.label, "best_score": row.best_score,
-        "mask_score": row.mask_score, "no_mask_score": row.no_mask_score, "face_score": row.face_score,
-        "first_seen": row.first_seen.isoformat(), "last_seen": row.last_seen.isoformat(),
-        "ended_at": row.ended_at.isoformat() if row.ended_at else None, "state": row.state,
-        "messages": row.messages, "box": row.box, "angle": row.angle, "frames": row.frames,
+        "id": row.id,
+        "site": row.site,
+        "node": row.node,
+        "label": row.label,
+        "best_score": row.best_score,
+        "mask_score": row.mask_score,
+        "no_mask_score": row.no_mask_score,
+        "face_score": row.face_score,
+        "first_seen": row.first_seen.isoformat(),
+        "last_seen": row.last_seen.isoformat(),
+        "ended_at": row.ended_at.isoformat() if row.ended_at else None,
+        "state": row.state,
+        "messages": row.messages,
+        "box": row.box,
+        "angle": row.angle,
+        "frames": row.frames,
         "snapshot_url": snapshot_url(base_url, row.id) if has_snapshot else None,
     }
 
 
 def event_csv_row(row: EventRow, has_snapshot: bool) -> list[Any]:
     """One line of ``/api/events.csv`` (:data:`CSV_COLUMNS`)."""
-    return [row.id, row.site, row.node, row.label, row.best_score, row.first_seen.isoformat(),
-            row.last_seen.isoformat(), row.state, row.messages, row.mask_score, row.no_mask_score, row.angle,
-            int(has_snapshot), row.face_score]
+    return [
+        row.id,
+        row.site,
+        row.node,
+        row.label,
+        row.best_score,
+        row.first_seen.isoformat(),
+        row.last_seen.isoformat(),
+        row.state,
+        row.messages,
+        row.mask_score,
+        row.no_mask_score,
+        row.angle,
+        int(has_snapshot),
+        row.face_score,
+    ]
 
 
 def event_feed_json(row: EventRow) -> dict[str, Any]:
     """The ``event`` item of the live feed (``/api/stream``)."""
-    return {"id": row.id, "site": row.site, "node": row.node, "label": row.label, "score": row.best_score,
-            "state": row.state, "last_seen": row.last_seen.isoformat()}
+    return {
+        "id": row.id,
+        "site": row.site,
+        "node": row.node,
+        "label": row.label,
+        "score": row.best_score,
+        "state": row.state,
+        "last_seen": row.last_seen.isoformat(),
+    }
 
 
 def node_json(row: NodeRow) -> dict[str, Any]:
     """The public JSON form of a registry entry."""
     return {
-        "site": row.site, "node": row.node, "status": AVAILABILITY[row.online],
+        "site": row.site,
+        "node": row.node,
+        "status": AVAILABILITY[row.online],
         "status_at": row.status_at.isoformat() if row.status_at else None,
         "last_seen": row.last_seen.isoformat() if row.last_seen else None,
-        "model": row.model, "state": row.state, "stats": row.stats, "desired": row.desired,
+        "model": row.model,
+        "state": row.state,
+        "stats": row.stats,
+        "desired": row.desired,
     }
 
 
 def alert_json(row: AlertRow) -> dict[str, Any]:
     """The public JSON form of a stored alert."""
-    return {"kind": row.kind, "site": row.site, "node": row.node, "ts": row.ts.isoformat(), "event_id": row.event_id,
-            "score": row.score, "snapshot_url": row.snapshot_url, "message": row.message}
+    return {
+        "kind": row.kind,
+        "site": row.site,
+        "node": row.node,
+        "ts": row.ts.isoformat(),
+        "event_id": row.event_id,
+        "score": row.score,
+        "snapshot_url": row.snapshot_url,
+        "message": row.message,
+    }
 
 
 def command_json(row: CommandRow) -> dict[str, Any]:
     """The public JSON form of a command audit row."""
-    return {"request_id": row.request_id, "site": row.site, "node": row.node, "name": row.name,
-            "payload": row.payload, "source": row.source, "sent_at": row.sent_at.isoformat(), "status": row.status,
-            "answered_at": row.answered_at.isoformat() if row.answered_at else None, "response": row.response,
-            "error": row.error}
+    return {
+        "request_id": row.request_id,
+        "site": row.site,
+        "node": row.node,
+        "name": row.name,
+        "payload": row.payload,
+        "source": row.source,
+        "sent_at": row.sent_at.isoformat(),
+        "status": row.status,
+        "answered_at": row.answered_at.isoformat() if row.answered_at else None,
+        "response": row.response,
+        "error": row.error,
+    }
 
 
 def outcome_json(outcome: Outcome) -> dict[str, Any]:
     """One node's answer to a command (API ``results``, CLI ``--json``, the audit's ``response``)."""
-    return {"site": outcome.site, "node": outcome.node, "name": outcome.name, "request_id": outcome.request_id,
-            "status": outcome.status.value, "value": outcome.value, "error": outcome.error}
+    return {
+        "site": outcome.site,
+        "node": outcome.node,
+        "name": outcome.name,
+        "request_id": outcome.request_id,
+        "status": outcome.status.value,
+        "value": outcome.value,
+        "error": outcome.error,
+    }
 
 
 def rejected_json(row: RejectedRow) -> dict[str, Any]:
     """The public JSON form of a rejected payload (hex of its first 256 bytes)."""
-    return {"received_at": row.received_at.isoformat(), "topic": row.topic, "reason": row.reason,
-            "field": row.field, "error": row.error, "size": len(row.payload), "head_hex": row.payload[:256].hex()}
+    return {
+        "received_at": row.received_at.isoformat(),
+        "topic": row.topic,
+        "reason": row.reason,
+        "field": row.field,
+        "error": row.error,
+        "size": len(row.payload),
+        "head_hex": row.payload[:256].hex(),
+    }
 
 
 def compliance(mask: int, no_mask: int) -> float | None:
@@ -100,8 +181,13 @@ def compliance(mask: int, no_mask: int) -> float | None:
     return round(mask / total, 4) if total else None
 
 
-def stats_json(since: datetime, until: datetime, label_counts: Iterable[tuple[str, str, str | None, str, int]],
-               rejected: dict[str, int], ingest: dict[str, Any] | None) -> dict[str, Any]:
+def stats_json(
+    since: datetime,
+    until: datetime,
+    label_counts: Iterable[tuple[str, str, str | None, str, int]],
+    rejected: dict[str, int],
+    ingest: dict[str, Any] | None,
+) -> dict[str, Any]:
     """``/api/stats``: compliance overall, per node, per hour and per node and hour, from ``(site, node, hour,
     label, count)`` rows."""
     per_node: dict[tuple[str, str], dict[str, int]] = {}
@@ -114,14 +200,23 @@ def stats_json(since: datetime, until: datetime, label_counts: Iterable[tuple[st
     mask = sum(c["mask"] for c in per_node.values())
     no_mask = sum(c["no_mask"] for c in per_node.values())
     return {
-        "since": since.isoformat(), "until": until.isoformat(),
-        "faces": mask + no_mask, "mask": mask, "no_mask": no_mask, "compliance": compliance(mask, no_mask),
-        "per_node": [{"site": s, "node": n, **c, "compliance": compliance(c["mask"], c["no_mask"])}
-                     for (s, n), c in sorted(per_node.items())],
-        "per_hour": [{"hour": h, **c, "compliance": compliance(c["mask"], c["no_mask"])}
-                     for h, c in sorted(per_hour.items())],
-        "per_node_hour": [{"site": s, "node": n, "hour": h, **c, "compliance": compliance(c["mask"], c["no_mask"])}
-                          for (s, n, h), c in sorted(per_node_hour.items())],
+        "since": since.isoformat(),
+        "until": until.isoformat(),
+        "faces": mask + no_mask,
+        "mask": mask,
+        "no_mask": no_mask,
+        "compliance": compliance(mask, no_mask),
+        "per_node": [
+            {"site": s, "node": n, **c, "compliance": compliance(c["mask"], c["no_mask"])}
+            for (s, n), c in sorted(per_node.items())
+        ],
+        "per_hour": [
+            {"hour": h, **c, "compliance": compliance(c["mask"], c["no_mask"])} for h, c in sorted(per_hour.items())
+        ],
+        "per_node_hour": [
+            {"site": s, "node": n, "hour": h, **c, "compliance": compliance(c["mask"], c["no_mask"])}
+            for (s, n, h), c in sorted(per_node_hour.items())
+        ],
         "rejected": rejected,
         "ingest": ingest,
     }

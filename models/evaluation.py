@@ -42,12 +42,20 @@ def _counts(truth: np.ndarray, guess: np.ndarray, positive: str) -> tuple[int, i
 
 def _precision_recall(truth: np.ndarray, guess: np.ndarray, positive: str) -> dict:
     tp, predicted, actual = _counts(truth, guess, positive)
-    return {"precision": round(tp / predicted, 4) if predicted else 0.0,
-            "recall": round(tp / actual, 4) if actual else 0.0, "n": actual}
+    return {
+        "precision": round(tp / predicted, 4) if predicted else 0.0,
+        "recall": round(tp / actual, 4) if actual else 0.0,
+        "n": actual,
+    }
 
 
-def evaluate_folder(folder: Path, classifier: MaskClassifier, detector: FaceDetector | None = None,
-                    threshold: float = 0.5, min_face_score: float = 0.0) -> dict:
+def evaluate_folder(
+    folder: Path,
+    classifier: MaskClassifier,
+    detector: FaceDetector | None = None,
+    threshold: float = 0.5,
+    min_face_score: float = 0.0,
+) -> dict:
     """Accuracy on ``folder/with_mask`` and ``folder/without_mask``.
 
     Without a detector each image is one face crop. With one, the largest detected face is classified;
@@ -98,10 +106,16 @@ def evaluate_folder(folder: Path, classifier: MaskClassifier, detector: FaceDete
     if unreadable:
         log.warning("%d unreadable image(s) skipped", unreadable)
     truth, guessed = np.array(truths), np.array(guesses)
-    return {"n": len(truth), "accuracy": round(float((truth == guessed).mean()), 4),
-            "per_class": {name: _precision_recall(truth, guessed, name) for name in ("mask", "no_mask")},
-            "no_face": no_face, "not_face": not_face, "min_face_score": min_face_score,
-            "ms_per_image": round(1000 * spent / len(truth), 2), "model": classifier.version}
+    return {
+        "n": len(truth),
+        "accuracy": round(float((truth == guessed).mean()), 4),
+        "per_class": {name: _precision_recall(truth, guessed, name) for name in ("mask", "no_mask")},
+        "no_face": no_face,
+        "not_face": not_face,
+        "min_face_score": min_face_score,
+        "ms_per_image": round(1000 * spent / len(truth), 2),
+        "model": classifier.version,
+    }
 
 
 def size_band(size: int) -> str:
@@ -137,8 +151,9 @@ class SceneRun:
     detector: str
 
 
-def collect_scenes(folder: Path, classifier: MaskClassifier, detector: FaceDetector, min_iou: float = 0.3,
-                   only: set[str] | None = None) -> SceneRun:
+def collect_scenes(
+    folder: Path, classifier: MaskClassifier, detector: FaceDetector, min_iou: float = 0.3, only: set[str] | None = None
+) -> SceneRun:
     """Run the pipeline over labelled scenes and record every labelled face and every unmatched detection.
 
     Detected faces are matched one-to-one to labelled ones at IoU >= ``min_iou``. No face is rejected here:
@@ -163,16 +178,31 @@ def collect_scenes(folder: Path, classifier: MaskClassifier, detector: FaceDetec
         pairs = match([f.box for f in scene.faces], [f.box for f in result.faces], min_iou)
         for i, face in enumerate(scene.faces):
             found = result.faces[pairs[i]] if i in pairs else None
-            records.append(SceneRecord(face.label, face.size, found is not None,
-                                       found.p_no_mask if found else 0.0, found.face_score if found else 0.0))
+            records.append(
+                SceneRecord(
+                    face.label,
+                    face.size,
+                    found is not None,
+                    found.p_no_mask if found else 0.0,
+                    found.face_score if found else 0.0,
+                )
+            )
         matched = set(pairs.values())
-        records += [SceneRecord(None, min(f.box[2], f.box[3]), True, f.p_no_mask, f.face_score)
-                    for j, f in enumerate(result.faces) if j not in matched]
+        records += [
+            SceneRecord(None, min(f.box[2], f.box[3]), True, f.p_no_mask, f.face_score)
+            for j, f in enumerate(result.faces)
+            if j not in matched
+        ]
     images = len(scenes) - unreadable
     if images == 0:
         raise DatasetError(f"{folder}: none of the {len(scenes)} images could be read")
-    return SceneRun(records, images, round(1000 * spent / images, 2), classifier.version,
-                    getattr(detector, "name", type(detector).__name__))
+    return SceneRun(
+        records,
+        images,
+        round(1000 * spent / images, 2),
+        classifier.version,
+        getattr(detector, "name", type(detector).__name__),
+    )
 
 
 def alerts(records: list[SceneRecord], images: int, threshold: float, min_face_score: float) -> dict:
@@ -198,10 +228,15 @@ def alerts(records: list[SceneRecord], images: int, threshold: float, min_face_s
             on_masked += 1
     decisions = right + on_masked + on_no_face
     wrong = on_masked + on_no_face
-    return {"alert_precision": round(right / decisions, 4) if decisions else 0.0,
-            "false_alerts_per_photo": round(wrong / images, 4) if images else 0.0,
-            "alerts": decisions, "right": right, "on_masked_face": on_masked, "on_no_face": on_no_face,
-            "photos": images}
+    return {
+        "alert_precision": round(right / decisions, 4) if decisions else 0.0,
+        "false_alerts_per_photo": round(wrong / images, 4) if images else 0.0,
+        "alerts": decisions,
+        "right": right,
+        "on_masked_face": on_masked,
+        "on_no_face": on_no_face,
+        "photos": images,
+    }
 
 
 def score_scenes(records: list[SceneRecord], images: int, threshold: float, min_face_score: float = 0.0) -> dict:
@@ -217,8 +252,7 @@ def score_scenes(records: list[SceneRecord], images: int, threshold: float, min_
     for record, is_kept in zip(records, kept, strict=True):
         if record.label is None:
             continue
-        bands = [size_band(record.size), "all"] + ([f">={PROMISED_FACE_PX}"] if record.size >= PROMISED_FACE_PX
-                                                   else [])
+        bands = [size_band(record.size), "all"] + ([f">={PROMISED_FACE_PX}"] if record.size >= PROMISED_FACE_PX else [])
         for band in bands:
             counts = found.setdefault((record.label, band), [0, 0])
             counts[0] += 1
@@ -227,23 +261,40 @@ def score_scenes(records: list[SceneRecord], images: int, threshold: float, min_
             decisions.append((SCENE_CLASSES[record.label], record.p_no_mask >= threshold, record.size))
     detections = sum(kept)
     matched = sum(k for r, k in zip(records, kept, strict=True) if r.label is not None)
-    recall = {label: {band: {"recall": round(hit / n, 4), "n": n} for (lab, band), (n, hit) in sorted(found.items())
-                      if lab == label} for label in SCENE_CLASSES}
+    recall = {
+        label: {
+            band: {"recall": round(hit / n, 4), "n": n}
+            for (lab, band), (n, hit) in sorted(found.items())
+            if lab == label
+        }
+        for label in SCENE_CLASSES
+    }
     promised = [r for r in records if r.label is not None and r.size >= PROMISED_FACE_PX]
-    return {"images": images, "faces": sum(v[0] for (_, b), v in found.items() if b == "all"),
-            "detections": detections,
-            "precision": round(matched / detections, 4) if detections else 0.0,
-            "face_recall": round(sum(r.detected and r.face_score >= min_face_score for r in promised)
-                                 / len(promised), 4) if promised else 0.0,
-            "recall": recall,
-            "no_mask_decision": {"all": _decision(decisions, 0),
-                                 f">={PROMISED_FACE_PX}": _decision(decisions, PROMISED_FACE_PX)},
-            "alerts": alerts(records, images, threshold, min_face_score),
-            "threshold": threshold, "min_face_score": min_face_score}
+    return {
+        "images": images,
+        "faces": sum(v[0] for (_, b), v in found.items() if b == "all"),
+        "detections": detections,
+        "precision": round(matched / detections, 4) if detections else 0.0,
+        "face_recall": round(sum(r.detected and r.face_score >= min_face_score for r in promised) / len(promised), 4)
+        if promised
+        else 0.0,
+        "recall": recall,
+        "no_mask_decision": {
+            "all": _decision(decisions, 0),
+            f">={PROMISED_FACE_PX}": _decision(decisions, PROMISED_FACE_PX),
+        },
+        "alerts": alerts(records, images, threshold, min_face_score),
+        "threshold": threshold,
+        "min_face_score": min_face_score,
+    }
 
 
-def operating_points(records: list[SceneRecord], images: int, thresholds: tuple[float, ...] = THRESHOLD_SWEEP,
-                     face_scores: tuple[float, ...] = FACE_SCORE_SWEEP) -> list[dict]:
+def operating_points(
+    records: list[SceneRecord],
+    images: int,
+    thresholds: tuple[float, ...] = THRESHOLD_SWEEP,
+    face_scores: tuple[float, ...] = FACE_SCORE_SWEEP,
+) -> list[dict]:
     """Face recall, no-mask recall and alert figures (faces >= :data:`PROMISED_FACE_PX`) for every pair of
     no-mask threshold and minimum face score: the data of the operating-point curves."""
     points = []
@@ -251,22 +302,36 @@ def operating_points(records: list[SceneRecord], images: int, thresholds: tuple[
         for threshold in thresholds:
             scored = score_scenes(records, images, threshold, face)
             decision = scored["no_mask_decision"][f">={PROMISED_FACE_PX}"]
-            points.append({"threshold": threshold, "min_face_score": face, "face_recall": scored["face_recall"],
-                           "no_mask_recall": decision["recall"], "no_mask_precision": decision["precision"]}
-                          | {k: scored["alerts"][k] for k in ("alert_precision", "false_alerts_per_photo",
-                                                               "alerts")})
+            points.append(
+                {
+                    "threshold": threshold,
+                    "min_face_score": face,
+                    "face_recall": scored["face_recall"],
+                    "no_mask_recall": decision["recall"],
+                    "no_mask_precision": decision["precision"],
+                }
+                | {k: scored["alerts"][k] for k in ("alert_precision", "false_alerts_per_photo", "alerts")}
+            )
     return points
 
 
-def evaluate_scenes(folder: Path, classifier: MaskClassifier, detector: FaceDetector, threshold: float = 0.5,
-                    min_iou: float = 0.3, only: set[str] | None = None, min_face_score: float = 0.0) -> dict:
+def evaluate_scenes(
+    folder: Path,
+    classifier: MaskClassifier,
+    detector: FaceDetector,
+    threshold: float = 0.5,
+    min_iou: float = 0.3,
+    only: set[str] | None = None,
+    min_face_score: float = 0.0,
+) -> dict:
     """:func:`collect_scenes` then :func:`score_scenes` at one operating point, with a sweep of the no-mask
     threshold at that minimum face score.
 
     :raises DatasetError: the folder is not a scenes folder.
     """
     return scene_report(collect_scenes(folder, classifier, detector, min_iou, only), threshold, min_face_score) | {
-        "min_iou": min_iou}
+        "min_iou": min_iou
+    }
 
 
 def scene_report(run: SceneRun, threshold: float, min_face_score: float = 0.0) -> dict:
@@ -277,9 +342,14 @@ def scene_report(run: SceneRun, threshold: float, min_face_score: float = 0.0) -
     for t in THRESHOLD_SWEEP:
         scored = score_scenes(run.records, run.images, t, min_face_score)
         sweep[str(t)] = scored["no_mask_decision"][f">={PROMISED_FACE_PX}"] | {
-            k: scored["alerts"][k] for k in ("alert_precision", "false_alerts_per_photo")}
-    return result | {"threshold_sweep": sweep, "ms_per_image": run.ms_per_image, "model": run.model,
-                     "detector": run.detector}
+            k: scored["alerts"][k] for k in ("alert_precision", "false_alerts_per_photo")
+        }
+    return result | {
+        "threshold_sweep": sweep,
+        "ms_per_image": run.ms_per_image,
+        "model": run.model,
+        "detector": run.detector,
+    }
 
 
 def _decision(decisions: list[tuple[bool, bool, int]], min_size: int) -> dict:

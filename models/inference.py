@@ -31,8 +31,13 @@ class FaceResult:
     face_score: float
 
     def to_json(self) -> dict:
-        return {"box": list(self.box), "detector_score": round(self.detector_score, 4),
-                "face_score": round(self.face_score, 4), "label": self.label, "score": round(self.score, 4)}
+        return {
+            "box": list(self.box),
+            "detector_score": round(self.detector_score, 4),
+            "face_score": round(self.face_score, 4),
+            "label": self.label,
+            "score": round(self.score, 4),
+        }
 
 
 @dataclass(frozen=True)
@@ -43,8 +48,13 @@ class ImageResult:
     ms: dict[str, float]
 
 
-def analyse(frame_bgr: np.ndarray, detector: FaceDetector, classifier: MaskClassifier,
-            threshold: float = 0.5, min_face_score: float = 0.0) -> ImageResult:
+def analyse(
+    frame_bgr: np.ndarray,
+    detector: FaceDetector,
+    classifier: MaskClassifier,
+    threshold: float = 0.5,
+    min_face_score: float = 0.0,
+) -> ImageResult:
     """Detect every face in a BGR frame and classify each crop in one batch; detections whose face score is
     under ``min_face_score`` are dropped (the classifier says they are no face)."""
     start = time.perf_counter()
@@ -59,9 +69,14 @@ def analyse(frame_bgr: np.ndarray, detector: FaceDetector, classifier: MaskClass
             continue
         label, score = decide(float(p_no_mask), threshold)
         results.append(FaceResult(face.box, face.score, label, score, float(p_no_mask), float(face_score)))
-    return ImageResult(results, {"detect": round(1000 * (detected - start), 2),
-                                 "classify": round(1000 * (done - detected), 2),
-                                 "total": round(1000 * (done - start), 2)})
+    return ImageResult(
+        results,
+        {
+            "detect": round(1000 * (detected - start), 2),
+            "classify": round(1000 * (done - detected), 2),
+            "total": round(1000 * (done - start), 2),
+        },
+    )
 
 
 def annotate(frame_bgr: np.ndarray, faces: list[FaceResult]) -> np.ndarray:
@@ -73,6 +88,5 @@ def annotate(frame_bgr: np.ndarray, faces: list[FaceResult]) -> np.ndarray:
         colour = COLOURS[face.label]
         cv2.rectangle(out, (x, y), (x + w, y + h), colour, thickness)
         caption = f"{CAPTIONS[face.label]} {100 * face.score:.0f}%"
-        cv2.putText(out, caption, (x, max(10, y - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.35 * thickness, colour,
-                    thickness)
+        cv2.putText(out, caption, (x, max(10, y - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.35 * thickness, colour, thickness)
     return out

@@ -102,8 +102,9 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(union, 1e-9)
 
 
-def match(labelled: list[tuple[int, int, int, int]], detected: list[tuple[int, int, int, int]],
-          min_iou: float = 0.3) -> dict[int, int]:
+def match(
+    labelled: list[tuple[int, int, int, int]], detected: list[tuple[int, int, int, int]], min_iou: float = 0.3
+) -> dict[int, int]:
     """Greedy one-to-one matching by IoU: {labelled index: detected index} for pairs with IoU >= ``min_iou``."""
     if not labelled or not detected:
         return {}

@@ -23,9 +23,21 @@ log = logging.getLogger("maskwatch")
 
 #: Which extra provides each third-party top-level module (for the install hint).
 EXTRA_OF_MODULE = {
-    "cv2": "edge", "numpy": "edge", "ai_edge_litert": "edge", "tflite_runtime": "edge", "gpiozero": "edge",
-    "sqlalchemy": "hub", "alembic": "hub", "fastapi": "hub", "uvicorn": "hub", "starlette": "hub",
-    "tensorflow": "train", "keras": "train", "matplotlib": "train", "PIL": "train", "tqdm": "train",
+    "cv2": "edge",
+    "numpy": "edge",
+    "ai_edge_litert": "edge",
+    "tflite_runtime": "edge",
+    "gpiozero": "edge",
+    "sqlalchemy": "hub",
+    "alembic": "hub",
+    "fastapi": "hub",
+    "uvicorn": "hub",
+    "starlette": "hub",
+    "tensorflow": "train",
+    "keras": "train",
+    "matplotlib": "train",
+    "PIL": "train",
+    "tqdm": "train",
 }
 
 
@@ -67,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="maskwatch",
         description="Maskwatch: MQTT event-driven face-mask detection for multi-camera sites.",
-        epilog="Run 'maskwatch COMMAND --help' for the options of each command. Docs: docs/.")
+        epilog="Run 'maskwatch COMMAND --help' for the options of each command. Docs: docs/.",
+    )
     parser.add_argument("--version", action="version", version=f"maskwatch {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
@@ -84,8 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def configure_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
+    )
     if verbose < 2:  # paho logs every failed reconnect as an error; shared.mqtt already says it once, clearly
         logging.getLogger("paho").setLevel(logging.CRITICAL)
 

@@ -131,7 +131,7 @@ def env_overrides(environ: Mapping[str, str] | None = None, prefix: str = ENV_PR
     tree: dict[str, Any] = {}
     for key, value in environ.items():
         if key.startswith(prefix) and len(key) > len(prefix) and key not in NOT_CONFIG_ENV:
-            dotted = key[len(prefix):].lower().replace("__", ".")
+            dotted = key[len(prefix) :].lower().replace("__", ".")
             _set_path(tree, dotted, _scalar(value))
     return tree
 
@@ -192,13 +192,17 @@ def _own_env_keys(model: type[BaseModel], tree: dict[str, Any]) -> dict[str, Any
     """
     own = {key: value for key, value in tree.items() if key in model.model_fields}
     for key in sorted(set(tree) - set(own)):
-        log.warning("ignoring %s%s*: %r is not a key of the %s config", ENV_PREFIX, key.upper(), key,
-                    model.__name__)
+        log.warning("ignoring %s%s*: %r is not a key of the %s config", ENV_PREFIX, key.upper(), key, model.__name__)
     return own
 
 
-def load_config(model: type[C], path: str | Path | None = None, *, overrides: Mapping[str, Any] | None = None,
-                environ: Mapping[str, str] | None = None) -> C:
+def load_config(
+    model: type[C],
+    path: str | Path | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> C:
     """Build ``model`` from defaults, the YAML file, ``MASKWATCH_*`` variables and ``overrides``.
 
     Raises :class:`ConfigError` naming each bad key and why, e.g.
@@ -221,6 +225,7 @@ def load_config(model: type[C], path: str | Path | None = None, *, overrides: Ma
 
 def redacted(config: BaseModel) -> dict[str, Any]:
     """The config as a JSON-able dict with secrets (password, token, key) replaced by ``***``."""
+
     def scrub(value: Any, key: str = "") -> Any:
         if isinstance(value, dict):
             return {k: scrub(v, k) for k, v in value.items()}
@@ -229,4 +234,5 @@ def redacted(config: BaseModel) -> dict[str, Any]:
         if value is not None and any(s in key.lower() for s in ("password", "token", "secret", "keyfile")):
             return "***"
         return value
+
     return {k: scrub(v, k) for k, v in config.model_dump(mode="json").items()}

@@ -42,8 +42,9 @@ class MissingExtraError(MaskwatchError, ImportError):
     """An optional dependency group (``maskwatch[edge]`` etc.) is not installed."""
 
     def __init__(self, extra: str, module: str) -> None:
-        super().__init__(f"this command needs the '{extra}' extra ({module} is missing): "
-                         f"pip install 'maskwatch[{extra}]'")
+        super().__init__(
+            f"this command needs the '{extra}' extra ({module} is missing): pip install 'maskwatch[{extra}]'"
+        )
         self.extra = extra
 
 
@@ -65,7 +66,6 @@ class OutboxError(MaskwatchError, RuntimeError):
 
 class DatasetError(MaskwatchError, ValueError):
     """A data folder is missing, empty or laid out wrongly; the message says what was expected."""
-
 
 
 class StorageError(MaskwatchError, RuntimeError):

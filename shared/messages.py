@@ -147,16 +147,22 @@ class Event(Message):
     label: Label
     score: StrictProbability = Field(description="probability of the label")
     face_score: StrictProbability | None = Field(
-        None, description="face verification: the classifier's probability that the box is a face at all "
-                          "(1 - p_not_face; absent from nodes whose classifier has no not-a-face class)")
+        None,
+        description="face verification: the classifier's probability that the box is a face at all "
+        "(1 - p_not_face; absent from nodes whose classifier has no not-a-face class)",
+    )
     box: tuple[Int32, Int32, Int32, Int32] = Field(description="[x, y, w, h] in frame pixels")
     angle: StrictFloat | None = Field(None, ge=-360, le=360, allow_inf_nan=False, description="servo angle, degrees")
     frame: Count64 | Annotated[str, Field(max_length=256)] | None = Field(
-        None, description="frame index, or file name for an image folder")
+        None, description="frame index, or file name for an image folder"
+    )
     track: TrackInfo | None = None
     snapshot: StrictBool = Field(False, description="a JPEG is published on .../snapshot/<id>")
-    seq: Seq | None = Field(None, description="the message's number in the node's outbox, acknowledged by a hub "
-                            "on .../ack (absent with the node's delivery: broker)")
+    seq: Seq | None = Field(
+        None,
+        description="the message's number in the node's outbox, acknowledged by a hub "
+        "on .../ack (absent with the node's delivery: broker)",
+    )
     outbox_id: OutboxId | None = Field(None, description="the outbox that numbered it (with seq)")
 
     @field_validator("box")
@@ -214,8 +220,11 @@ class NodeStats(Message):
     outbox_unacked: Count64 = Field(0, description="outbox messages published, awaiting their acknowledgement")
     outbox_oldest_s: StrictFloat | None = Field(None, ge=0, description="age of the oldest outbox message, seconds")
     hub_online: StrictBool | None = Field(None, description="a hub's presence is online (null with delivery: broker)")
-    delivery_error: str | None = Field(None, max_length=MAX_ERROR_CHARS, description="why delivery is stuck "
-                                       "(refused publish, subscription or connection), naming the topic")
+    delivery_error: str | None = Field(
+        None,
+        max_length=MAX_ERROR_CHARS,
+        description="why delivery is stuck (refused publish, subscription or connection), naming the topic",
+    )
     events_published: Count64 = 0
     reconnects: Count64 = 0
     uptime_s: StrictFloat = Field(0, ge=0)
@@ -306,13 +315,15 @@ class ConfigCommand(Command):
 
 
 #: Every command by its name: the one list of the commands a node understands.
-COMMANDS: dict[str, type[Command]] = {cls.name: cls for cls in (
-    ServoCommand, ThresholdCommand, DetectCommand, SnapshotCommand, ConfigCommand)}
+COMMANDS: dict[str, type[Command]] = {
+    cls.name: cls for cls in (ServoCommand, ThresholdCommand, DetectCommand, SnapshotCommand, ConfigCommand)
+}
 #: The commands the hub may send, in :data:`COMMANDS` order.
 SENDABLE_COMMANDS: tuple[str, ...] = tuple(name for name, cls in COMMANDS.items() if cls.sendable)
 #: :data:`SENDABLE_COMMANDS` as an enum (API path parameters, argparse choices).
 SendableCommand = StrEnum(  # type: ignore[misc]  # mypy cannot see members derived from COMMANDS
-    "SendableCommand", [(name.upper(), name) for name in SENDABLE_COMMANDS])
+    "SendableCommand", [(name.upper(), name) for name in SENDABLE_COMMANDS]
+)
 
 
 class CommandResponse(Message):
@@ -436,8 +447,11 @@ def parse(model: type[M], payload: bytes | str, *, max_bytes: int = MAX_PAYLOAD_
     if not isinstance(data, dict):
         raise ContractError(f"expected a JSON object, got {type(data).__name__}", reason="schema")
     if "v" in data and data["v"] != SCHEMA_VERSION and "v" in model.model_fields:
-        raise ContractError(f"unsupported schema version v={data['v']!r} (this build speaks v={SCHEMA_VERSION})",
-                            field="v", reason="version")
+        raise ContractError(
+            f"unsupported schema version v={data['v']!r} (this build speaks v={SCHEMA_VERSION})",
+            field="v",
+            reason="version",
+        )
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -445,16 +459,21 @@ def parse(model: type[M], payload: bytes | str, *, max_bytes: int = MAX_PAYLOAD_
         path = ".".join(str(p) for p in err["loc"]) or None
         value = err.get("input")
         shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
-        raise ContractError(f"{path or 'payload'}: {err['msg']} (got {shown})", field=path,
-                            reason="schema") from None
+        raise ContractError(f"{path or 'payload'}: {err['msg']} (got {shown})", field=path, reason="schema") from None
     except RecursionError:
         raise ContractError("payload nested too deeply", reason="schema") from None
 
 
 #: Every public message by its short name (the stem of its file in ``docs/schemas/``).
 MESSAGES: dict[str, type[Message]] = {
-    "event": Event, "state": NodeState, "stats": NodeStats, "response": CommandResponse,
-    "desired": DesiredConfig, "alert": Alert, "summary": NodeSummary, "ack": Ack,
+    "event": Event,
+    "state": NodeState,
+    "stats": NodeStats,
+    "response": CommandResponse,
+    "desired": DesiredConfig,
+    "alert": Alert,
+    "summary": NodeSummary,
+    "ack": Ack,
     **{f"cmd-{name}": cls for name, cls in COMMANDS.items()},
 }
 

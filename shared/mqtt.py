@@ -107,12 +107,19 @@ class MqttClient:
     succeeds, and logged once per cause.
     """
 
-    def __init__(self, broker: BrokerConfig, client_id: str, *, will: Will | None = None,
-                 persistent: bool = False, manual_ack: bool = False,
-                 on_connect: Callable[[], None] | None = None,
-                 on_publish: Callable[[int], None] | None = None,
-                 on_refused: Callable[[int, str], None] | None = None,
-                 on_disconnect: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        broker: BrokerConfig,
+        client_id: str,
+        *,
+        will: Will | None = None,
+        persistent: bool = False,
+        manual_ack: bool = False,
+        on_connect: Callable[[], None] | None = None,
+        on_publish: Callable[[int], None] | None = None,
+        on_refused: Callable[[int, str], None] | None = None,
+        on_disconnect: Callable[[], None] | None = None,
+    ) -> None:
         self.broker = broker
         self.client_id = broker.client_id or client_id
         self.will = will
@@ -133,12 +140,17 @@ class MqttClient:
         self._subscribing: dict[int, str] = {}  # SUBSCRIBE mid -> filter, until its SUBACK
         self._v5 = broker.protocol == 5
         if self._v5:
-            self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                                       protocol=paho.MQTTv5, manual_ack=manual_ack)
+            self._client = paho.Client(
+                CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5, manual_ack=manual_ack
+            )
         else:
-            self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                                       protocol=paho.MQTTv311, clean_session=not persistent,
-                                       manual_ack=manual_ack)
+            self._client = paho.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=self.client_id,
+                protocol=paho.MQTTv311,
+                clean_session=not persistent,
+                manual_ack=manual_ack,
+            )
         self._client.enable_logger(logging.getLogger("paho"))
         min_s, max_s = broker.reconnect_min_s, broker.reconnect_max_s
         self._client.reconnect_delay_set(min_s, max_s)  # type: ignore[arg-type]  # paho says int; float s work
@@ -150,7 +162,9 @@ class MqttClient:
                 ca_certs=str(broker.tls.ca_certs) if broker.tls.ca_certs else None,
                 certfile=str(broker.tls.certfile) if broker.tls.certfile else None,
                 keyfile=str(broker.tls.keyfile) if broker.tls.keyfile else None,
-                cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
             self._client.tls_insecure_set(broker.tls.insecure)
         if will:
             self._client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
@@ -170,8 +184,13 @@ class MqttClient:
             props = Properties(PacketTypes.CONNECT)
             if self.persistent:
                 props.SessionExpiryInterval = self.broker.session_expiry_s
-            self._client.connect_async(self.broker.host, self.broker.port, keepalive=self.broker.keepalive_s,
-                                       clean_start=not self.persistent, properties=props)
+            self._client.connect_async(
+                self.broker.host,
+                self.broker.port,
+                keepalive=self.broker.keepalive_s,
+                clean_start=not self.persistent,
+                properties=props,
+            )
         else:
             self._client.connect_async(self.broker.host, self.broker.port, keepalive=self.broker.keepalive_s)
         self._client.loop_start()
@@ -188,8 +207,7 @@ class MqttClient:
         """Publish the will payload (if any and connected), disconnect, stop the network thread."""
         self._stopping = True
         if publish_will and self.will and self.connected:
-            info = self._client.publish(self.will.topic, self.will.payload, qos=self.will.qos,
-                                        retain=self.will.retain)
+            info = self._client.publish(self.will.topic, self.will.payload, qos=self.will.qos, retain=self.will.retain)
             try:
                 info.wait_for_publish(timeout)
             except (RuntimeError, ValueError):
@@ -200,8 +218,9 @@ class MqttClient:
 
     # -- publish / subscribe --------------------------------------------------
 
-    def publish(self, topic: str, payload: bytes | str | BaseModel, *, qos: int = 0,
-                retain: bool = False) -> paho.MQTTMessageInfo:
+    def publish(
+        self, topic: str, payload: bytes | str | BaseModel, *, qos: int = 0, retain: bool = False
+    ) -> paho.MQTTMessageInfo:
         """Publish; returns paho's handle (``mid``, ``rc``). While offline, QoS 1 is queued in memory only."""
         if isinstance(payload, BaseModel):
             data: bytes | str = payload.model_dump_json(exclude_none=True).encode()
@@ -242,8 +261,14 @@ class MqttClient:
 
     # -- paho callbacks (network thread) --------------------------------------
 
-    def _handle_connect(self, client: paho.Client, userdata: object, flags: paho.ConnectFlags,
-                        reason_code: paho.ReasonCode, properties: Properties | None) -> None:
+    def _handle_connect(
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: paho.ConnectFlags,
+        reason_code: paho.ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         if reason_code.is_failure:
             self.last_error = str(reason_code)
             self._refused("the connection", str(reason_code))
@@ -256,8 +281,9 @@ class MqttClient:
         for topic_filter, (qos, _handler) in subs:
             self._send_subscribe(topic_filter, qos)
         self._connected.set()
-        log.info("connected to %s as %s (session present: %s)", self.broker.address, self.client_id,
-                 flags.session_present)
+        log.info(
+            "connected to %s as %s (session present: %s)", self.broker.address, self.client_id, flags.session_present
+        )
         _call_hook("on_connect", self._on_connect_hook)
 
     def _handle_socket_open(self, client: paho.Client, userdata: object, sock: object) -> None:
@@ -276,17 +302,33 @@ class MqttClient:
         self.last_error = f"connection failed: {cause}" if cause else "connection failed"
         log.warning("cannot reach broker %s (%s); retrying", self.broker.address, cause or "connection failed")
 
-    def _handle_disconnect(self, client: paho.Client, userdata: object, flags: paho.DisconnectFlags,
-                           reason_code: paho.ReasonCode, properties: Properties | None) -> None:
+    def _handle_disconnect(
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: paho.DisconnectFlags,
+        reason_code: paho.ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         was_connected = self._connected.is_set()
         self._connected.clear()
         if was_connected:
-            log.log(logging.INFO if self._stopping else logging.WARNING, "disconnected from %s: %s",
-                    self.broker.address, reason_code)
+            log.log(
+                logging.INFO if self._stopping else logging.WARNING,
+                "disconnected from %s: %s",
+                self.broker.address,
+                reason_code,
+            )
             _call_hook("on_disconnect", self._on_disconnect_hook)
 
-    def _handle_publish(self, client: paho.Client, userdata: object, mid: int,
-                        reason_code: paho.ReasonCode, properties: Properties | None) -> None:
+    def _handle_publish(
+        self,
+        client: paho.Client,
+        userdata: object,
+        mid: int,
+        reason_code: paho.ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         # paho calls this before it forgets the message, so its topic can still be named
         message = self._client._out_messages.get(mid)
         topic = message.topic if message is not None else "a topic"
@@ -298,8 +340,14 @@ class MqttClient:
             self.refusals.pop(f"publish to {topic}", None)
         _call_hook("on_publish", self._on_publish_hook, mid)
 
-    def _handle_subscribe(self, client: paho.Client, userdata: object, mid: int,
-                          reason_codes: list[paho.ReasonCode], properties: Properties | None) -> None:
+    def _handle_subscribe(
+        self,
+        client: paho.Client,
+        userdata: object,
+        mid: int,
+        reason_codes: list[paho.ReasonCode],
+        properties: Properties | None,
+    ) -> None:
         topic_filter = self._subscribing.pop(mid, "a subscription")
         failures = [str(code) for code in reason_codes if code.is_failure]
         if failures:
@@ -319,8 +367,13 @@ class MqttClient:
             return handlers
 
     def _handle_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
-        received = Received(topic=message.topic, payload=bytes(message.payload), qos=message.qos,
-                            retain=bool(message.retain), mid=message.mid)
+        received = Received(
+            topic=message.topic,
+            payload=bytes(message.payload),
+            qos=message.qos,
+            retain=bool(message.retain),
+            mid=message.mid,
+        )
         for handler in self._handlers(message.topic):
             try:
                 handler(received)

@@ -51,11 +51,9 @@ HA_DISCOVERY_PREFIX: Final = "homeassistant"
 def validate_id(value: object, what: str = "id") -> str:
     """Return ``value`` if it is a valid site or node id, else raise :class:`ContractError`."""
     if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
-        raise ContractError(f"invalid {what} {value!r}: must match [a-z0-9_-]{{1,64}}", field=what,
-                            reason="topic")
+        raise ContractError(f"invalid {what} {value!r}: must match [a-z0-9_-]{{1,64}}", field=what, reason="topic")
     if what == "site" and value == HUBS:
-        raise ContractError(f"{HUBS!r} is reserved: maskwatch/{HUBS}/<hub> is hub presence", field=what,
-                            reason="topic")
+        raise ContractError(f"{HUBS!r} is reserved: maskwatch/{HUBS}/<hub> is hub presence", field=what, reason="topic")
     return value
 
 

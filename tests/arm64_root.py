@@ -35,14 +35,17 @@ MIRROR = "http://deb.debian.org/debian"
 #: What the root holds beyond ``minbase``: Python for the venv, and what deploy/pi/install.sh installs
 #: (there it is only checked then, so the install test need not unpack it under emulation each time).
 #: systemd gives install.sh its ``systemctl`` and the tests ``systemd-analyze``.
-PACKAGES = ("python3", "python3-venv", "python3-pip", "libgl1", "libglib2.0-0", "openssl", "ca-certificates",
-            "systemd")
+PACKAGES = ("python3", "python3-venv", "python3-pip", "libgl1", "libglib2.0-0", "openssl", "ca-certificates", "systemd")
 BINFMT_NAME = "qemu-aarch64"
 BINFMT_CONF = Path("/usr/lib/binfmt.d/qemu-aarch64.conf")
 BINFMT_MISC = Path("/proc/sys/fs/binfmt_misc")
 #: Host tools and the Debian packages that provide them.
-HOST_TOOLS = {"debootstrap": "debootstrap", "qemu-aarch64-static": "qemu-user-static", "unshare": "util-linux",
-              "chroot": "coreutils"}
+HOST_TOOLS = {
+    "debootstrap": "debootstrap",
+    "qemu-aarch64-static": "qemu-user-static",
+    "unshare": "util-linux",
+    "chroot": "coreutils",
+}
 VENV = "/opt/venv"
 
 
@@ -66,8 +69,9 @@ def emulation_problem() -> str | None:
     if missing:
         return f"missing host packages for arm64 emulation: {' '.join(missing)} (apt-get install {' '.join(missing)})"
     if not (BINFMT_MISC / "register").exists():
-        mounted = subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT_MISC)],
-                                 capture_output=True, text=True, check=False)
+        mounted = subprocess.run(
+            ["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT_MISC)], capture_output=True, text=True, check=False
+        )
         if mounted.returncode != 0:
             return f"binfmt_misc is not mounted and cannot be: {mounted.stderr.strip()}"
     entry = BINFMT_MISC / BINFMT_NAME
@@ -123,19 +127,29 @@ def build_layer(final: Path, build: Callable[[Path], None]) -> Path:
     return final
 
 
-def in_namespace(script: str, args: Sequence[str] = (), *, timeout: float,
-                 env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def in_namespace(
+    script: str, args: Sequence[str] = (), *, timeout: float, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a shell ``script`` in a private mount namespace: its mounts vanish when it ends."""
     command = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-euc", script, "sh", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False,
-                          env=dict(env) if env is not None else None, start_new_session=True)
+    return subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=dict(env) if env is not None else None,
+        start_new_session=True,
+    )
 
 
 def checked(result: subprocess.CompletedProcess[str], what: str) -> subprocess.CompletedProcess[str]:
     """``result`` when it succeeded; else an error with the command's output."""
     if result.returncode != 0:
-        raise RuntimeError(f"{what} failed with exit code {result.returncode}\n--- stdout\n{result.stdout[-4000:]}"
-                           f"\n--- stderr\n{result.stderr[-4000:]}")
+        raise RuntimeError(
+            f"{what} failed with exit code {result.returncode}\n--- stdout\n{result.stdout[-4000:]}"
+            f"\n--- stderr\n{result.stderr[-4000:]}"
+        )
     return result
 
 
@@ -183,12 +197,44 @@ def build_wheel(repo: Path, out: Path) -> Path:
     """Build the maskwatch wheel from the checkout ``repo`` into ``out``; return its path."""
     with tempfile.TemporaryDirectory(prefix="maskwatch-wheel-") as tmp:
         source = Path(tmp) / "src"
-        shutil.copytree(repo, source, ignore=shutil.ignore_patterns(
-            ".git", ".venv", "__pycache__", "*.egg-info", "build", "dist", "runs", ".cache", ".pytest_cache",
-            ".ruff_cache", "node_modules"))
-        checked(subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "--disable-pip-version-check",
-                                "-w", str(out), str(source)], capture_output=True, text=True, timeout=600,
-                               check=False), "pip wheel")
+        shutil.copytree(
+            repo,
+            source,
+            ignore=shutil.ignore_patterns(
+                ".git",
+                ".venv",
+                "__pycache__",
+                "*.egg-info",
+                "build",
+                "dist",
+                "runs",
+                ".cache",
+                ".pytest_cache",
+                ".ruff_cache",
+                "node_modules",
+            ),
+        )
+        checked(
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "wheel",
+                    "--no-deps",
+                    "-q",
+                    "--disable-pip-version-check",
+                    "-w",
+                    str(out),
+                    str(source),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=600,
+                check=False,
+            ),
+            "pip wheel",
+        )
     return next(out.glob("maskwatch-*.whl"))
 
 
@@ -203,12 +249,26 @@ def aarch64_wheels(requirements: Sequence[str], root: Path, key: object) -> Path
     platforms = [f"manylinux_{major}_{m}_aarch64" for m in range(17, minor + 1)] + ["manylinux2014_aarch64"]
 
     def build(tmp: Path) -> None:
-        command = [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
-                   "--only-binary=:all:", "--python-version", python, "--implementation", "cp",
-                   *[arg for platform in platforms for arg in ("--platform", platform)], "-d", str(tmp),
-                   *requirements]
-        checked(subprocess.run(command, capture_output=True, text=True, timeout=1200, check=False),
-                "pip download (aarch64)")
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--disable-pip-version-check",
+            "--only-binary=:all:",
+            "--python-version",
+            python,
+            "--implementation",
+            "cp",
+            *[arg for platform in platforms for arg in ("--platform", platform)],
+            "-d",
+            str(tmp),
+            *requirements,
+        ]
+        checked(
+            subprocess.run(command, capture_output=True, text=True, timeout=1200, check=False), "pip download (aarch64)"
+        )
         for requirement in requirements:
             (tmp / Path(requirement.split("[", 1)[0]).name).unlink(missing_ok=True)
 
@@ -230,32 +290,48 @@ class Session:
         for folder in (self.upper, self.scratch, self.merged):
             folder.mkdir(parents=True, exist_ok=True)
 
-    def run(self, command: Sequence[str], *, binds: Mapping[Path, str] | None = None,
-            env: Mapping[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        command: Sequence[str],
+        *,
+        binds: Mapping[Path, str] | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 900,
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``command`` (a path inside the root first) as root in the chroot.
 
         :param binds: host folders -> paths in the root, mounted read-only.
         :param env: the whole environment of the command (a minimal one with PATH by default).
         :param timeout: seconds before the command is killed.
         """
-        lines = [f"mount -t overlay overlay -o lowerdir={':'.join(map(str, self.lowers))},"
-                 f"upperdir={self.upper},workdir={self.scratch} {self.merged}",
-                 f"mount -t proc proc {self.merged}/proc",
-                 f"mount -t sysfs sysfs {self.merged}/sys",
-                 f"mount --rbind /dev {self.merged}/dev",
-                 f"mount -t tmpfs tmpfs {self.merged}/run",
-                 f"cp /etc/resolv.conf {self.merged}/etc/resolv.conf"]
+        lines = [
+            f"mount -t overlay overlay -o lowerdir={':'.join(map(str, self.lowers))},"
+            f"upperdir={self.upper},workdir={self.scratch} {self.merged}",
+            f"mount -t proc proc {self.merged}/proc",
+            f"mount -t sysfs sysfs {self.merged}/sys",
+            f"mount --rbind /dev {self.merged}/dev",
+            f"mount -t tmpfs tmpfs {self.merged}/run",
+            f"cp /etc/resolv.conf {self.merged}/etc/resolv.conf",
+        ]
         for source, target in (binds or {}).items():
             if not source.is_dir():
                 raise NotADirectoryError(f"only folders are mounted into the root, not {source}")
             inside = shlex.quote(f"{self.merged}{target}")
-            lines += [f"mkdir -p {inside}", f"mount --bind {shlex.quote(str(source))} {inside}",
-                      f"mount -o remount,bind,ro {inside}"]
+            lines += [
+                f"mkdir -p {inside}",
+                f"mount --bind {shlex.quote(str(source))} {inside}",
+                f"mount -o remount,bind,ro {inside}",
+            ]
         lines.append(f'exec chroot {self.merged} "$@"')
-        environment = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
-                       "HOME": "/root", **(env or {})}
-        return in_namespace("\n".join(lines), ["env", "-i", *[f"{k}={v}" for k, v in environment.items()],
-                                               *command], timeout=timeout)
+        environment = {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "LANG": "C.UTF-8",
+            "HOME": "/root",
+            **(env or {}),
+        }
+        return in_namespace(
+            "\n".join(lines), ["env", "-i", *[f"{k}={v}" for k, v in environment.items()], *command], timeout=timeout
+        )
 
 
 def venv_layer(root: Path, wheels: Path) -> Path:
@@ -264,8 +340,10 @@ def venv_layer(root: Path, wheels: Path) -> Path:
     def build(tmp: Path) -> None:
         with tempfile.TemporaryDirectory(prefix=".tmp-work-", dir=tmp.parent) as work:
             session = Session([root], Path(work))
-            script = (f"python3 -m venv {VENV} && {VENV}/bin/pip install -q --no-index --no-cache-dir "
-                      f"--disable-pip-version-check /wheels/*.whl")
+            script = (
+                f"python3 -m venv {VENV} && {VENV}/bin/pip install -q --no-index --no-cache-dir "
+                f"--disable-pip-version-check /wheels/*.whl"
+            )
             checked(session.run(["sh", "-c", script], binds={wheels: "/wheels"}, timeout=3600), "venv (arm64)")
             # Only the venv is the layer; the rest of the upper folder is pip's and Python's scratch.
             (tmp / "opt").mkdir()

@@ -46,5 +46,6 @@ def restartable_mosquitto() -> Iterator[LocalMosquitto]:
 @pytest.fixture
 def broker_config(mosquitto: LocalMosquitto) -> BrokerConfig:
     """Broker settings pointing at the session's private Mosquitto."""
-    return BrokerConfig(host=mosquitto.host, port=mosquitto.port, keepalive_s=10, reconnect_min_s=0.2,
-                        reconnect_max_s=2.0)
+    return BrokerConfig(
+        host=mosquitto.host, port=mosquitto.port, keepalive_s=10, reconnect_min_s=0.2, reconnect_max_s=2.0
+    )

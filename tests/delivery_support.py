@@ -39,8 +39,13 @@ def stored_messages(db_url: str, site: str) -> dict[str, set[str]]:
     engine = create_engine(db_url)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(text("SELECT e.id, m.payload FROM events e JOIN event_messages m "
-                                     "ON m.event_id = e.id WHERE e.site = :site"), {"site": site}).all()
+            rows = conn.execute(
+                text(
+                    "SELECT e.id, m.payload FROM events e JOIN event_messages m "
+                    "ON m.event_id = e.id WHERE e.site = :site"
+                ),
+                {"site": site},
+            ).all()
     except DBAPIError:  # not created yet
         return {}
     finally:
@@ -56,10 +61,14 @@ def stored_set(db_url: str, site: str, ids: set[str] | None = None) -> Counter[S
     engine = create_engine(db_url)
     try:
         with engine.connect() as conn:
-            snapshots = {row[0] for row in conn.execute(text("SELECT event_id FROM snapshots WHERE site = :site"),
-                                                        {"site": site})}
-            counted = {row[0]: row[1] for row in conn.execute(
-                text("SELECT id, messages FROM events WHERE site = :site"), {"site": site})}
+            snapshots = {
+                row[0]
+                for row in conn.execute(text("SELECT event_id FROM snapshots WHERE site = :site"), {"site": site})
+            }
+            counted = {
+                row[0]: row[1]
+                for row in conn.execute(text("SELECT id, messages FROM events WHERE site = :site"), {"site": site})
+            }
     except DBAPIError:
         return Counter()
     finally:
@@ -70,8 +79,7 @@ def stored_set(db_url: str, site: str, ids: set[str] | None = None) -> Counter[S
             continue
         assert counted[event_id] == len(payloads), f"{event_id} counts {counted[event_id]} messages of {len(payloads)}"
         messages = [json.loads(p) for p in payloads]
-        key = tuple(sorted((m["type"], str(m.get("frame")), tuple(m["box"]), m["label"], m["score"])
-                           for m in messages))
+        key = tuple(sorted((m["type"], str(m.get("frame")), tuple(m["box"]), m["label"], m["score"]) for m in messages))
         result[(key, event_id in snapshots)] += 1
     return result
 

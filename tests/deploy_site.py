@@ -42,8 +42,7 @@ def run_script(script: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run a shipped shell script; fail with its output if it fails."""
     proc = subprocess.run(["sh", str(script), *args], capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
-        raise AssertionError(f"{script.name} {' '.join(args)} failed ({proc.returncode}): "
-                             f"{proc.stdout}{proc.stderr}")
+        raise AssertionError(f"{script.name} {' '.join(args)} failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
     return proc
 
 
@@ -85,8 +84,12 @@ class ShippedSite:
         self.tls_port = free_port()
         conf_d = config / "conf.d"
         shutil.copytree(DEPLOY / "conf.d", conf_d)
-        tls_text, count = re.subn(r"^listener 8883$", f"listener {self.tls_port} 127.0.0.1",
-                                  (conf_d / "tls.conf.example").read_text(), flags=re.M)
+        tls_text, count = re.subn(
+            r"^listener 8883$",
+            f"listener {self.tls_port} 127.0.0.1",
+            (conf_d / "tls.conf.example").read_text(),
+            flags=re.M,
+        )
         assert count == 1, "tls.conf.example must have exactly one 'listener 8883' line"
         (conf_d / "tls.conf").write_text(tls_text.replace("/mosquitto/", f"{self.root}/"))
         data = self.root / "data"
@@ -98,7 +101,8 @@ class ShippedSite:
             shutil.chown(self.broker.log_path, owner)
         self.broker.config_path.write_text(
             render_config((DEPLOY / "mosquitto.conf").read_text(), self.root, self.broker.port)
-            + f"log_dest file {self.broker.log_path}\n")
+            + f"log_dest file {self.broker.log_path}\n"
+        )
 
     def start(self) -> ShippedSite:
         self.broker.start()
@@ -113,11 +117,25 @@ class ShippedSite:
         name = {HUB: "hub", ALERTS: "alerts", HOMEASSISTANT: "homeassistant"}.get(username, username.replace("/", "."))
         return read_env(self.secrets / "credentials" / f"{name}.env")
 
-    def login(self, username: str | None, *, password: str | None = None, tls: bool = False,
-              ca: Path | None = None, host: str = "127.0.0.1") -> BrokerConfig:
+    def login(
+        self,
+        username: str | None,
+        *,
+        password: str | None = None,
+        tls: bool = False,
+        ca: Path | None = None,
+        host: str = "127.0.0.1",
+    ) -> BrokerConfig:
         """Broker settings for ``username`` (its real password unless ``password`` is given)."""
         if username is not None and password is None:
             password = self.credentials(username)["MASKWATCH_BROKER__PASSWORD"]
-        return BrokerConfig(host=host, port=self.tls_port if tls else self.broker.port, username=username,
-                            password=password, tls=TlsConfig(ca_certs=ca or self.ca) if tls else None,
-                            keepalive_s=10, reconnect_min_s=0.2, reconnect_max_s=1.0)
+        return BrokerConfig(
+            host=host,
+            port=self.tls_port if tls else self.broker.port,
+            username=username,
+            password=password,
+            tls=TlsConfig(ca_certs=ca or self.ca) if tls else None,
+            keepalive_s=10,
+            reconnect_min_s=0.2,
+            reconnect_max_s=1.0,
+        )

@@ -45,11 +45,19 @@ def models() -> tuple[Any, Any]:
 def node_config(broker_config: BrokerConfig, tmp_path: Path, **overrides: Any) -> EdgeConfig:
     """A node config for tests: the given broker, an outbox in ``tmp_path``, short intervals."""
     tree: dict[str, Any] = {
-        "site": "t", "node": f"n{uuid.uuid4().hex[:6]}",
-        "broker": {"host": broker_config.host, "port": broker_config.port, "keepalive_s": 10, "reconnect_min_s": 0.2,
-                   "reconnect_max_s": 1.0},
+        "site": "t",
+        "node": f"n{uuid.uuid4().hex[:6]}",
+        "broker": {
+            "host": broker_config.host,
+            "port": broker_config.port,
+            "keepalive_s": 10,
+            "reconnect_min_s": 0.2,
+            "reconnect_max_s": 1.0,
+        },
         "outbox": {"path": str(tmp_path / "outbox.sqlite"), "drain_timeout_s": 10},
-        "stats_interval_s": 1.0, "pin_factory": "mock", "delivery": "broker",  # no hub: the PUBACK delivers
+        "stats_interval_s": 1.0,
+        "pin_factory": "mock",
+        "delivery": "broker",  # no hub: the PUBACK delivers
         "tracker": {"confirm_frames": 2, "end_frames": 3},
         "scene": {"fps": 10},
     }
@@ -95,8 +103,9 @@ class Listener:
             self.responses.put(parse(CommandResponse, message.payload))
         self.raw.put(message)
 
-    def command(self, name: str, payload: dict[str, Any] | bytes, *, site_wide: bool = False,
-                timeout: float = 5.0) -> CommandResponse:
+    def command(
+        self, name: str, payload: dict[str, Any] | bytes, *, site_wide: bool = False, timeout: float = 5.0
+    ) -> CommandResponse:
         """Send a command and return its one answer."""
         from shared.topics import site_command
 
@@ -131,8 +140,9 @@ class Listener:
 
 
 @contextmanager
-def running_node(config: EdgeConfig, pins: Any, models: tuple[Any, Any], broker: BrokerConfig
-                 ) -> Iterator[tuple[Any, Listener]]:
+def running_node(
+    config: EdgeConfig, pins: Any, models: tuple[Any, Any], broker: BrokerConfig
+) -> Iterator[tuple[Any, Listener]]:
     """An in-process EdgeApp (mock pins, real models) and a listener, both on the real broker."""
     from edge.app import EdgeApp
 
@@ -146,4 +156,3 @@ def running_node(config: EdgeConfig, pins: Any, models: tuple[Any, Any], broker:
     finally:
         app.close()
         listener.close()
-

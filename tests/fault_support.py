@@ -35,8 +35,6 @@ MASKWATCH = str(Path(sys.executable).with_name("maskwatch"))
 PG_ADMIN = os.environ.get("MASKWATCH_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 
 
-
-
 class ChildProcess:
     """A ``maskwatch`` child process writing its output to ``log_path``."""
 
@@ -46,8 +44,9 @@ class ChildProcess:
     def spawn(self, args: list[str]) -> None:
         log = self.log_path.open("ab")
         env = {k: v for k, v in os.environ.items() if not k.startswith("MASKWATCH_")}
-        self.proc = subprocess.Popen([MASKWATCH, *args], stdout=log, stderr=subprocess.STDOUT,
-                                     env={**env, "PYTHONUNBUFFERED": "1"})
+        self.proc = subprocess.Popen(
+            [MASKWATCH, *args], stdout=log, stderr=subprocess.STDOUT, env={**env, "PYTHONUNBUFFERED": "1"}
+        )
         log.close()
 
     @property
@@ -128,9 +127,17 @@ class HubProcess(ChildProcess):
     :param settings: more config keys (nested dicts), e.g. ``{"ingest": {"batch_ms": 20}}``.
     """
 
-    def __init__(self, broker: BrokerConfig, workdir: Path, sites: list[str], *, db_url: str | None = None,
-                 hub_id: str | None = None, share_group: str | None = None,
-                 settings: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        broker: BrokerConfig,
+        workdir: Path,
+        sites: list[str],
+        *,
+        db_url: str | None = None,
+        hub_id: str | None = None,
+        share_group: str | None = None,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.db_url = db_url or f"sqlite:///{workdir / 'hub.db'}"
@@ -139,8 +146,11 @@ class HubProcess(ChildProcess):
         self.config_path = workdir / f"hub-{self.hub_id}.yaml"
         self.log_path = workdir / f"hub-{self.hub_id}.log"
         config: dict[str, Any] = {
-            "broker": broker.model_dump(mode="json", exclude_none=True), "db_url": self.db_url,
-            "hub_id": self.hub_id, "sites": sites, "snapshot_dir": str(workdir / "snapshots"),
+            "broker": broker.model_dump(mode="json", exclude_none=True),
+            "db_url": self.db_url,
+            "hub_id": self.hub_id,
+            "sites": sites,
+            "snapshot_dir": str(workdir / "snapshots"),
             "http": {"host": "127.0.0.1", "port": self.port},
             "ingest": {"batch_size": 200, "batch_ms": 20, "share_group": share_group},
             "auth": {"public_metrics": True},
@@ -183,8 +193,11 @@ class HubProcess(ChildProcess):
 
     def storage_errors(self) -> int:
         """Batches the hub had to retry after a database error (locked, disk full...)."""
-        return int(sum(v for k, v in self.metrics().items()
-                       if k.startswith("maskwatch_ingest_") and k.endswith("errors_total")))
+        return int(
+            sum(
+                v for k, v in self.metrics().items() if k.startswith("maskwatch_ingest_") and k.endswith("errors_total")
+            )
+        )
 
     def rejected_total(self) -> int:
         return int(sum(v for k, v in self.metrics().items() if k.startswith("maskwatch_rejected_total")))
@@ -241,13 +254,28 @@ def bad_payloads(rng: random.Random, valid: bytes) -> list[bytes]:
     None of them is valid for any Maskwatch message, nor equal to ``online``/``offline``.
     """
     base = json.loads(valid)
-    out = [b"", b"null", b"[]", b"0", b'"online"', b"{", b"\xff\xfe\xfd", b"ONLINE", b"online ", b"offline\n",
-           b"{" + b" " * 70_000 + b"}", json.dumps({**base, "pad": "x" * 1_000_000}).encode(),
-           b"[" * 50_000 + b"]" * 50_000, json.dumps({**base, "v": 2}).encode(),
-           json.dumps({**base, "v": "1"}).encode(), json.dumps({**base, "v": None}).encode(),
-           json.dumps({**base, "unknown": 1}).encode(), json.dumps({**base, "a\u0000b": 1}).encode(),
-           json.dumps({**base, "k" * 300: 1}).encode(),
-           json.dumps(base).replace('"v": 1', '"v": 1, "v2": NaN').encode()]
+    out = [
+        b"",
+        b"null",
+        b"[]",
+        b"0",
+        b'"online"',
+        b"{",
+        b"\xff\xfe\xfd",
+        b"ONLINE",
+        b"online ",
+        b"offline\n",
+        b"{" + b" " * 70_000 + b"}",
+        json.dumps({**base, "pad": "x" * 1_000_000}).encode(),
+        b"[" * 50_000 + b"]" * 50_000,
+        json.dumps({**base, "v": 2}).encode(),
+        json.dumps({**base, "v": "1"}).encode(),
+        json.dumps({**base, "v": None}).encode(),
+        json.dumps({**base, "unknown": 1}).encode(),
+        json.dumps({**base, "a\u0000b": 1}).encode(),
+        json.dumps({**base, "k" * 300: 1}).encode(),
+        json.dumps(base).replace('"v": 1', '"v": 1, "v2": NaN').encode(),
+    ]
     for key in base:
         out.append(json.dumps({k: v for k, v in base.items() if k != key}).encode() if key != "v" else b"{}")
         for wrong in (None, "x" * 300, 10**40, [1, [2, [3]]], {"a": {}}, float("nan"), True):
@@ -260,8 +288,14 @@ def bad_payloads(rng: random.Random, valid: bytes) -> list[bytes]:
         if kind < 0.4:
             out.append(b"X" + rng.randbytes(rng.randint(0, 300)))
         elif kind < 0.7:
-            out.append(json.dumps({rng.choice([*base, "zz"]): rng.choice([None, rng.random(), "s", [], {}]),
-                                   **{k: v for k, v in base.items() if rng.random() < 0.5}}).encode())
+            out.append(
+                json.dumps(
+                    {
+                        rng.choice([*base, "zz"]): rng.choice([None, rng.random(), "s", [], {}]),
+                        **{k: v for k, v in base.items() if rng.random() < 0.5},
+                    }
+                ).encode()
+            )
         else:
             out.append("".join(chr(rng.randint(1, 0x2FF)) for _ in range(rng.randint(1, 80))).encode())
     return [p for p in out if p not in (b"online", b"offline")]
@@ -273,18 +307,32 @@ class EdgeProcess(ChildProcess):
     :param settings: config keys (nested dicts) over the defaults below, e.g. ``{"source": "scene:builtin"}``.
     """
 
-    def __init__(self, broker: BrokerConfig, workdir: Path, site: str, node: str, *, once: bool = False,
-                 settings: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        broker: BrokerConfig,
+        workdir: Path,
+        site: str,
+        node: str,
+        *,
+        once: bool = False,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.site, self.node, self.once = site, node, once
         self.outbox_path = workdir / f"outbox-{node}.sqlite"
         self.config_path = workdir / f"edge-{node}.yaml"
         self.log_path = workdir / f"edge-{node}.log"
         config: dict[str, Any] = {
-            "site": site, "node": node, "source": "scene:builtin", "pin_factory": "mock", "num_threads": 1,
-            "broker": broker.model_dump(mode="json", exclude_none=True), "stats_interval_s": 1.0,
+            "site": site,
+            "node": node,
+            "source": "scene:builtin",
+            "pin_factory": "mock",
+            "num_threads": 1,
+            "broker": broker.model_dump(mode="json", exclude_none=True),
+            "stats_interval_s": 1.0,
             "outbox": {"path": str(self.outbox_path), "drain_timeout_s": 20},
-            "scene": {"fps": 5}, "snapshot": {"mode": "off"},
+            "scene": {"fps": 5},
+            "snapshot": {"mode": "off"},
         }
         for key, value in (settings or {}).items():
             config[key] = {**config[key], **value} if isinstance(value, dict) and key in config else value
@@ -320,7 +368,6 @@ class EdgeProcess(ChildProcess):
         """Messages the full outbox dropped, as the node counted them in its file."""
         rows = self._outbox_query("SELECT value FROM counters WHERE name = 'dropped'")
         return int(rows[0][0]) if rows else 0
-
 
 
 def postgres_database() -> Iterator[str]:

@@ -20,17 +20,42 @@ from shared.mqtt import MqttClient, Received, Will
 from shared.topics import NodeTopics, alerts, parse_topic
 
 
-def make_event(site: str, node: str, n: int, *, kind: str = "new", label: str = "mask", score: float = 0.9,
-               ts: datetime | None = None, snapshot: bool = False, face_score: float | None = None) -> Event:
-    return Event(type=kind, id=f"{site}-{node}-{n:05d}", site=site, node=node, ts=ts or utc_now(), label=label,
-                 score=score, box=(10, 20, 64, 64), angle=0.0, snapshot=snapshot, face_score=face_score)
+def make_event(
+    site: str,
+    node: str,
+    n: int,
+    *,
+    kind: str = "new",
+    label: str = "mask",
+    score: float = 0.9,
+    ts: datetime | None = None,
+    snapshot: bool = False,
+    face_score: float | None = None,
+) -> Event:
+    return Event(
+        type=kind,
+        id=f"{site}-{node}-{n:05d}",
+        site=site,
+        node=node,
+        ts=ts or utc_now(),
+        label=label,
+        score=score,
+        box=(10, 20, 64, 64),
+        angle=0.0,
+        snapshot=snapshot,
+        face_score=face_score,
+    )
 
 
 def hub_config(broker: BrokerConfig, tmp_path: Path, site: str, **overrides: Any) -> HubConfig:
     """A config for one test: its own site, DB file, share group, session and HTTP port."""
     data: dict[str, Any] = {
-        "broker": broker.model_dump(), "db_url": f"sqlite:///{tmp_path / 'hub.db'}", "hub_id": f"h{site}",
-        "sites": [site], "snapshot_dir": str(tmp_path / "snapshots"), "command_timeout_s": 2.0,
+        "broker": broker.model_dump(),
+        "db_url": f"sqlite:///{tmp_path / 'hub.db'}",
+        "hub_id": f"h{site}",
+        "sites": [site],
+        "snapshot_dir": str(tmp_path / "snapshots"),
+        "command_timeout_s": 2.0,
         "http": {"host": "127.0.0.1", "port": free_port()},
         "ingest": {"batch_size": 200, "batch_ms": 20, "share_group": f"g{site}"},
     }
@@ -66,7 +91,6 @@ def alert_watcher(broker: BrokerConfig, site: str) -> Iterator[list[Received]]:
         watcher.stop()
 
 
-
 def publisher(broker: BrokerConfig, name: str) -> MqttClient:
     client = MqttClient(broker, f"test-pub-{name}-{uuid.uuid4().hex[:6]}")
     client.start()
@@ -85,9 +109,12 @@ class NodeResponder:
         self.topics = NodeTopics(site, node)
         self.max_deg = max_deg
         self.received: list[tuple[str, dict[str, Any]]] = []
-        self.client = MqttClient(broker, f"test-node-{site}-{node}", will=Will(self.topics.status, b"offline"),
-                                 on_connect=lambda: self.client.publish(self.topics.status, b"online", qos=1,
-                                                                        retain=True))
+        self.client = MqttClient(
+            broker,
+            f"test-node-{site}-{node}",
+            will=Will(self.topics.status, b"offline"),
+            on_connect=lambda: self.client.publish(self.topics.status, b"online", qos=1, retain=True),
+        )
         self.client.subscribe(self.topics.cmd_filter, self._on_command)
         self.client.subscribe(self.topics.site_cmd_filter, self._on_command)
 
@@ -106,19 +133,31 @@ class NodeResponder:
         try:
             command = parse(COMMANDS[name], message.payload)
         except (ContractError, KeyError) as exc:
-            answer = CommandResponse(request_id=None, status="error", site=site, node=node, ts=utc_now(),
-                                     error=str(exc))
+            answer = CommandResponse(
+                request_id=None, status="error", site=site, node=node, ts=utc_now(), error=str(exc)
+            )
         else:
             data = command.model_dump(mode="json", exclude_none=True)
             self.received.append((name, data))
             angle = data.get("angle")
             if name == "servo" and angle is not None and abs(angle) > self.max_deg:
-                answer = CommandResponse(request_id=command.request_id, status="error", site=site, node=node,
-                                         ts=utc_now(), error=f"angle {angle} beyond the +-{self.max_deg} limit")
+                answer = CommandResponse(
+                    request_id=command.request_id,
+                    status="error",
+                    site=site,
+                    node=node,
+                    ts=utc_now(),
+                    error=f"angle {angle} beyond the +-{self.max_deg} limit",
+                )
             else:
-                answer = CommandResponse(request_id=command.request_id, status="ok", site=site, node=node,
-                                         ts=utc_now(), value={k: v for k, v in data.items() if k not in
-                                                              ("v", "request_id")})
+                answer = CommandResponse(
+                    request_id=command.request_id,
+                    status="ok",
+                    site=site,
+                    node=node,
+                    ts=utc_now(),
+                    value={k: v for k, v in data.items() if k not in ("v", "request_id")},
+                )
         self.client.publish(self.topics.response(name), answer, qos=1)
 
 

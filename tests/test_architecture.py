@@ -57,11 +57,15 @@ def test_the_scan_sees_the_imports_that_exist() -> None:
     assert "paho.mqtt.client" in IMPORTS["shared/mqtt.py"]
 
 
-@pytest.mark.parametrize("package,forbidden", [
-    ("shared", ("edge", "hub", "models", "devsite")),
-    ("edge", ("hub", "models", "devsite")),
-    ("hub", ("edge", "models", "devsite")),
-], ids=["shared-knows-no-side", "edge", "hub"])
+@pytest.mark.parametrize(
+    "package,forbidden",
+    [
+        ("shared", ("edge", "hub", "models", "devsite")),
+        ("edge", ("hub", "models", "devsite")),
+        ("hub", ("edge", "models", "devsite")),
+    ],
+    ids=["shared-knows-no-side", "edge", "hub"],
+)
 def test_import_rules(package: str, forbidden: tuple[str, ...]) -> None:
     assert offenders(package, forbidden) == {}
 

@@ -46,8 +46,14 @@ if TYPE_CHECKING:  # the broker fixture's type only: these tests use the product
 pytestmark = [pytest.mark.arm64, pytest.mark.timeout(3600)]
 
 #: Scene photos where the near profile finds several faces, with and without masks.
-PHOTOS = ("maksssksksss209.jpg", "maksssksksss296.jpg", "maksssksksss760.jpg", "maksssksksss327.jpg",
-          "maksssksksss361.jpg", "maksssksksss401.jpg")
+PHOTOS = (
+    "maksssksksss209.jpg",
+    "maksssksksss296.jpg",
+    "maksssksksss760.jpg",
+    "maksssksksss327.jpg",
+    "maksssksksss361.jpg",
+    "maksssksksss401.jpg",
+)
 #: A face found on both architectures: its boxes overlap at least this much (intersection over union).
 MIN_IOU = 0.9
 #: The largest difference allowed between the two architectures' scores (face score and label probability).
@@ -93,8 +99,10 @@ def host_maskwatch() -> str:
 
 def detector_folder() -> Path:
     """The folder of the verified third-party detector files, as ``maskwatch model fetch`` reports it."""
-    result = checked(subprocess.run([host_maskwatch(), "model", "fetch"], capture_output=True, text=True,
-                                    timeout=600, check=False), "maskwatch model fetch")
+    result = checked(
+        subprocess.run([host_maskwatch(), "model", "fetch"], capture_output=True, text=True, timeout=600, check=False),
+        "maskwatch model fetch",
+    )
     last = result.stdout.strip().splitlines()[-1]
     return Path(last.split(" ready in ", 1)[1])
 
@@ -127,12 +135,28 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Build:
 def arm64(build: Build, tmp_path_factory: pytest.TempPathFactory, photos: Path) -> Arm64:
     """The root with this checkout's wheel installed offline from the cached aarch64 wheels."""
     session = Session([venv_layer(build.root, build.wheels), build.root], tmp_path_factory.mktemp("arm64"))
-    checked(session.run([f"{VENV}/bin/pip", "install", "-q", "--no-index", "--no-cache-dir",
-                         "--disable-pip-version-check", "--find-links", "/wheels",
-                         f"/dist/{build.wheel.name}[{EXTRA}]"], binds={build.wheels: "/wheels", build.dist: "/dist"}),
-            "pip install (arm64)")
-    return Arm64(session, {photos: ARM_PHOTOS, detector_folder(): ARM_MODELS, REPO / "models": ARM_CLASSIFIERS},
-                 {"MASKWATCH_MODEL_DIR": ARM_MODELS})
+    checked(
+        session.run(
+            [
+                f"{VENV}/bin/pip",
+                "install",
+                "-q",
+                "--no-index",
+                "--no-cache-dir",
+                "--disable-pip-version-check",
+                "--find-links",
+                "/wheels",
+                f"/dist/{build.wheel.name}[{EXTRA}]",
+            ],
+            binds={build.wheels: "/wheels", build.dist: "/dist"},
+        ),
+        "pip install (arm64)",
+    )
+    return Arm64(
+        session,
+        {photos: ARM_PHOTOS, detector_folder(): ARM_MODELS, REPO / "models": ARM_CLASSIFIERS},
+        {"MASKWATCH_MODEL_DIR": ARM_MODELS},
+    )
 
 
 def iou(a: list[int], b: list[int]) -> float:
@@ -174,16 +198,20 @@ class Agreement:
                 face_diff = abs(face["face_score"] - best["face_score"])
                 self.max_face_score_diff = max(self.max_face_score_diff, face_diff)
                 if face_diff > SCORE_TOLERANCE:
-                    self.problems.append(f"{where}: face score {face['face_score']} on x86, {best['face_score']} "
-                                         "on arm64")
+                    self.problems.append(
+                        f"{where}: face score {face['face_score']} on x86, {best['face_score']} on arm64"
+                    )
             if face["label"] != best["label"] or score_diff > SCORE_TOLERANCE:
-                self.problems.append(f"{where}: {face['label']} {face['score']} on x86, {best['label']} "
-                                     f"{best['score']} on arm64")
+                self.problems.append(
+                    f"{where}: {face['label']} {face['score']} on x86, {best['label']} {best['score']} on arm64"
+                )
         self.problems += [f"{where}: arm64 face {face} has no x86 twin" for face in left]
 
     def summary(self) -> str:
-        return (f"{self.faces} faces, min IoU {self.min_iou:.4f}, max score difference {self.max_score_diff:.4f}, "
-                f"max face score difference {self.max_face_score_diff:.4f}")
+        return (
+            f"{self.faces} faces, min IoU {self.min_iou:.4f}, max score difference {self.max_score_diff:.4f}, "
+            f"max face score difference {self.max_face_score_diff:.4f}"
+        )
 
 
 def by_image(output: str) -> dict[str, list[dict]]:
@@ -202,8 +230,10 @@ def classifiers() -> list[Path]:
 def test_same_litert_on_both_architectures(arm64: Arm64) -> None:
     """Both architectures run the same ai-edge-litert (the pin in pyproject.toml has wheels for both)."""
     script = "from importlib.metadata import version; print(version('ai-edge-litert'))"
-    ours = checked(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False,
-                                  timeout=60), "x86 version").stdout.strip()
+    ours = checked(
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=60),
+        "x86 version",
+    ).stdout.strip()
     theirs = checked(arm64.session.run([f"{VENV}/bin/python", "-c", script]), "arm64 version").stdout.strip()
     assert ours == theirs, f"ai-edge-litert {ours} on x86 but {theirs} on arm64"
     machine = checked(arm64.session.run(["uname", "-m"]), "uname").stdout.strip()
@@ -216,10 +246,20 @@ def test_detect_agrees_with_x86(arm64: Arm64, photos: Path, profile: str, detect
     agreement = Agreement()
     for model in classifiers():
         options = ["--json", "--profile", profile, "--detector", detector]
-        x86 = checked(subprocess.run([host_maskwatch(), "detect", *options, "--model", str(model), str(photos)],
-                                     capture_output=True, text=True, check=False, timeout=600), "x86 detect")
-        arm = checked(arm64.maskwatch("detect", *options, "--model", f"{ARM_CLASSIFIERS}/{model.name}", ARM_PHOTOS),
-                      "arm64 detect")
+        x86 = checked(
+            subprocess.run(
+                [host_maskwatch(), "detect", *options, "--model", str(model), str(photos)],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=600,
+            ),
+            "x86 detect",
+        )
+        arm = checked(
+            arm64.maskwatch("detect", *options, "--model", f"{ARM_CLASSIFIERS}/{model.name}", ARM_PHOTOS),
+            "arm64 detect",
+        )
         ours, theirs = by_image(x86.stdout), by_image(arm.stdout)
         assert sorted(ours) == sorted(theirs) == sorted(PHOTOS)
         for name in PHOTOS:
@@ -247,14 +287,16 @@ def events_of(lines: list[str], site: str, node: str, schema: dict) -> list[dict
     return events
 
 
-def test_edge_once_delivers_the_same_events(arm64: Arm64, photos: Path, mosquitto: LocalMosquitto,
-                                            tmp_path: Path) -> None:
+def test_edge_once_delivers_the_same_events(
+    arm64: Arm64, photos: Path, mosquitto: LocalMosquitto, tmp_path: Path
+) -> None:
     """``maskwatch edge --once`` on arm64 publishes the events the x86 node publishes for the same photos."""
     site = unique_site("arm")
     schema = json.loads((REPO / "docs" / "schemas" / "event.json").read_text())
     broker = ["-h", mosquitto.host, "-p", str(mosquitto.port)]
-    subscriber = subprocess.Popen(["mosquitto_sub", *broker, "-q", "1", "-t", "#", "-F", "%t %x"],
-                                  stdout=subprocess.PIPE, text=True)
+    subscriber = subprocess.Popen(
+        ["mosquitto_sub", *broker, "-q", "1", "-t", "#", "-F", "%t %x"], stdout=subprocess.PIPE, text=True
+    )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(subscriber.stdout or ()), daemon=True)
     reader.start()
@@ -267,9 +309,22 @@ def test_edge_once_delivers_the_same_events(arm64: Arm64, photos: Path, mosquitt
     try:
         assert wait_until(lambda: marked(f"{site}/subscribed"), timeout=20, every=0.5), "mosquitto_sub never subscribed"
         common = ["edge", "--once", "--site", site, "--broker", f"{mosquitto.host}:{mosquitto.port}"]
-        x86 = subprocess.run([host_maskwatch(), *common, "--node", "amd64", "--source", str(photos),
-                              "--outbox", str(tmp_path / "outbox.sqlite")],
-                             capture_output=True, text=True, check=False, timeout=600)
+        x86 = subprocess.run(
+            [
+                host_maskwatch(),
+                *common,
+                "--node",
+                "amd64",
+                "--source",
+                str(photos),
+                "--outbox",
+                str(tmp_path / "outbox.sqlite"),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
+        )
         arm = arm64.maskwatch(*common, "--node", "arm64", "--source", ARM_PHOTOS, "--outbox", "/tmp/outbox.sqlite")
         assert x86.returncode == 0, x86.stderr[-3000:]
         assert arm.returncode == 0, arm.stderr[-3000:]
@@ -287,8 +342,11 @@ def test_edge_once_delivers_the_same_events(arm64: Arm64, photos: Path, mosquitt
         assert {e["frame"] for e in events} <= set(PHOTOS)
     agreement = Agreement()
     for name in PHOTOS:
-        agreement.compare(f"edge {name}", [e for e in ours if e["type"] == "new" and e["frame"] == name],
-                          [e for e in theirs if e["type"] == "new" and e["frame"] == name])
+        agreement.compare(
+            f"edge {name}",
+            [e for e in ours if e["type"] == "new" and e["frame"] == name],
+            [e for e in theirs if e["type"] == "new" and e["frame"] == name],
+        )
     print(f"edge --once: {agreement.summary()}")
     assert agreement.faces == len([e for e in ours if e["type"] == "new"])
     assert not agreement.problems, "\n".join(agreement.problems)
@@ -312,15 +370,24 @@ def test_pi_install_script_end_to_end(build: Build, photos: Path, mosquitto: Loc
 
 def check_install(session: Session, build: Build, lgpio: Path, photos: Path, mosquitto: LocalMosquitto) -> None:
     """Run install.sh in ``session`` and check what it installed."""
-    binds = {REPO: "/src", build.dist: "/dist", build.wheels: "/wheels", lgpio: "/wheels-lgpio",
-             detector_folder(): "/seed", photos: ARM_PHOTOS}
+    binds = {
+        REPO: "/src",
+        build.dist: "/dist",
+        build.wheels: "/wheels",
+        lgpio: "/wheels-lgpio",
+        detector_folder(): "/seed",
+        photos: ARM_PHOTOS,
+    }
     env = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "/wheels /wheels-lgpio", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     broker = f"{mosquitto.host}:{mosquitto.port}"
-    script = ('install -d /var/lib/maskwatch/models && cp /seed/* /var/lib/maskwatch/models/ && '
-              '/src/deploy/pi/install.sh --site hq --node pi-1 --broker "$1" --plain --camera usb --no-start '
-              '--spec "$2"')
-    installed = session.run(["sh", "-c", script, "sh", broker, f"/dist/{build.wheel.name}[{EXTRA}]"], binds=binds,
-                            env=env, timeout=2400)
+    script = (
+        "install -d /var/lib/maskwatch/models && cp /seed/* /var/lib/maskwatch/models/ && "
+        '/src/deploy/pi/install.sh --site hq --node pi-1 --broker "$1" --plain --camera usb --no-start '
+        '--spec "$2"'
+    )
+    installed = session.run(
+        ["sh", "-c", script, "sh", broker, f"/dist/{build.wheel.name}[{EXTRA}]"], binds=binds, env=env, timeout=2400
+    )
     assert installed.returncode == 0, installed.stdout[-4000:] + installed.stderr[-4000:]
     assert "python3-lgpio is not in this apt archive" in installed.stdout
     assert "==> done: node hq/pi-1" in installed.stdout
@@ -348,7 +415,18 @@ def check_install(session: Session, build: Build, lgpio: Path, photos: Path, mos
     help_text = inside(f"{venv}/bin/maskwatch", "edge", "--help")
     assert help_text.returncode == 0 and "--once" in help_text.stdout, help_text.stderr
     # The service's command line, as its user, once over the photos; mock pins (no GPIO chip under emulation).
-    node = inside(f"{venv}/bin/maskwatch", "edge", "--config", "/etc/maskwatch/edge.yaml", "--outbox",
-                  "/var/lib/maskwatch/outbox.sqlite", "--once", "--source", ARM_PHOTOS, "--set", "pin_factory=mock",
-                  user=True)
+    node = inside(
+        f"{venv}/bin/maskwatch",
+        "edge",
+        "--config",
+        "/etc/maskwatch/edge.yaml",
+        "--outbox",
+        "/var/lib/maskwatch/outbox.sqlite",
+        "--once",
+        "--source",
+        ARM_PHOTOS,
+        "--set",
+        "pin_factory=mock",
+        user=True,
+    )
     assert node.returncode == 0, node.stderr[-4000:]

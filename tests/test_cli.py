@@ -14,8 +14,9 @@ from shared.errors import MissingExtraError
 
 
 def test_help_lists_commands() -> None:
-    out = subprocess.run([sys.executable, "-m", "shared.cli", "--help"], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     assert "usage: maskwatch" in out
 
 
@@ -35,15 +36,18 @@ def test_unrelated_import_error_not_masked() -> None:
     assert missing_extra(ModuleNotFoundError("x", name="nonexistent_mod")) is None
 
 
-@pytest.mark.parametrize("argv", [
-    ["servo", "--site", "hq", "--node", "door-1", "--angle", "nan"],
-    ["servo", "--site", "hq", "--node", "door-1", "--angle", "inf"],
-    ["threshold", "--site", "hq", "--node", "door-1", "nan"],
-    ["threshold", "--site", "hq", "--node", "door-1", "0.5", "--timeout", "-1"],
-    ["alerts", "--count", "-1"],
-    ["alerts", "--count", "0"],
-    ["events", "--limit", "0"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["servo", "--site", "hq", "--node", "door-1", "--angle", "nan"],
+        ["servo", "--site", "hq", "--node", "door-1", "--angle", "inf"],
+        ["threshold", "--site", "hq", "--node", "door-1", "nan"],
+        ["threshold", "--site", "hq", "--node", "door-1", "0.5", "--timeout", "-1"],
+        ["alerts", "--count", "-1"],
+        ["alerts", "--count", "0"],
+        ["events", "--limit", "0"],
+    ],
+)
 def test_bad_arguments_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
@@ -51,25 +55,27 @@ def test_bad_arguments_are_usage_errors(argv: list[str], capsys: pytest.CaptureF
     assert "error: argument" in capsys.readouterr().err
 
 
-def test_a_duration_beyond_the_calendar_is_a_clear_usage_error(tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_duration_beyond_the_calendar_is_a_clear_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["events", "--db", str(tmp_path / "m.db"), "--since", "99999999d"]) == 2
     err = capsys.readouterr().err
     assert "99999999d" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("command", ["events", "nodes"])
-def test_read_only_commands_never_create_a_database(command: str, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_read_only_commands_never_create_a_database(
+    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(tmp_path)
     assert main([command]) == 1
     assert "no hub database" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("argv", [["threshold", "--site", "hq", "--node", "door-1", "0.5"],
-                                  ["alerts", "--site", "hq", "--count", "1"]])
+@pytest.mark.parametrize(
+    "argv", [["threshold", "--site", "hq", "--node", "door-1", "0.5"], ["alerts", "--site", "hq", "--count", "1"]]
+)
 def test_the_broker_connect_counts_against_the_timeout(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     from devsite.broker import free_port
     from hub.cli import CONNECT_WAIT_S

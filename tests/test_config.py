@@ -37,8 +37,12 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_defaults_file_env_and_overrides_in_order(tmp_path: Path) -> None:
     path = write(tmp_path, "broker:\n  host: filehost\n  port: 1884\nname: fromfile\n")
-    cfg = load_config(Sample, path, environ={"MASKWATCH_BROKER__PORT": "1999", "OTHER": "x"},
-                      overrides=parse_set_options(["name=cli", "servo.max_deg=45"]))
+    cfg = load_config(
+        Sample,
+        path,
+        environ={"MASKWATCH_BROKER__PORT": "1999", "OTHER": "x"},
+        overrides=parse_set_options(["name=cli", "servo.max_deg=45"]),
+    )
     assert cfg.broker.host == "filehost"
     assert cfg.broker.port == 1999
     assert cfg.name == "cli"
@@ -68,12 +72,15 @@ def test_out_of_range_value_named(tmp_path: Path) -> None:
         load_config(Sample, path, environ={})
 
 
-@pytest.mark.parametrize("text,message", [
-    ("broker: [1, 2\n", "not valid YAML"),
-    ("- a\n- b\n", "must hold a mapping"),
-    ("broker:\n  protocol: 4\n", "broker.protocol"),
-    ("broker:\n  tls:\n    certfile: /x.pem\n", "certfile and tls.keyfile go together"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("broker: [1, 2\n", "not valid YAML"),
+        ("- a\n- b\n", "must hold a mapping"),
+        ("broker:\n  protocol: 4\n", "broker.protocol"),
+        ("broker:\n  tls:\n    certfile: /x.pem\n", "certfile and tls.keyfile go together"),
+    ],
+)
 def test_bad_files(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(Sample, write(tmp_path, text), environ={})
@@ -90,7 +97,10 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
 
 def test_env_values_parsed_as_yaml_scalars() -> None:
     assert env_overrides({"MASKWATCH_A__B": "12", "MASKWATCH_C": "true", "MASKWATCH_D": "x: [1"}) == {
-        "a": {"b": 12}, "c": True, "d": "x: [1"}
+        "a": {"b": 12},
+        "c": True,
+        "d": "x: [1",
+    }
 
 
 @pytest.mark.parametrize("value,expected", [("h", ("h", 1883)), ("h:1", ("h", 1)), ("[::1]:9", ("::1", 9))])

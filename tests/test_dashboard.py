@@ -29,15 +29,23 @@ from shared.topics import NodeTopics
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 NODES = 3
 MISSING = "\u2013"  # the dashboard's placeholder for a value not known yet
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (/usr/bin/chromium): "
-                                                     "bash tests/run installs it as root, or apt-get install chromium"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="Debian's chromium is not installed (/usr/bin/chromium): "
+        "bash tests/run installs it as root, or apt-get install chromium",
+    ),
 ]
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package (dev extra) is missing")
 
@@ -105,8 +113,11 @@ def page(browser: Any) -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     chosen = os.environ.get("DASHBOARD_SCREENSHOTS")
-    folder = (REPO / chosen) if chosen and not Path(chosen).is_absolute() else Path(chosen or
-                                                                                   tmp_path_factory.mktemp("shots"))
+    folder = (
+        (REPO / chosen)
+        if chosen and not Path(chosen).is_absolute()
+        else Path(chosen or tmp_path_factory.mktemp("shots"))
+    )
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -134,8 +145,11 @@ def test_events_arrive_live_without_reload(demo: DemoSite, page: Any) -> None:
     assert _call(command, {"angle": 0})["results"][0]["status"] == "ok"
     time.sleep(3)
     assert _call(command, {"angle": -60})["results"][0]["status"] == "ok"
-    _until(lambda: set(mine.evaluate_all("items => items.map(li => li.dataset.id)")) - known, 40,
-           "a new event of demo-3 in the live feed")
+    _until(
+        lambda: set(mine.evaluate_all("items => items.map(li => li.dataset.id)")) - known,
+        40,
+        "a new event of demo-3 in the live feed",
+    )
     new_ids = set(mine.evaluate_all("items => items.map(li => li.dataset.id)")) - known
     item = page.locator(f'#feed li[data-id="{sorted(new_ids)[0]}"]')
     label = item.get_attribute("data-label")
@@ -231,8 +245,12 @@ def test_pages_fit_a_phone(demo: DemoSite, browser: Any, shots: Path) -> None:
     context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True)
     tab = context.new_page()
     try:
-        pages = {"index.html": "#nodes article", "events.html": "#events tbody tr[data-id]",
-                 "compliance.html": "#summary tbody tr[data-node]", "control.html": "#controls article"}
+        pages = {
+            "index.html": "#nodes article",
+            "events.html": "#events tbody tr[data-id]",
+            "compliance.html": "#summary tbody tr[data-node]",
+            "control.html": "#controls article",
+        }
         for name, filled in pages.items():
             tab.goto(f"{demo.url}{name}")
             sync_api.expect(tab.locator(filled).first).to_be_visible(timeout=15_000)
@@ -249,10 +267,15 @@ def test_pages_fit_a_phone(demo: DemoSite, browser: Any, shots: Path) -> None:
 
 def test_a_hub_with_tokens_asks_for_one(browser: Any, broker_config: BrokerConfig, tmp_path: Path) -> None:
     token = "dashboard-test-token"
-    config = HubConfig(broker=broker_config, db_url=f"sqlite:///{tmp_path / 'hub.db'}", sites=["authsite"],
-                       hub_id="dashboard-auth", snapshot_dir=tmp_path / "snapshots",
-                       http=HttpConfig(port=free_port()),
-                       auth=AuthConfig(tokens=[ApiToken(name="ops", sha256=hash_token(token))]))
+    config = HubConfig(
+        broker=broker_config,
+        db_url=f"sqlite:///{tmp_path / 'hub.db'}",
+        sites=["authsite"],
+        hub_id="dashboard-auth",
+        snapshot_dir=tmp_path / "snapshots",
+        http=HttpConfig(port=free_port()),
+        auth=AuthConfig(tokens=[ApiToken(name="ops", sha256=hash_token(token))]),
+    )
     hub = HubApp(config)
     hub.start()
     node = MqttClient(broker_config, "dashboard-auth-node")
@@ -260,9 +283,20 @@ def test_a_hub_with_tokens_asks_for_one(browser: Any, broker_config: BrokerConfi
     context = browser.new_context(viewport={"width": 1280, "height": 860})
     try:
         assert node.wait_connected(5)
-        node.publish(NodeTopics("authsite", "door-1").events, Event(
-            type="new", id="auth-e1", site="authsite", node="door-1", ts=utc_now(), label="no_mask", score=0.9,
-            box=(1, 2, 3, 4)), qos=1).wait_for_publish(5)
+        node.publish(
+            NodeTopics("authsite", "door-1").events,
+            Event(
+                type="new",
+                id="auth-e1",
+                site="authsite",
+                node="door-1",
+                ts=utc_now(),
+                label="no_mask",
+                score=0.9,
+                box=(1, 2, 3, 4),
+            ),
+            qos=1,
+        ).wait_for_publish(5)
         url = f"http://127.0.0.1:{hub.http_port}/"
         with pytest.raises(urllib.error.HTTPError) as refused:
             _call(f"{url}api/events")
@@ -309,4 +343,5 @@ def test_a_stopped_node_turns_offline_on_both_pages(demo: DemoSite, page: Any) -
     sync_api.expect(card.locator(".dot")).to_have_class("dot offline")
     page.goto(f"{demo.url}control.html")
     sync_api.expect(page.locator('#controls article[data-node="demo/demo-2"]')).to_have_attribute(
-        "data-status", "offline", timeout=15_000)
+        "data-status", "offline", timeout=15_000
+    )

@@ -75,8 +75,18 @@ def _check_discovery(broker: str, nodes: int) -> None:
 @pytest.mark.parametrize("broker", ["mosquitto", "embedded"])
 def test_demo_starts_produces_events_and_stops_cleanly(broker: str, tmp_path: Path) -> None:
     nodes = 2 if broker == "mosquitto" else 1
-    command = [sys.executable, "-m", "shared.cli", "demo", "--nodes", str(nodes), "--http", "127.0.0.1:0",
-               "--state-dir", str(tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "shared.cli",
+        "demo",
+        "--nodes",
+        str(nodes),
+        "--http",
+        "127.0.0.1:0",
+        "--state-dir",
+        str(tmp_path),
+    ]
     if broker == "embedded":  # MQTT 3.1.1 only; Home Assistant discovery on, checked below
         command += ["--embedded-broker", "--homeassistant"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

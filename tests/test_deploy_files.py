@@ -62,9 +62,14 @@ def maskwatch_services() -> dict[str, dict[str, Any]]:
 
 # -- docker-compose.yml ------------------------------------------------------------
 
+
 def test_compose_file_matches_the_compose_specification() -> None:
-    proc = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
-                           str(COMPOSE)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -121,8 +126,10 @@ def test_compose_runs_two_scene_nodes_and_a_hub_with_real_command_lines() -> Non
 def test_compose_mounts_every_path_the_broker_config_names() -> None:
     mosquitto = compose()["services"]["mosquitto"]
     targets = [v.split(":")[1] for v in mosquitto["volumes"]]
-    texts = [(DEPLOY / "mosquitto" / "mosquitto.conf").read_text(),
-             (DEPLOY / "mosquitto" / "conf.d" / "tls.conf.example").read_text()]
+    texts = [
+        (DEPLOY / "mosquitto" / "mosquitto.conf").read_text(),
+        (DEPLOY / "mosquitto" / "conf.d" / "tls.conf.example").read_text(),
+    ]
     paths = {m for text in texts for m in re.findall(r"^\w+ (/mosquitto/\S+)", text, flags=re.M)}
     assert paths, "no /mosquitto/ paths found"
     for path in paths:
@@ -146,8 +153,9 @@ def test_debian_host_recipe_maps_every_broker_path() -> None:
     assert folder
     script = found.group(1).replace("$D", folder.group(1))
     for name in ("mosquitto.conf", "conf.d/tls.conf.example"):
-        proc = subprocess.run(["sed", script, str(DEPLOY / "mosquitto" / name)], capture_output=True, text=True,
-                              check=True)
+        proc = subprocess.run(
+            ["sed", script, str(DEPLOY / "mosquitto" / name)], capture_output=True, text=True, check=True
+        )
         settings = "\n".join(line for line in proc.stdout.splitlines() if not line.lstrip().startswith("#"))
         paths = re.findall(r"^\w+ (/\S+)", settings, flags=re.M)
         assert paths and not re.search(r"(^|\s)/mosquitto/", settings, flags=re.M)
@@ -157,10 +165,14 @@ def test_debian_host_recipe_maps_every_broker_path() -> None:
 
 # -- Dockerfile -----------------------------------------------------------------------
 
+
 def test_dockerfile_copies_what_exists_and_installs_the_edge_and_hub_extras() -> None:
     commands = dockerfile.parse_file(str(DOCKERFILE))
-    ignore = [line for line in (DOCKERFILE.parent / "Dockerfile.dockerignore").read_text().splitlines()
-              if line and not line.startswith("#")]
+    ignore = [
+        line
+        for line in (DOCKERFILE.parent / "Dockerfile.dockerignore").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
 
     def kept(path: str) -> bool:  # Docker's rule: the last matching pattern wins
         keep = True
@@ -223,14 +235,22 @@ def test_systemd_analyze_accepts_the_unit(unit: str, tmp_path: Path) -> None:
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")
     # the venv's maskwatch stands in for /opt/maskwatch/venv/bin/maskwatch, nothing else changes
-    text = (DEPLOY / "systemd" / unit).read_text().replace("/opt/maskwatch/venv/bin/maskwatch",
-                                                             str(Path(sys.executable).with_name("maskwatch")))
+    text = (
+        (DEPLOY / "systemd" / unit)
+        .read_text()
+        .replace("/opt/maskwatch/venv/bin/maskwatch", str(Path(sys.executable).with_name("maskwatch")))
+    )
     (tmp_path / unit).write_text(text)
-    verify = subprocess.run(["systemd-analyze", "verify", str(tmp_path / unit)], capture_output=True, text=True,
-                            timeout=60)
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / unit)], capture_output=True, text=True, timeout=60
+    )
     assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
-    security = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(tmp_path / unit)],
-                              capture_output=True, text=True, timeout=60)
+    security = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", str(tmp_path / unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     exposure = re.search(r"Overall exposure level for \S+: ([\d.]+)", security.stdout)
     assert exposure, security.stdout + security.stderr
     assert float(exposure.group(1)) <= 2.5, security.stdout  # systemd calls <= 3.9 "OK"
@@ -263,6 +283,7 @@ def test_deployed_environment_is_accepted_by_the_config_loaders(where: str) -> N
 
 # -- Raspberry Pi examples and installer ------------------------------------------------
 
+
 def dotted_fields(model: type[BaseModel], prefix: str = "") -> list[str]:
     """Every option of a config tree, as dotted keys (sub-models expanded)."""
     keys = []
@@ -281,8 +302,12 @@ def documented(lines: list[str], i: int) -> bool:
         return True
     indent = len(lines[i]) - len(lines[i].lstrip())
     j = i - 1
-    while j >= 0 and lines[j].strip() and len(lines[j]) - len(lines[j].lstrip()) == indent \
-            and not lines[j].lstrip().startswith("#"):
+    while (
+        j >= 0
+        and lines[j].strip()
+        and len(lines[j]) - len(lines[j].lstrip()) == indent
+        and not lines[j].lstrip().startswith("#")
+    ):
         j -= 1
     return j >= 0 and lines[j].lstrip().startswith("#")
 
@@ -311,10 +336,12 @@ def leaves(tree: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
             yield prefix + key, value
 
 
-@pytest.mark.parametrize(("example", "model", "marker"),
-                         [("edge.yaml", EdgeConfig, "Pi:"), ("hub.yaml", HubConfig, "Here:")])
-def test_example_config_shows_the_defaults_unless_it_says_otherwise(example: str, model: type[BaseModel],
-                                                                     marker: str) -> None:
+@pytest.mark.parametrize(
+    ("example", "model", "marker"), [("edge.yaml", EdgeConfig, "Pi:"), ("hub.yaml", HubConfig, "Here:")]
+)
+def test_example_config_shows_the_defaults_unless_it_says_otherwise(
+    example: str, model: type[BaseModel], marker: str
+) -> None:
     path = DEPLOY / "pi" / example
     lines = path.read_text().splitlines()
     defaults = model().model_dump(mode="json")
@@ -329,8 +356,12 @@ def test_example_config_shows_the_defaults_unless_it_says_otherwise(example: str
 
 
 def install_config(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(DEPLOY / "pi" / "install.sh"), "--config-only", "--destdir", str(tmp_path),
-                           *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["bash", str(DEPLOY / "pi" / "install.sh"), "--config-only", "--destdir", str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_install_script_writes_a_tls_node_config(tmp_path: Path) -> None:
@@ -338,8 +369,19 @@ def test_install_script_writes_a_tls_node_config(tmp_path: Path) -> None:
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
     creds = tmp_path / "hq.door-7.env"
     creds.write_text("MASKWATCH_BROKER__USERNAME=hq/door-7\nMASKWATCH_BROKER__PASSWORD=mwsecret\n")
-    proc = install_config(tmp_path, "--site", "hq", "--node", "door-7", "--broker", "broker.lan",
-                          "--ca", str(ca), "--credentials", str(creds))
+    proc = install_config(
+        tmp_path,
+        "--site",
+        "hq",
+        "--node",
+        "door-7",
+        "--broker",
+        "broker.lan",
+        "--ca",
+        str(ca),
+        "--credentials",
+        str(creds),
+    )
     assert proc.returncode == 0, proc.stderr
     etc = tmp_path / "etc" / "maskwatch"
     config = load_edge_config(etc / "edge.yaml")
@@ -351,29 +393,36 @@ def test_install_script_writes_a_tls_node_config(tmp_path: Path) -> None:
     assert (etc / "edge.env").stat().st_mode & 0o077 == 0
     # a second run keeps the operator's edits
     (etc / "edge.yaml").write_text((etc / "edge.yaml").read_text().replace("threshold: null", "threshold: 0.7"))
-    assert install_config(tmp_path, "--site", "hq", "--node", "door-7", "--broker", "broker.lan",
-                          "--ca", str(ca)).returncode == 0
+    assert (
+        install_config(
+            tmp_path, "--site", "hq", "--node", "door-7", "--broker", "broker.lan", "--ca", str(ca)
+        ).returncode
+        == 0
+    )
     assert load_edge_config(etc / "edge.yaml").threshold == 0.7
 
 
 def test_install_script_writes_a_plain_usb_node_config(tmp_path: Path) -> None:
-    proc = install_config(tmp_path, "--site", "lab", "--node", "cam-1", "--broker", "10.1.2.3:1884", "--plain",
-                          "--camera", "usb")
+    proc = install_config(
+        tmp_path, "--site", "lab", "--node", "cam-1", "--broker", "10.1.2.3:1884", "--plain", "--camera", "usb"
+    )
     assert proc.returncode == 0, proc.stderr
     config = load_edge_config(tmp_path / "etc" / "maskwatch" / "edge.yaml")
-    assert (config.source, config.broker.host, config.broker.port, config.broker.tls) == ("0", "10.1.2.3", 1884,
-                                                                                          None)
+    assert (config.source, config.broker.host, config.broker.port, config.broker.tls) == ("0", "10.1.2.3", 1884, None)
 
 
-@pytest.mark.parametrize("args", [
-    ["--site", "HQ", "--node", "a", "--broker", "b", "--plain"],
-    ["--site", "hq", "--node", "all", "--broker", "b", "--plain"],
-    ["--site", "hq", "--node", "a", "--plain"],
-    ["--site", "hq", "--node", "a", "--broker", "b"],
-    ["--site", "hq", "--node", "a", "--broker", "b", "--plain", "--camera", "thermal"],
-    ["--site", "hq", "--node", "a", "--broker", "b|x&y", "--plain"],
-    ["--site", "hq", "--node", "a", "--broker", "b:port", "--plain"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--site", "HQ", "--node", "a", "--broker", "b", "--plain"],
+        ["--site", "hq", "--node", "all", "--broker", "b", "--plain"],
+        ["--site", "hq", "--node", "a", "--plain"],
+        ["--site", "hq", "--node", "a", "--broker", "b"],
+        ["--site", "hq", "--node", "a", "--broker", "b", "--plain", "--camera", "thermal"],
+        ["--site", "hq", "--node", "a", "--broker", "b|x&y", "--plain"],
+        ["--site", "hq", "--node", "a", "--broker", "b:port", "--plain"],
+    ],
+)
 def test_install_script_rejects_bad_arguments_with_a_reason(args: list[str], tmp_path: Path) -> None:
     proc = install_config(tmp_path, *args)
     assert proc.returncode == 2 and proc.stderr.startswith("install.sh: "), proc.stderr
@@ -383,13 +432,16 @@ def test_install_script_rejects_bad_arguments_with_a_reason(args: list[str], tmp
 def test_install_script_refuses_another_nodes_credentials(tmp_path: Path) -> None:
     creds = tmp_path / "hq.door-2.env"
     creds.write_text("MASKWATCH_BROKER__USERNAME=hq/door-2\nMASKWATCH_BROKER__PASSWORD=x\n")
-    proc = install_config(tmp_path, "--site", "hq", "--node", "door-1", "--broker", "b", "--plain",
-                          "--credentials", str(creds))
+    proc = install_config(
+        tmp_path, "--site", "hq", "--node", "door-1", "--broker", "b", "--plain", "--credentials", str(creds)
+    )
     assert proc.returncode == 2 and "not the login of hq/door-1" in proc.stderr
 
 
-@pytest.mark.parametrize("script", ["pi/install.sh", "mosquitto/make-users", "mosquitto/make-certs",
-                                    "docker/entrypoint.sh", "docker/make-api-token"])
+@pytest.mark.parametrize(
+    "script",
+    ["pi/install.sh", "mosquitto/make-users", "mosquitto/make-certs", "docker/entrypoint.sh", "docker/make-api-token"],
+)
 def test_shell_scripts_parse_and_are_executable(script: str) -> None:
     path = DEPLOY / script
     shell = "bash" if path.read_text().startswith("#!/bin/bash") else "sh"

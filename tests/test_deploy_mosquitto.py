@@ -124,8 +124,10 @@ def test_anonymous_and_wrong_password_are_refused(site: ShippedSite) -> None:
 
 def test_node_publishes_its_own_tree_and_the_hub_reads_it(site: ShippedSite) -> None:
     own = [DOOR1.status, DOOR1.events, DOOR1.state, DOOR1.stats, DOOR1.snapshot("ev-1"), DOOR1.response("servo")]
-    with client(site.login(HUB), "test-hub", subscribe=EVERYTHING) as (_hub, seen), \
-            client(site.login("hq/door-1"), "maskwatch-edge-hq-door-1") as (node, _):
+    with (
+        client(site.login(HUB), "test-hub", subscribe=EVERYTHING) as (_hub, seen),
+        client(site.login("hq/door-1"), "maskwatch-edge-hq-door-1") as (node, _),
+    ):
         ready(seen, node, DOOR1.stats)
         for topic in own:
             send(node, topic, b"from door-1")
@@ -133,13 +135,25 @@ def test_node_publishes_its_own_tree_and_the_hub_reads_it(site: ShippedSite) -> 
             assert seen.wait_for(topic, b"from door-1"), topic
 
 
-def test_node_cannot_publish_to_other_nodes_or_to_commands(site: ShippedSite,
-                                                          caplog: pytest.LogCaptureFixture) -> None:
-    forbidden = [DOOR2.events, DOOR2.status, DOOR2.state, LAB.events, DOOR2.snapshot("ev-1"),
-                 DOOR2.response("servo"), DOOR1.cmd("servo"), DOOR2.cmd("servo"), site_command("hq", "servo"),
-                 DOOR1.desired, alerts("hq"), ha_discovery("binary_sensor", "hq_door_1_no_mask")]
-    with client(site.login(HUB), "test-hub", subscribe=EVERYTHING) as (_hub, seen), \
-            client(site.login("hq/door-1"), "maskwatch-edge-hq-door-2") as (node, _):
+def test_node_cannot_publish_to_other_nodes_or_to_commands(site: ShippedSite, caplog: pytest.LogCaptureFixture) -> None:
+    forbidden = [
+        DOOR2.events,
+        DOOR2.status,
+        DOOR2.state,
+        LAB.events,
+        DOOR2.snapshot("ev-1"),
+        DOOR2.response("servo"),
+        DOOR1.cmd("servo"),
+        DOOR2.cmd("servo"),
+        site_command("hq", "servo"),
+        DOOR1.desired,
+        alerts("hq"),
+        ha_discovery("binary_sensor", "hq_door_1_no_mask"),
+    ]
+    with (
+        client(site.login(HUB), "test-hub", subscribe=EVERYTHING) as (_hub, seen),
+        client(site.login("hq/door-1"), "maskwatch-edge-hq-door-2") as (node, _),
+    ):
         # the client id of another node changes nothing: the username decides
         ready(seen, node, DOOR1.events)
         for topic in forbidden:
@@ -156,9 +170,11 @@ def test_node_cannot_publish_to_other_nodes_or_to_commands(site: ShippedSite,
 def test_node_reads_only_its_own_and_its_sites_commands(site: ShippedSite) -> None:
     mine = {DOOR1.cmd("servo"), site_command("hq", "detect"), DOOR1.desired}
     others = [DOOR2.cmd("servo"), site_command("lab", "detect"), DOOR2.desired, alerts("hq")]
-    with client(site.login(HUB), "test-hub") as (hub, _), \
-            client(site.login("hq/door-2"), "test-door-2") as (door2, _), \
-            client(site.login("hq/door-1"), "test-door-1", subscribe=EVERYTHING) as (_node, seen):
+    with (
+        client(site.login(HUB), "test-hub") as (hub, _),
+        client(site.login("hq/door-2"), "test-door-2") as (door2, _),
+        client(site.login("hq/door-1"), "test-door-1", subscribe=EVERYTHING) as (_node, seen),
+    ):
         ready(seen, hub, DOOR1.cmd("threshold"))
         send(door2, DOOR2.events, b"door-2 event")
         for topic in [*others, *mine]:
@@ -170,10 +186,12 @@ def test_node_reads_only_its_own_and_its_sites_commands(site: ShippedSite) -> No
 
 def test_hub_commands_nodes_and_publishes_alerts_desired_and_discovery(site: ShippedSite) -> None:
     discovery = ha_discovery("binary_sensor", "hq_door_1_no_mask")
-    with client(site.login("hq/door-1"), "test-door-1", subscribe=EVERYTHING) as (_node, node_seen), \
-            client(site.login(ALERTS), "test-alerts", subscribe=alerts_filter()) as (_reader, alerts_seen), \
-            client(site.login(HUB), "test-hub-ha", subscribe="homeassistant/#") as (_ha, ha_seen), \
-            client(site.login(HUB), "test-hub") as (hub, _):
+    with (
+        client(site.login("hq/door-1"), "test-door-1", subscribe=EVERYTHING) as (_node, node_seen),
+        client(site.login(ALERTS), "test-alerts", subscribe=alerts_filter()) as (_reader, alerts_seen),
+        client(site.login(HUB), "test-hub-ha", subscribe="homeassistant/#") as (_ha, ha_seen),
+        client(site.login(HUB), "test-hub") as (hub, _),
+    ):
         ready(node_seen, hub, DOOR1.cmd("detect"))
         ready(alerts_seen, hub, alerts("hq"))
         send(hub, DOOR1.cmd("servo"), b'{"angle": 10}')
@@ -191,9 +209,11 @@ def test_hub_commands_nodes_and_publishes_alerts_desired_and_discovery(site: Shi
 
 def test_hub_acknowledges_and_announces_itself_to_nodes_that_cannot_forge_either(site: ShippedSite) -> None:
     presence = hub_presence("hub-a")
-    with client(site.login(HUB), "test-hub") as (hub, _), \
-            client(site.login("hq/door-2"), "test-door-2") as (door2, _), \
-            client(site.login("hq/door-1"), "test-door-1", subscribe=EVERYTHING) as (_node, seen):
+    with (
+        client(site.login(HUB), "test-hub") as (hub, _),
+        client(site.login("hq/door-2"), "test-door-2") as (door2, _),
+        client(site.login("hq/door-1"), "test-door-1", subscribe=EVERYTHING) as (_node, seen),
+    ):
         ready(seen, hub, DOOR1.ack)
         send(hub, DOOR2.ack, b"for door-2")
         send(door2, DOOR1.ack, b"forged")
@@ -207,17 +227,24 @@ def test_hub_acknowledges_and_announces_itself_to_nodes_that_cannot_forge_either
 
 
 def test_hub_reads_through_a_shared_subscription(site: ShippedSite) -> None:
-    with client(site.login(HUB), "test-hub-a", subscribe=shared_subscription("hubs", node_filter("events"))) \
-            as (_hub, seen), client(site.login("lab/cam-1"), "test-lab") as (node, _):
+    with (
+        client(site.login(HUB), "test-hub-a", subscribe=shared_subscription("hubs", node_filter("events"))) as (
+            _hub,
+            seen,
+        ),
+        client(site.login("lab/cam-1"), "test-lab") as (node, _),
+    ):
         ready(seen, node, LAB.events)
         send(node, LAB.events, b"event")
         assert seen.wait_for(LAB.events, b"event")
 
 
 def test_alerts_reader_reads_alerts_and_nothing_else(site: ShippedSite) -> None:
-    with client(site.login(HUB), "test-hub", subscribe=EVERYTHING) as (hub, hub_seen), \
-            client(site.login("hq/door-1"), "test-door-1") as (node, _), \
-            client(site.login(ALERTS), "test-alerts", subscribe=EVERYTHING) as (reader, seen):
+    with (
+        client(site.login(HUB), "test-hub", subscribe=EVERYTHING) as (hub, hub_seen),
+        client(site.login("hq/door-1"), "test-door-1") as (node, _),
+        client(site.login(ALERTS), "test-alerts", subscribe=EVERYTHING) as (reader, seen),
+    ):
         ready(seen, hub, alerts("lab"))
         send(node, DOOR1.events, b"event")
         send(node, DOOR1.status, b"online")
@@ -232,15 +259,16 @@ def test_alerts_reader_reads_alerts_and_nothing_else(site: ShippedSite) -> None:
         assert hub_seen.wait_for(alerts("lab"), b"sentinel") and seen.wait_for(alerts("lab"), b"sentinel")
     assert seen.topics() == {alerts("hq"), alerts("lab")}
     assert (alerts("hq"), b"forged alert") not in hub_seen.messages
-    assert DOOR1.cmd("servo") in hub_seen.topics() and (DOOR1.cmd("servo"), b"forged command") \
-        not in hub_seen.messages
+    assert DOOR1.cmd("servo") in hub_seen.topics() and (DOOR1.cmd("servo"), b"forged command") not in hub_seen.messages
 
 
 def test_home_assistant_sees_its_entities_and_sends_only_their_commands(site: ShippedSite) -> None:
     discovery = ha_discovery("number", "hq_door_1_threshold")
-    with client(site.login(HUB), "test-hub", subscribe=EVERYTHING) as (hub, hub_seen), \
-            client(site.login("hq/door-1"), "test-door-1") as (node, _), \
-            client(site.login(HOMEASSISTANT), "test-ha", subscribe=EVERYTHING) as (ha, seen):
+    with (
+        client(site.login(HUB), "test-hub", subscribe=EVERYTHING) as (hub, hub_seen),
+        client(site.login("hq/door-1"), "test-door-1") as (node, _),
+        client(site.login(HOMEASSISTANT), "test-ha", subscribe=EVERYTHING) as (ha, seen),
+    ):
         ready(seen, hub, discovery)
         for topic in (DOOR1.status, DOOR1.state, DOOR1.stats, DOOR1.events, DOOR1.snapshot("ev-1")):
             send(node, topic, b"{}")
@@ -255,8 +283,7 @@ def test_home_assistant_sees_its_entities_and_sends_only_their_commands(site: Sh
         send(hub, discovery, b"sentinel")
         assert seen.wait_for(discovery, b"sentinel") and hub_seen.wait_for(discovery, b"sentinel")
     # commands are write-only for HA; snapshots (faces) stay out of its reach
-    assert seen.topics() == {discovery, HA_STATUS, DOOR1.status, DOOR1.state, DOOR1.stats, DOOR1.events,
-                             DOOR1.summary}
+    assert seen.topics() == {discovery, HA_STATUS, DOOR1.status, DOOR1.state, DOOR1.stats, DOOR1.events, DOOR1.summary}
     assert {(topic, b"from ha") for topic in allowed} <= set(hub_seen.messages)
     assert not [topic for topic, payload in hub_seen.messages if payload == b"forged"]
 
@@ -278,8 +305,10 @@ def test_make_users_keeps_passwords_and_revokes(site: ShippedSite, tmp_path: Pat
 
 
 def test_tls_listener_with_the_site_ca(site: ShippedSite) -> None:
-    with client(site.login(HUB, tls=True), "test-hub-tls", subscribe=node_filter("events")) as (_hub, seen), \
-            client(site.login("hq/door-1", tls=True, host="localhost"), "test-door-1-tls") as (node, _):
+    with (
+        client(site.login(HUB, tls=True), "test-hub-tls", subscribe=node_filter("events")) as (_hub, seen),
+        client(site.login("hq/door-1", tls=True, host="localhost"), "test-door-1-tls") as (node, _),
+    ):
         ready(seen, node, DOOR1.events)
         send(node, DOOR1.events, b"over tls")
         assert seen.wait_for(DOOR1.events, b"over tls")

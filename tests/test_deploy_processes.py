@@ -32,8 +32,18 @@ pytestmark = pytest.mark.slow
 
 PI = REPO / "deploy" / "pi"
 #: The built-in scene for 2 s of virtual time, the servo held on its masked face at +60 degrees.
-SCENE = ["--source", "scene:builtin", "--set", "scene.duration_s=2", "--set", "scene.realtime=false",
-         "--set", "servo.mode=hold", "--set", "servo.start_deg=60"]
+SCENE = [
+    "--source",
+    "scene:builtin",
+    "--set",
+    "scene.duration_s=2",
+    "--set",
+    "scene.realtime=false",
+    "--set",
+    "servo.mode=hold",
+    "--set",
+    "servo.start_deg=60",
+]
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +64,35 @@ def login_env(site: ShippedSite, username: str | None, **extra: str) -> dict[str
 def edge(site: ShippedSite, tmp_path: Path, ca: Path, *, drain_s: int = 30) -> subprocess.CompletedProcess[str]:
     """``maskwatch edge --once`` with the Pi's edge.yaml, over TLS, on the built-in scene."""
     return subprocess.run(
-        ["maskwatch", "edge", "--config", str(PI / "edge.yaml"), "--broker", f"localhost:{site.tls_port}",
-         "--site", "hq", "--node", "door-1", "--once", "--outbox", str(tmp_path / "outbox.sqlite"), *SCENE,
-         "--set", "pin_factory=mock", "--set", f"broker.tls.ca_certs={ca}",
-         "--set", f"outbox.drain_timeout_s={drain_s}", "--set", "delivery=broker"],
-        env=login_env(site, "hq/door-1"), capture_output=True, text=True, timeout=180)
+        [
+            "maskwatch",
+            "edge",
+            "--config",
+            str(PI / "edge.yaml"),
+            "--broker",
+            f"localhost:{site.tls_port}",
+            "--site",
+            "hq",
+            "--node",
+            "door-1",
+            "--once",
+            "--outbox",
+            str(tmp_path / "outbox.sqlite"),
+            *SCENE,
+            "--set",
+            "pin_factory=mock",
+            "--set",
+            f"broker.tls.ca_certs={ca}",
+            "--set",
+            f"outbox.drain_timeout_s={drain_s}",
+            "--set",
+            "delivery=broker",
+        ],
+        env=login_env(site, "hq/door-1"),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def health(port: int) -> dict[str, object] | None:
@@ -88,11 +122,25 @@ def hub_events(port: int) -> list[dict[str, object]]:
 def test_edge_and_hub_processes_talk_over_tls_with_the_shipped_configs(site: ShippedSite, tmp_path: Path) -> None:
     port = free_port()
     hub = subprocess.Popen(
-        ["maskwatch", "hub", "--config", str(PI / "hub.yaml"), "--broker", f"localhost:{site.tls_port}",
-         "--db", f"sqlite:///{tmp_path / 'hub.db'}", "--http", f"127.0.0.1:{port}",
-         "--set", f"snapshot_dir={tmp_path / 'snapshots'}"],
+        [
+            "maskwatch",
+            "hub",
+            "--config",
+            str(PI / "hub.yaml"),
+            "--broker",
+            f"localhost:{site.tls_port}",
+            "--db",
+            f"sqlite:///{tmp_path / 'hub.db'}",
+            "--http",
+            f"127.0.0.1:{port}",
+            "--set",
+            f"snapshot_dir={tmp_path / 'snapshots'}",
+        ],
         env=login_env(site, HUB, MASKWATCH_BROKER__TLS__CA_CERTS=str(site.ca)),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait(lambda: (health(port) or {}).get("mqtt") is True or hub.poll() is not None, 60, "the hub's MQTT link")
         assert hub.poll() is None, hub.stderr.read() if hub.stderr else ""
@@ -113,10 +161,21 @@ def test_processes_refuse_a_broker_certificate_from_another_ca(site: ShippedSite
     assert "CERTIFICATE_VERIFY_FAILED" in node.stderr and "shared.mqtt: connected to" not in node.stderr
     port = free_port()
     hub = subprocess.Popen(
-        ["maskwatch", "hub", "--broker", f"localhost:{site.tls_port}", "--db", f"sqlite:///{tmp_path / 'hub.db'}",
-         "--http", f"127.0.0.1:{port}"],
+        [
+            "maskwatch",
+            "hub",
+            "--broker",
+            f"localhost:{site.tls_port}",
+            "--db",
+            f"sqlite:///{tmp_path / 'hub.db'}",
+            "--http",
+            f"127.0.0.1:{port}",
+        ],
         env=login_env(site, HUB, MASKWATCH_BROKER__TLS__CA_CERTS=str(other_ca)),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     watchdog = threading.Timer(60, hub.kill)  # ends the read below if the line never comes
     watchdog.start()
     try:
@@ -134,8 +193,10 @@ def test_compose_node_command_runs_through_the_image_entrypoint(site: ShippedSit
     service = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]["node-1"]
     credentials = Path(service["environment"]["CREDENTIALS_FILE"]).name
     # what differs from the container: the broker's address and the state folder
-    command = [word.replace("mosquitto:1883", site.broker.address).replace("/var/lib/maskwatch", str(tmp_path))
-               for word in service["command"]]
+    command = [
+        word.replace("mosquitto:1883", site.broker.address).replace("/var/lib/maskwatch", str(tmp_path))
+        for word in service["command"]
+    ]
     topics = NodeTopics("demo", "node-1")
     hub = MqttClient(site.login(HUB), "test-hub")
     got: list[Received] = []
@@ -145,17 +206,33 @@ def test_compose_node_command_runs_through_the_image_entrypoint(site: ShippedSit
         assert hub.wait_connected(5)
         # no login in the environment: the entrypoint reads it from the make-users file
         env = login_env(site, None, CREDENTIALS_FILE=str(site.secrets / "credentials" / credentials))
-        proc = subprocess.run(["sh", str(REPO / "deploy" / "docker" / "entrypoint.sh"), *command, "--once",
-                               "--set", "delivery=broker", *SCENE[2:]],
-                              env=env, capture_output=True, text=True, timeout=180)
+        proc = subprocess.run(
+            [
+                "sh",
+                str(REPO / "deploy" / "docker" / "entrypoint.sh"),
+                *command,
+                "--once",
+                "--set",
+                "delivery=broker",
+                *SCENE[2:],
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         wait(lambda: bool(got), 10, "events from demo/node-1")
         assert all(m.topic == topics.events and parse(Event, m.payload).node == "node-1" for m in got)
     finally:
         hub.stop()
-    missing = subprocess.run(["sh", str(REPO / "deploy" / "docker" / "entrypoint.sh"), "--version"],
-                             env={**os.environ, "CREDENTIALS_FILE": str(tmp_path / "absent.env")},
-                             capture_output=True, text=True, timeout=60)
+    missing = subprocess.run(
+        ["sh", str(REPO / "deploy" / "docker" / "entrypoint.sh"), "--version"],
+        env={**os.environ, "CREDENTIALS_FILE": str(tmp_path / "absent.env")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert missing.returncode == 2 and "run make-users first" in missing.stderr
 
 
@@ -163,18 +240,38 @@ def test_compose_hub_serves_its_api_only_with_the_generated_token(site: ShippedS
     service = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]["hub"]
     credentials = tmp_path / "credentials"
     shutil.copytree(site.secrets / "credentials", credentials)
-    subprocess.run(["sh", str(REPO / "deploy" / "docker" / "make-api-token"), str(credentials)], check=True,
-                   capture_output=True, timeout=30)
+    subprocess.run(
+        ["sh", str(REPO / "deploy" / "docker" / "make-api-token"), str(credentials)],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
     token = (credentials / "api-token").read_text().strip()
     port = free_port()
-    command = [word.replace("mosquitto:1883", site.broker.address).replace("/var/lib/maskwatch", str(tmp_path))
-               .replace("0.0.0.0:8080", f"127.0.0.1:{port}") for word in service["command"]]
+    command = [
+        word.replace("mosquitto:1883", site.broker.address)
+        .replace("/var/lib/maskwatch", str(tmp_path))
+        .replace("0.0.0.0:8080", f"127.0.0.1:{port}")
+        for word in service["command"]
+    ]
     login = credentials / Path(service["environment"]["CREDENTIALS_FILE"]).name
-    env = login_env(site, None, CREDENTIALS_FILE=str(login),
-                    **{k: v.replace("/var/lib/maskwatch", str(tmp_path)) for k, v in service["environment"].items()
-                       if k.startswith("MASKWATCH_")})
-    hub = subprocess.Popen(["sh", str(REPO / "deploy" / "docker" / "entrypoint.sh"), *command], env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = login_env(
+        site,
+        None,
+        CREDENTIALS_FILE=str(login),
+        **{
+            k: v.replace("/var/lib/maskwatch", str(tmp_path))
+            for k, v in service["environment"].items()
+            if k.startswith("MASKWATCH_")
+        },
+    )
+    hub = subprocess.Popen(
+        ["sh", str(REPO / "deploy" / "docker" / "entrypoint.sh"), *command],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait(lambda: (health(port) or {}).get("mqtt") is True or hub.poll() is not None, 60, "the hub's MQTT link")
         assert hub.poll() is None, hub.stderr.read() if hub.stderr else ""
@@ -198,9 +295,25 @@ def test_compose_hub_serves_its_api_only_with_the_generated_token(site: ShippedS
 
 
 def test_alerts_command_follows_alerts_with_the_alerts_reader_login(site: ShippedSite) -> None:
-    reader = subprocess.Popen(["maskwatch", "alerts", "--broker", site.broker.address, "--site", "hq", "--json",
-                               "--count", "2", "--timeout", "60"],
-                              env=login_env(site, ALERTS), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reader = subprocess.Popen(
+        [
+            "maskwatch",
+            "alerts",
+            "--broker",
+            site.broker.address,
+            "--site",
+            "hq",
+            "--json",
+            "--count",
+            "2",
+            "--timeout",
+            "60",
+        ],
+        env=login_env(site, ALERTS),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     hub = MqttClient(site.login(HUB), "test-hub")
     hub.start()
     try:

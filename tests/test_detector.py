@@ -60,8 +60,8 @@ def test_crowd_profile_finds_more_small_faces_than_near() -> None:
     for profile in ("near", "crowd"):
         detector = create_detector(profile, num_threads=1)
         counts[profile] = sum(
-            len(match([f.box for f in s.faces], [f.box for f in detector.detect(read_image(s.image))]))
-            for s in scenes)
+            len(match([f.box for f in s.faces], [f.box for f in detector.detect(read_image(s.image))])) for s in scenes
+        )
     assert counts["crowd"] > counts["near"]
 
 

@@ -41,11 +41,19 @@ STATE_CLASSES = {"measurement", "total", "total_increasing", None}
 ENTITY_CATEGORIES = {"config", "diagnostic", None}
 NUMBER_MODES = {"auto", "box", "slider", None}
 DISCOVERY_TOPIC = re.compile(
-    r"^homeassistant/(?P<component>[a-z_]+)/(?:[a-zA-Z0-9_-]+/)?(?P<object>[a-zA-Z0-9_-]+)/config$")
+    r"^homeassistant/(?P<component>[a-z_]+)/(?:[a-zA-Z0-9_-]+/)?(?P<object>[a-zA-Z0-9_-]+)/config$"
+)
 
 NOW = utc_now()
-STATE = NodeState(site="hq", node="door-1", ts=NOW, threshold=0.35, detect=True, model="m@1",
-                  servo=ServoState(angle=-30.0, mode="sweep", min_deg=-90, max_deg=90))
+STATE = NodeState(
+    site="hq",
+    node="door-1",
+    ts=NOW,
+    threshold=0.35,
+    detect=True,
+    model="m@1",
+    servo=ServoState(angle=-30.0, mode="sweep", min_deg=-90, max_deg=90),
+)
 
 
 def _render(template: str, **variables: Any) -> str:
@@ -81,14 +89,21 @@ def test_payloads_have_the_documented_shape() -> None:
     angle = configs["homeassistant/number/maskwatch_hq_door-2_servo_angle/config"]
     assert (angle["min"], angle["max"]) == (-180, 180)
     assert configs["homeassistant/select/maskwatch_hq_door-1_servo_mode/config"]["options"] == [
-        "sweep", "track", "hold", "off"]
+        "sweep",
+        "track",
+        "hold",
+        "off",
+    ]
 
 
-@pytest.mark.parametrize("key,value,expected", [
-    ("threshold", 0.4, {"value": 0.4}),
-    ("servo_angle", 45.0, {"angle": 45.0}),
-    ("servo_mode", "track", {"mode": "track"}),
-])
+@pytest.mark.parametrize(
+    "key,value,expected",
+    [
+        ("threshold", 0.4, {"value": 0.4}),
+        ("servo_angle", 45.0, {"angle": 45.0}),
+        ("servo_mode", "track", {"mode": "track"}),
+    ],
+)
 def test_command_templates_render_contract_commands(key: str, value: Any, expected: dict[str, Any]) -> None:
     config = next(c for t, c in entity_configs("hq", "door-1").items() if t.endswith(f"_{key}/config"))
     name = parse_topic(config["command_topic"]).name
@@ -100,23 +115,24 @@ def test_command_templates_render_contract_commands(key: str, value: Any, expect
 
 
 def test_value_templates_read_contract_messages() -> None:
-    configs = {t.split("/")[-2].removeprefix("maskwatch_hq_door-1_"): c
-               for t, c in entity_configs("hq", "door-1").items()}
+    configs = {
+        t.split("/")[-2].removeprefix("maskwatch_hq_door-1_"): c for t, c in entity_configs("hq", "door-1").items()
+    }
     state = json.loads(STATE.to_json())
     assert _render(configs["threshold"]["value_template"], value_json=state) == "0.35"
     assert _render(configs["servo_angle"]["value_template"], value_json=state) == "-30.0"
     assert _render(configs["servo_mode"]["value_template"], value_json=state) == "sweep"
     stats = json.loads(NodeStats(site="hq", node="door-1", ts=NOW, fps=29.5).to_json())
     assert _render(configs["fps"]["value_template"], value_json=stats) == "29.5"
-    summary = NodeSummary(site="hq", node="door-1", ts=NOW, faces_in_view=1, no_mask_in_view=True,
-                          window_s=3600, faces=4, compliance=0.75)
+    summary = NodeSummary(
+        site="hq", node="door-1", ts=NOW, faces_in_view=1, no_mask_in_view=True, window_s=3600, faces=4, compliance=0.75
+    )
     assert _render(configs["no_mask"]["value_template"], value_json=json.loads(summary.to_json())) == "ON"
     assert _render(configs["compliance"]["value_template"], value_json=json.loads(summary.to_json())) == "75.0"
     empty = summary.model_copy(update={"compliance": None, "no_mask_in_view": False})
     assert _render(configs["no_mask"]["value_template"], value_json=json.loads(empty.to_json())) == "OFF"
     assert _render(configs["compliance"]["value_template"], value_json=json.loads(empty.to_json())) == "None"
-    event = Event(type="new", id="e1", site="hq", node="door-1", ts=NOW, label="no_mask", score=0.9,
-                  box=(1, 2, 3, 4))
+    event = Event(type="new", id="e1", site="hq", node="door-1", ts=NOW, label="no_mask", score=0.9, box=(1, 2, 3, 4))
     fired = json.loads(_render(configs["mask_event"]["value_template"], value_json=json.loads(event.to_json())))
     assert fired["event_type"] in configs["mask_event"]["event_types"]
     assert fired == {"event_type": "no_mask", "event_id": "e1", "score": 0.9}
@@ -128,8 +144,16 @@ def test_summaries_follow_open_events_and_window() -> None:
     summaries = NodeSummaries(window_s=600, open_ttl_s=60)
 
     def event(kind: str, event_id: str, label: str, minutes_ago: float = 0) -> Event:
-        return Event(type=kind, id=event_id, site="hq", node="n1", ts=NOW - timedelta(minutes=minutes_ago),
-                     label=label, score=0.9, box=(0, 0, 5, 5))
+        return Event(
+            type=kind,
+            id=event_id,
+            site="hq",
+            node="n1",
+            ts=NOW - timedelta(minutes=minutes_ago),
+            label=label,
+            score=0.9,
+            box=(0, 0, 5, 5),
+        )
 
     summaries.apply(event("new", "old", "no_mask", minutes_ago=30))
     summaries.apply(event("end", "old", "no_mask", minutes_ago=29))
@@ -168,12 +192,17 @@ def test_discovery_over_mqtt_and_resend_when_home_assistant_restarts(broker_conf
     node_client.start()
     assert node_client.wait_connected(5)
     node_client.publish(topics.status, b"online", qos=1, retain=True).wait_for_publish(5)
-    node_client.publish(topics.state, STATE.model_copy(update={"site": site, "node": node}), qos=1,
-                        retain=True).wait_for_publish(5)
+    node_client.publish(
+        topics.state, STATE.model_copy(update={"site": site, "node": node}), qos=1, retain=True
+    ).wait_for_publish(5)
     ha, configs = _collector(broker_config, "homeassistant/+/+/config", "ha-test-ha")
     summaries_client, summaries = _collector(broker_config, topics.summary, "ha-test-summaries")
-    discovery = HaDiscovery(broker_config, HomeAssistantConfig(enabled=True, summary_every_s=60), sites=[site],
-                            client_id="ha-test-discovery")
+    discovery = HaDiscovery(
+        broker_config,
+        HomeAssistantConfig(enabled=True, summary_every_s=60),
+        sites=[site],
+        client_id="ha-test-discovery",
+    )
     discovery.start()
     try:
         first = {m.topic: json.loads(m.payload) for m in _drain(configs, 7)}
@@ -191,8 +220,9 @@ def test_discovery_over_mqtt_and_resend_when_home_assistant_restarts(broker_conf
 
         node_client.publish(topics.events, b'{"v": 1, "type": "new"', qos=1).wait_for_publish(5)  # bad JSON
         node_client.publish(topics.state, b'{"v": 1, "site": "x"}', qos=1).wait_for_publish(5)  # bad schema
-        event = Event(type="new", id="ha-e1", site=site, node=node, ts=utc_now(), label="no_mask", score=0.9,
-                      box=(1, 2, 3, 4))
+        event = Event(
+            type="new", id="ha-e1", site=site, node=node, ts=utc_now(), label="no_mask", score=0.9, box=(1, 2, 3, 4)
+        )
         node_client.publish(topics.events, event, qos=1).wait_for_publish(5)
         summary = parse(NodeSummary, summaries.get(timeout=10).payload)
         while not summary.no_mask_in_view:  # earlier summaries (node seen, HA online) come first

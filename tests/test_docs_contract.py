@@ -37,8 +37,14 @@ def test_example_fits_its_published_schema(name: str, body: str) -> None:
     assert errors == []
 
 
-EVENT_HEAD = {"v": 1, "type": "new", "id": "hq-door-1-0001", "site": "hq", "node": "door-1",
-              "ts": "2026-01-01T12:00:00Z"}
+EVENT_HEAD = {
+    "v": 1,
+    "type": "new",
+    "id": "hq-door-1-0001",
+    "site": "hq",
+    "node": "door-1",
+    "ts": "2026-01-01T12:00:00Z",
+}
 BAD_PAYLOADS: list[tuple[str, dict[str, Any]]] = [
     ("event", {**EVENT_HEAD, "label": "maybe", "score": "abc", "box": "x"}),
     ("event", {**EVENT_HEAD, "label": "mask", "score": 1.5, "box": [0, 0, 10, 10]}),

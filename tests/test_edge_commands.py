@@ -26,9 +26,13 @@ models = edge_node.models  # fixture
 @pytest.fixture
 def node(tmp_path: Path, broker_config: BrokerConfig, mock_pins: Any, models: tuple[Any, Any]) -> Any:
     """A node watching the built-in scene, servo held at 0 (an empty part of the panorama)."""
-    cfg = node_config(broker_config, tmp_path, source="scene:builtin",
-                      servo={"mode": "hold", "start_deg": 0, "speed_dps": 600},
-                      broker={"password": "s3cret-pass", "username": "edge"})
+    cfg = node_config(
+        broker_config,
+        tmp_path,
+        source="scene:builtin",
+        servo={"mode": "hold", "start_deg": 0, "speed_dps": 600},
+        broker={"password": "s3cret-pass", "username": "edge"},
+    )
     with running_node(cfg, mock_pins, models, broker_config) as (app, listener):
         yield app, listener, mock_pins
 
@@ -50,16 +54,18 @@ def test_servo_angle_moves_the_duty_cycle_and_out_of_range_is_clamped(node: Any)
     assert wait_until(lambda: pin.state == 0, 3)  # detached: no pulses
 
 
-@pytest.mark.parametrize(("name", "payload", "rid", "reason"), [
-    ("threshold", b"{not json", None, "invalid JSON"),
-    ("threshold", b'{"request_id": "b2", "value": 0.5, "colour": "red"}', "b2", "colour"),
-    ("threshold", b'{"request_id": "b3", "value": 1.5}', "b3", "value"),
-    ("servo", b'{"request_id": "b4"}', "b4", "angle"),
-    ("reboot", b'{"request_id": "b5"}', "b5", "unknown command 'reboot'"),
-    ("detect", b'{"request_id": "b6", "enabled": true, "v": 2}', "b6", "version"),
-])
-def test_bad_commands_get_one_error_answer(node: Any, name: str, payload: bytes, rid: str | None,
-                                           reason: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "payload", "rid", "reason"),
+    [
+        ("threshold", b"{not json", None, "invalid JSON"),
+        ("threshold", b'{"request_id": "b2", "value": 0.5, "colour": "red"}', "b2", "colour"),
+        ("threshold", b'{"request_id": "b3", "value": 1.5}', "b3", "value"),
+        ("servo", b'{"request_id": "b4"}', "b4", "angle"),
+        ("reboot", b'{"request_id": "b5"}', "b5", "unknown command 'reboot'"),
+        ("detect", b'{"request_id": "b6", "enabled": true, "v": 2}', "b6", "version"),
+    ],
+)
+def test_bad_commands_get_one_error_answer(node: Any, name: str, payload: bytes, rid: str | None, reason: str) -> None:
     _app, listener, _pins = node
     answer = listener.command(name, payload)
     assert answer.status == "error" and answer.request_id == rid
@@ -117,15 +123,17 @@ def test_snapshot_returns_a_decodable_jpeg(node: Any) -> None:
     assert bad.status == "error" and "request_id" in (bad.error or "")
 
 
-def test_retained_desired_config_is_applied_on_connect(tmp_path: Path, broker_config: BrokerConfig,
-                                                       mock_pins: Any, models: tuple[Any, Any]) -> None:
+def test_retained_desired_config_is_applied_on_connect(
+    tmp_path: Path, broker_config: BrokerConfig, mock_pins: Any, models: tuple[Any, Any]
+) -> None:
     cfg = node_config(broker_config, tmp_path, source="scene:builtin", servo={"mode": "sweep"})
     hub = MqttClient(broker_config, "t-hub-desired")
     hub.start()
     assert hub.wait_connected(5)
     topics = NodeTopics(cfg.site, cfg.node)
-    hub.publish(topics.desired, DesiredConfig(threshold=0.8, servo_mode="hold", servo_angle=200).to_json(),
-                qos=1, retain=True).wait_for_publish(5)
+    hub.publish(
+        topics.desired, DesiredConfig(threshold=0.8, servo_mode="hold", servo_angle=200).to_json(), qos=1, retain=True
+    ).wait_for_publish(5)
     try:
         with running_node(cfg, mock_pins, models, broker_config) as (app, _listener):
             assert wait_until(lambda: app.runtime.threshold == 0.8, 5)

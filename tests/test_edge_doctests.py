@@ -8,9 +8,18 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("module", ["edge.vision.tracker", "edge.delivery.outbox", "edge.delivery.acks",
-                                    "edge.devices.servo", "edge.devices.indicator", "edge.delivery.stats",
-                                    "shared.vocabulary"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "edge.vision.tracker",
+        "edge.delivery.outbox",
+        "edge.delivery.acks",
+        "edge.devices.servo",
+        "edge.devices.indicator",
+        "edge.delivery.stats",
+        "shared.vocabulary",
+    ],
+)
 def test_docstring_examples_run(module: str) -> None:
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0

@@ -41,7 +41,8 @@ def labelled_folder(root: Path, per_class: int) -> Path:
 
 
 def test_labelled_folder_once_gives_one_event_per_face_with_the_right_labels(
-        tmp_path: Path, broker_config: BrokerConfig, models: tuple[Any, Any]) -> None:
+    tmp_path: Path, broker_config: BrokerConfig, models: tuple[Any, Any]
+) -> None:
     folder = labelled_folder(tmp_path / "faces", 25)
     topics = NodeTopics("t", "folder")
     received: list[Event] = []
@@ -50,10 +51,28 @@ def test_labelled_folder_once_gives_one_event_per_face_with_the_right_labels(
     sub.start()
     assert sub.wait_connected(5)
     run = subprocess.run(
-        [*EDGE, "--once", "--source", str(folder), "--broker",
-         broker_config.address, "--site", "t", "--node", "folder", "--outbox", str(tmp_path / "o.sqlite"),
-         "--set", "servo.enabled=false", "--set", "indicator.enabled=false"],
-        capture_output=True, text=True, timeout=120)
+        [
+            *EDGE,
+            "--once",
+            "--source",
+            str(folder),
+            "--broker",
+            broker_config.address,
+            "--site",
+            "t",
+            "--node",
+            "folder",
+            "--outbox",
+            str(tmp_path / "o.sqlite"),
+            "--set",
+            "servo.enabled=false",
+            "--set",
+            "indicator.enabled=false",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "broken.jpg" in run.stderr  # the unreadable image is named in a clear log line
     assert wait_until(lambda: len(received) >= 2 and received[-1].type == "end", 5)
@@ -69,7 +88,7 @@ def test_labelled_folder_once_gives_one_event_per_face_with_the_right_labels(
     for evs in by_id.values():
         per_file.setdefault(str(evs[0].frame), []).append(evs[0].box)
     for boxes in per_file.values():  # a face is one event: two events of one image are two different faces
-        assert all(iou(a, b) < 0.3 for i, a in enumerate(boxes) for b in boxes[i + 1:])
+        assert all(iou(a, b) < 0.3 for i, a in enumerate(boxes) for b in boxes[i + 1 :])
     assert len(per_file) >= 30  # most of the 50 faces are found (recall is the detector's, see bench)
     # accuracy of the node on the faces it found, against the model alone on the same images
     correct = sum((evs[0].label == "mask") == evs[0].frame.startswith("with_mask") for evs in by_id.values())
@@ -81,14 +100,19 @@ def test_labelled_folder_once_gives_one_event_per_face_with_the_right_labels(
     assert correct / len(by_id) >= model_acc - 0.05
 
 
-def test_a_face_in_view_for_5_s_is_one_event(tmp_path: Path, broker_config: BrokerConfig, mock_pins: Any,
-                                             models: tuple[Any, Any]) -> None:
+def test_a_face_in_view_for_5_s_is_one_event(
+    tmp_path: Path, broker_config: BrokerConfig, mock_pins: Any, models: tuple[Any, Any]
+) -> None:
     need(FACE_MASK)
     face = sorted((FACE_MASK / "without_mask").iterdir())[3]
     scene = make_scene(tmp_path / "scene", [(face, 0, "no_mask")])
-    cfg = node_config(broker_config, tmp_path, source=f"scene:{scene}",
-                      scene={"realtime": False, "fps": 10, "duration_s": 5},
-                      servo={"mode": "hold", "start_deg": 0})
+    cfg = node_config(
+        broker_config,
+        tmp_path,
+        source=f"scene:{scene}",
+        scene={"realtime": False, "fps": 10, "duration_s": 5},
+        servo={"mode": "hold", "start_deg": 0},
+    )
     listener = Listener(broker_config, NodeTopics(cfg.site, cfg.node))
     app = EdgeApp(cfg, once=True, pin_factory=mock_pins, detector=models[0], classifier=models[1])
     app.start()
@@ -101,14 +125,19 @@ def test_a_face_in_view_for_5_s_is_one_event(tmp_path: Path, broker_config: Brok
     assert (events[-1].track.last_seen - events[-1].track.first_seen).total_seconds() >= 4.5
 
 
-def test_sweep_finds_a_face_at_plus_60_degrees(tmp_path: Path, broker_config: BrokerConfig, mock_pins: Any,
-                                               models: tuple[Any, Any]) -> None:
+def test_sweep_finds_a_face_at_plus_60_degrees(
+    tmp_path: Path, broker_config: BrokerConfig, mock_pins: Any, models: tuple[Any, Any]
+) -> None:
     need(FACE_MASK)
     face = sorted((FACE_MASK / "without_mask").iterdir())[3]
     scene = make_scene(tmp_path / "scene", [(face, 60, "no_mask")])
-    cfg = node_config(broker_config, tmp_path, source=f"scene:{scene}", scene={"fps": 15, "fov_deg": 60},
-                      servo={"mode": "sweep", "start_deg": 0, "sweep_step_deg": 15, "dwell_s": 0.2,
-                             "speed_dps": 150})
+    cfg = node_config(
+        broker_config,
+        tmp_path,
+        source=f"scene:{scene}",
+        scene={"fps": 15, "fov_deg": 60},
+        servo={"mode": "sweep", "start_deg": 0, "sweep_step_deg": 15, "dwell_s": 0.2, "speed_dps": 150},
+    )
     with running_node(cfg, mock_pins, models, broker_config) as (app, listener):
         [event] = listener.events_until(lambda evs: len(evs) >= 1, 15)
         assert event.type == "new"
@@ -116,13 +145,19 @@ def test_sweep_finds_a_face_at_plus_60_degrees(tmp_path: Path, broker_config: Br
         assert app.planner is not None and app.planner.mode == "sweep"
 
 
-def test_track_centres_an_off_centre_face_and_stops_moving(tmp_path: Path, broker_config: BrokerConfig,
-                                                          mock_pins: Any, models: tuple[Any, Any]) -> None:
+def test_track_centres_an_off_centre_face_and_stops_moving(
+    tmp_path: Path, broker_config: BrokerConfig, mock_pins: Any, models: tuple[Any, Any]
+) -> None:
     need(FACE_MASK)
     face = sorted((FACE_MASK / "without_mask").iterdir())[3]
     scene = make_scene(tmp_path / "scene", [(face, 17, "no_mask")])
-    cfg = node_config(broker_config, tmp_path, source=f"scene:{scene}", scene={"fps": 15},
-                      servo={"mode": "track", "start_deg": 0, "speed_dps": 60, "track_dead_band_deg": 2})
+    cfg = node_config(
+        broker_config,
+        tmp_path,
+        source=f"scene:{scene}",
+        scene={"fps": 15},
+        servo={"mode": "track", "start_deg": 0, "speed_dps": 60, "track_dead_band_deg": 2},
+    )
     with running_node(cfg, mock_pins, models, broker_config) as (app, _listener):
         assert wait_until(lambda: abs(app.servo.position - 17) <= 3, 6)
         wait_until(lambda: False, 0.6)  # let it settle
@@ -134,8 +169,9 @@ def test_track_centres_an_off_centre_face_and_stops_moving(tmp_path: Path, broke
         assert abs(positions[-1] - 17) <= 3
 
 
-def test_missing_camera_is_reported_and_the_node_still_answers(tmp_path: Path, broker_config: BrokerConfig,
-                                                               mock_pins: Any, models: tuple[Any, Any]) -> None:
+def test_missing_camera_is_reported_and_the_node_still_answers(
+    tmp_path: Path, broker_config: BrokerConfig, mock_pins: Any, models: tuple[Any, Any]
+) -> None:
     cfg = node_config(broker_config, tmp_path, source="7", camera={"retry_min_s": 0.2, "retry_max_s": 0.5})
     with running_node(cfg, mock_pins, models, broker_config) as (_app, listener):
         stats = parse(NodeStats, listener.wait_raw(listener.topics.stats, 5).payload)
@@ -150,10 +186,26 @@ def test_corrupt_video_is_a_clear_error_without_a_crash(tmp_path: Path, broker_c
     video = tmp_path / "broken.mp4"
     video.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 500)
     run = subprocess.run(
-        [*EDGE, "--once", "--source", str(video), "--broker",
-         broker_config.address, "--site", "t", "--node", "video", "--outbox", str(tmp_path / "o.sqlite"),
-         "--set", "pin_factory=mock"],
-        capture_output=True, text=True, timeout=60)
+        [
+            *EDGE,
+            "--once",
+            "--source",
+            str(video),
+            "--broker",
+            broker_config.address,
+            "--site",
+            "t",
+            "--node",
+            "video",
+            "--outbox",
+            str(tmp_path / "o.sqlite"),
+            "--set",
+            "pin_factory=mock",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 1
     assert "broken.mp4" in run.stderr and "Traceback" not in run.stderr
 
@@ -164,9 +216,24 @@ def test_once_without_a_broker_exits_1_and_says_so(tmp_path: Path) -> None:
     cv2.imwrite(str(folder / "wall.png"), np.full((120, 160, 3), 128, np.uint8))  # no face: nothing to publish
     nobody = f"127.0.0.1:{free_port()}"
     run = subprocess.run(
-        [*EDGE, "--once", "--source", str(folder), "--broker", nobody,
-         "--outbox", str(tmp_path / "o.sqlite"), "--set", "pin_factory=mock", "--set", "outbox.drain_timeout_s=2"],
-        capture_output=True, text=True, timeout=120)
+        [
+            *EDGE,
+            "--once",
+            "--source",
+            str(folder),
+            "--broker",
+            nobody,
+            "--outbox",
+            str(tmp_path / "o.sqlite"),
+            "--set",
+            "pin_factory=mock",
+            "--set",
+            "outbox.drain_timeout_s=2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 1
     assert f"broker {nobody} never reached" in run.stderr and "Traceback" not in run.stderr
 
@@ -174,23 +241,44 @@ def test_once_without_a_broker_exits_1_and_says_so(tmp_path: Path) -> None:
 @pytest.mark.parametrize("spec", ["scene:/no/such/dir", "/no/such/video.mp4"])
 def test_bad_source_names_the_problem(tmp_path: Path, broker_config: BrokerConfig, spec: str) -> None:
     run = subprocess.run(
-        [*EDGE, "--once", "--source", spec, "--broker",
-         broker_config.address, "--outbox", str(tmp_path / "o.sqlite"), "--set", "pin_factory=mock"],
-        capture_output=True, text=True, timeout=60)
+        [
+            *EDGE,
+            "--once",
+            "--source",
+            spec,
+            "--broker",
+            broker_config.address,
+            "--outbox",
+            str(tmp_path / "o.sqlite"),
+            "--set",
+            "pin_factory=mock",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode in (1, 2)
     assert "/no/such/" in run.stderr and "Traceback" not in run.stderr
 
 
 def test_broker_killed_while_the_node_streams_every_event_arrives_once_in_order(
-        tmp_path: Path, restartable_mosquitto: Any, mock_pins: Any, models: tuple[Any, Any]) -> None:
+    tmp_path: Path, restartable_mosquitto: Any, mock_pins: Any, models: tuple[Any, Any]
+) -> None:
     folder = labelled_folder(tmp_path / "faces", 30)
-    broker = BrokerConfig(host=restartable_mosquitto.host, port=restartable_mosquitto.port, keepalive_s=5,
-                          reconnect_min_s=0.1, reconnect_max_s=0.5)
+    broker = BrokerConfig(
+        host=restartable_mosquitto.host,
+        port=restartable_mosquitto.port,
+        keepalive_s=5,
+        reconnect_min_s=0.1,
+        reconnect_max_s=0.5,
+    )
     cfg = node_config(broker, tmp_path, source=str(folder), servo={"enabled": False})
     received: list[tuple[str, str]] = []
     sub = MqttClient(broker, "t-kill-sub", persistent=True)  # its session survives the broker restart
-    sub.subscribe(NodeTopics(cfg.site, cfg.node).events,
-                  lambda m: received.append((parse(Event, m.payload).id, parse(Event, m.payload).type)))
+    sub.subscribe(
+        NodeTopics(cfg.site, cfg.node).events,
+        lambda m: received.append((parse(Event, m.payload).id, parse(Event, m.payload).type)),
+    )
     sub.start()
     assert sub.wait_connected(5)
     app = EdgeApp(cfg, once=True, pin_factory=mock_pins, detector=models[0], classifier=models[1])
@@ -199,7 +287,8 @@ def test_broker_killed_while_the_node_streams_every_event_arrives_once_in_order(
         assert wait_until(lambda: len(received) >= 4, 20)
         restartable_mosquitto.stop()  # SIGTERM: the subscriber's session is saved
         assert app.pipeline.events_written > len(received) or wait_until(
-            lambda: app.pipeline.events_written > len(received), 10)
+            lambda: app.pipeline.events_written > len(received), 10
+        )
         restartable_mosquitto.start()
     finally:
         assert app.wait() == 0
@@ -220,9 +309,24 @@ def test_sigterm_shuts_down_cleanly_with_offline(tmp_path: Path, broker_config: 
     sub.start()
     assert sub.wait_connected(5)
     proc = subprocess.Popen(
-        [*EDGE, "--source", "scene:builtin", "--broker", broker_config.address,
-         "--site", "t", "--node", "term", "--outbox", str(tmp_path / "o.sqlite"), "--set", "pin_factory=mock"],
-        stderr=subprocess.PIPE, text=True)
+        [
+            *EDGE,
+            "--source",
+            "scene:builtin",
+            "--broker",
+            broker_config.address,
+            "--site",
+            "t",
+            "--node",
+            "term",
+            "--outbox",
+            str(tmp_path / "o.sqlite"),
+            "--set",
+            "pin_factory=mock",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert wait_until(lambda: statuses[-1:] == [b"online"], 30)
         proc.send_signal(signal.SIGTERM)

@@ -26,8 +26,9 @@ TOPICS = NodeTopics("t", "box")
 
 
 def event_bytes(n: int) -> bytes:
-    return Event(type="new", id=f"t-box-{n:05d}", site="t", node="box", ts=utc_now(), label="mask", score=0.9,
-                 box=(1, 1, 20, 20)).to_json()
+    return Event(
+        type="new", id=f"t-box-{n:05d}", site="t", node="box", ts=utc_now(), label="mask", score=0.9, box=(1, 1, 20, 20)
+    ).to_json()
 
 
 def test_fifo_survives_reopen(tmp_path: Path) -> None:
@@ -63,8 +64,7 @@ def test_corrupt_outbox_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_broker_killed_mid_stream_every_event_arrives_once_in_order(tmp_path: Path) -> None:
     broker = LocalMosquitto().start()
     try:
-        cfg = BrokerConfig(host=broker.host, port=broker.port, keepalive_s=5, reconnect_min_s=0.1,
-                           reconnect_max_s=0.5)
+        cfg = BrokerConfig(host=broker.host, port=broker.port, keepalive_s=5, reconnect_min_s=0.1, reconnect_max_s=0.5)
         received: list[str] = []
         sub = MqttClient(cfg, "t-sub-kill", persistent=True)
         sub.subscribe(TOPICS.events, lambda m: received.append(parse(Event, m.payload).id), qos=1)
@@ -72,10 +72,12 @@ def test_broker_killed_mid_stream_every_event_arrives_once_in_order(tmp_path: Pa
         assert sub.wait_connected(5)
         box = Outbox(tmp_path / "o.sqlite")
         pub: MqttClient
-        courier = Courier(box, lambda t, p, q: pub.publish(t, p, qos=q), lambda: pub.connected, delivery="broker",
-                          resend_after_s=2)
-        pub = MqttClient(cfg, "t-edge-kill", persistent=True, on_publish=courier.acknowledged,
-                         on_connect=courier.reconnected)
+        courier = Courier(
+            box, lambda t, p, q: pub.publish(t, p, qos=q), lambda: pub.connected, delivery="broker", resend_after_s=2
+        )
+        pub = MqttClient(
+            cfg, "t-edge-kill", persistent=True, on_publish=courier.acknowledged, on_connect=courier.reconnected
+        )
         pub.start()
         assert pub.wait_connected(5)
         stop = threading.Event()
@@ -116,9 +118,28 @@ def test_edge_process_killed_then_restarted_replays_the_outbox(tmp_path: Path) -
     broker = LocalMosquitto()  # port reserved, not running: nothing can be acknowledged in the first run
     outbox = tmp_path / "outbox.sqlite"
     env = dict(os.environ, MASKWATCH_PIN_FACTORY="mock")
-    base = [sys.executable, "-m", "shared.cli", "edge", "--broker", broker.address, "--site", "t", "--node",
-            "proc", "--outbox", str(outbox), "--set", "broker.reconnect_max_s=1", "--set", "servo.enabled=false",
-            "--set", "indicator.enabled=false", "--set", "delivery=broker"]
+    base = [
+        sys.executable,
+        "-m",
+        "shared.cli",
+        "edge",
+        "--broker",
+        broker.address,
+        "--site",
+        "t",
+        "--node",
+        "proc",
+        "--outbox",
+        str(outbox),
+        "--set",
+        "broker.reconnect_max_s=1",
+        "--set",
+        "servo.enabled=false",
+        "--set",
+        "indicator.enabled=false",
+        "--set",
+        "delivery=broker",
+    ]
     proc = subprocess.Popen([*base, "--source", str(folder)], env=env, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -138,9 +159,12 @@ def test_edge_process_killed_then_restarted_replays_the_outbox(tmp_path: Path) -
         if proc.poll() is None:
             proc.kill()
     with sqlite3.connect(outbox) as db:
-        stored = [parse(Event, bytes(p)).id for (p,) in
-                  db.execute("SELECT payload FROM outbox WHERE topic = ? ORDER BY seq",
-                             (NodeTopics("t", "proc").events,))]
+        stored = [
+            parse(Event, bytes(p)).id
+            for (p,) in db.execute(
+                "SELECT payload FROM outbox WHERE topic = ? ORDER BY seq", (NodeTopics("t", "proc").events,)
+            )
+        ]
     assert stored
     broker.start()
     try:
@@ -151,8 +175,9 @@ def test_edge_process_killed_then_restarted_replays_the_outbox(tmp_path: Path) -
         assert sub.wait_connected(5)
         empty = tmp_path / "empty"
         empty.mkdir()
-        rerun = subprocess.run([*base, "--source", str(empty), "--once"], env=env, capture_output=True,
-                               text=True, timeout=60)
+        rerun = subprocess.run(
+            [*base, "--source", str(empty), "--once"], env=env, capture_output=True, text=True, timeout=60
+        )
         assert rerun.returncode == 0, rerun.stderr[-2000:]
         time.sleep(0.3)
         sub.stop()

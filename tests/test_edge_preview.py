@@ -20,11 +20,17 @@ mock_pins = edge_node.mock_pins  # fixture
 models = edge_node.models  # fixture
 
 
-def test_preview_serves_annotated_stream_and_still(tmp_path: Path, broker_config: BrokerConfig, mock_pins: Any,
-                                                   models: tuple[Any, Any]) -> None:
+def test_preview_serves_annotated_stream_and_still(
+    tmp_path: Path, broker_config: BrokerConfig, mock_pins: Any, models: tuple[Any, Any]
+) -> None:
     port = free_port()
-    cfg = node_config(broker_config, tmp_path, source="scene:builtin", preview={"bind": f"127.0.0.1:{port}"},
-                      servo={"mode": "hold", "start_deg": 60, "speed_dps": 600})
+    cfg = node_config(
+        broker_config,
+        tmp_path,
+        source="scene:builtin",
+        preview={"bind": f"127.0.0.1:{port}"},
+        servo={"mode": "hold", "start_deg": 60, "speed_dps": 600},
+    )
     with running_node(cfg, mock_pins, models, broker_config) as (app, _listener):
         assert wait_until(lambda: any(f.confirmed for f in app.pipeline.latest().faces), 5)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/snapshot.jpg", timeout=5) as reply:
@@ -39,8 +45,9 @@ def test_preview_serves_annotated_stream_and_still(tmp_path: Path, broker_config
         assert b"--maskwatchframe" in head and b"image/jpeg" in head
 
 
-def test_preview_is_off_by_default(tmp_path: Path, broker_config: BrokerConfig, mock_pins: Any,
-                                   models: tuple[Any, Any]) -> None:
+def test_preview_is_off_by_default(
+    tmp_path: Path, broker_config: BrokerConfig, mock_pins: Any, models: tuple[Any, Any]
+) -> None:
     cfg = node_config(broker_config, tmp_path, source="scene:builtin")
     assert cfg.preview.bind is None
     with running_node(cfg, mock_pins, models, broker_config) as (app, _listener):

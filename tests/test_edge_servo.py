@@ -93,8 +93,12 @@ def run_sweep(planner: ServoPlanner, clock: Clock, steps: int, dt: float = 0.1) 
 
 def test_sweep_patrols_between_limits_dwelling_at_each_step() -> None:
     clock = Clock()
-    planner = ServoPlanner(ServoConfig(mode="sweep", sweep_min_deg=-30, sweep_max_deg=30, sweep_step_deg=15,
-                                       dwell_s=0.25, face_hold_s=0.5), clock=clock)
+    planner = ServoPlanner(
+        ServoConfig(
+            mode="sweep", sweep_min_deg=-30, sweep_max_deg=30, sweep_step_deg=15, dwell_s=0.25, face_hold_s=0.5
+        ),
+        clock=clock,
+    )
     path = run_sweep(planner, clock, 60)
     distinct = [p for i, p in enumerate(path) if i == 0 or p != path[i - 1]]
     assert distinct[:9] == [0, 15, 30, 15, 0, -15, -30, -15, 0]
@@ -103,8 +107,7 @@ def test_sweep_patrols_between_limits_dwelling_at_each_step() -> None:
 
 def test_sweep_pauses_while_a_face_is_in_view_then_resumes() -> None:
     clock = Clock()
-    planner = ServoPlanner(ServoConfig(mode="sweep", sweep_step_deg=15, dwell_s=0.1, face_hold_s=0.5),
-                           clock=clock)
+    planner = ServoPlanner(ServoConfig(mode="sweep", sweep_step_deg=15, dwell_s=0.1, face_hold_s=0.5), clock=clock)
     run_sweep(planner, clock, 5)
     planner.saw(Sighting(at=clock.t, angle=15, offset_deg=3))
     held = {planner.target(15.0) for _ in range(3)}
@@ -133,8 +136,12 @@ def test_indicator_pins_follow_the_labels(mock_pins: Any) -> None:
     ind = Indicator(cfg, pin_factory=mock_pins)
     blue, red = mock_pins.pin(22), mock_pins.pin(27)
     try:
-        for labels, expected in [(["mask", "mask"], (True, False)), (["mask", "no_mask"], (False, True)),
-                                 ([], (False, False)), (["mask"], (True, False))]:
+        for labels, expected in [
+            (["mask", "mask"], (True, False)),
+            (["mask", "no_mask"], (False, True)),
+            ([], (False, False)),
+            (["mask"], (True, False)),
+        ]:
             ind.show(labels)
             assert (bool(blue.state), bool(red.state)) == expected, labels
         buzzer = mock_pins.pin(23)
@@ -147,8 +154,9 @@ def test_indicator_pins_follow_the_labels(mock_pins: Any) -> None:
 
 def test_sweep_resumes_after_pause_max_and_pauses_again_only_after_a_clear_view() -> None:
     clock = Clock()
-    planner = ServoPlanner(ServoConfig(mode="sweep", sweep_step_deg=15, dwell_s=0.1, face_hold_s=0.2,
-                                       pause_max_s=1.0), clock=clock)
+    planner = ServoPlanner(
+        ServoConfig(mode="sweep", sweep_step_deg=15, dwell_s=0.1, face_hold_s=0.2, pause_max_s=1.0), clock=clock
+    )
     position = 15.0
     planner.saw(Sighting(at=clock.t, angle=15, offset_deg=0))
     assert planner.target(position) == 15.0  # paused at the face

@@ -16,8 +16,9 @@ def make(**kw: object) -> Tracker:
     return Tracker(TrackerConfig(**kw), id_factory=lambda: f"ev-{next(counter)}")
 
 
-def feed(tracker: Tracker, frames: list[list[Observation]], fps: float = 10.0, threshold: float = 0.5
-         ) -> list[tuple[str, str, str]]:
+def feed(
+    tracker: Tracker, frames: list[list[Observation]], fps: float = 10.0, threshold: float = 0.5
+) -> list[tuple[str, str, str]]:
     out = []
     for i, obs in enumerate(frames):
         for ch in tracker.update(obs, T0 + timedelta(seconds=i / fps), threshold=threshold):
@@ -114,6 +115,9 @@ def test_pan_compensation_keeps_a_face_one_track_while_the_camera_turns() -> Non
         changes += tracker.update([Observation((600 - 120 * i, 100, 100, 100), 0.1)], T0, threshold=0.5)
     assert [(c.kind, c.track.id) for c in changes] == [("new", "ev-1")]
     unpanned = make(confirm_frames=1, end_frames=0, gate_box_frac=0.5)
-    ids = {c.track.id for i in range(3)
-           for c in unpanned.update([Observation((600 - 120 * i, 100, 100, 100), 0.1)], T0, threshold=0.5)}
+    ids = {
+        c.track.id
+        for i in range(3)
+        for c in unpanned.update([Observation((600 - 120 * i, 100, 100, 100), 0.1)], T0, threshold=0.5)
+    }
     assert len(ids) == 3  # without it, every frame would be a new face

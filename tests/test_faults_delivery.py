@@ -48,8 +48,12 @@ def patient(broker: LocalMosquitto) -> BrokerConfig:
 
 
 def node_settings(photos: Path) -> dict[str, Any]:
-    return {"source": str(photos), "profile": "crowd", "snapshot": {"mode": "on"},
-            "outbox": {"drain_timeout_s": 150, "resend_after_s": 2, "resend_max_s": 8}}
+    return {
+        "source": str(photos),
+        "profile": "crowd",
+        "snapshot": {"mode": "on"},
+        "outbox": {"drain_timeout_s": 150, "resend_after_s": 2, "resend_max_s": 8},
+    }
 
 
 @pytest.fixture
@@ -100,8 +104,16 @@ def undisturbed(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Count
 class Run:
     """One disturbed run: a hub and a node of a fresh site, and what to compare at the end."""
 
-    def __init__(self, node_broker: BrokerConfig, hub_broker: BrokerConfig, workdir: Path, photos: Path,
-                 procs: list[Any], *, share_group: str | None = None) -> None:
+    def __init__(
+        self,
+        node_broker: BrokerConfig,
+        hub_broker: BrokerConfig,
+        workdir: Path,
+        photos: Path,
+        procs: list[Any],
+        *,
+        share_group: str | None = None,
+    ) -> None:
         self.site = unique_site()
         self.hub = HubProcess(hub_broker, workdir, [self.site], share_group=share_group)
         self.edge = EdgeProcess(node_broker, workdir, self.site, NODE, once=True, settings=node_settings(photos))
@@ -118,8 +130,7 @@ class Run:
     def mid_stream(self, undisturbed: Counter[StoredEvent]) -> Run:
         """Wait until an eighth of the expected events are stored; fail unless the node is still streaming then."""
         expected = sum(undisturbed.values())
-        assert wait_until(lambda: self.stored_events() >= max(1, expected // 8), 180, every=0.05), \
-            self.edge.log_tail()
+        assert wait_until(lambda: self.stored_events() >= max(1, expected // 8), 180, every=0.05), self.edge.log_tail()
         assert self.edge.alive and self.stored_events() < expected // 2, "the stream is too short for the fault"
         return self
 
@@ -139,8 +150,10 @@ class Run:
 def assert_same_as_undisturbed(run: Run, undisturbed: Counter[StoredEvent], ids: set[str] | None = None) -> None:
     stored = stored_set(run.hub.db_url, run.site, ids)
     missing, extra = undisturbed - stored, stored - undisturbed
-    assert not missing and not extra, (f"{sum(missing.values())} stored events missing, {sum(extra.values())} extra "
-                                       f"(of {sum(undisturbed.values())}): {list(missing)[:2]} {list(extra)[:2]}")
+    assert not missing and not extra, (
+        f"{sum(missing.values())} stored events missing, {sum(extra.values())} extra "
+        f"(of {sum(undisturbed.values())}): {list(missing)[:2]} {list(extra)[:2]}"
+    )
 
 
 def assert_killed_node_lost_nothing(run: Run, written: dict[str, set[str]], undisturbed: Counter[StoredEvent]) -> None:
@@ -153,8 +166,9 @@ def assert_killed_node_lost_nothing(run: Run, written: dict[str, set[str]], undi
 
 
 @pytest.mark.parametrize("persistence", [RARE_AUTOSAVE, NO_PERSISTENCE], ids=["persistence", "no-persistence"])
-def test_broker_sigkill_mid_stream(persistence: str, photos: Path, undisturbed: Counter[StoredEvent],
-                                   tmp_path: Path, procs: list[Any]) -> None:
+def test_broker_sigkill_mid_stream(
+    persistence: str, photos: Path, undisturbed: Counter[StoredEvent], tmp_path: Path, procs: list[Any]
+) -> None:
     """With persistence, the broker restarts from its last save, which holds the hub's session (saved by a clean
     restart before the stream) but none of what it acknowledged since."""
     broker = LocalMosquitto(extra_config=persistence).start()
@@ -173,9 +187,9 @@ def test_broker_sigkill_mid_stream(persistence: str, photos: Path, undisturbed: 
     assert_same_as_undisturbed(run, undisturbed)
 
 
-def test_broker_restarted_while_the_hub_is_down(broker: LocalMosquitto, photos: Path,
-                                                undisturbed: Counter[StoredEvent], tmp_path: Path,
-                                                procs: list[Any]) -> None:
+def test_broker_restarted_while_the_hub_is_down(
+    broker: LocalMosquitto, photos: Path, undisturbed: Counter[StoredEvent], tmp_path: Path, procs: list[Any]
+) -> None:
     """The hub reads through a shared subscription, which Mosquitto 2.0 does not restore after a restart."""
     run = Run(quick(broker), patient(broker), tmp_path, photos, procs, share_group="hubs").start()
     run.mid_stream(undisturbed).hub.kill()
@@ -187,8 +201,9 @@ def test_broker_restarted_while_the_hub_is_down(broker: LocalMosquitto, photos: 
     assert_same_as_undisturbed(run, undisturbed)
 
 
-def test_hub_sigkill_mid_stream(broker: LocalMosquitto, photos: Path, undisturbed: Counter[StoredEvent],
-                                tmp_path: Path, procs: list[Any]) -> None:
+def test_hub_sigkill_mid_stream(
+    broker: LocalMosquitto, photos: Path, undisturbed: Counter[StoredEvent], tmp_path: Path, procs: list[Any]
+) -> None:
     run = Run(quick(broker), quick(broker), tmp_path, photos, procs).start()
     run.mid_stream(undisturbed).hub.kill()
     time.sleep(3)  # the hub stays down
@@ -197,8 +212,9 @@ def test_hub_sigkill_mid_stream(broker: LocalMosquitto, photos: Path, undisturbe
     assert_same_as_undisturbed(run, undisturbed)
 
 
-def test_node_sigkill_mid_stream(broker: LocalMosquitto, photos: Path, undisturbed: Counter[StoredEvent],
-                                 tmp_path: Path, procs: list[Any]) -> None:
+def test_node_sigkill_mid_stream(
+    broker: LocalMosquitto, photos: Path, undisturbed: Counter[StoredEvent], tmp_path: Path, procs: list[Any]
+) -> None:
     run = Run(quick(broker), quick(broker), tmp_path, photos, procs).start()
     run.mid_stream(undisturbed).edge.kill()
     written = run.written()
@@ -207,9 +223,9 @@ def test_node_sigkill_mid_stream(broker: LocalMosquitto, photos: Path, undisturb
     assert_killed_node_lost_nothing(run, written, undisturbed)
 
 
-def test_power_cut_kills_broker_hub_and_node(broker: LocalMosquitto, photos: Path,
-                                             undisturbed: Counter[StoredEvent], tmp_path: Path,
-                                             procs: list[Any]) -> None:
+def test_power_cut_kills_broker_hub_and_node(
+    broker: LocalMosquitto, photos: Path, undisturbed: Counter[StoredEvent], tmp_path: Path, procs: list[Any]
+) -> None:
     run = Run(quick(broker), quick(broker), tmp_path, photos, procs).start()
     run.mid_stream(undisturbed).edge.kill()
     run.hub.kill()
@@ -222,8 +238,9 @@ def test_power_cut_kills_broker_hub_and_node(broker: LocalMosquitto, photos: Pat
     assert_killed_node_lost_nothing(run, written, undisturbed)
 
 
-def test_two_broker_site_uplink_cut_then_building_broker_sigkill(photos: Path, undisturbed: Counter[StoredEvent],
-                                                                 tmp_path: Path, procs: list[Any]) -> None:
+def test_two_broker_site_uplink_cut_then_building_broker_sigkill(
+    photos: Path, undisturbed: Counter[StoredEvent], tmp_path: Path, procs: list[Any]
+) -> None:
     """Nodes on a building broker bridged (Mosquitto's bridge, QoS 1, cleansession false) to the central broker of
     the hub. The uplink is cut for 10 s mid-stream, then the building broker is SIGKILLed (losing what it queued
     for the uplink) and restarted."""
@@ -231,10 +248,21 @@ def test_two_broker_site_uplink_cut_then_building_broker_sigkill(photos: Path, u
     procs.append(central)
     uplink = Uplink(central.host, central.port).open()
     procs.append(uplink)
-    building = LocalMosquitto(extra_config="\n".join([
-        RARE_AUTOSAVE, "connection uplink", f"address 127.0.0.1:{uplink.port}", "topic maskwatch/# both 1",
-        "cleansession false", f"remote_clientid building-{tmp_path.name[-20:]}", "restart_timeout 1 2",
-        "keepalive_interval 5", "notifications false"])).start()
+    building = LocalMosquitto(
+        extra_config="\n".join(
+            [
+                RARE_AUTOSAVE,
+                "connection uplink",
+                f"address 127.0.0.1:{uplink.port}",
+                "topic maskwatch/# both 1",
+                "cleansession false",
+                f"remote_clientid building-{tmp_path.name[-20:]}",
+                "restart_timeout 1 2",
+                "keepalive_interval 5",
+                "notifications false",
+            ]
+        )
+    ).start()
     procs.append(building)
     run = Run(quick(building), quick(central), tmp_path, photos, procs).start().mid_stream(undisturbed)
     uplink.cut()
@@ -248,7 +276,8 @@ def test_two_broker_site_uplink_cut_then_building_broker_sigkill(photos: Path, u
 
 
 def test_wrong_login_keeps_every_event_exits_1_then_the_right_login_delivers_them(
-        photos: Path, undisturbed: Counter[StoredEvent], tmp_path: Path, procs: list[Any]) -> None:
+    photos: Path, undisturbed: Counter[StoredEvent], tmp_path: Path, procs: list[Any]
+) -> None:
     """The shipped ACL: node hq/door-1 started with hq/door-2's login (a copied credentials file). Before that, a
     wrong password: the refused connection is named too."""
     site = ShippedSite(("hq/door-1", "hq/door-2")).start()
@@ -257,8 +286,14 @@ def test_wrong_login_keeps_every_event_exits_1_then_the_right_login_delivers_the
     procs.append(hub.start())
     empty = tmp_path / "no-more-photos"
     empty.mkdir()
-    no_login = EdgeProcess(site.login(f"hq/{NODE}", password="guess"), tmp_path / "guess", "hq", NODE, once=True,
-                           settings={**node_settings(empty), "outbox": {"drain_timeout_s": 2}})
+    no_login = EdgeProcess(
+        site.login(f"hq/{NODE}", password="guess"),
+        tmp_path / "guess",
+        "hq",
+        NODE,
+        once=True,
+        settings={**node_settings(empty), "outbox": {"drain_timeout_s": 2}},
+    )
     procs.append(no_login)
     assert no_login.start().wait(120) == 1
     assert "never reached (Not authorized)" in no_login.log_path.read_text(), no_login.log_tail()
@@ -269,14 +304,21 @@ def test_wrong_login_keeps_every_event_exits_1_then_the_right_login_delivers_the
     lines = [line for line in wrong.log_path.read_text().splitlines() if refusal in line]
     assert len(lines) == 2, wrong.log_tail()  # logged once when it happened, and named in the exit message
     assert "not acknowledged" in lines[1] and "kept in" in lines[1]
-    waiting = Counter(topic.rsplit("/", 2)[-1] if "/snapshot/" not in topic else "snapshot"
-                      for topic, _payload in wrong.outbox())
+    waiting = Counter(
+        topic.rsplit("/", 2)[-1] if "/snapshot/" not in topic else "snapshot" for topic, _payload in wrong.outbox()
+    )
     assert not stored_messages(hub.db_url, "hq")
     assert waiting["events"] == sum(len(key) for key, _snap in undisturbed.elements())
     assert waiting["snapshot"] == sum(snap for _key, snap in undisturbed.elements())
 
-    right = EdgeProcess(site.login(f"hq/{NODE}"), tmp_path, "hq", NODE, once=True,
-                        settings={**node_settings(photos), "source": str(empty)})
+    right = EdgeProcess(
+        site.login(f"hq/{NODE}"),
+        tmp_path,
+        "hq",
+        NODE,
+        once=True,
+        settings={**node_settings(photos), "source": str(empty)},
+    )
     procs.append(right)
     assert right.start().wait(300) == 0, right.log_tail()
     assert not right.outbox()
@@ -292,13 +334,29 @@ DYNSEC = Path("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so")
 def test_refused_subscription_to_the_acks_keeps_every_event_and_exits_1(tmp_path: Path, procs: list[Any]) -> None:
     """A broker whose policy refuses the node's SUBSCRIBE to its ack topic (SUBACK 0x87)."""
     policy = tmp_path / "dynsec.json"
-    policy.write_text(json.dumps({
-        "defaultACLAccess": {"publishClientSend": True, "publishClientReceive": True, "subscribe": True,
-                             "unsubscribe": True},
-        "clients": [], "groups": [{"groupname": "anonymous", "roles": [{"rolename": "no-acks"}]}],
-        "roles": [{"rolename": "no-acks", "acls": [{"acltype": "subscribePattern", "topic": "maskwatch/+/+/ack",
-                                                     "priority": 0, "allow": False}]}],
-        "anonymousGroup": "anonymous"}))
+    policy.write_text(
+        json.dumps(
+            {
+                "defaultACLAccess": {
+                    "publishClientSend": True,
+                    "publishClientReceive": True,
+                    "subscribe": True,
+                    "unsubscribe": True,
+                },
+                "clients": [],
+                "groups": [{"groupname": "anonymous", "roles": [{"rolename": "no-acks"}]}],
+                "roles": [
+                    {
+                        "rolename": "no-acks",
+                        "acls": [
+                            {"acltype": "subscribePattern", "topic": "maskwatch/+/+/ack", "priority": 0, "allow": False}
+                        ],
+                    }
+                ],
+                "anonymousGroup": "anonymous",
+            }
+        )
+    )
     broker = LocalMosquitto(extra_config=f"plugin {DYNSEC}\nplugin_opt_config_file {policy}").start()
     procs.append(broker)
     site = unique_site()
@@ -309,7 +367,7 @@ def test_refused_subscription_to_the_acks_keeps_every_event_and_exits_1(tmp_path
     refusal = f"refused the subscription to maskwatch/{site}/{NODE}/ack: Not authorized"
     lines = [line for line in edge.log_path.read_text().splitlines() if refusal in line]
     assert len(lines) == 2 and "not acknowledged" in lines[1], edge.log_tail()
-    (count, last), = edge._outbox_query("SELECT COUNT(*), MAX(seq) FROM outbox")
-    assert count == last and any(topic.endswith("/events") for topic, _payload in edge.outbox()), \
+    ((count, last),) = edge._outbox_query("SELECT COUNT(*), MAX(seq) FROM outbox")
+    assert count == last and any(topic.endswith("/events") for topic, _payload in edge.outbox()), (
         "every event stays in the outbox (numbered 1..n, none removed)"
-
+    )

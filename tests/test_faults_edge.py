@@ -38,8 +38,9 @@ def procs() -> Iterator[list[HubProcess | EdgeProcess]]:
 
 
 def quick(broker: BrokerConfig | LocalMosquitto) -> BrokerConfig:
-    return BrokerConfig(host=broker.host, port=broker.port, keepalive_s=KEEPALIVE_S, reconnect_min_s=0.2,
-                        reconnect_max_s=1.0)
+    return BrokerConfig(
+        host=broker.host, port=broker.port, keepalive_s=KEEPALIVE_S, reconnect_min_s=0.2, reconnect_max_s=1.0
+    )
 
 
 def image_folder(folder: Path, count: int) -> Path:
@@ -63,8 +64,9 @@ def event_ids(messages: list[tuple[str, bytes]]) -> Counter[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fault", ["killed", "frozen"])
-def test_lost_node_is_marked_offline_and_alerted(broker_config: BrokerConfig, tmp_path: Path, procs: list,
-                                                 fault: str) -> None:
+def test_lost_node_is_marked_offline_and_alerted(
+    broker_config: BrokerConfig, tmp_path: Path, procs: list, fault: str
+) -> None:
     """SIGKILL closes the socket (the broker sends the Last Will at once); SIGSTOP leaves it open, as a network
     loss does, so the broker sends the will after 1.5 x keepalive."""
     broker = quick(broker_config)
@@ -87,15 +89,17 @@ def test_lost_node_is_marked_offline_and_alerted(broker_config: BrokerConfig, tm
     # freeze (an idle client pings once per keepalive); Mosquitto 2.0.11 measured here: 6.5-10.6 s for 5 s.
     limit = (1 + 1.5) * KEEPALIVE_S + 3
     assert took <= limit, f"marked offline after {took:.1f} s (keepalive {KEEPALIVE_S} s, limit {limit} s)"
-    assert wait_until(lambda: any(a["kind"] == "node_offline" and a["node"] == node
-                                  for a in hub.get(f"/api/alerts?site={site}")), 30)
+    assert wait_until(
+        lambda: any(a["kind"] == "node_offline" and a["node"] == node for a in hub.get(f"/api/alerts?site={site}")), 30
+    )
     assert wait_until(lambda: any(a.kind == "node_offline" and a.node == node for a in received), 10)
     listener.stop()
 
 
 @pytest.mark.slow
-def test_restarted_node_replays_what_the_broker_never_acknowledged(restartable_mosquitto: LocalMosquitto,
-                                                                   tmp_path: Path, procs: list) -> None:
+def test_restarted_node_replays_what_the_broker_never_acknowledged(
+    restartable_mosquitto: LocalMosquitto, tmp_path: Path, procs: list
+) -> None:
     """Broker down: the node fills its outbox and is killed. Broker back, node restarted: the hub stores it all."""
     broker = quick(restartable_mosquitto)
     site, node = unique_site(), "door-2"
@@ -118,8 +122,9 @@ def test_restarted_node_replays_what_the_broker_never_acknowledged(restartable_m
     assert again.wait(180) == 0, again.log_tail()
     table = EventTable(hub.db_url)
     try:
-        assert wait_until(lambda: set(pending) <= set(table.rows(site)), 30), \
+        assert wait_until(lambda: set(pending) <= set(table.rows(site)), 30), (
             f"lost: {sorted(set(pending) - set(table.rows(site)))}"
+        )
     finally:
         table.close()
     assert not set(event_ids(edge.outbox())) & set(pending), "replayed messages leave the outbox"
@@ -127,7 +132,8 @@ def test_restarted_node_replays_what_the_broker_never_acknowledged(restartable_m
 
 @pytest.mark.slow
 def test_full_outbox_drops_the_oldest_counts_them_and_the_node_keeps_running(
-        restartable_mosquitto: LocalMosquitto, tmp_path: Path, procs: list) -> None:
+    restartable_mosquitto: LocalMosquitto, tmp_path: Path, procs: list
+) -> None:
     broker = quick(restartable_mosquitto)
     site, node = unique_site(), "door-3"
     topics = NodeTopics(site, node)
@@ -154,4 +160,3 @@ def test_full_outbox_drops_the_oldest_counts_them_and_the_node_keeps_running(
     assert wait_until(lambda: any(a.request_id == request and a.status == "ok" for a in answers), 30)
     assert edge.alive
     watcher.stop()
-

@@ -37,8 +37,7 @@ def cleanup() -> Iterator[list[HubProcess | LoadGen | EventTable]]:
 
 
 def fast_broker(broker: LocalMosquitto) -> BrokerConfig:
-    return BrokerConfig(host=broker.host, port=broker.port, keepalive_s=5, reconnect_min_s=0.2,
-                        reconnect_max_s=1.0)
+    return BrokerConfig(host=broker.host, port=broker.port, keepalive_s=5, reconnect_min_s=0.2, reconnect_max_s=1.0)
 
 
 def assert_all_stored_once(table: EventTable, site: str, gen: LoadGen, timeout: float = 60) -> None:
@@ -53,8 +52,14 @@ def assert_all_stored_once(table: EventTable, site: str, gen: LoadGen, timeout: 
     assert not miscounted, f"events whose messages were counted wrongly: {list(miscounted.items())[:5]}"
 
 
-def hub_and_table(broker: BrokerConfig, tmp_path: Path, site: str, cleanup: list,
-                  db_url: str | None = None, share_group: str | None = None) -> tuple[HubProcess, EventTable]:
+def hub_and_table(
+    broker: BrokerConfig,
+    tmp_path: Path,
+    site: str,
+    cleanup: list,
+    db_url: str | None = None,
+    share_group: str | None = None,
+) -> tuple[HubProcess, EventTable]:
     """A started hub for ``site`` and a view of its events table, both stopped at the end of the test."""
     hub = HubProcess(broker, tmp_path, [site], db_url=db_url, share_group=share_group).start()
     cleanup.append(hub)
@@ -63,16 +68,15 @@ def hub_and_table(broker: BrokerConfig, tmp_path: Path, site: str, cleanup: list
     return hub, table
 
 
-def stream(broker: BrokerConfig, site: str, cleanup: list, nodes: int = 5, *, connections: int = 1,
-           persistent: bool = False) -> LoadGen:
-    gen = LoadGen(broker, site, nodes, rate_per_node=20, connections=connections, lifecycle=True,
-                  persistent=persistent)
+def stream(
+    broker: BrokerConfig, site: str, cleanup: list, nodes: int = 5, *, connections: int = 1, persistent: bool = False
+) -> LoadGen:
+    gen = LoadGen(broker, site, nodes, rate_per_node=20, connections=connections, lifecycle=True, persistent=persistent)
     cleanup.append(gen)
     return gen.start()
 
 
-def test_hub_sigkill_and_restart_during_a_stream(broker_config: BrokerConfig, tmp_path: Path,
-                                                 cleanup: list) -> None:
+def test_hub_sigkill_and_restart_during_a_stream(broker_config: BrokerConfig, tmp_path: Path, cleanup: list) -> None:
     site = unique_site()
     hub, table = hub_and_table(broker_config, tmp_path, site, cleanup)
     gen = stream(broker_config, site, cleanup)
@@ -89,12 +93,14 @@ def test_hub_sigkill_and_restart_during_a_stream(broker_config: BrokerConfig, tm
 
 SHARED_SUBSCRIPTION_LOSS = pytest.mark.xfail(
     reason="Mosquitto 2.0 does not restore $share subscriptions from persistence: what nodes publish after a "
-           "broker restart and before the hub re-subscribes is acknowledged and dropped (docs/scaling.md)",
-    strict=True)
+    "broker restart and before the hub re-subscribes is acknowledged and dropped (docs/scaling.md)",
+    strict=True,
+)
 
 
-def test_broker_restart_during_a_stream_of_ten_nodes(restartable_mosquitto: LocalMosquitto, tmp_path: Path,
-                                                     cleanup: list) -> None:
+def test_broker_restart_during_a_stream_of_ten_nodes(
+    restartable_mosquitto: LocalMosquitto, tmp_path: Path, cleanup: list
+) -> None:
     """Ten nodes (one connection each, persistent sessions) stream through a broker restart.
 
     The hub keeps its default plain subscription (MQTT 5): with a ``$share`` one, Mosquitto loses the
@@ -115,10 +121,14 @@ def test_broker_restart_during_a_stream_of_ten_nodes(restartable_mosquitto: Loca
     assert hub.alive
 
 
-@pytest.mark.parametrize("share_group", [None, pytest.param("hubs", marks=SHARED_SUBSCRIPTION_LOSS)],
-                         ids=["plain-subscription", "shared-subscription"])
+@pytest.mark.parametrize(
+    "share_group",
+    [None, pytest.param("hubs", marks=SHARED_SUBSCRIPTION_LOSS)],
+    ids=["plain-subscription", "shared-subscription"],
+)
 def test_events_published_while_hub_is_down_survive_a_broker_restart(
-        restartable_mosquitto: LocalMosquitto, tmp_path: Path, cleanup: list, share_group: str | None) -> None:
+    restartable_mosquitto: LocalMosquitto, tmp_path: Path, cleanup: list, share_group: str | None
+) -> None:
     """Hub stopped, broker restarted, nodes publish, hub back: its persistent session must hold the events."""
     broker = fast_broker(restartable_mosquitto)
     site = unique_site()
@@ -137,8 +147,9 @@ def online_nodes(hub: HubProcess, site: str) -> set[str]:
 
 
 @pytest.mark.slow
-def test_database_locked_pauses_ingest_without_acknowledging(broker_config: BrokerConfig, tmp_path: Path,
-                                                             cleanup: list) -> None:
+def test_database_locked_pauses_ingest_without_acknowledging(
+    broker_config: BrokerConfig, tmp_path: Path, cleanup: list
+) -> None:
     """Another process holds the SQLite write lock longer than the hub's busy timeout: the hub retries, and as it
     acknowledged nothing it could not commit, killing it and restarting after the lock is gone loses nothing."""
     site = unique_site()
@@ -151,8 +162,7 @@ def test_database_locked_pauses_ingest_without_acknowledging(broker_config: Brok
     locker.execute("BEGIN EXCLUSIVE")
     try:
         stored_while_locked = table.count(site)
-        assert wait_until(lambda: hub.storage_errors() >= 1, 40), \
-            "the hub should report the database error it retries"
+        assert wait_until(lambda: hub.storage_errors() >= 1, 40), "the hub should report the database error it retries"
         assert table.count(site) == stored_while_locked, "nothing can be committed while the lock is held"
         assert hub.alive
         hub.kill()  # whatever it received during the lock was never acknowledged, so the broker keeps it
@@ -172,8 +182,12 @@ def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
     mount_point.mkdir()
     if shutil.which("mount") is None:
         pytest.skip("no mount command")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount_point)],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
     try:
@@ -195,16 +209,18 @@ def fill(folder: Path, leave_bytes: int) -> Path:
 
 
 @pytest.mark.slow
-def test_disk_full_pauses_ingest_then_resumes(broker_config: BrokerConfig, tmp_path: Path, tiny_filesystem: Path,
-                                              cleanup: list) -> None:
+def test_disk_full_pauses_ingest_then_resumes(
+    broker_config: BrokerConfig, tmp_path: Path, tiny_filesystem: Path, cleanup: list
+) -> None:
     site = unique_site()
     hub, table = hub_and_table(broker_config, tmp_path, site, cleanup, db_url=f"sqlite:///{tiny_filesystem / 'hub.db'}")
     gen = stream(broker_config, site, cleanup)
     runner = gen.run_in_background(count=1500)
     assert wait_until(lambda: table.count(site) >= 50, 30)
     filler = fill(tiny_filesystem, leave_bytes=0)
-    assert wait_until(lambda: hub.storage_errors() >= 1, 60), \
+    assert wait_until(lambda: hub.storage_errors() >= 1, 60), (
         f"the hub should hit 'disk full' and retry:\n{hub.log_tail()}"
+    )
     assert hub.alive and hub.get("/healthz")
     filler.unlink()
     runner.join(90)

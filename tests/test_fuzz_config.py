@@ -56,20 +56,48 @@ def tree(dotted: str, value: Any) -> dict[str, Any]:
 
 
 ADVERSARIAL = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=30),
-    st.sampled_from([10**40, -(10**40), math.nan, math.inf, "", "\x00", "../../etc/passwd", "x" * 5000,
-                     "0.0.0.0:99999", "host:²", "[::1]:", "sqlite:///", "Hq\n", [], {}, [[[]]], {"a": {"b": 1}}]),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=30),
+    st.sampled_from(
+        [
+            10**40,
+            -(10**40),
+            math.nan,
+            math.inf,
+            "",
+            "\x00",
+            "../../etc/passwd",
+            "x" * 5000,
+            "0.0.0.0:99999",
+            "host:²",
+            "[::1]:",
+            "sqlite:///",
+            "Hq\n",
+            [],
+            {},
+            [[[]]],
+            {"a": {"b": 1}},
+        ]
+    ),
     st.lists(st.integers() | st.text(max_size=5), max_size=3),
     st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
 )
-YAML_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
-                           | st.text(max_size=20),
-                           lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=10), kids,
-                                                                                      max_size=4), max_leaves=20)
+YAML_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=10), kids, max_size=4),
+    max_leaves=20,
+)
 
 
-def load_or_error(model: type[BaseModel], path: Path | None = None, overrides: dict[str, Any] | None = None,
-                  environ: dict[str, str] | None = None) -> BaseModel | ConfigError:
+def load_or_error(
+    model: type[BaseModel],
+    path: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> BaseModel | ConfigError:
     try:
         return load_config(model, path, overrides=overrides, environ=environ or {})
     except ConfigError as exc:
@@ -100,14 +128,18 @@ def test_any_value_for_a_known_key(model: type[BaseModel], data: st.DataObject) 
     result = load_or_error(model, overrides=tree(dotted, value))
     if isinstance(result, ConfigError):
         named = {".".join(dotted.split(".")[:i]) for i in range(1, dotted.count(".") + 2)}
-        assert any(re.search(rf"[ ;]{re.escape(key)}[.:]", str(result)) for key in named) \
-            or "(top level)" in str(result), str(result)
+        assert any(re.search(rf"[ ;]{re.escape(key)}[.:]", str(result)) for key in named) or "(top level)" in str(
+            result
+        ), str(result)
         assert str(value)[:200] not in str(result) or len(str(value)) < 40, "errors must not echo huge values"
 
 
 @settings(max_examples=150)
-@given(model=st.sampled_from(MODELS), dotted=st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=3)
-       .map(".".join), value=ADVERSARIAL)
+@given(
+    model=st.sampled_from(MODELS),
+    dotted=st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=3).map(".".join),
+    value=ADVERSARIAL,
+)
 def test_unknown_keys_are_named(model: type[BaseModel], dotted: str, value: Any) -> None:
     result = load_or_error(model, overrides=tree(dotted, value))
     if dotted.split(".")[0] not in model.model_fields and value is not None:  # None overrides are skipped
@@ -127,16 +159,19 @@ def test_random_file_contents(model: type[BaseModel], raw: bytes) -> None:
     load_or_error(model, yaml_file(raw))
 
 
-@pytest.mark.parametrize("text", [
-    "a: " + "[" * 600 + "]" * 600,  # deeper than PyYAML can recurse
-    "broker: " + "{a: " * 600 + "1" + "}" * 600,
-    "!!python/object/apply:os.system ['echo pwned']",         # safe_load refuses to construct it
-    "broker: &b {host: h}\nhub_id: *b\n",
-    "\ufeffbroker: {host: h}\n",
-    "- a\n- b\n",
-    "key: [unclosed\n",
-    "\t:\n",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: " + "[" * 600 + "]" * 600,  # deeper than PyYAML can recurse
+        "broker: " + "{a: " * 600 + "1" + "}" * 600,
+        "!!python/object/apply:os.system ['echo pwned']",  # safe_load refuses to construct it
+        "broker: &b {host: h}\nhub_id: *b\n",
+        "\ufeffbroker: {host: h}\n",
+        "- a\n- b\n",
+        "key: [unclosed\n",
+        "\t:\n",
+    ],
+)
 @pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
 def test_hostile_yaml(model: type[BaseModel], text: str) -> None:
     load_or_error(model, yaml_file(text))
@@ -160,8 +195,11 @@ def test_missing_file_folder_and_unreadable_file(tmp_path: Path) -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(model=st.sampled_from(MODELS), name=st.text(alphabet=st.characters(codec="ascii"), min_size=1, max_size=30),
-       value=st.text(max_size=40) | st.sampled_from(["[" * 600, "{" * 600, "!!binary x", "*alias", "&a [*a]"]))
+@given(
+    model=st.sampled_from(MODELS),
+    name=st.text(alphabet=st.characters(codec="ascii"), min_size=1, max_size=30),
+    value=st.text(max_size=40) | st.sampled_from(["[" * 600, "{" * 600, "!!binary x", "*alias", "&a [*a]"]),
+)
 def test_environment_variables(model: type[BaseModel], name: str, value: str) -> None:
     """Any ``MASKWATCH_*`` variable: parsed as a YAML scalar or kept as text, then validated like the file."""
     if "\x00" in value or "\x00" in name:
@@ -172,8 +210,11 @@ def test_environment_variables(model: type[BaseModel], name: str, value: str) ->
 
 
 @settings(max_examples=100, deadline=None)
-@given(items=st.lists(st.text(max_size=30) | st.sampled_from(["a=" + "[" * 600, "=1", "a.=1", ".=x", "a..b=2"]),
-                      max_size=4))
+@given(
+    items=st.lists(
+        st.text(max_size=30) | st.sampled_from(["a=" + "[" * 600, "=1", "a.=1", ".=x", "a..b=2"]), max_size=4
+    )
+)
 def test_set_options(items: list[str]) -> None:
     try:
         overrides = parse_set_options(items)
@@ -185,8 +226,12 @@ def test_set_options(items: list[str]) -> None:
 
 
 @settings(max_examples=300)
-@given(st.text(max_size=30) | st.sampled_from(["h:²", "h:٣", "h:0", "h:65536", "[::1]:", "[::1", ":1", "h::1",
-                                               "h:1:2", " h:1 ", "h:+1", "h:-1", "h:1_0"]))
+@given(
+    st.text(max_size=30)
+    | st.sampled_from(
+        ["h:²", "h:٣", "h:0", "h:65536", "[::1]:", "[::1", ":1", "h::1", "h:1:2", " h:1 ", "h:+1", "h:-1", "h:1_0"]
+    )
+)
 def test_host_port(value: str) -> None:
     try:
         host, port = parse_host_port(value)
@@ -196,10 +241,16 @@ def test_host_port(value: str) -> None:
     assert host and 0 < port < 65536
 
 
-@pytest.mark.parametrize("model,dotted", [
-    (EdgeConfig, "site"), (EdgeConfig, "node"), (HubConfig, "hub_id"), (HubConfig, "ingest.share_group"),
-    (HubConfig, "sites"),
-])
+@pytest.mark.parametrize(
+    "model,dotted",
+    [
+        (EdgeConfig, "site"),
+        (EdgeConfig, "node"),
+        (HubConfig, "hub_id"),
+        (HubConfig, "ingest.share_group"),
+        (HubConfig, "sites"),
+    ],
+)
 @pytest.mark.parametrize("odd", ["hq\n", "hq\r", "h q", "Hq", "", "x" * 65, "hq/x", "+", "#"])
 def test_ids_in_configs_are_matched_in_full(model: type[BaseModel], dotted: str, odd: str) -> None:
     """A trailing newline (which Python's ``re.match(...$)`` lets through) is no valid id either."""

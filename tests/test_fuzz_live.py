@@ -72,11 +72,13 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.mark.slow
-def test_hub_survives_thousands_of_bad_payloads_and_stores_all_valid_ones(broker_config: BrokerConfig,
-                                                                         tmp_path: Path, db_url: str) -> None:
+def test_hub_survives_thousands_of_bad_payloads_and_stores_all_valid_ones(
+    broker_config: BrokerConfig, tmp_path: Path, db_url: str
+) -> None:
     site = unique_site()
-    hub = HubProcess(broker_config, tmp_path, [site], db_url=db_url,
-                     settings={"ingest": {"max_snapshot_bytes": 10_000}})
+    hub = HubProcess(
+        broker_config, tmp_path, [site], db_url=db_url, settings={"ingest": {"max_snapshot_bytes": 10_000}}
+    )
     gen = LoadGen(broker_config, site, 3, rate_per_node=100, connections=1)
     table = EventTable(hub.db_url)
     attacker = MqttClient(broker_config, f"attacker-{site}")
@@ -96,8 +98,9 @@ def test_hub_survives_thousands_of_bad_payloads_and_stores_all_valid_ones(broker
         assert wait_until(lambda: table.count(site) >= 600, 60), f"stored {table.count(site)} of 600"
         if not wait_until(lambda: hub.rejected_total() >= len(bad), 60):
             missing = Counter(bad) - Counter(table.rejected())
-            raise AssertionError(f"rejected {hub.rejected_total()} of {len(bad)}; not rejected: "
-                                 f"{[(t, p[:100]) for t, p in missing]}")
+            raise AssertionError(
+                f"rejected {hub.rejected_total()} of {len(bad)}; not rejected: {[(t, p[:100]) for t, p in missing]}"
+            )
         assert hub.alive and hub.healthy()
         rows = table.rows(site)
         assert set(rows) == set(gen.ids)
@@ -128,19 +131,24 @@ def command_garbage(site: str, node: str, seed: int) -> tuple[list[tuple[str, by
     for unknown in ("reboot", "shutdown", "x" * 32, "servo2"):
         commands.append((topics.cmd(unknown), json.dumps({"v": 1, "request_id": f"fuzz-{unknown}"}).encode()))
     desired = json.dumps({"v": 1, "threshold": 0.5}).encode()
-    configs = [(topics.desired, p) for p in bad_payloads(rng, desired)[:300]
-               if p and rejected_by_contract(DesiredConfig, p)]
+    configs = [
+        (topics.desired, p) for p in bad_payloads(rng, desired)[:300] if p and rejected_by_contract(DesiredConfig, p)
+    ]
     rng.shuffle(commands)
     return commands, configs
 
 
-VALID_ARGS = {"servo": {"mode": "hold"}, "threshold": {"value": 0.5}, "detect": {"enabled": True}, "snapshot": {},
-              "config": {}}
+VALID_ARGS = {
+    "servo": {"mode": "hold"},
+    "threshold": {"value": 0.5},
+    "detect": {"enabled": True},
+    "snapshot": {},
+    "config": {},
+}
 
 
 @pytest.mark.slow
-def test_node_answers_every_bad_command_with_an_error_and_stays_up(broker_config: BrokerConfig,
-                                                                   tmp_path: Path) -> None:
+def test_node_answers_every_bad_command_with_an_error_and_stays_up(broker_config: BrokerConfig, tmp_path: Path) -> None:
     site, node = unique_site(), "door-9"
     topics = NodeTopics(site, node)
     answers: list[CommandResponse] = []
@@ -160,13 +168,15 @@ def test_node_answers_every_bad_command_with_an_error_and_stays_up(broker_config
         assert len(commands) + len(configs) > 1000
         for topic, payload in [*commands, *configs]:
             client.publish(topic, payload, qos=1)
-        assert wait_until(lambda: len(answers) >= len(commands), 120), \
+        assert wait_until(lambda: len(answers) >= len(commands), 120), (
             f"{len(answers)} answers to {len(commands)} bad commands\n{edge.log_tail()}"
+        )
         assert {a.status for a in answers} == {"error"}
         assert all(a.error for a in answers)
         expected = len(commands) + len(configs)
-        assert wait_until(lambda: stats and sum(stats[-1].rejected.values()) >= expected, 30), \
+        assert wait_until(lambda: stats and sum(stats[-1].rejected.values()) >= expected, 30), (
             f"node counted {sum(stats[-1].rejected.values()) if stats else None} of {expected}"
+        )
         assert sum(stats[-1].rejected.values()) == expected
         client.publish(topics.cmd("config"), b'{"v": 1, "request_id": "still-there"}', qos=1)
         assert wait_until(lambda: any(a.request_id == "still-there" and a.status == "ok" for a in answers), 30)

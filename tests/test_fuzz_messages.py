@@ -42,22 +42,82 @@ from shared.topics import (
 TS = "2026-01-01T12:00:00Z"
 #: One valid payload per model: the seeds the near-valid strategies mutate.
 VALID: dict[type[BaseModel], dict[str, Any]] = {
-    Event: {"v": 1, "type": "update", "id": "hq-door-1-0001", "site": "hq", "node": "door-1", "ts": TS,
-            "label": "mask", "score": 0.9, "box": [1, 2, 30, 40], "angle": 10.5, "frame": 7, "snapshot": True,
-            "track": {"frames": 3, "first_seen": TS, "last_seen": TS}, "seq": 12, "outbox_id": "0123456789abcdef"},
-    NodeState: {"v": 1, "site": "hq", "node": "door-1", "ts": TS, "threshold": 0.5, "detect": True,
-                "model": "m@1", "profile": "crowd", "source": "0",
-                "servo": {"angle": 0.0, "mode": "sweep", "min_deg": -90.0, "max_deg": 90.0}},
-    NodeStats: {"v": 1, "site": "hq", "node": "door-1", "ts": TS, "fps": 12.0, "stage_ms": {"detect": 4.5},
-                "frames": 10, "dropped_frames": 1, "outbox_depth": 0, "outbox_dropped": 0, "events_published": 3,
-                "reconnects": 0, "uptime_s": 5.0, "cpu_temp_c": 50.0, "camera_ok": True, "rejected": {"json": 1}},
-    CommandResponse: {"v": 1, "request_id": "r1", "status": "ok", "site": "hq", "node": "door-1", "ts": TS,
-                      "value": {"angle": 3}},
+    Event: {
+        "v": 1,
+        "type": "update",
+        "id": "hq-door-1-0001",
+        "site": "hq",
+        "node": "door-1",
+        "ts": TS,
+        "label": "mask",
+        "score": 0.9,
+        "box": [1, 2, 30, 40],
+        "angle": 10.5,
+        "frame": 7,
+        "snapshot": True,
+        "track": {"frames": 3, "first_seen": TS, "last_seen": TS},
+        "seq": 12,
+        "outbox_id": "0123456789abcdef",
+    },
+    NodeState: {
+        "v": 1,
+        "site": "hq",
+        "node": "door-1",
+        "ts": TS,
+        "threshold": 0.5,
+        "detect": True,
+        "model": "m@1",
+        "profile": "crowd",
+        "source": "0",
+        "servo": {"angle": 0.0, "mode": "sweep", "min_deg": -90.0, "max_deg": 90.0},
+    },
+    NodeStats: {
+        "v": 1,
+        "site": "hq",
+        "node": "door-1",
+        "ts": TS,
+        "fps": 12.0,
+        "stage_ms": {"detect": 4.5},
+        "frames": 10,
+        "dropped_frames": 1,
+        "outbox_depth": 0,
+        "outbox_dropped": 0,
+        "events_published": 3,
+        "reconnects": 0,
+        "uptime_s": 5.0,
+        "cpu_temp_c": 50.0,
+        "camera_ok": True,
+        "rejected": {"json": 1},
+    },
+    CommandResponse: {
+        "v": 1,
+        "request_id": "r1",
+        "status": "ok",
+        "site": "hq",
+        "node": "door-1",
+        "ts": TS,
+        "value": {"angle": 3},
+    },
     DesiredConfig: {"v": 1, "threshold": 0.4, "servo_mode": "hold", "servo_angle": 5.0, "detect": False},
-    Alert: {"v": 1, "kind": "no_mask", "site": "hq", "node": "door-1", "ts": TS, "event_id": "e-1", "score": 0.8,
-            "snapshot_url": "http://hub/e-1.jpg", "message": "hi"},
-    Ack: {"v": 1, "hub": "hub", "ts": TS, "outbox_id": "0123456789abcdef", "seqs": [[1, 5], [7, 7]],
-          "snapshots": ["hq-door-1-0001"]},
+    Alert: {
+        "v": 1,
+        "kind": "no_mask",
+        "site": "hq",
+        "node": "door-1",
+        "ts": TS,
+        "event_id": "e-1",
+        "score": 0.8,
+        "snapshot_url": "http://hub/e-1.jpg",
+        "message": "hi",
+    },
+    Ack: {
+        "v": 1,
+        "hub": "hub",
+        "ts": TS,
+        "outbox_id": "0123456789abcdef",
+        "seqs": [[1, 5], [7, 7]],
+        "snapshots": ["hq-door-1-0001"],
+    },
     COMMANDS["servo"]: {"v": 1, "request_id": "r1", "angle": 20.0, "mode": "hold", "dwell_s": 1.0},
     COMMANDS["threshold"]: {"v": 1, "request_id": "r1", "value": 0.3},
     COMMANDS["detect"]: {"v": 1, "request_id": "r1", "enabled": True},
@@ -67,19 +127,65 @@ VALID: dict[type[BaseModel], dict[str, Any]] = {
 MODELS = list(VALID)
 REASONS = {"json", "schema", "version", "oversize"}
 
-ODD_TEXT = st.sampled_from([
-    "", " ", "\n", "hq\n", "\x00", "a/b", "+", "#", "$share", "all", "ALL", "é", "\u202e", "\ud7ff", "🙂", "x" * 65,
-    "x" * 129, "x" * 5000, "0", "-1", "1e999", "NaN", "null", "true", "{}", "[]", "'; drop table events; --",
-    "2026-13-45T25:61:61Z", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "2026-01-01T12:00:00",
-])
-HUGE_NUMBERS = st.sampled_from([
-    2**31, 2**53 + 1, 2**63, 2**64, 10**40, -(10**40), 10**400, 1e308, -1e308, 5e-324, -0.0,
-    math.inf, -math.inf, math.nan,
-])
-SCALARS = (st.none() | st.booleans() | st.integers() | st.floats() | HUGE_NUMBERS | st.text(max_size=40)
-           | ODD_TEXT)
-JSON_VALUES = st.recursive(SCALARS, lambda kids: st.lists(kids, max_size=5)
-                           | st.dictionaries(st.text(max_size=10) | ODD_TEXT, kids, max_size=5), max_leaves=25)
+ODD_TEXT = st.sampled_from(
+    [
+        "",
+        " ",
+        "\n",
+        "hq\n",
+        "\x00",
+        "a/b",
+        "+",
+        "#",
+        "$share",
+        "all",
+        "ALL",
+        "é",
+        "\u202e",
+        "\ud7ff",
+        "🙂",
+        "x" * 65,
+        "x" * 129,
+        "x" * 5000,
+        "0",
+        "-1",
+        "1e999",
+        "NaN",
+        "null",
+        "true",
+        "{}",
+        "[]",
+        "'; drop table events; --",
+        "2026-13-45T25:61:61Z",
+        "0001-01-01T00:00:00+01:00",
+        "9999-12-31T23:59:59-01:00",
+        "2026-01-01T12:00:00",
+    ]
+)
+HUGE_NUMBERS = st.sampled_from(
+    [
+        2**31,
+        2**53 + 1,
+        2**63,
+        2**64,
+        10**40,
+        -(10**40),
+        10**400,
+        1e308,
+        -1e308,
+        5e-324,
+        -0.0,
+        math.inf,
+        -math.inf,
+        math.nan,
+    ]
+)
+SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | HUGE_NUMBERS | st.text(max_size=40) | ODD_TEXT
+JSON_VALUES = st.recursive(
+    SCALARS,
+    lambda kids: st.lists(kids, max_size=5) | st.dictionaries(st.text(max_size=10) | ODD_TEXT, kids, max_size=5),
+    max_leaves=25,
+)
 
 
 def nested(depth: int, leaf: str = "1") -> str:
@@ -91,8 +197,10 @@ def nested(depth: int, leaf: str = "1") -> str:
 
 def strict_json(raw: bytes) -> Any:
     """Decode ``raw`` as standard JSON (no NaN or Infinity, which Python's json would accept)."""
+
     def reject(name: str) -> None:
         raise AssertionError(f"non-standard JSON constant {name} in {raw[:200]!r}")
+
     return json.loads(raw, parse_constant=reject)
 
 
@@ -186,9 +294,16 @@ def test_times_that_overflow_utc_are_rejected(ts: str) -> None:
         assert isinstance(result, ContractError) and result.field == "ts"
 
 
-@pytest.mark.parametrize("key,value", [
-    ("box", [0, 0, 2**31, 10]), ("box", [-(2**40), 0, 5, 5]), ("frame", 2**63), ("frame", -1), ("frame", "x" * 300),
-])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("box", [0, 0, 2**31, 10]),
+        ("box", [-(2**40), 0, 5, 5]),
+        ("frame", 2**63),
+        ("frame", -1),
+        ("frame", "x" * 300),
+    ],
+)
 def test_numbers_beyond_what_a_database_column_holds_are_rejected(key: str, value: Any) -> None:
     result = check(Event, json.dumps({**VALID[Event], key: value}), mutated=key)
     assert isinstance(result, ContractError) and result.field.split(".")[0] == key
@@ -239,9 +354,16 @@ ODD_IDS = st.sampled_from(["", "hq\n", "Hq", "a/b", "a+b", "#", "a b", "é", "x"
 
 
 @settings(max_examples=200)
-@given(st.text(max_size=80) | st.lists(st.text(max_size=12) | ODD_TEXT, max_size=6).map("/".join)
-       | st.lists(st.sampled_from(["maskwatch", "hq", "n1", "all", "events", "cmd", "servo", "snapshot", "alerts",
-                                   "+", "#", "", "hq\n"]), max_size=6).map("/".join))
+@given(
+    st.text(max_size=80)
+    | st.lists(st.text(max_size=12) | ODD_TEXT, max_size=6).map("/".join)
+    | st.lists(
+        st.sampled_from(
+            ["maskwatch", "hq", "n1", "all", "events", "cmd", "servo", "snapshot", "alerts", "+", "#", "", "hq\n"]
+        ),
+        max_size=6,
+    ).map("/".join)
+)
 def test_parse_topic_accepts_only_well_formed_topics(topic: str) -> None:
     try:
         info = parse_topic(topic)
@@ -262,8 +384,11 @@ def test_node_topics_round_trip(site: str, node: str, kind: str) -> None:
 
 
 @settings(max_examples=50)
-@given(site=SITE_IDS, node=IDS.filter(lambda n: n != "all"), event_id=st.from_regex(r"[A-Za-z0-9_.:-]{1,128}",
-                                                                                  fullmatch=True))
+@given(
+    site=SITE_IDS,
+    node=IDS.filter(lambda n: n != "all"),
+    event_id=st.from_regex(r"[A-Za-z0-9_.:-]{1,128}", fullmatch=True),
+)
 def test_snapshot_topics_round_trip(site: str, node: str, event_id: str) -> None:
     if "\n" in event_id:
         return

@@ -39,15 +39,35 @@ START = utc_now().replace(minute=0, second=0, microsecond=0) - timedelta(hours=3
 def seed(store: Store, snapshot_dir: Path) -> EventLog:
     """60 events: nodes a/b/c, labels alternating, one minute apart from START; two rejections."""
     log = EventLog(store, snapshot_dir)
-    items = [EventIn(make_event("hq", "abc"[n % 3], n, label="no_mask" if n % 4 == 0 else "mask",
-                                ts=START + timedelta(minutes=n), snapshot=n == 5,
-                                face_score=0.97 if n == 5 else None), START) for n in range(60)]
+    items = [
+        EventIn(
+            make_event(
+                "hq",
+                "abc"[n % 3],
+                n,
+                label="no_mask" if n % 4 == 0 else "mask",
+                ts=START + timedelta(minutes=n),
+                snapshot=n == 5,
+                face_score=0.97 if n == 5 else None,
+            ),
+            START,
+        )
+        for n in range(60)
+    ]
     with store.transaction() as session:
         log.write(session, items)
-        RejectedStore(store).add(session, [RejectIn("maskwatch/hq/a/events", "json", None, "bad", b"{", START),
-                             RejectIn("maskwatch/hq/a/events", "version", "v", "v=2", b"{}", START)], 100)
-        Registry(store).apply(session, [NodeUpdate("hq", "a", "status", START, online=True),
-                                        NodeUpdate("hq", "b", "status", START, online=False)])
+        RejectedStore(store).add(
+            session,
+            [
+                RejectIn("maskwatch/hq/a/events", "json", None, "bad", b"{", START),
+                RejectIn("maskwatch/hq/a/events", "version", "v", "v=2", b"{}", START),
+            ],
+            100,
+        )
+        Registry(store).apply(
+            session,
+            [NodeUpdate("hq", "a", "status", START, online=True), NodeUpdate("hq", "b", "status", START, online=False)],
+        )
     return log
 
 
@@ -75,8 +95,13 @@ def test_filters_and_pagination(api: tuple[TestClient, Store]) -> None:
     assert len(rest["items"]) == 10 and rest["next_offset"] is None
     no_mask_b = client.get("/api/events", params={"node": "b", "label": "no_mask"}).json()
     assert {e["id"] for e in no_mask_b["items"]} == {f"hq-b-{n:05d}" for n in range(60) if n % 3 == 1 and n % 4 == 0}
-    window = client.get("/api/events", params={"since": (START + timedelta(minutes=10)).isoformat(),
-                                               "until": (START + timedelta(minutes=20)).isoformat()}).json()
+    window = client.get(
+        "/api/events",
+        params={
+            "since": (START + timedelta(minutes=10)).isoformat(),
+            "until": (START + timedelta(minutes=20)).isoformat(),
+        },
+    ).json()
     assert window["total"] == 10
     assert client.get("/api/events", params={"site": "elsewhere"}).json()["total"] == 0
     assert client.get("/api/events", params={"label": "maybe"}).status_code == 422
@@ -99,19 +124,23 @@ def test_event_detail_snapshot_and_csv(api: tuple[TestClient, Store]) -> None:
     assert rows[0]["id"] == "hq-c-00056"
 
 
-@pytest.mark.parametrize(("path", "params"), [
-    ("/api/events", {"offset": "9223372036854775808"}),
-    ("/api/events", {"offset": "-1"}),
-    ("/api/events", {"since": "0001-01-01T00:00:00+14:00"}),
-    ("/api/events", {"until": "9999-12-31T23:59:59-14:00"}),
-    ("/api/stats", {"since": "0001-01-01T00:00:00+14:00"}),
-    ("/api/stats", {"until": "9999-12-31T23:59:59-14:00"}),
-    ("/api/events.csv", {"since": "0001-01-01T00:00:00+14:00"}),
-    ("/api/events.csv", {"until": "9999-12-31T23:59:59-14:00"}),
-    ("/api/events.csv", {"since": "2026-01-01T00:00:00"}),
-])
-def test_out_of_range_parameters_get_a_json_4xx(api: tuple[TestClient, Store], path: str,
-                                                params: dict[str, str], caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/api/events", {"offset": "9223372036854775808"}),
+        ("/api/events", {"offset": "-1"}),
+        ("/api/events", {"since": "0001-01-01T00:00:00+14:00"}),
+        ("/api/events", {"until": "9999-12-31T23:59:59-14:00"}),
+        ("/api/stats", {"since": "0001-01-01T00:00:00+14:00"}),
+        ("/api/stats", {"until": "9999-12-31T23:59:59-14:00"}),
+        ("/api/events.csv", {"since": "0001-01-01T00:00:00+14:00"}),
+        ("/api/events.csv", {"until": "9999-12-31T23:59:59-14:00"}),
+        ("/api/events.csv", {"since": "2026-01-01T00:00:00"}),
+    ],
+)
+def test_out_of_range_parameters_get_a_json_4xx(
+    api: tuple[TestClient, Store], path: str, params: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
     client, _store = api
     response = client.get(path, params=params)
     assert response.status_code == 422, response.text
@@ -125,15 +154,22 @@ def test_stats_and_metrics_match_the_database(api: tuple[TestClient, Store]) -> 
     assert (stats["faces"], stats["mask"], stats["no_mask"], stats["compliance"]) == (60, 45, 15, 0.75)
     assert [h["mask"] + h["no_mask"] for h in stats["per_hour"]] == [60]
     per_node_hour = {(e["node"], e["hour"]): (e["mask"], e["no_mask"]) for e in stats["per_node_hour"]}
-    assert {(e["node"], e["hour"]): (e["mask"], e["no_mask"]) for e in stats["per_node"]
-            for e in [{**e, "hour": stats["per_hour"][0]["hour"]}]} == per_node_hour  # one hour: the same counts
+    assert {
+        (e["node"], e["hour"]): (e["mask"], e["no_mask"])
+        for e in stats["per_node"]
+        for e in [{**e, "hour": stats["per_hour"][0]["hour"]}]
+    } == per_node_hour  # one hour: the same counts
     assert stats["rejected"] == {"rejected.json": 1, "rejected.version": 1}
     metrics = client.get("/metrics").text
-    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-               if line and not line.startswith("#")}
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line and not line.startswith("#")
+    }
     with store.session() as session:
-        for node, label, n in session.execute(select(EventRow.node, EventRow.label, func.count())
-                                              .group_by(EventRow.node, EventRow.label)):
+        for node, label, n in session.execute(
+            select(EventRow.node, EventRow.label, func.count()).group_by(EventRow.node, EventRow.label)
+        ):
             assert samples[f'maskwatch_events_stored{{site="hq",node="{node}",label="{label}"}}'] == n
             per_node = next(p for p in stats["per_node"] if p["node"] == node)
             assert per_node[label] == n
@@ -144,13 +180,16 @@ def test_stats_and_metrics_match_the_database(api: tuple[TestClient, Store]) -> 
 
 
 def _secured(tmp_path: Path, **auth: object) -> TestClient:
-    config = HubConfig(db_url=f"sqlite:///{tmp_path / f'auth{len(list(tmp_path.iterdir()))}.db'}",
-                       auth={"tokens": [{"name": "ops", "sha256": hash_token(TOKEN)}], **auth})
+    config = HubConfig(
+        db_url=f"sqlite:///{tmp_path / f'auth{len(list(tmp_path.iterdir()))}.db'}",
+        auth={"tokens": [{"name": "ops", "sha256": hash_token(TOKEN)}], **auth},
+    )
     store = Store(config.db_url)
     store.migrate()
     seed(store, tmp_path)
-    return TestClient(create_app(HubServices(config=config, store=store, events=EventLog(store, tmp_path),
-                                             registry=Registry(store))))
+    return TestClient(
+        create_app(HubServices(config=config, store=store, events=EventLog(store, tmp_path), registry=Registry(store)))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -158,11 +197,26 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
     return _secured(tmp_path_factory.mktemp("secured"))
 
 
-@pytest.mark.parametrize("path", ["/api/events", "/api/events.csv", "/api/events/hq-a-00000", "/api/nodes",
-                                  "/api/stats", "/api/alerts", "/api/commands", "/api/rejected", "/api/stream",
-                                  "/metrics", "/api/events/hq-c-00005/snapshot.jpg"])
-@pytest.mark.parametrize("header", [None, "Bearer wrong-token", "Basic b3BzOnMzY3JldA==", "Bearer ",
-                                    f"Bearer {TOKEN}x", f"bearer {TOKEN[:-1]}"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/events",
+        "/api/events.csv",
+        "/api/events/hq-a-00000",
+        "/api/nodes",
+        "/api/stats",
+        "/api/alerts",
+        "/api/commands",
+        "/api/rejected",
+        "/api/stream",
+        "/metrics",
+        "/api/events/hq-c-00005/snapshot.jpg",
+    ],
+)
+@pytest.mark.parametrize(
+    "header",
+    [None, "Bearer wrong-token", "Basic b3BzOnMzY3JldA==", "Bearer ", f"Bearer {TOKEN}x", f"bearer {TOKEN[:-1]}"],
+)
 def test_missing_or_wrong_token_gets_401_and_no_data(secured: TestClient, path: str, header: str | None) -> None:
     response = secured.get(path, headers={"Authorization": header} if header else {})
     assert response.status_code == 401
@@ -190,8 +244,9 @@ def test_right_token_reads_and_public_endpoints(tmp_path: Path) -> None:
 def test_healthz_reports_an_unreachable_database(tmp_path: Path) -> None:
     config = HubConfig(db_url="postgresql+psycopg2://nobody@127.0.0.1:1/none")
     store = Store(config.db_url)
-    client = TestClient(create_app(HubServices(config=config, store=store, events=EventLog(store, tmp_path),
-                                               registry=Registry(store))))
+    client = TestClient(
+        create_app(HubServices(config=config, store=store, events=EventLog(store, tmp_path), registry=Registry(store)))
+    )
     response = client.get("/healthz")
     assert response.status_code == 503 and response.json()["database"] is False
 
@@ -199,19 +254,21 @@ def test_healthz_reports_an_unreachable_database(tmp_path: Path) -> None:
 def test_command_endpoint_is_rate_limited(tmp_path: Path) -> None:
     client = _secured(tmp_path, command_rate_per_min=3)
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    codes = [client.post("/api/nodes/hq/a/commands/threshold", json={"value": 0.5}, headers=auth).status_code
-             for _ in range(5)]
+    codes = [
+        client.post("/api/nodes/hq/a/commands/threshold", json={"value": 0.5}, headers=auth).status_code
+        for _ in range(5)
+    ]
     assert codes[:3] == [503, 503, 503]  # allowed through (this API has no MQTT link) ...
     assert codes[3:] == [429, 429]  # ... then limited
     limited = client.post("/api/nodes/hq/a/commands/threshold", json={"value": 0.5}, headers=auth)
     assert int(limited.headers["Retry-After"]) >= 1
 
 
-def test_stream_and_cli_against_a_running_hub(broker_config: BrokerConfig, tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_stream_and_cli_against_a_running_hub(
+    broker_config: BrokerConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     site = unique_site()
-    config = hub_config(broker_config, tmp_path, site,
-                        auth={"tokens": [{"name": "ops", "sha256": hash_token(TOKEN)}]})
+    config = hub_config(broker_config, tmp_path, site, auth={"tokens": [{"name": "ops", "sha256": hash_token(TOKEN)}]})
     with running_hub(config) as hub:
         base = f"http://127.0.0.1:{hub.http_port}"
         with httpx.stream("GET", f"{base}/api/stream", params={"access_token": TOKEN}, timeout=10) as stream:
@@ -231,8 +288,9 @@ def test_stream_and_cli_against_a_running_hub(broker_config: BrokerConfig, tmp_p
                     break
             client.stop()
         assert seen["event"]["id"] == f"{site}-cam-00001" and seen["alert"]["kind"] == "no_mask"
-        assert wait_until(lambda: httpx.get(f"{base}/api/events", headers={"Authorization": f"Bearer {TOKEN}"})
-                          .json()["total"] == 1)
+        assert wait_until(
+            lambda: httpx.get(f"{base}/api/events", headers={"Authorization": f"Bearer {TOKEN}"}).json()["total"] == 1
+        )
         assert main(["events", "--api", base, "--token", TOKEN, "--json"]) == 0
         events = json.loads(capsys.readouterr().out)
         assert [e["id"] for e in events] == [f"{site}-cam-00001"]

@@ -32,8 +32,9 @@ def audit(store: Store) -> list[CommandRow]:
         return list(session.scalars(select(CommandRow).order_by(CommandRow.id)))
 
 
-def test_cli_commands_answered_error_and_timeout_audited(broker_config: BrokerConfig, tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_commands_answered_error_and_timeout_audited(
+    broker_config: BrokerConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     site = unique_site()
     config = hub_config(broker_config, tmp_path, site)
     store = Store(config.db_url)
@@ -45,15 +46,20 @@ def test_cli_commands_answered_error_and_timeout_audited(broker_config: BrokerCo
         assert cli(broker_config, "servo", "--site", site, "--node", "door", "--angle", "120", *db) == 1
         out = capsys.readouterr().out
         assert "ok:" in out and "error:" in out and "beyond" in out
-        assert ("threshold", {"v": 1, "request_id": node.received[0][1]["request_id"], "value": 0.7}) == \
-            node.received[0]
-    assert cli(broker_config, "servo", "--site", site, "--node", "absent", "--angle", "10", "--timeout", "0.5",
-               *db) == 3
+        assert ("threshold", {"v": 1, "request_id": node.received[0][1]["request_id"], "value": 0.7}) == node.received[
+            0
+        ]
+    assert (
+        cli(broker_config, "servo", "--site", site, "--node", "absent", "--angle", "10", "--timeout", "0.5", *db) == 3
+    )
     assert "timeout: no answer" in capsys.readouterr().out
     rows = audit(store)
     assert [(r.node, r.name, r.status) for r in rows] == [
-        ("door", "threshold", "ok"), ("door", "servo", "ok"), ("door", "servo", "error"),
-        ("absent", "servo", "timeout")]
+        ("door", "threshold", "ok"),
+        ("door", "servo", "ok"),
+        ("door", "servo", "error"),
+        ("absent", "servo", "timeout"),
+    ]
     assert rows[0].response is not None and rows[0].response["value"] == {"value": 0.7}
     assert rows[2].error and "beyond" in rows[2].error
     assert rows[3].answered_at is None and rows[3].source == "cli"
@@ -82,8 +88,7 @@ def test_cli_without_db_and_json_output(broker_config: BrokerConfig, capsys: pyt
         answers = json.loads(capsys.readouterr().out)
         assert answers[0]["status"] == "ok" and answers[0]["value"] == {"value": 0.4}
         # to 'all' without a registry: every answer within the timeout counts
-        assert cli(broker_config, "threshold", "--site", site, "--node", "all", "0.5", "--timeout", "1",
-                   "--json") == 0
+        assert cli(broker_config, "threshold", "--site", site, "--node", "all", "0.5", "--timeout", "1", "--json") == 0
         assert [(a["node"], a["status"]) for a in json.loads(capsys.readouterr().out)] == [("door", "ok")]
     assert cli(broker_config, "threshold", "--site", site, "--node", "door", "1.5") == 2  # rejected locally
 
@@ -91,8 +96,7 @@ def test_cli_without_db_and_json_output(broker_config: BrokerConfig, capsys: pyt
 def test_api_commands_to_one_node_and_to_a_site(broker_config: BrokerConfig, tmp_path: Path) -> None:
     site = unique_site()
     config = hub_config(broker_config, tmp_path, site)
-    with NodeResponder(broker_config, site, "a"), NodeResponder(broker_config, site, "b"), \
-            running_hub(config) as hub:
+    with NodeResponder(broker_config, site, "a"), NodeResponder(broker_config, site, "b"), running_hub(config) as hub:
         base = f"http://127.0.0.1:{hub.http_port}"
         store = Store(config.db_url)
         assert wait_until(lambda: len([r for r in _nodes(store) if r.online]) == 2)
@@ -111,8 +115,13 @@ def test_api_commands_to_one_node_and_to_a_site(broker_config: BrokerConfig, tmp
         assert bad.status_code == 422
         rows = audit(store)
         assert [(r.node, r.name, r.status) for r in rows] == [
-            ("a", "servo", "ok"), ("a", "servo", "error"), ("a", "snapshot", "ok"), ("b", "snapshot", "ok"),
-            ("all", "detect", "ok"), ("zzz", "snapshot", "timeout")]
+            ("a", "servo", "ok"),
+            ("a", "servo", "error"),
+            ("a", "snapshot", "ok"),
+            ("b", "snapshot", "ok"),
+            ("all", "detect", "ok"),
+            ("zzz", "snapshot", "timeout"),
+        ]
         assert {r.source for r in rows} == {"api:anonymous"}
         assert {a["node"] for a in rows[4].response["answers"]} == {"a", "b"}  # type: ignore[index]
         audit_api = httpx.get(f"{base}/api/commands", timeout=10).json()
@@ -125,23 +134,30 @@ def _nodes(store: Store) -> list[NodeRow]:
         return list(session.scalars(select(NodeRow)))
 
 
-def test_alerts_command_follows_the_site(broker_config: BrokerConfig, tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_alerts_command_follows_the_site(
+    broker_config: BrokerConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     site = unique_site()
     config = hub_config(broker_config, tmp_path, site)
     codes: list[int] = []
-    follower = threading.Thread(target=lambda: codes.append(
-        cli(broker_config, "alerts", "--site", site, "--count", "1", "--timeout", "20", "--json")))
+    follower = threading.Thread(
+        target=lambda: codes.append(
+            cli(broker_config, "alerts", "--site", site, "--count", "1", "--timeout", "20", "--json")
+        )
+    )
     with running_hub(config):
         follower.start()
         time.sleep(1.0)  # the follower subscribes
         client = publisher(broker_config, "cam")
-        client.publish(NodeTopics(site, "cam").events, make_event(site, "cam", 7, label="no_mask", score=0.91),
-                       qos=1)
+        client.publish(NodeTopics(site, "cam").events, make_event(site, "cam", 7, label="no_mask", score=0.91), qos=1)
         follower.join(30)
         client.stop()
     assert codes == [0]
     alert = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert (alert["kind"], alert["node"], alert["event_id"], alert["score"]) == ("no_mask", "cam", f"{site}-cam-00007",
-                                                                                 0.91)
+    assert (alert["kind"], alert["node"], alert["event_id"], alert["score"]) == (
+        "no_mask",
+        "cam",
+        f"{site}-cam-00007",
+        0.91,
+    )
     assert cli(broker_config, "alerts", "--site", site, "--count", "1", "--timeout", "0.5") == 3

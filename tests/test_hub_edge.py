@@ -23,14 +23,21 @@ models = edge_node.models  # fixture
 
 
 @pytest.mark.slow
-def test_events_registry_and_commands_with_a_real_node(tmp_path: Path, broker_config: BrokerConfig,
-                                                       mock_pins: Any, models: tuple[Any, Any]) -> None:
+def test_events_registry_and_commands_with_a_real_node(
+    tmp_path: Path, broker_config: BrokerConfig, mock_pins: Any, models: tuple[Any, Any]
+) -> None:
     need(FACE_MASK)
     site = unique_site()
     face = sorted((FACE_MASK / "without_mask").iterdir())[3]
     scene = make_scene(tmp_path / "scene", [(face, 0, "no_mask")])
-    node_cfg = node_config(broker_config, tmp_path, site=site, source=f"scene:{scene}", scene={"fps": 15},
-                           servo={"mode": "hold", "start_deg": 0})
+    node_cfg = node_config(
+        broker_config,
+        tmp_path,
+        site=site,
+        source=f"scene:{scene}",
+        scene={"fps": 15},
+        servo={"mode": "hold", "start_deg": 0},
+    )
     config = hub_config(broker_config, tmp_path / "hub", site)
     with running_hub(config), running_node(node_cfg, mock_pins, models, broker_config):
         store = Store(config.db_url)
@@ -41,8 +48,20 @@ def test_events_registry_and_commands_with_a_real_node(tmp_path: Path, broker_co
 
         assert wait_until(lambda: stored(EventRow, EventRow.node == node_cfg.node) >= 1, 30)
         assert wait_until(lambda: stored(NodeRow, NodeRow.online.is_(True), NodeRow.model.is_not(None)) == 1, 10)
-        code = main(["threshold", "--broker", broker_config.address, "--site", site, "--node", node_cfg.node,
-                     "0.7", "--db", config.db_url])
+        code = main(
+            [
+                "threshold",
+                "--broker",
+                broker_config.address,
+                "--site",
+                site,
+                "--node",
+                node_cfg.node,
+                "0.7",
+                "--db",
+                config.db_url,
+            ]
+        )
         assert code == 0
 
         def node_threshold() -> float | None:

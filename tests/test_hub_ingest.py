@@ -28,9 +28,22 @@ from tests.polling import unique_site, wait_until
 
 MALFORMED = {  # reason -> how many of the 50, and a payload factory
     "json": (15, lambda n: b'{"v": 1, "type": "new", "id": ' + str(n).encode()),
-    "schema": (15, lambda n: json.dumps({"v": 1, "type": "new", "id": f"x{n}", "site": "s", "node": "n",
-                                         "ts": "yesterday", "label": "maybe", "score": "high",
-                                         "box": [1, 2]}).encode()),
+    "schema": (
+        15,
+        lambda n: json.dumps(
+            {
+                "v": 1,
+                "type": "new",
+                "id": f"x{n}",
+                "site": "s",
+                "node": "n",
+                "ts": "yesterday",
+                "label": "maybe",
+                "score": "high",
+                "box": [1, 2],
+            }
+        ).encode(),
+    ),
     "version": (10, lambda n: json.dumps({"v": 2, "type": "new", "id": f"x{n}"}).encode()),
     "oversize": (10, lambda n: b'{"pad": "' + b"x" * (MAX_PAYLOAD_BYTES + 10) + b'"}'),
 }
@@ -86,16 +99,17 @@ def test_2000_events_with_duplicates_and_malformed(broker_config: BrokerConfig, 
         store.close()
 
 
-def test_two_hubs_split_the_load_through_a_shared_subscription(broker_config: BrokerConfig,
-                                                              tmp_path: Path) -> None:
+def test_two_hubs_split_the_load_through_a_shared_subscription(broker_config: BrokerConfig, tmp_path: Path) -> None:
     site = unique_site()
     first = hub_config(broker_config, tmp_path, site)
     second = hub_config(broker_config, tmp_path, site, hub_id=f"h{site}-2")
     with running_hub(first) as hub_a, running_hub(second) as hub_b:
         store = Store(first.db_url)
         client = publisher(broker_config, "split")
-        infos = [client.publish(NodeTopics(site, f"n{n % 3}").events, make_event(site, f"n{n % 3}", n), qos=1)
-                 for n in range(600)]
+        infos = [
+            client.publish(NodeTopics(site, f"n{n % 3}").events, make_event(site, f"n{n % 3}", n), qos=1)
+            for n in range(600)
+        ]
         for info in infos:
             info.wait_for_publish(10)
         assert wait_until(lambda: count(store, EventRow) == 600, 30)
@@ -111,11 +125,14 @@ def test_lifecycle_folds_out_of_order_and_alert_once(broker_config: BrokerConfig
     site = unique_site()
     config = hub_config(broker_config, tmp_path, site, alerts={"cooldown_s": 3600})
     start = utc_now()
-    events = [make_event(site, "door", 1, kind="end", label="no_mask", score=0.7, ts=start + timedelta(seconds=5)),
-              make_event(site, "door", 1, kind="new", label="mask", score=0.6, ts=start),
-              make_event(site, "door", 1, kind="update", label="no_mask", score=0.93,
-                         ts=start + timedelta(seconds=2), snapshot=True),
-              make_event(site, "door", 2, kind="new", label="no_mask", score=0.8, ts=start)]
+    events = [
+        make_event(site, "door", 1, kind="end", label="no_mask", score=0.7, ts=start + timedelta(seconds=5)),
+        make_event(site, "door", 1, kind="new", label="mask", score=0.6, ts=start),
+        make_event(
+            site, "door", 1, kind="update", label="no_mask", score=0.93, ts=start + timedelta(seconds=2), snapshot=True
+        ),
+        make_event(site, "door", 2, kind="new", label="no_mask", score=0.8, ts=start),
+    ]
     with alert_watcher(broker_config, site) as inbox, running_hub(config):
         store = Store(config.db_url)
         client = publisher(broker_config, "door")
@@ -143,8 +160,15 @@ def test_snapshots_registry_and_rejections(broker_config: BrokerConfig, tmp_path
     config = hub_config(broker_config, tmp_path, site)
     topics = NodeTopics(site, "cam")
     jpeg = b"\xff\xd8\xff\xe0" + os.urandom(2000) + b"\xff\xd9"
-    state = NodeState(site=site, node="cam", ts=utc_now(), threshold=0.5, detect=True, model="mask-v3",
-                      servo=ServoState(angle=0.0, mode="sweep", min_deg=-90, max_deg=90))
+    state = NodeState(
+        site=site,
+        node="cam",
+        ts=utc_now(),
+        threshold=0.5,
+        detect=True,
+        model="mask-v3",
+        servo=ServoState(angle=0.0, mode="sweep", min_deg=-90, max_deg=90),
+    )
     with running_hub(config):
         store = Store(config.db_url)
         client = publisher(broker_config, "cam")
@@ -201,8 +225,7 @@ class TrippingWriter:
         return self.writer.write(messages, now)
 
 
-def test_a_message_that_trips_a_writer_bug_holds_back_only_itself(broker_config: BrokerConfig,
-                                                                  tmp_path: Path) -> None:
+def test_a_message_that_trips_a_writer_bug_holds_back_only_itself(broker_config: BrokerConfig, tmp_path: Path) -> None:
     site = unique_site()
     config = hub_config(broker_config, tmp_path, site, ingest={"batch_ms": 300})
     with running_hub(config) as hub:
@@ -215,8 +238,10 @@ def test_a_message_that_trips_a_writer_bug_holds_back_only_itself(broker_config:
         client.publish(NodeTopics(site, "poison").events, make_event(site, "poison", 1), qos=1)
         for n in range(4, 7):
             client.publish(NodeTopics(site, "cam").events, make_event(site, "cam", n), qos=1)
-        assert wait_until(lambda: count(store, EventRow) == 6 and hub.ingest.stats.failed_messages == 1, 15), \
-            (count(store, EventRow), hub.ingest.stats.failed_messages)
+        assert wait_until(lambda: count(store, EventRow) == 6 and hub.ingest.stats.failed_messages == 1, 15), (
+            count(store, EventRow),
+            hub.ingest.stats.failed_messages,
+        )
         assert count(store, EventRow, EventRow.node == "poison") == 0
         assert hub.ingest.stats.batches >= 2  # the valid messages were committed apart from the bad one
         client.stop()
@@ -227,12 +252,21 @@ def test_alerts_require_the_minimum_face_score(broker_config: BrokerConfig, tmp_
     site = unique_site()
     config = hub_config(broker_config, tmp_path, site, alerts={"cooldown_s": 0, "min_face_score": 0.8})
     start = utc_now()
-    events = [make_event(site, "door", 1, label="no_mask", face_score=0.4, ts=start),  # not a face: no alert
-              make_event(site, "door", 2, label="no_mask", face_score=0.95, ts=start),
-              make_event(site, "door", 3, label="no_mask", ts=start),  # an older node without the score
-              make_event(site, "door", 4, label="no_mask", face_score=0.5, ts=start),
-              make_event(site, "door", 4, kind="update", label="no_mask", face_score=0.9,  # verified later
-                         ts=start + timedelta(seconds=1))]
+    events = [
+        make_event(site, "door", 1, label="no_mask", face_score=0.4, ts=start),  # not a face: no alert
+        make_event(site, "door", 2, label="no_mask", face_score=0.95, ts=start),
+        make_event(site, "door", 3, label="no_mask", ts=start),  # an older node without the score
+        make_event(site, "door", 4, label="no_mask", face_score=0.5, ts=start),
+        make_event(
+            site,
+            "door",
+            4,
+            kind="update",
+            label="no_mask",
+            face_score=0.9,  # verified later
+            ts=start + timedelta(seconds=1),
+        ),
+    ]
     with alert_watcher(broker_config, site) as inbox, running_hub(config):
         store = Store(config.db_url)
         client = publisher(broker_config, "door")

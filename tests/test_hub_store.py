@@ -45,8 +45,17 @@ def test_migrate_creates_schema_in_wal_mode_and_says_so(tmp_path: Path, caplog: 
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("upgrading database") for m in messages)
     assert any("is up to date" in m for m in messages)
-    assert {"events", "event_messages", "snapshots", "nodes", "alerts", "commands", "rejected", "counters",
-            "alembic_version"} <= set(inspect(s.engine).get_table_names())
+    assert {
+        "events",
+        "event_messages",
+        "snapshots",
+        "nodes",
+        "alerts",
+        "commands",
+        "rejected",
+        "counters",
+        "alembic_version",
+    } <= set(inspect(s.engine).get_table_names())
     s.close()
     assert sqlite3.connect(tmp_path / "sub" / "hub.db").execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
@@ -66,9 +75,13 @@ def test_upgrade_from_0001_keeps_raw_messages(tmp_path: Path) -> None:
     s = Store(f"sqlite:///{tmp_path / 'old.db'}")
     upgrade_to(s, "0001")
     with s.engine.begin() as conn:
-        conn.execute(text("INSERT INTO event_messages (digest, event_id, type, ts, label, score, payload, "
-                          "received_at) VALUES ('d1', 'e1', 'new', '2026-01-01 00:00:00.000000', 'mask', 0.9, "
-                          "'{\"v\": 1, \"id\": \"e1\"}', '2026-01-01 00:00:00.000000')"))
+        conn.execute(
+            text(
+                "INSERT INTO event_messages (digest, event_id, type, ts, label, score, payload, "
+                "received_at) VALUES ('d1', 'e1', 'new', '2026-01-01 00:00:00.000000', 'mask', 0.9, "
+                '\'{"v": 1, "id": "e1"}\', \'2026-01-01 00:00:00.000000\')'
+            )
+        )
     assert s.migrate() == "0003"
     assert EventLog(s, tmp_path).raw_messages("e1") == [{"v": 1, "id": "e1"}]
     s.close()
@@ -88,9 +101,10 @@ def test_postgresql_migrate_and_upsert() -> None:
     try:
         assert s.migrate() == "0003"
         log = EventLog(s, Path("unused"))
-        items = [EventIn(make_event("hq", "n", 1, kind="new", label="mask", score=0.6, ts=T0), T0),
-                 EventIn(make_event("hq", "n", 1, kind="end", label="no_mask", score=0.8,
-                                    ts=T0 + timedelta(seconds=3)), T0)]
+        items = [
+            EventIn(make_event("hq", "n", 1, kind="new", label="mask", score=0.6, ts=T0), T0),
+            EventIn(make_event("hq", "n", 1, kind="end", label="no_mask", score=0.8, ts=T0 + timedelta(seconds=3)), T0),
+        ]
         with s.transaction() as session:
             assert log.write(session, items[:1]).stored == 1
         with s.transaction() as session:
@@ -111,15 +125,19 @@ def test_unreachable_database_is_a_clear_error(capsys: pytest.CaptureFixture[str
 
 
 def test_fold_is_order_independent() -> None:
-    msgs = [EventIn(make_event("hq", "n", 1, kind="new", label="mask", score=0.6, ts=T0), T0),
-            EventIn(make_event("hq", "n", 1, kind="update", label="no_mask", score=0.9, ts=T0 + timedelta(seconds=1)),
-                    T0),
-            EventIn(make_event("hq", "n", 1, kind="end", label="no_mask", score=0.7, ts=T0 + timedelta(seconds=1)),
-                    T0)]
+    msgs = [
+        EventIn(make_event("hq", "n", 1, kind="new", label="mask", score=0.6, ts=T0), T0),
+        EventIn(make_event("hq", "n", 1, kind="update", label="no_mask", score=0.9, ts=T0 + timedelta(seconds=1)), T0),
+        EventIn(make_event("hq", "n", 1, kind="end", label="no_mask", score=0.7, ts=T0 + timedelta(seconds=1)), T0),
+    ]
     forward, backward = fold(msgs, T0)["hq-n-00001"], fold(msgs[::-1], T0)["hq-n-00001"]
     assert forward == backward
-    assert (forward["label"], forward["best_score"], forward["first_seen"], forward["ended_at"]) == \
-        ("no_mask", 0.9, T0, T0 + timedelta(seconds=1))
+    assert (forward["label"], forward["best_score"], forward["first_seen"], forward["ended_at"]) == (
+        "no_mask",
+        0.9,
+        T0,
+        T0 + timedelta(seconds=1),
+    )
 
 
 def test_redelivery_changes_nothing(store: Store) -> None:
@@ -145,9 +163,12 @@ def test_times_are_stored_as_naive_utc_text_whatever_their_zone(store: Store) ->
         EventLog(store, Path("unused")).write(session, [EventIn(make_event("hq", "n", 1, ts=local), T0)])
     expected = (T0 + timedelta(microseconds=7)).replace(tzinfo=None).isoformat(" ", "microseconds")
     with store.engine.connect() as connection:
-        stored = connection.execute(text(
-            "SELECT m.ts, m.received_at, e.first_seen, e.last_seen FROM event_messages m JOIN events e "
-            "ON e.id = m.event_id")).one()
+        stored = connection.execute(
+            text(
+                "SELECT m.ts, m.received_at, e.first_seen, e.last_seen FROM event_messages m JOIN events e "
+                "ON e.id = m.event_id"
+            )
+        ).one()
     assert tuple(stored) == (expected, T0.replace(tzinfo=None).isoformat(" ", "microseconds"), expected, expected)
     with store.session() as session:
         assert session.scalar(select(EventRow.first_seen)) == T0 + timedelta(microseconds=7)
@@ -174,10 +195,16 @@ def test_prune_by_api_and_cli(store: Store, tmp_path: Path, capsys: pytest.Captu
     log = EventLog(store, snaps)
     old, new = T0 - timedelta(days=40), T0 - timedelta(hours=1)  # "new" is older than the second prune
     with store.transaction() as session:
-        log.write(session, [EventIn(make_event("hq", "n", 1, ts=old), old),
-                            EventIn(make_event("hq", "n", 2, ts=new), new)])
-        log.save_snapshots(session, [SnapshotIn("hq", "n", "hq-n-00001", b"\xff\xd8old", old),
-                                     SnapshotIn("hq", "n", "hq-n-00002", b"\xff\xd8new", new)])
+        log.write(
+            session, [EventIn(make_event("hq", "n", 1, ts=old), old), EventIn(make_event("hq", "n", 2, ts=new), new)]
+        )
+        log.save_snapshots(
+            session,
+            [
+                SnapshotIn("hq", "n", "hq-n-00001", b"\xff\xd8old", old),
+                SnapshotIn("hq", "n", "hq-n-00002", b"\xff\xd8new", new),
+            ],
+        )
         RejectedStore(store).add(session, [RejectIn("t", "json", None, "bad", b"x", old)], 10)
         session.add(AlertRow(kind="no_mask", site="hq", node="n", ts=old, event_id="hq-n-00001"))
     assert store.prune(30, snaps) == {"event_messages": 1, "snapshots": 1, "events": 1, "alerts": 1, "rejected": 1}
@@ -201,8 +228,9 @@ def test_housekeeper_prunes_on_its_timer(store: Store, tmp_path: Path) -> None:
     log = EventLog(store, tmp_path)
     with store.transaction() as session:
         log.write(session, [EventIn(make_event("hq", "n", 1, ts=T0 - timedelta(days=2)), T0)])
-    config = HubConfig(db_url=store.url, snapshot_dir=tmp_path, retention={"days": 1, "interval_s": 0.2},
-                       alerts={"check_every_s": 0.1})
+    config = HubConfig(
+        db_url=store.url, snapshot_dir=tmp_path, retention={"days": 1, "interval_s": 0.2}, alerts={"check_every_s": 0.1}
+    )
     keeper = Housekeeper(config, store, Registry(store), Alerter(None, cooldown_s=0, public_url="http://x"))
     keeper.start()
     try:

@@ -29,8 +29,7 @@ def count(store: Store, model: type, *where: object) -> int:
         return int(session.scalar(select(func.count()).select_from(model).where(*where)) or 0)
 
 
-def test_killed_writer_is_restarted_and_every_event_is_stored_once(broker_config: BrokerConfig,
-                                                                  tmp_path: Path) -> None:
+def test_killed_writer_is_restarted_and_every_event_is_stored_once(broker_config: BrokerConfig, tmp_path: Path) -> None:
     site = unique_site()
     config = hub_config(broker_config, tmp_path, site, ingest={"batch_size": 50, "batch_ms": 20})
     with running_hub(config) as hub:
@@ -59,8 +58,9 @@ def test_killed_writer_is_restarted_and_every_event_is_stored_once(broker_config
         store.close()
 
 
-def test_rejections_logged_by_the_writer_reach_the_hub_log(broker_config: BrokerConfig, tmp_path: Path,
-                                                           caplog: pytest.LogCaptureFixture) -> None:
+def test_rejections_logged_by_the_writer_reach_the_hub_log(
+    broker_config: BrokerConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     site = unique_site()
     config = hub_config(broker_config, tmp_path, site)
     with caplog.at_level(logging.WARNING), running_hub(config) as hub:
@@ -91,9 +91,14 @@ def test_in_process_writer_stores_events_and_alerts(broker_config: BrokerConfig,
 def test_a_writer_that_cannot_open_the_database_says_why(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    settings = WriterSettings(db_url=f"sqlite:///{blocker / 'hub.db'}", snapshot_dir=tmp_path / "snaps",
-                              max_snapshot_bytes=10_000, rejected_max_rows=10, alert_cooldown_s=0,
-                              public_url="http://hub")
+    settings = WriterSettings(
+        db_url=f"sqlite:///{blocker / 'hub.db'}",
+        snapshot_dir=tmp_path / "snaps",
+        max_snapshot_bytes=10_000,
+        rejected_max_rows=10,
+        alert_cooldown_s=0,
+        public_url="http://hub",
+    )
     writer = WriterProcess(settings)
     with pytest.raises(Exception, match="writer process did not start: cannot open"):
         writer.start()

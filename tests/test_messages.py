@@ -24,9 +24,18 @@ from shared.messages import (
 )
 
 EVENT: dict[str, Any] = {
-    "v": 1, "type": "new", "id": "hq-door-1-0001", "site": "hq", "node": "door-1",
-    "ts": "2026-01-01T12:00:00Z", "label": "no_mask", "score": 0.93, "box": [10, 20, 64, 64], "angle": -30.0,
-    "frame": 17, "track": {"frames": 5, "first_seen": "2026-01-01T11:59:59.5Z", "last_seen": "2026-01-01T12:00:00Z"},
+    "v": 1,
+    "type": "new",
+    "id": "hq-door-1-0001",
+    "site": "hq",
+    "node": "door-1",
+    "ts": "2026-01-01T12:00:00Z",
+    "label": "no_mask",
+    "score": 0.93,
+    "box": [10, 20, 64, 64],
+    "angle": -30.0,
+    "frame": 17,
+    "track": {"frames": 5, "first_seen": "2026-01-01T11:59:59.5Z", "last_seen": "2026-01-01T12:00:00Z"},
 }
 
 
@@ -52,25 +61,28 @@ def test_frame_may_be_a_file_name() -> None:
     assert parse(Event, payload(frame="img_001.jpg")).frame == "img_001.jpg"
 
 
-@pytest.mark.parametrize("raw,field,reason,text", [
-    (b"{not json", None, "json", "invalid JSON"),
-    (b"\xff\xfe", None, "json", "invalid JSON"),
-    (b"[1, 2]", None, "schema", "expected a JSON object"),
-    (payload(v=2), "v", "version", "unsupported schema version v=2"),
-    (payload(label="maybe"), "label", "schema", "label: Input should be 'mask' or 'no_mask'"),
-    (payload(score=1.5), "score", "schema", "score: Input should be less than or equal to 1"),
-    (payload(score="high"), "score", "schema", "score: Input should be a valid number"),
-    (payload(box=[1, 2, 3]), "box.3", "schema", "box.3: Field required"),
-    (payload(box=[1, 2, 0, 5]), "box", "schema", "box: Value error, box width and height must be positive"),
-    (payload(id=...), "id", "schema", "id: Field required"),
-    (payload(site="Bad Site"), "site", "schema", "site: String should match pattern"),
-    (payload(ts="yesterday"), "ts", "schema", "ts: Input should be a valid datetime"),
-    (payload(ts="2026-01-01T12:00:00"), "ts", "schema", "ts: Input should have timezone info"),
-    (payload(type="start"), "type", "schema", "type: Input should be 'new', 'update' or 'end'"),
-    (payload(extra=1), "extra", "schema", "extra: Extra inputs are not permitted"),
-    (b"{" + b" " * 70000 + b"}", None, "oversize", "exceeds"),
-    (b"[" * 5000 + b"]" * 5000, None, None, ""),
-])
+@pytest.mark.parametrize(
+    "raw,field,reason,text",
+    [
+        (b"{not json", None, "json", "invalid JSON"),
+        (b"\xff\xfe", None, "json", "invalid JSON"),
+        (b"[1, 2]", None, "schema", "expected a JSON object"),
+        (payload(v=2), "v", "version", "unsupported schema version v=2"),
+        (payload(label="maybe"), "label", "schema", "label: Input should be 'mask' or 'no_mask'"),
+        (payload(score=1.5), "score", "schema", "score: Input should be less than or equal to 1"),
+        (payload(score="high"), "score", "schema", "score: Input should be a valid number"),
+        (payload(box=[1, 2, 3]), "box.3", "schema", "box.3: Field required"),
+        (payload(box=[1, 2, 0, 5]), "box", "schema", "box: Value error, box width and height must be positive"),
+        (payload(id=...), "id", "schema", "id: Field required"),
+        (payload(site="Bad Site"), "site", "schema", "site: String should match pattern"),
+        (payload(ts="yesterday"), "ts", "schema", "ts: Input should be a valid datetime"),
+        (payload(ts="2026-01-01T12:00:00"), "ts", "schema", "ts: Input should have timezone info"),
+        (payload(type="start"), "type", "schema", "type: Input should be 'new', 'update' or 'end'"),
+        (payload(extra=1), "extra", "schema", "extra: Extra inputs are not permitted"),
+        (b"{" + b" " * 70000 + b"}", None, "oversize", "exceeds"),
+        (b"[" * 5000 + b"]" * 5000, None, None, ""),
+    ],
+)
 def test_invalid_event_table(raw: bytes, field: str | None, reason: str | None, text: str) -> None:
     with pytest.raises(ContractError) as info:
         parse(Event, raw)
@@ -95,10 +107,16 @@ def test_servo_command_rules() -> None:
     assert info.value.field == "request_id"
 
 
-@pytest.mark.parametrize("name,body", [
-    ("threshold", {"value": 0.4}), ("detect", {"enabled": False}), ("snapshot", {}), ("config", {}),
-    ("servo", {"mode": "track"}),
-])
+@pytest.mark.parametrize(
+    "name,body",
+    [
+        ("threshold", {"value": 0.4}),
+        ("detect", {"enabled": False}),
+        ("snapshot", {}),
+        ("config", {}),
+        ("servo", {"mode": "track"}),
+    ],
+)
 def test_every_command_parses(name: str, body: dict[str, Any]) -> None:
     cmd = parse(COMMANDS[name], json.dumps({"request_id": "x", **body}).encode())
     assert cmd.request_id == "x"
@@ -111,22 +129,40 @@ def test_threshold_out_of_range() -> None:
 
 
 def test_other_messages() -> None:
-    state = parse(NodeState, json.dumps({
-        "site": "hq", "node": "n1", "ts": "2026-01-01T00:00:00Z", "threshold": 0.5, "detect": True,
-        "model": "mask_classifier_int8@abc", "servo": {"angle": None, "mode": "off", "min_deg": -90, "max_deg": 90},
-    }))
+    state = parse(
+        NodeState,
+        json.dumps(
+            {
+                "site": "hq",
+                "node": "n1",
+                "ts": "2026-01-01T00:00:00Z",
+                "threshold": 0.5,
+                "detect": True,
+                "model": "mask_classifier_int8@abc",
+                "servo": {"angle": None, "mode": "off", "min_deg": -90, "max_deg": 90},
+            }
+        ),
+    )
     assert state.servo.angle is None
     stats = parse(NodeStats, b'{"site": "hq", "node": "n1", "ts": "2026-01-01T00:00:00Z", "fps": 12.5}')
     assert stats.outbox_depth == 0
-    ok = parse(CommandResponse, b'{"request_id": "r", "status": "ok", "site": "hq", "node": "n1",'
-                                b' "ts": "2026-01-01T00:00:00Z", "value": {"angle": 90, "clamped": true}}')
+    ok = parse(
+        CommandResponse,
+        b'{"request_id": "r", "status": "ok", "site": "hq", "node": "n1",'
+        b' "ts": "2026-01-01T00:00:00Z", "value": {"angle": 90, "clamped": true}}',
+    )
     assert ok.value["clamped"] is True
     with pytest.raises(ContractError, match="an error response needs 'error'"):
-        parse(CommandResponse, b'{"request_id": "r", "status": "error", "site": "hq", "node": "n1",'
-                               b' "ts": "2026-01-01T00:00:00Z"}')
+        parse(
+            CommandResponse,
+            b'{"request_id": "r", "status": "error", "site": "hq", "node": "n1", "ts": "2026-01-01T00:00:00Z"}',
+        )
     assert parse(DesiredConfig, b'{"threshold": 0.6}').threshold == 0.6
-    alert = parse(Alert, b'{"kind": "no_mask", "site": "hq", "node": "n1", "ts": "2026-01-01T00:00:00Z",'
-                         b' "event_id": "e1", "score": 0.9}')
+    alert = parse(
+        Alert,
+        b'{"kind": "no_mask", "site": "hq", "node": "n1", "ts": "2026-01-01T00:00:00Z",'
+        b' "event_id": "e1", "score": 0.9}',
+    )
     assert alert.kind == "no_mask"
 
 
@@ -139,9 +175,13 @@ def test_random_bytes_never_escape_as_other_errors(raw: bytes) -> None:
         assert exc.reason in {"json", "schema", "version", "oversize"}
 
 
-@given(st.recursive(st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=20),
-                    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
-                    max_leaves=20))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=20),
+        lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+        max_leaves=20,
+    )
+)
 def test_random_json_never_escapes(value: Any) -> None:
     for model in (Event, NodeState, NodeStats, CommandResponse, DesiredConfig, Alert, *COMMANDS.values()):
         try:

@@ -48,8 +48,16 @@ def run_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, 
 def test_eval_crops_json_has_the_exact_keys(capsys: pytest.CaptureFixture[str], crops_dir: Path) -> None:
     code, (result,) = run_json(capsys, ["model", "eval", str(crops_dir), "--json"])
     assert code == 0
-    assert set(result) == {"n", "accuracy", "per_class", "no_face", "not_face", "min_face_score", "ms_per_image",
-                           "model"}
+    assert set(result) == {
+        "n",
+        "accuracy",
+        "per_class",
+        "no_face",
+        "not_face",
+        "min_face_score",
+        "ms_per_image",
+        "model",
+    }
     assert set(result["per_class"]) == {"mask", "no_mask"}
     assert set(result["per_class"]["mask"]) == {"precision", "recall", "n"}
     assert result["n"] == 14  # the corrupt file is skipped, not counted
@@ -88,15 +96,18 @@ def test_threshold_follows_the_profile_unless_given(capsys: pytest.CaptureFixtur
     for extra, expected in ((["--profile", "near"], DEFAULT_THRESHOLDS["near"]), (["--threshold", "0.7"], 0.7)):
         code, (result,) = run_json(capsys, ["model", "eval", str(scenes_dir), "--scenes", "--json", *extra])
         assert code == 0 and result["threshold"] == expected
-    code, (result,) = run_json(capsys, ["model", "eval", str(scenes_dir), "--scenes", "--json", "--min-face-score",
-                                        "0.99"])
+    code, (result,) = run_json(
+        capsys, ["model", "eval", str(scenes_dir), "--scenes", "--json", "--min-face-score", "0.99"]
+    )
     assert code == 0 and result["min_face_score"] == 0.99
 
 
-def test_detect_prints_one_json_line_per_image(capsys: pytest.CaptureFixture[str], scenes_dir: Path,
-                                               tmp_path: Path) -> None:
-    code, results = run_json(capsys, ["detect", str(scenes_dir / "images"), "--json", "--annotate",
-                                      str(tmp_path / "out")])
+def test_detect_prints_one_json_line_per_image(
+    capsys: pytest.CaptureFixture[str], scenes_dir: Path, tmp_path: Path
+) -> None:
+    code, results = run_json(
+        capsys, ["detect", str(scenes_dir / "images"), "--json", "--annotate", str(tmp_path / "out")]
+    )
     assert code == 0
     assert len(results) == 3
     for result in results:
@@ -109,7 +120,10 @@ def test_detect_prints_one_json_line_per_image(capsys: pytest.CaptureFixture[str
             assert face["score"] >= (threshold if face["label"] == "no_mask" else 1 - threshold)
     assert sum(len(r["faces"]) for r in results) >= 5
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "maksssksksss0.jpg", "maksssksksss1.jpg", "maksssksksss10.jpg"]
+        "maksssksksss0.jpg",
+        "maksssksksss1.jpg",
+        "maksssksksss10.jpg",
+    ]
 
 
 def test_detect_reports_unreadable_images_and_goes_on(capsys: pytest.CaptureFixture[str], crops_dir: Path) -> None:
@@ -120,16 +134,20 @@ def test_detect_reports_unreadable_images_and_goes_on(capsys: pytest.CaptureFixt
     assert len(captured.out.strip().splitlines()) == 6
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["model", "eval", "{tmp}/absent"], "folder not found"),
-    (["model", "eval", "{tmp}"], "with_mask/ and without_mask/"),
-    (["model", "eval", "{tmp}", "--scenes"], "images/ and annotations/"),
-    (["model", "eval", "{tmp}/empty"], "no images"),
-    (["model", "eval", "{tmp}/empty", "--model", "{tmp}/junk.tflite"], "not a valid TFLite model"),
-    (["model", "eval", "{tmp}/empty", "--threshold", "1.5"], "between 0 and 1"),
-])
-def test_bad_inputs_give_clear_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str],
-                                      message: str) -> None:
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["model", "eval", "{tmp}/absent"], "folder not found"),
+        (["model", "eval", "{tmp}"], "with_mask/ and without_mask/"),
+        (["model", "eval", "{tmp}", "--scenes"], "images/ and annotations/"),
+        (["model", "eval", "{tmp}/empty"], "no images"),
+        (["model", "eval", "{tmp}/empty", "--model", "{tmp}/junk.tflite"], "not a valid TFLite model"),
+        (["model", "eval", "{tmp}/empty", "--threshold", "1.5"], "between 0 and 1"),
+    ],
+)
+def test_bad_inputs_give_clear_errors(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str], message: str
+) -> None:
     for name in ("with_mask", "without_mask"):
         (tmp_path / "empty" / name).mkdir(parents=True)
     (tmp_path / "junk.tflite").write_bytes(b"junk" * 64)

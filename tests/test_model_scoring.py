@@ -9,16 +9,16 @@ from models.evaluation import PROMISED_FACE_PX, SceneRecord, alerts, operating_p
 BIG, SMALL = PROMISED_FACE_PX, PROMISED_FACE_PX - 1
 
 RECORDS = [
-    SceneRecord("without_mask", BIG, True, 0.9, 0.95),          # right
+    SceneRecord("without_mask", BIG, True, 0.9, 0.95),  # right
     SceneRecord("mask_weared_incorrect", BIG, True, 0.6, 0.9),  # right (incorrectly worn counts as no mask)
-    SceneRecord("without_mask", BIG, False),                    # missed by the detector: no decision
-    SceneRecord("with_mask", BIG, True, 0.7, 0.9),              # wrong: on a masked face
-    SceneRecord("with_mask", BIG, True, 0.1, 0.9),              # a mask decision: no alert
-    SceneRecord(None, BIG + 10, True, 0.8, 0.97),                # wrong: on no labelled face
-    SceneRecord(None, BIG, True, 0.8, 0.2),                     # the classifier says: no face
-    SceneRecord(None, SMALL, True, 0.99, 0.99),                 # unmatched box under 24 px: neither side
-    SceneRecord("without_mask", SMALL, True, 0.99, 0.99),       # labelled face under 24 px: neither side
-    SceneRecord("with_mask", SMALL, True, 0.99, 0.99),          # neither side either
+    SceneRecord("without_mask", BIG, False),  # missed by the detector: no decision
+    SceneRecord("with_mask", BIG, True, 0.7, 0.9),  # wrong: on a masked face
+    SceneRecord("with_mask", BIG, True, 0.1, 0.9),  # a mask decision: no alert
+    SceneRecord(None, BIG + 10, True, 0.8, 0.97),  # wrong: on no labelled face
+    SceneRecord(None, BIG, True, 0.8, 0.2),  # the classifier says: no face
+    SceneRecord(None, SMALL, True, 0.99, 0.99),  # unmatched box under 24 px: neither side
+    SceneRecord("without_mask", SMALL, True, 0.99, 0.99),  # labelled face under 24 px: neither side
+    SceneRecord("with_mask", SMALL, True, 0.99, 0.99),  # neither side either
 ]
 
 
@@ -47,6 +47,5 @@ def test_rejected_faces_are_not_found_and_precision_counts_kept_detections() -> 
 
 def test_operating_points_cover_every_pair() -> None:
     points = operating_points(RECORDS, 4, thresholds=(0.5, 0.95), face_scores=(0.0, 0.5))
-    assert [(p["threshold"], p["min_face_score"]) for p in points] == [(0.5, 0.0), (0.95, 0.0), (0.5, 0.5),
-                                                                       (0.95, 0.5)]
+    assert [(p["threshold"], p["min_face_score"]) for p in points] == [(0.5, 0.0), (0.95, 0.0), (0.5, 0.5), (0.95, 0.5)]
     assert points[1]["alerts"] == 0 and points[1]["alert_precision"] == 0.0

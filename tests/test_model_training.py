@@ -27,14 +27,40 @@ from tests.conftest import FACE_MASK, SCENES, WEIGHTS, need
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_tiny_train_export_and_predict_on_litert(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tiny_train_export_and_predict_on_litert(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     weights = need(WEIGHTS) / "mobilenet_v2_1.0_224_imagenet_no_top.h5"
     monkeypatch.setenv("HOME", str(tmp_path))  # the crop cache goes to a fresh place
     run = tmp_path / "run"
-    assert main(["model", "train", str(need(FACE_MASK)), "--scenes", str(need(SCENES)), "--limit", "20",
-                 "--size", "64", "--epochs", "1", "--fine-tune-epochs", "1", "--augment-copies", "1",
-                 "--backbone-weights", str(weights), "--out", str(run), "--seed", "3"]) == 0
+    assert (
+        main(
+            [
+                "model",
+                "train",
+                str(need(FACE_MASK)),
+                "--scenes",
+                str(need(SCENES)),
+                "--limit",
+                "20",
+                "--size",
+                "64",
+                "--epochs",
+                "1",
+                "--fine-tune-epochs",
+                "1",
+                "--augment-copies",
+                "1",
+                "--backbone-weights",
+                str(weights),
+                "--out",
+                str(run),
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
     assert "validation:" in capsys.readouterr().out
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["crops"]["images"] == 40 and metrics["crops"]["scene_faces"] > 0
@@ -76,10 +102,36 @@ def test_training_with_the_same_seed_gives_the_same_model(tmp_path: Path, monkey
     monkeypatch.setenv("HOME", str(tmp_path))
     predictions = []
     for run in ("a", "b"):
-        assert main(["model", "train", str(need(FACE_MASK)), "--limit", "12", "--detector", "none", "--size", "64",
-                     "--epochs", "2", "--fine-tune-epochs", "1", "--augment-copies", "1", "--low-res", "0.5",
-                     "--backbone-weights", str(weights),
-                     "--out", str(tmp_path / run), "--seed", "5"]) == 0
+        assert (
+            main(
+                [
+                    "model",
+                    "train",
+                    str(need(FACE_MASK)),
+                    "--limit",
+                    "12",
+                    "--detector",
+                    "none",
+                    "--size",
+                    "64",
+                    "--epochs",
+                    "2",
+                    "--fine-tune-epochs",
+                    "1",
+                    "--augment-copies",
+                    "1",
+                    "--low-res",
+                    "0.5",
+                    "--backbone-weights",
+                    str(weights),
+                    "--out",
+                    str(tmp_path / run),
+                    "--seed",
+                    "5",
+                ]
+            )
+            == 0
+        )
         model = keras.models.load_model(tmp_path / run / "model.keras")
         predictions.append(model.predict(np.load(tmp_path / run / "split.npz")["val_images"], verbose=0))
     np.testing.assert_array_equal(predictions[0], predictions[1])
@@ -131,8 +183,9 @@ def test_mirrored_copies_fall_in_one_group_and_the_split_keeps_groups_whole() ->
     hashes.append((dhash(images[0][:, ::-1]), dhash(images[0])))  # a mirrored copy of image 0
     groups = near_duplicate_groups(hashes)
     assert groups[-1] == groups[0]
-    crops = Crops(np.zeros((31, 4, 4, 3), np.uint8), np.ones(31, np.int64), [f"g{g}" for g in groups],
-                  ["face-mask"] * 31)
+    crops = Crops(
+        np.zeros((31, 4, 4, 3), np.uint8), np.ones(31, np.int64), [f"g{g}" for g in groups], ["face-mask"] * 31
+    )
     train, val = group_split(crops, 0.3, seed=1)
     assert len(val) > 0 and not {crops.groups[i] for i in train} & {crops.groups[i] for i in val}
     assert sorted(np.concatenate([train, val]).tolist()) == list(range(31))

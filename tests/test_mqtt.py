@@ -13,8 +13,17 @@ from shared.topics import NodeTopics, node_filter
 
 
 def make_event(n: int) -> Event:
-    return Event(type="new", id=f"hq-n1-{n:04d}", site="hq", node="n1", ts=utc_now(), label="mask", score=0.9,
-                 box=(1, 2, 30, 30), angle=0.0)
+    return Event(
+        type="new",
+        id=f"hq-n1-{n:04d}",
+        site="hq",
+        node="n1",
+        ts=utc_now(),
+        label="mask",
+        score=0.9,
+        box=(1, 2, 30, 30),
+        angle=0.0,
+    )
 
 
 def collector(client: MqttClient, topic_filter: str) -> queue.Queue[Received]:
@@ -46,8 +55,12 @@ def test_event_end_to_end(broker_config: BrokerConfig) -> None:
 
 def test_will_on_stop_and_retained_status(broker_config: BrokerConfig) -> None:
     topics = NodeTopics("hq", "n2")
-    node = MqttClient(broker_config, "test-node", will=Will(topics.status, b"offline"),
-                      on_connect=lambda: node.publish(topics.status, b"online", qos=1, retain=True))
+    node = MqttClient(
+        broker_config,
+        "test-node",
+        will=Will(topics.status, b"offline"),
+        on_connect=lambda: node.publish(topics.status, b"online", qos=1, retain=True),
+    )
     node.start()
     assert node.wait_connected(5)
     watcher = MqttClient(broker_config, "test-watch")
@@ -62,8 +75,9 @@ def test_will_on_stop_and_retained_status(broker_config: BrokerConfig) -> None:
 
 
 def test_persistent_session_survives_broker_restart(restartable_mosquitto: LocalMosquitto) -> None:
-    cfg = BrokerConfig(host=restartable_mosquitto.host, port=restartable_mosquitto.port, reconnect_min_s=0.1,
-                       reconnect_max_s=0.5)
+    cfg = BrokerConfig(
+        host=restartable_mosquitto.host, port=restartable_mosquitto.port, reconnect_min_s=0.1, reconnect_max_s=0.5
+    )
     sub = MqttClient(cfg, "test-persistent", persistent=True)
     inbox = collector(sub, node_filter("events"))
     sub.start()
@@ -88,8 +102,9 @@ def test_persistent_session_survives_broker_restart(restartable_mosquitto: Local
 
 
 def test_reconnects_after_broker_restart(restartable_mosquitto: LocalMosquitto) -> None:
-    cfg = BrokerConfig(host=restartable_mosquitto.host, port=restartable_mosquitto.port, reconnect_min_s=0.1,
-                       reconnect_max_s=0.5)
+    cfg = BrokerConfig(
+        host=restartable_mosquitto.host, port=restartable_mosquitto.port, reconnect_min_s=0.1, reconnect_max_s=0.5
+    )
     client = MqttClient(cfg, "test-reconnect")
     inbox = collector(client, "maskwatch/+/+/stats")
     client.start()

@@ -12,12 +12,28 @@ from shared.errors import ContractError
 from shared.messages import DesiredConfig, Event, NodeStats, ServoCommand, ThresholdCommand, parse
 
 EVENT: dict[str, Any] = {
-    "v": 1, "type": "new", "id": "hq-door-1-0001", "site": "hq", "node": "door-1",
-    "ts": "2026-01-01T12:00:00Z", "label": "no_mask", "score": 0.93, "box": [10, 20, 64, 64], "angle": -30.0,
-    "frame": 17, "track": {"frames": 5, "first_seen": "2026-01-01T11:59:59.5Z", "last_seen": "2026-01-01T12:00:00Z"},
+    "v": 1,
+    "type": "new",
+    "id": "hq-door-1-0001",
+    "site": "hq",
+    "node": "door-1",
+    "ts": "2026-01-01T12:00:00Z",
+    "label": "no_mask",
+    "score": 0.93,
+    "box": [10, 20, 64, 64],
+    "angle": -30.0,
+    "frame": 17,
+    "track": {"frames": 5, "first_seen": "2026-01-01T11:59:59.5Z", "last_seen": "2026-01-01T12:00:00Z"},
 }
-STATS: dict[str, Any] = {"v": 1, "site": "hq", "node": "door-1", "ts": "2026-01-01T12:00:00Z", "fps": 9.5,
-                         "frames": 10, "camera_ok": True}
+STATS: dict[str, Any] = {
+    "v": 1,
+    "site": "hq",
+    "node": "door-1",
+    "ts": "2026-01-01T12:00:00Z",
+    "fps": 9.5,
+    "frames": 10,
+    "camera_ok": True,
+}
 
 
 def encode(data: dict[str, Any], **changes: Any) -> bytes:
@@ -43,18 +59,29 @@ def test_event_score_must_be_a_number(score: Any) -> None:
     assert info.value.field == "score"
 
 
-@pytest.mark.parametrize("field,value", [
-    ("box", [10, 20, "64", 64]), ("box", [10, 20, True, 64]), ("box", [10, 20, 64.5, 64]),
-    ("angle", "45"), ("angle", True), ("snapshot", 1), ("snapshot", "true"), ("id", 17), ("site", 1),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("box", [10, 20, "64", 64]),
+        ("box", [10, 20, True, 64]),
+        ("box", [10, 20, 64.5, 64]),
+        ("angle", "45"),
+        ("angle", True),
+        ("snapshot", 1),
+        ("snapshot", "true"),
+        ("id", 17),
+        ("site", 1),
+    ],
+)
 def test_event_fields_are_not_coerced(field: str, value: Any) -> None:
     with pytest.raises(ContractError) as info:
         parse(Event, encode(EVENT, **{field: value}))
     assert info.value.field is not None and info.value.field.startswith(field)
 
 
-@pytest.mark.parametrize("field,value", [("fps", "9.5"), ("frames", True), ("frames", "10"),
-                                         ("camera_ok", 1), ("stage_ms", {"infer": "3"})])
+@pytest.mark.parametrize(
+    "field,value", [("fps", "9.5"), ("frames", True), ("frames", "10"), ("camera_ok", 1), ("stage_ms", {"infer": "3"})]
+)
 def test_stats_fields_are_not_coerced(field: str, value: Any) -> None:
     with pytest.raises(ContractError):
         parse(NodeStats, encode(STATS, **{field: value}))

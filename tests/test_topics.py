@@ -56,8 +56,10 @@ def test_round_trip(site: str, node: str, name: str) -> None:
     assert parse_topic(alerts(site)) == TopicInfo(site, None, "alerts")
 
 
-@pytest.mark.parametrize("site,node", [("HQ", "n1"), ("hq", "n 1"), ("", "n"), ("hq", "a/b"), ("hq", "+"),
-                                       ("hq", "#"), ("x" * 65, "n"), ("hq", "nœud")])
+@pytest.mark.parametrize(
+    "site,node",
+    [("HQ", "n1"), ("hq", "n 1"), ("", "n"), ("hq", "a/b"), ("hq", "+"), ("hq", "#"), ("x" * 65, "n"), ("hq", "nœud")],
+)
 def test_bad_ids_rejected(site: str, node: str) -> None:
     with pytest.raises(ContractError) as info:
         NodeTopics(site, node)
@@ -65,11 +67,19 @@ def test_bad_ids_rejected(site: str, node: str) -> None:
     assert "must match" in str(info.value)
 
 
-@pytest.mark.parametrize("topic", [
-    "other/hq/n1/events", "maskwatch/hq", "maskwatch/hq/n1/bogus", "maskwatch/hq/n1/events/extra",
-    "maskwatch/HQ/n1/events", "maskwatch/hq/all/events", "maskwatch/hq/n1/snapshot/bad id",
-    "maskwatch/hq/n1/cmd/Servo!",
-])
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "other/hq/n1/events",
+        "maskwatch/hq",
+        "maskwatch/hq/n1/bogus",
+        "maskwatch/hq/n1/events/extra",
+        "maskwatch/HQ/n1/events",
+        "maskwatch/hq/all/events",
+        "maskwatch/hq/n1/snapshot/bad id",
+        "maskwatch/hq/n1/cmd/Servo!",
+    ],
+)
 def test_bad_topics_rejected(topic: str) -> None:
     with pytest.raises(ContractError):
         parse_topic(topic)

@@ -26,8 +26,13 @@ def test_command_names_sendable_set_and_enum_come_from_the_classes() -> None:
 
 
 def test_every_command_has_an_edge_handler() -> None:
-    commands = NodeCommands(NodeRuntime(site="s", node="n", threshold=0.5), servo=None, planner=None,
-                            snapshot=lambda rid: {}, config=lambda: {})
+    commands = NodeCommands(
+        NodeRuntime(site="s", node="n", threshold=0.5),
+        servo=None,
+        planner=None,
+        snapshot=lambda rid: {},
+        config=lambda: {},
+    )
     assert set(commands.table()) == set(COMMANDS)
 
 

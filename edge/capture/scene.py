@@ -82,9 +82,15 @@ def load_scene(spec: str, config: SceneConfig) -> Scene:
         for i, face in enumerate(data.get("faces") or []):
             if not isinstance(face, dict) or "file" not in face or "angle_deg" not in face:
                 raise ConfigError(f"{manifest}: faces[{i}] needs 'file' and 'angle_deg'")
-            placements.append(Placement(name=str(face["file"]), image=_load(folder / face["file"]),
-                                        angle_deg=float(face["angle_deg"]), label=face.get("label"),
-                                        height_frac=face.get("height_frac")))
+            placements.append(
+                Placement(
+                    name=str(face["file"]),
+                    image=_load(folder / face["file"]),
+                    angle_deg=float(face["angle_deg"]),
+                    label=face.get("label"),
+                    height_frac=face.get("height_frac"),
+                )
+            )
         return Scene(tuple(placements), span)
     files: list[tuple[Path, str | None]] = []
     for sub, label in [(folder, None), *((folder / d, lab) for d, lab in _LABEL_DIRS.items())]:
@@ -94,8 +100,10 @@ def load_scene(spec: str, config: SceneConfig) -> Scene:
         raise ConfigError(f"scene folder {folder} has no images")
     step = config.span_deg / len(files)
     start = -config.span_deg / 2 + step / 2
-    placements = [Placement(name=p.relative_to(folder).as_posix(), image=_load(p), angle_deg=start + i * step,
-                            label=label) for i, (p, label) in enumerate(files)]
+    placements = [
+        Placement(name=p.relative_to(folder).as_posix(), image=_load(p), angle_deg=start + i * step, label=label)
+        for i, (p, label) in enumerate(files)
+    ]
     return Scene(tuple(placements), config.span_deg)
 
 
@@ -134,10 +142,13 @@ class SceneCamera:
             x0, y0 = cx - w // 2, (cfg.height - h) // 2
             face = cv2.resize(p.image, (w, h), interpolation=cv2.INTER_AREA)
             cols = np.arange(x0, x0 + w) % width
-            pano[y0:y0 + h, cols] = face
+            pano[y0 : y0 + h, cols] = face
         self._panorama = pano
-        self._noise = [rng.normal(0, cfg.noise, size=(cfg.height, cfg.width, 3)).astype(np.int16)
-                       for _ in range(4)] if cfg.noise > 0 else []
+        self._noise = (
+            [rng.normal(0, cfg.noise, size=(cfg.height, cfg.width, 3)).astype(np.int16) for _ in range(4)]
+            if cfg.noise > 0
+            else []
+        )
         self._next_at = time.monotonic()
         self._t0 = utc_now()
 

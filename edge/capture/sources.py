@@ -109,8 +109,7 @@ class ImageFolderSource:
                 self.unreadable += 1
                 log.error("skipping unreadable image: %s", exc)
                 continue
-            frame = Frame(image=image, index=self._index, name=path.relative_to(self.folder).as_posix(),
-                          still=True)
+            frame = Frame(image=image, index=self._index, name=path.relative_to(self.folder).as_posix(), still=True)
             self._index += 1
             return frame
         return None
@@ -161,8 +160,13 @@ class PicameraSource:
             self._cam = None
 
 
-def open_source(spec: str, *, camera: CameraConfig | None = None, scene: SceneConfig | None = None,
-                angle: Callable[[], float] | None = None) -> FrameSource:
+def open_source(
+    spec: str,
+    *,
+    camera: CameraConfig | None = None,
+    scene: SceneConfig | None = None,
+    angle: Callable[[], float] | None = None,
+) -> FrameSource:
     """Build (not open) the source named by ``spec``; ``angle`` is the servo position for a scene."""
     if spec.startswith("scene:"):
         cfg = scene or SceneConfig()

@@ -111,8 +111,12 @@ class HubPresence:
             self._hubs[hub] = AVAILABILITY.get(message.payload, False)
             now_online = any(self._hubs.values())
         if now_online != was_online:
-            log.info("hub %s is %s: %s", hub, "online" if self._hubs[hub] else "offline",
-                     "delivering the outbox" if now_online else "keeping events in the outbox")
+            log.info(
+                "hub %s is %s: %s",
+                hub,
+                "online" if self._hubs[hub] else "offline",
+                "delivering the outbox" if now_online else "keeping events in the outbox",
+            )
         if now_online and not was_online:
             self._on_online()
 
@@ -131,8 +135,9 @@ class DeliveryStatus:
     :param drain_timeout_s: how long ``--once`` waits for acknowledgements.
     """
 
-    def __init__(self, refusals: Callable[[], dict[str, str]], presence: HubPresence | None,
-                 drain_timeout_s: float) -> None:
+    def __init__(
+        self, refusals: Callable[[], dict[str, str]], presence: HubPresence | None, drain_timeout_s: float
+    ) -> None:
         self._refusals = refusals
         self.presence = presence
         self.drain_timeout_s = drain_timeout_s

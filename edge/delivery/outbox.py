@@ -97,8 +97,10 @@ class Outbox:
             self.outbox_id: str = self._db.execute("SELECT value FROM meta WHERE name='outbox_id'").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             self._db.close()
-            raise OutboxError(f"outbox {path} is unusable ({exc}); move it aside to start with an empty one "
-                              "(its undelivered events are lost then)") from exc
+            raise OutboxError(
+                f"outbox {path} is unusable ({exc}); move it aside to start with an empty one "
+                "(its undelivered events are lost then)"
+            ) from exc
         self.dropped: int = row[0] if row else 0
         self._last_seq: int = last[0] if last else 0
 
@@ -110,26 +112,32 @@ class Outbox:
         with self._lock:
             seq = self._last_seq + 1
             data = payload(seq) if callable(payload) else payload
-            self._db.execute("INSERT INTO outbox (seq, topic, payload, qos, created) VALUES (?, ?, ?, ?, ?)",
-                             (seq, topic, data, qos, time.time()))
+            self._db.execute(
+                "INSERT INTO outbox (seq, topic, payload, qos, created) VALUES (?, ?, ?, ?, ?)",
+                (seq, topic, data, qos, time.time()),
+            )
             self._last_seq = seq
             self._depth += 1
             excess = self._depth - self.max_messages
             if excess > 0:
-                self._db.execute("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?)",
-                                 (excess,))
+                self._db.execute(
+                    "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?)", (excess,)
+                )
                 self._depth -= excess
                 self.dropped += excess
-                self._db.execute("INSERT INTO counters VALUES ('dropped', ?) "
-                                 "ON CONFLICT(name) DO UPDATE SET value=excluded.value", (self.dropped,))
+                self._db.execute(
+                    "INSERT INTO counters VALUES ('dropped', ?) ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+                    (self.dropped,),
+                )
                 log.warning("outbox full (%d): dropped the %d oldest message(s)", self.max_messages, excess)
             return seq
 
     def pending(self, limit: int = 1000) -> list[OutboxMessage]:
         """The oldest ``limit`` stored messages, in order."""
         with self._lock:
-            rows = self._db.execute("SELECT seq, topic, payload, qos FROM outbox ORDER BY seq LIMIT ?",
-                                    (limit,)).fetchall()
+            rows = self._db.execute(
+                "SELECT seq, topic, payload, qos FROM outbox ORDER BY seq LIMIT ?", (limit,)
+            ).fetchall()
         return [OutboxMessage(seq, topic, bytes(payload), qos) for seq, topic, payload, qos in rows]
 
     def remove(self, seq: int) -> None:
@@ -148,8 +156,11 @@ class Outbox:
     def remove_topics(self, topics: list[str]) -> list[int]:
         """Forget the messages published on ``topics`` (acknowledged snapshots); return their numbers."""
         with self._lock:
-            seqs = [seq for topic in topics
-                    for (seq,) in self._db.execute("DELETE FROM outbox WHERE topic = ? RETURNING seq", (topic,))]
+            seqs = [
+                seq
+                for topic in topics
+                for (seq,) in self._db.execute("DELETE FROM outbox WHERE topic = ? RETURNING seq", (topic,))
+            ]
             self._depth -= len(seqs)
             return seqs
 
@@ -202,10 +213,19 @@ class Courier:
     :param window: at most this many messages published and awaiting their acknowledgement.
     """
 
-    def __init__(self, outbox: Outbox, publish: PublishFn, connected: Callable[[], bool], *,
-                 delivery: Delivery, topics: NodeTopics | None = None,
-                 may_send: Callable[[], bool] = lambda: True, resend_after_s: float = 15.0,
-                 resend_max_s: float = 120.0, window: int = 50) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        publish: PublishFn,
+        connected: Callable[[], bool],
+        *,
+        delivery: Delivery,
+        topics: NodeTopics | None = None,
+        may_send: Callable[[], bool] = lambda: True,
+        resend_after_s: float = 15.0,
+        resend_max_s: float = 120.0,
+        window: int = 50,
+    ) -> None:
         self.outbox = outbox
         self._publish = publish
         self._connected = connected

@@ -33,11 +33,27 @@ def annotate(view: View, angle: float | None) -> np.ndarray | None:
         colour = _COLOURS.get(face.label, (200, 200, 200)) if face.confirmed else (160, 160, 160)
         x, y, w, h = face.box
         cv2.rectangle(image, (x, y), (x + w, y + h), colour, 2)
-        cv2.putText(image, f"{face.label} {face.score:.2f}", (x, max(12, y - 6)), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.5, colour, 1, cv2.LINE_AA)
+        cv2.putText(
+            image,
+            f"{face.label} {face.score:.2f}",
+            (x, max(12, y - 6)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.5,
+            colour,
+            1,
+            cv2.LINE_AA,
+        )
     shown = "off" if angle is None else f"{angle:+.1f} deg"
-    cv2.putText(image, f"angle {shown}  {view.fps:.1f} fps", (8, image.shape[0] - 10),
-                cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+    cv2.putText(
+        image,
+        f"angle {shown}  {view.fps:.1f} fps",
+        (8, image.shape[0] - 10),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        0.5,
+        (255, 255, 255),
+        1,
+        cv2.LINE_AA,
+    )
     return image
 
 
@@ -64,8 +80,12 @@ class PreviewServer:
             def do_GET(self) -> None:
                 path = self.path.split("?")[0]
                 if path == "/":
-                    self._send(200, "text/html", b"<html><body style='margin:0;background:#000'>"
-                               b"<img src='/stream.mjpg' style='width:100%'></body></html>")
+                    self._send(
+                        200,
+                        "text/html",
+                        b"<html><body style='margin:0;background:#000'>"
+                        b"<img src='/stream.mjpg' style='width:100%'></body></html>",
+                    )
                 elif path == "/snapshot.jpg":
                     jpeg = server.frame_jpeg()
                     if jpeg is None:
@@ -95,8 +115,11 @@ class PreviewServer:
                         jpeg = server.frame_jpeg()
                         if jpeg is None:
                             continue
-                        self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
-                                         f"Content-Length: {len(jpeg)}\r\n\r\n".encode() + jpeg + b"\r\n")
+                        self.wfile.write(
+                            f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode()
+                            + jpeg
+                            + b"\r\n"
+                        )
                 except (BrokenPipeError, ConnectionResetError):
                     log.debug("preview client left")
 

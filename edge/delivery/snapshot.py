@@ -38,17 +38,17 @@ def blur_box(image: np.ndarray, box: Box) -> np.ndarray:
     x1, y1 = min(out.shape[1], x + w), min(out.shape[0], y + h)
     if x1 > x0 and y1 > y0:
         region = out[y0:y1, x0:x1]
-        small = cv2.resize(region, (max(1, (x1 - x0) // 12), max(1, (y1 - y0) // 12)),
-                           interpolation=cv2.INTER_AREA)
+        small = cv2.resize(region, (max(1, (x1 - x0) // 12), max(1, (y1 - y0) // 12)), interpolation=cv2.INTER_AREA)
         out[y0:y1, x0:x1] = cv2.resize(small, (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST)
     return out
 
 
-def face_snapshot(frame: np.ndarray, box: Box, *, blur: bool, whole_frame: bool, max_bytes: int,
-                  quality: int = 85) -> bytes:
+def face_snapshot(
+    frame: np.ndarray, box: Box, *, blur: bool, whole_frame: bool, max_bytes: int, quality: int = 85
+) -> bytes:
     """The JPEG published with a no-mask event: the face with some context (or the frame), maybe blurred."""
     image = blur_box(frame, box) if blur else frame
     if not whole_frame:
         x, y, w, h = expand_box(box, 0.3, frame.shape[1], frame.shape[0])
-        image = image[y:y + h, x:x + w]
+        image = image[y : y + h, x : x + w]
     return encode_jpeg(image, max_bytes, quality)

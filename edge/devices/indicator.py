@@ -45,8 +45,7 @@ class Indicator:
             self._devices.append(self.blue)
             self.red = LED(config.red_pin, pin_factory=pin_factory)
             self._devices.append(self.red)
-            self.buzzer = Buzzer(config.buzzer_pin, pin_factory=pin_factory) if config.buzzer_pin is not None \
-                else None
+            self.buzzer = Buzzer(config.buzzer_pin, pin_factory=pin_factory) if config.buzzer_pin is not None else None
             if self.buzzer:
                 self._devices.append(self.buzzer)
         except Exception as exc:  # gpiozero's pin errors, or OSError for a busy pin

@@ -58,8 +58,7 @@ def make_pin_factory(name: str) -> Any:
 
             return NativeFactory()
     except ImportError as exc:
-        raise HardwareError(f"pin factory {name!r} needs {exc.name} (install it, or use pin_factory: mock)") \
-            from exc
+        raise HardwareError(f"pin factory {name!r} needs {exc.name} (install it, or use pin_factory: mock)") from exc
     except Exception as exc:  # the factories raise their own error types when the GPIO is unreachable
         raise HardwareError(f"pin factory {name!r} failed: {exc}") from exc
     raise HardwareError(f"unknown pin factory {name!r}: use auto, mock, lgpio, pigpio, rpigpio or native")

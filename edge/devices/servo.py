@@ -63,9 +63,15 @@ class PanServo:
         start, _ = self.clamp(config.start_deg)
         try:
             self._device = AngularServo(
-                config.pin, initial_angle=start, min_angle=config.min_deg, max_angle=config.max_deg,
-                min_pulse_width=config.min_pulse_width_s, max_pulse_width=config.max_pulse_width_s,
-                frame_width=config.frame_width_s, pin_factory=pin_factory)
+                config.pin,
+                initial_angle=start,
+                min_angle=config.min_deg,
+                max_angle=config.max_deg,
+                min_pulse_width=config.min_pulse_width_s,
+                max_pulse_width=config.max_pulse_width_s,
+                frame_width=config.frame_width_s,
+                pin_factory=pin_factory,
+            )
         except Exception as exc:  # gpiozero raises many GPIOZeroError subclasses and OSError for a busy pin
             raise HardwareError(f"cannot drive the servo on pin {config.pin}: {exc}") from exc
         self.position: float = start
@@ -96,8 +102,11 @@ class PanServo:
 
     def detach_if_idle(self) -> None:
         """Stop the pulses once the servo has not moved for ``detach_idle_s``."""
-        if self.config.detach_idle_s and self.attached and \
-                time.monotonic() - self._last_move >= self.config.detach_idle_s:
+        if (
+            self.config.detach_idle_s
+            and self.attached
+            and time.monotonic() - self._last_move >= self.config.detach_idle_s
+        ):
             self.detach()
 
     def detach(self) -> None:
@@ -139,9 +148,16 @@ class ServoPlanner:
         self._paused_at: float | None = None
         self._ignore_faces = False
 
-    def set_mode(self, mode: ServoMode, *, angle: float | None = None, sweep_min_deg: float | None = None,
-                 sweep_max_deg: float | None = None, sweep_step_deg: float | None = None,
-                 dwell_s: float | None = None) -> dict[str, Any]:
+    def set_mode(
+        self,
+        mode: ServoMode,
+        *,
+        angle: float | None = None,
+        sweep_min_deg: float | None = None,
+        sweep_max_deg: float | None = None,
+        sweep_step_deg: float | None = None,
+        dwell_s: float | None = None,
+    ) -> dict[str, Any]:
         """Switch mode (angles already clamped by the caller); return the applied settings."""
         with self._lock:
             self.mode = mode
@@ -167,8 +183,12 @@ class ServoPlanner:
         if self.mode == ServoMode.HOLD:
             out["angle"] = self.hold_deg
         if self.mode == ServoMode.SWEEP:
-            out.update(sweep_min_deg=self.sweep_min_deg, sweep_max_deg=self.sweep_max_deg,
-                       sweep_step_deg=self.sweep_step_deg, dwell_s=self.dwell_s)
+            out.update(
+                sweep_min_deg=self.sweep_min_deg,
+                sweep_max_deg=self.sweep_max_deg,
+                sweep_step_deg=self.sweep_step_deg,
+                dwell_s=self.dwell_s,
+            )
         return out
 
     def saw(self, sighting: Sighting | None) -> None:
@@ -222,8 +242,9 @@ class ServoPlanner:
         return self._waypoint
 
 
-def drive(stop: threading.Event, servo: PanServo, planner: ServoPlanner,
-          on_rest: Callable[[], None] | None = None) -> None:
+def drive(
+    stop: threading.Event, servo: PanServo, planner: ServoPlanner, on_rest: Callable[[], None] | None = None
+) -> None:
     """Body of the ``servo`` thread: step towards the planner's target every ``step_s``.
 
     ``on_rest`` is called whenever the servo comes to rest or is switched off (to publish the state).

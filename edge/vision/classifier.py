@@ -78,21 +78,25 @@ class MaskClassifier:
         inputs = self._interpreter.get_input_details()
         outputs = self._interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
-            raise ModelError(f"{path} is not a mask classifier: expected 1 input and 1 output, "
-                             f"got {len(inputs)} and {len(outputs)}")
+            raise ModelError(
+                f"{path} is not a mask classifier: expected 1 input and 1 output, got {len(inputs)} and {len(outputs)}"
+            )
         shape = tuple(int(v) for v in inputs[0]["shape"])
         classes = int(outputs[0]["shape"][-1])
         if len(shape) != 4 or shape[3] != 3 or classes not in CLASS_COUNTS:
-            raise ModelError(f"{path} is not a mask classifier: input {shape} (want (1, H, W, 3)), "
-                             f"output {tuple(outputs[0]['shape'])} (want (1, 2) or (1, 3))")
+            raise ModelError(
+                f"{path} is not a mask classifier: input {shape} (want (1, H, W, 3)), "
+                f"output {tuple(outputs[0]['shape'])} (want (1, 2) or (1, 3))"
+            )
         self.path = path
         self.classes = classes
         self.mirror = mirror
         self.size = (shape[2], shape[1])
         self._in, self._out = inputs[0], outputs[0]
         self.version = f"{path.stem}@{sha256_of(path)[:12]}"
-        log.info("mask classifier %s, input %dx%d %s", self.version, shape[2], shape[1],
-                 np.dtype(self._in["dtype"]).name)
+        log.info(
+            "mask classifier %s, input %dx%d %s", self.version, shape[2], shape[1], np.dtype(self._in["dtype"]).name
+        )
 
     @property
     def verifies_faces(self) -> bool:

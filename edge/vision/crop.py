@@ -9,8 +9,7 @@ import numpy as np
 TRAINING_MARGIN = 0.15
 
 
-def expand_box(box: tuple[int, int, int, int], margin: float, width: int, height: int
-               ) -> tuple[int, int, int, int]:
+def expand_box(box: tuple[int, int, int, int], margin: float, width: int, height: int) -> tuple[int, int, int, int]:
     """Grow ``box`` (x, y, w, h) by ``margin`` of its size on each side and clip it to a width x height frame."""
     x, y, w, h = box
     dx, dy = round(w * margin), round(h * margin)
@@ -19,8 +18,7 @@ def expand_box(box: tuple[int, int, int, int], margin: float, width: int, height
     return x0, y0, x1 - x0, y1 - y0
 
 
-def crop_face(frame_bgr: np.ndarray, box: tuple[int, int, int, int],
-              margin: float = TRAINING_MARGIN) -> np.ndarray:
+def crop_face(frame_bgr: np.ndarray, box: tuple[int, int, int, int], margin: float = TRAINING_MARGIN) -> np.ndarray:
     """Return the face region of ``frame_bgr`` with ``margin`` of context, clipped to the frame.
 
     :param frame_bgr: an (H, W, 3) ``uint8`` frame.
@@ -34,4 +32,4 @@ def crop_face(frame_bgr: np.ndarray, box: tuple[int, int, int, int],
     x, y, w, h = expand_box(box, margin, width, height)
     if w <= 0 or h <= 0:
         raise ValueError(f"face box {box} is empty or outside the {width}x{height} frame")
-    return frame_bgr[y:y + h, x:x + w]
+    return frame_bgr[y : y + h, x : x + w]

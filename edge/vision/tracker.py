@@ -167,8 +167,9 @@ class Tracker:
         track.emitted_score = track.score
         return Change(kind, track)
 
-    def update(self, observations: Sequence[Observation], ts: datetime, *, threshold: float,
-               frame_ref: Any = None) -> list[Change]:
+    def update(
+        self, observations: Sequence[Observation], ts: datetime, *, threshold: float, frame_ref: Any = None
+    ) -> list[Change]:
         """Feed the faces of one frame (taken at ``ts``); return the lifecycle changes."""
         changes: list[Change] = []
         matches = self._match([o.box for o in observations])
@@ -200,10 +201,16 @@ class Tracker:
                 continue
             if obs.p_no_mask is None:
                 raise ValueError(f"a new face must be classified (box {obs.box})")
-            track = Track(id=self._id_factory(), box=obs.box, first_seen=ts, last_seen=ts,
-                          history=deque([obs.p_no_mask], maxlen=self.config.smooth_frames),
-                          label=decide(obs.p_no_mask, threshold).label, frame_ref=frame_ref,
-                          face_score=obs.face_score)
+            track = Track(
+                id=self._id_factory(),
+                box=obs.box,
+                first_seen=ts,
+                last_seen=ts,
+                history=deque([obs.p_no_mask], maxlen=self.config.smooth_frames),
+                label=decide(obs.p_no_mask, threshold).label,
+                frame_ref=frame_ref,
+                face_score=obs.face_score,
+            )
             self.tracks.append(track)
             if self.config.confirm_frames <= 1:
                 track.confirmed = True

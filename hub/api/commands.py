@@ -18,10 +18,15 @@ HTTP_STATUS = {CommandStatus.OK: 200, CommandStatus.ERROR: 502, CommandStatus.TI
 
 
 @router.post("/api/nodes/{site}/{node}/commands/{name}")
-def command(site: str, node: str, name: SendableCommand, services: Services,
-            who: Annotated[str, Depends(rate_limited)],
-            params: Annotated[dict[str, Any] | None, Body(description="command fields, e.g. {\"value\": 0.6}")] = None,
-            timeout_s: Annotated[float | None, Query(gt=0, le=60)] = None) -> JSONResponse:
+def command(
+    site: str,
+    node: str,
+    name: SendableCommand,
+    services: Services,
+    who: Annotated[str, Depends(rate_limited)],
+    params: Annotated[dict[str, Any] | None, Body(description='command fields, e.g. {"value": 0.6}')] = None,
+    timeout_s: Annotated[float | None, Query(gt=0, le=60)] = None,
+) -> JSONResponse:
     """Send a command to a node, to a comma-separated list of nodes, or to ``all`` nodes of the site,
     and wait for the answers.
 
@@ -30,8 +35,14 @@ def command(site: str, node: str, name: SendableCommand, services: Services,
     if services.commander is None:
         raise HTTPException(503, "this API has no MQTT connection to send commands")
     try:
-        outcomes = services.commander.send(site, None if node == "all" else node.split(","), name.value,
-                                           params or {}, source=f"api:{who}", timeout_s=timeout_s)
+        outcomes = services.commander.send(
+            site,
+            None if node == "all" else node.split(","),
+            name.value,
+            params or {},
+            source=f"api:{who}",
+            timeout_s=timeout_s,
+        )
     except ContractError as exc:
         raise HTTPException(422, str(exc)) from None
     body = {"request_id": outcomes[0].request_id, "results": [outcome_json(o) for o in outcomes]}

@@ -93,8 +93,10 @@ Principal = Annotated[str, Depends(principal)]
 
 def principal_unless(public: Callable[[HubConfig], bool]) -> Callable[..., str]:
     """A dependency that lets everyone in when ``public(config)`` holds, else asks for :func:`principal`."""
+
     def check(request: Request, credentials: Credentials) -> str:
         return "public" if public(get_services(request).config) else principal(request, credentials)
+
     return check
 
 
@@ -105,8 +107,9 @@ def rate_limited(request: Request, who: Principal) -> str:
     key = who if checker.enabled else f"ip:{request.client.host if request.client else '?'}"
     wait = limiter.take(key)
     if wait > 0:
-        raise HTTPException(429, f"too many commands: retry in {wait:.0f} s",
-                            headers={"Retry-After": str(max(1, round(wait)))})
+        raise HTTPException(
+            429, f"too many commands: retry in {wait:.0f} s", headers={"Retry-After": str(max(1, round(wait)))}
+        )
     return who
 
 

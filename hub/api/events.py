@@ -15,28 +15,50 @@ router = APIRouter(tags=["events"])
 
 
 @router.get("/api/events")
-def list_events(services: Services, _: Principal, site: str | None = None, node: str | None = None,
-                label: LabelQ = None, since: Since = None, until: Until = None, limit: Limit = 100,
-                offset: Offset = 0) -> dict[str, Any]:
+def list_events(
+    services: Services,
+    _: Principal,
+    site: str | None = None,
+    node: str | None = None,
+    label: LabelQ = None,
+    since: Since = None,
+    until: Until = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> dict[str, Any]:
     """Events, newest first: ``items``, ``total`` matching, and ``next_offset`` (null on the last page)."""
-    rows, total = services.events.query(site=site, node=node, label=label, since=aware(since),
-                                        until=aware(until), limit=limit, offset=offset)
+    rows, total = services.events.query(
+        site=site, node=node, label=label, since=aware(since), until=aware(until), limit=limit, offset=offset
+    )
     snaps = services.events.has_snapshots([r.id for r in rows])
     nxt = offset + len(rows)
-    return {"items": [event_json(r, r.id in snaps, services.public_url) for r in rows], "total": total,
-            "limit": limit, "offset": offset, "next_offset": nxt if nxt < total else None}
+    return {
+        "items": [event_json(r, r.id in snaps, services.public_url) for r in rows],
+        "total": total,
+        "limit": limit,
+        "offset": offset,
+        "next_offset": nxt if nxt < total else None,
+    }
 
 
 @router.get("/api/events.csv", response_class=StreamingResponse)
-def events_csv(services: Services, _: Principal, site: str | None = None, node: str | None = None,
-               label: LabelQ = None, since: Since = None, until: Until = None) -> StreamingResponse:
+def events_csv(
+    services: Services,
+    _: Principal,
+    site: str | None = None,
+    node: str | None = None,
+    label: LabelQ = None,
+    since: Since = None,
+    until: Until = None,
+) -> StreamingResponse:
     """Every matching event as CSV (one header line, then one line per event, newest first); the parameters
     are checked and the first page read before the first byte is sent, so a bad request gets a 4xx."""
     since, until = aware(since), aware(until)
 
     def page(offset: int) -> list[Any]:
-        return services.events.query(site=site, node=node, label=label, since=since, until=until,
-                                     limit=MAX_PAGE, offset=offset)[0]
+        return services.events.query(
+            site=site, node=node, label=label, since=since, until=until, limit=MAX_PAGE, offset=offset
+        )[0]
 
     first = page(0)
 
@@ -56,8 +78,9 @@ def events_csv(services: Services, _: Principal, site: str | None = None, node: 
                 return
             offset += MAX_PAGE
 
-    return StreamingResponse(lines(), media_type="text/csv",
-                             headers={"Content-Disposition": 'attachment; filename="events.csv"'})
+    return StreamingResponse(
+        lines(), media_type="text/csv", headers={"Content-Disposition": 'attachment; filename="events.csv"'}
+    )
 
 
 @router.get("/api/events/{event_id}")

@@ -44,16 +44,23 @@ def _node_outboxes(services: HubServices) -> list[str]:
     rows = [(node.site, node.node, node.stats) for node in services.registry.nodes()]
     lines: list[str] = []
     for key, name, help_text in NODE_OUTBOX_GAUGES:
-        lines += _family(name, "gauge", help_text,
-                         (_sample(name, stats[key], {"site": site, "node": node})
-                          for site, node, stats in rows if stats and stats.get(key) is not None))
+        lines += _family(
+            name,
+            "gauge",
+            help_text,
+            (
+                _sample(name, stats[key], {"site": site, "node": node})
+                for site, node, stats in rows
+                if stats and stats.get(key) is not None
+            ),
+        )
     return lines
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-def metrics_page(services: Services,
-                 _: Annotated[str, Depends(principal_unless(lambda config: config.auth.public_metrics))]
-                 ) -> PlainTextResponse:
+def metrics_page(
+    services: Services, _: Annotated[str, Depends(principal_unless(lambda config: config.auth.public_metrics))]
+) -> PlainTextResponse:
     """Prometheus text exposition."""
     return PlainTextResponse(render(services), media_type="text/plain; version=0.0.4")
 
@@ -67,43 +74,106 @@ def render(services: HubServices) -> str:
     commands = services.audit.counts()
     ingest = services.ingest
     lines: list[str] = []
-    lines += _family("maskwatch_events_stored", "gauge", "events in the database by site, node and final label",
-                     (_sample("maskwatch_events_stored", n, {"site": s, "node": nd, "label": lb})
-                      for s, nd, _hour, lb, n in events))
-    lines += _family("maskwatch_messages_total", "counter", "messages ingested by topic kind",
-                     (_sample("maskwatch_messages_total", v, {"kind": k.split(".", 1)[1]})
-                      for k, v in sorted(counters.items()) if k.startswith("messages.")))
-    lines += _family("maskwatch_rejected_total", "counter", "payloads rejected by reason",
-                     (_sample("maskwatch_rejected_total", v, {"reason": k.split(".", 1)[1]})
-                      for k, v in sorted(counters.items()) if k.startswith("rejected.")))
-    lines += _family("maskwatch_event_duplicates_total", "counter", "event messages received again and ignored",
-                     [_sample("maskwatch_event_duplicates_total", counters.get("events.duplicates", 0))])
+    lines += _family(
+        "maskwatch_events_stored",
+        "gauge",
+        "events in the database by site, node and final label",
+        (_sample("maskwatch_events_stored", n, {"site": s, "node": nd, "label": lb}) for s, nd, _hour, lb, n in events),
+    )
+    lines += _family(
+        "maskwatch_messages_total",
+        "counter",
+        "messages ingested by topic kind",
+        (
+            _sample("maskwatch_messages_total", v, {"kind": k.split(".", 1)[1]})
+            for k, v in sorted(counters.items())
+            if k.startswith("messages.")
+        ),
+    )
+    lines += _family(
+        "maskwatch_rejected_total",
+        "counter",
+        "payloads rejected by reason",
+        (
+            _sample("maskwatch_rejected_total", v, {"reason": k.split(".", 1)[1]})
+            for k, v in sorted(counters.items())
+            if k.startswith("rejected.")
+        ),
+    )
+    lines += _family(
+        "maskwatch_event_duplicates_total",
+        "counter",
+        "event messages received again and ignored",
+        [_sample("maskwatch_event_duplicates_total", counters.get("events.duplicates", 0))],
+    )
     lines += _node_outboxes(services)
-    lines += _family("maskwatch_nodes", "gauge", "known nodes by availability",
-                     (_sample("maskwatch_nodes", n, {"state": AVAILABILITY[online]}) for online, n in nodes))
-    lines += _family("maskwatch_alerts_stored", "gauge", "alerts in the database by kind",
-                     (_sample("maskwatch_alerts_stored", n, {"kind": k}) for k, n in alerts))
-    lines += _family("maskwatch_commands_total", "counter", "audited commands by name and outcome",
-                     (_sample("maskwatch_commands_total", n, {"name": nm, "status": st}) for nm, st, n in commands))
+    lines += _family(
+        "maskwatch_nodes",
+        "gauge",
+        "known nodes by availability",
+        (_sample("maskwatch_nodes", n, {"state": AVAILABILITY[online]}) for online, n in nodes),
+    )
+    lines += _family(
+        "maskwatch_alerts_stored",
+        "gauge",
+        "alerts in the database by kind",
+        (_sample("maskwatch_alerts_stored", n, {"kind": k}) for k, n in alerts),
+    )
+    lines += _family(
+        "maskwatch_commands_total",
+        "counter",
+        "audited commands by name and outcome",
+        (_sample("maskwatch_commands_total", n, {"name": nm, "status": st}) for nm, st, n in commands),
+    )
     if ingest is not None:
         stats = ingest.stats
-        lines += _family("maskwatch_ingest_queue_depth", "gauge", "messages received, not yet committed",
-                         [_sample("maskwatch_ingest_queue_depth", ingest.depth)])
-        lines += _family("maskwatch_ingest_batches_total", "counter", "transactions committed by this hub",
-                         [_sample("maskwatch_ingest_batches_total", stats.batches)])
-        lines += _family("maskwatch_ingest_last_batch_ms", "gauge", "duration of the last batch",
-                         [_sample("maskwatch_ingest_last_batch_ms", stats.last_batch_ms)])
-        lines += _family("maskwatch_ingest_storage_errors_total", "counter",
-                         "batches retried after a database or snapshot-folder error",
-                         [_sample("maskwatch_ingest_storage_errors_total", stats.storage_errors)])
+        lines += _family(
+            "maskwatch_ingest_queue_depth",
+            "gauge",
+            "messages received, not yet committed",
+            [_sample("maskwatch_ingest_queue_depth", ingest.depth)],
+        )
+        lines += _family(
+            "maskwatch_ingest_batches_total",
+            "counter",
+            "transactions committed by this hub",
+            [_sample("maskwatch_ingest_batches_total", stats.batches)],
+        )
+        lines += _family(
+            "maskwatch_ingest_last_batch_ms",
+            "gauge",
+            "duration of the last batch",
+            [_sample("maskwatch_ingest_last_batch_ms", stats.last_batch_ms)],
+        )
+        lines += _family(
+            "maskwatch_ingest_storage_errors_total",
+            "counter",
+            "batches retried after a database or snapshot-folder error",
+            [_sample("maskwatch_ingest_storage_errors_total", stats.storage_errors)],
+        )
         if ingest.acks is not None:
-            lines += _family("maskwatch_acks_published_total", "counter", "acks this hub published to nodes",
-                             [_sample("maskwatch_acks_published_total", ingest.acks.acks)])
-            lines += _family("maskwatch_ack_bytes_total", "counter", "payload bytes of those acks",
-                             [_sample("maskwatch_ack_bytes_total", ingest.acks.bytes)])
-        lines += _family("maskwatch_ingest_failed_messages_total", "counter",
-                         "messages the writer failed on (a bug), left unacknowledged for redelivery",
-                         [_sample("maskwatch_ingest_failed_messages_total", stats.failed_messages)])
-    lines += _family("maskwatch_stream_clients", "gauge", "open /api/stream connections",
-                     [_sample("maskwatch_stream_clients", services.feed.subscribers)])
+            lines += _family(
+                "maskwatch_acks_published_total",
+                "counter",
+                "acks this hub published to nodes",
+                [_sample("maskwatch_acks_published_total", ingest.acks.acks)],
+            )
+            lines += _family(
+                "maskwatch_ack_bytes_total",
+                "counter",
+                "payload bytes of those acks",
+                [_sample("maskwatch_ack_bytes_total", ingest.acks.bytes)],
+            )
+        lines += _family(
+            "maskwatch_ingest_failed_messages_total",
+            "counter",
+            "messages the writer failed on (a bug), left unacknowledged for redelivery",
+            [_sample("maskwatch_ingest_failed_messages_total", stats.failed_messages)],
+        )
+    lines += _family(
+        "maskwatch_stream_clients",
+        "gauge",
+        "open /api/stream connections",
+        [_sample("maskwatch_stream_clients", services.feed.subscribers)],
+    )
     return "\n".join(lines) + "\n"

@@ -15,8 +15,9 @@ router = APIRouter(tags=["ops"])
 
 
 @router.get("/healthz")
-def healthz(services: Services,
-            _: Annotated[str, Depends(principal_unless(lambda config: config.auth.public_healthz))]) -> JSONResponse:
+def healthz(
+    services: Services, _: Annotated[str, Depends(principal_unless(lambda config: config.auth.public_healthz))]
+) -> JSONResponse:
     """Liveness: the database answers (503 if not); MQTT and ingest figures for information."""
     try:
         services.store.ping()
@@ -24,9 +25,12 @@ def healthz(services: Services,
     except Exception as exc:  # report any database failure as unhealthy
         log.warning("health check: database error: %s", exc)
         db_ok = False
-    body = {"status": "ok" if db_ok else "error", "database": db_ok,
-            "mqtt": services.mqtt_connected() if services.mqtt_connected else None,
-            "ingest_depth": services.ingest.depth if services.ingest else None}
+    body = {
+        "status": "ok" if db_ok else "error",
+        "database": db_ok,
+        "mqtt": services.mqtt_connected() if services.mqtt_connected else None,
+        "ingest_depth": services.ingest.depth if services.ingest else None,
+    }
     return JSONResponse(body, status_code=200 if db_ok else 503)
 
 

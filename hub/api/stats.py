@@ -19,8 +19,19 @@ def stats(services: Services, _: Principal, since: Since = None, until: Until = 
     until_ = aware(until) or utc_now()
     since_ = aware(since) or until_ - timedelta(hours=24)
     ingest = services.ingest
-    return stats_json(since_, until_, services.events.label_counts(since=since_, until=until_, by_hour=True),
-                      services.store.counters("rejected."), None if ingest is None else {
-                          "received": ingest.stats.received, "committed": ingest.stats.committed,
-                          "batches": ingest.stats.batches, "duplicates": ingest.stats.duplicates,
-                          "queue_depth": ingest.depth, "rejected": dict(ingest.stats.rejected)})
+    return stats_json(
+        since_,
+        until_,
+        services.events.label_counts(since=since_, until=until_, by_hour=True),
+        services.store.counters("rejected."),
+        None
+        if ingest is None
+        else {
+            "received": ingest.stats.received,
+            "committed": ingest.stats.committed,
+            "batches": ingest.stats.batches,
+            "duplicates": ingest.stats.duplicates,
+            "queue_depth": ingest.depth,
+            "rejected": dict(ingest.stats.rejected),
+        },
+    )

@@ -15,6 +15,7 @@ router = APIRouter(tags=["events"])
 @router.get("/api/stream", response_class=StreamingResponse)
 async def stream(request: Request, services: Services, _: Principal) -> StreamingResponse:
     """Server-Sent Events of what the hub commits: ``event``, ``node`` and ``alert`` (JSON data)."""
+
     async def emit() -> AsyncIterator[str]:
         async with services.feed.subscribe() as queue:
             yield ": connected\n\n"
@@ -31,5 +32,6 @@ async def stream(request: Request, services: Services, _: Principal) -> Streamin
                 idle = 0.0
                 yield f"event: {kind}\ndata: {json.dumps(data)}\n\n"
 
-    return StreamingResponse(emit(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        emit(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )

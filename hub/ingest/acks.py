@@ -71,8 +71,15 @@ class AckPublisher:
         for (site, node), event_ids in snapshots.items():
             self._send(site, node, None, [], event_ids, now)
 
-    def _send(self, site: str, node: str, outbox_id: str | None, ranges: list[tuple[int, int]],
-              snapshots: list[str], now: datetime) -> None:
+    def _send(
+        self,
+        site: str,
+        node: str,
+        outbox_id: str | None,
+        ranges: list[tuple[int, int]],
+        snapshots: list[str],
+        now: datetime,
+    ) -> None:
         topic = NodeTopics(site, node).ack
         while True:  # more than MAX_ACK_RANGES: several acks
             chunk, ranges = ranges[:MAX_ACK_RANGES], ranges[MAX_ACK_RANGES:]

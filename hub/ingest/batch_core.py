@@ -88,19 +88,32 @@ class WriterSettings:
     @classmethod
     def from_config(cls, config: HubConfig, public_url: str) -> WriterSettings:
         """The settings of ``config``'s ingest, with snapshot links under ``public_url``."""
-        return cls(db_url=config.db_url, snapshot_dir=config.snapshot_dir,
-                   max_snapshot_bytes=config.ingest.max_snapshot_bytes,
-                   rejected_max_rows=config.retention.rejected_max_rows,
-                   alert_cooldown_s=config.alerts.cooldown_s, public_url=public_url,
-                   alert_min_face_score=config.alerts.min_face_score)
+        return cls(
+            db_url=config.db_url,
+            snapshot_dir=config.snapshot_dir,
+            max_snapshot_bytes=config.ingest.max_snapshot_bytes,
+            rejected_max_rows=config.retention.rejected_max_rows,
+            alert_cooldown_s=config.alerts.cooldown_s,
+            public_url=public_url,
+            alert_min_face_score=config.alerts.min_face_score,
+        )
 
     def build(self, store: Store | None = None) -> BatchWriter:
         """A writer on ``store`` (or on a new :class:`Store` of ``db_url``)."""
         store = store or Store(self.db_url)
-        return BatchWriter(store, EventLog(store, self.snapshot_dir), Registry(store),
-                           Alerter(None, cooldown_s=self.alert_cooldown_s, public_url=self.public_url,
-                                   min_face_score=self.alert_min_face_score),
-                           max_snapshot_bytes=self.max_snapshot_bytes, rejected_max_rows=self.rejected_max_rows)
+        return BatchWriter(
+            store,
+            EventLog(store, self.snapshot_dir),
+            Registry(store),
+            Alerter(
+                None,
+                cooldown_s=self.alert_cooldown_s,
+                public_url=self.public_url,
+                min_face_score=self.alert_min_face_score,
+            ),
+            max_snapshot_bytes=self.max_snapshot_bytes,
+            rejected_max_rows=self.rejected_max_rows,
+        )
 
 
 def parse_event(payload: bytes) -> Event:
@@ -127,8 +140,9 @@ def classify(topic: str, payload: bytes, batch: Batch, now: datetime, max_snapsh
         if info.kind == "events":
             event = parse_event(payload)
             if (event.site, event.node) != (info.site, info.node):
-                raise ContractError(f"event of {event.site}/{event.node} published on {topic}",
-                                    field="node", reason="topic")
+                raise ContractError(
+                    f"event of {event.site}/{event.node} published on {topic}", field="node", reason="topic"
+                )
             batch.events.append(EventIn(event, now, payload))
             batch.seen.add((info.site, info.node))
             if event.seq is not None and event.outbox_id is not None:
@@ -136,24 +150,26 @@ def classify(topic: str, payload: bytes, batch: Batch, now: datetime, max_snapsh
         elif info.kind == "snapshot":
             batch.delivered.snapshot(info.site, info.node, info.name or "")  # stored or rejected: acknowledged
             if len(payload) > max_snapshot_bytes:
-                raise ContractError(f"snapshot of {len(payload)} bytes exceeds {max_snapshot_bytes}",
-                                    reason="oversize")
+                raise ContractError(f"snapshot of {len(payload)} bytes exceeds {max_snapshot_bytes}", reason="oversize")
             if not payload.startswith(JPEG_MAGIC):
                 raise ContractError("snapshot is not a JPEG", reason="schema")
             batch.snapshots.append(SnapshotIn(info.site, info.node, info.name or "", payload, now))
         elif info.kind == "status":
             if payload not in STATUS_VALUES:
-                raise ContractError(f"status must be online or offline, got {payload[:32]!r}",
-                                    field="status", reason="schema")
+                raise ContractError(
+                    f"status must be online or offline, got {payload[:32]!r}", field="status", reason="schema"
+                )
             batch.nodes.append(NodeUpdate(info.site, info.node, "status", now, online=STATUS_VALUES[payload]))
         elif info.kind in ("state", "stats"):
             kind: UpdateKind = "state" if info.kind == "state" else "stats"
             data = parse(NodeState, payload) if kind == "state" else parse(NodeStats, payload)
             if (data.site, data.node) != (info.site, info.node):
-                raise ContractError(f"{info.kind} of {data.site}/{data.node} published on {topic}",
-                                    field="node", reason="topic")
-            batch.nodes.append(NodeUpdate(info.site, info.node, kind, now,
-                                          payload=data.model_dump(mode="json", exclude_none=True)))
+                raise ContractError(
+                    f"{info.kind} of {data.site}/{data.node} published on {topic}", field="node", reason="topic"
+                )
+            batch.nodes.append(
+                NodeUpdate(info.site, info.node, kind, now, payload=data.model_dump(mode="json", exclude_none=True))
+            )
         else:
             raise ContractError(f"unexpected topic {topic}", field="topic", reason="topic")
     except ContractError as exc:
@@ -173,8 +189,16 @@ class BatchWriter:
         result = writer.write([("maskwatch/hq/door-1/events", payload)], utc_now())
     """
 
-    def __init__(self, store: Store, events: EventLog, registry: Registry, alerter: Alerter, *,
-                 max_snapshot_bytes: int, rejected_max_rows: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        events: EventLog,
+        registry: Registry,
+        alerter: Alerter,
+        *,
+        max_snapshot_bytes: int,
+        rejected_max_rows: int,
+    ) -> None:
         self.store = store
         self.events = events
         self.registry = registry
@@ -193,16 +217,26 @@ class BatchWriter:
                 written = self.events.write(session, batch.events)
                 self.events.save_snapshots(session, batch.snapshots)
                 self.rejected.add(session, batch.rejects, self.rejected_max_rows)
-                touched_nodes = self.registry.apply(session, [
-                    *(NodeUpdate(site, node, "seen", now) for site, node in batch.seen), *batch.nodes])
-                self.store.count(session, {**{f"messages.{k}": v for k, v in batch.kinds.items()},
-                                           "events.duplicates": written.duplicates})
+                touched_nodes = self.registry.apply(
+                    session, [*(NodeUpdate(site, node, "seen", now) for site, node in batch.seen), *batch.nodes]
+                )
+                self.store.count(
+                    session,
+                    {**{f"messages.{k}": v for k, v in batch.kinds.items()}, "events.duplicates": written.duplicates},
+                )
                 claimed = self.events.claim_no_mask(session, written.no_mask, self.alerter.min_face_score)
                 alerts = self.alerter.for_events(session, claimed, now)
         except (SQLAlchemyError, OSError) as exc:
             raise StorageError(f"{type(exc).__name__}: {exc}") from exc
-        return BatchResult(messages=len(messages), events=len(batch.events), duplicates=written.duplicates,
-                           rejected=[r.reason for r in batch.rejects], alerts=alerts,
-                           touched_events=written.touched, touched_nodes=touched_nodes,
-                           event_ts=[item.event.ts.timestamp() for item in batch.events], committed_at=time.time(),
-                           delivered=batch.delivered)
+        return BatchResult(
+            messages=len(messages),
+            events=len(batch.events),
+            duplicates=written.duplicates,
+            rejected=[r.reason for r in batch.rejects],
+            alerts=alerts,
+            touched_events=written.touched,
+            touched_nodes=touched_nodes,
+            event_ts=[item.event.ts.timestamp() for item in batch.events],
+            committed_at=time.time(),
+            delivered=batch.delivered,
+        )

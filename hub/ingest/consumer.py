@@ -92,9 +92,17 @@ class Ingest:
     :param acks: acknowledges each committed batch to the nodes (:mod:`hub.ingest.acks`).
     """
 
-    def __init__(self, config: HubConfig, client: MqttClient, writer: Writer, events: EventLog, alerter: Alerter,
-                 feed: Feed | None = None, on_commit: Callable[[BatchResult], None] | None = None,
-                 acks: AckPublisher | None = None) -> None:
+    def __init__(
+        self,
+        config: HubConfig,
+        client: MqttClient,
+        writer: Writer,
+        events: EventLog,
+        alerter: Alerter,
+        feed: Feed | None = None,
+        on_commit: Callable[[BatchResult], None] | None = None,
+        acks: AckPublisher | None = None,
+    ) -> None:
         self.config = config
         self.client = client
         self.writer = writer
@@ -152,7 +160,7 @@ class Ingest:
                 break
         size = self.config.ingest.batch_size
         for start in range(0, len(pending), size):
-            self._commit_with_retry(pending[start:start + size])
+            self._commit_with_retry(pending[start : start + size])
         if pending:
             log.info("flushed %d queued messages before stopping", len(pending))
 
@@ -182,8 +190,10 @@ class Ingest:
         except BatchFailed:
             if len(received) == 1:
                 self.stats.failed_messages += 1
-                log.exception("message on %s failed in the writer; left unacknowledged (redelivered after a "
-                              "reconnect)", received[0].topic)
+                log.exception(
+                    "message on %s failed in the writer; left unacknowledged (redelivered after a reconnect)",
+                    received[0].topic,
+                )
                 return
             half = len(received) // 2
             log.warning("batch of %d messages failed in the writer; committing its halves apart", len(received))
@@ -199,8 +209,11 @@ class Ingest:
             except StorageError as exc:  # database, snapshot folder or writer process: retry, drop nothing
                 self.stats.storage_errors += 1
                 if self._stop.is_set():
-                    log.error("storage error while stopping; %d messages stay unacknowledged and will be "
-                              "redelivered: %s", len(received), exc)
+                    log.error(
+                        "storage error while stopping; %d messages stay unacknowledged and will be redelivered: %s",
+                        len(received),
+                        exc,
+                    )
                     return
                 log.error("storage error, retrying the batch of %d in %.1f s: %s", len(received), delay, exc)
                 self._stop.wait(delay)
@@ -238,8 +251,7 @@ class Ingest:
         stats.last_commit = utc_now()
         stats.last_batch_ms = (time.perf_counter() - started) * 1000
 
-    def _announce(self, feed: Feed, event_ids: list[str], nodes: list[tuple[str, str]],
-                  alerts: list[Alert]) -> None:
+    def _announce(self, feed: Feed, event_ids: list[str], nodes: list[tuple[str, str]], alerts: list[Alert]) -> None:
         for row in self.events.by_ids(event_ids):
             feed.publish("event", event_feed_json(row))
         for site, node in nodes:

@@ -105,8 +105,12 @@ class WriterProcess:
         """
         context = mp.get_context("spawn")  # never fork a process that runs threads
         parent_end, child_end = context.Pipe()
-        process = context.Process(target=_serve, name="maskwatch-hub-writer", daemon=True,
-                                  args=(self.settings, child_end, logging.getLogger().getEffectiveLevel()))
+        process = context.Process(
+            target=_serve,
+            name="maskwatch-hub-writer",
+            daemon=True,
+            args=(self.settings, child_end, logging.getLogger().getEffectiveLevel()),
+        )
         process.start()
         child_end.close()
         self._process, self._connection = process, parent_end

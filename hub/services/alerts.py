@@ -35,8 +35,9 @@ class Alerter:
         when events are claimed (:meth:`hub.storage.events.EventLog.claim_no_mask`).
     """
 
-    def __init__(self, publish: Publish | None, *, cooldown_s: float, public_url: str,
-                 min_face_score: float | None = None) -> None:
+    def __init__(
+        self, publish: Publish | None, *, cooldown_s: float, public_url: str, min_face_score: float | None = None
+    ) -> None:
         self._publish = publish
         self.cooldown_s = cooldown_s
         self.min_face_score = min_face_score
@@ -62,17 +63,32 @@ class Alerter:
                 self.suppressed += 1
                 continue
             last[key] = now
-            out.append(Alert(kind="no_mask", site=row.site, node=row.node, ts=now, event_id=row.id,
-                             score=row.best_score,
-                             snapshot_url=snapshot_url(self.public_url, row.id) if row.snapshot_expected else None))
+            out.append(
+                Alert(
+                    kind="no_mask",
+                    site=row.site,
+                    node=row.node,
+                    ts=now,
+                    event_id=row.id,
+                    score=row.best_score,
+                    snapshot_url=snapshot_url(self.public_url, row.id) if row.snapshot_expected else None,
+                )
+            )
         AlertStore.add(session, out)
         return out
 
     def for_offline(self, session: Session, rows: Sequence[NodeRow], now: datetime) -> list[Alert]:
         """Alerts for nodes offline too long."""
-        out = [Alert(kind="node_offline", site=row.site, node=row.node, ts=now,
-                     message=f"offline since {row.status_at.isoformat() if row.status_at else 'unknown'}")
-               for row in rows]
+        out = [
+            Alert(
+                kind="node_offline",
+                site=row.site,
+                node=row.node,
+                ts=now,
+                message=f"offline since {row.status_at.isoformat() if row.status_at else 'unknown'}",
+            )
+            for row in rows
+        ]
         AlertStore.add(session, out)
         return out
 

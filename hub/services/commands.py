@@ -40,7 +40,6 @@ from shared.mqtt import MqttClient, Received
 log = logging.getLogger(__name__)
 
 
-
 class CommandStatus(StrEnum):
     """How a command went for one node, or for all of them (the CLI and the API map it to their codes).
 
@@ -63,7 +62,6 @@ class Outcome:
     status: CommandStatus
     value: Any = None
     error: str | None = None
-
 
 
 @dataclass
@@ -103,8 +101,9 @@ class Commander:
     :param registry: which nodes of a site answer a site-wide command; also keeps desired config.
     """
 
-    def __init__(self, client: MqttClient, *, timeout_s: float, store: Store | None = None,
-                 registry: Registry | None = None) -> None:
+    def __init__(
+        self, client: MqttClient, *, timeout_s: float, store: Store | None = None, registry: Registry | None = None
+    ) -> None:
         self.client = client
         self.timeout_s = timeout_s
         self.audit = CommandAudit(store) if store is not None else None
@@ -131,8 +130,16 @@ class Commander:
             pending.answers[response.node] = response
             pending.done.notify_all()
 
-    def send(self, site: str, nodes: Sequence[str] | None, name: str, params: dict[str, Any], *,
-             source: str = "cli", timeout_s: float | None = None) -> list[Outcome]:
+    def send(
+        self,
+        site: str,
+        nodes: Sequence[str] | None,
+        name: str,
+        params: dict[str, Any],
+        *,
+        source: str = "cli",
+        timeout_s: float | None = None,
+    ) -> list[Outcome]:
         """Send ``name`` with ``params`` to ``nodes`` of ``site`` (``None``: every node) and wait.
 
         :raises ContractError: unknown command, bad parameters or bad ids.
@@ -189,33 +196,50 @@ class Commander:
             if answer is None:
                 out.append(Outcome(site, node, name, request_id, CommandStatus.TIMEOUT, error="no answer in time"))
             else:
-                out.append(Outcome(site, node, name, request_id, CommandStatus(answer.status), answer.value,
-                                   answer.error))
+                out.append(
+                    Outcome(site, node, name, request_id, CommandStatus(answer.status), answer.value, answer.error)
+                )
         return out
 
-    def _audit_sent(self, site: str, nodes: Sequence[str] | None, command: Command, name: str,
-                    source: str) -> list[int]:
+    def _audit_sent(
+        self, site: str, nodes: Sequence[str] | None, command: Command, name: str, source: str
+    ) -> list[int]:
         if self.audit is None:
             return []
-        return self.audit.record_sent(request_id=command.request_id, site=site,
-                                      nodes=list(nodes or [topics.ALL_NODES]), name=name,
-                                      payload=command.model_dump(mode="json", exclude_none=True), source=source,
-                                      sent_at=utc_now())
+        return self.audit.record_sent(
+            request_id=command.request_id,
+            site=site,
+            nodes=list(nodes or [topics.ALL_NODES]),
+            name=name,
+            payload=command.model_dump(mode="json", exclude_none=True),
+            source=source,
+            sent_at=utc_now(),
+        )
 
-    def _audit_answered(self, audit_ids: list[int], nodes: Sequence[str] | None,
-                        outcomes: list[Outcome]) -> None:
+    def _audit_answered(self, audit_ids: list[int], nodes: Sequence[str] | None, outcomes: list[Outcome]) -> None:
         if self.audit is None or not audit_ids:
             return
         if nodes:  # one row per node
             by_node = {o.node: o for o in outcomes}
             node_outcomes = [(row_id, by_node[node]) for row_id, node in zip(audit_ids, nodes, strict=True)]
-            answers = [AuditAnswer(row_id, o.status.value, outcome_json(o), o.error,
-                                   answered=o.status != CommandStatus.TIMEOUT) for row_id, o in node_outcomes]
+            answers = [
+                AuditAnswer(
+                    row_id, o.status.value, outcome_json(o), o.error, answered=o.status != CommandStatus.TIMEOUT
+                )
+                for row_id, o in node_outcomes
+            ]
         else:  # one row for a site-wide command: summary status, every answer in `response`
             status = overall_status(outcomes)
             errors = "; ".join(f"{o.node}: {o.error}" for o in outcomes if o.error) or None
-            answers = [AuditAnswer(audit_ids[0], status.value, {"answers": [outcome_json(o) for o in outcomes]}, errors,
-                                   answered=status != CommandStatus.TIMEOUT)]
+            answers = [
+                AuditAnswer(
+                    audit_ids[0],
+                    status.value,
+                    {"answers": [outcome_json(o) for o in outcomes]},
+                    errors,
+                    answered=status != CommandStatus.TIMEOUT,
+                )
+            ]
         self.audit.record_answers(answers, utc_now())
 
     def _apply_desired(self, site: str, command: Command, outcomes: list[Outcome]) -> None:
@@ -229,5 +253,6 @@ class Commander:
             return
         desired = self.registry.merge_desired(site, targets, changes)
         for node, config in desired.items():
-            self.client.publish(topics.NodeTopics(site, node).desired, DesiredConfig.model_validate(config),
-                                qos=1, retain=True)
+            self.client.publish(
+                topics.NodeTopics(site, node).desired, DesiredConfig.model_validate(config), qos=1, retain=True
+            )

@@ -63,59 +63,92 @@ class Limits:
     max_deg: float = 90.0
 
 
-def entity_configs(site: str, node: str, limits: Limits = Limits(), model: str | None = None
-                   ) -> dict[str, dict[str, Any]]:
+def entity_configs(
+    site: str, node: str, limits: Limits = Limits(), model: str | None = None
+) -> dict[str, dict[str, Any]]:
     """Discovery topic -> config payload for every entity of one node."""
     topics = NodeTopics(site, node)
     prefix = f"maskwatch_{site}_{node}"
-    device: dict[str, Any] = {"identifiers": [prefix], "name": f"Maskwatch {site} {node}",
-                              "manufacturer": "Maskwatch", "model": "edge node"}
+    device: dict[str, Any] = {
+        "identifiers": [prefix],
+        "name": f"Maskwatch {site} {node}",
+        "manufacturer": "Maskwatch",
+        "model": "edge node",
+    }
     if model:
         device["sw_version"] = model
     common = {
         "device": device,
-        "availability": [{"topic": topics.status, "payload_available": "online",
-                          "payload_not_available": "offline"}],
+        "availability": [{"topic": topics.status, "payload_available": "online", "payload_not_available": "offline"}],
         "origin": {"name": "maskwatch", "sw_version": __version__},
     }
     entities: dict[tuple[str, str], dict[str, Any]] = {
         ("binary_sensor", "no_mask"): {
-            "name": "No mask in view", "device_class": "problem", "state_topic": topics.summary,
+            "name": "No mask in view",
+            "device_class": "problem",
+            "state_topic": topics.summary,
             "value_template": "{{ 'ON' if value_json.no_mask_in_view else 'OFF' }}",
         },
         ("event", "mask_event"): {
-            "name": "Mask event", "state_topic": topics.events, "event_types": ["mask", "no_mask"],
+            "name": "Mask event",
+            "state_topic": topics.events,
+            "event_types": ["mask", "no_mask"],
             # only 'new' messages fire; an empty rendering is ignored by Home Assistant
-            "value_template": ("{% if value_json.type == 'new' %}{\"event_type\": \"{{ value_json.label }}\", "
-                               "\"event_id\": \"{{ value_json.id }}\", \"score\": {{ value_json.score }}}"
-                               "{% endif %}"),
+            "value_template": (
+                '{% if value_json.type == \'new\' %}{"event_type": "{{ value_json.label }}", '
+                '"event_id": "{{ value_json.id }}", "score": {{ value_json.score }}}'
+                "{% endif %}"
+            ),
         },
         ("sensor", "compliance"): {
-            "name": "Mask compliance", "state_topic": topics.summary, "unit_of_measurement": "%",
-            "state_class": "measurement", "icon": "mdi:face-mask",
-            "value_template": ("{{ (value_json.compliance * 100) | round(1) "
-                               "if value_json.compliance is number else None }}"),
+            "name": "Mask compliance",
+            "state_topic": topics.summary,
+            "unit_of_measurement": "%",
+            "state_class": "measurement",
+            "icon": "mdi:face-mask",
+            "value_template": (
+                "{{ (value_json.compliance * 100) | round(1) if value_json.compliance is number else None }}"
+            ),
         },
         ("sensor", "fps"): {
-            "name": "Frame rate", "state_topic": topics.stats, "unit_of_measurement": "fps",
-            "state_class": "measurement", "entity_category": "diagnostic", "icon": "mdi:speedometer",
+            "name": "Frame rate",
+            "state_topic": topics.stats,
+            "unit_of_measurement": "fps",
+            "state_class": "measurement",
+            "entity_category": "diagnostic",
+            "icon": "mdi:speedometer",
             "value_template": "{{ value_json.fps }}",
         },
         ("number", "threshold"): {
-            "name": "No-mask threshold", "state_topic": topics.state, "value_template": "{{ value_json.threshold }}",
-            "command_topic": topics.cmd("threshold"), "min": 0.0, "max": 1.0, "step": 0.01, "mode": "box",
+            "name": "No-mask threshold",
+            "state_topic": topics.state,
+            "value_template": "{{ value_json.threshold }}",
+            "command_topic": topics.cmd("threshold"),
+            "min": 0.0,
+            "max": 1.0,
+            "step": 0.01,
+            "mode": "box",
             "entity_category": "config",
             "command_template": f'{{"v": 1, "request_id": "{REQUEST_ID}", "value": {{{{ value }}}}}}',
         },
         ("number", "servo_angle"): {
-            "name": "Servo angle", "state_topic": topics.state, "value_template": "{{ value_json.servo.angle }}",
-            "command_topic": topics.cmd("servo"), "min": limits.min_deg, "max": limits.max_deg, "step": 1,
-            "unit_of_measurement": "°", "mode": "slider",
+            "name": "Servo angle",
+            "state_topic": topics.state,
+            "value_template": "{{ value_json.servo.angle }}",
+            "command_topic": topics.cmd("servo"),
+            "min": limits.min_deg,
+            "max": limits.max_deg,
+            "step": 1,
+            "unit_of_measurement": "°",
+            "mode": "slider",
             "command_template": f'{{"v": 1, "request_id": "{REQUEST_ID}", "angle": {{{{ value }}}}}}',
         },
         ("select", "servo_mode"): {
-            "name": "Servo mode", "state_topic": topics.state, "value_template": "{{ value_json.servo.mode }}",
-            "command_topic": topics.cmd("servo"), "options": [mode.value for mode in ServoMode],
+            "name": "Servo mode",
+            "state_topic": topics.state,
+            "value_template": "{{ value_json.servo.mode }}",
+            "command_topic": topics.cmd("servo"),
+            "options": [mode.value for mode in ServoMode],
             "command_template": f'{{"v": 1, "request_id": "{REQUEST_ID}", "mode": "{{{{ value }}}}"}}',
         },
     }
@@ -124,8 +157,12 @@ def entity_configs(site: str, node: str, limits: Limits = Limits(), model: str |
         object_id = f"{prefix}_{key}"
         # entity ids allow [a-z0-9_] only (Home Assistant >= 2025.10 takes default_entity_id, not object_id)
         entity_id = f"{component}.{object_id.replace('-', '_')}"
-        configs[ha_discovery(component, object_id)] = {**entity, "unique_id": object_id,
-                                                       "default_entity_id": entity_id, **common}
+        configs[ha_discovery(component, object_id)] = {
+            **entity,
+            "unique_id": object_id,
+            "default_entity_id": entity_id,
+            **common,
+        }
     return configs
 
 
@@ -138,8 +175,13 @@ class HaDiscovery:
     :param client_id: MQTT client id of this publisher.
     """
 
-    def __init__(self, broker: BrokerConfig, config: HomeAssistantConfig, sites: list[str] | None = None,
-                 client_id: str = "maskwatch-hub-ha") -> None:
+    def __init__(
+        self,
+        broker: BrokerConfig,
+        config: HomeAssistantConfig,
+        sites: list[str] | None = None,
+        client_id: str = "maskwatch-hub-ha",
+    ) -> None:
         self.config = config
         self.sites = list(sites or [])
         self.summaries = NodeSummaries(window_s=config.window_s, open_ttl_s=config.open_ttl_s)

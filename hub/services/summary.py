@@ -83,7 +83,13 @@ class NodeSummaries:
         faces = self._nodes.get((site, node), _NodeFaces())
         labels = [label for first, label in faces.recent.values() if now - first <= self.window]
         masked = sum(1 for label in labels if label == "mask")
-        return NodeSummary(site=site, node=node, ts=now, faces_in_view=len(faces.open_labels),
-                           no_mask_in_view="no_mask" in faces.open_labels.values(),
-                           window_s=self.window.total_seconds(), faces=len(labels),
-                           compliance=masked / len(labels) if labels else None)
+        return NodeSummary(
+            site=site,
+            node=node,
+            ts=now,
+            faces_in_view=len(faces.open_labels),
+            no_mask_in_view="no_mask" in faces.open_labels.values(),
+            window_s=self.window.total_seconds(),
+            faces=len(labels),
+            compliance=masked / len(labels) if labels else None,
+        )

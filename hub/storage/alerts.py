@@ -25,16 +25,29 @@ class AlertStore:
     @staticmethod
     def latest_no_mask(session: Session) -> dict[tuple[str, str], datetime]:
         """Time of the newest ``no_mask`` alert per ``(site, node)`` (cooldowns resume from it after a restart)."""
-        rows = session.execute(select(AlertRow.site, AlertRow.node, func.max(AlertRow.ts))
-                               .where(AlertRow.kind == "no_mask").group_by(AlertRow.site, AlertRow.node))
+        rows = session.execute(
+            select(AlertRow.site, AlertRow.node, func.max(AlertRow.ts))
+            .where(AlertRow.kind == "no_mask")
+            .group_by(AlertRow.site, AlertRow.node)
+        )
         return {(site, node): ts for site, node, ts in rows}
 
     @staticmethod
     def add(session: Session, alerts: Sequence[Alert]) -> None:
         """Store ``alerts`` in the caller's transaction."""
-        session.add_all(AlertRow(kind=alert.kind, site=alert.site, node=alert.node, ts=alert.ts,
-                                 event_id=alert.event_id, score=alert.score, snapshot_url=alert.snapshot_url,
-                                 message=alert.message) for alert in alerts)
+        session.add_all(
+            AlertRow(
+                kind=alert.kind,
+                site=alert.site,
+                node=alert.node,
+                ts=alert.ts,
+                event_id=alert.event_id,
+                score=alert.score,
+                snapshot_url=alert.snapshot_url,
+                message=alert.message,
+            )
+            for alert in alerts
+        )
 
     def recent(self, *, site: str | None = None, limit: int = 100) -> list[AlertRow]:
         """The newest stored alerts (of one site), newest first."""
@@ -47,5 +60,7 @@ class AlertStore:
     def counts_by_kind(self) -> list[tuple[str, int]]:
         """``(kind, stored alerts)`` rows."""
         with self.store.session() as session:
-            return [(kind, int(n)) for kind, n in session.execute(
-                select(AlertRow.kind, func.count()).group_by(AlertRow.kind))]
+            return [
+                (kind, int(n))
+                for kind, n in session.execute(select(AlertRow.kind, func.count()).group_by(AlertRow.kind))
+            ]

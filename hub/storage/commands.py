@@ -36,12 +36,32 @@ class CommandAudit:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def record_sent(self, *, request_id: str, site: str, nodes: Sequence[str], name: str, payload: dict[str, Any],
-                    source: str, sent_at: datetime) -> list[int]:
+    def record_sent(
+        self,
+        *,
+        request_id: str,
+        site: str,
+        nodes: Sequence[str],
+        name: str,
+        payload: dict[str, Any],
+        source: str,
+        sent_at: datetime,
+    ) -> list[int]:
         """One ``pending`` row per node; return their ids in the order of ``nodes``."""
         with self.store.transaction() as session:
-            rows = [CommandRow(request_id=request_id, site=site, node=node, name=name, payload=payload,
-                               source=source[:64], sent_at=sent_at, status=PENDING) for node in nodes]
+            rows = [
+                CommandRow(
+                    request_id=request_id,
+                    site=site,
+                    node=node,
+                    name=name,
+                    payload=payload,
+                    source=source[:64],
+                    sent_at=sent_at,
+                    status=PENDING,
+                )
+                for node in nodes
+            ]
             session.add_all(rows)
             session.flush()
             return [row.id for row in rows]
@@ -50,9 +70,16 @@ class CommandAudit:
         """Write the final state of each row."""
         with self.store.transaction() as session:
             for answer in answers:
-                session.execute(update(CommandRow).where(CommandRow.id == answer.row_id).values(
-                    status=answer.status, answered_at=now if answer.answered else None, response=answer.response,
-                    error=answer.error[:512] if answer.error else None))
+                session.execute(
+                    update(CommandRow)
+                    .where(CommandRow.id == answer.row_id)
+                    .values(
+                        status=answer.status,
+                        answered_at=now if answer.answered else None,
+                        response=answer.response,
+                        error=answer.error[:512] if answer.error else None,
+                    )
+                )
 
     def recent(self, limit: int = 100) -> list[CommandRow]:
         """The newest audit rows, newest first."""
@@ -62,5 +89,11 @@ class CommandAudit:
     def counts(self) -> list[tuple[str, str, int]]:
         """``(name, status, rows)`` of the whole audit."""
         with self.store.session() as session:
-            return [(name, status, int(n)) for name, status, n in session.execute(
-                select(CommandRow.name, CommandRow.status, func.count()).group_by(CommandRow.name, CommandRow.status))]
+            return [
+                (name, status, int(n))
+                for name, status, n in session.execute(
+                    select(CommandRow.name, CommandRow.status, func.count()).group_by(
+                        CommandRow.name, CommandRow.status
+                    )
+                )
+            ]

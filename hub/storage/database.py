@@ -77,8 +77,9 @@ class Store:
         """
         config = Config()
         config.set_main_option("script_location", MIGRATIONS)
-        config.set_main_option("sqlalchemy.url", self.engine.url.render_as_string(hide_password=False)
-                               .replace("%", "%%"))
+        config.set_main_option(
+            "sqlalchemy.url", self.engine.url.render_as_string(hide_password=False).replace("%", "%%")
+        )
         head = ScriptDirectory.from_config(config).get_current_head() or "base"
         try:
             return self._upgrade(config, head)
@@ -129,14 +130,16 @@ class Store:
     def _count_upsert(self) -> Any:
         table = CounterRow.__table__
         stmt = self.insert(table)
-        return stmt.on_conflict_do_update(index_elements=[table.c.name],
-                                          set_={"value": table.c.value + stmt.excluded.value})
+        return stmt.on_conflict_do_update(
+            index_elements=[table.c.name], set_={"value": table.c.value + stmt.excluded.value}
+        )
 
     def counters(self, prefix: str = "") -> dict[str, int]:
         """Current counter values whose names start with ``prefix``."""
         with self.session() as session:
-            rows = session.execute(select(CounterRow.name, CounterRow.value)
-                                   .where(CounterRow.name.startswith(prefix))).all()
+            rows = session.execute(
+                select(CounterRow.name, CounterRow.value).where(CounterRow.name.startswith(prefix))
+            ).all()
         return {name: int(value) for name, value in rows}
 
     def prune(self, days: float, snapshot_dir: Path, *, now: datetime | None = None) -> dict[str, int]:
@@ -148,14 +151,21 @@ class Store:
         cutoff = (now or utc_now()) - timedelta(days=days)
         with self.transaction() as session:
             old_ids = select(EventRow.id).where(EventRow.last_seen < cutoff)
-            files = list(session.scalars(select(SnapshotRow.path).where(
-                (SnapshotRow.received_at < cutoff) | SnapshotRow.event_id.in_(old_ids))))
+            files = list(
+                session.scalars(
+                    select(SnapshotRow.path).where(
+                        (SnapshotRow.received_at < cutoff) | SnapshotRow.event_id.in_(old_ids)
+                    )
+                )
+            )
             connection = session.connection()  # a Connection's DML result has a rowcount
             deleted = {
-                "event_messages": connection.execute(delete(EventMessage).where(
-                    EventMessage.event_id.in_(old_ids))).rowcount,
-                "snapshots": connection.execute(delete(SnapshotRow).where(
-                    (SnapshotRow.received_at < cutoff) | SnapshotRow.event_id.in_(old_ids))).rowcount,
+                "event_messages": connection.execute(
+                    delete(EventMessage).where(EventMessage.event_id.in_(old_ids))
+                ).rowcount,
+                "snapshots": connection.execute(
+                    delete(SnapshotRow).where((SnapshotRow.received_at < cutoff) | SnapshotRow.event_id.in_(old_ids))
+                ).rowcount,
                 "events": connection.execute(delete(EventRow).where(EventRow.last_seen < cutoff)).rowcount,
                 "alerts": connection.execute(delete(AlertRow).where(AlertRow.ts < cutoff)).rowcount,
                 "rejected": connection.execute(delete(RejectedRow).where(RejectedRow.received_at < cutoff)).rowcount,
@@ -171,8 +181,11 @@ class Store:
         :raises MaskwatchError: it does not exist, holds no hub data, or cannot be opened.
         """
         url = self.engine.url
-        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
-                and not Path(url.database).exists():  # connecting would create an empty file
+        if (
+            url.get_backend_name() == "sqlite"
+            and url.database not in (None, "", ":memory:")
+            and not Path(url.database).exists()
+        ):  # connecting would create an empty file
             raise MaskwatchError(f"no hub database at {url.database}: give --db, or start 'maskwatch hub' first")
         try:
             if not inspect(self.engine).has_table("events"):

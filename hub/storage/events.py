@@ -88,9 +88,21 @@ def fold(messages: Iterable[EventIn], now: datetime) -> dict[str, dict[str, Any]
         row = rows.get(ev.id)
         if row is None:
             row = rows[ev.id] = {
-                "id": ev.id, "site": ev.site, "node": ev.node, "first_seen": ev.ts, "last_seen": ev.ts,
-                "mask_score": None, "no_mask_score": None, "started": False, "ended_at": None, "messages": 0,
-                "snapshot_expected": False, "alerted": False, "received_at": now, "updated_at": now}
+                "id": ev.id,
+                "site": ev.site,
+                "node": ev.node,
+                "first_seen": ev.ts,
+                "last_seen": ev.ts,
+                "mask_score": None,
+                "no_mask_score": None,
+                "started": False,
+                "ended_at": None,
+                "messages": 0,
+                "snapshot_expected": False,
+                "alerted": False,
+                "received_at": now,
+                "updated_at": now,
+            }
             latest[ev.id] = item
         row["first_seen"] = min(row["first_seen"], ev.ts)
         row["last_seen"] = max(row["last_seen"], ev.ts)
@@ -105,8 +117,14 @@ def fold(messages: Iterable[EventIn], now: datetime) -> dict[str, dict[str, Any]
             latest[ev.id] = item
     for event_id, row in rows.items():
         ev = latest[event_id].event
-        row.update(label=ev.label, box=list(ev.box), angle=ev.angle, face_score=ev.face_score,
-                   frames=ev.track.frames if ev.track else None, best_score=row[f"{ev.label}_score"])
+        row.update(
+            label=ev.label,
+            box=list(ev.box),
+            angle=ev.angle,
+            face_score=ev.face_score,
+            frames=ev.track.frames if ev.track else None,
+            best_score=row[f"{ev.label}_score"],
+        )
     return rows
 
 
@@ -130,8 +148,9 @@ class EventLog:
     @cached_property
     def _message_insert(self) -> Any:
         table = EventMessage.__table__
-        return (self.store.insert(table).on_conflict_do_nothing(index_elements=[table.c.digest])
-                .returning(table.c.digest))
+        return (
+            self.store.insert(table).on_conflict_do_nothing(index_elements=[table.c.digest]).returning(table.c.digest)
+        )
 
     @cached_property
     def _event_upsert(self) -> Any:
@@ -143,23 +162,26 @@ class EventLog:
         label = case((newer, new.label), else_=old.label)
         mask_score = _max_of(old.mask_score, new.mask_score)
         no_mask_score = _max_of(old.no_mask_score, new.no_mask_score)
-        return ins.on_conflict_do_update(index_elements=[old.id], set_={
-            "first_seen": case((new.first_seen < old.first_seen, new.first_seen), else_=old.first_seen),
-            "last_seen": case((newer, new.last_seen), else_=old.last_seen),
-            "label": label,
-            "best_score": case((label == "mask", mask_score), else_=no_mask_score),
-            "box": case((newer, new.box), else_=old.box),
-            "angle": case((newer, new.angle), else_=old.angle),
-            "face_score": case((newer, new.face_score), else_=old.face_score),
-            "frames": case((newer, new.frames), else_=old.frames),
-            "mask_score": mask_score,
-            "no_mask_score": no_mask_score,
-            "started": or_(old.started, new.started),
-            "ended_at": _max_of(old.ended_at, new.ended_at),
-            "messages": old.messages + new.messages,
-            "snapshot_expected": or_(old.snapshot_expected, new.snapshot_expected),
-            "updated_at": new.updated_at,
-        })
+        return ins.on_conflict_do_update(
+            index_elements=[old.id],
+            set_={
+                "first_seen": case((new.first_seen < old.first_seen, new.first_seen), else_=old.first_seen),
+                "last_seen": case((newer, new.last_seen), else_=old.last_seen),
+                "label": label,
+                "best_score": case((label == "mask", mask_score), else_=no_mask_score),
+                "box": case((newer, new.box), else_=old.box),
+                "angle": case((newer, new.angle), else_=old.angle),
+                "face_score": case((newer, new.face_score), else_=old.face_score),
+                "frames": case((newer, new.frames), else_=old.frames),
+                "mask_score": mask_score,
+                "no_mask_score": no_mask_score,
+                "started": or_(old.started, new.started),
+                "ended_at": _max_of(old.ended_at, new.ended_at),
+                "messages": old.messages + new.messages,
+                "snapshot_expected": or_(old.snapshot_expected, new.snapshot_expected),
+                "updated_at": new.updated_at,
+            },
+        )
 
     def write(self, session: Session, items: Sequence[EventIn]) -> WriteResult:
         """Store new raw messages and fold them into their events; duplicates change nothing."""
@@ -168,10 +190,24 @@ class EventLog:
             return result
         unique = {item.digest: item for item in items}
         connection = session.connection()  # Core executemany: one prepared statement per batch
-        inserted = set(connection.execute(self._message_insert, [
-            {"digest": digest, "event_id": item.event.id, "type": item.event.type, "ts": item.event.ts,
-             "label": item.event.label, "score": item.event.score, "payload": item.payload.decode(),
-             "received_at": item.received_at} for digest, item in unique.items()]).scalars())
+        inserted = set(
+            connection.execute(
+                self._message_insert,
+                [
+                    {
+                        "digest": digest,
+                        "event_id": item.event.id,
+                        "type": item.event.type,
+                        "ts": item.event.ts,
+                        "label": item.event.label,
+                        "score": item.event.score,
+                        "payload": item.payload.decode(),
+                        "received_at": item.received_at,
+                    }
+                    for digest, item in unique.items()
+                ],
+            ).scalars()
+        )
         result.stored = len(inserted)
         result.duplicates = len(items) - len(inserted)
         if not inserted:
@@ -198,15 +234,28 @@ class EventLog:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(partial, target)
-            rows.append({"event_id": snap.event_id, "site": snap.site, "node": snap.node,
-                         "path": relative.as_posix(), "size": len(snap.data), "received_at": snap.received_at})
+            rows.append(
+                {
+                    "event_id": snap.event_id,
+                    "site": snap.site,
+                    "node": snap.node,
+                    "path": relative.as_posix(),
+                    "size": len(snap.data),
+                    "received_at": snap.received_at,
+                }
+            )
         stmt = self.store.insert(SnapshotRow)
-        session.execute(stmt.on_conflict_do_update(index_elements=[SnapshotRow.event_id], set_={
-            "path": stmt.excluded.path, "size": stmt.excluded.size, "received_at": stmt.excluded.received_at}),
-            rows)
+        session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[SnapshotRow.event_id],
+                set_={"path": stmt.excluded.path, "size": stmt.excluded.size, "received_at": stmt.excluded.received_at},
+            ),
+            rows,
+        )
 
-    def claim_no_mask(self, session: Session, ids: Sequence[str], min_face_score: float | None = None
-                      ) -> list[Row[Any]]:
+    def claim_no_mask(
+        self, session: Session, ids: Sequence[str], min_face_score: float | None = None
+    ) -> list[Row[Any]]:
         """Events among ``ids`` now labelled ``no_mask`` that have raised no alert yet, oldest first; marks them
         alerted. With ``min_face_score``, an event whose face score is lower is not claimed (a later message
         with a higher score may still raise its alert); events without a face score (nodes whose classifier
@@ -217,21 +266,39 @@ class EventLog:
         if not ids:
             return []
         table = EventRow.__table__
-        verified = true() if min_face_score is None else or_(table.c.face_score.is_(None),
-                                                                table.c.face_score >= min_face_score)
+        verified = (
+            true()
+            if min_face_score is None
+            else or_(table.c.face_score.is_(None), table.c.face_score >= min_face_score)
+        )
         rows = session.execute(
-            update(table).where(table.c.id.in_(ids), table.c.label == "no_mask", table.c.alerted.is_(False),
-                                verified)
+            update(table)
+            .where(table.c.id.in_(ids), table.c.label == "no_mask", table.c.alerted.is_(False), verified)
             .values(alerted=True)
-            .returning(table.c.id, table.c.site, table.c.node, table.c.best_score, table.c.snapshot_expected,
-                       table.c.first_seen)).all()
+            .returning(
+                table.c.id,
+                table.c.site,
+                table.c.node,
+                table.c.best_score,
+                table.c.snapshot_expected,
+                table.c.first_seen,
+            )
+        ).all()
         return sorted(rows, key=lambda row: (row.first_seen, row.id))
 
     # -- reads ----------------------------------------------------------------
 
-    def query(self, *, site: str | None = None, node: str | None = None, label: str | None = None,
-              since: datetime | None = None, until: datetime | None = None, limit: int = 100,
-              offset: int = 0) -> tuple[list[EventRow], int]:
+    def query(
+        self,
+        *,
+        site: str | None = None,
+        node: str | None = None,
+        label: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[EventRow], int]:
         """Events matching the filters, newest first, and how many match in total."""
         conditions = []
         if site:
@@ -246,9 +313,15 @@ class EventLog:
             conditions.append(EventRow.first_seen < until)
         with self.store.session() as session:
             total = session.scalar(select(func.count()).select_from(EventRow).where(*conditions)) or 0
-            rows = list(session.scalars(select(EventRow).where(*conditions)
-                                        .order_by(EventRow.first_seen.desc(), EventRow.id)
-                                        .limit(limit).offset(offset)))
+            rows = list(
+                session.scalars(
+                    select(EventRow)
+                    .where(*conditions)
+                    .order_by(EventRow.first_seen.desc(), EventRow.id)
+                    .limit(limit)
+                    .offset(offset)
+                )
+            )
         return rows, total
 
     def get(self, event_id: str) -> EventRow | None:
@@ -266,8 +339,11 @@ class EventLog:
     def raw_messages(self, event_id: str) -> list[dict[str, Any]]:
         """The raw messages of one event, oldest first."""
         with self.store.session() as session:
-            texts = session.scalars(select(EventMessage.payload).where(EventMessage.event_id == event_id)
-                                    .order_by(EventMessage.ts, EventMessage.id))
+            texts = session.scalars(
+                select(EventMessage.payload)
+                .where(EventMessage.event_id == event_id)
+                .order_by(EventMessage.ts, EventMessage.id)
+            )
             return [json.loads(text) for text in texts]
 
     def snapshot_file(self, event_id: str) -> Path | None:
@@ -286,8 +362,9 @@ class EventLog:
         with self.store.session() as session:
             return set(session.scalars(select(SnapshotRow.event_id).where(SnapshotRow.event_id.in_(ids))))
 
-    def label_counts(self, *, since: datetime | None = None, until: datetime | None = None,
-                     by_hour: bool = False) -> list[tuple[str, str, str | None, str, int]]:
+    def label_counts(
+        self, *, since: datetime | None = None, until: datetime | None = None, by_hour: bool = False
+    ) -> list[tuple[str, str, str | None, str, int]]:
         """Event counts as ``(site, node, hour or None, label, count)`` rows."""
         hour = self._hour(EventRow.first_seen) if by_hour else None
         columns = [EventRow.site, EventRow.node, EventRow.label]

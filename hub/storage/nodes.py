@@ -57,12 +57,17 @@ class Registry:
     def _upsert(self, session: Session, kind: str, items: list[NodeUpdate]) -> None:
         rows: list[dict[str, Any]] = []
         for item in items:
-            row: dict[str, Any] = {"site": item.site, "node": item.node, "last_seen": item.received_at,
-                                   "offline_alerted": False, "online": item.online,
-                                   "status_at": item.received_at if kind == "status" else None,
-                                   "state": item.payload if kind == "state" else None,
-                                   "model": (item.payload or {}).get("model") if kind == "state" else None,
-                                   "stats": item.payload if kind == "stats" else None}
+            row: dict[str, Any] = {
+                "site": item.site,
+                "node": item.node,
+                "last_seen": item.received_at,
+                "offline_alerted": False,
+                "online": item.online,
+                "status_at": item.received_at if kind == "status" else None,
+                "state": item.payload if kind == "state" else None,
+                "model": (item.payload or {}).get("model") if kind == "state" else None,
+                "stats": item.payload if kind == "stats" else None,
+            }
             rows.append(row)
         session.connection().execute(self._statement(kind), rows)
 
@@ -76,8 +81,11 @@ class Registry:
             set_: dict[str, Any] = {"last_seen": new.last_seen}
             if kind == "status":
                 changed = old.online.is_(None) | (old.online != new.online)
-                set_.update(online=new.online, status_at=case((changed, new.status_at), else_=old.status_at),
-                            offline_alerted=case((new.online, False), else_=old.offline_alerted))
+                set_.update(
+                    online=new.online,
+                    status_at=case((changed, new.status_at), else_=old.status_at),
+                    offline_alerted=case((new.online, False), else_=old.offline_alerted),
+                )
             elif kind == "state":
                 set_.update(state=new.state, model=new.model)
             elif kind == "stats":
@@ -96,14 +104,21 @@ class Registry:
     def counts_by_availability(self) -> list[tuple[bool | None, int]]:
         """``(online, nodes)`` rows (``online`` is ``None`` for a node never heard on ``status``)."""
         with self.store.session() as session:
-            return [(online, int(n)) for online, n in session.execute(
-                select(NodeRow.online, func.count()).group_by(NodeRow.online))]
+            return [
+                (online, int(n))
+                for online, n in session.execute(select(NodeRow.online, func.count()).group_by(NodeRow.online))
+            ]
 
     def claim_overdue(self, session: Session, now: datetime, offline_after_s: float) -> list[NodeRow]:
         """Nodes offline for longer than ``offline_after_s`` not yet alerted; they are marked alerted."""
         cutoff = now - timedelta(seconds=offline_after_s)
-        rows = list(session.scalars(select(NodeRow).where(
-            NodeRow.online.is_(False), NodeRow.status_at < cutoff, NodeRow.offline_alerted.is_(False))))
+        rows = list(
+            session.scalars(
+                select(NodeRow).where(
+                    NodeRow.online.is_(False), NodeRow.status_at < cutoff, NodeRow.offline_alerted.is_(False)
+                )
+            )
+        )
         for row in rows:
             row.offline_alerted = True
         return rows

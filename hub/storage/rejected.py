@@ -35,9 +35,12 @@ def _db_text(text: str) -> str:
 
 
 def _rejection_text(rejected: RejectIn) -> str:
-    kept = "" if len(rejected.payload) <= KEEP_REJECTED_BYTES else \
-        f" [payload of {len(rejected.payload)} bytes, first {KEEP_REJECTED_BYTES} kept]"
-    return _db_text(rejected.error)[:1024 - len(kept)] + kept
+    kept = (
+        ""
+        if len(rejected.payload) <= KEEP_REJECTED_BYTES
+        else f" [payload of {len(rejected.payload)} bytes, first {KEEP_REJECTED_BYTES} kept]"
+    )
+    return _db_text(rejected.error)[: 1024 - len(kept)] + kept
 
 
 class RejectedStore:
@@ -59,10 +62,20 @@ class RejectedStore:
         self.store.count(session, counts)
         if max_rows <= 0:
             return
-        session.execute(self.store.insert(RejectedRow), [
-            {"received_at": r.received_at, "topic": r.topic[:512], "reason": r.reason,
-             "field": _db_text(r.field)[:256] if r.field else None, "error": _rejection_text(r),
-             "payload": r.payload[:KEEP_REJECTED_BYTES]} for r in rejects[-max_rows:]])
+        session.execute(
+            self.store.insert(RejectedRow),
+            [
+                {
+                    "received_at": r.received_at,
+                    "topic": r.topic[:512],
+                    "reason": r.reason,
+                    "field": _db_text(r.field)[:256] if r.field else None,
+                    "error": _rejection_text(r),
+                    "payload": r.payload[:KEEP_REJECTED_BYTES],
+                }
+                for r in rejects[-max_rows:]
+            ],
+        )
         newest = session.scalar(select(func.max(RejectedRow.id)))
         if newest is not None and newest > max_rows:
             session.execute(delete(RejectedRow).where(RejectedRow.id <= newest - max_rows))

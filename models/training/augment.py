@@ -36,8 +36,7 @@ class Augmentation:
         shift_x, shift_y = rng.uniform(-self.shift, self.shift, size=2) * size
         flip = -1.0 if self.horizontal_flip and rng.random() < 0.5 else 1.0
         rotate = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-        linear = rotate @ np.array([[1.0, -np.sin(shear)], [0.0, np.cos(shear)]]) @ np.diag([flip / zoom_x,
-                                                                                                1 / zoom_y])
+        linear = rotate @ np.array([[1.0, -np.sin(shear)], [0.0, np.cos(shear)]]) @ np.diag([flip / zoom_x, 1 / zoom_y])
         centre = np.array([size / 2, size / 2])
         offset = centre - linear @ centre + np.array([shift_x, shift_y])
         return np.hstack([linear, offset[:, None]]).astype(np.float32)
@@ -60,8 +59,9 @@ class Augmentation:
         size = images.shape[1]
         out = np.empty_like(images)
         for i, image in enumerate(images):
-            out[i] = cv2.warpAffine(image, self.matrix(rng, size), (size, size), flags=cv2.INTER_LINEAR,
-                                    borderMode=cv2.BORDER_REPLICATE)
+            out[i] = cv2.warpAffine(
+                image, self.matrix(rng, size), (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+            )
             if self.low_res and rng.random() < self.low_res:
                 out[i] = self.degrade(out[i], rng)
         return out

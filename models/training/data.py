@@ -58,20 +58,36 @@ class Crops:
         """Write the crops to an ``.npz`` file (folders are created)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".part.npz")
-        np.savez(partial, images=self.images, labels=self.labels, groups=np.array(self.groups),
-                 sources=np.array(self.sources), stats=np.array(json.dumps(self.stats)))
+        np.savez(
+            partial,
+            images=self.images,
+            labels=self.labels,
+            groups=np.array(self.groups),
+            sources=np.array(self.sources),
+            stats=np.array(json.dumps(self.stats)),
+        )
         partial.replace(path)
 
     @classmethod
     def load(cls, path: Path) -> Crops:
         """Crops written by :meth:`save`."""
         with np.load(path) as data:
-            return cls(data["images"], data["labels"], data["groups"].tolist(), data["sources"].tolist(),
-                       json.loads(str(data["stats"])))
+            return cls(
+                data["images"],
+                data["labels"],
+                data["groups"].tolist(),
+                data["sources"].tolist(),
+                json.loads(str(data["stats"])),
+            )
 
     def subset(self, index: np.ndarray) -> Crops:
-        return Crops(self.images[index], self.labels[index], [self.groups[i] for i in index],
-                     [self.sources[i] for i in index], dict(self.stats))
+        return Crops(
+            self.images[index],
+            self.labels[index],
+            [self.groups[i] for i in index],
+            [self.sources[i] for i in index],
+            dict(self.stats),
+        )
 
 
 def dhash(image_bgr: np.ndarray) -> int:
@@ -98,7 +114,7 @@ def near_duplicate_groups(hashes: list[tuple[int, int]], max_bits: int = NEAR_DU
     mirrored = np.array([m for _, m in hashes], np.uint64)
     for i, (h, _) in enumerate(hashes):
         for other in (plain, mirrored):
-            xor = np.bitwise_xor(other[i + 1:], np.uint64(h))
+            xor = np.bitwise_xor(other[i + 1 :], np.uint64(h))
             distance = np.unpackbits(xor.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
             for j in np.nonzero(distance <= max_bits)[0] + i + 1:
                 parent[root(int(j))] = root(i)
@@ -126,8 +142,9 @@ def resize_square(crop_bgr: np.ndarray, size: int) -> np.ndarray:
     return resized[:, :, ::-1]
 
 
-def face_mask_crops(folder: Path, size: int, detector: FaceDetector | None,
-                    limit_per_class: int | None = None) -> Crops:
+def face_mask_crops(
+    folder: Path, size: int, detector: FaceDetector | None, limit_per_class: int | None = None
+) -> Crops:
     """Crops of a folder with ``with_mask/`` and ``without_mask/`` images, cut by ``detector``.
 
     The largest detected face is cut with the edge's margin; when no face is found the whole image is used
@@ -172,10 +189,20 @@ def face_mask_crops(folder: Path, size: int, detector: FaceDetector | None,
     # an identity and a near-duplicate cluster touching it must stay together too
     merged = _merge_groups(groups, [f"dup:{g}" for g in near])
     stats["groups"] = len(set(merged))
-    log.info("face-mask: %d crops, %d without a detected face (whole image used), %d unreadable, %d groups",
-             stats["images"], stats["whole_image"], stats["unreadable"], stats["groups"])
-    return Crops(np.array(images, np.uint8).reshape(-1, size, size, 3), np.array(labels, np.int64), merged,
-                 ["face-mask"] * len(labels), stats)
+    log.info(
+        "face-mask: %d crops, %d without a detected face (whole image used), %d unreadable, %d groups",
+        stats["images"],
+        stats["whole_image"],
+        stats["unreadable"],
+        stats["groups"],
+    )
+    return Crops(
+        np.array(images, np.uint8).reshape(-1, size, size, 3),
+        np.array(labels, np.int64),
+        merged,
+        ["face-mask"] * len(labels),
+        stats,
+    )
 
 
 def _merge_groups(first: list[str], second: list[str]) -> list[str]:
@@ -198,8 +225,7 @@ def photo_group(frame: np.ndarray) -> str:
     return "photo:" + hashlib.sha256(frame.tobytes()).hexdigest()[:16]
 
 
-def validation_photo(group: str, seed: int, validation: float = 0.2, fold: int | None = None,
-                     folds: int = 2) -> bool:
+def validation_photo(group: str, seed: int, validation: float = 0.2, fold: int | None = None, folds: int = 2) -> bool:
     """Whether a scene photo group is on the validation side: with ``fold``, when it is in that
     cross-validation fold (0 .. folds - 1); without, for a ``validation`` share of the photos. Both come from
     a seeded hash of the group name, so the bench can tell which photos a model never saw.
@@ -210,8 +236,9 @@ def validation_photo(group: str, seed: int, validation: float = 0.2, fold: int |
     return digest / 2**256 < validation
 
 
-def background_boxes(faces: list[tuple[int, int, int, int]], width: int, height: int, count: int,
-                     rng: np.random.Generator) -> list[tuple[int, int, int, int]]:
+def background_boxes(
+    faces: list[tuple[int, int, int, int]], width: int, height: int, count: int, rng: np.random.Generator
+) -> list[tuple[int, int, int, int]]:
     """Up to ``count`` square boxes of face-like sizes (8-96 px) that touch none of ``faces`` (x, y, w, h)."""
     boxes: list[tuple[int, int, int, int]] = []
     for _ in range(20 * count):
@@ -224,8 +251,14 @@ def background_boxes(faces: list[tuple[int, int, int, int]], width: int, height:
     return boxes
 
 
-def scene_crops(folder: Path, size: int, limit: int | None = None, detector: FaceDetector | None = None,
-                not_face: bool = False, seed: int = 0) -> Crops:
+def scene_crops(
+    folder: Path,
+    size: int,
+    limit: int | None = None,
+    detector: FaceDetector | None = None,
+    not_face: bool = False,
+    seed: int = 0,
+) -> Crops:
     """Crops of every labelled face of a scenes folder (VOC), cut with the edge's margin; grouped by photo.
 
     An incorrectly worn mask is labelled "no mask". Faces under :data:`MIN_SCENE_FACE_PX` are left out.
@@ -264,24 +297,38 @@ def scene_crops(folder: Path, size: int, limit: int | None = None, detector: Fac
                 boxes += [(box, NOT_FACE) for box in negatives]
                 stats["scene_hard_negatives"] += len(negatives)
         if not_face:
-            background = background_boxes([face.box for face in scene.faces], frame.shape[1], frame.shape[0],
-                                          BACKGROUND_PER_PHOTO, rng)
+            background = background_boxes(
+                [face.box for face in scene.faces], frame.shape[1], frame.shape[0], BACKGROUND_PER_PHOTO, rng
+            )
             boxes += [(box, NOT_FACE) for box in background]
             stats["scene_background"] += len(background)
         for box, label in boxes:
             images.append(resize_square(crop_face(frame, box, TRAINING_MARGIN), size))
             labels.append(label)
             groups.append(group)
-    log.info("scenes: %d faces from %d photos (%d faces under %d px left out), %d more crops of detected boxes, "
-             "%d hard negatives, %d background patches", stats["scene_faces"], stats["scene_photos"],
-             stats["scene_small_skipped"], MIN_SCENE_FACE_PX, stats["scene_detected_crops"],
-             stats.get("scene_hard_negatives", 0), stats.get("scene_background", 0))
-    return Crops(np.array(images, np.uint8).reshape(-1, size, size, 3), np.array(labels, np.int64), groups,
-                 ["scenes"] * len(labels), stats)
+    log.info(
+        "scenes: %d faces from %d photos (%d faces under %d px left out), %d more crops of detected boxes, "
+        "%d hard negatives, %d background patches",
+        stats["scene_faces"],
+        stats["scene_photos"],
+        stats["scene_small_skipped"],
+        MIN_SCENE_FACE_PX,
+        stats["scene_detected_crops"],
+        stats.get("scene_hard_negatives", 0),
+        stats.get("scene_background", 0),
+    )
+    return Crops(
+        np.array(images, np.uint8).reshape(-1, size, size, 3),
+        np.array(labels, np.int64),
+        groups,
+        ["scenes"] * len(labels),
+        stats,
+    )
 
 
-def _hard_negatives(labelled: list[tuple[int, int, int, int]], detected: list[tuple[int, int, int, int]]
-                    ) -> list[tuple[int, int, int, int]]:
+def _hard_negatives(
+    labelled: list[tuple[int, int, int, int]], detected: list[tuple[int, int, int, int]]
+) -> list[tuple[int, int, int, int]]:
     """Detected boxes of :data:`MIN_SCENE_FACE_PX` or more that overlap no labelled face enough to match it."""
     if not detected:
         return []
@@ -297,8 +344,13 @@ def concat(parts: list[Crops]) -> Crops:
     stats: dict[str, int] = {}
     for part in parts:
         stats.update(part.stats)
-    return Crops(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]),
-                 [g for p in parts for g in p.groups], [s for p in parts for s in p.sources], stats)
+    return Crops(
+        np.concatenate([p.images for p in parts]),
+        np.concatenate([p.labels for p in parts]),
+        [g for p in parts for g in p.groups],
+        [s for p in parts for s in p.sources],
+        stats,
+    )
 
 
 def group_split(crops: Crops, validation: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -311,8 +363,11 @@ def group_split(crops: Crops, validation: float, seed: int) -> tuple[np.ndarray,
     val_groups: set[str] = set()
     for source in sorted(set(crops.sources)):
         for label in sorted(set(crops.labels.tolist())):
-            members = [g for g, s, y in zip(crops.groups, crops.sources, crops.labels, strict=True)
-                       if s == source and y == label]
+            members = [
+                g
+                for g, s, y in zip(crops.groups, crops.sources, crops.labels, strict=True)
+                if s == source and y == label
+            ]
             if not members:
                 continue
             counts: dict[str, int] = {}
@@ -330,8 +385,9 @@ def group_split(crops: Crops, validation: float, seed: int) -> tuple[np.ndarray,
     return np.nonzero(~is_val)[0], np.nonzero(is_val)[0]
 
 
-def train_validation_split(crops: Crops, validation: float, seed: int, fold: int | None = None,
-                           folds: int = 2) -> tuple[np.ndarray, np.ndarray]:
+def train_validation_split(
+    crops: Crops, validation: float, seed: int, fold: int | None = None, folds: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, validation): face-mask crops as in :func:`group_split`; scene crops by photo, with
     :func:`validation_photo` (with ``fold``, cross-validation: that fold's photos are the scene validation and
     every other photo trains).

@@ -89,17 +89,23 @@ def decided_classes(scores: CropScores) -> np.ndarray:
     return np.where(scores.face_score < 0.5, NOT_FACE, (scores.p_no_mask >= 0.5).astype(int))
 
 
-def threshold_sweep(labels: np.ndarray, p_no_mask: np.ndarray, sources: np.ndarray,
-                    thresholds: tuple[float, ...] = THRESHOLD_SWEEP) -> dict:
+def threshold_sweep(
+    labels: np.ndarray, p_no_mask: np.ndarray, sources: np.ndarray, thresholds: tuple[float, ...] = THRESHOLD_SWEEP
+) -> dict:
     """Accuracy and no-mask precision/recall per decision threshold, per data source of the validation split."""
     from models.training.train import metrics_of
 
     sweep = {}
     for source in sorted(set(sources.tolist())):
         chosen = sources == source
-        sweep[source] = {str(t): {k: round(v, 4) for k, v in metrics_of(labels[chosen], p_no_mask[chosen], t).items()
-                                  if k in ("accuracy", "no_mask_precision", "no_mask_recall")}
-                         for t in thresholds}
+        sweep[source] = {
+            str(t): {
+                k: round(v, 4)
+                for k, v in metrics_of(labels[chosen], p_no_mask[chosen], t).items()
+                if k in ("accuracy", "no_mask_precision", "no_mask_recall")
+            }
+            for t in thresholds
+        }
     return sweep
 
 
@@ -123,30 +129,39 @@ def export(run_dir: Path, out_dir: Path, name: str = "mask_classifier", max_gap_
     acc_float = float((float_classes == val_labels).mean())
     candidate = out_dir / f".{name}_int8.tflite.candidate"
     for float_layers in ((), FLOAT_LAYERS):
-        log.info("converting to int8 with %d representative training crops%s", len(split["representative"]),
-                 f", keeping {', '.join(float_layers)} in float" if float_layers else "")
+        log.info(
+            "converting to int8 with %d representative training crops%s",
+            len(split["representative"]),
+            f", keeping {', '.join(float_layers)} in float" if float_layers else "",
+        )
         candidate.write_bytes(convert(model_path, split["representative"], float_layers))
         int8_scores = predict_rgb(MaskClassifier(candidate, 2), val_images)
         int8_classes = decided_classes(int8_scores)
         acc_int8 = float((int8_classes == val_labels).mean())
         figures: dict[str, Any] = {
-                   "validation_n": len(val_labels), "accuracy_f16": acc_float, "accuracy_int8": acc_int8,
-                   "gap_pp": round(100 * abs(acc_float - acc_int8), 3), "float_layers": list(float_layers),
-                   "label_agreement": float((float_classes == int8_classes).mean()),
-                   "max_abs_probability_diff": float(np.abs(float_scores.p_no_mask - int8_scores.p_no_mask).max()),
-                   "max_abs_face_score_diff": float(np.abs(float_scores.face_score - int8_scores.face_score).max())}
+            "validation_n": len(val_labels),
+            "accuracy_f16": acc_float,
+            "accuracy_int8": acc_int8,
+            "gap_pp": round(100 * abs(acc_float - acc_int8), 3),
+            "float_layers": list(float_layers),
+            "label_agreement": float((float_classes == int8_classes).mean()),
+            "max_abs_probability_diff": float(np.abs(float_scores.p_no_mask - int8_scores.p_no_mask).max()),
+            "max_abs_face_score_diff": float(np.abs(float_scores.face_score - int8_scores.face_score).max()),
+        }
         if figures["gap_pp"] <= max_gap_pp:
             break
-        log.warning("int8 accuracy %.4f vs float %.4f: %.3f points > %s", acc_int8, acc_float, figures["gap_pp"],
-                    max_gap_pp)
+        log.warning(
+            "int8 accuracy %.4f vs float %.4f: %.3f points > %s", acc_int8, acc_float, figures["gap_pp"], max_gap_pp
+        )
     else:
         candidate.unlink()
-        raise ModelError(f"int8 model disagrees with float: accuracy {acc_int8:.4f} vs {acc_float:.4f} "
-                         f"({figures['gap_pp']} points > {max_gap_pp}, also with {', '.join(FLOAT_LAYERS)} "
-                         "in float); int8 file not written")
+        raise ModelError(
+            f"int8 model disagrees with float: accuracy {acc_int8:.4f} vs {acc_float:.4f} "
+            f"({figures['gap_pp']} points > {max_gap_pp}, also with {', '.join(FLOAT_LAYERS)} "
+            "in float); int8 file not written"
+        )
     candidate.replace(int8_path)
     sources = split["val_sources"] if "val_sources" in split.files else np.array(["all"] * len(val_labels))
     figures["int8_threshold_sweep"] = threshold_sweep(val_labels, int8_scores.p_no_mask, sources)
-    log.info("int8 accuracy %.4f, float16 %.4f, labels agree on %.4f", acc_int8, acc_float,
-             figures["label_agreement"])
+    log.info("int8 accuracy %.4f, float16 %.4f, labels agree on %.4f", acc_int8, acc_float, figures["label_agreement"])
     return figures

@@ -22,8 +22,9 @@ def backbone(size: int, weights: str | Path) -> keras.Model:
     if str(weights) != "imagenet" and not Path(weights).is_file():
         raise ModelError(f"backbone weights not found: {weights} (give a .h5 file or 'imagenet')")
     try:
-        return keras.applications.MobileNetV2(input_shape=(size, size, 3), include_top=False, pooling="avg",
-                                              weights=str(weights))
+        return keras.applications.MobileNetV2(
+            input_shape=(size, size, 3), include_top=False, pooling="avg", weights=str(weights)
+        )
     except (ValueError, OSError) as exc:
         raise ModelError(f"cannot load backbone weights {weights}: {exc}") from exc
 
@@ -34,8 +35,12 @@ def head(seed: int, classes: int = 2) -> keras.Model:
     features = keras.Input((FEATURES,), name="features")
     x = keras.layers.Dense(128, activation="relu", kernel_initializer=keras.initializers.GlorotUniform(seed))(features)
     x = keras.layers.Dropout(0.5, seed=seed)(x)
-    out = keras.layers.Dense(classes, activation="softmax",
-                             kernel_initializer=keras.initializers.GlorotUniform(seed + 1), name="mask_no_mask")(x)
+    out = keras.layers.Dense(
+        classes,
+        activation="softmax",
+        kernel_initializer=keras.initializers.GlorotUniform(seed + 1),
+        name="mask_no_mask",
+    )(x)
     return keras.Model(features, out, name="head")
 
 

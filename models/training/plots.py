@@ -45,8 +45,9 @@ def plot_confusion(confusion: np.ndarray, path: Path, title: str) -> None:
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
     for (row, col), value in np.ndenumerate(confusion):
-        axis.text(col, row, str(value), ha="center", va="center",
-                  color="white" if value > confusion.max() / 2 else "black")
+        axis.text(
+            col, row, str(value), ha="center", va="center", color="white" if value > confusion.max() / 2 else "black"
+        )
     axis.set_title(title, fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -60,14 +61,23 @@ def plot_operating_points(points: list[dict], chosen: tuple[float, float], path:
     figure, axis = plt.subplots(figsize=(6.5, 4.5))
     for face in sorted({p["min_face_score"] for p in points}):
         curve = sorted((p for p in points if p["min_face_score"] == face), key=lambda p: p["threshold"])
-        axis.plot([p["no_mask_recall"] for p in curve], [p["alert_precision"] for p in curve], "o-", markersize=3,
-                  label=f"face score >= {face:g} (face recall {curve[0]['face_recall']:.2f})")
+        axis.plot(
+            [p["no_mask_recall"] for p in curve],
+            [p["alert_precision"] for p in curve],
+            "o-",
+            markersize=3,
+            label=f"face score >= {face:g} (face recall {curve[0]['face_recall']:.2f})",
+        )
     for p in points:
         if (p["threshold"], p["min_face_score"]) == chosen:
             axis.plot(p["no_mask_recall"], p["alert_precision"], "o", markersize=12, fillstyle="none", color="black")
-            axis.annotate(f"chosen: threshold {chosen[0]:g}, face score {chosen[1]:g}",
-                          (p["no_mask_recall"], p["alert_precision"]), textcoords="offset points", xytext=(-160, 12),
-                          fontsize=8)
+            axis.annotate(
+                f"chosen: threshold {chosen[0]:g}, face score {chosen[1]:g}",
+                (p["no_mask_recall"], p["alert_precision"]),
+                textcoords="offset points",
+                xytext=(-160, 12),
+                fontsize=8,
+            )
     axis.set_xlabel("no-mask recall (faces >= 24 px found by the detector)")
     axis.set_ylabel("alert precision (every no-mask decision)")
     axis.set_title(title, fontsize=9)

@@ -85,26 +85,36 @@ def load_crops(settings: TrainSettings, cache_dir: Path | None = None) -> Crops:
 
     Crops are cached in ``cache_dir`` under a key of the data folders' listings and the crop settings.
     """
-    key_parts: list[object] = [settings.size, settings.detector, settings.limit_per_class, TRAINING_MARGIN,
-                               CROPS_VERSION]
+    key_parts: list[object] = [
+        settings.size,
+        settings.detector,
+        settings.limit_per_class,
+        TRAINING_MARGIN,
+        CROPS_VERSION,
+    ]
     if settings.not_face:
         key_parts += ["not_face", settings.seed]
     for folder in filter(None, (settings.data, settings.scenes)):
-        key_parts += sorted((str(p.relative_to(folder)), p.stat().st_size) for p in Path(folder).rglob("*")
-                            if p.is_file())
+        key_parts += sorted(
+            (str(p.relative_to(folder)), p.stat().st_size) for p in Path(folder).rglob("*") if p.is_file()
+        )
     key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:16]
     cache = (cache_dir or Path.home() / ".cache" / "maskwatch" / "crops") / f"crops-{key}.npz"
     if cache.is_file():
         log.info("using cached crops %s", cache)
         return Crops.load(cache)
-    detector = create_detector(Profile.NEAR, settings.detector, threshold=FACE_MASK_CROP_THRESHOLD) \
-        if settings.detector else None
+    detector = (
+        create_detector(Profile.NEAR, settings.detector, threshold=FACE_MASK_CROP_THRESHOLD)
+        if settings.detector
+        else None
+    )
     parts = [face_mask_crops(Path(settings.data), settings.size, detector, settings.limit_per_class)]
     if settings.scenes:
         limit = None if settings.limit_per_class is None else settings.limit_per_class // 4
         scene_detector = create_detector(Profile.CROWD, settings.detector) if settings.detector else None
-        parts.append(scene_crops(Path(settings.scenes), settings.size, limit, scene_detector, settings.not_face,
-                                 settings.seed))
+        parts.append(
+            scene_crops(Path(settings.scenes), settings.size, limit, scene_detector, settings.not_face, settings.seed)
+        )
     crops = concat(parts)
     crops.save(cache)
     return crops
@@ -114,8 +124,8 @@ def features(base: keras.Model, images: np.ndarray, batch_size: int, desc: str) 
     """Pooled backbone features of uint8 RGB images, with a progress bar."""
     out = np.empty((len(images), base.output_shape[-1]), np.float32)
     for start in tqdm(range(0, len(images), 256), desc=desc, unit="batch", leave=False):
-        batch = images[start:start + 256].astype(np.float32) / 127.5 - 1.0
-        out[start:start + 256] = base.predict(batch, batch_size=batch_size, verbose=0)
+        batch = images[start : start + 256].astype(np.float32) / 127.5 - 1.0
+        out[start : start + 256] = base.predict(batch, batch_size=batch_size, verbose=0)
     return out
 
 
@@ -129,8 +139,15 @@ def balanced_weights(crops: Crops) -> np.ndarray:
 class AugmentedBatches(keras.utils.PyDataset):
     """Shuffled, freshly augmented, weighted training batches with a seeded generator (deterministic per epoch)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, weights: np.ndarray, batch_size: int,
-                 seed: int, augmentation: Augmentation) -> None:
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        weights: np.ndarray,
+        batch_size: int,
+        seed: int,
+        augmentation: Augmentation,
+    ) -> None:
         super().__init__()
         self.images, self.labels, self.weights = images, labels, weights
         self.batch_size, self.seed = batch_size, seed
@@ -142,7 +159,7 @@ class AugmentedBatches(keras.utils.PyDataset):
         return int(np.ceil(len(self.images) / self.batch_size))
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        chosen = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        chosen = self.order[index * self.batch_size : (index + 1) * self.batch_size]
         rng = np.random.default_rng([self.seed, self.epoch, index])
         return self.augmentation.apply(self.images[chosen], rng), self.labels[chosen], self.weights[chosen]
 
@@ -155,9 +172,12 @@ def face_metrics(labels: np.ndarray, face_score: np.ndarray, threshold: float = 
     """How well the ``not_face`` class separates: face recall (faces kept) and not-face recall (rejected)."""
     is_face = labels != NOT_FACE
     kept = face_score >= threshold
-    return {"faces": int(is_face.sum()), "not_faces": int((~is_face).sum()),
-            "face_recall": float(kept[is_face].mean()) if is_face.any() else 0.0,
-            "not_face_recall": float((~kept[~is_face]).mean()) if (~is_face).any() else 0.0}
+    return {
+        "faces": int(is_face.sum()),
+        "not_faces": int((~is_face).sum()),
+        "face_recall": float(kept[is_face].mean()) if is_face.any() else 0.0,
+        "not_face_recall": float((~kept[~is_face]).mean()) if (~is_face).any() else 0.0,
+    }
 
 
 def metrics_of(labels: np.ndarray, p_no_mask: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
@@ -188,11 +208,15 @@ def train(settings: TrainSettings) -> dict:
     tf.config.experimental.enable_op_determinism()
 
     crops = load_crops(settings)
-    train_index, val_index = train_validation_split(crops, settings.validation, settings.seed,
-                                                    settings.hold_out_fold, settings.folds)
+    train_index, val_index = train_validation_split(
+        crops, settings.validation, settings.seed, settings.hold_out_fold, settings.folds
+    )
     if settings.hold_out_fold is not None:
-        log.info("cross-validation: the scene photos of fold %d/%d are the scene validation, all others train",
-                 settings.hold_out_fold, settings.folds)
+        log.info(
+            "cross-validation: the scene photos of fold %d/%d are the scene validation, all others train",
+            settings.hold_out_fold,
+            settings.folds,
+        )
     train_set, val_set = crops.subset(train_index), crops.subset(val_index)
     log.info("split: %d train / %d validation crops (groups kept whole)", len(train_index), len(val_index))
 
@@ -201,32 +225,59 @@ def train(settings: TrainSettings) -> dict:
     top = head(settings.seed, 3 if settings.not_face else 2)
     rng = np.random.default_rng(settings.seed)
     augmentation = Augmentation(low_res=settings.low_res)
-    train_images = [train_set.images] + [augmentation.apply(train_set.images, rng)
-                                         for _ in range(settings.augment_copies)]
-    train_features = np.concatenate([features(base, images, settings.batch_size, f"features {i + 1}/"
-                                              f"{len(train_images)}") for i, images in enumerate(train_images)])
+    train_images = [train_set.images] + [
+        augmentation.apply(train_set.images, rng) for _ in range(settings.augment_copies)
+    ]
+    train_features = np.concatenate(
+        [
+            features(base, images, settings.batch_size, f"features {i + 1}/{len(train_images)}")
+            for i, images in enumerate(train_images)
+        ]
+    )
     train_labels = np.tile(train_set.labels, len(train_images))
     weights = balanced_weights(train_set) if settings.balance else np.ones(len(train_set.labels), np.float32)
     val_features = features(base, val_set.images, settings.batch_size, "features validation")
 
-    top.compile(optimizer=keras.optimizers.Adam(settings.head_learning_rate),
-                loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    head_history = top.fit(train_features, train_labels, sample_weight=np.tile(weights, len(train_images)),
-                           batch_size=settings.batch_size,
-                           epochs=settings.head_epochs, validation_data=(val_features, val_set.labels),
-                           shuffle=True, verbose=0, callbacks=[TqdmEpochs(settings.head_epochs, "head")])
+    top.compile(
+        optimizer=keras.optimizers.Adam(settings.head_learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    head_history = top.fit(
+        train_features,
+        train_labels,
+        sample_weight=np.tile(weights, len(train_images)),
+        batch_size=settings.batch_size,
+        epochs=settings.head_epochs,
+        validation_data=(val_features, val_set.labels),
+        shuffle=True,
+        verbose=0,
+        callbacks=[TqdmEpochs(settings.head_epochs, "head")],
+    )
     model = classifier(base, top)
     history = {k: list(map(float, v)) for k, v in head_history.history.items()}
     if settings.fine_tune_epochs > 0:
         trainable = set_fine_tuning(base, settings.fine_tune_from)
-        log.info("fine-tuning %d layers from %s at lr %g", trainable, settings.fine_tune_from,
-                 settings.fine_tune_learning_rate)
-        model.compile(optimizer=keras.optimizers.Adam(settings.fine_tune_learning_rate),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-        fine = model.fit(AugmentedBatches(train_set.images, train_set.labels, weights, settings.batch_size,
-                                          settings.seed, augmentation),
-                         epochs=settings.fine_tune_epochs, validation_data=(val_set.images, val_set.labels),
-                         verbose=0, callbacks=[TqdmEpochs(settings.fine_tune_epochs, "fine-tune")])
+        log.info(
+            "fine-tuning %d layers from %s at lr %g",
+            trainable,
+            settings.fine_tune_from,
+            settings.fine_tune_learning_rate,
+        )
+        model.compile(
+            optimizer=keras.optimizers.Adam(settings.fine_tune_learning_rate),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        fine = model.fit(
+            AugmentedBatches(
+                train_set.images, train_set.labels, weights, settings.batch_size, settings.seed, augmentation
+            ),
+            epochs=settings.fine_tune_epochs,
+            validation_data=(val_set.images, val_set.labels),
+            verbose=0,
+            callbacks=[TqdmEpochs(settings.fine_tune_epochs, "fine-tune")],
+        )
         for key, values in fine.history.items():
             history.setdefault(key, []).extend(map(float, values))
 
@@ -237,22 +288,39 @@ def train(settings: TrainSettings) -> dict:
         "validation_by_source": {
             source: metrics_of(val_set.labels[mask], p_no_mask[mask])
             for source in sorted(set(val_set.sources))
-            for mask in [np.array([s == source for s in val_set.sources])]},
+            for mask in [np.array([s == source for s in val_set.sources])]
+        },
         "validation_not_face": face_metrics(val_set.labels, 1.0 - probabilities[:, NOT_FACE])
-        if settings.not_face else None,
-        "crops": crops.stats, "train_crops": len(train_index), "validation_crops": len(val_index),
-        "train_groups": len(set(train_set.groups)), "validation_groups": len(set(val_set.groups)),
-        "history": history, "settings": asdict(settings),
+        if settings.not_face
+        else None,
+        "crops": crops.stats,
+        "train_crops": len(train_index),
+        "validation_crops": len(val_index),
+        "train_groups": len(set(train_set.groups)),
+        "validation_groups": len(set(val_set.groups)),
+        "history": history,
+        "settings": asdict(settings),
         "seconds": round(time.perf_counter() - started, 1),
     }
     model.save(out / "model.keras")
-    np.savez_compressed(out / "split.npz", val_images=val_set.images, val_labels=val_set.labels,
-                        val_sources=np.array(val_set.sources),
-                        representative=train_set.images[rng.permutation(len(train_index))[:300]])
+    np.savez_compressed(
+        out / "split.npz",
+        val_images=val_set.images,
+        val_labels=val_set.labels,
+        val_sources=np.array(val_set.sources),
+        representative=train_set.images[rng.permutation(len(train_index))[:300]],
+    )
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
     plot_curves(history, out / "training_curves.png")
-    plot_confusion(np.array(report["validation"]["confusion"]), out / "confusion_matrix.png",
-                   f"validation ({len(val_index)} crops, group-aware split)")
-    log.info("validation: accuracy %.4f, no-mask recall %.4f (%.0f s)", report["validation"]["accuracy"],
-             report["validation"]["no_mask_recall"], report["seconds"])
+    plot_confusion(
+        np.array(report["validation"]["confusion"]),
+        out / "confusion_matrix.png",
+        f"validation ({len(val_index)} crops, group-aware split)",
+    )
+    log.info(
+        "validation: accuracy %.4f, no-mask recall %.4f (%.0f s)",
+        report["validation"]["accuracy"],
+        report["validation"]["no_mask_recall"],
+        report["seconds"],
+    )
     return report

@@ -20,11 +20,23 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     with op.batch_alter_table("event_messages", schema=None) as batch_op:
-        batch_op.alter_column("payload", existing_type=sa.JSON(), type_=sa.Text(), existing_nullable=False,
-                              comment="the JSON exactly as received", postgresql_using="payload::text")
+        batch_op.alter_column(
+            "payload",
+            existing_type=sa.JSON(),
+            type_=sa.Text(),
+            existing_nullable=False,
+            comment="the JSON exactly as received",
+            postgresql_using="payload::text",
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("event_messages", schema=None) as batch_op:
-        batch_op.alter_column("payload", existing_type=sa.Text(), type_=sa.JSON(), existing_nullable=False,
-                              comment=None, postgresql_using="payload::json")
+        batch_op.alter_column(
+            "payload",
+            existing_type=sa.Text(),
+            type_=sa.JSON(),
+            existing_nullable=False,
+            comment=None,
+            postgresql_using="payload::json",
+        )

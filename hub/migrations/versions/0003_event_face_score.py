@@ -20,8 +20,9 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     with op.batch_alter_table("events", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("face_score", sa.Float(), nullable=True,
-                                      comment="face verification score of the latest message"))
+        batch_op.add_column(
+            sa.Column("face_score", sa.Float(), nullable=True, comment="face verification score of the latest message")
+        )
 
 
 def downgrade() -> None:
