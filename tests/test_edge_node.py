@@ -323,6 +323,8 @@ def test_sigterm_shuts_down_cleanly_with_offline(tmp_path: Path, broker_config: 
             str(tmp_path / "o.sqlite"),
             "--set",
             "pin_factory=mock",
+            "--set",
+            "outbox.drain_timeout_s=10",  # shutdown waits at most this for PUBACKs: within the 30 s below
         ],
         stderr=subprocess.PIPE,
         text=True,
