@@ -10,21 +10,8 @@ import pytest
 from hub.services.commands import build_command
 from shared.errors import ContractError
 from shared.messages import DesiredConfig, Event, NodeStats, ServoCommand, ThresholdCommand, parse
+from tests.test_messages import EVENT
 
-EVENT: dict[str, Any] = {
-    "v": 1,
-    "type": "new",
-    "id": "hq-door-1-0001",
-    "site": "hq",
-    "node": "door-1",
-    "ts": "2026-01-01T12:00:00Z",
-    "label": "no_mask",
-    "score": 0.93,
-    "box": [10, 20, 64, 64],
-    "angle": -30.0,
-    "frame": 17,
-    "track": {"frames": 5, "first_seen": "2026-01-01T11:59:59.5Z", "last_seen": "2026-01-01T12:00:00Z"},
-}
 STATS: dict[str, Any] = {
     "v": 1,
     "site": "hq",
