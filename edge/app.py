@@ -36,11 +36,12 @@ from edge.devices.indicator import Indicator
 from edge.devices.pins import make_pin_factory
 from edge.devices.servo import PanServo, ServoPlanner, drive
 from edge.pipeline import Pipeline
+from edge.rollout import ChunkInbox, ModelFolder, ModelRollout
 from edge.state import NodeRuntime
 from edge.vision.classifier import Classifier, MaskClassifier
 from edge.vision.detector import FaceDetector, create_detector
 from shared.config import parse_host_port, redacted
-from shared.errors import CommandRejected, ContractError
+from shared.errors import CommandRejected, ContractError, ModelError
 from shared.messages import NodeStats, utc_now
 from shared.mqtt import MqttClient, Will
 from shared.topics import HUB_PRESENCE_FILTER, NodeTopics
@@ -113,14 +114,18 @@ class EdgeApp:
                 self._parts.callback(self.indicator.close)
         if self._detector is None:
             self._detector = create_detector(cfg.profile, cfg.detector, cfg.num_threads)
+        self.model_folder = ModelFolder(cfg.model_path())
+        model_error = None
         if self._classifier is None:
-            self._classifier = MaskClassifier(cfg.classifier_path, cfg.num_threads)
+            self._classifier, model_error = self._load_classifier()
         self.runtime = NodeRuntime(
             site=cfg.site,
             node=cfg.node,
             threshold=cfg.decision_threshold(),
             detect=cfg.detect,
             model=self._classifier.version,
+            model_sha256=getattr(self._classifier, "sha256", None),
+            model_error=model_error,
             profile=cfg.profile,
             source=cfg.source,
             servo=self.servo,
@@ -176,12 +181,24 @@ class EdgeApp:
             planner=self.planner,
             indicator=self.indicator,
         )
+        self.model_inbox = ChunkInbox()
+        self.client.subscribe(self.topics.model_filter, self.model_inbox.receive, qos=1)
+        rollout = ModelRollout(
+            self.model_folder,
+            self.model_inbox,
+            self.pipeline,
+            self.runtime,
+            self.publish_state,
+            cfg.num_threads,
+            self.stopping,
+        )
         self.commands = NodeCommands(
             self.runtime,
             servo=self.servo,
             planner=self.planner,
             snapshot=self.publish_snapshot,
             config=lambda: redacted(cfg),
+            model=rollout.apply,
         )
         self.dispatcher = Dispatcher(
             self.topics,
@@ -198,6 +215,18 @@ class EdgeApp:
             self.preview = PreviewServer(host, port, self._preview_jpeg, cfg.preview.fps)
         self.client.start()
         self._built = True
+
+    def _load_classifier(self) -> tuple[MaskClassifier, str | None]:
+        """The pushed model ``active.json`` names, else the configured one; and why a pushed one did not load."""
+        active = self.model_folder.active()
+        if active is not None:
+            try:
+                return MaskClassifier(active.path, self.config.num_threads, name=active.name), None
+            except ModelError as exc:
+                log.error("pushed model %s does not load, using the configured one: %s", active.path, exc)
+                fallback = MaskClassifier(self.config.classifier_path, self.config.num_threads)
+                return fallback, f"pushed model {active.name}@{active.sha256[:12]} does not load: {exc}"[:512]
+        return MaskClassifier(self.config.classifier_path, self.config.num_threads), None
 
     def _bodies(self) -> list[tuple[str, Callable[[], None]]]:
         bodies: list[tuple[str, Callable[[], None]]] = [

@@ -187,6 +187,8 @@ class NodeCommands:
     :param snapshot: publishes a JPEG of the current frame now on ``.../snapshot/<request_id>`` and returns
         what it published.
     :param config: returns the effective config, secrets removed.
+    :param model: takes a pushed model (:meth:`edge.rollout.ModelRollout.apply`); ``None``: model pushes are
+        rejected.
     """
 
     def __init__(
@@ -197,8 +199,10 @@ class NodeCommands:
         planner: ServoPlanner | None,
         snapshot: Callable[[str], dict[str, Any]],
         config: Callable[[], dict[str, Any]],
+        model: Handler | None = None,
     ) -> None:
         self.runtime = runtime
+        self._model = model
         self.servo = servo
         self.planner = planner
         self._snapshot = snapshot
@@ -254,6 +258,11 @@ class NodeCommands:
 
     def _on_config(self, command: Command) -> Any:
         return self._config()
+
+    def _on_model(self, command: Command) -> Any:
+        if self._model is None:
+            raise CommandRejected("this node takes no pushed models")
+        return self._model(command)
 
     def apply_desired(self, desired: DesiredConfig) -> None:
         """Apply the hub's retained desired config (out-of-range angles are clamped)."""

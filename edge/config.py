@@ -178,6 +178,11 @@ class EdgeConfig(StrictModel):
     profile: Profile = Profile.NEAR
     detector: str | None = Field(None, description="detector kind (default: the profile's)")
     classifier_path: Path | None = Field(None, description="default: the packaged int8 classifier")
+    model_dir: Path | None = Field(
+        None,
+        description="where models pushed by 'maskwatch model push' are kept (the active one wins over "
+        "classifier_path); default ~/.local/state/maskwatch/models-<site>-<node>",
+    )
     num_threads: int = Field(2, ge=1, le=16)
     threshold: Threshold | None = Field(
         None,
@@ -224,6 +229,12 @@ class EdgeConfig(StrictModel):
         if self.outbox.path:
             return self.outbox.path.expanduser()
         return Path.home() / ".local" / "state" / "maskwatch" / f"outbox-{self.site}-{self.node}.sqlite"
+
+    def model_path(self) -> Path:
+        """The folder of pushed models, defaulting to one per site/node under ~/.local/state/maskwatch."""
+        if self.model_dir:
+            return self.model_dir.expanduser()
+        return Path.home() / ".local" / "state" / "maskwatch" / f"models-{self.site}-{self.node}"
 
     def client_id(self) -> str:
         return self.broker.client_id or f"maskwatch-edge-{self.site}-{self.node}"

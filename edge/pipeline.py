@@ -140,11 +140,12 @@ class Pipeline:
         if todo:
             with self.times.stage("crop"):
                 crops = [crop_face(image, faces[i].box) for i in todo]
+            classifier = self.classifier  # one model per frame, even while a rollout swaps it
             with self.times.stage("classify"):
-                scores = self.classifier.scores(crops)
+                scores = classifier.scores(crops)
                 for i, p, face_score in zip(todo, scores.p_no_mask, scores.face_score, strict=True):
                     probs[i] = float(p)
-                    face_scores[i] = float(face_score) if self.classifier.verifies_faces else None
+                    face_scores[i] = float(face_score) if classifier.verifies_faces else None
         minimum = self.config.face_score_threshold()
         return [
             Observation(f.box, p, f.score, face)
@@ -311,6 +312,12 @@ class Pipeline:
             self.indicator.show(labels)
         with self._lock:
             self.view = View(frame=frame, faces=marks, fps=self.times.fps())
+
+    def use_classifier(self, classifier: Classifier) -> Classifier:
+        """Classify from the next frame on with ``classifier`` (the frame in progress finishes with the old one);
+        return the old one."""
+        old, self.classifier = self.classifier, classifier
+        return old
 
     def latest(self) -> View:
         """The latest processed frame and its faces."""

@@ -22,6 +22,8 @@ class NodeRuntime:
     threshold: float
     detect: bool = True
     model: str = "unknown"
+    model_sha256: str | None = None
+    model_error: str | None = None
     profile: Profile = Profile.NEAR
     source: str | None = None
     servo: PanServo | None = None
@@ -49,6 +51,8 @@ class NodeRuntime:
             threshold=self.threshold,
             detect=self.detect,
             model=self.model,
+            model_sha256=self.model_sha256,
+            model_error=self.model_error,
             profile=self.profile,
             source=self.source,
             delivery_error=self.delivery_error,

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, get_args
 from hub.config import HubConfig, hash_token
 from hub.services.auth import new_token
 from shared import topics
-from shared.cli import finite_float, positive_int, seconds
+from shared.cli import command_group, finite_float, positive_int, seconds
 from shared.config import load_config, merge, parse_host_port, parse_set_options
 from shared.errors import ConfigError, MaskwatchError
 from shared.messages import Alert, parse
@@ -38,6 +38,7 @@ from shared.mqtt import MqttClient, Received
 from shared.vocabulary import Label, ServoMode, check_threshold
 
 if TYPE_CHECKING:
+    from hub.services.commands import Outcome
     from hub.storage.database import Store
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ CONNECT_WAIT_S = 10.0
 #: The shortest wait for a command's answers once connected (a connect that used up the timeout still sends).
 MIN_ANSWER_WAIT_S = 0.01
 EXIT_TIMEOUT = 3
+#: How long ``model push --all`` collects the nodes' retained states before choosing the nodes.
+RETAINED_WAIT_S = 1.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -58,6 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_nodes(subparsers)
     _add_servo(subparsers)
     _add_threshold(subparsers)
+    _add_model_actions(command_group(subparsers, "model"))
     _add_alerts(subparsers)
     _add_prune(subparsers)
 
@@ -175,6 +179,49 @@ def _add_threshold(subparsers: argparse._SubParsersAction) -> None:
     _command_options(parser)
     parser.add_argument("value", type=finite_float, metavar="VALUE", help="threshold in 0..1")
     parser.set_defaults(handler=run_threshold)
+
+
+def _add_model_actions(actions: argparse._SubParsersAction) -> None:
+    push = actions.add_parser(
+        "push",
+        help="send a classifier .tflite to nodes (verified, smoke-tested, rolled back if bad)",
+        description="Send FILE to the nodes over MQTT (chunks on maskwatch/<site>/<node>/model/<sha256>) and the "
+        "'model' command. Each node checks size and sha256, loads the model, runs a smoke inference on built-in "
+        "faces, swaps it in between two frames and watches its frame rate for --probation seconds; a model that "
+        "fails to load, fails the smoke check or halves the frame rate is refused or rolled back, and the answer "
+        "says why. With --canary K the first K nodes take it first; the rest follow only if the canaries stay "
+        "healthy for --canary-wait seconds. Exit 0 when every node answered 'ok', 1 on an 'error', 3 on no answer.",
+        epilog="Examples:\n  maskwatch model push --site hq --node door-1 mask_v2.tflite\n"
+        "  maskwatch model push --site hq --all --canary 1 --canary-wait 60 mask_v2.tflite",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _config_options(push, db=False, broker=True)
+    push.add_argument("--site", required=True, help="site id")
+    target = push.add_mutually_exclusive_group(required=True)
+    target.add_argument("--node", help="node id or a comma-separated list")
+    target.add_argument("--all", action="store_true", help="every node of the site that is online")
+    push.add_argument("--canary", type=positive_int, metavar="K", help="push to K nodes first")
+    push.add_argument(
+        "--canary-wait", type=seconds, default=30.0, metavar="S", help="canaries must stay healthy this long (30)"
+    )
+    push.add_argument("--probation", type=seconds, default=5.0, metavar="S", help="fps watch after the swap (5)")
+    push.add_argument("--name", help="model name the nodes report (default: FILE's stem)")
+    push.add_argument("--timeout", type=seconds, default=120.0, metavar="S", help="wait per answer (default 120)")
+    push.add_argument("--json", action="store_true", help="print the answers as JSON")
+    push.add_argument("file", type=Path, metavar="FILE", help="the classifier .tflite")
+    push.set_defaults(handler=run_model_push)
+
+    status = actions.add_parser(
+        "status",
+        help="list the model each node of a site runs",
+        description="Read the nodes' retained state over MQTT and list model, sha256, availability and the "
+        "last refused push of each.",
+    )
+    _config_options(status, db=False, broker=True)
+    status.add_argument("--site", required=True, help="site id")
+    status.add_argument("--wait", type=seconds, default=1.0, metavar="S", help="collect states this long (1)")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.set_defaults(handler=run_model_status)
 
 
 def _add_alerts(subparsers: argparse._SubParsersAction) -> None:
@@ -384,11 +431,9 @@ def run_nodes(args: argparse.Namespace) -> int:
 
 def send_command(args: argparse.Namespace, name: str, params: dict[str, Any]) -> int:
     """Send one command over MQTT, print the answers, return 0/1/3."""
-    from hub.services.commands import Commander, CommandStatus, overall_status
+    from hub.services.commands import Commander
     from hub.storage.nodes import Registry
-    from hub.views import outcome_json
 
-    exit_codes = {CommandStatus.OK: 0, CommandStatus.ERROR: 1, CommandStatus.TIMEOUT: EXIT_TIMEOUT}
     config = load_hub_config(args)
     store = registry = None
     if args.db:
@@ -414,7 +459,16 @@ def send_command(args: argparse.Namespace, name: str, params: dict[str, Any]) ->
         client.stop()
         if store is not None:
             store.close()
-    if args.json:
+    return print_outcomes(outcomes, name, commander.timeout_s, args.json)
+
+
+def print_outcomes(outcomes: Sequence[Outcome], name: str, timeout_s: float, as_json: bool) -> int:
+    """Print the answers to a command (one line each, or JSON); return the exit code 0/1/3."""
+    from hub.services.commands import CommandStatus, overall_status
+    from hub.views import outcome_json
+
+    exit_codes = {CommandStatus.OK: 0, CommandStatus.ERROR: 1, CommandStatus.TIMEOUT: EXIT_TIMEOUT}
+    if as_json:
         _print_json([outcome_json(o) for o in outcomes])
     else:
         for o in outcomes:
@@ -423,8 +477,84 @@ def send_command(args: argparse.Namespace, name: str, params: dict[str, Any]) ->
             elif o.status == CommandStatus.ERROR:
                 print(f"error: {o.site}/{o.node} {name}: {o.error}")
             else:
-                print(f"timeout: no answer from {o.site}/{o.node} within {commander.timeout_s:g} s")
+                print(f"timeout: no answer from {o.site}/{o.node} within {timeout_s:g} s")
     return exit_codes[overall_status(outcomes)]
+
+
+def _fleet_client(args: argparse.Namespace) -> tuple[MqttClient, HubConfig]:
+    config = load_hub_config(args)
+    client = MqttClient(config.broker.model_copy(update={"client_id": None}), f"maskwatch-cli-{uuid.uuid4().hex[:8]}")
+    return client, config
+
+
+def _connect(client: MqttClient, config: HubConfig) -> None:
+    client.start()
+    if not client.wait_connected(CONNECT_WAIT_S):
+        client.stop()
+        raise MaskwatchError(f"cannot reach the broker {config.broker.address}: {client.last_error}")
+
+
+def run_model_push(args: argparse.Namespace) -> int:
+    """``maskwatch model push``."""
+    from hub.services.commands import Commander
+    from hub.services.rollout import FleetStates, Rollout
+
+    try:
+        data = args.file.read_bytes()
+    except OSError as exc:
+        raise MaskwatchError(f"cannot read {args.file}: {exc.strerror}") from None
+    client, config = _fleet_client(args)
+    commander = Commander(client, timeout_s=args.timeout)
+    commander.listen(args.site)
+    states = FleetStates(client, args.site)
+    rollout = Rollout(client, commander, states, probation_s=args.probation)
+    _connect(client, config)
+    try:
+        if args.all:
+            time.sleep(RETAINED_WAIT_S)  # retained states arrive right after the subscription
+            nodes = [n.node for n in states.nodes() if n.online]
+            if not nodes:
+                raise MaskwatchError(f"no node of site {args.site!r} is online")
+        else:
+            nodes = args.node.split(",")
+        name = args.name or args.file.stem
+        if args.canary:
+            outcomes = rollout.canary(
+                args.site, nodes, name, data, canaries=args.canary, wait_s=args.canary_wait, timeout_s=args.timeout
+            )
+        else:
+            outcomes = rollout.push(args.site, nodes, name, data, args.timeout)
+    finally:
+        client.stop()
+    return print_outcomes(outcomes, "model", args.timeout, args.json)
+
+
+def run_model_status(args: argparse.Namespace) -> int:
+    """``maskwatch model status``."""
+    from hub.services.rollout import FleetStates
+
+    client, config = _fleet_client(args)
+    states = FleetStates(client, args.site)
+    _connect(client, config)
+    try:
+        time.sleep(args.wait)  # retained states arrive right after the subscription
+    finally:
+        client.stop()
+    rows = [
+        {
+            "node": n.node,
+            "online": n.online,
+            "model": n.model,
+            "sha256": n.sha256,
+            "model_error": n.error,
+        }
+        for n in states.nodes()
+    ]
+    if args.json:
+        _print_json(rows)
+    else:
+        print(format_table(rows, ["node", "online", "model", "sha256", "model_error"]))
+    return 0
 
 
 def run_servo(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from edge.vision.model_store import MODEL_FILES, fetch_models, model_dir
+from shared.cli import command_group
 from shared.errors import ImageReadError
 from shared.vocabulary import (
     DEFAULT_FACE_SCORES,
@@ -20,12 +21,7 @@ from shared.vocabulary import (
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this package's subcommands to the `maskwatch` parser."""
-    model = subparsers.add_parser(
-        "model",
-        help="fetch, train, export and evaluate the mask model",
-        description="Fetch third-party model files, train, export and evaluate the mask classifier.",
-    )
-    actions = model.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions = command_group(subparsers, "model")
 
     fetch = actions.add_parser(
         "fetch",

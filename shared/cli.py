@@ -75,6 +75,35 @@ def seconds(text: str) -> float:
     return value
 
 
+#: Commands whose actions come from more than one package: name -> (help, description).
+COMMAND_GROUPS: dict[str, tuple[str, str]] = {
+    "model": (
+        "the mask model: fetch, train, export, evaluate; push to nodes, status",
+        "Fetch third-party model files, train, export and evaluate the mask classifier (models package); "
+        "push a classifier to the nodes of a site and list the model of each node (hub package).",
+    ),
+}
+#: Attribute of a group's parser holding its actions.
+_ACTIONS = "maskwatch_actions"
+
+
+def command_group(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """The actions of the command ``name`` of :data:`COMMAND_GROUPS`, created by the first package that asks.
+
+    So ``maskwatch model train`` (models) and ``maskwatch model push`` (hub) share one command while neither
+    package imports the other.
+    """
+    parser = subparsers.choices.get(name)
+    if parser is None:
+        help_text, description = COMMAND_GROUPS[name]
+        parser = subparsers.add_parser(name, help=help_text, description=description)
+        setattr(parser, _ACTIONS, parser.add_subparsers(dest="action", metavar="ACTION", required=True))
+    actions: argparse._SubParsersAction[argparse.ArgumentParser] = getattr(parser, _ACTIONS)
+    return actions
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="maskwatch",

@@ -38,7 +38,8 @@ from pydantic import (
 )
 
 from shared.errors import ContractError
-from shared.topics import EVENT_ID_PATTERN, ID_PATTERN
+from shared.model_transfer import MAX_MODEL_BYTES
+from shared.topics import EVENT_ID_PATTERN, ID_PATTERN, SHA256_PATTERN
 from shared.vocabulary import Label, Probability, Profile, ServoMode
 
 SCHEMA_VERSION: Final = 1
@@ -48,6 +49,9 @@ MAX_PAYLOAD_BYTES = 64 * 1024
 SiteId = Annotated[str, Field(pattern=ID_PATTERN.pattern, description="site id, [a-z0-9_-]+")]
 NodeId = Annotated[str, Field(pattern=ID_PATTERN.pattern, description="node id, [a-z0-9_-]+")]
 EventId = Annotated[str, Field(pattern=EVENT_ID_PATTERN.pattern, description="globally unique event id")]
+Sha256 = Annotated[str, Field(pattern=SHA256_PATTERN.pattern, description="sha256 digest, 64 lowercase hex digits")]
+#: A model's name: the stem of its file (letters, digits, ``_ . -``).
+ModelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="model name, the file's stem")]
 HubId = Annotated[str, Field(pattern=ID_PATTERN.pattern, description="hub id, [a-z0-9_-]+")]
 OutboxId = Annotated[str, Field(pattern=r"^[0-9a-f]{16}$", description="random id of one node outbox file")]
 #: An outbox sequence number: the node numbers what it writes to its outbox 1, 2, 3...
@@ -199,7 +203,13 @@ class NodeState(Message):
     servo: ServoState
     threshold: StrictProbability = Field(description="no-mask probability at or above which a face is no_mask")
     detect: StrictBool = Field(description="inference running")
-    model: str = Field(max_length=128, description="classifier model version")
+    model: str = Field(max_length=128, description="classifier model version: <name>@<first 12 digits of sha256>")
+    model_sha256: Sha256 | None = Field(None, description="sha256 of the classifier file in use")
+    model_error: str | None = Field(
+        None,
+        max_length=MAX_ERROR_CHARS,
+        description="why the last model push was refused or rolled back (cleared by a successful one)",
+    )
     profile: Profile = Profile.NEAR
     source: str | None = None
     delivery_error: str | None = Field(None, max_length=MAX_ERROR_CHARS, description="as in stats")
@@ -314,9 +324,32 @@ class ConfigCommand(Command):
     sendable: ClassVar[bool] = False
 
 
+class ModelCommand(Command):
+    """``cmd/model``: take the classifier file sent in chunks on ``.../model/<sha256>``.
+
+    The node gathers the chunks, checks size and sha256, loads the model, runs a smoke inference on built-in
+    faces, swaps it in, and watches the frame rate for ``probation_s``; a model that fails any step is
+    refused or rolled back, and the answer says why. Sent by ``maskwatch model push``, not by the hub's API.
+    """
+
+    name: ClassVar[str] = "model"
+    sendable: ClassVar[bool] = False
+
+    model: ModelName
+    sha256: Sha256
+    size: StrictInt = Field(ge=1, le=MAX_MODEL_BYTES, description="file size, bytes")
+    transfer_timeout_s: StrictFloat = Field(
+        60.0, gt=0, le=3600, allow_inf_nan=False, description="wait for every chunk at most this long"
+    )
+    probation_s: StrictFloat = Field(
+        5.0, ge=0, le=600, allow_inf_nan=False, description="watch the frame rate this long after the swap"
+    )
+
+
 #: Every command by its name: the one list of the commands a node understands.
 COMMANDS: dict[str, type[Command]] = {
-    cls.name: cls for cls in (ServoCommand, ThresholdCommand, DetectCommand, SnapshotCommand, ConfigCommand)
+    cls.name: cls
+    for cls in (ServoCommand, ThresholdCommand, DetectCommand, SnapshotCommand, ConfigCommand, ModelCommand)
 }
 #: The commands the hub may send, in :data:`COMMANDS` order.
 SENDABLE_COMMANDS: tuple[str, ...] = tuple(name for name, cls in COMMANDS.items() if cls.sendable)

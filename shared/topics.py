@@ -12,6 +12,7 @@ Layout (``<site>`` and ``<node>`` match ``[a-z0-9_-]+``)::
     maskwatch/<site>/<node>/desired           retained desired config from the hub
     maskwatch/<site>/<node>/summary           retained faces in view and compliance, from the hub
     maskwatch/<site>/<node>/ack               a hub's acknowledgement of the node's stored events
+    maskwatch/<site>/<node>/model/<sha256>    binary chunks of a model file pushed to the node
     maskwatch/hubs/<hub>                      retained online|offline of one hub (its Last Will)
     maskwatch/<site>/all/cmd/<name>           a command to every node of the site
     maskwatch/<site>/alerts                   alerts published by the hub
@@ -39,11 +40,13 @@ ALL_NODES: Final = "all"
 HUBS: Final = "hubs"
 ID_PATTERN: Final = re.compile(r"^[a-z0-9_-]{1,64}$")
 EVENT_ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+#: A sha256 digest as it names a model file's chunk topic: 64 lowercase hex digits.
+SHA256_PATTERN: Final = re.compile(r"^[0-9a-f]{64}$")
 
 #: Per-node topic kinds that carry no sub-name.
 NODE_KINDS: Final = ("status", "events", "state", "stats", "desired", "summary", "ack")
 #: Per-node topic kinds followed by one more level (event id or command name).
-NAMED_KINDS: Final = ("snapshot", "cmd", "response")
+NAMED_KINDS: Final = ("snapshot", "cmd", "response", "model")
 
 HA_DISCOVERY_PREFIX: Final = "homeassistant"
 
@@ -54,6 +57,15 @@ def validate_id(value: object, what: str = "id") -> str:
         raise ContractError(f"invalid {what} {value!r}: must match [a-z0-9_-]{{1,64}}", field=what, reason="topic")
     if what == "site" and value == HUBS:
         raise ContractError(f"{HUBS!r} is reserved: maskwatch/{HUBS}/<hub> is hub presence", field=what, reason="topic")
+    return value
+
+
+def validate_sha256(value: object) -> str:
+    """Return ``value`` if it is a sha256 hex digest (lowercase), else raise :class:`ContractError`."""
+    if not isinstance(value, str) or not SHA256_PATTERN.fullmatch(value):
+        raise ContractError(
+            f"invalid sha256 {value!r}: must be 64 lowercase hex digits", field="sha256", reason="topic"
+        )
     return value
 
 
@@ -109,6 +121,15 @@ class NodeTopics:
 
     def snapshot(self, event_id: str) -> str:
         return f"{self.base}/snapshot/{validate_event_id(event_id)}"
+
+    def model(self, sha256: str) -> str:
+        """Chunks of the model file whose sha256 is ``sha256``."""
+        return f"{self.base}/model/{validate_sha256(sha256)}"
+
+    @property
+    def model_filter(self) -> str:
+        """Filter for the chunks of every model file pushed to this node."""
+        return f"{self.base}/model/+"
 
     def cmd(self, name: str) -> str:
         return f"{self.base}/cmd/{_command_level(name)}"
@@ -192,6 +213,10 @@ def ha_discovery(component: str, object_id: str) -> str:
 HA_STATUS: Final = f"{HA_DISCOVERY_PREFIX}/status"
 
 
+#: How the last level of each named kind is checked (commands and responses: a command name).
+_NAME_CHECKS = {"snapshot": validate_event_id, "model": validate_sha256}
+
+
 @dataclass(frozen=True)
 class TopicInfo:
     """What a Maskwatch topic addresses: ``kind`` is a node kind, ``alerts`` or ``cmd``."""
@@ -216,6 +241,6 @@ def parse_topic(topic: str) -> TopicInfo:
     if len(parts) == 5 and parts[3] in NAMED_KINDS:
         if node == ALL_NODES and parts[3] != "cmd":
             raise ContractError(f"'all' only takes commands: {topic!r}", field="topic", reason="topic")
-        name = validate_event_id(parts[4]) if parts[3] == "snapshot" else _command_level(parts[4])
+        name = _NAME_CHECKS.get(parts[3], _command_level)(parts[4])
         return TopicInfo(site=site, node=node, kind=parts[3], name=name)
     raise ContractError(f"unknown maskwatch topic: {topic!r}", field="topic", reason="topic")

@@ -68,11 +68,14 @@ class MaskClassifier:
     :param mirror: average each crop's probability with its mirror image's (two inferences per face). The model
         trained with horizontal flips, so both views are equally valid; averaging them removes some int8
         noise (face-mask validation: +0.3 to +0.6 point accuracy, int8; see models/MODEL_CARD.md).
+    :param name: the model's name in :attr:`version` (default: the file's stem).
     :raises ModelError: the file is missing, not a TFLite model, or not a mask classifier
         (one (1, H, W, 3) image input, a two- or three-class output).
     """
 
-    def __init__(self, model_path: Path | None = None, num_threads: int = 2, mirror: bool = True) -> None:
+    def __init__(
+        self, model_path: Path | None = None, num_threads: int = 2, mirror: bool = True, *, name: str | None = None
+    ) -> None:
         path = Path(model_path) if model_path is not None else DEFAULT_MODEL
         self._interpreter = load_interpreter(path, num_threads)
         inputs = self._interpreter.get_input_details()
@@ -93,7 +96,9 @@ class MaskClassifier:
         self.mirror = mirror
         self.size = (shape[2], shape[1])
         self._in, self._out = inputs[0], outputs[0]
-        self.version = f"{path.stem}@{sha256_of(path)[:12]}"
+        #: sha256 of the model file, 64 hex digits
+        self.sha256 = sha256_of(path)
+        self.version = f"{name or path.stem}@{self.sha256[:12]}"
         log.info(
             "mask classifier %s, input %dx%d %s", self.version, shape[2], shape[1], np.dtype(self._in["dtype"]).name
         )

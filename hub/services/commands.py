@@ -144,10 +144,25 @@ class Commander:
 
         :raises ContractError: unknown command, bad parameters or bad ids.
         """
+        command = build_command(name, params, uuid.uuid4().hex)
+        return self.deliver(site, nodes, command, source=source, timeout_s=timeout_s)
+
+    def deliver(
+        self,
+        site: str,
+        nodes: Sequence[str] | None,
+        command: Command,
+        *,
+        source: str = "cli",
+        timeout_s: float | None = None,
+    ) -> list[Outcome]:
+        """Send a built ``command`` (any of :data:`COMMANDS`, sendable or not) to ``nodes`` of ``site`` and wait.
+
+        :raises ContractError: bad ids.
+        """
         topics.validate_id(site, "site")
         nodes = list(dict.fromkeys(topics.validate_id(node, "node") for node in nodes or ()))
-        request_id = uuid.uuid4().hex
-        command = build_command(name, params, request_id)
+        name, request_id = command.name, command.request_id
         expected = set(nodes) if nodes else self._site_nodes(site)
         pending = _Pending(expected=expected)
         with self._lock:
