@@ -187,6 +187,7 @@ class EdgeApp:
             self.model_folder,
             self.model_inbox,
             self.pipeline,
+            lambda: create_detector(cfg.profile, cfg.detector, 1),
             self.runtime,
             self.publish_state,
             cfg.num_threads,

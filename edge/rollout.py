@@ -229,7 +229,9 @@ class ModelRollout:
 
     :param folder: where pushed models are kept.
     :param inbox: the chunks received.
-    :param pipeline: whose classifier is swapped (its detector runs the smoke check).
+    :param pipeline: whose classifier is swapped.
+    :param smoke_detector: makes the detector of the smoke check, on the first push (its own: a LiteRT
+        interpreter must not run in two threads, and the pipeline's runs in the ``inference`` thread).
     :param runtime: whose ``model``, ``model_sha256`` and ``model_error`` the state reports.
     :param publish_state: publishes the retained state (after a refusal: an ``ok`` answer publishes it anyway).
     :param num_threads: LiteRT threads of the new classifier.
@@ -240,6 +242,7 @@ class ModelRollout:
         folder: ModelFolder,
         inbox: ChunkInbox,
         pipeline: Pipeline,
+        smoke_detector: Callable[[], FaceDetector],
         runtime: NodeRuntime,
         publish_state: Callable[[], None],
         num_threads: int,
@@ -248,6 +251,8 @@ class ModelRollout:
         self.folder = folder
         self.inbox = inbox
         self.pipeline = pipeline
+        self._make_detector = smoke_detector
+        self._detector: FaceDetector | None = None
         self.runtime = runtime
         self._publish_state = publish_state
         self.num_threads = num_threads
@@ -258,7 +263,7 @@ class ModelRollout:
         assert isinstance(command, ModelCommand)
         try:
             value = self._apply(command)
-        except (CommandRejected, ModelError) as exc:
+        except (CommandRejected, ModelError, RuntimeError, ValueError, OSError) as exc:  # LiteRT, disk
             self.folder.discard(command.sha256)
             reason = f"model {command.model}@{command.sha256[:12]} refused: {exc}"[:MAX_ERROR_CHARS]
             with self.runtime.lock:
@@ -279,21 +284,26 @@ class ModelRollout:
             raise CommandRejected(f"sha256 mismatch: received {digest}")
         path = self.folder.store(data, command.sha256)
         new = MaskClassifier(path, self.num_threads, name=command.model)
-        smoke = smoke_check(new, self.pipeline.detector)
+        if self._detector is None:
+            self._detector = self._make_detector()
+        smoke = smoke_check(new, self._detector)
         # the frame rate before: over the transfer and checks, at least probation_s long
         self.stopping.wait(max(0.0, command.probation_s - (time.monotonic() - start)))
         fps_before = self._fps_since(start, frames_start)
         old = self.pipeline.use_classifier(new)
-        swapped, frames_swapped = time.monotonic(), self.pipeline.times.frames_total
-        self.stopping.wait(command.probation_s)
-        fps_after = self._fps_since(swapped, frames_swapped)
-        if command.probation_s > 0 and fps_before > 0 and fps_after < MIN_FPS_RATIO * fps_before:
+        try:
+            swapped, frames_swapped = time.monotonic(), self.pipeline.times.frames_total
+            self.stopping.wait(command.probation_s)
+            fps_after = self._fps_since(swapped, frames_swapped)
+            if command.probation_s > 0 and fps_before > 0 and fps_after < MIN_FPS_RATIO * fps_before:
+                raise CommandRejected(
+                    f"rolled back: frame rate fell from {fps_before:.1f} to {fps_after:.1f} fps "
+                    f"(under {MIN_FPS_RATIO:.0%} of before)"
+                )
+            self.folder.activate(command.model, command.sha256)
+        except BaseException:
             self.pipeline.use_classifier(old)
-            raise CommandRejected(
-                f"rolled back: frame rate fell from {fps_before:.1f} to {fps_after:.1f} fps "
-                f"(under {MIN_FPS_RATIO:.0%} of before)"
-            )
-        self.folder.activate(command.model, command.sha256)
+            raise
         with self.runtime.lock:
             self.runtime.model, self.runtime.model_sha256 = new.version, new.sha256
         log.info("model %s in use (was %s); fps %.1f -> %.1f", new.version, old.version, fps_before, fps_after)

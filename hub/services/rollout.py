@@ -186,12 +186,22 @@ class Rollout:
         ]
 
     def _watch(self, canaries: list[str], sha256: str, wait_s: float, stop: threading.Event) -> str | None:
-        """Why a canary became unhealthy within ``wait_s``, or ``None`` if all stayed healthy."""
+        """Why a canary became unhealthy within ``wait_s``, or ``None`` if all stayed healthy.
+
+        A canary counts once its state reports the new model (the state follows the answer); one that never
+        does within ``wait_s`` is unhealthy.
+        """
         deadline = time.monotonic() + wait_s
+        reported: set[str] = set()
         while True:
+            last = time.monotonic() >= deadline or stop.is_set()
             for node in canaries:
-                why = unhealthy(self.states.node(node), sha256)
-                if why is not None:
+                report = self.states.node(node)
+                if report.sha256 == sha256:
+                    reported.add(node)
+                why = unhealthy(report, sha256)
+                if why is not None and (node in reported or last):
                     return f"canary {node} unhealthy: {why}"
-            if time.monotonic() >= deadline or stop.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
+            if last:
                 return None
+            stop.wait(min(0.2, max(0.0, deadline - time.monotonic())))
