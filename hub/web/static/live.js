@@ -1,4 +1,4 @@
-// Live page: one card per node (status, fps, servo, threshold, last event, latest snapshot) and the live event feed.
+// Live page: one card per node (status, fps, servo, threshold, model, last event, latest snapshot) and the live event feed.
 import { ago, api, badge, el, fmtTime, frame, nodeKey, num, setImage, snapshotPath, stream, throttle } from "./mw.js";
 
 frame("Live");
@@ -35,6 +35,8 @@ function renderCard(node) {
       field("outbox", stats.outbox_depth === undefined ? "–" : `${stats.outbox_depth} (${stats.outbox_unacked ?? 0} unacked`
         + `${stats.outbox_oldest_s == null ? "" : `, oldest ${num(stats.outbox_oldest_s, 0)} s`})`),
       ...(stats.delivery_error ? field("delivery", el("span", { class: "error" }, stats.delivery_error)) : []),
+      field("model", state.model || "–"),
+      ...(state.model_error ? field("model error", el("span", { class: "error" }, state.model_error)) : []),
       field("last event", last ? el("span", {}, badge(last.label), " ", ago(last.last_seen)) : "none"),
       field("seen", ago(node.last_seen))));
   const snap = snapshots.get(key);
