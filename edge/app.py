@@ -282,7 +282,7 @@ class EdgeApp:
             cpu_temp_c=cpu_temperature(),
             camera_ok=self.capture.ok,
             camera_error=self.capture.error,
-            rejected=dict(self.dispatcher.rejected),
+            rejected={**self.dispatcher.rejected, **({"model_chunk": n} if (n := self.model_inbox.rejected) else {})},
         )
 
     def _stats_loop(self) -> None:

@@ -38,7 +38,7 @@ from edge.vision.crop import crop_face
 from edge.vision.detector import FaceDetector
 from shared.errors import CommandRejected, ContractError, ModelError
 from shared.messages import MAX_ERROR_CHARS, Command, ModelCommand
-from shared.model_transfer import MAX_MODEL_BYTES, read_chunk, sha256_hex
+from shared.model_transfer import read_chunk, sha256_hex
 from shared.mqtt import Received
 from shared.topics import parse_topic
 from shared.vocabulary import Label, decide
@@ -175,10 +175,10 @@ class ChunkInbox:
             self._files[sha256][index] = data
             self._changed.notify_all()
 
-    def take(self, sha256: str, size: int, timeout_s: float) -> bytes:
+    def take(self, sha256: str, timeout_s: float) -> bytes:
         """The joined file ``sha256`` once all its chunks are in (removed from the inbox).
 
-        :raises CommandRejected: not every chunk came in ``timeout_s``, or the file is too big.
+        :raises CommandRejected: not every chunk came in ``timeout_s``.
         """
         deadline = time.monotonic() + timeout_s
         with self._changed:
@@ -193,9 +193,6 @@ class ChunkInbox:
                 self._changed.wait(remaining)
             parts = self._files.pop(sha256)
             self._counts.pop(sha256)
-        total = sum(len(p) for p in parts.values())
-        if total > min(size, MAX_MODEL_BYTES):
-            raise CommandRejected(f"model file is {total} bytes, the command says {size}")
         return b"".join(parts[i] for i in range(len(parts)))
 
     def _complete(self, sha256: str) -> bool:
@@ -276,7 +273,7 @@ class ModelRollout:
 
     def _apply(self, command: ModelCommand) -> dict[str, Any]:
         start, frames_start = time.monotonic(), self.pipeline.times.frames_total
-        data = self.inbox.take(command.sha256, command.size, command.transfer_timeout_s)
+        data = self.inbox.take(command.sha256, command.transfer_timeout_s)
         if len(data) != command.size:
             raise CommandRejected(f"size mismatch: received {len(data)} bytes, the command says {command.size}")
         digest = sha256_hex(data)

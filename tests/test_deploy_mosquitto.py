@@ -323,3 +323,19 @@ def test_tls_refuses_a_server_certificate_from_another_ca(site: ShippedSite, tmp
     # and a client that insists on TLS does not fall back to the plain listener
     plain_port = site.login(HUB).port
     not_connected(site.login("hq/door-1", tls=True).model_copy(update={"port": plain_port}), "test-tls-on-plain")
+
+
+def test_only_the_hub_pushes_model_chunks_and_each_node_reads_only_its_own(site: ShippedSite) -> None:
+    sha = "ab" * 32
+    with (
+        client(site.login(HUB), "test-hub") as (hub, _),
+        client(site.login("hq/door-2"), "test-door-2") as (door2, _),
+        client(site.login("hq/door-1"), "test-door-1", subscribe=EVERYTHING) as (_node, seen),
+    ):
+        ready(seen, hub, DOOR1.cmd("model"))
+        send(hub, DOOR2.model(sha), b"chunk for door-2")
+        send(door2, DOOR1.model(sha), b"forged chunk")
+        send(hub, DOOR1.model(sha), b"chunk")
+        assert seen.wait_for(DOOR1.model(sha), b"chunk")
+    assert seen.topics() == {DOOR1.model(sha)}
+    assert (DOOR1.model(sha), b"forged chunk") not in seen.messages

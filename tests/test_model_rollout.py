@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
-from edge.rollout import POINTER, TEMP_PREFIX, ModelFolder
+from edge.rollout import POINTER, TEMP_PREFIX, ChunkInbox, ModelFolder
 from shared.cli import main
 from shared.config import BrokerConfig
+from shared.errors import CommandRejected
 from shared.messages import ModelCommand, NodeState, parse
 from shared.model_transfer import sha256_hex, split
 from shared.mqtt import MqttClient, Received
@@ -280,3 +281,19 @@ def test_canary_failure_stops_the_rollout(broker_config: BrokerConfig, tmp_path:
         for watch, edge in ((watch_first, first), (watch_second, second)):
             watch.close()
             edge.stop()
+
+
+def test_chunk_inbox_counts_bad_chunks_and_names_a_missing_one() -> None:
+    inbox = ChunkInbox()
+    data = b"m" * 1000
+    sha = sha256_hex(data)
+    topic = NodeTopics(SITE, "inbox").model(sha)
+    chunks = split(data, chunk_bytes=400)
+    for payload in (b"\0\0", b"\0\0\0\5\0\0\0\2abc", chunks[0]):  # no header, index past the count, a good one
+        inbox.receive(Received(topic, payload, 1, False, 1))
+    assert inbox.rejected == 2
+    with pytest.raises(CommandRejected, match="incomplete: 1 of 3 chunk"):
+        inbox.take(sha, 0.05)
+    for payload in chunks:
+        inbox.receive(Received(topic, payload, 1, False, 1))
+    assert inbox.take(sha, 1.0) == data
