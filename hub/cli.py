@@ -2,7 +2,8 @@
 
 ``hub`` runs the hub; ``events``, ``nodes`` and ``prune`` read or clean its
 database (or, for ``events``/``nodes``, its API); ``servo``, ``threshold`` and
-``alerts`` talk MQTT directly, so they work without a hub. Command exit codes:
+``alerts`` talk MQTT directly, so they work without a hub; so do ``model push`` and ``model status``, actions
+of the ``model`` command shared with the models package (:func:`shared.cli.command_group`). Command exit codes:
 0 the node answered ``ok``, 1 it answered ``error`` (printed), 3 no answer in time.
 Modules of the hub extra (SQLAlchemy, FastAPI, uvicorn) are imported inside the handlers, so
 ``maskwatch --help`` works without it.

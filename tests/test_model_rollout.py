@@ -274,8 +274,8 @@ def test_canary_failure_stops_the_rollout(broker_config: BrokerConfig, tmp_path:
         assert by_node["canary-b"]["error"].startswith("not pushed: canary canary-a error")
         assert all(s.model_error is None for s in list(watch_second.states.queue))  # never asked
 
-        code, answers = push(broker_config, capsys, "canary-a,canary-b", F16, "--canary", "1", "--canary-wait", "1")
-        assert code == 0 and [a["status"] for a in answers] == ["ok", "ok"], answers
+        code, answers = push(broker_config, capsys, "", F16, "--all", "--canary", "1", "--canary-wait", "1")
+        assert code == 0 and [(a["node"], a["status"]) for a in answers] == [("canary-a", "ok"), ("canary-b", "ok")]
         watch_second.state_where(lambda s: s.model_sha256 == sha256_hex(F16.read_bytes()), 10)
     finally:
         for watch, edge in ((watch_first, first), (watch_second, second)):
