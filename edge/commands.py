@@ -26,6 +26,7 @@ from typing import Any
 from edge.devices.servo import PanServo, ServoPlanner
 from edge.state import NodeRuntime
 from shared.errors import CommandRejected, ContractError
+from shared.logcap import LogCap
 from shared.messages import (
     COMMANDS,
     Command,
@@ -83,6 +84,7 @@ class Dispatcher:
         self._apply_desired = apply_desired
         self._inbox: queue.SimpleQueue[Received] = queue.SimpleQueue()
         self.rejected: Counter[str] = Counter()
+        self._reject_log = LogCap(log, "command rejections")
 
     def receive(self, message: Received) -> None:
         """Subscription handler (network thread): enqueue only."""
@@ -109,7 +111,7 @@ class Dispatcher:
             info = parse_topic(message.topic)
         except ContractError as exc:
             self.rejected["topic"] += 1
-            log.warning("ignoring message on %s: %s", message.topic, exc)
+            self._reject_log.warning("topic", "ignoring message on %s: %s", message.topic, exc)
             return None
         name = info.name or ""
         answer = self._answer(name, message.payload)
@@ -122,20 +124,19 @@ class Dispatcher:
         model = COMMANDS.get(name)
         handler = self.handlers.get(name)
         if model is None or handler is None:
-            self.rejected["unknown"] += 1
             return self._error(
-                _request_id_of(payload), f"unknown command {name!r}; known: " + ", ".join(sorted(self.handlers))
+                "unknown",
+                _request_id_of(payload),
+                f"unknown command {name!r}; known: " + ", ".join(sorted(self.handlers)),
             )
         try:
             command = parse(model, payload)
         except ContractError as exc:
-            self.rejected[exc.reason] += 1
-            return self._error(_request_id_of(payload), f"invalid {name} command: {exc}")
+            return self._error(exc.reason, _request_id_of(payload), f"invalid {name} command: {exc}")
         try:
             value = handler(command)
         except CommandRejected as exc:
-            self.rejected["rejected"] += 1
-            return self._error(command.request_id, str(exc))
+            return self._error("rejected", command.request_id, str(exc))
         log.info("command %s (%s): %s", name, command.request_id, value)
         return CommandResponse(
             request_id=command.request_id,
@@ -146,8 +147,10 @@ class Dispatcher:
             value=value,
         )
 
-    def _error(self, request_id: str | None, reason: str) -> CommandResponse:
-        log.warning("command rejected (%s): %s", request_id, reason)
+    def _error(self, kind: str, request_id: str | None, reason: str) -> CommandResponse:
+        """Count the rejection under ``kind``, log it (a few per kind and minute) and build the error answer."""
+        self.rejected[kind] += 1
+        self._reject_log.warning(kind, "command rejected (%s): %s", request_id, reason)
         return CommandResponse(
             request_id=request_id,
             status="error",

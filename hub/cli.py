@@ -113,7 +113,9 @@ def _add_events(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "events",
         help="list stored events",
-        description="List stored events, newest first.",
+        description="List stored events, newest first by the hub's time of receipt (RECEIVED_AT); FIRST_SEEN is "
+        "the node's clock, and CLOCK says 'skewed' when it was more than clock.max_skew_s off the hub's. "
+        "--since/--until select by the time of receipt.",
         epilog="Examples:\n  maskwatch events --site hq --label no_mask --since 2h\n"
         "  maskwatch events --api http://hub:8080 --token $T --json --limit 500",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -132,7 +134,8 @@ def _add_nodes(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "nodes",
         help="list known nodes and their status",
-        description="List every node the hub knows: status, last seen, model, state.",
+        description="List every node the hub knows: status, last seen, model, state, delivery, and CLOCK "
+        "('off by +N s' when the node's clock, measured on its stats, is more than clock.max_skew_s off the hub's).",
     )
     _source_options(parser)
     parser.add_argument("--site", help="only this site")
@@ -341,12 +344,22 @@ def run_events(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(items)
     else:
-        print(format_table(items, ("first_seen", "site", "node", "label", "best_score", "state", "id")))
+        table = [{**item, "clock": "skewed" if item.get("clock_skewed") else None} for item in items]
+        print(
+            format_table(
+                table, ("received_at", "first_seen", "site", "node", "label", "best_score", "state", "clock", "id")
+            )
+        )
     return 0
 
 
 #: Stats fields ``maskwatch nodes`` shows: how a node's delivery is going.
 NODE_DELIVERY_COLUMNS = ("outbox_depth", "outbox_unacked", "outbox_oldest_s", "delivery_error")
+
+
+def clock_mark(offset_s: float | None, skewed: bool | None) -> str | None:
+    """``maskwatch nodes``' clock column: ``off by +3600s`` for a node whose clock is skewed, else empty."""
+    return f"off by {offset_s:+.0f}s" if skewed and offset_s is not None else None
 
 
 def run_nodes(args: argparse.Namespace) -> int:
@@ -371,12 +384,14 @@ def run_nodes(args: argparse.Namespace) -> int:
                 "threshold": (item.get("state") or {}).get("threshold"),
                 "servo": ((item.get("state") or {}).get("servo") or {}).get("mode"),
                 **{key: (item.get("stats") or {}).get(key) for key in NODE_DELIVERY_COLUMNS},
+                "clock": clock_mark(item.get("clock_offset_s"), item.get("clock_skewed")),
             }
             for item in items
         ]
         print(
             format_table(
-                rows, ("site", "node", "status", "last_seen", "model", "threshold", "servo", *NODE_DELIVERY_COLUMNS)
+                rows,
+                ("site", "node", "status", "last_seen", "model", "threshold", "servo", *NODE_DELIVERY_COLUMNS, "clock"),
             )
         )
     return 0

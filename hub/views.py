@@ -37,6 +37,8 @@ CSV_COLUMNS = (
     "angle",
     "snapshot",
     "face_score",
+    "received_at",
+    "clock_skewed",
 )
 #: ``online`` of a node row -> its availability name.
 AVAILABILITY = {True: "online", False: "offline", None: "unknown"}
@@ -48,7 +50,8 @@ def snapshot_url(base_url: str, event_id: str) -> str:
 
 
 def event_json(row: EventRow, has_snapshot: bool, base_url: str) -> dict[str, Any]:
-    """The public JSON form of an event."""
+    """The public JSON form of an event: ``first_seen``/``last_seen``/``ended_at`` are the node's clock,
+    ``received_at`` the hub's (listings are ordered by it), ``clock_skewed`` whether the two disagreed."""
     return {
         "id": row.id,
         "site": row.site,
@@ -61,6 +64,8 @@ def event_json(row: EventRow, has_snapshot: bool, base_url: str) -> dict[str, An
         "first_seen": row.first_seen.isoformat(),
         "last_seen": row.last_seen.isoformat(),
         "ended_at": row.ended_at.isoformat() if row.ended_at else None,
+        "received_at": row.received_at.isoformat(),
+        "clock_skewed": row.clock_skewed,
         "state": row.state,
         "messages": row.messages,
         "box": row.box,
@@ -87,6 +92,8 @@ def event_csv_row(row: EventRow, has_snapshot: bool) -> list[Any]:
         row.angle,
         int(has_snapshot),
         row.face_score,
+        row.received_at.isoformat(),
+        int(row.clock_skewed),
     ]
 
 
@@ -100,11 +107,14 @@ def event_feed_json(row: EventRow) -> dict[str, Any]:
         "score": row.best_score,
         "state": row.state,
         "last_seen": row.last_seen.isoformat(),
+        "received_at": row.received_at.isoformat(),
+        "clock_skewed": row.clock_skewed,
     }
 
 
 def node_json(row: NodeRow) -> dict[str, Any]:
-    """The public JSON form of a registry entry."""
+    """The public JSON form of a registry entry; ``clock_offset_s`` is the node's clock minus the hub's at its
+    last stats message, ``clock_skewed`` whether that exceeds ``clock.max_skew_s``."""
     return {
         "site": row.site,
         "node": row.node,
@@ -115,6 +125,9 @@ def node_json(row: NodeRow) -> dict[str, Any]:
         "state": row.state,
         "stats": row.stats,
         "desired": row.desired,
+        "clock_offset_s": None if row.clock_offset_s is None else round(row.clock_offset_s, 3),
+        "clock_skewed": row.clock_skewed,
+        "clock_skewed_events": row.clock_skewed_events,
     }
 
 

@@ -50,7 +50,7 @@ def seed(store: Store, snapshot_dir: Path) -> EventLog:
                 snapshot=n == 5,
                 face_score=0.97 if n == 5 else None,
             ),
-            START,
+            START + timedelta(minutes=n),  # received when seen: listings go by the time of receipt
         )
         for n in range(60)
     ]

@@ -108,6 +108,15 @@ def render(services: HubServices) -> str:
     )
     lines += _node_outboxes(services)
     lines += _family(
+        "maskwatch_clock_skew_events_total",
+        "counter",
+        "event messages whose ts was more than clock.max_skew_s off the hub's clock, by node",
+        (
+            _sample("maskwatch_clock_skew_events_total", n, {"site": site, "node": node})
+            for site, node, n in services.registry.skew_counts()
+        ),
+    )
+    lines += _family(
         "maskwatch_nodes",
         "gauge",
         "known nodes by availability",

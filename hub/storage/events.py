@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,11 +36,13 @@ TYPE_ORDER = {"new": 0, "update": 1, "end": 2}
 
 @dataclass(slots=True)
 class EventIn:
-    """A valid event message waiting to be stored, with the bytes it arrived as (``raw``)."""
+    """A valid event message waiting to be stored, with the bytes it arrived as (``raw``) and whether its
+    ``ts`` was off the hub's clock (``clock_skewed``)."""
 
     event: Event
     received_at: datetime
     raw: bytes | None = None
+    clock_skewed: bool = False
 
     @property
     def payload(self) -> bytes:
@@ -66,12 +69,13 @@ class SnapshotIn:
 @dataclass
 class WriteResult:
     """What one batch changed: touched event ids (``no_mask``: those with a no_mask message), messages
-    stored, duplicates ignored."""
+    stored, duplicates ignored, stored messages with a skewed clock per ``(site, node)``."""
 
     touched: list[str] = field(default_factory=list)
     no_mask: list[str] = field(default_factory=list)
     stored: int = 0
     duplicates: int = 0
+    skewed: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
 def _later(a: EventIn, b: EventIn) -> bool:
@@ -80,7 +84,8 @@ def _later(a: EventIn, b: EventIn) -> bool:
 
 
 def fold(messages: Iterable[EventIn], now: datetime) -> dict[str, dict[str, Any]]:
-    """Fold messages into one ``events`` row per id (the rules of the module docstring)."""
+    """Fold messages into one ``events`` row per id (the rules of the module docstring); ``received_at`` is the
+    earliest receipt (the stored row keeps its own on conflict), ``updated_at`` is ``now``."""
     rows: dict[str, dict[str, Any]] = {}
     latest: dict[str, EventIn] = {}
     for item in messages:
@@ -100,10 +105,12 @@ def fold(messages: Iterable[EventIn], now: datetime) -> dict[str, dict[str, Any]
                 "messages": 0,
                 "snapshot_expected": False,
                 "alerted": False,
-                "received_at": now,
+                "clock_skewed": False,
+                "received_at": item.received_at,
                 "updated_at": now,
             }
             latest[ev.id] = item
+        row["received_at"] = min(row["received_at"], item.received_at)
         row["first_seen"] = min(row["first_seen"], ev.ts)
         row["last_seen"] = max(row["last_seen"], ev.ts)
         key = f"{ev.label}_score"
@@ -113,6 +120,7 @@ def fold(messages: Iterable[EventIn], now: datetime) -> dict[str, dict[str, Any]
             row["ended_at"] = ev.ts if row["ended_at"] is None else max(row["ended_at"], ev.ts)
         row["messages"] += 1
         row["snapshot_expected"] = row["snapshot_expected"] or ev.snapshot
+        row["clock_skewed"] = row["clock_skewed"] or item.clock_skewed
         if _later(item, latest[ev.id]):
             latest[ev.id] = item
     for event_id, row in rows.items():
@@ -179,6 +187,7 @@ class EventLog:
                 "ended_at": _max_of(old.ended_at, new.ended_at),
                 "messages": old.messages + new.messages,
                 "snapshot_expected": or_(old.snapshot_expected, new.snapshot_expected),
+                "clock_skewed": or_(old.clock_skewed, new.clock_skewed),
                 "updated_at": new.updated_at,
             },
         )
@@ -209,6 +218,7 @@ class EventLog:
             ).scalars()
         )
         result.stored = len(inserted)
+        result.skewed.update((unique[d].event.site, unique[d].event.node) for d in inserted if unique[d].clock_skewed)
         result.duplicates = len(items) - len(inserted)
         if not inserted:
             return result
@@ -256,7 +266,7 @@ class EventLog:
     def claim_no_mask(
         self, session: Session, ids: Sequence[str], min_face_score: float | None = None
     ) -> list[Row[Any]]:
-        """Events among ``ids`` now labelled ``no_mask`` that have raised no alert yet, oldest first; marks them
+        """Events among ``ids`` now labelled ``no_mask`` that have raised no alert yet, first received first; marks them
         alerted. With ``min_face_score``, an event whose face score is lower is not claimed (a later message
         with a higher score may still raise its alert); events without a face score (nodes whose classifier
         has no not-a-face class) are claimed as before.
@@ -281,10 +291,11 @@ class EventLog:
                 table.c.node,
                 table.c.best_score,
                 table.c.snapshot_expected,
+                table.c.received_at,
                 table.c.first_seen,
             )
         ).all()
-        return sorted(rows, key=lambda row: (row.first_seen, row.id))
+        return sorted(rows, key=lambda row: (row.received_at, row.first_seen, row.id))
 
     # -- reads ----------------------------------------------------------------
 
@@ -299,7 +310,11 @@ class EventLog:
         limit: int = 100,
         offset: int = 0,
     ) -> tuple[list[EventRow], int]:
-        """Events matching the filters, newest first, and how many match in total."""
+        """Events matching the filters, newest first, and how many match in total.
+
+        Order and ``since``/``until`` are by ``received_at``, the hub's clock: a node whose clock is wrong
+        cannot move its events to the top or out of a time range.
+        """
         conditions = []
         if site:
             conditions.append(EventRow.site == site)
@@ -308,16 +323,16 @@ class EventLog:
         if label:
             conditions.append(EventRow.label == label)
         if since:
-            conditions.append(EventRow.first_seen >= since)
+            conditions.append(EventRow.received_at >= since)
         if until:
-            conditions.append(EventRow.first_seen < until)
+            conditions.append(EventRow.received_at < until)
         with self.store.session() as session:
             total = session.scalar(select(func.count()).select_from(EventRow).where(*conditions)) or 0
             rows = list(
                 session.scalars(
                     select(EventRow)
                     .where(*conditions)
-                    .order_by(EventRow.first_seen.desc(), EventRow.id)
+                    .order_by(EventRow.received_at.desc(), EventRow.id)
                     .limit(limit)
                     .offset(offset)
                 )

@@ -1,5 +1,7 @@
 // Live page: one card per node (status, fps, servo, threshold, last event, latest snapshot) and the live event feed.
-import { ago, api, badge, el, fmtTime, frame, nodeKey, num, setImage, snapshotPath, stream, throttle } from "./mw.js";
+import {
+  ago, api, badge, clockOff, el, fmtTime, frame, nodeKey, num, setImage, snapshotPath, stream, throttle,
+} from "./mw.js";
 
 frame("Live");
 const FEED_MAX = 50;
@@ -35,7 +37,9 @@ function renderCard(node) {
       field("outbox", stats.outbox_depth === undefined ? "–" : `${stats.outbox_depth} (${stats.outbox_unacked ?? 0} unacked`
         + `${stats.outbox_oldest_s == null ? "" : `, oldest ${num(stats.outbox_oldest_s, 0)} s`})`),
       ...(stats.delivery_error ? field("delivery", el("span", { class: "error" }, stats.delivery_error)) : []),
-      field("last event", last ? el("span", {}, badge(last.label), " ", ago(last.last_seen)) : "none"),
+      ...(node.clock_skewed && node.clock_offset_s != null
+        ? field("clock", el("span", { class: "error" }, clockOff(node.clock_offset_s))) : []),
+      field("last event", last ? el("span", {}, badge(last.label), " ", ago(last.received_at)) : "none"),
       field("seen", ago(node.last_seen))));
   const snap = snapshots.get(key);
   if (snap) {
@@ -71,11 +75,15 @@ function feedItem(event, fresh) {
   return el("li", { class: fresh ? "fresh" : null,
     dataset: { id: event.id, label: event.label, node: nodeKey(event.site, event.node) } },
     badge(event.label),
-    el("span", {}, el("strong", {}, event.node), el("div", { class: "muted meta" },
+    el("span", {}, el("strong", {}, event.node),
+      ...(event.clock_skewed ? [" ", el("span", { class: "clock-skewed", title: `node time ${event.last_seen}` },
+        "clock off")] : []),
+      el("div", { class: "muted meta" },
       `${event.site} · score ${num(event.score ?? event.best_score, 2)}` +
       `${event.face_score === null || event.face_score === undefined ? "" : ` · face ${num(event.face_score, 2)}`}` +
       ` · ${event.state}`)),
-    el("time", { class: "muted", datetime: event.last_seen }, fmtTime(event.last_seen)));
+    el("time", { class: "muted", datetime: event.received_at, title: `node time ${event.last_seen}` },
+      fmtTime(event.received_at)));
 }
 
 function showEvent(event, fresh = true) {
