@@ -77,7 +77,7 @@ class LogCap:
                 window.suppressed += 1
                 return False
             window.logged += 1
-        self.logger.warning(msg, *args)
+        self.logger.warning(msg, *args, stacklevel=2)  # the record names the caller
         return True
 
     def flush(self) -> None:
