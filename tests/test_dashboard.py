@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,10 @@ from devsite.demo import DemoSite
 from hub.app import HubApp
 from hub.config import ApiToken, AuthConfig, HttpConfig, HubConfig, hash_token
 from shared.config import BrokerConfig
-from shared.messages import Event, utc_now
+from shared.messages import Event, NodeStats, utc_now
 from shared.mqtt import MqttClient
 from shared.topics import NodeTopics
+from tests.polling import unique_site
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -310,6 +312,51 @@ def test_a_hub_with_tokens_asks_for_one(browser: Any, broker_config: BrokerConfi
         sync_api.expect(tab.locator('#events tr[data-id="auth-e1"]')).to_be_visible(timeout=15_000)
         sync_api.expect(tab.locator("#link")).to_have_attribute("data-state", "live", timeout=10_000)  # SSE too
         sync_api.expect(dialog).not_to_have_class("open")
+    finally:
+        context.close()
+        node.stop()
+        hub.stop()
+
+
+def test_a_node_with_a_wrong_clock_is_marked(browser: Any, broker_config: BrokerConfig, tmp_path: Path) -> None:
+    """Its card says how far its clock is off; its event (stamped 1970) is marked in the feed."""
+    site = unique_site()
+    config = HubConfig(
+        broker=broker_config,
+        db_url=f"sqlite:///{tmp_path / 'hub.db'}",
+        sites=[site],
+        hub_id=f"h{site}",
+        snapshot_dir=tmp_path / "snapshots",
+        http=HttpConfig(port=free_port()),
+    )
+    hub = HubApp(config)
+    hub.start()
+    node = MqttClient(broker_config, f"dashboard-clock-{site}")
+    node.start()
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    topics = NodeTopics(site, "door-1")
+    try:
+        assert node.wait_connected(5)
+        ahead = NodeStats(site=site, node="door-1", ts=utc_now() + timedelta(hours=3), fps=4.0)
+        node.publish(topics.stats, ahead, qos=1).wait_for_publish(5)
+        stamped_1970 = Event(
+            type="new",
+            id=f"{site}-e1",
+            site=site,
+            node="door-1",
+            ts=datetime(1970, 1, 1, tzinfo=UTC),
+            label="mask",
+            score=0.9,
+            box=(1, 2, 3, 4),
+        )
+        node.publish(topics.events, stamped_1970, qos=1).wait_for_publish(5)
+        url = f"http://127.0.0.1:{hub.http_port}/"
+        _until(lambda: _call(f"{url}api/events")["total"], 15, "the event stored")
+        tab = context.new_page()
+        tab.goto(url)
+        card = tab.locator(f'#nodes article[data-node="{site}/door-1"]')
+        sync_api.expect(card.locator('[data-field="clock"]')).to_have_text("clock off by 3 h (ahead)", timeout=15_000)
+        sync_api.expect(tab.locator(f'#feed li[data-id="{site}-e1"] .clock-skewed')).to_have_text("clock off")
     finally:
         context.close()
         node.stop()
