@@ -1,4 +1,5 @@
-"""The node registry: who is online, last seen, current state, last stats, model version, desired config.
+"""The node registry: who is online, last seen, current state, last stats, model version, desired config,
+and the node's clock offset from the hub's (measured on its stats).
 
 Fed by the ingest batch (``status`` with its Last Will, ``state``, ``stats``,
 and every event as a sign of life), read by the API, the CLI and the commands.
