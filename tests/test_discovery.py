@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import queue
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jinja2
@@ -143,30 +143,26 @@ def test_value_templates_read_contract_messages() -> None:
 def test_summaries_follow_open_events_and_window() -> None:
     summaries = NodeSummaries(window_s=600, open_ttl_s=60)
 
-    def event(kind: str, event_id: str, label: str, minutes_ago: float = 0) -> Event:
+    def event(kind: str, event_id: str, label: str, minutes_ago: float = 0) -> tuple[Event, datetime]:
+        """An event stamped 1970 by a node without a clock, received ``minutes_ago``: the window is the hub's."""
+        received = NOW - timedelta(minutes=minutes_ago)
+        stamped = datetime(1970, 1, 1, tzinfo=UTC)
         return Event(
-            type=kind,
-            id=event_id,
-            site="hq",
-            node="n1",
-            ts=NOW - timedelta(minutes=minutes_ago),
-            label=label,
-            score=0.9,
-            box=(0, 0, 5, 5),
-        )
+            type=kind, id=event_id, site="hq", node="n1", ts=stamped, label=label, score=0.9, box=(0, 0, 5, 5)
+        ), received
 
-    summaries.apply(event("new", "old", "no_mask", minutes_ago=30))
-    summaries.apply(event("end", "old", "no_mask", minutes_ago=29))
-    summaries.apply(event("new", "a", "mask"))
-    summaries.apply(event("new", "b", "no_mask"))
-    summaries.apply(event("new", "b", "no_mask"))  # redelivered: counted once
+    summaries.apply(*event("new", "old", "no_mask", minutes_ago=30))
+    summaries.apply(*event("end", "old", "no_mask", minutes_ago=29))
+    summaries.apply(*event("new", "a", "mask"))
+    summaries.apply(*event("new", "b", "no_mask"))
+    summaries.apply(*event("new", "b", "no_mask"))  # redelivered: counted once
     s = summaries.summary("hq", "n1", NOW)
     assert (s.faces_in_view, s.no_mask_in_view, s.faces, s.compliance) == (2, True, 2, 0.5)
-    summaries.apply(event("update", "b", "mask"))
+    summaries.apply(*event("update", "b", "mask"))
     s = summaries.summary("hq", "n1", NOW)
     assert (s.no_mask_in_view, s.compliance) == (False, 1.0)
-    summaries.apply(event("end", "a", "mask"))
-    summaries.apply(event("end", "b", "mask"))
+    summaries.apply(*event("end", "a", "mask"))
+    summaries.apply(*event("end", "b", "mask"))
     assert summaries.summary("hq", "n1", NOW).faces_in_view == 0
     assert summaries.expire(NOW + timedelta(minutes=20)) == [("hq", "n1")]
     assert summaries.summary("hq", "n1", NOW + timedelta(minutes=20)).compliance is None
