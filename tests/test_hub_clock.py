@@ -87,6 +87,15 @@ def test_listing_is_by_receipt_and_keeps_the_first(store: Store, tmp_path: Path)
     assert [r.id for r in recent] == ["hq-n-00003", "hq-n-00002"]  # 2999 is not "recent": it came 2 min ago
 
 
+def test_compliance_counts_by_receipt(store: Store, tmp_path: Path) -> None:
+    w = writer(store, tmp_path)
+    w.write([(EVENTS, event_bytes(1, FAR)), (EVENTS, event_bytes(2, EPOCH, "no_mask"))], T0)
+    counts = EventLog(store, tmp_path).label_counts(since=T0 - timedelta(hours=1), until=T0 + timedelta(hours=1))
+    assert sorted(counts) == [("hq", "n", None, "mask", 1), ("hq", "n", None, "no_mask", 1)]
+    hours = {row[2] for row in EventLog(store, tmp_path).label_counts(by_hour=True)}
+    assert hours == {T0.strftime("%Y-%m-%dT%H:00:00Z")}
+
+
 def test_skew_is_flagged_counted_once_and_follows_max_skew(store: Store, tmp_path: Path) -> None:
     w = writer(store, tmp_path)
     late = event_bytes(1, T0 - timedelta(seconds=299))

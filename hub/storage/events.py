@@ -380,15 +380,16 @@ class EventLog:
     def label_counts(
         self, *, since: datetime | None = None, until: datetime | None = None, by_hour: bool = False
     ) -> list[tuple[str, str, str | None, str, int]]:
-        """Event counts as ``(site, node, hour or None, label, count)`` rows."""
-        hour = self._hour(EventRow.first_seen) if by_hour else None
+        """Event counts as ``(site, node, hour or None, label, count)`` rows; hours and the range are by the hub's
+        time of receipt (``received_at``), like every listing."""
+        hour = self._hour(EventRow.received_at) if by_hour else None
         columns = [EventRow.site, EventRow.node, EventRow.label]
         group = [*columns, hour] if hour is not None else columns
         conditions = []
         if since:
-            conditions.append(EventRow.first_seen >= since)
+            conditions.append(EventRow.received_at >= since)
         if until:
-            conditions.append(EventRow.first_seen < until)
+            conditions.append(EventRow.received_at < until)
         with self.store.session() as session:
             rows = session.execute(select(*group, func.count()).where(*conditions).group_by(*group)).all()
         out = []
