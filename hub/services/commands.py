@@ -34,6 +34,7 @@ from hub.storage.nodes import Registry
 from hub.views import outcome_json
 from shared import topics
 from shared.errors import ContractError
+from shared.logcap import LogCap
 from shared.messages import COMMANDS, SENDABLE_COMMANDS, Command, CommandResponse, DesiredConfig, parse, utc_now
 from shared.mqtt import MqttClient, Received
 
@@ -110,6 +111,7 @@ class Commander:
         self.registry = registry
         self._pending: dict[str, _Pending] = {}
         self._lock = threading.Lock()
+        self._reject_log = LogCap(log, "malformed answers")
 
     def listen(self, site: str | None = None) -> None:
         """Subscribe to the answers of the nodes of ``site`` (every site when ``None``)."""
@@ -119,7 +121,7 @@ class Commander:
         try:
             response = parse(CommandResponse, message.payload)
         except ContractError as exc:
-            log.warning("ignoring malformed answer on %s: %s", message.topic, exc)
+            self._reject_log.warning(exc.reason, "ignoring malformed answer on %s: %s", message.topic, exc)
             return
         with self._lock:
             pending = self._pending.get(response.request_id or "")

@@ -44,6 +44,7 @@ from hub.services.summary import NodeSummaries
 from shared import __version__
 from shared.config import BrokerConfig
 from shared.errors import ContractError
+from shared.logcap import LogCap
 from shared.messages import Event, NodeState, parse, utc_now
 from shared.mqtt import MqttClient, Received
 from shared.topics import HA_STATUS, NodeTopics, ha_discovery, node_filter, parse_topic
@@ -189,6 +190,7 @@ class HaDiscovery:
         self.sent_configs = 0
         #: invalid payloads ignored, by reason (json, schema, version, oversize, topic)
         self.rejected: Counter[str] = Counter()
+        self._reject_log = LogCap(log, "ignored messages")
         self._inbox: queue.Queue[Received | None] = queue.Queue(maxsize=10_000)
         self._nodes: dict[tuple[str, str], tuple[Limits, str | None]] = {}
         self._stopping = threading.Event()
@@ -236,7 +238,7 @@ class HaDiscovery:
                         self._publish_summary(site, node)
             except ContractError as exc:
                 self.rejected[exc.reason] += 1
-                log.warning("ignored %s: %s", message.topic if message else "tick", exc)
+                self._reject_log.warning(exc.reason, "ignored %s: %s", message.topic if message else "tick", exc)
             except Exception:
                 log.exception("Home Assistant discovery failed on %s", message.topic if message else "tick")
 
