@@ -139,6 +139,11 @@ def clock_offset_s(ts: datetime, now: datetime) -> float:
     return (ts - now).total_seconds()
 
 
+def skewed(offset_s: float, max_skew_s: float) -> bool:
+    """Whether a clock offset is too large to be delivery delay or drift (``clock.max_skew_s``)."""
+    return abs(offset_s) > max_skew_s
+
+
 def classify(
     topic: str, payload: bytes, batch: Batch, now: datetime, max_snapshot_bytes: int, max_skew_s: float
 ) -> None:
@@ -158,8 +163,9 @@ def classify(
                 raise ContractError(
                     f"event of {event.site}/{event.node} published on {topic}", field="node", reason="topic"
                 )
-            skewed = abs(clock_offset_s(event.ts, now)) > max_skew_s
-            batch.events.append(EventIn(event, now, payload, clock_skewed=skewed))
+            batch.events.append(
+                EventIn(event, now, payload, clock_skewed=skewed(clock_offset_s(event.ts, now), max_skew_s))
+            )
             batch.seen.add((info.site, info.node))
             if event.seq is not None and event.outbox_id is not None:
                 batch.delivered.event(info.site, info.node, event.outbox_id, event.seq)
@@ -192,7 +198,7 @@ def classify(
                     now,
                     payload=data.model_dump(mode="json", exclude_none=True),
                     clock_offset_s=offset,
-                    clock_skewed=offset is not None and abs(offset) > max_skew_s,
+                    clock_skewed=offset is not None and skewed(offset, max_skew_s),
                 )
             )
         else:
@@ -205,7 +211,8 @@ class BatchWriter:
     """Validates a batch and stores it in one transaction: events, snapshots, rejections, nodes, counters, alerts.
 
     A storage failure raises :class:`StorageError` with nothing committed; the caller retries the same
-    batch, which then stores each message once.
+    batch, which then stores each message once. ``max_skew_s`` (``clock.max_skew_s``) decides which event and
+    stats timestamps are flagged as off the hub's clock.
 
     Example::
 
@@ -223,7 +230,6 @@ class BatchWriter:
         max_snapshot_bytes: int,
         rejected_max_rows: int,
         max_skew_s: float = DEFAULT_MAX_SKEW_S,
-        reject_log: LogCap | None = None,
     ) -> None:
         self.store = store
         self.events = events
@@ -233,7 +239,8 @@ class BatchWriter:
         self.max_snapshot_bytes = max_snapshot_bytes
         self.rejected_max_rows = rejected_max_rows
         self.max_skew_s = max_skew_s
-        self.reject_log = reject_log or LogCap(log, "rejections")
+        #: rejections are logged through this cap (a few lines per reason and minute); counted exactly elsewhere
+        self.reject_log = LogCap(log, "rejections")
 
     def write(self, messages: list[Message], now: datetime) -> BatchResult:
         """Validate ``messages`` (received at ``now``) and commit them; alerts are returned, not published."""
