@@ -151,8 +151,20 @@ class CameraConfig(StrictModel):
 
     width: int | None = Field(None, description="requested width (camera index / picamera)")
     height: int | None = None
-    retry_min_s: float = Field(0.5, gt=0)
-    retry_max_s: float = Field(30.0, gt=0)
+    retry_min_s: float = Field(0.5, gt=0, le=3600, description="first wait before reopening a failed camera")
+    retry_max_s: float = Field(30.0, gt=0, le=3600, description="longest wait between reopen attempts (doubling)")
+    stall_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="no frame for this long: the camera is reported down (camera_ok false) until frames return",
+    )
+
+    @model_validator(mode="after")
+    def _retry_order(self) -> CameraConfig:
+        if self.retry_min_s > self.retry_max_s:
+            raise ValueError(f"retry_min_s ({self.retry_min_s}) must not exceed retry_max_s ({self.retry_max_s})")
+        return self
 
 
 class PreviewConfig(StrictModel):

@@ -29,6 +29,7 @@ class NodeRuntime:
     min_deg: float = -90.0
     max_deg: float = 90.0
     delivery_error: str | None = None
+    camera_error: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -52,4 +53,6 @@ class NodeRuntime:
             profile=self.profile,
             source=self.source,
             delivery_error=self.delivery_error,
+            camera_ok=self.camera_error is None,
+            camera_error=self.camera_error,
         )

@@ -112,9 +112,27 @@ def event_feed_json(row: EventRow) -> dict[str, Any]:
     }
 
 
+def camera_health(state: dict[str, Any] | None, stats: dict[str, Any] | None) -> tuple[bool | None, str | None]:
+    """``(camera_ok, camera_error)`` from the newer (by the node's ``ts``) of its stored state and stats that says;
+    ``(None, None)`` when neither does.
+
+    >>> camera_health({"ts": "2026-01-01T12:00:05Z", "camera_ok": False, "camera_error": "no frame for 10 s"},
+    ...               {"ts": "2026-01-01T12:00:00Z", "camera_ok": True})
+    (False, 'no frame for 10 s')
+    >>> camera_health(None, {"ts": "2026-01-01T12:00:00Z", "camera_ok": True})
+    (True, None)
+    """
+    said = [p for p in (state, stats) if p and isinstance(p.get("camera_ok"), bool) and isinstance(p.get("ts"), str)]
+    if not said:
+        return None, None
+    newest = max(said, key=lambda p: datetime.fromisoformat(p["ts"]))
+    return newest["camera_ok"], newest.get("camera_error")
+
+
 def node_json(row: NodeRow) -> dict[str, Any]:
     """The public JSON form of a registry entry; ``clock_offset_s`` is the node's clock minus the hub's at its
     last stats message, ``clock_skewed`` whether that exceeds ``clock.max_skew_s``."""
+    camera_ok, camera_error = camera_health(row.state, row.stats)
     return {
         "site": row.site,
         "node": row.node,
@@ -122,6 +140,8 @@ def node_json(row: NodeRow) -> dict[str, Any]:
         "status_at": row.status_at.isoformat() if row.status_at else None,
         "last_seen": row.last_seen.isoformat() if row.last_seen else None,
         "model": row.model,
+        "camera_ok": camera_ok,
+        "camera_error": camera_error,
         "state": row.state,
         "stats": row.stats,
         "desired": row.desired,

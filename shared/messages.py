@@ -203,6 +203,8 @@ class NodeState(Message):
     profile: Profile = Profile.NEAR
     source: str | None = None
     delivery_error: str | None = Field(None, max_length=MAX_ERROR_CHARS, description="as in stats")
+    camera_ok: StrictBool = Field(True, description="as in stats (absent from older nodes: read true)")
+    camera_error: str | None = Field(None, max_length=MAX_ERROR_CHARS, description="as in stats")
 
 
 class NodeStats(Message):
@@ -229,8 +231,14 @@ class NodeStats(Message):
     reconnects: Count64 = 0
     uptime_s: StrictFloat = Field(0, ge=0)
     cpu_temp_c: StrictFloat | None = None
-    camera_ok: StrictBool = True
-    camera_error: str | None = None
+    camera_ok: StrictBool = Field(
+        True, description="frames are coming: the source is open and gave a frame within camera.stall_timeout_s"
+    )
+    camera_error: str | None = Field(
+        None,
+        max_length=MAX_ERROR_CHARS,
+        description='why camera_ok is false, e.g. "cannot open camera \'/dev/video0\' ..." or "no frame for 12 s"',
+    )
     rejected: dict[str, Count64] = Field(default_factory=dict, description="rejected commands by reason")
 
 

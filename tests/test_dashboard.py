@@ -24,9 +24,10 @@ from devsite.demo import DemoSite
 from hub.app import HubApp
 from hub.config import ApiToken, AuthConfig, HttpConfig, HubConfig, hash_token
 from shared.config import BrokerConfig
-from shared.messages import Event, NodeStats, utc_now
+from shared.messages import Event, NodeState, NodeStats, ServoState, utc_now
 from shared.mqtt import MqttClient
 from shared.topics import NodeTopics
+from shared.vocabulary import ServoMode
 from tests.polling import unique_site
 
 REPO = Path(__file__).resolve().parents[1]
@@ -392,3 +393,61 @@ def test_a_stopped_node_turns_offline_on_both_pages(demo: DemoSite, page: Any) -
     sync_api.expect(page.locator('#controls article[data-node="demo/demo-2"]')).to_have_attribute(
         "data-status", "offline", timeout=15_000
     )
+
+
+def test_a_node_whose_camera_is_down_gets_a_red_card_with_the_reason(
+    browser: Any, broker_config: BrokerConfig, tmp_path: Path
+) -> None:
+    """Issue 16 probe: a dead camera looked healthy; its card now turns red naming why, and back when it recovers."""
+    config = HubConfig(
+        broker=broker_config,
+        db_url=f"sqlite:///{tmp_path / 'hub.db'}",
+        sites=["camsite"],
+        hub_id="dashboard-camera",
+        snapshot_dir=tmp_path / "snapshots",
+        http=HttpConfig(port=free_port()),
+    )
+    hub = HubApp(config)
+    hub.start()
+    node = MqttClient(broker_config, "dashboard-camera-node")
+    node.start()
+    topics = NodeTopics("camsite", "door-1")
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+
+    def publish_state(camera_error: str | None) -> None:
+        state = NodeState(
+            site="camsite",
+            node="door-1",
+            ts=utc_now(),
+            servo=ServoState(mode=ServoMode.OFF, min_deg=-90.0, max_deg=90.0),
+            threshold=0.5,
+            detect=True,
+            model="m",
+            camera_ok=camera_error is None,
+            camera_error=camera_error,
+        )
+        node.publish(topics.state, state, qos=1, retain=True).wait_for_publish(5)
+
+    try:
+        assert node.wait_connected(5)
+        node.publish(topics.status, b"online", qos=1, retain=True).wait_for_publish(5)
+        publish_state("cannot open camera '/dev/video0' (missing, busy or unsupported)")
+        tab = context.new_page()
+        tab.goto(f"http://127.0.0.1:{hub.http_port}/")
+        card = tab.locator('#nodes article[data-node="camsite/door-1"]')
+        sync_api.expect(card).to_have_attribute("data-camera", "down", timeout=15_000)
+        sync_api.expect(card).to_have_class("card camera-down")
+        sync_api.expect(card.locator('[data-field="camera"]')).to_have_text(
+            "cannot open camera '/dev/video0' (missing, busy or unsupported)"
+        )
+        red = tab.evaluate("getComputedStyle(document.querySelector('article.camera-down')).borderTopColor")
+        assert red == "rgb(217, 48, 37)"  # --no-mask
+        publish_state(None)
+        sync_api.expect(card).to_have_attribute("data-camera", "ok", timeout=15_000)
+        sync_api.expect(card.locator('[data-field="camera"]')).to_have_count(0)
+    finally:
+        context.close()
+        node.publish(topics.state, b"", qos=1, retain=True)
+        node.publish(topics.status, b"", qos=1, retain=True)
+        node.stop()
+        hub.stop()

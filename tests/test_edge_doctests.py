@@ -19,6 +19,7 @@ import pytest
         "edge.delivery.stats",
         "shared.vocabulary",
         "shared.logcap",
+        "hub.views",
     ],
 )
 def test_docstring_examples_run(module: str) -> None:

@@ -25,10 +25,13 @@ function renderCard(node) {
   const servo = state.servo || {};
   const stats = node.stats || {};
   const last = latest.get(key);
-  const card = el("article", { class: "card", dataset: { node: key, status: node.status } },
+  const cameraDown = node.camera_ok === false;
+  const card = el("article", { class: cameraDown ? "card camera-down" : "card",
+    dataset: { node: key, status: node.status, camera: cameraDown ? "down" : "ok" } },
     el("h3", {}, el("i", { class: `dot ${node.status}` }), node.node,
       el("span", { class: "status-text" }, `${node.site} · ${node.status}`)),
     el("dl", {},
+      ...(cameraDown ? field("camera", el("span", { class: "error" }, node.camera_error || "down")) : []),
       field("fps", num(stats.fps)),
       field("angle", servo.angle === null || servo.angle === undefined ? "detached" : `${num(servo.angle, 0)}°`),
       field("mode", servo.mode || "–"),
