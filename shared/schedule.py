@@ -31,7 +31,7 @@ from functools import cached_property
 from typing import Annotated, Literal, NamedTuple, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from shared.vocabulary import ServoAngle
 
@@ -97,6 +97,47 @@ class Window(BaseModel):
 
 
 Windows = Annotated[tuple[Window, ...], Field(max_length=MAX_WINDOWS)]
+
+
+def _days(text: str) -> list[Weekday]:
+    """``mon-fri,sun`` as days (ranges may wrap: ``fri-mon``); ``daily`` is every day."""
+    if text == "daily":
+        return list(WEEKDAYS)
+    days: list[Weekday] = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        if first not in WEEKDAYS or (last and last not in WEEKDAYS):
+            raise ValueError(f"unknown day in {part!r}: use {', '.join(WEEKDAYS)}, ranges like mon-fri, or daily")
+        i, j = WEEKDAYS.index(first), WEEKDAYS.index(last or first)
+        days += [WEEKDAYS[k % 7] for k in range(i, j + 1 if j >= i else j + 8)]
+    return list(dict.fromkeys(days))
+
+
+def window_spec(text: str) -> Window:
+    """A window written on the command line: ``[DAYS ]HH:MM-HH:MM`` (days default to every day).
+
+    >>> window_spec("mon-fri 07:00-19:00").days
+    ('mon', 'tue', 'wed', 'thu', 'fri')
+    >>> window_spec("fri-sun 22:00-02:00").end
+    '02:00'
+    >>> window_spec("07:00-19:00") == window_spec("daily 07:00-19:00")
+    True
+
+    :raises ValueError: saying what is wrong.
+    """
+    days, _, times = text.strip().rpartition(" ")
+    start, sep, end = times.partition("-")
+    if not sep:
+        raise ValueError(f"{text!r}: write [DAYS ]HH:MM-HH:MM, e.g. 'mon-fri 07:00-19:00'")
+    fields: dict[str, object] = {"start": start, "end": end}
+    if days.strip():
+        fields["days"] = _days(days.strip())
+    try:
+        return Window.model_validate(fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ValueError(f"{text!r}: {where + ': ' if where else ''}{err['msg']}") from None
 
 
 class ScheduleStatus(NamedTuple):
