@@ -22,10 +22,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, get_args
+from typing import TYPE_CHECKING, Any, TypeVar, get_args
 
 from hub.config import HubConfig, hash_token
 from hub.services.auth import new_token
@@ -35,7 +35,7 @@ from shared.config import load_config, merge, parse_host_port, parse_set_options
 from shared.errors import ConfigError, MaskwatchError
 from shared.messages import Alert, parse
 from shared.mqtt import MqttClient, Received
-from shared.schedule import Window, window_spec
+from shared.schedule import check_timezone, window_spec
 from shared.vocabulary import SERVO_RANGE_DEG, Label, ServoMode, check_threshold
 
 if TYPE_CHECKING:
@@ -179,11 +179,19 @@ def _add_threshold(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_threshold)
 
 
-def _window(text: str) -> Window:
-    try:
-        return window_spec(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+T = TypeVar("T")
+
+
+def _argument(check: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse ``type`` from a checker that raises ValueError: its message becomes the usage error."""
+
+    def parse(text: str) -> T:
+        try:
+            return check(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
 
 
 def _add_schedule(subparsers: argparse._SubParsersAction) -> None:
@@ -208,13 +216,19 @@ def _add_schedule(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _command_options(parser)
-    parser.add_argument("--timezone", required=True, metavar="TZ", help="IANA time zone, e.g. Europe/Berlin")
+    parser.add_argument(
+        "--timezone",
+        required=True,
+        type=_argument(check_timezone),
+        metavar="TZ",
+        help="IANA time zone, e.g. Europe/Berlin",
+    )
     for option, what in (
         ("--detect", "detection runs only in these windows"),
         ("--open", "opening hours: outside them the servo is parked"),
         ("--quiet", "quiet hours: events are stored but raise no alert"),
     ):
-        parser.add_argument(option, type=_window, action="append", metavar="WINDOW", help=what)
+        parser.add_argument(option, type=_argument(window_spec), action="append", metavar="WINDOW", help=what)
     low, high = SERVO_RANGE_DEG
     parser.add_argument(
         "--park-deg",

@@ -51,6 +51,21 @@ MAX_WINDOWS = 32
 HORIZON = timedelta(days=7)
 
 
+def check_timezone(name: str) -> str:
+    """``name`` if it is an IANA time zone this machine knows, else :class:`ValueError` saying so.
+
+    >>> check_timezone("Mars/Olympus")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown IANA time zone 'Mars/Olympus' (e.g. Europe/Berlin, UTC)
+    """
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown IANA time zone {name!r} (e.g. Europe/Berlin, UTC)") from None
+    return name
+
+
 def _clock(value: str) -> tuple[time, int]:
     """``HH:MM`` as a time and a day offset (``24:00`` is 00:00 of the next day)."""
     hours, minutes = (int(part) for part in value.split(":"))
@@ -170,11 +185,7 @@ class Schedule(BaseModel):
     @field_validator("timezone")
     @classmethod
     def _iana(cls, name: str) -> str:
-        try:
-            ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown IANA time zone {name!r} (e.g. Europe/Berlin, UTC)") from None
-        return name
+        return check_timezone(name)
 
     @cached_property
     def zone(self) -> ZoneInfo:
