@@ -10,13 +10,14 @@ from typing import Any
 
 import pytest
 
-from edge.config import ServoConfig
+from edge.commands import NodeCommands
+from edge.config import ServoConfig, load_edge_config
 from edge.devices.servo import PanServo, ServoPlanner
 from edge.scheduler import Scheduler
 from edge.state import NodeRuntime
 from shared.config import BrokerConfig
-from shared.errors import ContractError
-from shared.messages import NodeState, ScheduleCommand, ScheduleState, parse
+from shared.errors import ConfigError, ContractError
+from shared.messages import DesiredConfig, NodeState, ScheduleCommand, ScheduleState, parse
 from shared.schedule import Schedule, ScheduleStatus, window_spec
 from shared.vocabulary import SERVO_RANGE_DEG
 from tests import edge_node
@@ -136,8 +137,13 @@ def test_bad_schedules_are_refused_naming_the_field(fields: dict[str, Any], wher
 def test_window_spec_of_the_command_line() -> None:
     assert window_spec("fri-mon 22:00-02:00").days == ("fri", "sat", "sun", "mon")
     assert window_spec("mon,wed 07:00-24:00").model_dump() == {"days": ("mon", "wed"), "start": "07:00", "end": "24:00"}
-    for bad in ("mon-fri", "someday 07:00-08:00", "07:00-07:00", "mon 7-8"):
-        with pytest.raises(ValueError, match=repr(bad)[1:-1].split(" ")[0]):
+    for bad, reason in (
+        ("mon-fri", "write \\[DAYS \\]HH:MM-HH:MM"),
+        ("someday 07:00-08:00", "unknown day in 'someday'"),
+        ("07:00-07:00", "an empty window"),
+        ("mon 7-8", "start: String should match pattern"),
+    ):
+        with pytest.raises(ValueError, match=reason):
             window_spec(bad)
 
 
@@ -176,6 +182,36 @@ def test_scheduler_parks_the_servo_gates_detection_and_restores_the_mode(mock_pi
         state = NodeState.model_validate_json(runtime.state().to_json())
         assert state.schedule is not None and state.schedule.next_change == utc(2026, 3, 26, 17)
         assert scheduler.set(None) is None and runtime.state().schedule is None and runtime.detecting
+    finally:
+        servo.close()
+
+
+def test_edge_config_yaml_schedule_and_its_errors(tmp_path: Path) -> None:
+    path = tmp_path / "node.yaml"
+    path.write_text(
+        "site: hq\nnode: door-1\nschedule:\n  timezone: Europe/Berlin\n"
+        "  open:\n    - {days: [mon, tue], start: '08:00', end: '18:00'}\n  park_deg: 10\n"
+    )
+    schedule = load_edge_config(path).schedule
+    assert schedule is not None and schedule.open is not None and schedule.open[0].days == ("mon", "tue")
+    assert load_edge_config(None, {"site": "hq", "node": "n"}).schedule is None
+    with pytest.raises(ConfigError, match=r"schedule\.timezone"):
+        load_edge_config(None, {"site": "hq", "node": "n", "schedule": {"timezone": "Berlin"}})
+
+
+def test_desired_schedule_and_servo_mode_applied_together(mock_pins: Any) -> None:
+    config = ServoConfig(mode="sweep")
+    servo, planner = PanServo(config, mock_pins), ServoPlanner(config)
+    runtime = NodeRuntime(site="s", node="n", threshold=0.5, servo=servo, planner=planner)
+    scheduler = Scheduler(runtime, servo=servo, planner=planner, clock=Clock(utc(2026, 3, 26, 5)))
+    commands = NodeCommands(
+        runtime, servo=servo, planner=planner, scheduler=scheduler, snapshot=lambda rid: {}, config=lambda: {}
+    )
+    try:
+        commands.apply_desired(DesiredConfig(schedule=OFFICE, servo_mode="track"))
+        assert scheduler.parked and planner.mode == "hold" and runtime.schedule == OFFICE
+        commands.apply_desired(DesiredConfig(schedule=berlin()))  # only a time zone: every restriction lifted
+        assert not scheduler.parked and planner.mode == "track"
     finally:
         servo.close()
 
