@@ -142,7 +142,7 @@ def window_spec(text: str) -> Window:
     """
     days, _, times = text.strip().rpartition(" ")
     start, sep, end = times.partition("-")
-    if not sep:
+    if not sep or ":" not in times:
         raise ValueError(f"{text!r}: write [DAYS ]HH:MM-HH:MM, e.g. 'mon-fri 07:00-19:00'")
     fields: dict[str, object] = {"start": start, "end": end}
     if days.strip():
