@@ -141,7 +141,7 @@ def test_window_spec_of_the_command_line() -> None:
         ("mon-fri", "write \\[DAYS \\]HH:MM-HH:MM"),
         ("someday 07:00-08:00", "unknown day in 'someday'"),
         ("07:00-07:00", "an empty window"),
-        ("mon 7-8", "start: String should match pattern"),
+        ("mon 7:00-08:00", "start: String should match pattern"),
     ):
         with pytest.raises(ValueError, match=reason):
             window_spec(bad)
