@@ -18,6 +18,7 @@ import pytest
         "edge.devices.indicator",
         "edge.delivery.stats",
         "shared.vocabulary",
+        "shared.schedule",
     ],
 )
 def test_docstring_examples_run(module: str) -> None:
