@@ -2,7 +2,8 @@
 
 Threads (all stop on one shared Event, in reverse order): ``capture`` (the
 source), ``inference`` (the :class:`~edge.pipeline.Pipeline`), ``servo``,
-``commands`` (the :class:`~edge.commands.Dispatcher`), ``stats``, ``preview``,
+``commands`` (the :class:`~edge.commands.Dispatcher`), ``stats``, ``schedule``
+(the :class:`~edge.scheduler.Scheduler`), ``preview``,
 and ``delivery`` (the outbox :class:`~edge.delivery.outbox.Courier`), which stops last
 so what the others produced is flushed. MQTT's own network thread only
 enqueues.
@@ -36,6 +37,7 @@ from edge.devices.indicator import Indicator
 from edge.devices.pins import make_pin_factory
 from edge.devices.servo import PanServo, ServoPlanner, drive
 from edge.pipeline import Pipeline
+from edge.scheduler import Scheduler
 from edge.state import NodeRuntime
 from edge.vision.classifier import Classifier, MaskClassifier
 from edge.vision.detector import FaceDetector, create_detector
@@ -181,10 +183,13 @@ class EdgeApp:
             planner=self.planner,
             indicator=self.indicator,
         )
+        self.scheduler = Scheduler(self.runtime, servo=self.servo, planner=self.planner, on_change=self.publish_state)
+        self.scheduler.set(cfg.schedule)
         self.commands = NodeCommands(
             self.runtime,
             servo=self.servo,
             planner=self.planner,
+            scheduler=self.scheduler,
             snapshot=self.publish_snapshot,
             config=lambda: redacted(cfg),
         )
@@ -211,6 +216,7 @@ class EdgeApp:
             ("inference", lambda: self.pipeline.run(self.stopping, self.capture)),
             ("commands", lambda: self.dispatcher.run(self.stopping)),
             ("stats", self._stats_loop),
+            ("schedule", lambda: self.scheduler.run(self.stopping)),
         ]
         if self.servo and self.planner:
             servo, planner = self.servo, self.planner

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edge.devices.servo import PanServo, ServoPlanner
+from edge.scheduler import Scheduler
 from edge.state import NodeRuntime
 from shared.errors import CommandRejected, ContractError
 from shared.logcap import LogCap
@@ -33,6 +34,8 @@ from shared.messages import (
     CommandResponse,
     DesiredConfig,
     DetectCommand,
+    ScheduleCommand,
+    ScheduleState,
     ServoCommand,
     ThresholdCommand,
     parse,
@@ -187,6 +190,7 @@ class NodeCommands:
     :param runtime: threshold and detect switch.
     :param servo: the pan servo (``None``: servo commands are rejected).
     :param planner: the servo's planner.
+    :param scheduler: applies the schedule (and parks the servo outside opening hours).
     :param snapshot: publishes a JPEG of the current frame now on ``.../snapshot/<request_id>`` and returns
         what it published.
     :param config: returns the effective config, secrets removed.
@@ -198,12 +202,14 @@ class NodeCommands:
         *,
         servo: PanServo | None,
         planner: ServoPlanner | None,
+        scheduler: Scheduler,
         snapshot: Callable[[str], dict[str, Any]],
         config: Callable[[], dict[str, Any]],
     ) -> None:
         self.runtime = runtime
         self.servo = servo
         self.planner = planner
+        self.scheduler = scheduler
         self._snapshot = snapshot
         self._config = config
 
@@ -215,6 +221,10 @@ class NodeCommands:
         assert isinstance(command, ServoCommand)
         if self.servo is None or self.planner is None:
             raise CommandRejected("this node has no servo (servo.enabled is false)")
+        status = self.runtime.schedule_status
+        if self.scheduler.parked and status is not None:
+            until = status.next_change.isoformat() if status.next_change else "the schedule changes"
+            raise CommandRejected(f"the servo is parked outside opening hours (schedule) until {until}")
         clamped = False
         angle = None
         if command.angle is not None:
@@ -252,6 +262,15 @@ class NodeCommands:
             self.runtime.detect = command.enabled
         return {"detect": command.enabled}
 
+    def _on_schedule(self, command: Command) -> Any:
+        assert isinstance(command, ScheduleCommand)
+        status = self.scheduler.set(command.schedule)
+        assert status is not None
+        return {
+            "schedule": command.schedule.model_dump(mode="json", exclude_none=True),
+            "status": ScheduleState.of(status).model_dump(mode="json", exclude_none=True),
+        }
+
     def _on_snapshot(self, command: Command) -> Any:
         return self._snapshot(command.request_id)
 
@@ -265,6 +284,8 @@ class NodeCommands:
                 self.runtime.threshold = desired.threshold
             if desired.detect is not None:
                 self.runtime.detect = desired.detect
+        if desired.schedule is not None:
+            self.scheduler.set(desired.schedule)
         if (
             self.servo is not None
             and self.planner is not None
@@ -272,7 +293,7 @@ class NodeCommands:
         ):
             angle = None if desired.servo_angle is None else self.servo.clamp(desired.servo_angle)[0]
             mode = desired.servo_mode or (ServoMode.HOLD if angle is not None else self.planner.mode)
-            self.planner.set_mode(mode, angle=angle)
+            self.scheduler.set_servo(mode, angle)
 
 
 _unhandled = [name for name in COMMANDS if not callable(getattr(NodeCommands, handler_name(name), None))]

@@ -16,8 +16,10 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from shared.config import BrokerConfig, Identifier, StrictModel, load_config, parse_host_port
+from shared.schedule import Schedule
 from shared.vocabulary import (
     DEFAULT_FACE_SCORES,
+    SERVO_RANGE_DEG,
     Probability,
     Profile,
     ServoMode,
@@ -78,8 +80,8 @@ class ServoConfig(StrictModel):
 
     enabled: bool = True
     pin: int | str = Field(17, description="GPIO of the servo signal")
-    min_deg: float = Field(-90, ge=-180, le=0)
-    max_deg: float = Field(90, ge=0, le=180)
+    min_deg: float = Field(-90, ge=SERVO_RANGE_DEG[0], le=0)
+    max_deg: float = Field(90, ge=0, le=SERVO_RANGE_DEG[1])
     min_pulse_width_s: float = Field(0.001, gt=0, le=0.005)
     max_pulse_width_s: float = Field(0.002, gt=0, le=0.005)
     frame_width_s: float = Field(0.02, gt=0, le=0.1)
@@ -203,6 +205,9 @@ class EdgeConfig(StrictModel):
         f"the profile's, {describe_profile_defaults(DEFAULT_FACE_SCORES)})",
     )
     detect: bool = Field(True, description="inference running at start")
+    schedule: Schedule | None = Field(
+        None, description="when the node detects, is open (servo not parked) and is quiet (see docs/edge.md)"
+    )
     min_face_px: int = Field(16, ge=4, description="smaller detections are ignored")
     stats_interval_s: float = Field(10.0, gt=0)
     pin_factory: Literal["auto", "mock", "lgpio", "pigpio", "rpigpio", "native"] = Field(

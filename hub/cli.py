@@ -1,7 +1,7 @@
 """Subcommands of ``maskwatch`` provided by the hub package.
 
 ``hub`` runs the hub; ``events``, ``nodes`` and ``prune`` read or clean its
-database (or, for ``events``/``nodes``, its API); ``servo``, ``threshold`` and
+database (or, for ``events``/``nodes``, its API); ``servo``, ``threshold``, ``schedule`` and
 ``alerts`` talk MQTT directly, so they work without a hub. Command exit codes:
 0 the node answered ``ok``, 1 it answered ``error`` (printed), 3 no answer in time.
 Modules of the hub extra (SQLAlchemy, FastAPI, uvicorn) are imported inside the handlers, so
@@ -22,10 +22,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, get_args
+from typing import TYPE_CHECKING, Any, TypeVar, get_args
 
 from hub.config import HubConfig, hash_token
 from hub.services.auth import new_token
@@ -35,7 +35,8 @@ from shared.config import load_config, merge, parse_host_port, parse_set_options
 from shared.errors import ConfigError, MaskwatchError
 from shared.messages import Alert, parse
 from shared.mqtt import MqttClient, Received
-from shared.vocabulary import Label, ServoMode, check_threshold
+from shared.schedule import check_timezone, window_spec
+from shared.vocabulary import SERVO_RANGE_DEG, Label, ServoMode, check_threshold
 
 if TYPE_CHECKING:
     from hub.storage.database import Store
@@ -58,6 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_nodes(subparsers)
     _add_servo(subparsers)
     _add_threshold(subparsers)
+    _add_schedule(subparsers)
     _add_alerts(subparsers)
     _add_prune(subparsers)
 
@@ -178,6 +180,66 @@ def _add_threshold(subparsers: argparse._SubParsersAction) -> None:
     _command_options(parser)
     parser.add_argument("value", type=finite_float, metavar="VALUE", help="threshold in 0..1")
     parser.set_defaults(handler=run_threshold)
+
+
+T = TypeVar("T")
+
+
+def _argument(check: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse ``type`` from a checker that raises ValueError: its message becomes the usage error."""
+
+    def parse(text: str) -> T:
+        try:
+            return check(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def _add_schedule(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "schedule",
+        help="set a node's schedule: detection hours, opening hours (servo parked outside), quiet hours",
+        description="Replace a node's schedule over MQTT and wait for the answer; the hub keeps it in the node's "
+        "retained desired config (with --db), so a node that was away applies it when it reconnects.\n\n"
+        "Windows are wall-clock times of --timezone (daylight saving time included), written "
+        "[DAYS ]HH:MM-HH:MM: DAYS is daily (the default), a day (mon..sun), a range (mon-fri) or a list "
+        "(mon,wed,sat-sun); an end not after the start runs past midnight (the days name the day it starts); "
+        "24:00 is the end of the day. Repeat an option for several windows.\n\n"
+        "Without --detect the node detects at any time; without --open it is always open; without --quiet it "
+        "has no quiet hours. So a schedule of only --timezone lifts every restriction. Quiet-hours events are "
+        "stored by the hub but raise no alert.\n\n"
+        "Exit 0 on 'ok', 1 on an 'error' answer, 3 when no answer came in time.",
+        epilog="Examples:\n"
+        "  maskwatch schedule --site hq --node door-1 --timezone Europe/Berlin \\\n"
+        "      --detect 'mon-fri 07:00-19:00' --detect 'sat 09:00-13:00' --open 'mon-fri 08:00-18:00' \\\n"
+        "      --quiet '22:00-06:00' --park-deg 0\n"
+        "  maskwatch schedule --site hq --node all --timezone UTC      # lift every restriction",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _command_options(parser)
+    parser.add_argument(
+        "--timezone",
+        required=True,
+        type=_argument(check_timezone),
+        metavar="TZ",
+        help="IANA time zone, e.g. Europe/Berlin",
+    )
+    for option, what in (
+        ("--detect", "detection runs only in these windows"),
+        ("--open", "opening hours: outside them the servo is parked"),
+        ("--quiet", "quiet hours: events are stored but raise no alert"),
+    ):
+        parser.add_argument(option, type=_argument(window_spec), action="append", metavar="WINDOW", help=what)
+    low, high = SERVO_RANGE_DEG
+    parser.add_argument(
+        "--park-deg",
+        type=finite_float,
+        metavar="DEG",
+        help=f"where the servo is parked, {low:g}..{high:g} degrees, clamped to the node's limits (default 0)",
+    )
+    parser.set_defaults(handler=run_schedule)
 
 
 def _add_alerts(subparsers: argparse._SubParsersAction) -> None:
@@ -451,6 +513,17 @@ def run_servo(args: argparse.Namespace) -> int:
 def run_threshold(args: argparse.Namespace) -> int:
     """``maskwatch threshold``."""
     return send_command(args, "threshold", {"value": check_threshold(args.value)})
+
+
+def run_schedule(args: argparse.Namespace) -> int:
+    """``maskwatch schedule``."""
+    fields: dict[str, Any] = {"timezone": args.timezone}
+    for kind in ("detect", "open", "quiet"):
+        if getattr(args, kind):
+            fields[kind] = [window.model_dump(mode="json") for window in getattr(args, kind)]
+    if args.park_deg is not None:
+        fields["park_deg"] = args.park_deg
+    return send_command(args, "schedule", {"schedule": fields})
 
 
 def run_alerts(args: argparse.Namespace) -> int:

@@ -38,6 +38,7 @@ from pydantic import (
 )
 
 from shared.errors import ContractError
+from shared.schedule import Schedule, ScheduleStatus
 from shared.topics import EVENT_ID_PATTERN, ID_PATTERN
 from shared.vocabulary import Label, Probability, Profile, ServoMode
 
@@ -164,6 +165,10 @@ class Event(Message):
         "on .../ack (absent with the node's delivery: broker)",
     )
     outbox_id: OutboxId | None = Field(None, description="the outbox that numbered it (with seq)")
+    quiet: StrictBool | None = Field(
+        None,
+        description="true: observed in the node's quiet hours (stored by the hub, raises no alert); absent otherwise",
+    )
 
     @field_validator("box")
     @classmethod
@@ -190,6 +195,26 @@ class ServoState(BaseModel):
     max_deg: StrictFloat
 
 
+class ScheduleState(BaseModel):
+    """Schedule part of a node's state: what its schedule allows now (:class:`shared.schedule.ScheduleStatus`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    detect: StrictBool = Field(description="the schedule lets detection run")
+    parked: StrictBool = Field(description="outside opening hours: the servo is parked")
+    quiet: StrictBool = Field(description="quiet hours: events are marked quiet and raise no alert")
+    next_change: UtcTime | None = Field(None, description="when one of the three next changes (absent: not this week)")
+
+    @field_serializer("next_change", when_used="json")
+    def _iso(self, value: datetime | None) -> str | None:
+        return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+    @classmethod
+    def of(cls, status: ScheduleStatus) -> ScheduleState:
+        """The state message part of an evaluated schedule."""
+        return cls(**status._asdict())
+
+
 class NodeState(Message):
     """Retained ``.../state``: what the node is doing now."""
 
@@ -198,13 +223,16 @@ class NodeState(Message):
     ts: UtcTime
     servo: ServoState
     threshold: StrictProbability = Field(description="no-mask probability at or above which a face is no_mask")
-    detect: StrictBool = Field(description="inference running")
+    detect: StrictBool = Field(
+        description="inference switched on (config, cmd/detect); with a schedule it runs while schedule.detect too"
+    )
     model: str = Field(max_length=128, description="classifier model version")
     profile: Profile = Profile.NEAR
     source: str | None = None
     delivery_error: str | None = Field(None, max_length=MAX_ERROR_CHARS, description="as in stats")
     camera_ok: StrictBool = Field(True, description="as in stats (absent from older nodes: read true)")
     camera_error: str | None = Field(None, max_length=MAX_ERROR_CHARS, description="as in stats")
+    schedule: ScheduleState | None = Field(None, description="what the node's schedule allows now (absent: none)")
 
 
 class NodeStats(Message):
@@ -309,6 +337,17 @@ class DetectCommand(Command):
         return {"detect": self.enabled}
 
 
+class ScheduleCommand(Command):
+    """``cmd/schedule``: replace the node's schedule (a schedule of only a ``timezone`` lifts every restriction)."""
+
+    name: ClassVar[str] = "schedule"
+
+    schedule: Schedule
+
+    def desired_changes(self) -> dict[str, Any]:
+        return {"schedule": self.schedule.model_dump(mode="json", exclude_none=True)}
+
+
 class SnapshotCommand(Command):
     """``cmd/snapshot``: publish a JPEG of the current frame now."""
 
@@ -324,7 +363,8 @@ class ConfigCommand(Command):
 
 #: Every command by its name: the one list of the commands a node understands.
 COMMANDS: dict[str, type[Command]] = {
-    cls.name: cls for cls in (ServoCommand, ThresholdCommand, DetectCommand, SnapshotCommand, ConfigCommand)
+    cls.name: cls
+    for cls in (ServoCommand, ThresholdCommand, DetectCommand, ScheduleCommand, SnapshotCommand, ConfigCommand)
 }
 #: The commands the hub may send, in :data:`COMMANDS` order.
 SENDABLE_COMMANDS: tuple[str, ...] = tuple(name for name, cls in COMMANDS.items() if cls.sendable)
@@ -364,6 +404,7 @@ class DesiredConfig(Message):
     servo_mode: ServoMode | None = None
     servo_angle: StrictFloat | None = Field(None, allow_inf_nan=False)
     detect: StrictBool | None = None
+    schedule: Schedule | None = None
 
 
 class Alert(Message):

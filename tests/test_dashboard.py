@@ -133,6 +133,7 @@ def test_live_page_shows_every_node_online(demo: DemoSite, page: Any, shots: Pat
         card = page.locator(f'#nodes article[data-node="demo/demo-{index}"]')
         sync_api.expect(card.locator('[data-field="mode"]')).not_to_have_text(MISSING)
         sync_api.expect(card.locator('[data-field="fps"]')).not_to_have_text(MISSING, timeout=20_000)
+        sync_api.expect(card.locator('[data-field="schedule"]')).to_have_text("none")  # demo nodes keep no hours
     sync_api.expect(page.locator("#link")).to_have_attribute("data-state", "live")
     sync_api.expect(page.locator("#feed li").first).to_be_visible()
     page.screenshot(path=str(shots / "live.png"), full_page=True)

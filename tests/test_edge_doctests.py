@@ -20,6 +20,7 @@ import pytest
         "shared.vocabulary",
         "shared.logcap",
         "hub.views",
+        "shared.schedule",
     ],
 )
 def test_docstring_examples_run(module: str) -> None:

@@ -161,3 +161,43 @@ def test_alerts_command_follows_the_site(
         0.91,
     )
     assert cli(broker_config, "alerts", "--site", site, "--count", "1", "--timeout", "0.5") == 3
+
+
+def test_schedule_from_the_cli_and_the_api_is_sent_and_kept_as_desired(
+    broker_config: BrokerConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site = unique_site()
+    config = hub_config(broker_config, tmp_path, site)
+    store = Store(config.db_url)
+    store.migrate()
+    schedule = {
+        "timezone": "Europe/Berlin",
+        "open": [{"days": ["mon", "tue", "wed", "thu", "fri"], "start": "08:00", "end": "18:00"}],
+        "quiet": [{"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "start": "22:00", "end": "06:00"}],
+        "park_deg": -30.0,
+    }
+    args = ["--site", site, "--node", "door", "--timezone", "Europe/Berlin", "--db", config.db_url]
+    windows = ["--open", "mon-fri 08:00-18:00", "--quiet", "22:00-06:00", "--park-deg", "-30"]
+    with NodeResponder(broker_config, site, "door") as node:
+        assert cli(broker_config, "schedule", *args, *windows) == 0
+        assert node.received == [
+            ("schedule", {"v": 1, "request_id": node.received[0][1]["request_id"], "schedule": schedule})
+        ]
+        with pytest.raises(SystemExit) as bad_window:  # refused by the argument parser, nothing sent
+            cli(broker_config, "schedule", *args, "--open", "mon-fri 08:00")
+        assert bad_window.value.code == 2 and "HH:MM-HH:MM" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as bad_zone:
+            cli(broker_config, "schedule", *args[:4], "--timezone", "Mars/Olympus")
+        assert bad_zone.value.code == 2 and "unknown IANA time zone" in capsys.readouterr().err
+        assert len(node.received) == 1
+    with store.session() as session:
+        door = session.get(NodeRow, (site, "door"))
+        assert door is not None and door.desired == {"schedule": schedule}
+    with NodeResponder(broker_config, site, "a"), running_hub(config) as hub:
+        base = f"http://127.0.0.1:{hub.http_port}"
+        ok = httpx.post(f"{base}/api/nodes/{site}/a/commands/schedule", json={"schedule": schedule}, timeout=10)
+        assert ok.status_code == 200 and ok.json()["results"][0]["value"] == {"schedule": schedule}
+        bad = {"schedule": {**schedule, "park_deg": True}}
+        refused = httpx.post(f"{base}/api/nodes/{site}/a/commands/schedule", json=bad, timeout=10)
+        assert refused.status_code == 422 and "park_deg" in refused.json()["detail"]
+    store.close()

@@ -13,6 +13,10 @@ sensor           Frame rate             ``.../stats``
 number           No-mask threshold      ``.../state``, commands on ``.../cmd/threshold``
 number           Servo angle            ``.../state``, commands on ``.../cmd/servo``
 select           Servo mode             ``.../state``, commands on ``.../cmd/servo``
+binary_sensor    Scheduled detection    ``.../state`` (``schedule.detect``; on without a schedule)
+binary_sensor    Servo parked           ``.../state`` (``schedule.parked``)
+binary_sensor    Quiet hours            ``.../state`` (``schedule.quiet``)
+sensor           Next schedule change   ``.../state`` (``schedule.next_change``, a timestamp)
 ===============  =====================  ==============================================
 
 Availability comes from the node's ``status`` (``online``/``offline``, its Last
@@ -54,6 +58,22 @@ log = logging.getLogger(__name__)
 
 #: Renders a request id that is new on every command Home Assistant sends.
 REQUEST_ID = "ha-{{ now().timestamp() }}"
+#: The binary sensors of a node's schedule state: key -> (name, field of ``state.schedule``, value without a
+#: schedule, icon).
+SCHEDULE_SENSORS: dict[str, tuple[str, str, bool, str]] = {
+    "schedule_detect": ("Scheduled detection", "detect", True, "mdi:calendar-clock"),
+    "schedule_parked": ("Servo parked", "parked", False, "mdi:parking"),
+    "schedule_quiet": ("Quiet hours", "quiet", False, "mdi:bell-sleep"),
+}
+
+
+def _schedule_flag(field: str, default: bool) -> str:
+    """Value template of one schedule flag: ON/OFF from ``state.schedule``, ``default`` when it is absent."""
+    fallback = "ON" if default else "OFF"
+    return (
+        f"{{{{ ('ON' if value_json.schedule.{field} else 'OFF') if value_json.schedule is defined "
+        f"else '{fallback}' }}}}"
+    )
 
 
 @dataclass(frozen=True)
@@ -151,6 +171,25 @@ def entity_configs(
             "command_topic": topics.cmd("servo"),
             "options": [mode.value for mode in ServoMode],
             "command_template": f'{{"v": 1, "request_id": "{REQUEST_ID}", "mode": "{{{{ value }}}}"}}',
+        },
+        **{
+            ("binary_sensor", key): {
+                "name": name,
+                "state_topic": topics.state,
+                "icon": icon,
+                "value_template": _schedule_flag(field, default),
+            }
+            for key, (name, field, default, icon) in SCHEDULE_SENSORS.items()
+        },
+        ("sensor", "schedule_next_change"): {
+            "name": "Next schedule change",
+            "state_topic": topics.state,
+            "device_class": "timestamp",
+            "entity_category": "diagnostic",
+            "value_template": (
+                "{{ value_json.schedule.next_change if value_json.schedule is defined "
+                "and value_json.schedule.next_change is defined else None }}"
+            ),
         },
     }
     configs = {}

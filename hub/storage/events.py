@@ -68,8 +68,9 @@ class SnapshotIn:
 
 @dataclass
 class WriteResult:
-    """What one batch changed: touched event ids (``no_mask``: those with a no_mask message), messages
-    stored, duplicates ignored, stored messages with a skewed clock per ``(site, node)``."""
+    """What one batch changed: touched event ids (``no_mask``: those with a no_mask message outside quiet hours,
+    the alert candidates), messages stored, duplicates ignored, stored messages with a skewed clock per
+    ``(site, node)``."""
 
     touched: list[str] = field(default_factory=list)
     no_mask: list[str] = field(default_factory=list)
@@ -226,7 +227,11 @@ class EventLog:
         rows = fold((unique[d] for d in inserted), now)
         connection.execute(self._event_upsert, list(rows.values()))
         result.touched = sorted(rows)
-        result.no_mask = sorted(i for i, row in rows.items() if row["no_mask_score"] is not None)
+        # quiet-hours messages are stored but make no alert candidate (the node marks them: its clock and schedule
+        # at the observation decide, not the hub's view when a replayed message arrives)
+        result.no_mask = sorted(
+            {unique[d].event.id for d in inserted if unique[d].event.label == "no_mask" and not unique[d].event.quiet}
+        )
         return result
 
     def save_snapshots(self, session: Session, snapshots: Sequence[SnapshotIn]) -> None:

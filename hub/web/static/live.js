@@ -1,4 +1,4 @@
-// Live page: one card per node (status, fps, servo, threshold, last event, latest snapshot) and the live event feed.
+// Live page: one card per node (status, fps, servo, threshold, schedule, last event, latest snapshot) and the live event feed.
 import {
   ago, api, badge, clockOff, el, fmtTime, frame, nodeKey, num, setImage, snapshotPath, stream, throttle,
 } from "./mw.js";
@@ -19,6 +19,15 @@ const snapshots = new Map();    // key -> newest snapshot url
 
 function field(name, value) { return [el("dt", {}, name), el("dd", { dataset: { field: name } }, value)]; }
 
+// The node's schedule state: "detecting · open · alerts on, until 18:00" (absent: no schedule).
+function scheduleText(schedule) {
+  if (!schedule) return "none";
+  const parts = [schedule.detect ? "detecting" : "not detecting", schedule.parked ? "parked" : "open",
+    schedule.quiet ? "quiet hours" : "alerts on"];
+  const until = schedule.next_change ? `, until ${new Date(schedule.next_change).toLocaleString()}` : "";
+  return parts.join(" · ") + until;
+}
+
 function renderCard(node) {
   const key = nodeKey(node.site, node.node);
   const state = node.state || {};
@@ -37,6 +46,7 @@ function renderCard(node) {
       field("mode", servo.mode || "–"),
       field("threshold", state.threshold === undefined ? "–" : num(state.threshold, 2)),
       field("detect", state.detect === undefined ? "–" : state.detect ? "on" : "paused"),
+      field("schedule", state.servo === undefined ? "–" : scheduleText(state.schedule)),
       field("outbox", stats.outbox_depth === undefined ? "–" : `${stats.outbox_depth} (${stats.outbox_unacked ?? 0} unacked`
         + `${stats.outbox_oldest_s == null ? "" : `, oldest ${num(stats.outbox_oldest_s, 0)} s`})`),
       ...(stats.delivery_error ? field("delivery", el("span", { class: "error" }, stats.delivery_error)) : []),
