@@ -23,6 +23,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 
 from shared.config import BrokerConfig, Identifier, StrictModel
+from shared.vocabulary import Probability
 
 
 class HttpConfig(StrictModel):
@@ -57,10 +58,8 @@ class AlertConfig(StrictModel):
     """When alerts are raised."""
 
     cooldown_s: float = Field(60.0, ge=0, description="per node: no_mask alerts closer than this are suppressed")
-    min_face_score: float | None = Field(
+    min_face_score: Probability | None = Field(
         None,
-        ge=0,
-        le=1,
         description="no_mask events whose face score (the node's face verification) is lower "
         "raise no alert; events without a face score still do (default: off)",
     )
