@@ -63,11 +63,12 @@ def _no_mask_face_deg() -> float:
     return float(next(face["angle_deg"] for face in faces if face["label"] == "no_mask"))
 
 
-def run(workdir: Path, *, delivery: str, samples: int) -> dict[str, list[float]]:
+def run(workdir: Path, *, delivery: str, samples: int, tuning: argparse.Namespace) -> dict[str, list[float]]:
     """``samples`` face appearances in front of one node; milliseconds to its event and to its alert."""
     site = f"a{uuid.uuid4().hex[:8]}"
     face_deg = _no_mask_face_deg()
     events: queue.Queue[tuple[float, str]] = queue.Queue()
+    ended: queue.Queue[str] = queue.Queue()
     got: queue.Queue[tuple[float, str]] = queue.Queue()
 
     def on_alert(message: Received) -> None:
@@ -79,12 +80,14 @@ def run(workdir: Path, *, delivery: str, samples: int) -> dict[str, list[float]]
         event = parse(Event, message.payload)
         if event.type == "new":
             events.put((time.monotonic(), event.id))
+        elif event.type == "end":
+            ended.put(event.id)
 
     out: dict[str, list[float]] = {"alert_ms": [], "event_ms": []}
     with LocalMosquitto() as broker:
         settings = BrokerConfig(host=broker.host, port=broker.port, reconnect_min_s=0.2, reconnect_max_s=1)
-        ingest = IngestConfig()  # the shipped batching (HubProcess's own default is the tests' 20 ms)
-        hub_settings = {"ingest": {"batch_size": ingest.batch_size, "batch_ms": ingest.batch_ms}}
+        ingest = {"batch_size": IngestConfig().batch_size, "batch_ms": tuning.batch_ms}  # HubProcess's is 20 ms
+        hub_settings = {"ingest": ingest}
         hub = HubProcess(settings, workdir / "hub", [site], settings={**hub_settings, "alerts": {"cooldown_s": 0}})
         hub.start()
         topics = NodeTopics(site, NODE)
@@ -101,7 +104,8 @@ def run(workdir: Path, *, delivery: str, samples: int) -> dict[str, list[float]]
             settings={
                 "profile": "near",
                 "delivery": delivery,
-                "scene": {"fps": SceneConfig().fps},
+                "scene": {"fps": tuning.fps},
+                "tracker": {"confirm_frames": tuning.confirm_frames},
                 "snapshot": {"mode": "on"},
                 "servo": SERVO,
             },
@@ -115,16 +119,19 @@ def run(workdir: Path, *, delivery: str, samples: int) -> dict[str, list[float]]
                 command = ServoCommand(request_id=f"r{i}", angle=face_deg)
                 started = time.monotonic()
                 watcher.publish(topics.cmd("servo"), command, qos=1)
-                seen_at, event_id = events.get(timeout=WAIT_S)
-                alerted_at, alert_id = got.get(timeout=WAIT_S)
+                try:
+                    seen_at, event_id = events.get(timeout=WAIT_S)
+                    alerted_at, alert_id = got.get(timeout=WAIT_S)
+                except queue.Empty:
+                    raise RuntimeError(f"sample {i}: no event or alert in {WAIT_S} s:\n{node.log_tail()}") from None
                 if alert_id != event_id:
                     raise RuntimeError(f"alert for {alert_id}, expected {event_id}")
                 out["event_ms"].append((seen_at - started) * 1000)
                 out["alert_ms"].append((alerted_at - started) * 1000)
                 watcher.publish(topics.cmd("servo"), ServoCommand(request_id=f"b{i}", angle=EMPTY_DEG), qos=1)
-                # the track ends after end_frames frames without the face; then a random phase against the frame clock
-                frame_s = 1 / SceneConfig().fps
-                time.sleep((TrackerConfig().end_frames + 4) * frame_s + rng.uniform(0, frame_s))
+                while ended.get(timeout=WAIT_S) != event_id:  # the visit is over: the next one is a new event
+                    pass
+                time.sleep(rng.uniform(0, 1 / tuning.fps))  # a random phase against the frame clock
         finally:
             node.stop()
             hub.stop()
@@ -135,10 +142,19 @@ def run(workdir: Path, *, delivery: str, samples: int) -> dict[str, list[float]]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=40, help="face appearances per delivery mode")
+    explore = parser.add_argument_group("where the time goes (any of these: figures printed, no result written)")
+    explore.add_argument("--batch-ms", type=int, default=IngestConfig().batch_ms, help="hub ingest.batch_ms")
+    explore.add_argument(
+        "--confirm-frames", type=int, default=TrackerConfig().confirm_frames, help="node tracker.confirm_frames"
+    )
+    explore.add_argument("--fps", type=float, default=SceneConfig().fps, help="the simulated camera's frame rate")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    shipped = parser.parse_args([])
     with tempfile.TemporaryDirectory(prefix="bench-alert-latency-") as tmp:
-        runs = {mode: run(Path(tmp) / mode, delivery=mode, samples=args.samples) for mode in ("hub", "broker")}
+        runs = {
+            mode: run(Path(tmp) / mode, delivery=mode, samples=args.samples, tuning=args) for mode in ("hub", "broker")
+        }
     figures: dict[str, object] = {"samples_per_mode": args.samples}
     baseline: dict[str, object] = {}
     ratios: dict[str, object] = {}
@@ -150,6 +166,10 @@ def main() -> int:
         ratios[f"delivery_{mode}_alert_vs_new_event_p50"] = round(alert["p50_ms"] / max(event["p50_ms"], 0.01), 2)
         alert_p50[mode] = alert["p50_ms"]
     ratios["alert_p50_delivery_hub_vs_broker"] = round(alert_p50["hub"] / max(alert_p50["broker"], 0.01), 2)
+    tuned = {k: v for k, v in vars(args).items() if k != "samples" and v != getattr(shipped, k)}
+    if tuned:
+        print(json.dumps({"tuning": tuned, "figures": figures, "baseline": baseline}))
+        return 0
     write_result(
         "alert_latency",
         "Alert latency: face in front of the camera -> alert received",
