@@ -11,6 +11,7 @@ Modules of the hub extra (SQLAlchemy, FastAPI, uvicorn) are imported inside the 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -22,13 +23,15 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar, cast, get_args
 
 from hub.config import HubConfig, hash_token
 from hub.services.auth import new_token
+from hub.views import ExportFormat
 from shared import topics
 from shared.cli import finite_float, positive_int, seconds
 from shared.config import load_config, merge, parse_host_port, parse_set_options
@@ -50,6 +53,8 @@ CONNECT_WAIT_S = 10.0
 #: The shortest wait for a command's answers once connected (a connect that used up the timeout still sends).
 MIN_ANSWER_WAIT_S = 0.01
 EXIT_TIMEOUT = 3
+#: Characters copied at a time from a streamed API export.
+STREAM_CHUNK_CHARS = 1 << 16
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -114,12 +119,16 @@ def _add_hub(subparsers: argparse._SubParsersAction) -> None:
 def _add_events(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "events",
-        help="list stored events",
-        description="List stored events, newest first by the hub's time of receipt (RECEIVED_AT); FIRST_SEEN is "
-        "the node's clock, and CLOCK says 'skewed' when it was more than clock.max_skew_s off the hub's. "
-        "--since/--until select by the time of receipt.",
+        help="list or export stored events",
+        description="List stored events, newest first by the hub's time of receipt (RECEIVED_AT): one page of "
+        "--limit events as a table, CSV, JSON or JSON lines; with --all, every matching event, read --limit at a "
+        "time and streamed, so any number of events exports in constant memory (CSV columns as /api/events.csv). "
+        "FIRST_SEEN is the node's clock, and CLOCK says 'skewed' when it was more than clock.max_skew_s off the "
+        "hub's. --since/--until select by the time of receipt.",
         epilog="Examples:\n  maskwatch events --site hq --label no_mask --since 2h\n"
-        "  maskwatch events --api http://hub:8080 --token $T --json --limit 500",
+        "  maskwatch events --api http://hub:8080 --token $T --json --limit 500\n"
+        "  maskwatch events --all --format csv --since 7d --output week.csv\n"
+        "  maskwatch events --all --format jsonl --site hq | gzip > hq.jsonl.gz",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _source_options(parser)
@@ -128,7 +137,19 @@ def _add_events(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--label", choices=get_args(Label), help="only this final label")
     parser.add_argument("--since", metavar="TIME", help="ISO time, or a duration ago: 30m, 2h, 7d")
     parser.add_argument("--until", metavar="TIME", help="ISO time, or a duration ago")
-    parser.add_argument("--limit", type=positive_int, default=50, help="at most this many (default 50, max 1000)")
+    parser.add_argument(
+        "--limit",
+        type=positive_int,
+        default=50,
+        help="at most this many (default 50, max 1000); with --all, the size of one page read",
+    )
+    parser.add_argument("--all", action="store_true", help="every matching event, paged (needs --format or --json)")
+    parser.add_argument(
+        "--format",
+        choices=("table", *get_args(ExportFormat)),
+        help="table (default), csv, json (one array) or jsonl (one object per line); --json is --format json",
+    )
+    parser.add_argument("--output", metavar="FILE", help="write to FILE (complete once the command succeeds)")
     parser.set_defaults(handler=run_events)
 
 
@@ -308,21 +329,36 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def api_get(base: str, path: str, params: dict[str, Any], token: str | None) -> Any:
-    """GET a JSON document from a hub API; errors become :class:`MaskwatchError`."""
+@contextmanager
+def _api_response(base: str, path: str, params: dict[str, Any], token: str | None, accept: str) -> Iterator[Any]:
+    """An open response of a GET on a hub API; errors become :class:`MaskwatchError`."""
     query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
     url = f"{base.rstrip('/')}{path}" + (f"?{query}" if query else "")
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    request = urllib.request.Request(url, headers={"Accept": accept})
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
-            return json.load(response)
+            yield response
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace")[:300]
         raise MaskwatchError(f"{url}: HTTP {exc.code}: {detail}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise MaskwatchError(f"cannot reach the API at {base}: {exc}") from None
+
+
+def api_get(base: str, path: str, params: dict[str, Any], token: str | None) -> Any:
+    """GET a JSON document from a hub API; errors become :class:`MaskwatchError`."""
+    with _api_response(base, path, params, token, "application/json") as response:
+        return json.load(response)
+
+
+def api_stream(base: str, path: str, params: dict[str, Any], token: str | None, out: TextIO) -> None:
+    """GET a text document from a hub API and copy it to ``out`` as it arrives."""
+    with _api_response(base, path, params, token, "*/*") as response:
+        text = io.TextIOWrapper(response, encoding="utf-8", newline="")
+        while chunk := text.read(STREAM_CHUNK_CHARS):
+            out.write(chunk)
 
 
 def _token(args: argparse.Namespace) -> str | None:
@@ -368,51 +404,90 @@ def run_hub(args: argparse.Namespace) -> int:
 
 
 def run_events(args: argparse.Namespace) -> int:
-    """``maskwatch events``: print events (table, or a JSON list of event objects)."""
+    """``maskwatch events``: print a page of events as a table, or export them (one page, or all with --all)."""
     if not 1 <= args.limit <= 1000:
         raise ConfigError("--limit must be within 1..1000")
+    if args.json and args.format not in (None, "json"):
+        raise ConfigError(f"--json and --format {args.format} disagree: give one")
+    fmt = "json" if args.json else args.format or "table"
+    if args.all and fmt == "table":
+        raise ConfigError("--all streams every event: give --format csv, json or jsonl")
     since, until = parse_time(args.since), parse_time(args.until)
-    if args.api:
-        page = api_get(
-            args.api,
-            "/api/events",
-            {
-                "site": args.site,
-                "node": args.node,
-                "label": args.label,
-                "limit": args.limit,
-                "since": since.isoformat() if since else None,
-                "until": until.isoformat() if until else None,
-            },
-            _token(args),
-        )
-        items = page["items"]
-    else:
+    filters = {"site": args.site, "node": args.node, "label": args.label, "since": since, "until": until}
+    if fmt == "table":
+        items = _event_page(args, filters)
+        with _output(args.output) as out:
+            table = [{**item, "clock": "skewed" if item.get("clock_skewed") else None} for item in items]
+            columns = ("received_at", "first_seen", "site", "node", "label", "best_score", "state", "clock", "id")
+            out.write(format_table(table, columns) + "\n")
+        return 0
+    _export_events(args, cast(ExportFormat, fmt), filters)  # one of the argparse choices
+    return 0
+
+
+def _export_events(args: argparse.Namespace, fmt: ExportFormat, filters: dict[str, Any]) -> None:
+    """Write the first ``--limit`` matching events, or with ``--all`` every one, in ``fmt``."""
+    limit = None if args.all else args.limit
+    with _output(args.output) as out:
+        if args.api:
+            api_stream(args.api, f"/api/events.{fmt}", {**_api_filters(filters), "limit": limit}, _token(args), out)
+            return
         from hub.storage.events import EventLog
-        from hub.views import event_json
+        from hub.views import export_events
 
         config = load_hub_config(args)
         store = open_store(config.db_url)
         try:
-            event_log = EventLog(store, config.snapshot_dir)
-            rows, _total = event_log.query(
-                site=args.site, node=args.node, label=args.label, since=since, until=until, limit=args.limit
-            )
-            snaps = event_log.has_snapshots([r.id for r in rows])
-            base = (config.http.public_url or f"http://{config.http.host}:{config.http.port}").rstrip("/")
-            items = [event_json(r, r.id in snaps, base) for r in rows]
+            pages = EventLog(store, config.snapshot_dir).pages(**filters, page_size=args.limit, limit=limit)
+            for chunk in export_events(pages, fmt, _public_url(config)):
+                out.write(chunk)
         finally:
             store.close()
-    if args.json:
-        _print_json(items)
-    else:
-        table = [{**item, "clock": "skewed" if item.get("clock_skewed") else None} for item in items]
-        print(
-            format_table(
-                table, ("received_at", "first_seen", "site", "node", "label", "best_score", "state", "clock", "id")
-            )
-        )
-    return 0
+
+
+def _api_filters(filters: dict[str, Any]) -> dict[str, Any]:
+    """Event filters as API query parameters."""
+    return {key: value.isoformat() if isinstance(value, datetime) else value for key, value in filters.items()}
+
+
+def _event_page(args: argparse.Namespace, filters: dict[str, Any]) -> list[dict[str, Any]]:
+    """The first ``--limit`` matching events as API JSON objects (from the API or the database)."""
+    if args.api:
+        return api_get(args.api, "/api/events", {**_api_filters(filters), "limit": args.limit}, _token(args))["items"]
+    from hub.storage.events import EventLog
+    from hub.views import event_json
+
+    config = load_hub_config(args)
+    store = open_store(config.db_url)
+    try:
+        event_log = EventLog(store, config.snapshot_dir)
+        rows, _total = event_log.query(**filters, limit=args.limit)
+        snaps = event_log.has_snapshots([r.id for r in rows])
+        return [event_json(r, r.id in snaps, _public_url(config)) for r in rows]
+    finally:
+        store.close()
+
+
+def _public_url(config: HubConfig) -> str:
+    return (config.http.public_url or f"http://{config.http.host}:{config.http.port}").rstrip("/")
+
+
+@contextmanager
+def _output(path: str | None) -> Iterator[TextIO]:
+    """Standard output, or ``path`` written as ``path.part`` and renamed once the whole output is written (a
+    failed export leaves no truncated file behind)."""
+    if path is None:
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    target = Path(path)
+    partial = target.with_name(target.name + ".part")
+    try:
+        with open(partial, "w", encoding="utf-8", newline="") as fh:
+            yield fh
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 #: Stats fields ``maskwatch nodes`` shows: how a node's delivery is going.

@@ -12,14 +12,17 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import csv
+import io
+import json
+from collections.abc import Iterable, Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from hub.storage.rows import AlertRow, CommandRow, EventRow, NodeRow, RejectedRow
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: the CLI imports this module's names without the hub extra
     from hub.services.commands import Outcome
+    from hub.storage.events import EventPage
+    from hub.storage.rows import AlertRow, CommandRow, EventRow, NodeRow, RejectedRow
 
 #: Columns of ``/api/events.csv``, in order.
 CSV_COLUMNS = (
@@ -40,6 +43,9 @@ CSV_COLUMNS = (
     "received_at",
     "clock_skewed",
 )
+#: Formats of an event export (``maskwatch events --all``, ``/api/events.<format>``) and their media types.
+ExportFormat = Literal["csv", "json", "jsonl"]
+EXPORT_MEDIA_TYPES: dict[str, str] = {"csv": "text/csv", "json": "application/json", "jsonl": "application/x-ndjson"}
 #: ``online`` of a node row -> its availability name.
 AVAILABILITY = {True: "online", False: "offline", None: "unknown"}
 
@@ -95,6 +101,36 @@ def event_csv_row(row: EventRow, has_snapshot: bool) -> list[Any]:
         row.received_at.isoformat(),
         int(row.clock_skewed),
     ]
+
+
+def export_events(pages: Iterable[EventPage], fmt: ExportFormat, base_url: str) -> Iterator[str]:
+    """An event export as text chunks, one per page, so it streams in constant memory: ``csv`` (a header line,
+    then :func:`event_csv_row` lines), ``json`` (one array of :func:`event_json` objects, one per line) or
+    ``jsonl`` (one :func:`event_json` object per line)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    if fmt == "csv":
+        writer.writerow(CSV_COLUMNS)
+    elif fmt == "json":
+        buffer.write("[")
+    separator = "\n"
+    for page in pages:
+        if fmt == "csv":
+            writer.writerows(event_csv_row(row, row.id in page.snapshots) for row in page.rows)
+        else:
+            for row in page.rows:
+                item = json.dumps(event_json(row, row.id in page.snapshots, base_url))
+                if fmt == "jsonl":
+                    buffer.write(item + "\n")
+                else:
+                    buffer.write(separator + item)
+                    separator = ",\n"
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+    if fmt == "json":
+        buffer.write("\n]\n" if separator != "\n" else "]\n")
+    yield buffer.getvalue()
 
 
 def event_feed_json(row: EventRow) -> dict[str, Any]:

@@ -294,6 +294,8 @@ def test_stream_and_cli_against_a_running_hub(
         assert main(["events", "--api", base, "--token", TOKEN, "--json"]) == 0
         events = json.loads(capsys.readouterr().out)
         assert [e["id"] for e in events] == [f"{site}-cam-00001"]
+        assert main(["events", "--api", base, "--token", TOKEN, "--all", "--format", "jsonl", "--site", site]) == 0
+        assert [json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()] == [f"{site}-cam-00001"]
         assert main(["events", "--api", base, "--token", "wrong"]) == 1
         assert main(["events", "--db", config.db_url, "--site", site, "--label", "no_mask", "--since", "1h"]) == 0
         assert f"{site}-cam-00001" in capsys.readouterr().out

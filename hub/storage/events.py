@@ -14,14 +14,14 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Row, case, func, or_, select, true, update
+from sqlalchemy import ColumnElement, Row, and_, case, func, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from hub.storage.database import Store
@@ -77,6 +77,36 @@ class WriteResult:
     stored: int = 0
     duplicates: int = 0
     skewed: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
+class EventPage:
+    """One page of an export: events in listing order and the ids among them that have a snapshot."""
+
+    rows: list[EventRow]
+    snapshots: set[str]
+
+
+def listing_key() -> tuple[tuple[Any, bool], ...]:
+    """The order of every event listing as ``(column, descending)`` pairs, newest first; unique, so it is also
+    the keyset of :meth:`EventLog.pages`. The one place to change when listings order by another column."""
+    return ((EventRow.received_at, True), (EventRow.id, False))
+
+
+def _listing_order() -> list[Any]:
+    return [column.desc() if descending else column.asc() for column, descending in listing_key()]
+
+
+def _after(row: EventRow) -> ColumnElement[bool]:
+    """Rows that come after ``row`` in :func:`listing_key` order (a lexicographic keyset condition)."""
+    key = [(column, descending, getattr(row, column.key)) for column, descending in listing_key()]
+    later = []
+    for i, (column, descending, value) in enumerate(key):
+        ties = [earlier == earlier_value for earlier, _, earlier_value in key[:i]]
+        later.append(and_(*ties, column < value if descending else column > value))
+    first, descending, value = key[0]
+    bound = first <= value if descending else first >= value  # a range on the leading column, for its index
+    return and_(bound, or_(*later))
 
 
 def _later(a: EventIn, b: EventIn) -> bool:
@@ -304,6 +334,23 @@ class EventLog:
 
     # -- reads ----------------------------------------------------------------
 
+    @staticmethod
+    def _filters(
+        site: str | None, node: str | None, label: str | None, since: datetime | None, until: datetime | None
+    ) -> list[ColumnElement[bool]]:
+        conditions = []
+        if site:
+            conditions.append(EventRow.site == site)
+        if node:
+            conditions.append(EventRow.node == node)
+        if label:
+            conditions.append(EventRow.label == label)
+        if since:
+            conditions.append(EventRow.received_at >= since)
+        if until:
+            conditions.append(EventRow.received_at < until)
+        return conditions
+
     def query(
         self,
         *,
@@ -320,29 +367,49 @@ class EventLog:
         Order and ``since``/``until`` are by ``received_at``, the hub's clock: a node whose clock is wrong
         cannot move its events to the top or out of a time range.
         """
-        conditions = []
-        if site:
-            conditions.append(EventRow.site == site)
-        if node:
-            conditions.append(EventRow.node == node)
-        if label:
-            conditions.append(EventRow.label == label)
-        if since:
-            conditions.append(EventRow.received_at >= since)
-        if until:
-            conditions.append(EventRow.received_at < until)
+        conditions = self._filters(site, node, label, since, until)
         with self.store.session() as session:
             total = session.scalar(select(func.count()).select_from(EventRow).where(*conditions)) or 0
             rows = list(
                 session.scalars(
-                    select(EventRow)
-                    .where(*conditions)
-                    .order_by(EventRow.received_at.desc(), EventRow.id)
-                    .limit(limit)
-                    .offset(offset)
+                    select(EventRow).where(*conditions).order_by(*_listing_order()).limit(limit).offset(offset)
                 )
             )
         return rows, total
+
+    def pages(
+        self,
+        *,
+        site: str | None = None,
+        node: str | None = None,
+        label: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        page_size: int = 1000,
+        limit: int | None = None,
+    ) -> Iterator[EventPage]:
+        """Every event matching the filters (or the first ``limit``), in listing order, ``page_size`` at a time.
+
+        Keyset paging on :func:`listing_key`, one short read per page: memory stays one page whatever the number
+        of events, and an event stored during the export neither repeats nor shifts the others.
+        """
+        if page_size < 1 or (limit is not None and limit < 1):
+            raise ValueError(f"page_size and limit must be at least 1, got {page_size} and {limit}")
+        conditions = self._filters(site, node, label, since, until)
+        last: EventRow | None = None
+        left = limit
+        while left is None or left > 0:
+            size = page_size if left is None else min(page_size, left)
+            where = conditions if last is None else [*conditions, _after(last)]
+            with self.store.session() as session:
+                rows = list(session.scalars(select(EventRow).where(*where).order_by(*_listing_order()).limit(size)))
+            if not rows:
+                return
+            yield EventPage(rows, self.has_snapshots([row.id for row in rows]))
+            if len(rows) < size:
+                return
+            last = rows[-1]
+            left = None if left is None else left - len(rows)
 
     def get(self, event_id: str) -> EventRow | None:
         """One event by id."""
@@ -390,11 +457,7 @@ class EventLog:
         hour = self._hour(EventRow.received_at) if by_hour else None
         columns = [EventRow.site, EventRow.node, EventRow.label]
         group = [*columns, hour] if hour is not None else columns
-        conditions = []
-        if since:
-            conditions.append(EventRow.received_at >= since)
-        if until:
-            conditions.append(EventRow.received_at < until)
+        conditions = self._filters(None, None, None, since, until)
         with self.store.session() as session:
             rows = session.execute(select(*group, func.count()).where(*conditions).group_by(*group)).all()
         out = []
