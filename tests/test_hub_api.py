@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import warnings
 from collections.abc import Iterator
 from datetime import timedelta
@@ -299,3 +300,18 @@ def test_stream_and_cli_against_a_running_hub(
         assert f"{site}-cam-00001" in capsys.readouterr().out
         assert main(["nodes", "--db", config.db_url, "--json"]) == 0
         assert json.loads(capsys.readouterr().out)[0]["node"] == "cam"
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_pages_load_their_assets_from_the_hub(api: tuple[TestClient, Store], page: str) -> None:
+    """An offline site still gets working docs: no CDN URL in the page, every asset it names answers."""
+    client, _store = api
+    html = client.get(page)
+    assert html.status_code == 200 and "text/html" in html.headers["content-type"]
+    assert not re.findall(r"https?://[^\s\"'<>]+", html.text)
+    assets = re.findall(r"""(?:src|href)=["'](/docs-assets/[^"']+)["']""", html.text)
+    assert assets and client.get("/openapi.json").status_code == 200
+    for url in assets:
+        answer = client.get(url)
+        kind = "text/css" if url.endswith(".css") else "javascript"
+        assert answer.status_code == 200 and kind in answer.headers["content-type"] and len(answer.content) > 100_000

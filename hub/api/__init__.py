@@ -13,6 +13,7 @@ Routes (people script against them; keep them stable)::
     GET  /api/stream                 Server-Sent Events: event, node, alert
     GET  /metrics                    Prometheus text
     GET  /healthz
+    GET  /docs, /redoc              interactive docs, assets served by the hub (no CDN)
 
 Every route but ``/healthz`` and ``/metrics`` (each configurable public) needs a
 bearer token when ``auth.tokens`` is set; refused requests get 401 and no data.
@@ -29,6 +30,7 @@ from fastapi import FastAPI
 
 from hub.api import commands, events, metrics, nodes, ops, stats, stream
 from hub.api.deps import HubServices
+from hub.api.docs import mount_docs
 from hub.services.auth import RateLimiter, TokenChecker
 from hub.web import STATIC, mount_dashboard
 
@@ -39,12 +41,13 @@ ROUTERS = (ops.router, metrics.router, events.router, nodes.router, stats.router
 
 def create_app(services: HubServices) -> FastAPI:
     """The FastAPI application over ``services``."""
-    app = FastAPI(title="Maskwatch hub", version="1", description=__doc__)
+    app = FastAPI(title="Maskwatch hub", version="1", description=__doc__, docs_url=None, redoc_url=None)
     app.state.services = services
     app.state.tokens = TokenChecker(services.config.auth)
     app.state.limiter = RateLimiter(services.config.auth.command_rate_per_min)
     for router in ROUTERS:
         app.include_router(router)
+    mount_docs(app)
     if STATIC.is_dir():
         mount_dashboard(app)  # last: the dashboard answers every path the API does not
     return app
