@@ -26,7 +26,11 @@ Each family of routes is an ``APIRouter`` module (``events``, ``stats``, ``nodes
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+import logging
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 
 from hub.api import commands, events, metrics, nodes, ops, stats, stream
 from hub.api.deps import HubServices
@@ -35,6 +39,8 @@ from hub.services.auth import RateLimiter, TokenChecker
 from hub.web import STATIC, mount_dashboard
 
 __all__ = ["HubServices", "create_app"]
+
+log = logging.getLogger(__name__)
 
 ROUTERS = (ops.router, metrics.router, events.router, nodes.router, stats.router, commands.router, stream.router)
 
@@ -48,6 +54,17 @@ def create_app(services: HubServices) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     mount_docs(app)
+    app.middleware("http")(_unexpected_errors)
     if STATIC.is_dir():
         mount_dashboard(app)  # last: the dashboard answers every path the API does not
     return app
+
+
+async def _unexpected_errors(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    """The last boundary: an unexpected error becomes one logged line and a 500 with a JSON body (no traceback
+    in the log; bad input is a 4xx long before this)."""
+    try:
+        return await call_next(request)
+    except Exception as exc:  # the API's one boundary: anything a route did not expect
+        log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+        return JSONResponse({"detail": "internal error (logged by the hub)"}, status_code=500)

@@ -2,30 +2,48 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
-from hub.api.deps import Limit, Principal, Services, rate_limited
+from hub.api.deps import ERROR_MEANINGS, NODE_LIST_PATTERN, Limit, Principal, Services, SitePath, errors, rate_limited
 from hub.services.commands import CommandStatus, overall_status
 from hub.views import command_json, outcome_json
 from shared.errors import ContractError
 from shared.messages import SendableCommand
 
-router = APIRouter(tags=["nodes"])
+router = APIRouter(tags=["nodes"], responses=errors())
+
+
+class CommandAnswers(BaseModel):
+    """The body of a command's answer, whatever the outcome: the request id, one result per node."""
+
+    request_id: str
+    results: list[dict[str, Any]]
+
+
+#: The command route's answers: the outcome codes carry :class:`CommandAnswers`, the rest a Problem.
+COMMAND_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **errors(400, 404, 429, 503),
+    **{
+        code: {"model": CommandAnswers, "description": meaning}
+        for code, meaning in ((200, "every node answered ok"), (502, ERROR_MEANINGS[502]), (504, ERROR_MEANINGS[504]))
+    },
+}
 
 #: HTTP status of a command's overall outcome.
 HTTP_STATUS = {CommandStatus.OK: 200, CommandStatus.ERROR: 502, CommandStatus.TIMEOUT: 504}
 
 
-@router.post("/api/nodes/{site}/{node}/commands/{name}")
+@router.post("/api/nodes/{site}/{node}/commands/{name}", response_model=None, responses=COMMAND_RESPONSES)
 def command(
-    site: str,
-    node: str,
+    site: SitePath,
+    node: Annotated[str, Path(pattern=NODE_LIST_PATTERN, description="node id, a comma-separated list, or 'all'")],
     name: SendableCommand,
     services: Services,
     who: Annotated[str, Depends(rate_limited)],
     params: Annotated[dict[str, Any] | None, Body(description='command fields, e.g. {"value": 0.6}')] = None,
-    timeout_s: Annotated[float | None, Query(gt=0, le=60)] = None,
+    timeout_s: Annotated[float | None, Query(gt=0, le=60, allow_inf_nan=False)] = None,
 ) -> JSONResponse:
     """Send a command to a node, to a comma-separated list of nodes, or to ``all`` nodes of the site,
     and wait for the answers.

@@ -8,18 +8,32 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse, StreamingResponse
 
-from hub.api.deps import MAX_PAGE, LabelQ, Limit, Offset, Principal, Services, Since, Until, aware
+from hub.api.deps import (
+    MAX_PAGE,
+    EventId,
+    LabelQ,
+    Limit,
+    NodeQ,
+    Offset,
+    Principal,
+    Services,
+    Since,
+    SiteQ,
+    Until,
+    aware,
+    errors,
+)
 from hub.views import CSV_COLUMNS, event_csv_row, event_json
 
-router = APIRouter(tags=["events"])
+router = APIRouter(tags=["events"], responses=errors())
 
 
 @router.get("/api/events")
 def list_events(
     services: Services,
     _: Principal,
-    site: str | None = None,
-    node: str | None = None,
+    site: SiteQ = None,
+    node: NodeQ = None,
     label: LabelQ = None,
     since: Since = None,
     until: Until = None,
@@ -45,8 +59,8 @@ def list_events(
 def events_csv(
     services: Services,
     _: Principal,
-    site: str | None = None,
-    node: str | None = None,
+    site: SiteQ = None,
+    node: NodeQ = None,
     label: LabelQ = None,
     since: Since = None,
     until: Until = None,
@@ -83,8 +97,8 @@ def events_csv(
     )
 
 
-@router.get("/api/events/{event_id}")
-def get_event(event_id: str, services: Services, _: Principal) -> dict[str, Any]:
+@router.get("/api/events/{event_id}", responses=errors(404))
+def get_event(event_id: EventId, services: Services, _: Principal) -> dict[str, Any]:
     """One event with its raw messages."""
     row = services.events.get(event_id)
     if row is None:
@@ -94,8 +108,8 @@ def get_event(event_id: str, services: Services, _: Principal) -> dict[str, Any]
     return body
 
 
-@router.get("/api/events/{event_id}/snapshot.jpg", response_class=FileResponse)
-def get_snapshot(event_id: str, services: Services, _: Principal) -> FileResponse:
+@router.get("/api/events/{event_id}/snapshot.jpg", response_class=FileResponse, responses=errors(404))
+def get_snapshot(event_id: EventId, services: Services, _: Principal) -> FileResponse:
     """The JPEG the node sent for the event."""
     path = services.events.snapshot_file(event_id)
     if path is None:
