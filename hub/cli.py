@@ -3,7 +3,8 @@
 ``hub`` runs the hub; ``events``, ``nodes`` and ``prune`` read or clean its
 database (or, for ``events``/``nodes``, its API); ``servo``, ``threshold`` and
 ``alerts`` talk MQTT directly, so they work without a hub. Command exit codes:
-0 the node answered ``ok``, 1 it answered ``error`` (printed), 3 no answer in time.
+0 the node answered ``ok``, 1 it answered ``error`` (printed), 3 no answer in time, 4 the ``--db`` registry
+never saw the node (nothing sent; ``--force`` sends anyway).
 Modules of the hub extra (SQLAlchemy, FastAPI, uvicorn) are imported inside the handlers, so
 ``maskwatch --help`` works without it.
 """
@@ -49,6 +50,8 @@ CONNECT_WAIT_S = 10.0
 #: The shortest wait for a command's answers once connected (a connect that used up the timeout still sends).
 MIN_ANSWER_WAIT_S = 0.01
 EXIT_TIMEOUT = 3
+#: Exit code of a command refused because the registry never saw the node.
+EXIT_UNKNOWN_NODE = 4
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -136,6 +139,13 @@ def _add_nodes(subparsers: argparse._SubParsersAction) -> None:
     )
     _source_options(parser)
     parser.add_argument("--site", help="only this site")
+    parser.add_argument(
+        "--forget",
+        metavar="SITE/NODE",
+        help="remove this node from the registry and clear the retained topics the hub publishes for it "
+        "(desired, summary, Home Assistant discovery); through --api, or --db and --broker",
+    )
+    parser.add_argument("--broker", metavar="HOST:PORT", help="MQTT broker for --forget with --db")
     parser.set_defaults(handler=run_nodes)
 
 
@@ -146,6 +156,9 @@ def _command_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=seconds, metavar="S", help="seconds to wait for the answer (default 5)")
     parser.add_argument("--db", metavar="URL", help="also record the command in this hub database's audit table")
     parser.add_argument("--json", action="store_true", help="print the answers as JSON")
+    parser.add_argument(
+        "--force", action="store_true", help="send to a node the --db registry has never seen (refused otherwise)"
+    )
 
 
 def _add_servo(subparsers: argparse._SubParsersAction) -> None:
@@ -153,7 +166,8 @@ def _add_servo(subparsers: argparse._SubParsersAction) -> None:
         "servo",
         help="move a node's servo or change its mode",
         description="Send a servo command over MQTT and wait for the answer. "
-        "Exit 0 on 'ok', 1 on an 'error' answer, 3 when no answer came in time.",
+        "Exit 0 on 'ok', 1 on an 'error' answer, 3 when no answer came in time, "
+        "4 when the --db registry never saw the node (nothing sent; --force sends anyway).",
         epilog="Examples:\n  maskwatch servo --site hq --node door-1 --angle 30\n"
         "  maskwatch servo --site hq --node all --mode sweep",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -170,7 +184,8 @@ def _add_threshold(subparsers: argparse._SubParsersAction) -> None:
         "threshold",
         help="set a node's no-mask threshold",
         description="Set the no-mask probability threshold of a node over MQTT and wait for the answer. "
-        "Exit 0 on 'ok', 1 on an 'error' answer, 3 when no answer came in time.",
+        "Exit 0 on 'ok', 1 on an 'error' answer, 3 when no answer came in time, "
+        "4 when the --db registry never saw the node (nothing sent; --force sends anyway).",
     )
     _command_options(parser)
     parser.add_argument("value", type=finite_float, metavar="VALUE", help="threshold in 0..1")
@@ -245,9 +260,14 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 def api_get(base: str, path: str, params: dict[str, Any], token: str | None) -> Any:
     """GET a JSON document from a hub API; errors become :class:`MaskwatchError`."""
-    query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+    return api_request("GET", base, path, token, params)
+
+
+def api_request(method: str, base: str, path: str, token: str | None, params: dict[str, Any] | None = None) -> Any:
+    """Send ``method`` to a hub API and return its JSON answer; errors become :class:`MaskwatchError`."""
+    query = urllib.parse.urlencode({k: v for k, v in (params or {}).items() if v is not None})
     url = f"{base.rstrip('/')}{path}" + (f"?{query}" if query else "")
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    request = urllib.request.Request(url, headers={"Accept": "application/json"}, method=method)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -350,7 +370,9 @@ NODE_DELIVERY_COLUMNS = ("outbox_depth", "outbox_unacked", "outbox_oldest_s", "d
 
 
 def run_nodes(args: argparse.Namespace) -> int:
-    """``maskwatch nodes``: print the registry."""
+    """``maskwatch nodes``: print the registry, or forget one node."""
+    if args.forget:
+        return forget_node(args)
     if args.api:
         items = api_get(args.api, "/api/nodes", {"site": args.site}, _token(args))
     else:
@@ -382,9 +404,39 @@ def run_nodes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cli_client(config: HubConfig) -> MqttClient:
+    """An MQTT client of one CLI run (its own random client id)."""
+    return MqttClient(config.broker.model_copy(update={"client_id": None}), f"maskwatch-cli-{uuid.uuid4().hex[:8]}")
+
+
+def forget_node(args: argparse.Namespace) -> int:
+    """``maskwatch nodes --forget SITE/NODE``: through the API (``DELETE``) or the database and the broker."""
+    site, _, node = args.forget.partition("/")
+    if args.api:
+        cleared = api_request("DELETE", args.api, f"/api/nodes/{site}/{node}", _token(args))["cleared"]
+    else:
+        from hub.services.commands import Commander
+        from hub.storage.nodes import Registry
+
+        config = load_hub_config(args)
+        store = open_store(config.db_url)
+        client = _cli_client(config)
+        client.start()
+        try:
+            if not client.wait_connected(config.command_timeout_s):
+                raise MaskwatchError(f"cannot reach the broker {config.broker.address}: {client.last_error}")
+            commander = Commander(client, timeout_s=config.command_timeout_s, store=store, registry=Registry(store))
+            cleared = commander.forget(site, node)
+        finally:
+            client.stop()
+            store.close()
+    print(f"forgot {site}/{node}; cleared retained: {', '.join(cleared)}")
+    return 0
+
+
 def send_command(args: argparse.Namespace, name: str, params: dict[str, Any]) -> int:
     """Send one command over MQTT, print the answers, return 0/1/3."""
-    from hub.services.commands import Commander, CommandStatus, overall_status
+    from hub.services.commands import Commander, CommandStatus, UnknownNode, overall_status
     from hub.storage.nodes import Registry
     from hub.views import outcome_json
 
@@ -394,7 +446,7 @@ def send_command(args: argparse.Namespace, name: str, params: dict[str, Any]) ->
     if args.db:
         store = open_store(args.db)
         registry = Registry(store)
-    client = MqttClient(config.broker.model_copy(update={"client_id": None}), f"maskwatch-cli-{uuid.uuid4().hex[:8]}")
+    client = _cli_client(config)
     commander = Commander(client, timeout_s=args.timeout or config.command_timeout_s, store=store, registry=registry)
     deadline = time.monotonic() + commander.timeout_s  # connecting counts against the timeout
     commander.listen(args.site)
@@ -409,7 +461,11 @@ def send_command(args: argparse.Namespace, name: str, params: dict[str, Any]) ->
             params,
             source="cli",
             timeout_s=max(MIN_ANSWER_WAIT_S, deadline - time.monotonic()),
+            force=args.force,
         )
+    except UnknownNode as exc:
+        print(f"maskwatch {name}: {exc}", file=sys.stderr)
+        return EXIT_UNKNOWN_NODE
     finally:
         client.stop()
         if store is not None:

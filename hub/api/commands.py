@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from hub.api.deps import ERROR_MEANINGS, NODE_LIST_PATTERN, Limit, Principal, Services, SitePath, errors, rate_limited
-from hub.services.commands import CommandStatus, overall_status
+from hub.services.commands import CommandStatus, UnknownNode, overall_status
 from hub.views import command_json, outcome_json
 from shared.errors import ContractError
 from shared.messages import SendableCommand
@@ -44,11 +44,13 @@ def command(
     who: Annotated[str, Depends(rate_limited)],
     params: Annotated[dict[str, Any] | None, Body(description='command fields, e.g. {"value": 0.6}')] = None,
     timeout_s: Annotated[float | None, Query(gt=0, le=60, allow_inf_nan=False)] = None,
+    force: Annotated[bool, Query(description="send to nodes the hub has never seen too")] = False,
 ) -> JSONResponse:
     """Send a command to a node, to a comma-separated list of nodes, or to ``all`` nodes of the site,
     and wait for the answers.
 
-    200 when every node answered ok, 502 when one answered ``error``, 504 when one did not answer.
+    200 when every node answered ok, 502 when one answered ``error``, 504 when one did not answer; 404 when a
+    named node is unknown to the registry (nothing is sent) unless ``force=true``.
     """
     if services.commander is None:
         raise HTTPException(503, "this API has no MQTT connection to send commands")
@@ -60,9 +62,12 @@ def command(
             params or {},
             source=f"api:{who}",
             timeout_s=timeout_s,
+            force=force,
         )
     except ContractError as exc:
         raise HTTPException(422, str(exc)) from None
+    except UnknownNode as exc:
+        raise HTTPException(404, str(exc)) from None
     body = {"request_id": outcomes[0].request_id, "results": [outcome_json(o) for o in outcomes]}
     return JSONResponse(body, status_code=HTTP_STATUS[overall_status(outcomes)])
 
