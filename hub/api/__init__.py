@@ -8,7 +8,8 @@ Routes (people script against them; keep them stable)::
     GET  /api/events/{id}/snapshot.jpg
     GET  /api/nodes                  registry: online, last seen, state, stats, model, desired config
     GET  /api/stats                  compliance (share of faces with masks) per node and per hour
-    POST /api/nodes/{site}/{node}/commands/{name}   node 'all' = every node of the site
+    POST /api/nodes/{site}/{node}/commands/{name}   node 'all' = every node of the site; 404 unknown unless force
+    DELETE /api/nodes/{site}/{node}  forget a node: registry row, hub-owned retained topics
     GET  /api/alerts, /api/commands, /api/rejected
     GET  /api/stream                 Server-Sent Events: event, node, alert
     GET  /metrics                    Prometheus text
