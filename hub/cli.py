@@ -3,7 +3,8 @@
 ``hub`` runs the hub; ``events``, ``nodes`` and ``prune`` read or clean its
 database (or, for ``events``/``nodes``, its API); ``servo``, ``threshold``, ``schedule`` and
 ``alerts`` talk MQTT directly, so they work without a hub. Command exit codes:
-0 the node answered ``ok``, 1 it answered ``error`` (printed), 3 no answer in time.
+0 the node answered ``ok``, 1 it answered ``error`` (printed), 3 no answer in time, 4 the ``--db`` registry
+never saw the node (nothing sent; ``--force`` sends anyway).
 Modules of the hub extra (SQLAlchemy, FastAPI, uvicorn) are imported inside the handlers, so
 ``maskwatch --help`` works without it.
 """
@@ -55,6 +56,14 @@ MIN_ANSWER_WAIT_S = 0.01
 EXIT_TIMEOUT = 3
 #: Characters copied at a time from a streamed API export.
 STREAM_CHUNK_CHARS = 1 << 16
+
+#: Exit code of a command refused because the registry never saw the node.
+EXIT_UNKNOWN_NODE = 4
+#: What the exit status of a node command means (its --help says it).
+COMMAND_EXITS = (
+    "Exit 0 on 'ok', 1 on an 'error' answer, 3 when no answer came in time, "
+    f"{EXIT_UNKNOWN_NODE} when the --db registry never saw the node (nothing sent; --force sends anyway)."
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -162,6 +171,13 @@ def _add_nodes(subparsers: argparse._SubParsersAction) -> None:
     )
     _source_options(parser)
     parser.add_argument("--site", help="only this site")
+    parser.add_argument(
+        "--forget",
+        metavar="SITE/NODE",
+        help="remove this node from the registry and clear the retained topics the hub publishes for it "
+        "(desired, summary, Home Assistant discovery); through --api, or --db and --broker",
+    )
+    parser.add_argument("--broker", metavar="HOST:PORT", help="MQTT broker for --forget with --db")
     parser.set_defaults(handler=run_nodes)
 
 
@@ -172,14 +188,16 @@ def _command_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=seconds, metavar="S", help="seconds to wait for the answer (default 5)")
     parser.add_argument("--db", metavar="URL", help="also record the command in this hub database's audit table")
     parser.add_argument("--json", action="store_true", help="print the answers as JSON")
+    parser.add_argument(
+        "--force", action="store_true", help="send to a node the --db registry has never seen (refused otherwise)"
+    )
 
 
 def _add_servo(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "servo",
         help="move a node's servo or change its mode",
-        description="Send a servo command over MQTT and wait for the answer. "
-        "Exit 0 on 'ok', 1 on an 'error' answer, 3 when no answer came in time.",
+        description="Send a servo command over MQTT and wait for the answer. " + COMMAND_EXITS,
         epilog="Examples:\n  maskwatch servo --site hq --node door-1 --angle 30\n"
         "  maskwatch servo --site hq --node all --mode sweep",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -196,7 +214,7 @@ def _add_threshold(subparsers: argparse._SubParsersAction) -> None:
         "threshold",
         help="set a node's no-mask threshold",
         description="Set the no-mask probability threshold of a node over MQTT and wait for the answer. "
-        "Exit 0 on 'ok', 1 on an 'error' answer, 3 when no answer came in time.",
+        + COMMAND_EXITS,
     )
     _command_options(parser)
     parser.add_argument("value", type=finite_float, metavar="VALUE", help="threshold in 0..1")
@@ -230,8 +248,7 @@ def _add_schedule(subparsers: argparse._SubParsersAction) -> None:
         "24:00 is the end of the day. Repeat an option for several windows.\n\n"
         "Without --detect the node detects at any time; without --open it is always open; without --quiet it "
         "has no quiet hours. So a schedule of only --timezone lifts every restriction. Quiet-hours events are "
-        "stored by the hub but raise no alert.\n\n"
-        "Exit 0 on 'ok', 1 on an 'error' answer, 3 when no answer came in time.",
+        "stored by the hub but raise no alert.\n\n" + COMMAND_EXITS,
         epilog="Examples:\n"
         "  maskwatch schedule --site hq --node door-1 --timezone Europe/Berlin \\\n"
         "      --detect 'mon-fri 07:00-19:00' --detect 'sat 09:00-13:00' --open 'mon-fri 08:00-18:00' \\\n"
@@ -330,11 +347,13 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 @contextmanager
-def _api_response(base: str, path: str, params: dict[str, Any], token: str | None, accept: str) -> Iterator[Any]:
-    """An open response of a GET on a hub API; errors become :class:`MaskwatchError`."""
-    query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+def _api_response(
+    method: str, base: str, path: str, params: dict[str, Any] | None, token: str | None, accept: str
+) -> Iterator[Any]:
+    """An open response of ``method`` on a hub API; errors become :class:`MaskwatchError`."""
+    query = urllib.parse.urlencode({k: v for k, v in (params or {}).items() if v is not None})
     url = f"{base.rstrip('/')}{path}" + (f"?{query}" if query else "")
-    request = urllib.request.Request(url, headers={"Accept": accept})
+    request = urllib.request.Request(url, headers={"Accept": accept}, method=method)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -349,13 +368,18 @@ def _api_response(base: str, path: str, params: dict[str, Any], token: str | Non
 
 def api_get(base: str, path: str, params: dict[str, Any], token: str | None) -> Any:
     """GET a JSON document from a hub API; errors become :class:`MaskwatchError`."""
-    with _api_response(base, path, params, token, "application/json") as response:
+    return api_request("GET", base, path, token, params)
+
+
+def api_request(method: str, base: str, path: str, token: str | None, params: dict[str, Any] | None = None) -> Any:
+    """Send ``method`` to a hub API and return its JSON answer; errors become :class:`MaskwatchError`."""
+    with _api_response(method, base, path, params, token, "application/json") as response:
         return json.load(response)
 
 
 def api_stream(base: str, path: str, params: dict[str, Any], token: str | None, out: TextIO) -> None:
     """GET a text document from a hub API and copy it to ``out`` as it arrives."""
-    with _api_response(base, path, params, token, "*/*") as response:
+    with _api_response("GET", base, path, params, token, "*/*") as response:
         text = io.TextIOWrapper(response, encoding="utf-8", newline="")
         while chunk := text.read(STREAM_CHUNK_CHARS):
             out.write(chunk)
@@ -500,7 +524,9 @@ def clock_mark(offset_s: float | None, skewed: bool | None) -> str | None:
 
 
 def run_nodes(args: argparse.Namespace) -> int:
-    """``maskwatch nodes``: print the registry."""
+    """``maskwatch nodes``: print the registry, or forget one node."""
+    if args.forget:
+        return forget_node(args)
     if args.api:
         items = api_get(args.api, "/api/nodes", {"site": args.site}, _token(args))
     else:
@@ -534,9 +560,39 @@ def run_nodes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cli_client(config: HubConfig) -> MqttClient:
+    """An MQTT client of one CLI run (its own random client id)."""
+    return MqttClient(config.broker.model_copy(update={"client_id": None}), f"maskwatch-cli-{uuid.uuid4().hex[:8]}")
+
+
+def forget_node(args: argparse.Namespace) -> int:
+    """``maskwatch nodes --forget SITE/NODE``: through the API (``DELETE``) or the database and the broker."""
+    site, _, node = args.forget.partition("/")
+    if args.api:
+        cleared = api_request("DELETE", args.api, f"/api/nodes/{site}/{node}", _token(args))["cleared"]
+    else:
+        from hub.services.commands import Commander
+        from hub.storage.nodes import Registry
+
+        config = load_hub_config(args)
+        store = open_store(config.db_url)
+        client = _cli_client(config)
+        client.start()
+        try:
+            if not client.wait_connected(config.command_timeout_s):
+                raise MaskwatchError(f"cannot reach the broker {config.broker.address}: {client.last_error}")
+            commander = Commander(client, timeout_s=config.command_timeout_s, store=store, registry=Registry(store))
+            cleared = commander.forget(site, node)
+        finally:
+            client.stop()
+            store.close()
+    print(f"forgot {site}/{node}; cleared retained: {', '.join(cleared)}")
+    return 0
+
+
 def send_command(args: argparse.Namespace, name: str, params: dict[str, Any]) -> int:
     """Send one command over MQTT, print the answers, return 0/1/3."""
-    from hub.services.commands import Commander, CommandStatus, overall_status
+    from hub.services.commands import Commander, CommandStatus, UnknownNode, overall_status
     from hub.storage.nodes import Registry
     from hub.views import outcome_json
 
@@ -546,7 +602,7 @@ def send_command(args: argparse.Namespace, name: str, params: dict[str, Any]) ->
     if args.db:
         store = open_store(args.db)
         registry = Registry(store)
-    client = MqttClient(config.broker.model_copy(update={"client_id": None}), f"maskwatch-cli-{uuid.uuid4().hex[:8]}")
+    client = _cli_client(config)
     commander = Commander(client, timeout_s=args.timeout or config.command_timeout_s, store=store, registry=registry)
     deadline = time.monotonic() + commander.timeout_s  # connecting counts against the timeout
     commander.listen(args.site)
@@ -561,7 +617,11 @@ def send_command(args: argparse.Namespace, name: str, params: dict[str, Any]) ->
             params,
             source="cli",
             timeout_s=max(MIN_ANSWER_WAIT_S, deadline - time.monotonic()),
+            force=args.force,
         )
+    except UnknownNode as exc:
+        print(f"maskwatch {name}: {exc}", file=sys.stderr)
+        return EXIT_UNKNOWN_NODE
     finally:
         client.stop()
         if store is not None:

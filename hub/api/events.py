@@ -6,18 +6,33 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import FileResponse, StreamingResponse
 
-from hub.api.deps import MAX_PAGE, LabelQ, Limit, Offset, Principal, Services, Since, Until, aware
+from hub.api.deps import (
+    MAX_OFFSET,
+    MAX_PAGE,
+    EventId,
+    LabelQ,
+    Limit,
+    NodeQ,
+    Offset,
+    Principal,
+    Services,
+    Since,
+    SiteQ,
+    Until,
+    aware,
+    errors,
+)
 from hub.views import EXPORT_MEDIA_TYPES, ExportFormat, event_json, export_events
 
-router = APIRouter(tags=["events"])
+router = APIRouter(tags=["events"], responses=errors())
 
 
 @router.get("/api/events")
 def list_events(
     services: Services,
     _: Principal,
-    site: str | None = None,
-    node: str | None = None,
+    site: SiteQ = None,
+    node: NodeQ = None,
     label: LabelQ = None,
     since: Since = None,
     until: Until = None,
@@ -44,12 +59,14 @@ def export_events_route(
     fmt: ExportFormat,
     services: Services,
     _: Principal,
-    site: str | None = None,
-    node: str | None = None,
+    site: SiteQ = None,
+    node: NodeQ = None,
     label: LabelQ = None,
     since: Since = None,
     until: Until = None,
-    limit: Annotated[int | None, Query(ge=1, description="at most this many events (default: all)")] = None,
+    limit: Annotated[
+        int | None, Query(ge=1, le=MAX_OFFSET, description="at most this many events (default: all)")
+    ] = None,
 ) -> StreamingResponse:
     """Every matching event (or the first ``limit``), newest first, as ``csv`` (a header line, then one line per
     event), ``json`` (one array) or ``jsonl`` (one object per line): read a page at a time (keyset paging), so
@@ -67,8 +84,8 @@ def export_events_route(
     )
 
 
-@router.get("/api/events/{event_id}")
-def get_event(event_id: str, services: Services, _: Principal) -> dict[str, Any]:
+@router.get("/api/events/{event_id}", responses=errors(404))
+def get_event(event_id: EventId, services: Services, _: Principal) -> dict[str, Any]:
     """One event with its raw messages."""
     row = services.events.get(event_id)
     if row is None:
@@ -78,8 +95,8 @@ def get_event(event_id: str, services: Services, _: Principal) -> dict[str, Any]
     return body
 
 
-@router.get("/api/events/{event_id}/snapshot.jpg", response_class=FileResponse)
-def get_snapshot(event_id: str, services: Services, _: Principal) -> FileResponse:
+@router.get("/api/events/{event_id}/snapshot.jpg", response_class=FileResponse, responses=errors(404))
+def get_snapshot(event_id: EventId, services: Services, _: Principal) -> FileResponse:
     """The JPEG the node sent for the event."""
     path = services.events.snapshot_file(event_id)
     if path is None:

@@ -129,6 +129,20 @@ class Registry:
                 stmt = stmt.where(NodeRow.site == site)
             return list(session.scalars(stmt))
 
+    def known(self, site: str, node: str) -> bool:
+        """Whether the registry has a row for ``site``/``node``."""
+        with self.store.session() as session:
+            return session.get(NodeRow, (site, node)) is not None
+
+    def forget(self, site: str, node: str) -> bool:
+        """Delete the row of ``site``/``node``; ``False`` when there was none."""
+        with self.store.transaction() as session:
+            row = session.get(NodeRow, (site, node))
+            if row is None:
+                return False
+            session.delete(row)
+            return True
+
     def counts_by_availability(self) -> list[tuple[bool | None, int]]:
         """``(online, nodes)`` rows (``online`` is ``None`` for a node never heard on ``status``)."""
         with self.store.session() as session:
