@@ -24,17 +24,17 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO, TypeVar, cast, get_args
+from typing import TYPE_CHECKING, Any, TextIO, cast, get_args
 
 from hub.config import HubConfig, hash_token
 from hub.services.auth import new_token
 from hub.views import ExportFormat
 from shared import topics
-from shared.cli import finite_float, positive_int, seconds
+from shared.cli import address, argument_type, finite_float, node_id, node_list, positive_int, seconds, site_id
 from shared.config import load_config, merge, parse_host_port, parse_set_options
 from shared.errors import ConfigError, MaskwatchError
 from shared.messages import Alert, parse
@@ -86,7 +86,7 @@ def _config_options(parser: argparse.ArgumentParser, *, db: bool = True, broker:
     if db:
         parser.add_argument("--db", metavar="URL", help="SQLAlchemy URL (default sqlite:///maskwatch.db)")
     if broker:
-        parser.add_argument("--broker", metavar="HOST:PORT", help="MQTT broker (default 127.0.0.1:1883)")
+        parser.add_argument("--broker", type=address, metavar="HOST:PORT", help="MQTT broker (default 127.0.0.1:1883)")
 
 
 def _source_options(parser: argparse.ArgumentParser) -> None:
@@ -141,8 +141,8 @@ def _add_events(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _source_options(parser)
-    parser.add_argument("--site", help="only this site")
-    parser.add_argument("--node", help="only this node")
+    parser.add_argument("--site", type=site_id, help="only this site")
+    parser.add_argument("--node", type=node_id, help="only this node")
     parser.add_argument("--label", choices=get_args(Label), help="only this final label")
     parser.add_argument("--since", metavar="TIME", help="ISO time, or a duration ago: 30m, 2h, 7d")
     parser.add_argument("--until", metavar="TIME", help="ISO time, or a duration ago")
@@ -170,21 +170,23 @@ def _add_nodes(subparsers: argparse._SubParsersAction) -> None:
         "('off by +N s' when the node's clock, measured on its stats, is more than clock.max_skew_s off the hub's).",
     )
     _source_options(parser)
-    parser.add_argument("--site", help="only this site")
+    parser.add_argument("--site", type=site_id, help="only this site")
     parser.add_argument(
         "--forget",
         metavar="SITE/NODE",
         help="remove this node from the registry and clear the retained topics the hub publishes for it "
         "(desired, summary, Home Assistant discovery); through --api, or --db and --broker",
     )
-    parser.add_argument("--broker", metavar="HOST:PORT", help="MQTT broker for --forget with --db")
+    parser.add_argument("--broker", type=address, metavar="HOST:PORT", help="MQTT broker for --forget with --db")
     parser.set_defaults(handler=run_nodes)
 
 
 def _command_options(parser: argparse.ArgumentParser) -> None:
     _config_options(parser, db=False, broker=True)
-    parser.add_argument("--site", required=True, help="site id")
-    parser.add_argument("--node", required=True, help="node id, a comma-separated list, or 'all' (every node)")
+    parser.add_argument("--site", required=True, type=site_id, help="site id")
+    parser.add_argument(
+        "--node", required=True, type=node_list, help="node id, a comma-separated list, or 'all' (every node)"
+    )
     parser.add_argument("--timeout", type=seconds, metavar="S", help="seconds to wait for the answer (default 5)")
     parser.add_argument("--db", metavar="URL", help="also record the command in this hub database's audit table")
     parser.add_argument("--json", action="store_true", help="print the answers as JSON")
@@ -221,21 +223,6 @@ def _add_threshold(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_threshold)
 
 
-T = TypeVar("T")
-
-
-def _argument(check: Callable[[str], T]) -> Callable[[str], T]:
-    """An argparse ``type`` from a checker that raises ValueError: its message becomes the usage error."""
-
-    def parse(text: str) -> T:
-        try:
-            return check(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return parse
-
-
 def _add_schedule(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "schedule",
@@ -260,7 +247,7 @@ def _add_schedule(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--timezone",
         required=True,
-        type=_argument(check_timezone),
+        type=argument_type(check_timezone),
         metavar="TZ",
         help="IANA time zone, e.g. Europe/Berlin",
     )
@@ -269,7 +256,7 @@ def _add_schedule(subparsers: argparse._SubParsersAction) -> None:
         ("--open", "opening hours: outside them the servo is parked"),
         ("--quiet", "quiet hours: events are stored but raise no alert"),
     ):
-        parser.add_argument(option, type=_argument(window_spec), action="append", metavar="WINDOW", help=what)
+        parser.add_argument(option, type=argument_type(window_spec), action="append", metavar="WINDOW", help=what)
     low, high = SERVO_RANGE_DEG
     parser.add_argument(
         "--park-deg",
@@ -287,7 +274,7 @@ def _add_alerts(subparsers: argparse._SubParsersAction) -> None:
         description="Subscribe to maskwatch/<site>/alerts and print each alert as it comes (Ctrl-C to stop).",
     )
     _config_options(parser, db=False, broker=True)
-    parser.add_argument("--site", required=True, help="site id")
+    parser.add_argument("--site", required=True, type=site_id, help="site id")
     parser.add_argument("--json", action="store_true", help="print each alert as one JSON line")
     parser.add_argument("--count", type=positive_int, metavar="N", help="exit after N alerts")
     parser.add_argument("--timeout", type=seconds, metavar="S", help="with --count: give up after S seconds (exit 3)")

@@ -103,10 +103,10 @@ def non_negative_float(text: str) -> float:
 
 def probability(text: str) -> float:
     """An argparse type: a finite number in the probability range (the rule of :func:`check_threshold`)."""
-    return _checked(lambda t: check_threshold(finite_float(t), "the value"))(text)
+    return argument_type(lambda t: check_threshold(finite_float(t), "the value"))(text)
 
 
-def _checked(parse: Callable[[str], T]) -> Callable[[str], T]:
+def argument_type(parse: Callable[[str], T]) -> Callable[[str], T]:
     """An argparse type from a parser that raises :class:`ConfigError` or ``ValueError`` with a clear message."""
 
     def convert(text: str) -> T:
@@ -119,20 +119,27 @@ def _checked(parse: Callable[[str], T]) -> Callable[[str], T]:
 
 
 #: argparse types: a site id; a node id.
-site_id = _checked(lambda text: validate_id(text, "site"))
-node_id = _checked(lambda text: validate_id(text, "node"))
+site_id = argument_type(lambda text: validate_id(text, "site"))
+node_id = argument_type(lambda text: validate_id(text, "node"))
+
+
+def node_list(text: str) -> str:
+    """An argparse type: a node id, a comma-separated list of them, or ``all``; kept as given."""
+    for node in text.split(","):
+        node_id(node)
+    return text
 
 
 def address(text: str) -> str:
     """An argparse type: ``HOST[:PORT]`` (``[::1]:1883`` for IPv6), kept as given: its reader knows the default
     port."""
-    _checked(parse_host_port)(text)
+    argument_type(parse_host_port)(text)
     return text.strip()
 
 
 def set_option(text: str) -> str:
     """An argparse type: a ``--set KEY=VALUE`` option, kept as given (:func:`parse_set_options` reads it)."""
-    _checked(split_set_option)(text)
+    argument_type(split_set_option)(text)
     return text
 
 
