@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -153,6 +154,24 @@ def checked(result: subprocess.CompletedProcess[str], what: str) -> subprocess.C
     return result
 
 
+def base_root_path() -> Path:
+    """Where the cached debootstrap root is (or will be)."""
+    return cache_dir() / f"root-{digest(RELEASE, MIRROR, PACKAGES)}"
+
+
+def mirror_problem(timeout: float = 30) -> str | None:
+    """Why the root cannot be built here (the Debian mirror out of reach), or ``None`` (also when it is cached)."""
+    if base_root_path().is_dir():
+        return None
+    release = f"{MIRROR}/dists/{RELEASE}/Release"
+    try:
+        with urllib.request.urlopen(release, timeout=timeout) as response:
+            response.read(1)
+    except OSError as exc:
+        return f"the arm64 root is not cached and the Debian mirror is out of reach ({release}: {exc})"
+    return None
+
+
 def base_root() -> Path:
     """The cached debootstrap root (cold: a few minutes, the packages fetched from the Debian mirror)."""
     packages = ",".join(PACKAGES)
@@ -163,7 +182,7 @@ def base_root() -> Path:
         for cached in (tmp / "var" / "cache" / "apt" / "archives").glob("*.deb"):
             cached.unlink()
 
-    return build_layer(cache_dir() / f"root-{digest(RELEASE, MIRROR, PACKAGES)}", build)
+    return build_layer(base_root_path(), build)
 
 
 def root_python(root: Path) -> str:
