@@ -193,7 +193,12 @@ fetch_models() {
 install_service() {
     step "systemd maskwatch-edge.service"
     install -m 0644 "$SRC/deploy/systemd/maskwatch-edge.service" /etc/systemd/system/maskwatch-edge.service
-    systemctl daemon-reload
+    if [ -d /run/systemd/system ]; then
+        systemctl daemon-reload
+    else   # a chroot or an image build: enabling works offline, loading and starting need a running systemd
+        echo "systemd is not running here: the unit is enabled, it loads at the next boot"
+        [ "$START" = 0 ] || die "cannot start the service without a running systemd: rerun with --no-start"
+    fi
     systemctl enable maskwatch-edge.service
     if [ "$START" = 1 ]; then
         systemctl restart maskwatch-edge.service
