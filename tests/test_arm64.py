@@ -4,7 +4,8 @@ The wheel and its ``edge`` extra, resolved to aarch64 wheels, are installed in a
 arm64 root (tests/arm64_root.py). There, through the ``maskwatch`` command only, the committed classifiers
 and both face detectors run on a fixed set of scene photos, and an edge node delivers a folder of them with
 ``--once`` to this session's Mosquitto; the same commands run on this machine, and both must agree face by
-face. Emulation says nothing about speed on a Pi; these tests check correctness only.
+face. qemu emulates a Pi's core (Cortex-A72, and A76 for one detector; see ``arm64_root.CPU``). Emulation
+says nothing about speed on a Pi; these tests check correctness only.
 
 Needs root and qemu-user-static (tests/run installs it as root); otherwise every test here is skipped with
 the reason. Select them with ``-m arm64``.
