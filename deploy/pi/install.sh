@@ -39,7 +39,7 @@ Options:
   --credentials FILE  this node's SITE.NODE.env from make-users (copied to /etc/maskwatch/edge.env)
   --camera KIND       picamera (Raspberry Pi camera, default) or usb (first USB camera)
   --spec SPEC         what pip installs (default: this checkout, "$SRC[edge]")
-  --no-start          install and enable, do not start
+  --no-start          install and enable, do not start (needed where systemd is not running: a chroot)
   --config-only       only write /etc/maskwatch (no apt, pip, user or systemd); with --destdir
   --destdir DIR       install under DIR instead of / (for tests and images)
 USAGE
