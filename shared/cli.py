@@ -143,28 +143,20 @@ def set_option(text: str) -> str:
     return text
 
 
-def existing_file(text: str) -> Path:
-    """An argparse type: a path to a file that exists."""
-    path = Path(text)
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"file not found: {text}")
-    return path
+def _existing(test: Callable[[Path], bool], problem: str) -> Callable[[str], Path]:
+    def convert(text: str) -> Path:
+        path = Path(text)
+        if not test(path):
+            raise argparse.ArgumentTypeError(f"{problem}: {text}")
+        return path
+
+    return convert
 
 
-def existing_dir(text: str) -> Path:
-    """An argparse type: a path to a folder that exists."""
-    path = Path(text)
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"folder not found: {text}")
-    return path
-
-
-def existing_path(text: str) -> Path:
-    """An argparse type: a path to a file or folder that exists."""
-    path = Path(text)
-    if not path.exists():
-        raise argparse.ArgumentTypeError(f"no such file or folder: {text}")
-    return path
+#: argparse types: a path to a file that exists; to a folder that exists; to either.
+existing_file = _existing(Path.is_file, "file not found")
+existing_dir = _existing(Path.is_dir, "folder not found")
+existing_path = _existing(Path.exists, "no such file or folder")
 
 
 def seconds(text: str) -> float:
