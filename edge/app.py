@@ -2,7 +2,8 @@
 
 Threads (all stop on one shared Event, in reverse order): ``capture`` (the
 source), ``inference`` (the :class:`~edge.pipeline.Pipeline`), ``servo``,
-``commands`` (the :class:`~edge.commands.Dispatcher`), ``stats``, ``preview``,
+``commands`` (the :class:`~edge.commands.Dispatcher`), ``stats``, ``schedule``
+(the :class:`~edge.scheduler.Scheduler`), ``preview``,
 and ``delivery`` (the outbox :class:`~edge.delivery.outbox.Courier`), which stops last
 so what the others produced is flushed. MQTT's own network thread only
 enqueues.
@@ -37,6 +38,7 @@ from edge.devices.pins import make_pin_factory
 from edge.devices.servo import PanServo, ServoPlanner, drive
 from edge.pipeline import Pipeline
 from edge.rollout import ChunkInbox, ModelFolder, ModelRollout
+from edge.scheduler import Scheduler
 from edge.state import NodeRuntime
 from edge.vision.classifier import Classifier, MaskClassifier
 from edge.vision.detector import FaceDetector, create_detector
@@ -47,6 +49,9 @@ from shared.mqtt import MqttClient, Will
 from shared.topics import HUB_PRESENCE_FILTER, NodeTopics
 
 log = logging.getLogger(__name__)
+
+#: How often (seconds) the ``stats`` thread checks the camera's health between stats messages.
+HEALTH_CHECK_S = 1.0
 
 
 class EdgeApp:
@@ -170,7 +175,9 @@ class EdgeApp:
         source = open_source(
             cfg.source, camera=cfg.camera, scene=cfg.scene, angle=(lambda: servo.position) if servo else None
         )
-        self.capture = Capture(source, cfg.camera.retry_min_s, cfg.camera.retry_max_s)
+        self.capture = Capture(
+            source, cfg.camera.retry_min_s, cfg.camera.retry_max_s, cfg.camera.stall_timeout_s, retry=not self.once
+        )
         self.pipeline = Pipeline(
             cfg,
             self._detector,
@@ -193,10 +200,13 @@ class EdgeApp:
             cfg.num_threads,
             self.stopping,
         )
+        self.scheduler = Scheduler(self.runtime, servo=self.servo, planner=self.planner, on_change=self.publish_state)
+        self.scheduler.set(cfg.schedule)
         self.commands = NodeCommands(
             self.runtime,
             servo=self.servo,
             planner=self.planner,
+            scheduler=self.scheduler,
             snapshot=self.publish_snapshot,
             config=lambda: redacted(cfg),
             model=rollout.apply,
@@ -236,6 +246,7 @@ class EdgeApp:
             ("inference", lambda: self.pipeline.run(self.stopping, self.capture)),
             ("commands", lambda: self.dispatcher.run(self.stopping)),
             ("stats", self._stats_loop),
+            ("schedule", lambda: self.scheduler.run(self.stopping)),
         ]
         if self.servo and self.planner:
             servo, planner = self.servo, self.planner
@@ -261,6 +272,7 @@ class EdgeApp:
     def stats(self) -> NodeStats:
         """The ``stats`` message for the interval now ending."""
         fps, stage_ms = self.pipeline.times.reset()
+        camera_error = self.capture.error
         dropped = self.capture.dropped + getattr(self.capture.source, "unreadable", 0) + self.pipeline.frames_skipped
         return NodeStats(
             site=self.config.site,
@@ -280,19 +292,42 @@ class EdgeApp:
             reconnects=max(0, self.client.connects - 1),
             uptime_s=round(time.monotonic() - self._started, 1),
             cpu_temp_c=cpu_temperature(),
-            camera_ok=self.capture.ok,
-            camera_error=self.capture.error,
+            camera_ok=camera_error is None,
+            camera_error=camera_error,
             rejected={**self.dispatcher.rejected, **({"model_chunk": n} if (n := self.model_inbox.rejected) else {})},
         )
 
     def _stats_loop(self) -> None:
-        while not self.stopping.wait(self.config.stats_interval_s):
-            stats = self.stats()
-            if stats.delivery_error != self.runtime.delivery_error:  # the retained state shows it too
-                self.runtime.delivery_error = stats.delivery_error
-                self.publish_state()
-            if self.client.connected:  # stats are a live view: an interval while offline is not kept
-                self.client.publish(self.topics.stats, stats.to_json(), qos=0)
+        """Body of the ``stats`` thread: stats every ``stats_interval_s``; the camera's health checked every
+        :data:`HEALTH_CHECK_S`, so the retained state and a stats message say at once when it changes."""
+        interval = self.config.stats_interval_s
+        due = time.monotonic() + interval
+        while not self.stopping.wait(min(interval, HEALTH_CHECK_S)):
+            camera_changed = self._camera_health_changed()
+            if camera_changed or time.monotonic() >= due:
+                due = time.monotonic() + interval
+                self._publish_stats()
+
+    def _camera_health_changed(self) -> bool:
+        """Log and publish (retained state) a change of the camera's health; say whether it changed."""
+        error = self.capture.error
+        if (error is None) == (self.runtime.camera_error is None):
+            return False
+        if error:
+            log.error("camera down: %s", error)
+        else:
+            log.info("camera back: frames are coming again")
+        self.runtime.camera_error = error
+        self.publish_state()
+        return True
+
+    def _publish_stats(self) -> None:
+        stats = self.stats()
+        if stats.delivery_error != self.runtime.delivery_error:  # the retained state shows it too
+            self.runtime.delivery_error = stats.delivery_error
+            self.publish_state()
+        if self.client.connected:  # stats are a live view: an interval while offline is not kept
+            self.client.publish(self.topics.stats, stats.to_json(), qos=0)
 
     def publish_snapshot(self, request_id: str) -> dict[str, Any]:
         """``snapshot`` command: publish a JPEG of the current frame on ``.../snapshot/<request_id>`` now;
@@ -382,7 +417,7 @@ class EdgeApp:
                 self.config.outbox_path(),
             )
             code = 1
-        if self.once and self.capture.error:
-            log.error("source failed: %s", self.capture.error)
+        if self.once and self.capture.failure:  # a stall ended the run too; the end of a file after it does not
+            log.error("source failed: %s", self.capture.failure)
             code = 1
         return code

@@ -8,6 +8,7 @@ import signal
 from typing import Any
 
 from edge.config import load_edge_config
+from shared.cli import address, existing_file, node_id, set_option, site_id
 from shared.config import merge, parse_host_port, parse_set_options
 from shared.messages import COMMANDS
 from shared.vocabulary import Profile
@@ -34,10 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "MASKWATCH_KEY__SUB=VALUE.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", metavar="FILE", help="YAML config file (see docs/edge.md)")
-    parser.add_argument("--broker", metavar="HOST:PORT", help="MQTT broker (default 127.0.0.1:1883)")
-    parser.add_argument("--site", help="site id ([a-z0-9_-])")
-    parser.add_argument("--node", help="node id ([a-z0-9_-])")
+    parser.add_argument("--config", type=existing_file, metavar="FILE", help="YAML config file (see docs/edge.md)")
+    parser.add_argument("--broker", type=address, metavar="HOST:PORT", help="MQTT broker (default 127.0.0.1:1883)")
+    parser.add_argument("--site", type=site_id, help="site id ([a-z0-9_-], 1..64)")
+    parser.add_argument("--node", type=node_id, help="node id ([a-z0-9_-], 1..64)")
     parser.add_argument("--source", metavar="SRC", help=SOURCES_HELP)
     parser.add_argument(
         "--profile",
@@ -48,14 +49,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--once",
         action="store_true",
         help="process a file or folder to its end, deliver every event, exit (0: all delivered; "
-        "1: source failed, broker never reached or events left in the outbox)",
+        "1: source failed (cannot open, no image, or no frame for camera.stall_timeout_s), broker never "
+        "reached or events left in the outbox)",
     )
     parser.add_argument(
         "--outbox", metavar="PATH", help="SQLite outbox file (default per site/node in ~/.local/state/maskwatch/)"
     )
-    parser.add_argument("--preview", metavar="HOST:PORT", help="serve an annotated MJPEG preview (off by default)")
+    parser.add_argument(
+        "--preview", type=address, metavar="HOST:PORT", help="serve an annotated MJPEG preview (off by default)"
+    )
     parser.add_argument(
         "--set",
+        type=set_option,
         metavar="KEY=VALUE",
         action="append",
         default=[],

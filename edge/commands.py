@@ -24,14 +24,18 @@ from collections.abc import Callable
 from typing import Any
 
 from edge.devices.servo import PanServo, ServoPlanner
+from edge.scheduler import Scheduler
 from edge.state import NodeRuntime
 from shared.errors import CommandRejected, ContractError
+from shared.logcap import LogCap
 from shared.messages import (
     COMMANDS,
     Command,
     CommandResponse,
     DesiredConfig,
     DetectCommand,
+    ScheduleCommand,
+    ScheduleState,
     ServoCommand,
     ThresholdCommand,
     parse,
@@ -83,6 +87,7 @@ class Dispatcher:
         self._apply_desired = apply_desired
         self._inbox: queue.SimpleQueue[Received] = queue.SimpleQueue()
         self.rejected: Counter[str] = Counter()
+        self._reject_log = LogCap(log, "command rejections")
 
     def receive(self, message: Received) -> None:
         """Subscription handler (network thread): enqueue only."""
@@ -109,7 +114,7 @@ class Dispatcher:
             info = parse_topic(message.topic)
         except ContractError as exc:
             self.rejected["topic"] += 1
-            log.warning("ignoring message on %s: %s", message.topic, exc)
+            self._reject_log.warning("topic", "ignoring message on %s: %s", message.topic, exc)
             return None
         name = info.name or ""
         answer = self._answer(name, message.payload)
@@ -122,20 +127,19 @@ class Dispatcher:
         model = COMMANDS.get(name)
         handler = self.handlers.get(name)
         if model is None or handler is None:
-            self.rejected["unknown"] += 1
             return self._error(
-                _request_id_of(payload), f"unknown command {name!r}; known: " + ", ".join(sorted(self.handlers))
+                "unknown",
+                _request_id_of(payload),
+                f"unknown command {name!r}; known: " + ", ".join(sorted(self.handlers)),
             )
         try:
             command = parse(model, payload)
         except ContractError as exc:
-            self.rejected[exc.reason] += 1
-            return self._error(_request_id_of(payload), f"invalid {name} command: {exc}")
+            return self._error(exc.reason, _request_id_of(payload), f"invalid {name} command: {exc}")
         try:
             value = handler(command)
         except CommandRejected as exc:
-            self.rejected["rejected"] += 1
-            return self._error(command.request_id, str(exc))
+            return self._error("rejected", command.request_id, str(exc))
         log.info("command %s (%s): %s", name, command.request_id, value)
         return CommandResponse(
             request_id=command.request_id,
@@ -146,8 +150,10 @@ class Dispatcher:
             value=value,
         )
 
-    def _error(self, request_id: str | None, reason: str) -> CommandResponse:
-        log.warning("command rejected (%s): %s", request_id, reason)
+    def _error(self, kind: str, request_id: str | None, reason: str) -> CommandResponse:
+        """Count the rejection under ``kind``, log it (a few per kind and minute) and build the error answer."""
+        self.rejected[kind] += 1
+        self._reject_log.warning(kind, "command rejected (%s): %s", request_id, reason)
         return CommandResponse(
             request_id=request_id,
             status="error",
@@ -184,6 +190,7 @@ class NodeCommands:
     :param runtime: threshold and detect switch.
     :param servo: the pan servo (``None``: servo commands are rejected).
     :param planner: the servo's planner.
+    :param scheduler: applies the schedule (and parks the servo outside opening hours).
     :param snapshot: publishes a JPEG of the current frame now on ``.../snapshot/<request_id>`` and returns
         what it published.
     :param config: returns the effective config, secrets removed.
@@ -197,6 +204,7 @@ class NodeCommands:
         *,
         servo: PanServo | None,
         planner: ServoPlanner | None,
+        scheduler: Scheduler,
         snapshot: Callable[[str], dict[str, Any]],
         config: Callable[[], dict[str, Any]],
         model: Handler | None = None,
@@ -205,6 +213,7 @@ class NodeCommands:
         self._model = model
         self.servo = servo
         self.planner = planner
+        self.scheduler = scheduler
         self._snapshot = snapshot
         self._config = config
 
@@ -216,6 +225,10 @@ class NodeCommands:
         assert isinstance(command, ServoCommand)
         if self.servo is None or self.planner is None:
             raise CommandRejected("this node has no servo (servo.enabled is false)")
+        status = self.runtime.schedule_status
+        if self.scheduler.parked and status is not None:
+            until = status.next_change.isoformat() if status.next_change else "the schedule changes"
+            raise CommandRejected(f"the servo is parked outside opening hours (schedule) until {until}")
         clamped = False
         angle = None
         if command.angle is not None:
@@ -253,6 +266,15 @@ class NodeCommands:
             self.runtime.detect = command.enabled
         return {"detect": command.enabled}
 
+    def _on_schedule(self, command: Command) -> Any:
+        assert isinstance(command, ScheduleCommand)
+        status = self.scheduler.set(command.schedule)
+        assert status is not None
+        return {
+            "schedule": command.schedule.model_dump(mode="json", exclude_none=True),
+            "status": ScheduleState.of(status).model_dump(mode="json", exclude_none=True),
+        }
+
     def _on_snapshot(self, command: Command) -> Any:
         return self._snapshot(command.request_id)
 
@@ -271,6 +293,8 @@ class NodeCommands:
                 self.runtime.threshold = desired.threshold
             if desired.detect is not None:
                 self.runtime.detect = desired.detect
+        if desired.schedule is not None:
+            self.scheduler.set(desired.schedule)
         if (
             self.servo is not None
             and self.planner is not None
@@ -278,7 +302,7 @@ class NodeCommands:
         ):
             angle = None if desired.servo_angle is None else self.servo.clamp(desired.servo_angle)[0]
             mode = desired.servo_mode or (ServoMode.HOLD if angle is not None else self.planner.mode)
-            self.planner.set_mode(mode, angle=angle)
+            self.scheduler.set_servo(mode, angle)
 
 
 _unhandled = [name for name in COMMANDS if not callable(getattr(NodeCommands, handler_name(name), None))]

@@ -16,8 +16,10 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from shared.config import BrokerConfig, Identifier, StrictModel, load_config, parse_host_port
+from shared.schedule import Schedule
 from shared.vocabulary import (
     DEFAULT_FACE_SCORES,
+    SERVO_RANGE_DEG,
     Probability,
     Profile,
     ServoMode,
@@ -78,8 +80,8 @@ class ServoConfig(StrictModel):
 
     enabled: bool = True
     pin: int | str = Field(17, description="GPIO of the servo signal")
-    min_deg: float = Field(-90, ge=-180, le=0)
-    max_deg: float = Field(90, ge=0, le=180)
+    min_deg: float = Field(-90, ge=SERVO_RANGE_DEG[0], le=0)
+    max_deg: float = Field(90, ge=0, le=SERVO_RANGE_DEG[1])
     min_pulse_width_s: float = Field(0.001, gt=0, le=0.005)
     max_pulse_width_s: float = Field(0.002, gt=0, le=0.005)
     frame_width_s: float = Field(0.02, gt=0, le=0.1)
@@ -151,8 +153,20 @@ class CameraConfig(StrictModel):
 
     width: int | None = Field(None, description="requested width (camera index / picamera)")
     height: int | None = None
-    retry_min_s: float = Field(0.5, gt=0)
-    retry_max_s: float = Field(30.0, gt=0)
+    retry_min_s: float = Field(0.5, gt=0, le=3600, description="first wait before reopening a failed camera")
+    retry_max_s: float = Field(30.0, gt=0, le=3600, description="longest wait between reopen attempts (doubling)")
+    stall_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="no frame for this long: the camera is reported down (camera_ok false) until frames return",
+    )
+
+    @model_validator(mode="after")
+    def _retry_order(self) -> CameraConfig:
+        if self.retry_min_s > self.retry_max_s:
+            raise ValueError(f"retry_min_s ({self.retry_min_s}) must not exceed retry_max_s ({self.retry_max_s})")
+        return self
 
 
 class PreviewConfig(StrictModel):
@@ -196,6 +210,9 @@ class EdgeConfig(StrictModel):
         f"the profile's, {describe_profile_defaults(DEFAULT_FACE_SCORES)})",
     )
     detect: bool = Field(True, description="inference running at start")
+    schedule: Schedule | None = Field(
+        None, description="when the node detects, is open (servo not parked) and is quiet (see docs/edge.md)"
+    )
     min_face_px: int = Field(16, ge=4, description="smaller detections are ignored")
     stats_interval_s: float = Field(10.0, gt=0)
     pin_factory: Literal["auto", "mock", "lgpio", "pigpio", "rpigpio", "native"] = Field(

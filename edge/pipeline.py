@@ -166,7 +166,7 @@ class Pipeline:
 
     def _process(self, frame: Frame) -> list[Event]:
         with self.runtime.lock:
-            detect, threshold = self.runtime.detect, self.runtime.threshold
+            detect, threshold = self.runtime.detecting, self.runtime.threshold
         if not detect:
             events = self._emit(self.tracker.flush(frame.ts), frame) if self.tracker.tracks else []
             self._show(frame, [], [])
@@ -281,6 +281,8 @@ class Pipeline:
         return events
 
     def _write(self, event: Event, frame: Frame | None, box: tuple[int, int, int, int]) -> Event:
+        if self.runtime.quiet:  # quiet hours: the hub stores it and raises no alert
+            event = event.model_copy(update={"quiet": True})
         jpeg = None
         snap = self.config.snapshot
         if frame is not None and event.label == "no_mask" and event.type != "end" and snap.mode != "off":

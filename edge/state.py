@@ -6,13 +6,15 @@ import threading
 from dataclasses import dataclass, field
 
 from edge.devices.servo import PanServo, ServoPlanner
-from shared.messages import NodeState, ServoState, utc_now
+from shared.messages import NodeState, ScheduleState, ServoState, utc_now
+from shared.schedule import Schedule, ScheduleStatus
 from shared.vocabulary import Profile, ServoMode
 
 
 @dataclass
 class NodeRuntime:
-    """Run-time settings (threshold, detect on/off; the servo mode lives in the planner).
+    """Run-time settings (threshold, detect on/off, the schedule and its status; the servo mode lives in the
+    planner).
 
     Commands and the hub's desired config change these; the config tree stays as loaded.
     """
@@ -31,6 +33,9 @@ class NodeRuntime:
     min_deg: float = -90.0
     max_deg: float = 90.0
     delivery_error: str | None = None
+    camera_error: str | None = None
+    schedule: Schedule | None = None
+    schedule_status: ScheduleStatus | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -39,6 +44,16 @@ class NodeRuntime:
         if self.servo is None or (self.planner is not None and self.planner.mode == ServoMode.OFF):
             return None
         return round(self.servo.position, 2)
+
+    @property
+    def detecting(self) -> bool:
+        """Inference runs now: switched on, and the schedule (if any) lets it."""
+        return self.detect and (self.schedule_status is None or self.schedule_status.detect)
+
+    @property
+    def quiet(self) -> bool:
+        """Quiet hours now: events are marked quiet."""
+        return self.schedule_status is not None and self.schedule_status.quiet
 
     def state(self) -> NodeState:
         """The retained ``state`` message now."""
@@ -56,4 +71,7 @@ class NodeRuntime:
             profile=self.profile,
             source=self.source,
             delivery_error=self.delivery_error,
+            camera_ok=self.camera_error is None,
+            camera_error=self.camera_error,
+            schedule=None if self.schedule_status is None else ScheduleState.of(self.schedule_status),
         )

@@ -8,6 +8,7 @@ Example ``hub.yaml``::
     ingest: {batch_size: 500, batch_ms: 50}
     alerts: {cooldown_s: 60, offline_after_s: 120}
     retention: {days: 30}
+    clock: {max_skew_s: 300}
     auth:
       tokens:
         - {name: ops, sha256: 5e88...}   # from 'maskwatch hub --new-token ops'
@@ -22,6 +23,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 
 from shared.config import BrokerConfig, Identifier, StrictModel
+from shared.vocabulary import Probability
 
 
 class HttpConfig(StrictModel):
@@ -56,10 +58,8 @@ class AlertConfig(StrictModel):
     """When alerts are raised."""
 
     cooldown_s: float = Field(60.0, ge=0, description="per node: no_mask alerts closer than this are suppressed")
-    min_face_score: float | None = Field(
+    min_face_score: Probability | None = Field(
         None,
-        ge=0,
-        le=1,
         description="no_mask events whose face score (the node's face verification) is lower "
         "raise no alert; events without a face score still do (default: off)",
     )
@@ -73,6 +73,22 @@ class RetentionConfig(StrictModel):
     days: float = Field(30.0, gt=0, description="events, snapshots, alerts and rejected payloads older than this")
     interval_s: float = Field(3600.0, gt=0, description="how often the hub prunes")
     rejected_max_rows: int = Field(10_000, ge=0, description="bound of the rejected-payload table (0: keep none)")
+
+
+#: Default of ``clock.max_skew_s``, seconds.
+DEFAULT_MAX_SKEW_S = 300.0
+
+
+class ClockConfig(StrictModel):
+    """How far a node's clock may be off the hub's before its messages are flagged (the hub's clock orders,
+    prunes and times alerts; the node's ``ts`` is kept as data)."""
+
+    max_skew_s: float = Field(
+        DEFAULT_MAX_SKEW_S,
+        gt=0,
+        description="an event or stats message whose ts differs from the hub's clock by more than this is "
+        "flagged clock_skewed, and counted in maskwatch_clock_skew_events_total",
+    )
 
 
 class ApiToken(StrictModel):
@@ -130,6 +146,7 @@ class HubConfig(StrictModel):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     alerts: AlertConfig = Field(default_factory=AlertConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    clock: ClockConfig = Field(default_factory=ClockConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
 

@@ -12,14 +12,17 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import csv
+import io
+import json
+from collections.abc import Iterable, Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from hub.storage.rows import AlertRow, CommandRow, EventRow, NodeRow, RejectedRow
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: the CLI imports this module's names without the hub extra
     from hub.services.commands import Outcome
+    from hub.storage.events import EventPage
+    from hub.storage.rows import AlertRow, CommandRow, EventRow, NodeRow, RejectedRow
 
 #: Columns of ``/api/events.csv``, in order.
 CSV_COLUMNS = (
@@ -37,7 +40,12 @@ CSV_COLUMNS = (
     "angle",
     "snapshot",
     "face_score",
+    "received_at",
+    "clock_skewed",
 )
+#: Formats of an event export (``maskwatch events --all``, ``/api/events.<format>``) and their media types.
+ExportFormat = Literal["csv", "json", "jsonl"]
+EXPORT_MEDIA_TYPES: dict[str, str] = {"csv": "text/csv", "json": "application/json", "jsonl": "application/x-ndjson"}
 #: ``online`` of a node row -> its availability name.
 AVAILABILITY = {True: "online", False: "offline", None: "unknown"}
 
@@ -48,7 +56,8 @@ def snapshot_url(base_url: str, event_id: str) -> str:
 
 
 def event_json(row: EventRow, has_snapshot: bool, base_url: str) -> dict[str, Any]:
-    """The public JSON form of an event."""
+    """The public JSON form of an event: ``first_seen``/``last_seen``/``ended_at`` are the node's clock,
+    ``received_at`` the hub's (listings are ordered by it), ``clock_skewed`` whether the two disagreed."""
     return {
         "id": row.id,
         "site": row.site,
@@ -61,6 +70,8 @@ def event_json(row: EventRow, has_snapshot: bool, base_url: str) -> dict[str, An
         "first_seen": row.first_seen.isoformat(),
         "last_seen": row.last_seen.isoformat(),
         "ended_at": row.ended_at.isoformat() if row.ended_at else None,
+        "received_at": row.received_at.isoformat(),
+        "clock_skewed": row.clock_skewed,
         "state": row.state,
         "messages": row.messages,
         "box": row.box,
@@ -87,7 +98,39 @@ def event_csv_row(row: EventRow, has_snapshot: bool) -> list[Any]:
         row.angle,
         int(has_snapshot),
         row.face_score,
+        row.received_at.isoformat(),
+        int(row.clock_skewed),
     ]
+
+
+def export_events(pages: Iterable[EventPage], fmt: ExportFormat, base_url: str) -> Iterator[str]:
+    """An event export as text chunks, one per page, so it streams in constant memory: ``csv`` (a header line,
+    then :func:`event_csv_row` lines), ``json`` (one array of :func:`event_json` objects, one per line) or
+    ``jsonl`` (one :func:`event_json` object per line)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    if fmt == "csv":
+        writer.writerow(CSV_COLUMNS)
+    elif fmt == "json":
+        buffer.write("[")
+    separator = "\n"
+    for page in pages:
+        if fmt == "csv":
+            writer.writerows(event_csv_row(row, row.id in page.snapshots) for row in page.rows)
+        else:
+            for row in page.rows:
+                item = json.dumps(event_json(row, row.id in page.snapshots, base_url))
+                if fmt == "jsonl":
+                    buffer.write(item + "\n")
+                else:
+                    buffer.write(separator + item)
+                    separator = ",\n"
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+    if fmt == "json":
+        buffer.write("\n]\n" if separator != "\n" else "]\n")
+    yield buffer.getvalue()
 
 
 def event_feed_json(row: EventRow) -> dict[str, Any]:
@@ -100,11 +143,32 @@ def event_feed_json(row: EventRow) -> dict[str, Any]:
         "score": row.best_score,
         "state": row.state,
         "last_seen": row.last_seen.isoformat(),
+        "received_at": row.received_at.isoformat(),
+        "clock_skewed": row.clock_skewed,
     }
 
 
+def camera_health(state: dict[str, Any] | None, stats: dict[str, Any] | None) -> tuple[bool | None, str | None]:
+    """``(camera_ok, camera_error)`` from the newer (by the node's ``ts``) of its stored state and stats that says;
+    ``(None, None)`` when neither does.
+
+    >>> camera_health({"ts": "2026-01-01T12:00:05Z", "camera_ok": False, "camera_error": "no frame for 10 s"},
+    ...               {"ts": "2026-01-01T12:00:00Z", "camera_ok": True})
+    (False, 'no frame for 10 s')
+    >>> camera_health(None, {"ts": "2026-01-01T12:00:00Z", "camera_ok": True})
+    (True, None)
+    """
+    said = [p for p in (state, stats) if p and isinstance(p.get("camera_ok"), bool) and isinstance(p.get("ts"), str)]
+    if not said:
+        return None, None
+    newest = max(said, key=lambda p: datetime.fromisoformat(p["ts"]))
+    return newest["camera_ok"], newest.get("camera_error")
+
+
 def node_json(row: NodeRow) -> dict[str, Any]:
-    """The public JSON form of a registry entry."""
+    """The public JSON form of a registry entry; ``clock_offset_s`` is the node's clock minus the hub's at its
+    last stats message, ``clock_skewed`` whether that exceeds ``clock.max_skew_s``."""
+    camera_ok, camera_error = camera_health(row.state, row.stats)
     return {
         "site": row.site,
         "node": row.node,
@@ -112,9 +176,14 @@ def node_json(row: NodeRow) -> dict[str, Any]:
         "status_at": row.status_at.isoformat() if row.status_at else None,
         "last_seen": row.last_seen.isoformat() if row.last_seen else None,
         "model": row.model,
+        "camera_ok": camera_ok,
+        "camera_error": camera_error,
         "state": row.state,
         "stats": row.stats,
         "desired": row.desired,
+        "clock_offset_s": None if row.clock_offset_s is None else round(row.clock_offset_s, 3),
+        "clock_skewed": row.clock_skewed,
+        "clock_skewed_events": row.clock_skewed_events,
     }
 
 

@@ -7,13 +7,23 @@ import json
 import sys
 from pathlib import Path
 
-from edge.vision.model_store import MODEL_FILES, fetch_models, model_dir
-from shared.cli import command_group
+from edge.vision.model_store import FETCH_TIMEOUT_S, MODEL_FILES, fetch_models, model_dir
+from shared.cli import (
+    command_group,
+    existing_dir,
+    existing_file,
+    existing_path,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+    seconds,
+)
 from shared.errors import ImageReadError
 from shared.vocabulary import (
     DEFAULT_FACE_SCORES,
     Profile,
-    check_threshold,
     describe_default_thresholds,
     describe_profile_defaults,
 )
@@ -31,6 +41,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the model files in $MASKWATCH_MODEL_DIR or "
         "~/.cache/maskwatch/models.",
     )
+    fetch.add_argument(
+        "--timeout",
+        type=seconds,
+        default=FETCH_TIMEOUT_S,
+        metavar="S",
+        help=f"give up a download after S seconds (default {FETCH_TIMEOUT_S:g}; exit 1)",
+    )
     fetch.set_defaults(handler=run_fetch)
 
     train = actions.add_parser(
@@ -41,23 +58,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "group-aware validation split; writes model.keras, metrics.json, "
         "training_curves.png and confusion_matrix.png into --out.",
     )
-    train.add_argument("data", type=Path, help="folder with with_mask/ and without_mask/ images")
-    train.add_argument("--scenes", type=Path, help="scene folder (images/ + VOC annotations/) to add faces from")
+    train.add_argument("data", type=existing_dir, help="folder with with_mask/ and without_mask/ images")
+    train.add_argument(
+        "--scenes", type=existing_dir, help="scene folder (images/ + VOC annotations/) to add faces from"
+    )
     train.add_argument("--out", type=Path, default=Path("runs/train"), help="output folder (default runs/train)")
     train.add_argument(
         "--backbone-weights", default="imagenet", help="'imagenet' (downloads) or a MobileNetV2 no-top .h5 file"
     )
-    train.add_argument("--size", type=int, default=96, help="input size in pixels (default 96)")
-    train.add_argument("--epochs", type=int, default=20, help="head epochs on frozen features (default 20)")
-    train.add_argument("--fine-tune-epochs", type=int, default=6, help="fine-tuning epochs (default 6, 0 = none)")
-    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--size", type=positive_int, default=96, help="input size in pixels (default 96)")
+    train.add_argument("--epochs", type=positive_int, default=20, help="head epochs on frozen features (default 20)")
+    train.add_argument(
+        "--fine-tune-epochs", type=non_negative_int, default=6, help="fine-tuning epochs (default 6, 0 = none)"
+    )
+    train.add_argument("--batch-size", type=positive_int, default=32, help="crops per training step (default 32)")
     train.add_argument(
         "--augment-copies",
-        type=int,
+        type=non_negative_int,
         default=2,
         help="augmented copies per training crop for the head phase (default 2)",
     )
-    train.add_argument("--validation", type=float, default=0.2, help="validation fraction (default 0.2)")
+    train.add_argument("--validation", type=probability, default=0.2, help="validation fraction (default 0.2)")
     train.add_argument(
         "--balance",
         action="store_true",
@@ -65,32 +86,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     train.add_argument(
         "--low-res",
-        type=float,
+        type=probability,
         default=0.0,
         help="share of augmented crops shrunk to a 16-64 px face, JPEG-compressed and enlarged back (default 0)",
     )
     train.add_argument(
         "--hold-out-fold",
-        type=int,
+        type=non_negative_int,
         metavar="I",
         help="cross-validation: the scene photos of fold I (of --folds) are the scene validation "
         "and never train; every other scene photo trains",
     )
-    train.add_argument("--folds", type=int, default=2, help="scene photo folds for --hold-out-fold (default 2)")
-    train.add_argument("--fine-tune-lr", type=float, default=2e-5, help="fine-tuning learning rate (default 2e-5)")
+    train.add_argument(
+        "--folds", type=positive_int, default=2, help="scene photo folds for --hold-out-fold (default 2)"
+    )
+    train.add_argument(
+        "--fine-tune-lr", type=positive_float, default=2e-5, help="fine-tuning learning rate (default 2e-5)"
+    )
     train.add_argument(
         "--fine-tune-from",
         metavar="LAYER",
         help="first MobileNetV2 layer to fine-tune (default block_13_expand; an earlier block fine-tunes more layers)",
     )
-    train.add_argument("--seed", type=int, default=0, help="random seed; same seed and data, same model")
+    train.add_argument("--seed", type=non_negative_int, default=0, help="random seed; same seed and data, same model")
     train.add_argument(
         "--detector",
         choices=["blazeface", "res10", "none"],
         default="blazeface",
         help="detector that cuts the training crops (none = whole images)",
     )
-    train.add_argument("--limit", type=int, help="use at most this many images per class (quick runs)")
+    train.add_argument("--limit", type=positive_int, help="use at most this many images per class (quick runs)")
     train.add_argument(
         "--not-face",
         action="store_true",
@@ -107,10 +132,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "if int8 and float accuracies on the validation split differ by "
         "more than --max-gap points.",
     )
-    export.add_argument("run", type=Path, help="the --out folder of 'maskwatch model train'")
+    export.add_argument("run", type=existing_dir, help="the --out folder of 'maskwatch model train'")
     export.add_argument("--out", type=Path, default=Path("models"), help="where to write the .tflite files")
     export.add_argument("--name", default="mask_classifier", help="file name stem (default mask_classifier)")
-    export.add_argument("--max-gap", type=float, default=0.5, help="allowed accuracy gap in points (default 0.5)")
+    export.add_argument(
+        "--max-gap", type=non_negative_float, default=0.5, help="allowed accuracy gap in points (default 0.5)"
+    )
     export.set_defaults(handler=run_export)
 
     evaluate = actions.add_parser(
@@ -122,12 +149,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "and PASCAL VOC annotations/: face recall per class and size, detection precision and the "
         "per-face no-mask decision. Runs on LiteRT, as the edge does.",
     )
-    evaluate.add_argument("dir", type=Path, help="the folder to evaluate")
+    evaluate.add_argument("dir", type=existing_dir, help="the folder to evaluate")
     mode = evaluate.add_mutually_exclusive_group()
     mode.add_argument("--detect", action="store_true", help="detect faces first and classify the largest")
     mode.add_argument("--scenes", action="store_true", help="DIR is a labelled scenes folder (images/, annotations/)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
-    evaluate.add_argument("--min-iou", type=float, default=0.3, help="IoU to match faces in --scenes (default 0.3)")
+    evaluate.add_argument(
+        "--min-iou", type=probability, default=0.3, help="IoU to match faces in --scenes (default 0.3)"
+    )
     add_inference_options(evaluate)
     evaluate.set_defaults(handler=run_eval)
 
@@ -139,7 +168,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "score}], "
         "ms: {detect, classify, total}}.",
     )
-    detect.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders of images")
+    detect.add_argument("paths", type=existing_path, nargs="+", metavar="PATH", help="image files or folders of images")
     detect.add_argument("--json", action="store_true", help="one JSON line per image")
     detect.add_argument(
         "--annotate",
@@ -153,15 +182,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def add_inference_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by the commands that run the edge's detector and classifier."""
-    parser.add_argument("--model", type=Path, help="classifier .tflite (default: models/mask_classifier_int8.tflite)")
+    parser.add_argument(
+        "--model", type=existing_file, help="classifier .tflite (default: models/mask_classifier_int8.tflite)"
+    )
     parser.add_argument(
         "--threshold",
-        type=float,
+        type=probability,
         help=f"no-mask decision threshold 0..1 (default: the profile's, {describe_default_thresholds()})",
     )
     parser.add_argument(
         "--min-face-score",
-        type=float,
+        type=probability,
         help="face score 0..1 (the classifier's 1 - p_not_face) under which a detection is no face "
         f"(default: the profile's, {describe_profile_defaults(DEFAULT_FACE_SCORES)})",
     )
@@ -174,11 +205,11 @@ def add_inference_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--detector", choices=["blazeface", "res10"], default="blazeface", help="face detector (default blazeface)"
     )
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads for inference (default 2)")
+    parser.add_argument("--threads", type=positive_int, default=2, help="CPU threads for inference (default 2)")
 
 
 def run_fetch(args: argparse.Namespace) -> int:
-    paths = fetch_models()
+    paths = fetch_models(timeout_s=args.timeout)
     for path in paths:
         print(f"{path}  sha256 {MODEL_FILES[path.name].sha256[:16]}…  ({MODEL_FILES[path.name].licence})")
     print(f"{len(paths)} model files ready in {model_dir()}")
@@ -230,17 +261,13 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def _threshold(args: argparse.Namespace) -> float:
-    """``--threshold``, checked, or the ``--profile``'s default."""
-    if args.threshold is None:
-        return Profile(args.profile).default_threshold
-    return check_threshold(args.threshold, "--threshold")
+    """``--threshold`` (checked by argparse), or the ``--profile``'s default."""
+    return Profile(args.profile).default_threshold if args.threshold is None else float(args.threshold)
 
 
 def _min_face_score(args: argparse.Namespace) -> float:
-    """``--min-face-score``, checked, or the ``--profile``'s default."""
-    if args.min_face_score is None:
-        return Profile(args.profile).default_min_face_score
-    return check_threshold(args.min_face_score, "--min-face-score")
+    """``--min-face-score`` (checked by argparse), or the ``--profile``'s default."""
+    return Profile(args.profile).default_min_face_score if args.min_face_score is None else float(args.min_face_score)
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -309,12 +336,7 @@ def run_detect(args: argparse.Namespace) -> int:
     threshold = _threshold(args)
     images: list[Path] = []
     for path in args.paths:
-        if path.is_dir():
-            images += list_images(path)
-        elif path.exists():
-            images.append(path)
-        else:
-            print(f"maskwatch detect: {path}: no such file or folder", file=sys.stderr)
+        images += list_images(path) if path.is_dir() else [path]  # argparse checked that it exists
     classifier = MaskClassifier(args.model, args.threads)
     detector = create_detector(args.profile, args.detector, args.threads)
     if args.annotate:

@@ -15,9 +15,16 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
+from pathlib import Path
+from typing import TypeVar
 
 from shared import __version__
+from shared.config import parse_host_port, split_set_option
 from shared.errors import ConfigError, MaskwatchError, MissingExtraError
+from shared.topics import validate_id
+from shared.vocabulary import check_threshold
+
+T = TypeVar("T")
 
 log = logging.getLogger("maskwatch")
 
@@ -65,6 +72,91 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number of at least 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number above 0."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse type: a finite number of at least 0."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {text!r}")
+    return value
+
+
+def probability(text: str) -> float:
+    """An argparse type: a finite number in the probability range (the rule of :func:`check_threshold`)."""
+    return argument_type(lambda t: check_threshold(finite_float(t), "the value"))(text)
+
+
+def argument_type(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type from a parser that raises :class:`ConfigError` or ``ValueError`` with a clear message."""
+
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except (ConfigError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+#: argparse types: a site id; a node id.
+site_id = argument_type(lambda text: validate_id(text, "site"))
+node_id = argument_type(lambda text: validate_id(text, "node"))
+
+
+def node_list(text: str) -> str:
+    """An argparse type: a node id, a comma-separated list of them, or ``all``; kept as given."""
+    for node in text.split(","):
+        node_id(node)
+    return text
+
+
+def address(text: str) -> str:
+    """An argparse type: ``HOST[:PORT]`` (``[::1]:1883`` for IPv6), kept as given: its reader knows the default
+    port."""
+    argument_type(parse_host_port)(text)
+    return text.strip()
+
+
+def set_option(text: str) -> str:
+    """An argparse type: a ``--set KEY=VALUE`` option, kept as given (:func:`parse_set_options` reads it)."""
+    argument_type(split_set_option)(text)
+    return text
+
+
+def _existing(test: Callable[[Path], bool], problem: str) -> Callable[[str], Path]:
+    def convert(text: str) -> Path:
+        path = Path(text)
+        if not test(path):
+            raise argparse.ArgumentTypeError(f"{problem}: {text}")
+        return path
+
+    return convert
+
+
+#: argparse types: a path to a file that exists; to a folder that exists; to either.
+existing_file = _existing(Path.is_file, "file not found")
+existing_dir = _existing(Path.is_dir, "folder not found")
+existing_path = _existing(Path.exists, "no such file or folder")
 
 
 def seconds(text: str) -> float:

@@ -140,11 +140,17 @@ def parse_set_options(items: Iterable[str]) -> dict[str, Any]:
     """Overrides from ``--set key.sub=value`` options."""
     tree: dict[str, Any] = {}
     for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        _set_path(tree, key.strip(), _scalar(value))
+        key, value = split_set_option(item)
+        _set_path(tree, key, _scalar(value))
     return tree
+
+
+def split_set_option(item: str) -> tuple[str, str]:
+    """``KEY=VALUE`` of a ``--set`` option as ``(key, value)``, or :class:`ConfigError`."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+    return key.strip(), value
 
 
 def merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

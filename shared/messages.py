@@ -39,6 +39,7 @@ from pydantic import (
 
 from shared.errors import ContractError
 from shared.model_transfer import MAX_MODEL_BYTES
+from shared.schedule import Schedule, ScheduleStatus
 from shared.topics import EVENT_ID_PATTERN, ID_PATTERN, SHA256_PATTERN
 from shared.vocabulary import Label, Probability, Profile, ServoMode
 
@@ -168,6 +169,10 @@ class Event(Message):
         "on .../ack (absent with the node's delivery: broker)",
     )
     outbox_id: OutboxId | None = Field(None, description="the outbox that numbered it (with seq)")
+    quiet: StrictBool | None = Field(
+        None,
+        description="true: observed in the node's quiet hours (stored by the hub, raises no alert); absent otherwise",
+    )
 
     @field_validator("box")
     @classmethod
@@ -194,6 +199,26 @@ class ServoState(BaseModel):
     max_deg: StrictFloat
 
 
+class ScheduleState(BaseModel):
+    """Schedule part of a node's state: what its schedule allows now (:class:`shared.schedule.ScheduleStatus`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    detect: StrictBool = Field(description="the schedule lets detection run")
+    parked: StrictBool = Field(description="outside opening hours: the servo is parked")
+    quiet: StrictBool = Field(description="quiet hours: events are marked quiet and raise no alert")
+    next_change: UtcTime | None = Field(None, description="when one of the three next changes (absent: not this week)")
+
+    @field_serializer("next_change", when_used="json")
+    def _iso(self, value: datetime | None) -> str | None:
+        return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+    @classmethod
+    def of(cls, status: ScheduleStatus) -> ScheduleState:
+        """The state message part of an evaluated schedule."""
+        return cls(**status._asdict())
+
+
 class NodeState(Message):
     """Retained ``.../state``: what the node is doing now."""
 
@@ -202,7 +227,9 @@ class NodeState(Message):
     ts: UtcTime
     servo: ServoState
     threshold: StrictProbability = Field(description="no-mask probability at or above which a face is no_mask")
-    detect: StrictBool = Field(description="inference running")
+    detect: StrictBool = Field(
+        description="inference switched on (config, cmd/detect); with a schedule it runs while schedule.detect too"
+    )
     model: str = Field(max_length=128, description="classifier model version: <name>@<first 12 digits of sha256>")
     model_sha256: Sha256 | None = Field(None, description="sha256 of the classifier file in use")
     model_error: str | None = Field(
@@ -213,6 +240,9 @@ class NodeState(Message):
     profile: Profile = Profile.NEAR
     source: str | None = None
     delivery_error: str | None = Field(None, max_length=MAX_ERROR_CHARS, description="as in stats")
+    camera_ok: StrictBool = Field(True, description="as in stats (absent from older nodes: read true)")
+    camera_error: str | None = Field(None, max_length=MAX_ERROR_CHARS, description="as in stats")
+    schedule: ScheduleState | None = Field(None, description="what the node's schedule allows now (absent: none)")
 
 
 class NodeStats(Message):
@@ -239,8 +269,14 @@ class NodeStats(Message):
     reconnects: Count64 = 0
     uptime_s: StrictFloat = Field(0, ge=0)
     cpu_temp_c: StrictFloat | None = None
-    camera_ok: StrictBool = True
-    camera_error: str | None = None
+    camera_ok: StrictBool = Field(
+        True, description="frames are coming: the source is open and gave a frame within camera.stall_timeout_s"
+    )
+    camera_error: str | None = Field(
+        None,
+        max_length=MAX_ERROR_CHARS,
+        description='why camera_ok is false, e.g. "cannot open camera \'/dev/video0\' ..." or "no frame for 12 s"',
+    )
     rejected: dict[str, Count64] = Field(default_factory=dict, description="rejected commands by reason")
 
 
@@ -311,6 +347,17 @@ class DetectCommand(Command):
         return {"detect": self.enabled}
 
 
+class ScheduleCommand(Command):
+    """``cmd/schedule``: replace the node's schedule (a schedule of only a ``timezone`` lifts every restriction)."""
+
+    name: ClassVar[str] = "schedule"
+
+    schedule: Schedule
+
+    def desired_changes(self) -> dict[str, Any]:
+        return {"schedule": self.schedule.model_dump(mode="json", exclude_none=True)}
+
+
 class SnapshotCommand(Command):
     """``cmd/snapshot``: publish a JPEG of the current frame now."""
 
@@ -349,7 +396,15 @@ class ModelCommand(Command):
 #: Every command by its name: the one list of the commands a node understands.
 COMMANDS: dict[str, type[Command]] = {
     cls.name: cls
-    for cls in (ServoCommand, ThresholdCommand, DetectCommand, SnapshotCommand, ConfigCommand, ModelCommand)
+    for cls in (
+        ServoCommand,
+        ThresholdCommand,
+        DetectCommand,
+        ScheduleCommand,
+        SnapshotCommand,
+        ConfigCommand,
+        ModelCommand,
+    )
 }
 #: The commands the hub may send, in :data:`COMMANDS` order.
 SENDABLE_COMMANDS: tuple[str, ...] = tuple(name for name, cls in COMMANDS.items() if cls.sendable)
@@ -389,6 +444,7 @@ class DesiredConfig(Message):
     servo_mode: ServoMode | None = None
     servo_angle: StrictFloat | None = Field(None, allow_inf_nan=False)
     detect: StrictBool | None = None
+    schedule: Schedule | None = None
 
 
 class Alert(Message):

@@ -34,6 +34,10 @@ Probability = Annotated[float, Field(ge=PROBABILITY_RANGE[0], le=PROBABILITY_RAN
 #: The no-mask decision threshold: a probability, 0..1.
 Threshold = Probability
 _THRESHOLD = TypeAdapter(Threshold)
+#: The widest pan a servo may be given, degrees (a node's ``servo.min_deg``/``max_deg`` lie within it).
+SERVO_RANGE_DEG = (-180.0, 180.0)
+#: An angle within :data:`SERVO_RANGE_DEG`, degrees (a node clamps it to its own limits).
+ServoAngle = Annotated[float, Field(ge=SERVO_RANGE_DEG[0], le=SERVO_RANGE_DEG[1], allow_inf_nan=False)]
 
 
 class ServoMode(StrEnum):

@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,11 @@ from devsite.demo import DemoSite
 from hub.app import HubApp
 from hub.config import ApiToken, AuthConfig, HttpConfig, HubConfig, hash_token
 from shared.config import BrokerConfig
-from shared.messages import Event, utc_now
+from shared.messages import Event, NodeState, NodeStats, ServoState, utc_now
 from shared.mqtt import MqttClient
 from shared.topics import NodeTopics
+from shared.vocabulary import ServoMode
+from tests.polling import unique_site
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -131,6 +134,7 @@ def test_live_page_shows_every_node_online(demo: DemoSite, page: Any, shots: Pat
         sync_api.expect(card.locator('[data-field="mode"]')).not_to_have_text(MISSING)
         sync_api.expect(card.locator('[data-field="fps"]')).not_to_have_text(MISSING, timeout=20_000)
         sync_api.expect(card.locator('[data-field="model"]')).to_contain_text("mask_classifier_int8@")
+        sync_api.expect(card.locator('[data-field="schedule"]')).to_have_text("none")  # demo nodes keep no hours
     sync_api.expect(page.locator("#link")).to_have_attribute("data-state", "live")
     sync_api.expect(page.locator("#feed li").first).to_be_visible()
     page.screenshot(path=str(shots / "live.png"), full_page=True)
@@ -317,6 +321,51 @@ def test_a_hub_with_tokens_asks_for_one(browser: Any, broker_config: BrokerConfi
         hub.stop()
 
 
+def test_a_node_with_a_wrong_clock_is_marked(browser: Any, broker_config: BrokerConfig, tmp_path: Path) -> None:
+    """Its card says how far its clock is off; its event (stamped 1970) is marked in the feed."""
+    site = unique_site()
+    config = HubConfig(
+        broker=broker_config,
+        db_url=f"sqlite:///{tmp_path / 'hub.db'}",
+        sites=[site],
+        hub_id=f"h{site}",
+        snapshot_dir=tmp_path / "snapshots",
+        http=HttpConfig(port=free_port()),
+    )
+    hub = HubApp(config)
+    hub.start()
+    node = MqttClient(broker_config, f"dashboard-clock-{site}")
+    node.start()
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    topics = NodeTopics(site, "door-1")
+    try:
+        assert node.wait_connected(5)
+        ahead = NodeStats(site=site, node="door-1", ts=utc_now() + timedelta(hours=3), fps=4.0)
+        node.publish(topics.stats, ahead, qos=1).wait_for_publish(5)
+        stamped_1970 = Event(
+            type="new",
+            id=f"{site}-e1",
+            site=site,
+            node="door-1",
+            ts=datetime(1970, 1, 1, tzinfo=UTC),
+            label="mask",
+            score=0.9,
+            box=(1, 2, 3, 4),
+        )
+        node.publish(topics.events, stamped_1970, qos=1).wait_for_publish(5)
+        url = f"http://127.0.0.1:{hub.http_port}/"
+        _until(lambda: _call(f"{url}api/events")["total"], 15, "the event stored")
+        tab = context.new_page()
+        tab.goto(url)
+        card = tab.locator(f'#nodes article[data-node="{site}/door-1"]')
+        sync_api.expect(card.locator('[data-field="clock"]')).to_have_text("clock off by 3 h (ahead)", timeout=15_000)
+        sync_api.expect(tab.locator(f'#feed li[data-id="{site}-e1"] .clock-skewed')).to_have_text("clock off")
+    finally:
+        context.close()
+        node.stop()
+        hub.stop()
+
+
 def test_live_page_on_a_wall_screen(demo: DemoSite, browser: Any, shots: Path) -> None:
     context = browser.new_context(viewport={"width": 1920, "height": 1080})
     tab = context.new_page()
@@ -346,3 +395,61 @@ def test_a_stopped_node_turns_offline_on_both_pages(demo: DemoSite, page: Any) -
     sync_api.expect(page.locator('#controls article[data-node="demo/demo-2"]')).to_have_attribute(
         "data-status", "offline", timeout=15_000
     )
+
+
+def test_a_node_whose_camera_is_down_gets_a_red_card_with_the_reason(
+    browser: Any, broker_config: BrokerConfig, tmp_path: Path
+) -> None:
+    """Issue 16 probe: a dead camera looked healthy; its card now turns red naming why, and back when it recovers."""
+    config = HubConfig(
+        broker=broker_config,
+        db_url=f"sqlite:///{tmp_path / 'hub.db'}",
+        sites=["camsite"],
+        hub_id="dashboard-camera",
+        snapshot_dir=tmp_path / "snapshots",
+        http=HttpConfig(port=free_port()),
+    )
+    hub = HubApp(config)
+    hub.start()
+    node = MqttClient(broker_config, "dashboard-camera-node")
+    node.start()
+    topics = NodeTopics("camsite", "door-1")
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+
+    def publish_state(camera_error: str | None) -> None:
+        state = NodeState(
+            site="camsite",
+            node="door-1",
+            ts=utc_now(),
+            servo=ServoState(mode=ServoMode.OFF, min_deg=-90.0, max_deg=90.0),
+            threshold=0.5,
+            detect=True,
+            model="m",
+            camera_ok=camera_error is None,
+            camera_error=camera_error,
+        )
+        node.publish(topics.state, state, qos=1, retain=True).wait_for_publish(5)
+
+    try:
+        assert node.wait_connected(5)
+        node.publish(topics.status, b"online", qos=1, retain=True).wait_for_publish(5)
+        publish_state("cannot open camera '/dev/video0' (missing, busy or unsupported)")
+        tab = context.new_page()
+        tab.goto(f"http://127.0.0.1:{hub.http_port}/")
+        card = tab.locator('#nodes article[data-node="camsite/door-1"]')
+        sync_api.expect(card).to_have_attribute("data-camera", "down", timeout=15_000)
+        sync_api.expect(card).to_have_class("card camera-down")
+        sync_api.expect(card.locator('[data-field="camera"]')).to_have_text(
+            "cannot open camera '/dev/video0' (missing, busy or unsupported)"
+        )
+        red = tab.evaluate("getComputedStyle(document.querySelector('article.camera-down')).borderTopColor")
+        assert red == "rgb(217, 48, 37)"  # --no-mask
+        publish_state(None)
+        sync_api.expect(card).to_have_attribute("data-camera", "ok", timeout=15_000)
+        sync_api.expect(card.locator('[data-field="camera"]')).to_have_count(0)
+    finally:
+        context.close()
+        node.publish(topics.state, b"", qos=1, retain=True)
+        node.publish(topics.status, b"", qos=1, retain=True)
+        node.stop()
+        hub.stop()

@@ -221,7 +221,12 @@ def test_systemd_unit_runs_maskwatch_unprivileged_with_a_state_directory(unit: s
     settings = unit_settings(DEPLOY / "systemd" / unit)
     exec_start = settings["ExecStart"][0].split()
     assert exec_start[0] == "/opt/maskwatch/venv/bin/maskwatch"
-    assert parse_cli(exec_start[1:]).command == UNITS[unit]
+    # install.sh puts deploy/pi/<name> at /etc/maskwatch/<name>: parse with the shipped files in their place
+    shipped = [
+        str(DEPLOY / "pi" / arg.removeprefix("/etc/maskwatch/")) if arg.startswith("/etc/maskwatch/") else arg
+        for arg in exec_start[1:]
+    ]
+    assert parse_cli(shipped).command == UNITS[unit]
     assert settings["Restart"] == ["on-failure"]
     assert settings.get("DynamicUser") == ["yes"] or settings.get("User") == ["maskwatch"]
     state = settings["StateDirectory"][0]

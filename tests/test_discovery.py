@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import queue
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jinja2
@@ -21,6 +21,7 @@ from shared.messages import (
     NodeState,
     NodeStats,
     NodeSummary,
+    ScheduleState,
     ServoState,
     parse,
     utc_now,
@@ -64,7 +65,7 @@ def _render(template: str, **variables: Any) -> str:
 
 def test_payloads_have_the_documented_shape() -> None:
     configs = {**entity_configs("hq", "door-1"), **entity_configs("hq", "door-2", Limits(-180, 180), "m@1")}
-    assert len(configs) == 14
+    assert len(configs) == 22
     unique_ids = [c["unique_id"] for c in configs.values()]
     assert len(set(unique_ids)) == len(unique_ids)
     for topic, config in configs.items():
@@ -140,33 +141,45 @@ def test_value_templates_read_contract_messages() -> None:
     assert _render(configs["mask_event"]["value_template"], value_json=json.loads(ended.to_json())) == ""
 
 
+def test_schedule_sensors_read_the_state_with_and_without_a_schedule() -> None:
+    configs = {
+        t.split("/")[-2].removeprefix("maskwatch_hq_door-1_"): c for t, c in entity_configs("hq", "door-1").items()
+    }
+    keys = ("schedule_detect", "schedule_parked", "schedule_quiet", "schedule_next_change")
+
+    def render(state: NodeState) -> list[str]:
+        return [_render(configs[key]["value_template"], value_json=json.loads(state.to_json())) for key in keys]
+
+    assert render(STATE) == ["ON", "OFF", "OFF", "None"]  # no schedule: detecting, open, not quiet
+    closed = ScheduleState(detect=False, parked=True, quiet=True, next_change=datetime(2026, 3, 29, 6, tzinfo=UTC))
+    assert render(STATE.model_copy(update={"schedule": closed})) == ["OFF", "ON", "ON", "2026-03-29T06:00:00Z"]
+    steady = ScheduleState(detect=True, parked=False, quiet=False)
+    assert render(STATE.model_copy(update={"schedule": steady})) == ["ON", "OFF", "OFF", "None"]
+
+
 def test_summaries_follow_open_events_and_window() -> None:
     summaries = NodeSummaries(window_s=600, open_ttl_s=60)
 
-    def event(kind: str, event_id: str, label: str, minutes_ago: float = 0) -> Event:
+    def event(kind: str, event_id: str, label: str, minutes_ago: float = 0) -> tuple[Event, datetime]:
+        """An event stamped 1970 by a node without a clock, received ``minutes_ago``: the window is the hub's."""
+        received = NOW - timedelta(minutes=minutes_ago)
+        stamped = datetime(1970, 1, 1, tzinfo=UTC)
         return Event(
-            type=kind,
-            id=event_id,
-            site="hq",
-            node="n1",
-            ts=NOW - timedelta(minutes=minutes_ago),
-            label=label,
-            score=0.9,
-            box=(0, 0, 5, 5),
-        )
+            type=kind, id=event_id, site="hq", node="n1", ts=stamped, label=label, score=0.9, box=(0, 0, 5, 5)
+        ), received
 
-    summaries.apply(event("new", "old", "no_mask", minutes_ago=30))
-    summaries.apply(event("end", "old", "no_mask", minutes_ago=29))
-    summaries.apply(event("new", "a", "mask"))
-    summaries.apply(event("new", "b", "no_mask"))
-    summaries.apply(event("new", "b", "no_mask"))  # redelivered: counted once
+    summaries.apply(*event("new", "old", "no_mask", minutes_ago=30))
+    summaries.apply(*event("end", "old", "no_mask", minutes_ago=29))
+    summaries.apply(*event("new", "a", "mask"))
+    summaries.apply(*event("new", "b", "no_mask"))
+    summaries.apply(*event("new", "b", "no_mask"))  # redelivered: counted once
     s = summaries.summary("hq", "n1", NOW)
     assert (s.faces_in_view, s.no_mask_in_view, s.faces, s.compliance) == (2, True, 2, 0.5)
-    summaries.apply(event("update", "b", "mask"))
+    summaries.apply(*event("update", "b", "mask"))
     s = summaries.summary("hq", "n1", NOW)
     assert (s.no_mask_in_view, s.compliance) == (False, 1.0)
-    summaries.apply(event("end", "a", "mask"))
-    summaries.apply(event("end", "b", "mask"))
+    summaries.apply(*event("end", "a", "mask"))
+    summaries.apply(*event("end", "b", "mask"))
     assert summaries.summary("hq", "n1", NOW).faces_in_view == 0
     assert summaries.expire(NOW + timedelta(minutes=20)) == [("hq", "n1")]
     assert summaries.summary("hq", "n1", NOW + timedelta(minutes=20)).compliance is None
@@ -205,7 +218,7 @@ def test_discovery_over_mqtt_and_resend_when_home_assistant_restarts(broker_conf
     )
     discovery.start()
     try:
-        first = {m.topic: json.loads(m.payload) for m in _drain(configs, 7)}
+        first = {m.topic: json.loads(m.payload) for m in _drain(configs, len(entity_configs(site, node)))}
         assert set(first) == set(entity_configs(site, node))
         # the second batch (the state's model version seen) may follow; wait until quiet
         while True:
@@ -214,7 +227,7 @@ def test_discovery_over_mqtt_and_resend_when_home_assistant_restarts(broker_conf
             except queue.Empty:
                 break
         ha.publish(HA_STATUS, b"online", qos=1).wait_for_publish(5)
-        again = _drain(configs, 7)
+        again = _drain(configs, len(entity_configs(site, node)))
         assert {m.topic for m in again} == set(first)
         assert json.loads(again[0].payload)["device"]["sw_version"] == "m@1"
 

@@ -56,7 +56,23 @@ BAD_PAYLOADS: list[tuple[str, dict[str, Any]]] = [
     ("cmd-servo", {"request_id": "r", "angle": "45"}),
     ("cmd-servo", {"request_id": "r", "mode": "spin"}),
     ("cmd-detect", {"request_id": "r", "enabled": "yes"}),
+    ("event", {**EVENT_HEAD, "label": "mask", "score": 0.5, "box": [0, 0, 10, 10], "quiet": 1}),
+    ("cmd-schedule", {"request_id": "r", "schedule": {"timezone": "UTC", "park_deg": True}}),
+    ("cmd-schedule", {"request_id": "r", "schedule": {"timezone": "UTC", "park_deg": 181}}),
+    (
+        "cmd-schedule",
+        {"request_id": "r", "schedule": {"timezone": "UTC", "open": [{"start": "25:00", "end": "01:00"}]}},
+    ),
+    (
+        "cmd-schedule",
+        {
+            "request_id": "r",
+            "schedule": {"timezone": "UTC", "quiet": [{"days": ["monday"], "start": "01:00", "end": "02:00"}]},
+        },
+    ),
+    ("cmd-schedule", {"request_id": "r", "schedule": {"open": []}}),
     ("desired", {"threshold": 2}),
+    ("desired", {"schedule": {"timezone": "UTC", "lunch": []}}),
     ("stats", {"site": "hq", "node": "door-1", "ts": "2026-01-01T12:00:00Z", "fps": -1}),
     ("ack", {"hub": "h", "ts": "2026-01-01T12:00:00Z", "outbox_id": "0123456789abcdef", "seqs": [[0, 3]]}),
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import queue
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,18 @@ def test_bad_commands_get_one_error_answer(node: Any, name: str, payload: bytes,
         listener.responses.get(timeout=0.3)  # exactly one answer
     ok = listener.command("threshold", {"request_id": "after", "value": 0.6})
     assert ok.status == "ok"  # the node goes on
+
+
+def test_a_flood_of_bad_commands_logs_a_few_lines_and_counts_all(node: Any, caplog: pytest.LogCaptureFixture) -> None:
+    app, listener, _pins = node
+    with caplog.at_level(logging.WARNING, logger="edge.commands"):
+        for n in range(300):
+            listener.client.publish(listener.topics.cmd("threshold"), b"{bad %d" % n, qos=1)
+        answers = [listener.responses.get(timeout=10) for _ in range(300)]  # one error answer each
+    assert {answer.status for answer in answers} == {"error"} and app.dispatcher.rejected["json"] == 300
+    lines = [r.getMessage() for r in caplog.records if r.name == "edge.commands"]
+    assert len(lines) == 5 and all("invalid threshold command" in line for line in lines)
+    assert listener.command("threshold", {"request_id": "after", "value": 0.6}).status == "ok"
 
 
 def test_site_wide_command_and_config_read_back_without_secrets(node: Any) -> None:

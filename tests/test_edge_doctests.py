@@ -18,6 +18,9 @@ import pytest
         "edge.devices.indicator",
         "edge.delivery.stats",
         "shared.vocabulary",
+        "shared.logcap",
+        "hub.views",
+        "shared.schedule",
     ],
 )
 def test_docstring_examples_run(module: str) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -16,7 +18,7 @@ from devsite.broker import free_port
 from edge.app import EdgeApp
 from edge.vision.tracker import iou
 from shared.config import BrokerConfig
-from shared.messages import Event, NodeStats, parse
+from shared.messages import Event, Message, NodeState, NodeStats, parse
 from shared.mqtt import MqttClient
 from shared.topics import NodeTopics
 from tests import edge_node
@@ -26,6 +28,7 @@ from tests.polling import wait_until
 
 #: ``maskwatch edge`` on a site without a hub: the broker's PUBACK delivers.
 EDGE = [sys.executable, "-m", "shared.cli", "edge", "--set", "delivery=broker"]
+M = TypeVar("M", bound=Message)
 mock_pins = edge_node.mock_pins  # fixture
 models = edge_node.models  # fixture
 
@@ -340,3 +343,97 @@ def test_sigterm_shuts_down_cleanly_with_offline(tmp_path: Path, broker_config: 
     assert "SIGTERM: shutting down" in err
     assert wait_until(lambda: statuses[-1:] == [b"offline"], 5)
     sub.stop()
+
+
+def wait_message(listener: Listener, topic: str, model: type[M], ok: Callable[[M], bool], timeout: float) -> M:
+    """The first message on ``topic`` (parsed as ``model``) for which ``ok`` holds, within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        message = parse(model, listener.wait_raw(topic, left).payload)
+        if ok(message):
+            return message
+    raise TimeoutError(f"no matching message on {topic}")
+
+
+def test_empty_folder_on_a_live_node_is_camera_down_in_state_and_stats(
+    tmp_path: Path, broker_config: BrokerConfig, mock_pins: Any, models: tuple[Any, Any]
+) -> None:
+    """Issue 16 probe: a source that yields nothing left the node 'healthy' (camera_ok true at 0 fps)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cfg = node_config(broker_config, tmp_path, source=str(empty))
+    with running_node(cfg, mock_pins, models, broker_config) as (_app, listener):
+        state = wait_message(listener, listener.topics.state, NodeState, lambda s: not s.camera_ok, 5)
+        assert f"no images in folder {empty}" in (state.camera_error or "")
+        stats = parse(NodeStats, listener.wait_raw(listener.topics.stats, 5).payload)
+        assert not stats.camera_ok and stats.camera_error == state.camera_error
+
+
+def test_a_source_that_stops_giving_frames_is_camera_down_within_the_stall_time(
+    tmp_path: Path, broker_config: BrokerConfig, mock_pins: Any, models: tuple[Any, Any]
+) -> None:
+    """The simulated camera ends after 0.5 s: no frame for camera.stall_timeout_s (1 s) turns camera_ok false."""
+    cfg = node_config(
+        broker_config,
+        tmp_path,
+        source="scene:builtin",
+        scene={"duration_s": 0.5},
+        camera={"stall_timeout_s": 1.0},
+        stats_interval_s=30,  # the state and an immediate stats message report it, not the periodic stats
+    )
+    with running_node(cfg, mock_pins, models, broker_config) as (app, listener):
+        # the end (0.5 s) + the stall time (1 s) + one health check, with slack for a loaded machine
+        state = wait_message(listener, listener.topics.state, NodeState, lambda s: not s.camera_ok, 1.5 + 4)
+        error = state.camera_error or ""
+        assert error.startswith("no frame for") and "(the source ended after" in error, error
+        stats = wait_message(listener, listener.topics.stats, NodeStats, lambda s: not s.camera_ok, 2)
+        assert (stats.camera_error or "").startswith("no frame for")
+        assert app.capture.frames > 0
+
+
+def test_missing_video_device_is_retried_and_reported(
+    tmp_path: Path, broker_config: BrokerConfig, mock_pins: Any, models: tuple[Any, Any]
+) -> None:
+    """A /dev/ path is a camera: a missing one is retried with backoff, named in the retained state."""
+    device = "/dev/video-maskwatch-missing"
+    cfg = node_config(broker_config, tmp_path, source=device, camera={"retry_min_s": 0.1, "retry_max_s": 0.2})
+    with running_node(cfg, mock_pins, models, broker_config) as (app, listener):
+        state = wait_message(listener, listener.topics.state, NodeState, lambda s: not s.camera_ok, 5)
+        assert f"cannot open camera '{device}'" in (state.camera_error or "")
+        assert not app.capture.finished.is_set()  # still retrying
+        answer = listener.command("detect", {"request_id": "r1", "enabled": False})
+        assert answer.status == "ok"
+
+
+@pytest.mark.parametrize("kind", ["device", "empty folder"])
+def test_once_with_a_dead_source_exits_1_naming_the_reason(
+    kind: str, tmp_path: Path, broker_config: BrokerConfig
+) -> None:
+    if kind == "device":
+        source, reason = "/dev/video-maskwatch-missing", "cannot open camera '/dev/video-maskwatch-missing'"
+    else:
+        (tmp_path / "empty").mkdir()
+        source, reason = str(tmp_path / "empty"), "no images in folder"
+    run = subprocess.run(
+        [
+            *EDGE,
+            "--once",
+            "--source",
+            source,
+            "--broker",
+            broker_config.address,
+            "--site",
+            "t",
+            "--node",
+            "dead",
+            "--outbox",
+            str(tmp_path / "o.sqlite"),
+            "--set",
+            "pin_factory=mock",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert f"source failed: {reason}" in run.stderr and "Traceback" not in run.stderr

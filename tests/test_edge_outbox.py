@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from devsite.broker import LocalMosquitto
@@ -173,10 +175,11 @@ def test_edge_process_killed_then_restarted_replays_the_outbox(tmp_path: Path) -
         sub.subscribe(NodeTopics("t", "proc").events, lambda m: received.append(parse(Event, m.payload).id))
         sub.start()
         assert sub.wait_connected(5)
-        empty = tmp_path / "empty"
-        empty.mkdir()
+        blank = tmp_path / "blank"  # no face: the rerun only replays the outbox (an empty folder is a dead source)
+        blank.mkdir()
+        cv2.imwrite(str(blank / "wall.png"), np.full((120, 160, 3), 128, np.uint8))
         rerun = subprocess.run(
-            [*base, "--source", str(empty), "--once"], env=env, capture_output=True, text=True, timeout=60
+            [*base, "--source", str(blank), "--once"], env=env, capture_output=True, text=True, timeout=60
         )
         assert rerun.returncode == 0, rerun.stderr[-2000:]
         time.sleep(0.3)

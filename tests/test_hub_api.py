@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
+import re
+import sqlite3
 import warnings
 from collections.abc import Iterator
 from datetime import timedelta
@@ -50,7 +53,7 @@ def seed(store: Store, snapshot_dir: Path) -> EventLog:
                 snapshot=n == 5,
                 face_score=0.97 if n == 5 else None,
             ),
-            START,
+            START + timedelta(minutes=n),  # received when seen: listings go by the time of receipt
         )
         for n in range(60)
     ]
@@ -136,6 +139,15 @@ def test_event_detail_snapshot_and_csv(api: tuple[TestClient, Store]) -> None:
         ("/api/events.csv", {"since": "0001-01-01T00:00:00+14:00"}),
         ("/api/events.csv", {"until": "9999-12-31T23:59:59-14:00"}),
         ("/api/events.csv", {"since": "2026-01-01T00:00:00"}),
+        ("/api/events", {"until": "0.5"}),  # a number is not a time (pydantic reads it as 1970 + 0.5 s)
+        ("/api/stats", {"since": "1e9"}),
+        ("/api/events", {"site": ""}),
+        ("/api/events", {"node": "x" * 65}),
+        ("/api/events.csv", {"site": "HQ"}),
+        ("/api/nodes", {"site": "a/b"}),
+        ("/api/alerts", {"site": "#"}),
+        ("/api/events/" + "e" * 129, {}),
+        ("/api/events/a%20b/snapshot.jpg", {}),
     ],
 )
 def test_out_of_range_parameters_get_a_json_4xx(
@@ -251,6 +263,24 @@ def test_healthz_reports_an_unreachable_database(tmp_path: Path) -> None:
     assert response.status_code == 503 and response.json()["database"] is False
 
 
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/api/nodes/HQ/a/commands/threshold", {}),
+        ("/api/nodes/hq/a,,b/commands/threshold", {}),
+        ("/api/nodes/hq/" + ",".join(["n"] * 101) + "/commands/threshold", {}),
+        ("/api/nodes/hq/a/commands/reboot", {}),
+        ("/api/nodes/hq/a/commands/threshold", {"timeout_s": "nan"}),
+        ("/api/nodes/hq/a/commands/threshold", {"timeout_s": "inf"}),
+    ],
+)
+def test_bad_command_requests_get_a_json_422(api: tuple[TestClient, Store], path: str, params: dict[str, str]) -> None:
+    client, _store = api
+    response = client.post(path, params=params, json={"value": 0.5})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"]
+
+
 def test_command_endpoint_is_rate_limited(tmp_path: Path) -> None:
     client = _secured(tmp_path, command_rate_per_min=3)
     auth = {"Authorization": f"Bearer {TOKEN}"}
@@ -294,8 +324,40 @@ def test_stream_and_cli_against_a_running_hub(
         assert main(["events", "--api", base, "--token", TOKEN, "--json"]) == 0
         events = json.loads(capsys.readouterr().out)
         assert [e["id"] for e in events] == [f"{site}-cam-00001"]
+        assert main(["events", "--api", base, "--token", TOKEN, "--all", "--format", "jsonl", "--site", site]) == 0
+        assert [json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()] == [f"{site}-cam-00001"]
         assert main(["events", "--api", base, "--token", "wrong"]) == 1
         assert main(["events", "--db", config.db_url, "--site", site, "--label", "no_mask", "--since", "1h"]) == 0
         assert f"{site}-cam-00001" in capsys.readouterr().out
         assert main(["nodes", "--db", config.db_url, "--json"]) == 0
         assert json.loads(capsys.readouterr().out)[0]["node"] == "cam"
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_pages_load_their_assets_from_the_hub(api: tuple[TestClient, Store], page: str) -> None:
+    """An offline site still gets working docs: no CDN URL in the page, every asset it names answers."""
+    client, _store = api
+    html = client.get(page)
+    assert html.status_code == 200 and "text/html" in html.headers["content-type"]
+    assert not re.findall(r"https?://[^\s\"'<>]+", html.text)
+    assets = re.findall(r"""(?:src|href)=["'](/docs-assets/[^"']+)["']""", html.text)
+    assert assets and client.get("/openapi.json").status_code == 200
+    for url in assets:
+        answer = client.get(url)
+        kind = "text/css" if url.endswith(".css") else "javascript"
+        assert answer.status_code == 200 and kind in answer.headers["content-type"] and len(answer.content) > 100_000
+
+
+def test_an_unexpected_error_is_one_logged_line_and_a_json_500(
+    api: tuple[TestClient, Store], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fault no route expects (here the events table vanished under the hub) is a 500 with a JSON body and one
+    error line, no traceback."""
+    client, store = api
+    with sqlite3.connect(store.engine.url.database) as db:
+        db.execute("DROP TABLE events")
+    with caplog.at_level(logging.ERROR, logger="hub.api"):
+        response = client.get("/api/events")
+    assert response.status_code == 500 and response.json()["detail"]
+    [record] = [r for r in caplog.records if r.name == "hub.api"]
+    assert "GET /api/events failed: OperationalError" in record.getMessage() and record.exc_info is None

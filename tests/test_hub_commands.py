@@ -6,6 +6,7 @@ import json
 import queue
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -14,10 +15,11 @@ from hub_support import NodeResponder, hub_config, make_event, publisher, runnin
 from sqlalchemy import select
 
 from hub.storage.database import Store
+from hub.storage.nodes import NodeUpdate, Registry
 from hub.storage.rows import CommandRow, NodeRow
 from shared.cli import main
 from shared.config import BrokerConfig
-from shared.messages import DesiredConfig, parse
+from shared.messages import DesiredConfig, parse, utc_now
 from shared.mqtt import MqttClient
 from shared.topics import NodeTopics
 from tests.polling import unique_site, wait_until
@@ -39,6 +41,8 @@ def test_cli_commands_answered_error_and_timeout_audited(
     config = hub_config(broker_config, tmp_path, site)
     store = Store(config.db_url)
     store.migrate()
+    with store.transaction() as session:  # the registry knows "door" (as a running hub would), not "absent"
+        Registry(store).apply(session, [NodeUpdate(site, "door", "status", utc_now(), online=True)])
     db = ["--db", config.db_url]
     with NodeResponder(broker_config, site, "door") as node:
         assert cli(broker_config, "threshold", "--site", site, "--node", "door", "0.7", *db) == 0
@@ -50,7 +54,26 @@ def test_cli_commands_answered_error_and_timeout_audited(
             0
         ]
     assert (
-        cli(broker_config, "servo", "--site", site, "--node", "absent", "--angle", "10", "--timeout", "0.5", *db) == 3
+        cli(broker_config, "servo", "--site", site, "--node", "absent", "--angle", "10", "--timeout", "0.5", *db)
+        == 4  # never seen: refused
+    )
+    assert "unknown node" in capsys.readouterr().err
+    assert (
+        cli(
+            broker_config,
+            "servo",
+            "--site",
+            site,
+            "--node",
+            "absent",
+            "--angle",
+            "10",
+            "--timeout",
+            "0.5",
+            "--force",
+            *db,
+        )
+        == 3
     )
     assert "timeout: no answer" in capsys.readouterr().out
     rows = audit(store)
@@ -109,7 +132,9 @@ def test_api_commands_to_one_node_and_to_a_site(broker_config: BrokerConfig, tmp
         everyone = httpx.post(f"{base}/api/nodes/{site}/all/commands/detect", json={"enabled": False}, timeout=10)
         assert everyone.status_code == 200
         assert sorted(r["node"] for r in everyone.json()["results"]) == ["a", "b"]
-        absent = httpx.post(f"{base}/api/nodes/{site}/zzz/commands/snapshot?timeout_s=0.3", json={}, timeout=10)
+        absent = httpx.post(
+            f"{base}/api/nodes/{site}/zzz/commands/snapshot?timeout_s=0.3&force=true", json={}, timeout=10
+        )
         assert absent.status_code == 504
         bad = httpx.post(f"{base}/api/nodes/{site}/a/commands/threshold", json={"value": 7}, timeout=10)
         assert bad.status_code == 422
@@ -161,3 +186,110 @@ def test_alerts_command_follows_the_site(
         0.91,
     )
     assert cli(broker_config, "alerts", "--site", site, "--count", "1", "--timeout", "0.5") == 3
+
+
+def test_schedule_from_the_cli_and_the_api_is_sent_and_kept_as_desired(
+    broker_config: BrokerConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site = unique_site()
+    config = hub_config(broker_config, tmp_path, site)
+    store = Store(config.db_url)
+    store.migrate()
+    schedule = {
+        "timezone": "Europe/Berlin",
+        "open": [{"days": ["mon", "tue", "wed", "thu", "fri"], "start": "08:00", "end": "18:00"}],
+        "quiet": [{"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "start": "22:00", "end": "06:00"}],
+        "park_deg": -30.0,
+    }
+    args = ["--site", site, "--node", "door", "--timezone", "Europe/Berlin", "--db", config.db_url, "--force"]
+    windows = ["--open", "mon-fri 08:00-18:00", "--quiet", "22:00-06:00", "--park-deg", "-30"]
+    with NodeResponder(broker_config, site, "door") as node:
+        assert cli(broker_config, "schedule", *args, *windows) == 0
+        assert node.received == [
+            ("schedule", {"v": 1, "request_id": node.received[0][1]["request_id"], "schedule": schedule})
+        ]
+        with pytest.raises(SystemExit) as bad_window:  # refused by the argument parser, nothing sent
+            cli(broker_config, "schedule", *args, "--open", "mon-fri 08:00")
+        assert bad_window.value.code == 2 and "HH:MM-HH:MM" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as bad_zone:
+            cli(broker_config, "schedule", *args[:4], "--timezone", "Mars/Olympus")
+        assert bad_zone.value.code == 2 and "unknown IANA time zone" in capsys.readouterr().err
+        assert len(node.received) == 1
+    with store.session() as session:
+        door = session.get(NodeRow, (site, "door"))
+        assert door is not None and door.desired == {"schedule": schedule}
+    with NodeResponder(broker_config, site, "a"), running_hub(config) as hub:
+        base = f"http://127.0.0.1:{hub.http_port}"
+        ok = httpx.post(
+            f"{base}/api/nodes/{site}/a/commands/schedule?force=true", json={"schedule": schedule}, timeout=10
+        )
+        assert ok.status_code == 200 and ok.json()["results"][0]["value"] == {"schedule": schedule}
+        bad = {"schedule": {**schedule, "park_deg": True}}
+        refused = httpx.post(f"{base}/api/nodes/{site}/a/commands/schedule?force=true", json=bad, timeout=10)
+        assert refused.status_code == 422 and "park_deg" in refused.json()["detail"]
+    store.close()
+
+
+def retained(broker: BrokerConfig, topic: str, wait_s: float = 1.0) -> list[bytes]:
+    """The retained message on ``topic``, as a fresh subscriber sees it (``mosquitto_sub -C 1 -W``-style)."""
+    inbox: queue.Queue[bytes] = queue.Queue()
+    reader = MqttClient(broker, f"test-retained-{uuid.uuid4().hex[:8]}")
+    reader.subscribe(topic, lambda m: inbox.put(m.payload))
+    reader.start()
+    try:
+        assert reader.wait_connected(5)
+        deadline = time.monotonic() + wait_s
+        got: list[bytes] = []
+        while time.monotonic() < deadline:
+            try:
+                got.append(inbox.get(timeout=max(0.01, deadline - time.monotonic())))
+            except queue.Empty:
+                break
+        return got
+    finally:
+        reader.stop()
+
+
+def test_unknown_nodes_are_refused_unless_forced_and_can_be_forgotten(
+    broker_config: BrokerConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site = unique_site()
+    config = hub_config(broker_config, tmp_path, site)
+    ghost = NodeTopics(site, "ghost")
+    with NodeResponder(broker_config, site, "a") as node_a, running_hub(config) as hub:
+        base = f"http://127.0.0.1:{hub.http_port}"
+        store = Store(config.db_url)
+        assert wait_until(lambda: [r.node for r in _nodes(store)] == ["a"])
+        # refused: 404, nothing sent (not even to the known node of the list), no row, no retained desired
+        for target in ("ghost", "a,ghost"):
+            refused = httpx.post(
+                f"{base}/api/nodes/{site}/{target}/commands/threshold", json={"value": 0.6}, timeout=10
+            )
+            assert refused.status_code == 404 and "ghost" in refused.json()["detail"]
+        assert cli(broker_config, "threshold", "--site", site, "--node", "ghost", "0.6", "--db", config.db_url) == 4
+        assert f"unknown node {site}/ghost" in capsys.readouterr().err
+        assert [r.node for r in _nodes(store)] == ["a"] and node_a.received == []
+        assert retained(broker_config, ghost.desired) == []
+        # forced: it goes (no one answers), and the desired config waits for the node, retained
+        forced = httpx.post(
+            f"{base}/api/nodes/{site}/ghost/commands/threshold?force=true&timeout_s=0.3",
+            json={"value": 0.6},
+            timeout=10,
+        )
+        assert forced.status_code == 504
+        assert [r.node for r in _nodes(store)] == ["a", "ghost"]
+        assert [parse(DesiredConfig, p).threshold for p in retained(broker_config, ghost.desired)] == [0.6]
+        # forgotten through the API: row gone, retained desired gone; a second time: 404
+        gone = httpx.delete(f"{base}/api/nodes/{site}/ghost", timeout=10)
+        assert gone.status_code == 200 and ghost.desired in gone.json()["cleared"]
+        assert [r.node for r in _nodes(store)] == ["a"]
+        assert retained(broker_config, ghost.desired) == []
+        assert httpx.delete(f"{base}/api/nodes/{site}/ghost", timeout=10).status_code == 404
+        # forgotten through the CLI (database and broker): the known node's desired goes too
+        assert cli(broker_config, "threshold", "--site", site, "--node", "a", "0.4", "--db", config.db_url) == 0
+        assert retained(broker_config, NodeTopics(site, "a").desired)
+        assert main(["nodes", "--forget", f"{site}/a", "--db", config.db_url, "--broker", broker_config.address]) == 0
+        assert "forgot" in capsys.readouterr().out
+        assert [r.node for r in _nodes(store)] == [] and retained(broker_config, NodeTopics(site, "a").desired) == []
+        assert main(["nodes", "--forget", f"{site}/a", "--db", config.db_url, "--broker", broker_config.address]) == 1
+        store.close()

@@ -342,3 +342,32 @@ def test_sigkill_while_in_flight_loses_nothing(broker_config: BrokerConfig, tmp_
         log_file.close()
         store.close()
     assert b"upgrading database" in (tmp_path / "hub.log").read_bytes()
+
+
+def test_quiet_hours_events_are_stored_but_raise_no_alert(broker_config: BrokerConfig, tmp_path: Path) -> None:
+    site = unique_site()
+    config = hub_config(broker_config, tmp_path, site, alerts={"cooldown_s": 0})
+    start = utc_now()
+    quiet = [
+        make_event(site, "door", 1, label="no_mask", ts=start).model_copy(update={"quiet": True}),
+        make_event(site, "door", 1, kind="end", label="no_mask", ts=start + timedelta(seconds=2)).model_copy(
+            update={"quiet": True}
+        ),
+    ]
+    loud = make_event(site, "door", 2, label="no_mask", ts=start + timedelta(seconds=3))
+    with alert_watcher(broker_config, site) as inbox, running_hub(config):
+        store = Store(config.db_url)
+        client = publisher(broker_config, "door")
+        for ev in [*quiet, loud]:
+            client.publish(NodeTopics(site, "door").events, ev, qos=1)
+        assert wait_until(lambda: count(store, EventMessage) == 3)
+        assert wait_until(lambda: len(inbox) == 1, 5)
+        time.sleep(0.3)  # no second alert follows
+        assert [parse(Alert, m.payload).event_id for m in inbox] == [f"{site}-door-00002"]
+        with store.session() as session:
+            stored = session.get(EventRow, f"{site}-door-00001")
+            assert stored is not None and stored.label == "no_mask" and not stored.alerted
+            payloads = session.scalars(select(EventMessage.payload).where(EventMessage.event_id == stored.id)).all()
+            assert [json.loads(p)["quiet"] for p in payloads] == [True, True]
+        client.stop()
+        store.close()

@@ -73,6 +73,27 @@ def test_rejections_logged_by_the_writer_reach_the_hub_log(
     assert f"rejected message on {NodeTopics(site, 'cam').events} (json)" in records[0].getMessage()
 
 
+def test_2000_garbage_messages_log_five_lines_and_count_all(
+    broker_config: BrokerConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Garbage on a real broker: the rejection log is capped per reason and minute, the counters stay exact."""
+    site = unique_site()
+    config = hub_config(broker_config, tmp_path, site)
+    topic = NodeTopics(site, "cam").events
+    with caplog.at_level(logging.WARNING), running_hub(config) as hub:
+        client = publisher(broker_config, "cam")
+        infos = [client.publish(topic, b"{garbage %d" % n, qos=1) for n in range(2000)]
+        for info in infos:
+            info.wait_for_publish(30)
+        assert wait_until(lambda: hub.ingest is not None and hub.ingest.stats.rejected["json"] == 2000, 60)
+        client.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name == "hub.ingest.batch_core"]
+    assert len(lines) == 5 and all("(json)" in line for line in lines)
+    store = Store(config.db_url)
+    assert store.counters("rejected.") == {"rejected.json": 2000}
+    store.close()
+
+
 def test_in_process_writer_stores_events_and_alerts(broker_config: BrokerConfig, tmp_path: Path) -> None:
     site = unique_site()
     config = hub_config(broker_config, tmp_path, site, ingest={"writer_process": False})

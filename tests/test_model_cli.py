@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -151,6 +153,27 @@ def test_bad_inputs_give_clear_errors(
     for name in ("with_mask", "without_mask"):
         (tmp_path / "empty" / name).mkdir(parents=True)
     (tmp_path / "junk.tflite").write_bytes(b"junk" * 64)
-    code = main([a.format(tmp=tmp_path) for a in argv])
+    try:
+        code = main([a.format(tmp=tmp_path) for a in argv])
+    except SystemExit as usage:  # argparse's own checks (missing folder, threshold range)
+        code = usage.code
     assert code in (1, 2)
     assert message in capsys.readouterr().err
+
+
+def test_model_fetch_gives_up_after_its_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An index that accepts the connection and never answers: the download ends at --timeout, exit 1."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    monkeypatch.setenv("MASKWATCH_MODEL_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{silent.getsockname()[1]}/simple")
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+    try:
+        assert main(["model", "fetch", "--timeout", "2"]) == 1
+    finally:
+        silent.close()
+    assert "timed out after 2 s" in capsys.readouterr().err

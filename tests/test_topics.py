@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.errors import ContractError
+from shared.messages import COMMANDS
 from shared.topics import (
     NodeTopics,
     TopicInfo,
@@ -45,7 +46,7 @@ def test_filters() -> None:
     assert shared_subscription("hubs", "maskwatch/+/+/events") == "$share/hubs/maskwatch/+/+/events"
 
 
-@given(site=ids, node=ids, name=st.sampled_from(["servo", "threshold", "detect", "snapshot", "config"]))
+@given(site=ids, node=ids, name=st.sampled_from(sorted(COMMANDS)))
 def test_round_trip(site: str, node: str, name: str) -> None:
     t = NodeTopics(site, node)
     for kind in ("status", "events", "state", "stats", "desired"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edge.commands import NodeCommands
+from edge.scheduler import Scheduler
 from edge.state import NodeRuntime
 from shared.errors import ConfigError
 from shared.messages import (
@@ -19,17 +20,19 @@ from shared.vocabulary import DEFAULT_THRESHOLDS, Profile, check_threshold, deci
 
 
 def test_command_names_sendable_set_and_enum_come_from_the_classes() -> None:
-    assert list(COMMANDS) == ["servo", "threshold", "detect", "snapshot", "config"]
+    assert list(COMMANDS) == ["servo", "threshold", "detect", "schedule", "snapshot", "config"]
     assert all(COMMANDS[name].name == name for name in COMMANDS)
-    assert SENDABLE_COMMANDS == ("servo", "threshold", "detect", "snapshot")
+    assert SENDABLE_COMMANDS == ("servo", "threshold", "detect", "schedule", "snapshot")
     assert [member.value for member in SendableCommand] == list(SENDABLE_COMMANDS)
 
 
 def test_every_command_has_an_edge_handler() -> None:
+    runtime = NodeRuntime(site="s", node="n", threshold=0.5)
     commands = NodeCommands(
-        NodeRuntime(site="s", node="n", threshold=0.5),
+        runtime,
         servo=None,
         planner=None,
+        scheduler=Scheduler(runtime),
         snapshot=lambda rid: {},
         config=lambda: {},
     )

@@ -39,7 +39,7 @@ Options:
   --credentials FILE  this node's SITE.NODE.env from make-users (copied to /etc/maskwatch/edge.env)
   --camera KIND       picamera (Raspberry Pi camera, default) or usb (first USB camera)
   --spec SPEC         what pip installs (default: this checkout, "$SRC[edge]")
-  --no-start          install and enable, do not start
+  --no-start          install and enable, do not start (needed where systemd is not running: a chroot)
   --config-only       only write /etc/maskwatch (no apt, pip, user or systemd); with --destdir
   --destdir DIR       install under DIR instead of / (for tests and images)
 USAGE
@@ -193,7 +193,12 @@ fetch_models() {
 install_service() {
     step "systemd maskwatch-edge.service"
     install -m 0644 "$SRC/deploy/systemd/maskwatch-edge.service" /etc/systemd/system/maskwatch-edge.service
-    systemctl daemon-reload
+    if [ -d /run/systemd/system ]; then
+        systemctl daemon-reload
+    else   # a chroot or an image build: enabling works offline, loading and starting need a running systemd
+        echo "systemd is not running here: the unit is enabled, it loads at the next boot"
+        [ "$START" = 0 ] || die "cannot start the service without a running systemd: rerun with --no-start"
+    fi
     systemctl enable maskwatch-edge.service
     if [ "$START" = 1 ]; then
         systemctl restart maskwatch-edge.service

@@ -11,13 +11,15 @@ A source is opened from a ``--source`` string by :func:`open_source`:
 only the newest frame and counts the ones it had to drop, so latency stays
 bounded when inference is slower than the camera; a camera that fails to open
 or drops out is retried with backoff. Finite sources (files, folders) are read
-frame by frame without dropping.
+frame by frame without dropping. A source that gives no frame for
+``stall_timeout_s`` is reported down (:attr:`Capture.error`) until frames return.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,18 +32,20 @@ from edge.capture.images import IMAGE_SUFFIXES, read_image
 from edge.capture.scene import SceneCamera, load_scene
 from edge.config import CameraConfig, SceneConfig
 from shared.errors import HardwareError, ImageReadError
+from shared.messages import MAX_ERROR_CHARS
 
 log = logging.getLogger(__name__)
 
 
 class VideoSource:
-    """A camera index, video file or stream URL through OpenCV."""
+    """A camera (index or ``/dev/`` device path), video file or stream URL through OpenCV."""
 
     def __init__(self, spec: str, camera: CameraConfig | None = None) -> None:
         self.spec = spec
         self.name = spec
         self.camera = camera or CameraConfig()
-        self.live = spec.isdigit() or "://" in spec
+        self.device = spec.isdigit() or spec.startswith("/dev/")
+        self.live = self.device or "://" in spec
         self._cap: Any = None
         self._index = 0
 
@@ -51,7 +55,7 @@ class VideoSource:
         cap = cv2.VideoCapture(int(self.spec) if self.spec.isdigit() else self.spec)
         if not cap.isOpened():
             cap.release()
-            kind = "camera" if self.spec.isdigit() else "video"
+            kind = "camera" if self.device else "stream" if self.live else "video"
             raise HardwareError(f"cannot open {kind} {self.spec!r} (missing, busy or unsupported)")
         if self.camera.width and self.camera.height:
             cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.camera.width)
@@ -98,7 +102,7 @@ class ImageFolderSource:
             raise HardwareError(f"image folder not found: {self.folder}")
         files = sorted(p for p in self.folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            log.warning("no images in %s", self.folder)
+            raise HardwareError(f"no images in folder {self.folder} (suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})")
         self._files = iter(files)
 
     def read(self) -> Frame | None:
@@ -186,20 +190,49 @@ class Capture:
     ``retry_max_s`` while :attr:`error` says what is wrong. Finite sources: every
     frame is handed out in order; :attr:`finished` is set at the end (or when the
     source cannot be opened at all).
+
+    :param stall_timeout_s: no frame for this long and :attr:`error` says so (``no frame for N s``) until
+        frames return; a run without ``retry`` then gives up.
+    :param retry: reopen a failed live source (a node); off, the first failure or stall ends the run (``--once``).
     """
 
-    def __init__(self, source: FrameSource, retry_min_s: float = 0.5, retry_max_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        source: FrameSource,
+        retry_min_s: float = 0.5,
+        retry_max_s: float = 30.0,
+        stall_timeout_s: float = 10.0,
+        *,
+        retry: bool = True,
+    ) -> None:
         self.source = source
         self.retry_min_s = retry_min_s
         self.retry_max_s = retry_max_s
+        self.stall_timeout_s = stall_timeout_s
+        self.retry = retry
         self.dropped = 0
-        self.error: str | None = None
+        self.frames = 0
+        #: why the source failed to open or read (cleared when it opens again); see :attr:`error`
+        self.failure: str | None = None
         self.finished = threading.Event()
         self._cond = threading.Condition()
         self._latest: Frame | None = None
+        self._last_frame = time.monotonic()
+
+    @property
+    def error(self) -> str | None:
+        """Why no frames come now: the source's failure, or no frame for ``stall_timeout_s``; ``None`` when fine."""
+        if self.failure:
+            return self.failure[:MAX_ERROR_CHARS]
+        idle = time.monotonic() - self._last_frame
+        if idle < self.stall_timeout_s:
+            return None
+        ended = f" (the source ended after {self.frames} frame(s))" if self.finished.is_set() else ""
+        return f"no frame for {idle:.0f} s{ended}"
 
     @property
     def ok(self) -> bool:
+        """Frames are coming (no failure, no stall)."""
         return self.error is None
 
     def run(self, stop: threading.Event) -> None:
@@ -209,15 +242,16 @@ class Capture:
             while not stop.is_set():
                 try:
                     self.source.open()
-                    if self.error:
-                        log.info("source %s is back", self.source.name)
-                    self.error = None
+                    if self.failure:
+                        log.info("source %s is open again", self.source.name)
+                    self.failure = None
+                    self._last_frame = time.monotonic()
                     delay = self.retry_min_s
                     self._pump(stop)
                     return  # the end of the stream (live devices raise instead)
                 except HardwareError as exc:
-                    self.error = str(exc)
-                    if not self.source.live:
+                    self.failure = str(exc)
+                    if not (self.source.live and self.retry):
                         log.error("source failed: %s", exc)
                         return
                     log.error("camera problem: %s; retrying in %.1f s", exc, delay)
@@ -243,14 +277,24 @@ class Capture:
                     while self._latest is not None and not stop.is_set():
                         self._cond.wait(0.1)
                 self._latest = frame
+                self.frames += 1
+                self._last_frame = time.monotonic()
                 self._cond.notify_all()
 
     def next(self, timeout: float = 0.5) -> Frame | None:
-        """The newest frame not handed out yet, waiting up to ``timeout``; ``None`` if none."""
+        """The newest frame not handed out yet, waiting up to ``timeout``; ``None`` if none.
+
+        Without ``retry``, a stall ends the run: :attr:`failure` says why and :attr:`finished` is set.
+        """
         with self._cond:
             if self._latest is None and not self.finished.is_set():
                 self._cond.wait(timeout)
             frame, self._latest = self._latest, None
+            if frame is not None:
+                self._last_frame = time.monotonic()  # a finite source waits for its consumer: that is no stall
+            elif not self.retry and not self.finished.is_set() and (stalled := self.error):
+                self.failure = stalled
+                self.finished.set()
             self._cond.notify_all()
             return frame
 

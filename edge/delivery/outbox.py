@@ -38,6 +38,7 @@ from typing import Any
 from edge.config import Delivery
 from edge.delivery.acks import AckTracker
 from shared.errors import ContractError, OutboxError
+from shared.logcap import LogCap
 from shared.messages import Ack, parse
 from shared.mqtt import Received
 from shared.topics import NodeTopics
@@ -240,6 +241,7 @@ class Courier:
         self._mid_to_msg: dict[int, OutboxMessage] = {}
         self.published = 0
         self.acknowledged_total = 0
+        self._reject_log = LogCap(log, "ignored acks")
 
     # -- network-thread callbacks: enqueue only -----------------------------
 
@@ -256,7 +258,7 @@ class Courier:
         try:
             ack = parse(Ack, message.payload)
         except ContractError as exc:
-            log.warning("ignored an ack on %s: %s", message.topic, exc)
+            self._reject_log.warning(exc.reason, "ignored an ack on %s: %s", message.topic, exc)
             return
         self._enqueue("ack", ack)
 

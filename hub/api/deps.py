@@ -6,14 +6,16 @@ and the shared query parameters.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the dependency aliases at run time.
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Query, Request
+from fastapi import Depends, HTTPException, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, BeforeValidator
 
 from hub.config import HubConfig
 from hub.ingest.consumer import Ingest
@@ -26,6 +28,7 @@ from hub.storage.database import Store
 from hub.storage.events import EventLog
 from hub.storage.nodes import Registry
 from hub.storage.rejected import RejectedStore
+from shared.topics import EVENT_ID_PATTERN, ID_PATTERN
 from shared.vocabulary import Label
 
 #: The largest page of any list route.
@@ -113,11 +116,56 @@ def rate_limited(request: Request, who: Principal) -> str:
     return who
 
 
-Since = Annotated[datetime | None, Query(description="ISO 8601; events first seen at or after")]
-Until = Annotated[datetime | None, Query(description="ISO 8601; events first seen before")]
+def _iso_time(value: object) -> object:
+    """Refuse a bare number as a time (pydantic would read ``0.5`` as seconds since 1970)."""
+    if isinstance(value, str) and NUMBER.fullmatch(value.strip()):
+        raise ValueError("give an ISO 8601 time with a timezone, e.g. 2026-01-01T12:00:00Z, not a number")
+    return value
+
+
+#: A number, which :func:`_iso_time` refuses as a time.
+NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?(inf|infinity|nan)", re.IGNORECASE)
+#: A comma-separated list of node ids (or ``all``), at most this many.
+MAX_NODES = 100
+NODE_LIST_PATTERN = rf"^{ID_PATTERN.pattern[1:-1]}(,{ID_PATTERN.pattern[1:-1]}){{0,{MAX_NODES - 1}}}$"
+
+Since = Annotated[
+    datetime | None, BeforeValidator(_iso_time), Query(description="ISO 8601; events first seen at or after")
+]
+Until = Annotated[datetime | None, BeforeValidator(_iso_time), Query(description="ISO 8601; events first seen before")]
 LabelQ = Annotated[Label | None, Query()]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
+SiteQ = Annotated[str | None, Query(pattern=ID_PATTERN.pattern, max_length=64, description="only this site")]
+NodeQ = Annotated[str | None, Query(pattern=ID_PATTERN.pattern, max_length=64, description="only this node")]
+SitePath = Annotated[str, Path(pattern=ID_PATTERN.pattern, max_length=64, description="site id")]
+NodePath = Annotated[str, Path(pattern=ID_PATTERN.pattern, max_length=64, description="node id")]
+EventId = Annotated[str, Path(pattern=EVENT_ID_PATTERN.pattern, max_length=128, description="event id")]
+
+
+class Problem(BaseModel):
+    """The JSON body of every 4xx/5xx answer: a message, or FastAPI's list of validation errors."""
+
+    detail: str | list[dict[str, Any]]
+
+
+#: What each error status of the API means, for the OpenAPI ``responses`` of the routes.
+ERROR_MEANINGS = {
+    400: "the body is not JSON",
+    401: "no token, or a wrong one (only when auth.tokens is set)",
+    404: "no such event, snapshot or node",
+    422: "a parameter or body field out of its range",
+    429: "too many commands: retry after Retry-After seconds",
+    500: "an unexpected hub error (logged)",
+    502: "a node answered error",
+    503: "no MQTT connection (read-only API), or no database",
+    504: "a node did not answer in time",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for ``codes`` (401, 422 and 500 always), each with a :class:`Problem` body."""
+    return {code: {"model": Problem, "description": ERROR_MEANINGS[code]} for code in sorted({401, 422, 500, *codes})}
 
 
 def aware(value: datetime | None) -> datetime | None:

@@ -1,25 +1,38 @@
-"""Routes of stored events: list, CSV export, one event with its raw messages, its snapshot JPEG."""
+"""Routes of stored events: list, export (CSV, JSON, JSON lines), one event with its raw messages, its snapshot JPEG."""
 
-import csv
-import io
-from collections.abc import Iterator
-from typing import Any
+import itertools
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import FileResponse, StreamingResponse
 
-from hub.api.deps import MAX_PAGE, LabelQ, Limit, Offset, Principal, Services, Since, Until, aware
-from hub.views import CSV_COLUMNS, event_csv_row, event_json
+from hub.api.deps import (
+    MAX_OFFSET,
+    MAX_PAGE,
+    EventId,
+    LabelQ,
+    Limit,
+    NodeQ,
+    Offset,
+    Principal,
+    Services,
+    Since,
+    SiteQ,
+    Until,
+    aware,
+    errors,
+)
+from hub.views import EXPORT_MEDIA_TYPES, ExportFormat, event_json, export_events
 
-router = APIRouter(tags=["events"])
+router = APIRouter(tags=["events"], responses=errors())
 
 
 @router.get("/api/events")
 def list_events(
     services: Services,
     _: Principal,
-    site: str | None = None,
-    node: str | None = None,
+    site: SiteQ = None,
+    node: NodeQ = None,
     label: LabelQ = None,
     since: Since = None,
     until: Until = None,
@@ -41,50 +54,38 @@ def list_events(
     }
 
 
-@router.get("/api/events.csv", response_class=StreamingResponse)
-def events_csv(
+@router.get("/api/events.{fmt}", response_class=StreamingResponse)
+def export_events_route(
+    fmt: ExportFormat,
     services: Services,
     _: Principal,
-    site: str | None = None,
-    node: str | None = None,
+    site: SiteQ = None,
+    node: NodeQ = None,
     label: LabelQ = None,
     since: Since = None,
     until: Until = None,
+    limit: Annotated[
+        int | None, Query(ge=1, le=MAX_OFFSET, description="at most this many events (default: all)")
+    ] = None,
 ) -> StreamingResponse:
-    """Every matching event as CSV (one header line, then one line per event, newest first); the parameters
-    are checked and the first page read before the first byte is sent, so a bad request gets a 4xx."""
-    since, until = aware(since), aware(until)
-
-    def page(offset: int) -> list[Any]:
-        return services.events.query(
-            site=site, node=node, label=label, since=since, until=until, limit=MAX_PAGE, offset=offset
-        )[0]
-
-    first = page(0)
-
-    def lines() -> Iterator[str]:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(CSV_COLUMNS)
-        offset = 0
-        while True:
-            rows = first if offset == 0 else page(offset)
-            snaps = services.events.has_snapshots([r.id for r in rows])
-            writer.writerows(event_csv_row(r, r.id in snaps) for r in rows)
-            yield buffer.getvalue()
-            buffer.seek(0)
-            buffer.truncate()
-            if len(rows) < MAX_PAGE:
-                return
-            offset += MAX_PAGE
-
+    """Every matching event (or the first ``limit``), newest first, as ``csv`` (a header line, then one line per
+    event), ``json`` (one array) or ``jsonl`` (one object per line): read a page at a time (keyset paging), so
+    any number of events streams in constant memory. The parameters are checked and the first page read before
+    the first byte is sent, so a bad request gets a 4xx."""
+    pages = services.events.pages(
+        site=site, node=node, label=label, since=aware(since), until=aware(until), page_size=MAX_PAGE, limit=limit
+    )
+    first = next(pages, None)
+    chunks = export_events(itertools.chain([first] if first else [], pages), fmt, services.public_url)
     return StreamingResponse(
-        lines(), media_type="text/csv", headers={"Content-Disposition": 'attachment; filename="events.csv"'}
+        chunks,
+        media_type=EXPORT_MEDIA_TYPES[fmt],
+        headers={"Content-Disposition": f'attachment; filename="events.{fmt}"'},
     )
 
 
-@router.get("/api/events/{event_id}")
-def get_event(event_id: str, services: Services, _: Principal) -> dict[str, Any]:
+@router.get("/api/events/{event_id}", responses=errors(404))
+def get_event(event_id: EventId, services: Services, _: Principal) -> dict[str, Any]:
     """One event with its raw messages."""
     row = services.events.get(event_id)
     if row is None:
@@ -94,8 +95,8 @@ def get_event(event_id: str, services: Services, _: Principal) -> dict[str, Any]
     return body
 
 
-@router.get("/api/events/{event_id}/snapshot.jpg", response_class=FileResponse)
-def get_snapshot(event_id: str, services: Services, _: Principal) -> FileResponse:
+@router.get("/api/events/{event_id}/snapshot.jpg", response_class=FileResponse, responses=errors(404))
+def get_snapshot(event_id: EventId, services: Services, _: Principal) -> FileResponse:
     """The JPEG the node sent for the event."""
     path = services.events.snapshot_file(event_id)
     if path is None:

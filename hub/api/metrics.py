@@ -10,10 +10,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.responses import PlainTextResponse
 
-from hub.api.deps import HubServices, Services, principal_unless
+from hub.api.deps import HubServices, Services, errors, principal_unless
 from hub.views import AVAILABILITY
 
-router = APIRouter(tags=["ops"])
+router = APIRouter(tags=["ops"], responses=errors())
 
 
 def _escape(value: object) -> str:
@@ -57,7 +57,7 @@ def _node_outboxes(services: HubServices) -> list[str]:
     return lines
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
+@router.get("/metrics", responses={200: {"description": "Prometheus text", "content": {"text/plain": {}}}})
 def metrics_page(
     services: Services, _: Annotated[str, Depends(principal_unless(lambda config: config.auth.public_metrics))]
 ) -> PlainTextResponse:
@@ -107,6 +107,15 @@ def render(services: HubServices) -> str:
         [_sample("maskwatch_event_duplicates_total", counters.get("events.duplicates", 0))],
     )
     lines += _node_outboxes(services)
+    lines += _family(
+        "maskwatch_clock_skew_events_total",
+        "counter",
+        "event messages whose ts was more than clock.max_skew_s off the hub's clock, by node",
+        (
+            _sample("maskwatch_clock_skew_events_total", n, {"site": site, "node": node})
+            for site, node, n in services.registry.skew_counts()
+        ),
+    )
     lines += _family(
         "maskwatch_nodes",
         "gauge",

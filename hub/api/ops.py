@@ -6,15 +6,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from hub.api.deps import Limit, Principal, Services, principal_unless
+from hub.api.deps import Limit, Principal, Services, errors, principal_unless
 from hub.views import rejected_json
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(tags=["ops"])
+router = APIRouter(tags=["ops"], responses=errors())
 
 
-@router.get("/healthz")
+@router.get("/healthz", responses=errors(503))
 def healthz(
     services: Services, _: Annotated[str, Depends(principal_unless(lambda config: config.auth.public_healthz))]
 ) -> JSONResponse:

@@ -5,11 +5,11 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from hub.api.deps import Principal, Services, Since, Until, aware
+from hub.api.deps import Principal, Services, Since, Until, aware, errors
 from hub.views import stats_json
 from shared.messages import utc_now
 
-router = APIRouter(tags=["events"])
+router = APIRouter(tags=["events"], responses=errors())
 
 
 @router.get("/api/stats")

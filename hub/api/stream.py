@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from hub.api.deps import Principal, Services
+from hub.api.deps import Principal, Services, errors
 
-router = APIRouter(tags=["events"])
+router = APIRouter(tags=["events"], responses=errors())
 
 
 @router.get("/api/stream", response_class=StreamingResponse)

@@ -19,7 +19,7 @@ from pathlib import Path
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
-from hub.config import HubConfig
+from hub.config import DEFAULT_MAX_SKEW_S, HubConfig
 from hub.ingest.acks import Delivered
 from hub.services.alerts import Alerter
 from hub.storage.database import Store
@@ -28,6 +28,7 @@ from hub.storage.nodes import NodeUpdate, Registry, UpdateKind
 from hub.storage.rejected import RejectedStore, RejectIn
 from shared import topics
 from shared.errors import ContractError, StorageError
+from shared.logcap import LogCap
 from shared.messages import AVAILABILITY, MAX_PAYLOAD_BYTES, Alert, Event, NodeState, NodeStats, parse
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class WriterSettings:
     alert_cooldown_s: float
     public_url: str
     alert_min_face_score: float | None = None
+    max_skew_s: float = DEFAULT_MAX_SKEW_S
 
     @classmethod
     def from_config(cls, config: HubConfig, public_url: str) -> WriterSettings:
@@ -96,6 +98,7 @@ class WriterSettings:
             alert_cooldown_s=config.alerts.cooldown_s,
             public_url=public_url,
             alert_min_face_score=config.alerts.min_face_score,
+            max_skew_s=config.clock.max_skew_s,
         )
 
     def build(self, store: Store | None = None) -> BatchWriter:
@@ -113,6 +116,7 @@ class WriterSettings:
             ),
             max_snapshot_bytes=self.max_snapshot_bytes,
             rejected_max_rows=self.rejected_max_rows,
+            max_skew_s=self.max_skew_s,
         )
 
 
@@ -130,8 +134,24 @@ def parse_event(payload: bytes) -> Event:
     return parse(Event, payload)
 
 
-def classify(topic: str, payload: bytes, batch: Batch, now: datetime, max_snapshot_bytes: int) -> None:
-    """Validate one message and add it to ``batch`` (as data, or as a rejection with its reason)."""
+def clock_offset_s(ts: datetime, now: datetime) -> float:
+    """How far a node's ``ts`` is ahead of the hub's ``now`` (negative: behind), seconds."""
+    return (ts - now).total_seconds()
+
+
+def skewed(offset_s: float, max_skew_s: float) -> bool:
+    """Whether a clock offset is too large to be delivery delay or drift (``clock.max_skew_s``)."""
+    return abs(offset_s) > max_skew_s
+
+
+def classify(
+    topic: str, payload: bytes, batch: Batch, now: datetime, max_snapshot_bytes: int, max_skew_s: float
+) -> None:
+    """Validate one message and add it to ``batch`` (as data, or as a rejection with its reason).
+
+    An event or stats message whose ``ts`` is more than ``max_skew_s`` off ``now`` (the hub's clock) is
+    flagged ``clock_skewed``; stats also give the node's clock offset.
+    """
     try:
         info = topics.parse_topic(topic)
         if info.node is None:
@@ -143,7 +163,9 @@ def classify(topic: str, payload: bytes, batch: Batch, now: datetime, max_snapsh
                 raise ContractError(
                     f"event of {event.site}/{event.node} published on {topic}", field="node", reason="topic"
                 )
-            batch.events.append(EventIn(event, now, payload))
+            batch.events.append(
+                EventIn(event, now, payload, clock_skewed=skewed(clock_offset_s(event.ts, now), max_skew_s))
+            )
             batch.seen.add((info.site, info.node))
             if event.seq is not None and event.outbox_id is not None:
                 batch.delivered.event(info.site, info.node, event.outbox_id, event.seq)
@@ -167,13 +189,21 @@ def classify(topic: str, payload: bytes, batch: Batch, now: datetime, max_snapsh
                 raise ContractError(
                     f"{info.kind} of {data.site}/{data.node} published on {topic}", field="node", reason="topic"
                 )
+            offset = clock_offset_s(data.ts, now) if kind == "stats" else None
             batch.nodes.append(
-                NodeUpdate(info.site, info.node, kind, now, payload=data.model_dump(mode="json", exclude_none=True))
+                NodeUpdate(
+                    info.site,
+                    info.node,
+                    kind,
+                    now,
+                    payload=data.model_dump(mode="json", exclude_none=True),
+                    clock_offset_s=offset,
+                    clock_skewed=offset is not None and skewed(offset, max_skew_s),
+                )
             )
         else:
             raise ContractError(f"unexpected topic {topic}", field="topic", reason="topic")
     except ContractError as exc:
-        log.warning("rejected message on %s (%s): %s", topic, exc.reason, exc)
         batch.rejects.append(RejectIn(topic, exc.reason, exc.field, str(exc), payload, now))
 
 
@@ -181,7 +211,8 @@ class BatchWriter:
     """Validates a batch and stores it in one transaction: events, snapshots, rejections, nodes, counters, alerts.
 
     A storage failure raises :class:`StorageError` with nothing committed; the caller retries the same
-    batch, which then stores each message once.
+    batch, which then stores each message once. ``max_skew_s`` (``clock.max_skew_s``) decides which event and
+    stats timestamps are flagged as off the hub's clock.
 
     Example::
 
@@ -198,6 +229,7 @@ class BatchWriter:
         *,
         max_snapshot_bytes: int,
         rejected_max_rows: int,
+        max_skew_s: float = DEFAULT_MAX_SKEW_S,
     ) -> None:
         self.store = store
         self.events = events
@@ -206,12 +238,20 @@ class BatchWriter:
         self.alerter = alerter
         self.max_snapshot_bytes = max_snapshot_bytes
         self.rejected_max_rows = rejected_max_rows
+        self.max_skew_s = max_skew_s
+        #: rejections are logged through this cap (a few lines per reason and minute); counted exactly elsewhere
+        self.reject_log = LogCap(log, "rejections")
 
     def write(self, messages: list[Message], now: datetime) -> BatchResult:
         """Validate ``messages`` (received at ``now``) and commit them; alerts are returned, not published."""
         batch = Batch()
         for topic, payload in messages:
-            classify(topic, payload, batch, now, self.max_snapshot_bytes)
+            classify(topic, payload, batch, now, self.max_snapshot_bytes, self.max_skew_s)
+        for reject in batch.rejects:
+            self.reject_log.warning(
+                reject.reason, "rejected message on %s (%s): %s", reject.topic, reject.reason, reject.error
+            )
+        self.reject_log.flush()
         try:
             with self.store.transaction() as session:
                 written = self.events.write(session, batch.events)
@@ -220,6 +260,7 @@ class BatchWriter:
                 touched_nodes = self.registry.apply(
                     session, [*(NodeUpdate(site, node, "seen", now) for site, node in batch.seen), *batch.nodes]
                 )
+                self.registry.count_skewed(session, written.skewed)
                 self.store.count(
                     session,
                     {**{f"messages.{k}": v for k, v in batch.kinds.items()}, "events.duplicates": written.duplicates},

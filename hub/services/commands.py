@@ -28,12 +28,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from hub.services.discovery import entity_configs
 from hub.storage.commands import AuditAnswer, CommandAudit
 from hub.storage.database import Store
 from hub.storage.nodes import Registry
 from hub.views import outcome_json
 from shared import topics
-from shared.errors import ContractError
+from shared.errors import ContractError, MaskwatchError
+from shared.logcap import LogCap
 from shared.messages import COMMANDS, SENDABLE_COMMANDS, Command, CommandResponse, DesiredConfig, parse, utc_now
 from shared.mqtt import MqttClient, Received
 
@@ -69,6 +71,18 @@ class _Pending:
     expected: set[str] | None
     answers: dict[str, CommandResponse] = field(default_factory=dict)
     done: threading.Condition = field(default_factory=threading.Condition)
+
+
+class UnknownNode(MaskwatchError, LookupError):
+    """A command names a node the registry has never seen (send it anyway with ``force``)."""
+
+
+def hub_retained_topics(site: str, node: str) -> list[str]:
+    """The retained topics of one node that the hub publishes (and the broker lets it clear): ``desired``,
+    ``summary`` and the node's Home Assistant discovery configs. The node's own retained ``status`` and ``state``
+    are the node's to write (deploy/mosquitto/acl)."""
+    node_topics = topics.NodeTopics(site, node)
+    return [node_topics.desired, node_topics.summary, *entity_configs(site, node)]
 
 
 def overall_status(outcomes: Sequence[Outcome]) -> CommandStatus:
@@ -110,6 +124,7 @@ class Commander:
         self.registry = registry
         self._pending: dict[str, _Pending] = {}
         self._lock = threading.Lock()
+        self._reject_log = LogCap(log, "malformed answers")
 
     def listen(self, site: str | None = None) -> None:
         """Subscribe to the answers of the nodes of ``site`` (every site when ``None``)."""
@@ -119,7 +134,7 @@ class Commander:
         try:
             response = parse(CommandResponse, message.payload)
         except ContractError as exc:
-            log.warning("ignoring malformed answer on %s: %s", message.topic, exc)
+            self._reject_log.warning(exc.reason, "ignoring malformed answer on %s: %s", message.topic, exc)
             return
         with self._lock:
             pending = self._pending.get(response.request_id or "")
@@ -139,13 +154,16 @@ class Commander:
         *,
         source: str = "cli",
         timeout_s: float | None = None,
+        force: bool = False,
     ) -> list[Outcome]:
         """Send ``name`` with ``params`` to ``nodes`` of ``site`` (``None``: every node) and wait.
 
+        :param force: send to nodes the registry has never seen too (without a registry nothing is checked).
         :raises ContractError: unknown command, bad parameters or bad ids.
+        :raises UnknownNode: a node the registry does not know, unless ``force``.
         """
         command = build_command(name, params, uuid.uuid4().hex)
-        return self.deliver(site, nodes, command, source=source, timeout_s=timeout_s)
+        return self.deliver(site, nodes, command, source=source, timeout_s=timeout_s, force=force)
 
     def deliver(
         self,
@@ -155,14 +173,24 @@ class Commander:
         *,
         source: str = "cli",
         timeout_s: float | None = None,
+        force: bool = False,
     ) -> list[Outcome]:
         """Send a built ``command`` (any of :data:`COMMANDS`, sendable or not) to ``nodes`` of ``site`` and wait.
 
+        :param force: send to nodes the registry has never seen too (without a registry nothing is checked).
         :raises ContractError: bad ids.
+        :raises UnknownNode: a node the registry does not know, unless ``force``.
         """
         topics.validate_id(site, "site")
         nodes = list(dict.fromkeys(topics.validate_id(node, "node") for node in nodes or ()))
         name, request_id = command.name, command.request_id
+        if nodes and not force and self.registry is not None:
+            unknown = [node for node in nodes if not self.registry.known(site, node)]
+            if unknown:
+                raise UnknownNode(
+                    f"unknown node {', '.join(f'{site}/{node}' for node in unknown)}: the hub has never seen it "
+                    "(check the id, or force the command)"
+                )
         expected = set(nodes) if nodes else self._site_nodes(site)
         pending = _Pending(expected=expected)
         with self._lock:
@@ -183,6 +211,26 @@ class Commander:
         self._audit_answered(audit_ids, nodes, outcomes)
         self._apply_desired(site, command, outcomes)
         return outcomes
+
+    def forget(self, site: str, node: str) -> list[str]:
+        """Remove ``site``/``node`` from the registry and clear its hub-owned retained topics
+        (:func:`hub_retained_topics`, an empty retained payload each); return the topics cleared.
+
+        :raises UnknownNode: the registry has no such node.
+        """
+        topics.validate_id(site, "site")
+        topics.validate_id(node, "node")
+        if self.registry is None or not self.registry.forget(site, node):
+            raise UnknownNode(f"unknown node {site}/{node}: nothing to forget")
+        cleared = hub_retained_topics(site, node)
+        sent = [self.client.publish(topic, b"", qos=1, retain=True) for topic in cleared]
+        for topic, info in zip(cleared, sent, strict=True):  # the CLI disconnects next: let the broker have them
+            try:
+                info.wait_for_publish(self.timeout_s)
+            except (RuntimeError, ValueError):
+                log.warning("could not clear %s (no broker connection): clear it by hand", topic)
+        log.info("forgot node %s/%s, cleared %d retained topics", site, node, len(cleared))
+        return cleared
 
     def _site_nodes(self, site: str) -> set[str] | None:
         """Nodes expected to answer a site-wide command; ``None`` (wait the whole timeout) when unknown."""

@@ -13,6 +13,10 @@ sensor           Frame rate             ``.../stats``
 number           No-mask threshold      ``.../state``, commands on ``.../cmd/threshold``
 number           Servo angle            ``.../state``, commands on ``.../cmd/servo``
 select           Servo mode             ``.../state``, commands on ``.../cmd/servo``
+binary_sensor    Scheduled detection    ``.../state`` (``schedule.detect``; on without a schedule)
+binary_sensor    Servo parked           ``.../state`` (``schedule.parked``)
+binary_sensor    Quiet hours            ``.../state`` (``schedule.quiet``)
+sensor           Next schedule change   ``.../state`` (``schedule.next_change``, a timestamp)
 ===============  =====================  ==============================================
 
 Availability comes from the node's ``status`` (``online``/``offline``, its Last
@@ -44,6 +48,7 @@ from hub.services.summary import NodeSummaries
 from shared import __version__
 from shared.config import BrokerConfig
 from shared.errors import ContractError
+from shared.logcap import LogCap
 from shared.messages import Event, NodeState, parse, utc_now
 from shared.mqtt import MqttClient, Received
 from shared.topics import HA_STATUS, NodeTopics, ha_discovery, node_filter, parse_topic
@@ -53,6 +58,22 @@ log = logging.getLogger(__name__)
 
 #: Renders a request id that is new on every command Home Assistant sends.
 REQUEST_ID = "ha-{{ now().timestamp() }}"
+#: The binary sensors of a node's schedule state: key -> (name, field of ``state.schedule``, value without a
+#: schedule, icon).
+SCHEDULE_SENSORS: dict[str, tuple[str, str, bool, str]] = {
+    "schedule_detect": ("Scheduled detection", "detect", True, "mdi:calendar-clock"),
+    "schedule_parked": ("Servo parked", "parked", False, "mdi:parking"),
+    "schedule_quiet": ("Quiet hours", "quiet", False, "mdi:bell-sleep"),
+}
+
+
+def _schedule_flag(field: str, default: bool) -> str:
+    """Value template of one schedule flag: ON/OFF from ``state.schedule``, ``default`` when it is absent."""
+    fallback = "ON" if default else "OFF"
+    return (
+        f"{{{{ ('ON' if value_json.schedule.{field} else 'OFF') if value_json.schedule is defined "
+        f"else '{fallback}' }}}}"
+    )
 
 
 @dataclass(frozen=True)
@@ -151,6 +172,25 @@ def entity_configs(
             "options": [mode.value for mode in ServoMode],
             "command_template": f'{{"v": 1, "request_id": "{REQUEST_ID}", "mode": "{{{{ value }}}}"}}',
         },
+        **{
+            ("binary_sensor", key): {
+                "name": name,
+                "state_topic": topics.state,
+                "icon": icon,
+                "value_template": _schedule_flag(field, default),
+            }
+            for key, (name, field, default, icon) in SCHEDULE_SENSORS.items()
+        },
+        ("sensor", "schedule_next_change"): {
+            "name": "Next schedule change",
+            "state_topic": topics.state,
+            "device_class": "timestamp",
+            "entity_category": "diagnostic",
+            "value_template": (
+                "{{ value_json.schedule.next_change if value_json.schedule is defined "
+                "and value_json.schedule.next_change is defined else None }}"
+            ),
+        },
     }
     configs = {}
     for (component, key), entity in entities.items():
@@ -189,6 +229,7 @@ class HaDiscovery:
         self.sent_configs = 0
         #: invalid payloads ignored, by reason (json, schema, version, oversize, topic)
         self.rejected: Counter[str] = Counter()
+        self._reject_log = LogCap(log, "ignored messages")
         self._inbox: queue.Queue[Received | None] = queue.Queue(maxsize=10_000)
         self._nodes: dict[tuple[str, str], tuple[Limits, str | None]] = {}
         self._stopping = threading.Event()
@@ -236,7 +277,7 @@ class HaDiscovery:
                         self._publish_summary(site, node)
             except ContractError as exc:
                 self.rejected[exc.reason] += 1
-                log.warning("ignored %s: %s", message.topic if message else "tick", exc)
+                self._reject_log.warning(exc.reason, "ignored %s: %s", message.topic if message else "tick", exc)
             except Exception:
                 log.exception("Home Assistant discovery failed on %s", message.topic if message else "tick")
 

@@ -27,14 +27,15 @@ from shared.messages import Event, NodeSummary, utc_now
 @dataclass
 class _NodeFaces:
     open_labels: dict[str, str] = field(default_factory=dict)
-    #: event id -> (first time seen, latest label) for events started within the window
+    #: event id -> (first receipt by the hub, latest label) for events received within the window
     recent: dict[str, tuple[datetime, str]] = field(default_factory=dict)
 
 
 class NodeSummaries:
     """Faces in view and compliance per node, from the events seen.
 
-    :param window_s: compliance is computed over events that started within this many seconds.
+    :param window_s: compliance is computed over events first received within this many seconds (the hub's
+        clock: a node whose clock is wrong cannot keep an event in the window, or out of it).
     :param open_ttl_s: an open event with no message for this long is taken as gone
         (its ``end`` was lost, e.g. the node died).
     """
@@ -45,18 +46,20 @@ class NodeSummaries:
         self._nodes: dict[tuple[str, str], _NodeFaces] = {}
         self._last_message: dict[str, datetime] = {}
 
-    def apply(self, event: Event) -> bool:
-        """Fold one event message in; return whether the node's summary may have changed."""
+    def apply(self, event: Event, received_at: datetime | None = None) -> bool:
+        """Fold one event message, received at ``received_at`` (default: now), in; return whether the node's
+        summary may have changed."""
+        received_at = received_at or utc_now()
         faces = self._nodes.setdefault((event.site, event.node), _NodeFaces())
-        first, _label = faces.recent.get(event.id, (event.ts, event.label))
-        faces.recent[event.id] = (min(first, event.ts), event.label)
+        first, _label = faces.recent.get(event.id, (received_at, event.label))
+        faces.recent[event.id] = (min(first, received_at), event.label)
         before = dict(faces.open_labels)
         if event.type == "end":
             faces.open_labels.pop(event.id, None)
             self._last_message.pop(event.id, None)
         else:
             faces.open_labels[event.id] = event.label
-            self._last_message[event.id] = utc_now()
+            self._last_message[event.id] = received_at
         return before != faces.open_labels or event.type == "new"
 
     def expire(self, now: datetime) -> list[tuple[str, str]]:

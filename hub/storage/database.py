@@ -145,12 +145,13 @@ class Store:
     def prune(self, days: float, snapshot_dir: Path, *, now: datetime | None = None) -> dict[str, int]:
         """Delete events (with raw messages and snapshots), alerts and rejected payloads older than ``days``.
 
-        Snapshot files are removed after the rows are committed. Returns the
-        number of rows deleted per table.
+        Age is by the hub's clock (``received_at``, alerts' ``ts``), never the node's: an event a node
+        stamped 1970 is kept as long as any other, one stamped 2999 goes when it is ``days`` old.
+        Snapshot files are removed after the rows are committed. Returns the number of rows deleted per table.
         """
         cutoff = (now or utc_now()) - timedelta(days=days)
         with self.transaction() as session:
-            old_ids = select(EventRow.id).where(EventRow.last_seen < cutoff)
+            old_ids = select(EventRow.id).where(EventRow.received_at < cutoff)
             files = list(
                 session.scalars(
                     select(SnapshotRow.path).where(
@@ -166,7 +167,7 @@ class Store:
                 "snapshots": connection.execute(
                     delete(SnapshotRow).where((SnapshotRow.received_at < cutoff) | SnapshotRow.event_id.in_(old_ids))
                 ).rowcount,
-                "events": connection.execute(delete(EventRow).where(EventRow.last_seen < cutoff)).rowcount,
+                "events": connection.execute(delete(EventRow).where(EventRow.received_at < cutoff)).rowcount,
                 "alerts": connection.execute(delete(AlertRow).where(AlertRow.ts < cutoff)).rowcount,
                 "rejected": connection.execute(delete(RejectedRow).where(RejectedRow.received_at < cutoff)).rowcount,
             }

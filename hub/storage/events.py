@@ -13,14 +13,15 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Row, case, func, or_, select, true, update
+from sqlalchemy import ColumnElement, Row, and_, case, func, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from hub.storage.database import Store
@@ -35,11 +36,13 @@ TYPE_ORDER = {"new": 0, "update": 1, "end": 2}
 
 @dataclass(slots=True)
 class EventIn:
-    """A valid event message waiting to be stored, with the bytes it arrived as (``raw``)."""
+    """A valid event message waiting to be stored, with the bytes it arrived as (``raw``) and whether its
+    ``ts`` was off the hub's clock (``clock_skewed``)."""
 
     event: Event
     received_at: datetime
     raw: bytes | None = None
+    clock_skewed: bool = False
 
     @property
     def payload(self) -> bytes:
@@ -65,13 +68,45 @@ class SnapshotIn:
 
 @dataclass
 class WriteResult:
-    """What one batch changed: touched event ids (``no_mask``: those with a no_mask message), messages
-    stored, duplicates ignored."""
+    """What one batch changed: touched event ids (``no_mask``: those with a no_mask message outside quiet hours,
+    the alert candidates), messages stored, duplicates ignored, stored messages with a skewed clock per
+    ``(site, node)``."""
 
     touched: list[str] = field(default_factory=list)
     no_mask: list[str] = field(default_factory=list)
     stored: int = 0
     duplicates: int = 0
+    skewed: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
+class EventPage:
+    """One page of an export: events in listing order and the ids among them that have a snapshot."""
+
+    rows: list[EventRow]
+    snapshots: set[str]
+
+
+def listing_key() -> tuple[tuple[Any, bool], ...]:
+    """The order of every event listing as ``(column, descending)`` pairs, newest first; unique, so it is also
+    the keyset of :meth:`EventLog.pages`. The one place to change when listings order by another column."""
+    return ((EventRow.received_at, True), (EventRow.id, False))
+
+
+def _listing_order() -> list[Any]:
+    return [column.desc() if descending else column.asc() for column, descending in listing_key()]
+
+
+def _after(row: EventRow) -> ColumnElement[bool]:
+    """Rows that come after ``row`` in :func:`listing_key` order (a lexicographic keyset condition)."""
+    key = [(column, descending, getattr(row, column.key)) for column, descending in listing_key()]
+    later = []
+    for i, (column, descending, value) in enumerate(key):
+        ties = [earlier == earlier_value for earlier, _, earlier_value in key[:i]]
+        later.append(and_(*ties, column < value if descending else column > value))
+    first, descending, value = key[0]
+    bound = first <= value if descending else first >= value  # a range on the leading column, for its index
+    return and_(bound, or_(*later))
 
 
 def _later(a: EventIn, b: EventIn) -> bool:
@@ -80,7 +115,8 @@ def _later(a: EventIn, b: EventIn) -> bool:
 
 
 def fold(messages: Iterable[EventIn], now: datetime) -> dict[str, dict[str, Any]]:
-    """Fold messages into one ``events`` row per id (the rules of the module docstring)."""
+    """Fold messages into one ``events`` row per id (the rules of the module docstring); ``received_at`` is the
+    earliest receipt (the stored row keeps its own on conflict), ``updated_at`` is ``now``."""
     rows: dict[str, dict[str, Any]] = {}
     latest: dict[str, EventIn] = {}
     for item in messages:
@@ -100,10 +136,12 @@ def fold(messages: Iterable[EventIn], now: datetime) -> dict[str, dict[str, Any]
                 "messages": 0,
                 "snapshot_expected": False,
                 "alerted": False,
-                "received_at": now,
+                "clock_skewed": False,
+                "received_at": item.received_at,
                 "updated_at": now,
             }
             latest[ev.id] = item
+        row["received_at"] = min(row["received_at"], item.received_at)
         row["first_seen"] = min(row["first_seen"], ev.ts)
         row["last_seen"] = max(row["last_seen"], ev.ts)
         key = f"{ev.label}_score"
@@ -113,6 +151,7 @@ def fold(messages: Iterable[EventIn], now: datetime) -> dict[str, dict[str, Any]
             row["ended_at"] = ev.ts if row["ended_at"] is None else max(row["ended_at"], ev.ts)
         row["messages"] += 1
         row["snapshot_expected"] = row["snapshot_expected"] or ev.snapshot
+        row["clock_skewed"] = row["clock_skewed"] or item.clock_skewed
         if _later(item, latest[ev.id]):
             latest[ev.id] = item
     for event_id, row in rows.items():
@@ -179,6 +218,7 @@ class EventLog:
                 "ended_at": _max_of(old.ended_at, new.ended_at),
                 "messages": old.messages + new.messages,
                 "snapshot_expected": or_(old.snapshot_expected, new.snapshot_expected),
+                "clock_skewed": or_(old.clock_skewed, new.clock_skewed),
                 "updated_at": new.updated_at,
             },
         )
@@ -209,6 +249,7 @@ class EventLog:
             ).scalars()
         )
         result.stored = len(inserted)
+        result.skewed.update((unique[d].event.site, unique[d].event.node) for d in inserted if unique[d].clock_skewed)
         result.duplicates = len(items) - len(inserted)
         if not inserted:
             return result
@@ -216,7 +257,11 @@ class EventLog:
         rows = fold((unique[d] for d in inserted), now)
         connection.execute(self._event_upsert, list(rows.values()))
         result.touched = sorted(rows)
-        result.no_mask = sorted(i for i, row in rows.items() if row["no_mask_score"] is not None)
+        # quiet-hours messages are stored but make no alert candidate (the node marks them: its clock and schedule
+        # at the observation decide, not the hub's view when a replayed message arrives)
+        result.no_mask = sorted(
+            {unique[d].event.id for d in inserted if unique[d].event.label == "no_mask" and not unique[d].event.quiet}
+        )
         return result
 
     def save_snapshots(self, session: Session, snapshots: Sequence[SnapshotIn]) -> None:
@@ -256,7 +301,7 @@ class EventLog:
     def claim_no_mask(
         self, session: Session, ids: Sequence[str], min_face_score: float | None = None
     ) -> list[Row[Any]]:
-        """Events among ``ids`` now labelled ``no_mask`` that have raised no alert yet, oldest first; marks them
+        """Events among ``ids`` now labelled ``no_mask`` that have raised no alert yet, first received first; marks them
         alerted. With ``min_face_score``, an event whose face score is lower is not claimed (a later message
         with a higher score may still raise its alert); events without a face score (nodes whose classifier
         has no not-a-face class) are claimed as before.
@@ -281,12 +326,30 @@ class EventLog:
                 table.c.node,
                 table.c.best_score,
                 table.c.snapshot_expected,
+                table.c.received_at,
                 table.c.first_seen,
             )
         ).all()
-        return sorted(rows, key=lambda row: (row.first_seen, row.id))
+        return sorted(rows, key=lambda row: (row.received_at, row.first_seen, row.id))
 
     # -- reads ----------------------------------------------------------------
+
+    @staticmethod
+    def _filters(
+        site: str | None, node: str | None, label: str | None, since: datetime | None, until: datetime | None
+    ) -> list[ColumnElement[bool]]:
+        conditions = []
+        if site:
+            conditions.append(EventRow.site == site)
+        if node:
+            conditions.append(EventRow.node == node)
+        if label:
+            conditions.append(EventRow.label == label)
+        if since:
+            conditions.append(EventRow.received_at >= since)
+        if until:
+            conditions.append(EventRow.received_at < until)
+        return conditions
 
     def query(
         self,
@@ -299,30 +362,54 @@ class EventLog:
         limit: int = 100,
         offset: int = 0,
     ) -> tuple[list[EventRow], int]:
-        """Events matching the filters, newest first, and how many match in total."""
-        conditions = []
-        if site:
-            conditions.append(EventRow.site == site)
-        if node:
-            conditions.append(EventRow.node == node)
-        if label:
-            conditions.append(EventRow.label == label)
-        if since:
-            conditions.append(EventRow.first_seen >= since)
-        if until:
-            conditions.append(EventRow.first_seen < until)
+        """Events matching the filters, newest first, and how many match in total.
+
+        Order and ``since``/``until`` are by ``received_at``, the hub's clock: a node whose clock is wrong
+        cannot move its events to the top or out of a time range.
+        """
+        conditions = self._filters(site, node, label, since, until)
         with self.store.session() as session:
             total = session.scalar(select(func.count()).select_from(EventRow).where(*conditions)) or 0
             rows = list(
                 session.scalars(
-                    select(EventRow)
-                    .where(*conditions)
-                    .order_by(EventRow.first_seen.desc(), EventRow.id)
-                    .limit(limit)
-                    .offset(offset)
+                    select(EventRow).where(*conditions).order_by(*_listing_order()).limit(limit).offset(offset)
                 )
             )
         return rows, total
+
+    def pages(
+        self,
+        *,
+        site: str | None = None,
+        node: str | None = None,
+        label: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        page_size: int = 1000,
+        limit: int | None = None,
+    ) -> Iterator[EventPage]:
+        """Every event matching the filters (or the first ``limit``), in listing order, ``page_size`` at a time.
+
+        Keyset paging on :func:`listing_key`, one short read per page: memory stays one page whatever the number
+        of events, and an event stored during the export neither repeats nor shifts the others.
+        """
+        if page_size < 1 or (limit is not None and limit < 1):
+            raise ValueError(f"page_size and limit must be at least 1, got {page_size} and {limit}")
+        conditions = self._filters(site, node, label, since, until)
+        last: EventRow | None = None
+        left = limit
+        while left is None or left > 0:
+            size = page_size if left is None else min(page_size, left)
+            where = conditions if last is None else [*conditions, _after(last)]
+            with self.store.session() as session:
+                rows = list(session.scalars(select(EventRow).where(*where).order_by(*_listing_order()).limit(size)))
+            if not rows:
+                return
+            yield EventPage(rows, self.has_snapshots([row.id for row in rows]))
+            if len(rows) < size:
+                return
+            last = rows[-1]
+            left = None if left is None else left - len(rows)
 
     def get(self, event_id: str) -> EventRow | None:
         """One event by id."""
@@ -365,15 +452,12 @@ class EventLog:
     def label_counts(
         self, *, since: datetime | None = None, until: datetime | None = None, by_hour: bool = False
     ) -> list[tuple[str, str, str | None, str, int]]:
-        """Event counts as ``(site, node, hour or None, label, count)`` rows."""
-        hour = self._hour(EventRow.first_seen) if by_hour else None
+        """Event counts as ``(site, node, hour or None, label, count)`` rows; hours and the range are by the hub's
+        time of receipt (``received_at``), like every listing."""
+        hour = self._hour(EventRow.received_at) if by_hour else None
         columns = [EventRow.site, EventRow.node, EventRow.label]
         group = [*columns, hour] if hour is not None else columns
-        conditions = []
-        if since:
-            conditions.append(EventRow.first_seen >= since)
-        if until:
-            conditions.append(EventRow.first_seen < until)
+        conditions = self._filters(None, None, None, since, until)
         with self.store.session() as session:
             rows = session.execute(select(*group, func.count()).where(*conditions).group_by(*group)).all()
         out = []

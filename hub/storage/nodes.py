@@ -1,4 +1,5 @@
-"""The node registry: who is online, last seen, current state, last stats, model version, desired config.
+"""The node registry: who is online, last seen, current state, last stats, model version, desired config,
+and the node's clock offset from the hub's (measured on its stats).
 
 Fed by the ingest batch (``status`` with its Last Will, ``state``, ``stats``,
 and every event as a sign of life), read by the API, the CLI and the commands.
@@ -6,12 +7,12 @@ and every event as a sign of life), read by the API, the CLI and the commands.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
 from hub.storage.database import Store
@@ -22,7 +23,8 @@ UpdateKind = Literal["status", "state", "stats", "seen"]
 
 @dataclass(frozen=True)
 class NodeUpdate:
-    """One thing learned about a node: its status, state, stats, or only that it is alive."""
+    """One thing learned about a node: its status, state, stats, or only that it is alive; stats also
+    carry the node's clock offset from the hub's (``clock_offset_s``) and whether it is too large."""
 
     site: str
     node: str
@@ -30,6 +32,8 @@ class NodeUpdate:
     received_at: datetime
     online: bool | None = None
     payload: dict[str, Any] | None = None
+    clock_offset_s: float | None = None
+    clock_skewed: bool = False
 
 
 class Registry:
@@ -67,6 +71,9 @@ class Registry:
                 "state": item.payload if kind == "state" else None,
                 "model": (item.payload or {}).get("model") if kind == "state" else None,
                 "stats": item.payload if kind == "stats" else None,
+                "clock_offset_s": item.clock_offset_s,
+                "clock_skewed": item.clock_skewed,
+                "clock_skewed_events": 0,
             }
             rows.append(row)
         session.connection().execute(self._statement(kind), rows)
@@ -89,9 +96,30 @@ class Registry:
             elif kind == "state":
                 set_.update(state=new.state, model=new.model)
             elif kind == "stats":
-                set_.update(stats=new.stats)
+                set_.update(stats=new.stats, clock_offset_s=new.clock_offset_s, clock_skewed=new.clock_skewed)
             self._statements[kind] = ins.on_conflict_do_update(index_elements=[old.site, old.node], set_=set_)
         return self._statements[kind]
+
+    def count_skewed(self, session: Session, counts: Mapping[tuple[str, str], int]) -> None:
+        """Add event messages with a skewed clock to each node's ``clock_skewed_events`` (rows exist: every
+        node that sent an event was just upserted as ``seen``)."""
+        table = NodeRow.__table__
+        for (site, node), n in sorted(counts.items()):
+            session.execute(
+                update(table)
+                .where(table.c.site == site, table.c.node == node)
+                .values(clock_skewed_events=table.c.clock_skewed_events + n)
+            )
+
+    def skew_counts(self) -> list[tuple[str, str, int]]:
+        """``(site, node, event messages with a skewed clock)`` rows."""
+        with self.store.session() as session:
+            return [
+                (site, node, int(n))
+                for site, node, n in session.execute(
+                    select(NodeRow.site, NodeRow.node, NodeRow.clock_skewed_events).order_by(NodeRow.site, NodeRow.node)
+                )
+            ]
 
     def nodes(self, site: str | None = None) -> list[NodeRow]:
         """Every known node (of one site), sorted by site and node."""
@@ -100,6 +128,20 @@ class Registry:
             if site:
                 stmt = stmt.where(NodeRow.site == site)
             return list(session.scalars(stmt))
+
+    def known(self, site: str, node: str) -> bool:
+        """Whether the registry has a row for ``site``/``node``."""
+        with self.store.session() as session:
+            return session.get(NodeRow, (site, node)) is not None
+
+    def forget(self, site: str, node: str) -> bool:
+        """Delete the row of ``site``/``node``; ``False`` when there was none."""
+        with self.store.transaction() as session:
+            row = session.get(NodeRow, (site, node))
+            if row is None:
+                return False
+            session.delete(row)
+            return True
 
     def counts_by_availability(self) -> list[tuple[bool | None, int]]:
         """``(online, nodes)`` rows (``online`` is ``None`` for a node never heard on ``status``)."""

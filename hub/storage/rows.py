@@ -11,7 +11,20 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Index, Integer, LargeBinary, String, Table, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    false,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -92,8 +105,16 @@ class EventRow(Base):
     messages: Mapped[int] = mapped_column(Integer, comment="distinct messages received")
     snapshot_expected: Mapped[bool] = mapped_column(Boolean, default=False)
     alerted: Mapped[bool] = mapped_column(Boolean, default=False)
-    received_at: Mapped[datetime] = mapped_column(comment="when the hub first stored it")
+    received_at: Mapped[datetime] = mapped_column(
+        index=True, comment="when the hub first stored it (hub clock): the event's time for listings and pruning"
+    )
     updated_at: Mapped[datetime]
+    clock_skewed: Mapped[bool] = mapped_column(
+        Boolean,
+        default=False,
+        server_default=false(),
+        comment="a message's ts differed from the hub's clock by more than clock.max_skew_s",
+    )
 
     __table_args__ = (Index("ix_events_site_node_first_seen", "site", "node", "first_seen"),)
 
@@ -147,6 +168,15 @@ class NodeRow(Base):
     model: Mapped[str | None] = mapped_column(String(128))
     desired: Mapped[dict[str, Any] | None] = mapped_column(comment="desired config, published retained")
     offline_alerted: Mapped[bool] = mapped_column(Boolean, default=False)
+    clock_offset_s: Mapped[float | None] = mapped_column(
+        Float, comment="node clock minus hub clock at its last stats message, seconds"
+    )
+    clock_skewed: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false(), comment="|clock_offset_s| exceeds clock.max_skew_s"
+    )
+    clock_skewed_events: Mapped[int] = mapped_column(
+        BigInteger, default=0, server_default="0", comment="event messages whose ts was off the hub's clock"
+    )
 
 
 class AlertRow(Base):

@@ -57,7 +57,9 @@ function row(event) {
   }
   return el("tr", { dataset: { id: event.id } }, thumb, el("td", {}, badge(event.label)),
     el("td", {}, event.node, el("span", { class: "muted" }, ` · ${event.site}`)),
-    el("td", {}, fmtTime(event.first_seen)), el("td", {}, fmtTime(event.last_seen)),
+    el("td", {}, fmtTime(event.first_seen), ...(event.clock_skewed ? [" ", el("span",
+      { class: "clock-skewed", title: `node's clock; the hub received it ${event.received_at}` }, "clock off")] : [])),
+    el("td", {}, fmtTime(event.last_seen)),
     el("td", { class: "num" }, duration(event)), el("td", { class: "num" }, num(event.best_score, 2)),
     el("td", { class: "num face" }, num(event.face_score, 2)),
     el("td", { class: "num" }, event.angle === null ? "–" : `${num(event.angle, 0)}°`), el("td", {}, event.state));

@@ -1,5 +1,7 @@
-// Live page: one card per node (status, fps, servo, threshold, model, last event, latest snapshot) and the live event feed.
-import { ago, api, badge, el, fmtTime, frame, nodeKey, num, setImage, snapshotPath, stream, throttle } from "./mw.js";
+// Live page: one card per node (status, fps, servo, threshold, schedule, model, last event, latest snapshot) and the live event feed.
+import {
+  ago, api, badge, clockOff, el, fmtTime, frame, nodeKey, num, setImage, snapshotPath, stream, throttle,
+} from "./mw.js";
 
 frame("Live");
 const FEED_MAX = 50;
@@ -17,27 +19,42 @@ const snapshots = new Map();    // key -> newest snapshot url
 
 function field(name, value) { return [el("dt", {}, name), el("dd", { dataset: { field: name } }, value)]; }
 
+// The node's schedule state: "detecting · open · alerts on, until 18:00" (absent: no schedule).
+function scheduleText(schedule) {
+  if (!schedule) return "none";
+  const parts = [schedule.detect ? "detecting" : "not detecting", schedule.parked ? "parked" : "open",
+    schedule.quiet ? "quiet hours" : "alerts on"];
+  const until = schedule.next_change ? `, until ${new Date(schedule.next_change).toLocaleString()}` : "";
+  return parts.join(" · ") + until;
+}
+
 function renderCard(node) {
   const key = nodeKey(node.site, node.node);
   const state = node.state || {};
   const servo = state.servo || {};
   const stats = node.stats || {};
   const last = latest.get(key);
-  const card = el("article", { class: "card", dataset: { node: key, status: node.status } },
+  const cameraDown = node.camera_ok === false;
+  const card = el("article", { class: cameraDown ? "card camera-down" : "card",
+    dataset: { node: key, status: node.status, camera: cameraDown ? "down" : "ok" } },
     el("h3", {}, el("i", { class: `dot ${node.status}` }), node.node,
       el("span", { class: "status-text" }, `${node.site} · ${node.status}`)),
     el("dl", {},
+      ...(cameraDown ? field("camera", el("span", { class: "error" }, node.camera_error || "down")) : []),
       field("fps", num(stats.fps)),
       field("angle", servo.angle === null || servo.angle === undefined ? "detached" : `${num(servo.angle, 0)}°`),
       field("mode", servo.mode || "–"),
       field("threshold", state.threshold === undefined ? "–" : num(state.threshold, 2)),
       field("detect", state.detect === undefined ? "–" : state.detect ? "on" : "paused"),
+      field("schedule", state.servo === undefined ? "–" : scheduleText(state.schedule)),
       field("outbox", stats.outbox_depth === undefined ? "–" : `${stats.outbox_depth} (${stats.outbox_unacked ?? 0} unacked`
         + `${stats.outbox_oldest_s == null ? "" : `, oldest ${num(stats.outbox_oldest_s, 0)} s`})`),
       ...(stats.delivery_error ? field("delivery", el("span", { class: "error" }, stats.delivery_error)) : []),
       field("model", state.model || "–"),
       ...(state.model_error ? field("model error", el("span", { class: "error" }, state.model_error)) : []),
-      field("last event", last ? el("span", {}, badge(last.label), " ", ago(last.last_seen)) : "none"),
+      ...(node.clock_skewed && node.clock_offset_s != null
+        ? field("clock", el("span", { class: "error" }, clockOff(node.clock_offset_s))) : []),
+      field("last event", last ? el("span", {}, badge(last.label), " ", ago(last.received_at)) : "none"),
       field("seen", ago(node.last_seen))));
   const snap = snapshots.get(key);
   if (snap) {
@@ -73,11 +90,15 @@ function feedItem(event, fresh) {
   return el("li", { class: fresh ? "fresh" : null,
     dataset: { id: event.id, label: event.label, node: nodeKey(event.site, event.node) } },
     badge(event.label),
-    el("span", {}, el("strong", {}, event.node), el("div", { class: "muted meta" },
+    el("span", {}, el("strong", {}, event.node),
+      ...(event.clock_skewed ? [" ", el("span", { class: "clock-skewed", title: `node time ${event.last_seen}` },
+        "clock off")] : []),
+      el("div", { class: "muted meta" },
       `${event.site} · score ${num(event.score ?? event.best_score, 2)}` +
       `${event.face_score === null || event.face_score === undefined ? "" : ` · face ${num(event.face_score, 2)}`}` +
       ` · ${event.state}`)),
-    el("time", { class: "muted", datetime: event.last_seen }, fmtTime(event.last_seen)));
+    el("time", { class: "muted", datetime: event.received_at, title: `node time ${event.last_seen}` },
+      fmtTime(event.received_at)));
 }
 
 function showEvent(event, fresh = true) {

@@ -101,13 +101,23 @@ export function fmtTime(iso) {
   return sameDay ? date.toLocaleTimeString() : date.toLocaleString();
 }
 
+/** A length of time in words: "42 s", "5 min", "3 h", "20000 d". */
+export function span(seconds) {
+  const s = Math.abs(seconds);
+  if (s < 60) return `${Math.round(s)} s`;
+  if (s < 3600) return `${Math.round(s / 60)} min`;
+  if (s < 86400) return `${Math.round(s / 3600)} h`;
+  return `${Math.round(s / 86400)} d`;
+}
+
 export function ago(iso) {
   if (!iso) return "never";
-  const s = Math.max(0, (Date.now() - new Date(iso).getTime()) / 1000);
-  if (s < 60) return `${Math.round(s)} s ago`;
-  if (s < 3600) return `${Math.round(s / 60)} min ago`;
-  if (s < 86400) return `${Math.round(s / 3600)} h ago`;
-  return `${Math.round(s / 86400)} d ago`;
+  return `${span(Math.max(0, (Date.now() - new Date(iso).getTime()) / 1000))} ago`;
+}
+
+/** The mark of a node whose clock is off the hub's: "clock off by 3 h (ahead)". */
+export function clockOff(offsetS) {
+  return `clock off by ${span(offsetS)} (${offsetS > 0 ? "ahead" : "behind"})`;
 }
 
 export function pct(share) { return share === null || share === undefined ? "–" : `${(share * 100).toFixed(1)} %`; }
