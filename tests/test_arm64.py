@@ -122,6 +122,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with copies of :data:`PHOTOS` (also the edge node's source)."""
     images = need(SCENES / "images")
     folder = tmp_path_factory.mktemp("photos")
+    folder.chmod(0o755)  # the installed service's user reads it too (pytest makes its folders 0700)
     for name in PHOTOS:
         shutil.copy2(images / name, folder / name)
     return folder

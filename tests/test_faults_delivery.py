@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import pytest
 from delivery_support import StoredEvent, Uplink, photo_folder, stored_messages, stored_set
 from deploy_site import HUB, ShippedSite
@@ -284,8 +286,9 @@ def test_wrong_login_keeps_every_event_exits_1_then_the_right_login_delivers_the
     procs.append(site)
     hub = HubProcess(site.login(HUB), tmp_path, ["hq"])
     procs.append(hub.start())
-    empty = tmp_path / "no-more-photos"
+    empty = tmp_path / "no-more-photos"  # no face: reruns only replay the outbox (an empty folder is a dead source)
     empty.mkdir()
+    cv2.imwrite(str(empty / "wall.png"), np.full((120, 160, 3), 128, np.uint8))
     no_login = EdgeProcess(
         site.login(f"hq/{NODE}", password="guess"),
         tmp_path / "guess",

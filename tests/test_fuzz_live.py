@@ -142,8 +142,10 @@ VALID_ARGS = {
     "servo": {"mode": "hold"},
     "threshold": {"value": 0.5},
     "detect": {"enabled": True},
+    "schedule": {"schedule": {"timezone": "UTC"}},
     "snapshot": {},
     "config": {},
+    "model": {"model": "m", "sha256": "0" * 64, "size": 1},
 }
 
 

@@ -20,7 +20,7 @@ from shared.vocabulary import DEFAULT_THRESHOLDS, Profile, check_threshold, deci
 
 
 def test_command_names_sendable_set_and_enum_come_from_the_classes() -> None:
-    assert list(COMMANDS) == ["servo", "threshold", "detect", "schedule", "snapshot", "config"]
+    assert list(COMMANDS) == ["servo", "threshold", "detect", "schedule", "snapshot", "config", "model"]
     assert all(COMMANDS[name].name == name for name in COMMANDS)
     assert SENDABLE_COMMANDS == ("servo", "threshold", "detect", "schedule", "snapshot")
     assert [member.value for member in SendableCommand] == list(SENDABLE_COMMANDS)
