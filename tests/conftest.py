@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from devsite.broker import LocalMosquitto, mosquitto_binary
 from shared.config import BrokerConfig
+
+if TYPE_CHECKING:
+    from hub.storage.database import Store
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MASKWATCH_SHARED", REPO.parent / "shared"))
@@ -49,3 +53,14 @@ def broker_config(mosquitto: LocalMosquitto) -> BrokerConfig:
     return BrokerConfig(
         host=mosquitto.host, port=mosquitto.port, keepalive_s=10, reconnect_min_s=0.2, reconnect_max_s=2.0
     )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """A migrated hub database in a fresh SQLite file."""
+    from hub.storage.database import Store
+
+    s = Store(f"sqlite:///{tmp_path / 'hub.db'}")
+    s.migrate()
+    yield s
+    s.close()

@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import warnings
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -54,14 +53,6 @@ def bulk_insert(store: Store, site: str, count: int, *, same_time_every: int = 1
         )
         with store.transaction() as session:
             session.execute(store.insert(EventRow.__table__), list(fold(items, now).values()))
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(f"sqlite:///{tmp_path / 'hub.db'}")
-    s.migrate()
-    yield s
-    s.close()
 
 
 def test_pages_list_every_event_once_in_listing_order_across_ties(store: Store, tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ counted and shown, never trusted. Real SQLite files and, end to end, the real Mo
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -31,14 +30,6 @@ T0 = utc_now().replace(microsecond=0)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 FAR = datetime(2999, 1, 1, tzinfo=UTC)
 EVENTS = NodeTopics("hq", "n").events
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(f"sqlite:///{tmp_path / 'hub.db'}")
-    s.migrate()
-    yield s
-    s.close()
 
 
 def writer(store: Store, tmp_path: Path, *, cooldown_s: float = 0.0, reject_log: LogCap | None = None) -> BatchWriter:

@@ -6,7 +6,6 @@ import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta, timezone
 from pathlib import Path
 
@@ -37,14 +36,6 @@ def head_revision() -> str:
     config = Config()
     config.set_main_option("script_location", "hub:migrations")
     return ScriptDirectory.from_config(config).get_current_head() or "base"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(f"sqlite:///{tmp_path / 'hub.db'}")
-    s.migrate()
-    yield s
-    s.close()
 
 
 def test_migrate_creates_schema_in_wal_mode_and_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
