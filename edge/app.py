@@ -44,7 +44,7 @@ from edge.vision.classifier import Classifier, MaskClassifier
 from edge.vision.detector import FaceDetector, create_detector
 from shared.config import parse_host_port, redacted
 from shared.errors import CommandRejected, ContractError, ModelError
-from shared.messages import NodeStats, utc_now
+from shared.messages import MAX_ERROR_CHARS, NodeStats, utc_now
 from shared.mqtt import MqttClient, Will
 from shared.topics import HUB_PRESENCE_FILTER, NodeTopics
 
@@ -236,7 +236,8 @@ class EdgeApp:
             except ModelError as exc:
                 log.error("pushed model %s does not load, using the configured one: %s", active.path, exc)
                 fallback = MaskClassifier(self.config.classifier_path, self.config.num_threads)
-                return fallback, f"pushed model {active.name}@{active.sha256[:12]} does not load: {exc}"[:512]
+                reason = f"pushed model {active.name}@{active.sha256[:12]} does not load: {exc}"
+                return fallback, reason[:MAX_ERROR_CHARS]
         return MaskClassifier(self.config.classifier_path, self.config.num_threads), None
 
     def _bodies(self) -> list[tuple[str, Callable[[], None]]]:
