@@ -162,7 +162,7 @@ class Pipeline:
         try:
             return self._process(frame)
         finally:
-            self.times.add("total", (time.monotonic() - started) * 1000.0)
+            self.times.processed(time.monotonic() - started)
 
     def _process(self, frame: Frame) -> list[Event]:
         with self.runtime.lock:

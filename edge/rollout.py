@@ -6,8 +6,10 @@ Steps of :meth:`ModelRollout.apply`, each of which refuses the model with a clea
 2. write the file into the model folder (temp file, fsync, ``os.replace``: :class:`ModelFolder`);
 3. load it (:class:`~edge.vision.classifier.MaskClassifier` checks input and output shapes);
 4. smoke inference on the built-in faces (:func:`smoke_check`): scores in 0..1, the known labels;
-5. swap the classifier in the pipeline between two frames, watch the frame rate for ``probation_s``; under
-   half the rate before, swap the old one back (rolled back);
+5. swap the classifier in the pipeline between two frames, watch the pipeline's capacity (frames per second of
+   processing, :meth:`~edge.delivery.stats.StageTimes.work`) for ``probation_s``; under half the capacity
+   before, swap the old one back (rolled back). Capacity, not the frame rate: a camera that gives 5 fps keeps a
+   node at 5 fps whether a frame takes 10 ms or 150 ms, and would hide a model that leaves no headroom;
 6. point the folder's ``active.json`` at the new file (temp, fsync, ``os.replace``), so a restart loads it.
 
 A node killed at any step restarts on one whole model: the pointer names a complete, fsynced file or the old
@@ -47,8 +49,9 @@ log = logging.getLogger(__name__)
 
 #: The built-in smoke frames: photos of the built-in scene with the label a usable classifier must give.
 SMOKE_FACES: tuple[tuple[str, Label], ...] = (("astronaut.jpg", "no_mask"), ("astronaut_masked.jpg", "mask"))
-#: A new model that brings the frame rate under this share of the rate before is rolled back.
-MIN_FPS_RATIO = 0.5
+#: A new model that brings the pipeline's capacity (frames per busy second) under this share of the capacity
+#: before is rolled back.
+MIN_CAPACITY_RATIO = 0.5
 #: Threshold of the smoke check's decision (the labels of the smoke faces are clear-cut).
 SMOKE_THRESHOLD = 0.5
 POINTER = "active.json"
@@ -221,6 +224,29 @@ def smoke_check(classifier: MaskClassifier, detector: FaceDetector) -> list[floa
     return probabilities
 
 
+@dataclass(frozen=True)
+class _Rates:
+    fps: float  # frames per second of wall time
+    capacity: float  # frames per second of processing: the rate without waiting for the camera
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """The pipeline's counters at one moment; two readings give the rates between them."""
+
+    at: float
+    frames: int
+    processed: int
+    busy_s: float
+
+    def rates_until(self, later: _Reading) -> _Rates:
+        elapsed, busy = later.at - self.at, later.busy_s - self.busy_s
+        return _Rates(
+            fps=(later.frames - self.frames) / elapsed if elapsed > 0 else 0.0,
+            capacity=(later.processed - self.processed) / busy if busy > 0 else 0.0,
+        )
+
+
 class ModelRollout:
     """Handler of the ``model`` command (see the module's steps).
 
@@ -272,7 +298,7 @@ class ModelRollout:
         return value
 
     def _apply(self, command: ModelCommand) -> dict[str, Any]:
-        start, frames_start = time.monotonic(), self.pipeline.times.frames_total
+        start = self._reading()
         data = self.inbox.take(command.sha256, command.transfer_timeout_s)
         if len(data) != command.size:
             raise CommandRejected(f"size mismatch: received {len(data)} bytes, the command says {command.size}")
@@ -284,18 +310,20 @@ class ModelRollout:
         if self._detector is None:
             self._detector = self._make_detector()
         smoke = smoke_check(new, self._detector)
-        # the frame rate before: over the transfer and checks, at least probation_s long
-        self.stopping.wait(max(0.0, command.probation_s - (time.monotonic() - start)))
-        fps_before = self._fps_since(start, frames_start)
+        # the rates before: over the transfer and checks, at least probation_s long
+        self.stopping.wait(max(0.0, command.probation_s - (time.monotonic() - start.at)))
+        before = start.rates_until(self._reading())
         old = self.pipeline.use_classifier(new)
         try:
-            swapped, frames_swapped = time.monotonic(), self.pipeline.times.frames_total
+            swapped = self._reading()
             self.stopping.wait(command.probation_s)
-            fps_after = self._fps_since(swapped, frames_swapped)
-            if command.probation_s > 0 and fps_before > 0 and fps_after < MIN_FPS_RATIO * fps_before:
+            after = swapped.rates_until(self._reading())
+            slowed = after.capacity < MIN_CAPACITY_RATIO * before.capacity
+            if command.probation_s > 0 and before.capacity > 0 and slowed:
                 raise CommandRejected(
-                    f"rolled back: frame rate fell from {fps_before:.1f} to {fps_after:.1f} fps "
-                    f"(under {MIN_FPS_RATIO:.0%} of before)"
+                    f"rolled back: capacity fell from {before.capacity:.1f} to {after.capacity:.1f} frames per "
+                    f"second of processing (under {MIN_CAPACITY_RATIO:.0%} of before; frame rate "
+                    f"{before.fps:.1f} -> {after.fps:.1f} fps)"
                 )
             self.folder.activate(command.model, command.sha256)
         except BaseException:
@@ -303,16 +331,22 @@ class ModelRollout:
             raise
         with self.runtime.lock:
             self.runtime.model, self.runtime.model_sha256 = new.version, new.sha256
-        log.info("model %s in use (was %s); fps %.1f -> %.1f", new.version, old.version, fps_before, fps_after)
+        log.info(
+            "model %s in use (was %s); capacity %.1f -> %.1f, fps %.1f -> %.1f",
+            new.version, old.version, before.capacity, after.capacity, before.fps, after.fps,
+        )  # fmt: skip
         return {
             "model": new.version,
             "sha256": new.sha256,
             "previous": old.version,
             "smoke_p_no_mask": smoke,
-            "fps_before": round(fps_before, 2),
-            "fps_after": round(fps_after, 2),
+            "fps_before": round(before.fps, 2),
+            "fps_after": round(after.fps, 2),
+            "capacity_fps_before": round(before.capacity, 2),
+            "capacity_fps_after": round(after.capacity, 2),
         }
 
-    def _fps_since(self, start: float, frames: int) -> float:
-        elapsed = time.monotonic() - start
-        return (self.pipeline.times.frames_total - frames) / elapsed if elapsed > 0 else 0.0
+    def _reading(self) -> _Reading:
+        times = self.pipeline.times
+        processed, busy_s = times.work()
+        return _Reading(time.monotonic(), times.frames_total, processed, busy_s)

@@ -244,11 +244,12 @@ def _add_model_actions(actions: argparse._SubParsersAction) -> None:
         "push",
         help="send a classifier .tflite to nodes (verified, smoke-tested, rolled back if bad)",
         description="Send FILE to the nodes over MQTT (chunks on maskwatch/<site>/<node>/model/<sha256>) and the "
-        "'model' command. Each node checks size and sha256, loads the model, runs a smoke inference on built-in "
-        "faces, swaps it in between two frames and watches its frame rate for --probation seconds; a model that "
-        "fails to load, fails the smoke check or halves the frame rate is refused or rolled back, and the answer "
-        "says why. With --canary K the first K nodes take it first; the rest follow only if the canaries stay "
-        "healthy for --canary-wait seconds. Exit 0 when every node answered 'ok', 1 on an 'error', 3 on no answer.",
+        "'model' command. Each node checks size and sha256, loads the model, runs a smoke inference on built-in faces, "
+        "swaps it in between two frames and watches its capacity (frames per second of processing) for "
+        "--probation seconds; a model that fails to load, fails the smoke check or halves the capacity is refused "
+        "or rolled back, and the answer says why. With --canary K the first K nodes take it first; the rest "
+        "follow only if the canaries stay healthy for --canary-wait seconds. Exit 0 when every node answered "
+        "'ok', 1 on an 'error', 3 on no answer.",
         epilog="Examples:\n  maskwatch model push --site hq --node door-1 mask_v2.tflite\n"
         "  maskwatch model push --site hq --all --canary 1 --canary-wait 60 mask_v2.tflite",
         formatter_class=argparse.RawDescriptionHelpFormatter,

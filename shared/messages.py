@@ -374,9 +374,10 @@ class ConfigCommand(Command):
 class ModelCommand(Command):
     """``cmd/model``: take the classifier file sent in chunks on ``.../model/<sha256>``.
 
-    The node gathers the chunks, checks size and sha256, loads the model, runs a smoke inference on built-in
-    faces, swaps it in, and watches the frame rate for ``probation_s``; a model that fails any step is
-    refused or rolled back, and the answer says why. Sent by ``maskwatch model push``, not by the hub's API.
+    The node gathers the chunks, checks size and sha256, loads the model, runs a smoke inference on built-in faces,
+    swaps it in, and watches its capacity (frames per second of processing) for ``probation_s``; a model that fails
+    any step is refused or rolled back, and the answer says why. Sent by ``maskwatch model push``, not by the hub's
+    API.
     """
 
     name: ClassVar[str] = "model"
@@ -389,7 +390,7 @@ class ModelCommand(Command):
         60.0, gt=0, le=3600, allow_inf_nan=False, description="wait for every chunk at most this long"
     )
     probation_s: StrictFloat = Field(
-        5.0, ge=0, le=600, allow_inf_nan=False, description="watch the frame rate this long after the swap"
+        5.0, ge=0, le=600, allow_inf_nan=False, description="watch the capacity this long after the swap"
     )
 
 

@@ -321,49 +321,80 @@ def test_a_hub_with_tokens_asks_for_one(browser: Any, broker_config: BrokerConfi
         hub.stop()
 
 
-def test_a_node_with_a_wrong_clock_is_marked(browser: Any, broker_config: BrokerConfig, tmp_path: Path) -> None:
-    """Its card says how far its clock is off; its event (stamped 1970) is marked in the feed."""
-    site = unique_site()
-    config = HubConfig(
-        broker=broker_config,
-        db_url=f"sqlite:///{tmp_path / 'hub.db'}",
-        sites=[site],
-        hub_id=f"h{site}",
-        snapshot_dir=tmp_path / "snapshots",
-        http=HttpConfig(port=free_port()),
-    )
-    hub = HubApp(config)
-    hub.start()
-    node = MqttClient(broker_config, f"dashboard-clock-{site}")
-    node.start()
-    context = browser.new_context(viewport={"width": 1280, "height": 860})
-    topics = NodeTopics(site, "door-1")
-    try:
-        assert node.wait_connected(5)
-        ahead = NodeStats(site=site, node="door-1", ts=utc_now() + timedelta(hours=3), fps=4.0)
-        node.publish(topics.stats, ahead, qos=1).wait_for_publish(5)
-        stamped_1970 = Event(
-            type="new",
-            id=f"{site}-e1",
-            site=site,
-            node="door-1",
-            ts=datetime(1970, 1, 1, tzinfo=UTC),
-            label="mask",
-            score=0.9,
-            box=(1, 2, 3, 4),
+class LoneNode:
+    """A hub with its dashboard and one node played by a client on the real broker, for one site."""
+
+    def __init__(self, broker: BrokerConfig, tmp_path: Path, site: str, browser: Any) -> None:
+        config = HubConfig(
+            broker=broker,
+            db_url=f"sqlite:///{tmp_path / 'hub.db'}",
+            sites=[site],
+            hub_id=f"dashboard-{site}",
+            snapshot_dir=tmp_path / "snapshots",
+            http=HttpConfig(port=free_port()),
         )
-        node.publish(topics.events, stamped_1970, qos=1).wait_for_publish(5)
-        url = f"http://127.0.0.1:{hub.http_port}/"
-        _until(lambda: _call(f"{url}api/events")["total"], 15, "the event stored")
-        tab = context.new_page()
-        tab.goto(url)
-        card = tab.locator(f'#nodes article[data-node="{site}/door-1"]')
-        sync_api.expect(card.locator('[data-field="clock"]')).to_have_text("clock off by 3 h (ahead)", timeout=15_000)
-        sync_api.expect(tab.locator(f'#feed li[data-id="{site}-e1"] .clock-skewed')).to_have_text("clock off")
-    finally:
-        context.close()
-        node.stop()
-        hub.stop()
+        self.hub = HubApp(config)
+        self.hub.start()
+        self.client = MqttClient(broker, f"dashboard-{site}-node")
+        self.client.start()
+        self.topics = NodeTopics(site, "door-1")
+        self.context = browser.new_context(viewport={"width": 1280, "height": 860})
+        assert self.client.wait_connected(5)
+        self.client.publish(self.topics.status, b"online", qos=1, retain=True).wait_for_publish(5)
+
+    def publish_state(self, **fields: Any) -> None:
+        """A retained state of door-1 with ``fields`` over a healthy default."""
+        healthy: dict[str, Any] = {"threshold": 0.5, "detect": True, "model": "m"}
+        state = NodeState(
+            site=self.topics.site,
+            node="door-1",
+            ts=utc_now(),
+            servo=ServoState(mode=ServoMode.OFF, min_deg=-90.0, max_deg=90.0),
+            **{**healthy, **fields},
+        )
+        self.client.publish(self.topics.state, state, qos=1, retain=True).wait_for_publish(5)
+
+    def card(self) -> Any:
+        """The node's card on a freshly opened live page."""
+        tab = self.context.new_page()
+        tab.goto(f"http://127.0.0.1:{self.hub.http_port}/")
+        return tab, tab.locator(f'#nodes article[data-node="{self.topics.site}/door-1"]')
+
+    def close(self) -> None:
+        self.context.close()
+        self.client.publish(self.topics.state, b"", qos=1, retain=True)
+        self.client.publish(self.topics.status, b"", qos=1, retain=True)
+        self.client.stop()
+        self.hub.stop()
+
+
+@pytest.fixture
+def lone_node(browser: Any, broker_config: BrokerConfig, tmp_path: Path) -> Iterator[LoneNode]:
+    lone = LoneNode(broker_config, tmp_path, unique_site(), browser)
+    yield lone
+    lone.close()
+
+
+def test_a_node_with_a_wrong_clock_is_marked(lone_node: LoneNode) -> None:
+    """Its card says how far its clock is off; its event (stamped 1970) is marked in the feed."""
+    site, node = lone_node.topics.site, lone_node.client
+    ahead = NodeStats(site=site, node="door-1", ts=utc_now() + timedelta(hours=3), fps=4.0)
+    node.publish(lone_node.topics.stats, ahead, qos=1).wait_for_publish(5)
+    stamped_1970 = Event(
+        type="new",
+        id=f"{site}-e1",
+        site=site,
+        node="door-1",
+        ts=datetime(1970, 1, 1, tzinfo=UTC),
+        label="mask",
+        score=0.9,
+        box=(1, 2, 3, 4),
+    )
+    node.publish(lone_node.topics.events, stamped_1970, qos=1).wait_for_publish(5)
+    _until(lambda: _call(f"http://127.0.0.1:{lone_node.hub.http_port}/api/events")["total"], 15, "the event stored")
+    tab, card = lone_node.card()
+    sync_api.expect(card.locator('[data-field="clock"]')).to_have_text("clock off by 3 h (ahead)", timeout=15_000)
+    sync_api.expect(tab.locator(f'#feed li[data-id="{site}-e1"] .clock-skewed')).to_have_text("clock off")
 
 
 def test_live_page_on_a_wall_screen(demo: DemoSite, browser: Any, shots: Path) -> None:
@@ -397,59 +428,32 @@ def test_a_stopped_node_turns_offline_on_both_pages(demo: DemoSite, page: Any) -
     )
 
 
-def test_a_node_whose_camera_is_down_gets_a_red_card_with_the_reason(
-    browser: Any, broker_config: BrokerConfig, tmp_path: Path
-) -> None:
+def test_a_node_whose_camera_is_down_gets_a_red_card_with_the_reason(lone_node: LoneNode) -> None:
     """Issue 16 probe: a dead camera looked healthy; its card now turns red naming why, and back when it recovers."""
-    config = HubConfig(
-        broker=broker_config,
-        db_url=f"sqlite:///{tmp_path / 'hub.db'}",
-        sites=["camsite"],
-        hub_id="dashboard-camera",
-        snapshot_dir=tmp_path / "snapshots",
-        http=HttpConfig(port=free_port()),
+    reason = "cannot open camera '/dev/video0' (missing, busy or unsupported)"
+    lone_node.publish_state(camera_ok=False, camera_error=reason)
+    tab, card = lone_node.card()
+    sync_api.expect(card).to_have_attribute("data-camera", "down", timeout=15_000)
+    sync_api.expect(card).to_have_class("card camera-down")
+    sync_api.expect(card.locator('[data-field="camera"]')).to_have_text(reason)
+    red = tab.evaluate("getComputedStyle(document.querySelector('article.camera-down')).borderTopColor")
+    assert red == "rgb(217, 48, 37)"  # --no-mask
+    lone_node.publish_state()
+    sync_api.expect(card).to_have_attribute("data-camera", "ok", timeout=15_000)
+    sync_api.expect(card.locator('[data-field="camera"]')).to_have_count(0)
+
+
+def test_a_rolled_back_model_shows_its_reason_on_the_card(lone_node: LoneNode) -> None:
+    """Issue 18: a pushed model that was refused or rolled back names why on the node's card (the node's text)."""
+    reason = (
+        "model slow@4f287b594208 refused: rolled back: capacity fell from 80.8 to 17.3 frames per second of "
+        "processing (under 50% of before; frame rate 5.0 -> 4.7 fps)"
     )
-    hub = HubApp(config)
-    hub.start()
-    node = MqttClient(broker_config, "dashboard-camera-node")
-    node.start()
-    topics = NodeTopics("camsite", "door-1")
-    context = browser.new_context(viewport={"width": 1280, "height": 860})
-
-    def publish_state(camera_error: str | None) -> None:
-        state = NodeState(
-            site="camsite",
-            node="door-1",
-            ts=utc_now(),
-            servo=ServoState(mode=ServoMode.OFF, min_deg=-90.0, max_deg=90.0),
-            threshold=0.5,
-            detect=True,
-            model="m",
-            camera_ok=camera_error is None,
-            camera_error=camera_error,
-        )
-        node.publish(topics.state, state, qos=1, retain=True).wait_for_publish(5)
-
-    try:
-        assert node.wait_connected(5)
-        node.publish(topics.status, b"online", qos=1, retain=True).wait_for_publish(5)
-        publish_state("cannot open camera '/dev/video0' (missing, busy or unsupported)")
-        tab = context.new_page()
-        tab.goto(f"http://127.0.0.1:{hub.http_port}/")
-        card = tab.locator('#nodes article[data-node="camsite/door-1"]')
-        sync_api.expect(card).to_have_attribute("data-camera", "down", timeout=15_000)
-        sync_api.expect(card).to_have_class("card camera-down")
-        sync_api.expect(card.locator('[data-field="camera"]')).to_have_text(
-            "cannot open camera '/dev/video0' (missing, busy or unsupported)"
-        )
-        red = tab.evaluate("getComputedStyle(document.querySelector('article.camera-down')).borderTopColor")
-        assert red == "rgb(217, 48, 37)"  # --no-mask
-        publish_state(None)
-        sync_api.expect(card).to_have_attribute("data-camera", "ok", timeout=15_000)
-        sync_api.expect(card.locator('[data-field="camera"]')).to_have_count(0)
-    finally:
-        context.close()
-        node.publish(topics.state, b"", qos=1, retain=True)
-        node.publish(topics.status, b"", qos=1, retain=True)
-        node.stop()
-        hub.stop()
+    lone_node.publish_state(model="mask_classifier_int8@52b663296e44", model_error=reason)
+    _, card = lone_node.card()
+    sync_api.expect(card.locator('[data-field="model"]')).to_have_text(
+        "mask_classifier_int8@52b663296e44", timeout=15_000
+    )
+    sync_api.expect(card.locator('[data-field="model error"]')).to_have_text(reason)
+    lone_node.publish_state(model="mask_classifier_f16@0640e94b4057")
+    sync_api.expect(card.locator('[data-field="model error"]')).to_have_count(0, timeout=15_000)

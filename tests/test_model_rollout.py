@@ -1,9 +1,10 @@
 """Model rollout (issue 18): ``maskwatch model push`` to live edge nodes on the real broker, real .tflite files.
 
-A good model reaches the node and survives its restart; a corrupt file, a file whose sha256 does not match,
-a model with the wrong output shape and one that gives the wrong labels are refused and the node keeps its
-model; a node killed in the middle of a swap comes back on one whole model. ``maskwatch model status`` lists
-the model of each node; ``--canary`` stops at a failing canary.
+A good model reaches the node and survives its restart; a corrupt file, a file whose sha256 does not match, a model
+with the wrong output shape and one that gives the wrong labels are refused and the node keeps its model; a model
+that passes every check but cuts the node's capacity by more than half is rolled back; a node killed in the middle
+of a swap comes back on one whole model. ``maskwatch model status`` lists the model of each node; ``--canary`` stops
+at a failing canary.
 """
 
 from __future__ import annotations
@@ -16,9 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from edge.rollout import POINTER, TEMP_PREFIX, ChunkInbox, ModelFolder
+from edge.capture.images import read_image
+from edge.capture.scene import BUILTIN_DIR
+from edge.rollout import POINTER, SMOKE_FACES, TEMP_PREFIX, ChunkInbox, ModelFolder
+from edge.vision.crop import crop_face
+from edge.vision.detector import create_detector
 from shared.cli import main
 from shared.config import BrokerConfig
 from shared.errors import CommandRejected
@@ -70,8 +76,11 @@ class StateWatch:
         self.client.stop()
 
 
-def start_node(broker: BrokerConfig, workdir: Path, node: str) -> tuple[EdgeProcess, StateWatch]:
-    edge = EdgeProcess(broker, workdir, SITE, node, settings={"model_dir": str(workdir / "models")}).start()
+def start_node(
+    broker: BrokerConfig, workdir: Path, node: str, settings: dict[str, Any] | None = None
+) -> tuple[EdgeProcess, StateWatch]:
+    settings = {"model_dir": str(workdir / "models"), **(settings or {})}
+    edge = EdgeProcess(broker, workdir, SITE, node, settings=settings).start()
     watch = StateWatch(broker, NodeTopics(SITE, node))
     watch.first = watch.state_where(lambda s: s.model_sha256 is not None, 60)
     return edge, watch
@@ -119,6 +128,46 @@ def foreign_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "wrong_shape": tflite_model(folder / "wrong_shape.tflite", 5),
         "always_mask": tflite_model(folder / "always_mask.tflite", 2, [8.0, -8.0]),
     }
+
+
+def slow_model(path: Path, conv_layers: int) -> Path:
+    """A model that passes the smoke check but costs about a tenth of a second per crop (built at test time).
+
+    Its decision is a line on the mean colour of the lower half of the crop (where a mask is), fitted to the two
+    built-in smoke faces; ``conv_layers`` 64-channel 3x3 convolutions over the whole 96x96 crop add their mean,
+    times 1e-6, to the logits, so the converter cannot drop them and the decision does not change.
+    """
+    tf = pytest.importorskip("tensorflow")
+    detector = create_detector(num_threads=1)
+    features, labels = [], []
+    for file, label in SMOKE_FACES:
+        image = read_image(BUILTIN_DIR / file)
+        crop = crop_face(image, detector.detect(image)[0].box)[:, :, ::-1]  # RGB, as the classifier feeds it
+        lower = tf.image.resize(crop[None].astype(np.float32), (96, 96))[0, 48:]
+        features.append(np.asarray(tf.reduce_mean(lower, axis=(0, 1)), np.float64))
+        labels.append(label)
+    bare, masked = (features[labels.index(label)] for label in ("no_mask", "mask"))
+    direction = (bare - masked) / float(np.dot(bare - masked, bare - masked))  # masked -> 0, bare -> 1
+    middle = float(np.dot(direction, (bare + masked) / 2))
+
+    inputs = tf.keras.Input((96, 96, 3), batch_size=1)
+    lower_mean = tf.keras.layers.GlobalAveragePooling2D()(tf.keras.layers.Cropping2D(((48, 0), (0, 0)))(inputs))
+    decision = tf.keras.layers.Dense(2)
+    heavy = inputs
+    for _ in range(conv_layers):
+        heavy = tf.keras.layers.Conv2D(64, 3, padding="same", activation="relu")(heavy)
+    ballast = tf.keras.layers.Dense(2, kernel_initializer=tf.keras.initializers.Constant(1e-6))
+    logits = tf.keras.layers.Add()([decision(lower_mean), ballast(tf.keras.layers.GlobalAveragePooling2D()(heavy))])
+    model = tf.keras.Model(inputs, tf.keras.layers.Softmax()(logits))
+    steep = 20.0  # [mask, no_mask] logits: no_mask - mask = steep * (direction . f - middle)
+    decision.set_weights(
+        [
+            np.stack([np.zeros(3), steep * direction], axis=1).astype(np.float32),
+            np.array([0.0, -steep * middle], np.float32),
+        ]
+    )
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    return path
 
 
 @pytest.mark.slow
@@ -211,6 +260,31 @@ def test_model_with_wrong_outputs_is_refused(
     assert code == 1 and reason in answer["error"], answer
     state = watch.state_where(lambda s: s.model_error is not None, 10)
     assert state.model_sha256 == sha256_hex(INT8.read_bytes()) and reason in (state.model_error or "")
+
+
+@pytest.mark.slow
+def test_model_that_halves_the_capacity_is_rolled_back_though_the_camera_caps_the_rate(
+    broker_config: BrokerConfig, tmp_path: Path, capsys: Any
+) -> None:
+    """The built-in scene gives 5 fps; the slow model still leaves the node 5 fps, only the headroom goes.
+
+    The servo holds the bare face in view (sweeping, the view holds no face for seconds and the classifier is
+    idle), and the face is classified on every frame (by default a steady face is every third, which dilutes the
+    slowdown by a model's cost). A guard on the frame rate lets this model through; the capacity guard rolls it back.
+    """
+    settings = {"servo": {"mode": "hold", "start_deg": -60}, "tracker": {"reclassify_frames": 1}}
+    edge, watch = start_node(broker_config, tmp_path, "slow", settings)
+    try:
+        slow = slow_model(tmp_path / "slow.tflite", conv_layers=4)
+        code, [answer] = push(broker_config, capsys, "slow", slow, "--probation", "4")
+        assert code == 1 and answer["status"] == "error", json.dumps(answer)
+        assert "rolled back: capacity fell from" in answer["error"], answer
+        state = watch.state_where(lambda s: s.model_error is not None, 10)
+        assert state.model_sha256 == sha256_hex(INT8.read_bytes()) and "rolled back" in (state.model_error or "")
+        assert not (tmp_path / "models" / POINTER).exists()  # the next start loads the old model too
+    finally:
+        watch.close()
+        edge.stop()
 
 
 @pytest.mark.slow

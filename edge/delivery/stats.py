@@ -39,6 +39,9 @@ class StageTimes:
         self._frames = 0
         self._since = time.monotonic()
         self.frames_total = 0
+        #: frames processed since start (every frame, detecting or not) and the seconds they took
+        self.processed_total = 0
+        self.busy_s_total = 0.0
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -53,6 +56,20 @@ class StageTimes:
         with self._lock:
             self._sum[name] += ms
             self._count[name] += 1
+
+    def processed(self, seconds: float) -> None:
+        """One frame went through the pipeline in ``seconds`` (its ``total`` stage)."""
+        with self._lock:
+            self._sum["total"] += seconds * 1000.0
+            self._count["total"] += 1
+            self.processed_total += 1
+            self.busy_s_total += seconds
+
+    def work(self) -> tuple[int, float]:
+        """(frames processed, seconds spent processing them) since start: two readings give the capacity,
+        frames per busy second, the rate the node could reach if the camera gave frames without waiting."""
+        with self._lock:
+            return self.processed_total, self.busy_s_total
 
     def frame_done(self) -> None:
         with self._lock:

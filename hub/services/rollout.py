@@ -113,7 +113,7 @@ class Rollout:
     :param commander: sends the ``model`` command and collects the answers (its ``listen`` must be called).
     :param states: the site's node states (canary health).
     :param transfer_timeout_s: how long a node waits for all chunks.
-    :param probation_s: how long a node watches its frame rate after the swap.
+    :param probation_s: how long a node watches its capacity (frames per second of processing) after the swap.
     """
 
     def __init__(
