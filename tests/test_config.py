@@ -130,6 +130,6 @@ def test_edge_threshold_defaults_to_the_profile_s_own() -> None:
     from edge.config import EdgeConfig
     from shared.vocabulary import DEFAULT_THRESHOLDS
 
-    assert EdgeConfig().decision_threshold() == DEFAULT_THRESHOLDS["near"] == 0.5
-    assert EdgeConfig(profile="crowd").decision_threshold() == DEFAULT_THRESHOLDS["crowd"] < 0.5
+    assert EdgeConfig().decision_threshold() == DEFAULT_THRESHOLDS["near"] == 0.7
+    assert EdgeConfig(profile="crowd").decision_threshold() == DEFAULT_THRESHOLDS["crowd"] == 0.3
     assert EdgeConfig(profile="crowd", threshold=0.6).decision_threshold() == 0.6

@@ -21,6 +21,7 @@ from shared.config import BrokerConfig
 from shared.messages import Event, Message, NodeState, NodeStats, parse
 from shared.mqtt import MqttClient
 from shared.topics import NodeTopics
+from shared.vocabulary import Profile
 from tests import edge_node
 from tests.conftest import FACE_MASK, need
 from tests.edge_node import Listener, make_scene, node_config, running_node
@@ -84,9 +85,12 @@ def test_labelled_folder_once_gives_one_event_per_face_with_the_right_labels(
     for ev in received:
         by_id.setdefault(ev.id, []).append(ev)
     assert all([e.type for e in evs] == ["new", "end"] for evs in by_id.values())
-    # the committed classifier has no not-a-face class: events carry no face verification score
+    # the committed classifier has a not-a-face class: every event carries its face score, at least the near
+    # profile's minimum (detections under it never become events)
     _detector, classifier = models
-    assert not classifier.verifies_faces and all(e.face_score is None for e in received)
+    minimum = Profile.NEAR.default_min_face_score
+    assert classifier.verifies_faces
+    assert all(e.face_score is not None and minimum <= e.face_score <= 1 for e in received)
     per_file: dict[str, list[tuple[int, int, int, int]]] = {}
     for evs in by_id.values():
         per_file.setdefault(str(evs[0].frame), []).append(evs[0].box)

@@ -50,7 +50,7 @@ def test_each_command_declares_its_desired_changes() -> None:
 def test_decision_and_profile_defaults() -> None:
     assert decide(0.5, 0.5) == ("no_mask", 0.5)
     assert decide(0.25, 0.5) == ("mask", 0.75)
-    assert Profile("crowd").default_threshold == DEFAULT_THRESHOLDS[Profile.CROWD] == 0.25
+    assert Profile("crowd").default_threshold == DEFAULT_THRESHOLDS[Profile.CROWD] == 0.3
     assert check_threshold(0.0) == 0.0 and check_threshold(1.0) == 1.0
     for bad in (-0.01, 1.01, float("nan")):
         with pytest.raises(ConfigError, match="between 0 and 1"):
