@@ -41,6 +41,17 @@ def test_weighted_nms_merges_overlapping_boxes() -> None:
     assert 0 < kept[0][0] < 1  # a blend of the two merged boxes
 
 
+def test_weighted_nms_drops_a_box_that_a_stronger_one_covers() -> None:
+    """Two boxes of one face from two passes (IoU 0.25, the inner one wholly covered): one decision, not two."""
+    outer, inner, beside = [0, 0, 20, 20], [5, 5, 15, 15], [18, 0, 38, 20]  # beside: covered by 10 % only
+    boxes = np.array([outer, inner, beside], np.float32)
+    kept, scores = weighted_nms(boxes, np.array([0.9, 0.6, 0.8], np.float32), 0.3, cover=0.3)
+    assert kept.tolist() == [outer, beside] and scores.tolist() == pytest.approx([0.9, 0.8])
+    weaker_outer, _ = weighted_nms(boxes, np.array([0.5, 0.9, 0.8], np.float32), 0.3, cover=0.3)
+    assert weaker_outer.tolist() == [inner, beside]  # whichever is stronger stays, unblended
+    assert len(weighted_nms(boxes, np.array([0.9, 0.6, 0.8], np.float32), 0.3, cover=1.0)[0]) == 2  # wholly inside
+
+
 @pytest.mark.parametrize("kind", ["blazeface", "res10"])
 def test_detector_finds_the_labelled_faces_of_real_photos(kind: str) -> None:
     detector = create_detector("near", kind, num_threads=1)

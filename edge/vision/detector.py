@@ -68,6 +68,9 @@ class Settings:
     passes: tuple[tuple[Variant, int], ...]
     threshold: float
     nms_iou: float = 0.3
+    #: a box that a stronger kept box covers by at least this share of its own area is dropped as a duplicate
+    #: (1.0: only boxes wholly inside another); see :func:`weighted_nms`
+    nms_cover: float = 1.0
     tile_overlap: float = 0.3
     min_face_px: int = 0
     verify_below: float = 0.0
@@ -174,8 +177,16 @@ def tiles(width: int, height: int, grid: int, overlap: float) -> list[tuple[int,
     return [(x0, y0, x1, y1) for (y0, y1) in spans[1] for (x0, x1) in spans[0]]
 
 
-def weighted_nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> tuple[np.ndarray, np.ndarray]:
-    """Merge overlapping boxes: each kept box is the score-weighted mean of the boxes it suppresses."""
+def weighted_nms(
+    boxes: np.ndarray, scores: np.ndarray, iou: float, cover: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merge overlapping boxes: each kept box is the score-weighted mean of the boxes it suppresses (IoU >=
+    ``iou``); a weaker box that a kept box covers by ``cover`` or more of its own area is dropped, not merged.
+
+    Tiles and the two BlazeFace ranges find one face at several sizes; the inner and outer boxes of one face have a
+    low IoU but one covers most of the other. Kept, each became its own decision (scene photos, crowd: a third of
+    the false no-mask alerts were such duplicates, models/MODEL_CARD.md).
+    """
     order = np.argsort(-scores)
     boxes, scores = boxes[order], scores[order]
     areas = np.maximum(0, boxes[:, 2] - boxes[:, 0]) * np.maximum(0, boxes[:, 3] - boxes[:, 1])
@@ -190,8 +201,9 @@ def weighted_nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> tuple[np.
         y1 = np.minimum(boxes[i, 3], boxes[:, 3])
         inter = np.maximum(0, x1 - x0) * np.maximum(0, y1 - y0)
         overlap = inter / np.maximum(areas[i] + areas - inter, 1e-6)
+        covered = inter / np.maximum(np.minimum(areas[i], areas), 1e-6)
         group = alive & (overlap >= iou)
-        alive &= ~group
+        alive &= ~(group | (covered >= cover))
         weights = scores[group]
         kept_boxes.append((boxes[group] * weights[:, None]).sum(axis=0) / weights.sum())
         kept_scores.append(scores[i])
@@ -228,7 +240,9 @@ class MultiPassDetector:
                 keep = scores >= self.settings.threshold
                 found_boxes.append(boxes[keep] + np.array([x0, y0, x0, y0], np.float32))
                 found_scores.append(scores[keep])
-        boxes, scores = weighted_nms(np.concatenate(found_boxes), np.concatenate(found_scores), self.settings.nms_iou)
+        boxes, scores = weighted_nms(
+            np.concatenate(found_boxes), np.concatenate(found_scores), self.settings.nms_iou, self.settings.nms_cover
+        )
         if self.settings.verify_below > 0:
             boxes, scores = self._verified(frame_bgr, boxes, scores)
         faces = []
@@ -260,15 +274,20 @@ class MultiPassDetector:
         return boxes[keep], scores[keep]
 
 
+#: BlazeFace's duplicate rule (:attr:`Settings.nms_cover`): chosen on 5-fold cross-validation of the scene photos
+#: (0.5 and 0.2 measured beside it; models/MODEL_CARD.md, "Duplicate boxes").
+BLAZEFACE_COVER = 0.3
 #: Operating points per detector kind and profile.
 SETTINGS: dict[tuple[str, Profile], Settings] = {
-    ("blazeface", Profile.NEAR): Settings(passes=(("full", 1), ("short", 1)), threshold=0.5),
+    ("blazeface", Profile.NEAR): Settings(passes=(("full", 1), ("short", 1)), threshold=0.5, nms_cover=BLAZEFACE_COVER),
     # recall first: both ranges on the whole frame and on 2x2 and 3x3 tiles, lower threshold (measured on the
     # scenes: see models/MODEL_CARD.md). With a three-class classifier, short range only at 0.35 finds as many
     # faces >= 24 px (0.939 vs 0.938) at a quarter of the detector cost; not switched while the committed
     # classifier cannot reject the extra non-faces.
     ("blazeface", Profile.CROWD): Settings(
-        passes=(("full", 1), ("short", 1), ("full", 2), ("short", 2), ("full", 3), ("short", 3)), threshold=0.45
+        passes=(("full", 1), ("short", 1), ("full", 2), ("short", 2), ("full", 3), ("short", 3)),
+        threshold=0.45,
+        nms_cover=BLAZEFACE_COVER,
     ),
     ("res10", Profile.NEAR): Settings(passes=(("res10", 1),), threshold=0.5),
     ("res10", Profile.CROWD): Settings(passes=(("res10", 1), ("res10", 2)), threshold=0.3),
