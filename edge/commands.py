@@ -30,6 +30,7 @@ from shared.errors import CommandRejected, ContractError
 from shared.logcap import LogCap
 from shared.messages import (
     COMMANDS,
+    MAX_ERROR_CHARS,
     Command,
     CommandResponse,
     DesiredConfig,
@@ -65,7 +66,8 @@ class Dispatcher:
     """Routes commands to handlers in the ``commands`` thread and answers each exactly once.
 
     :param topics: the node's topics (answers go to ``topics.response(name)``).
-    :param handlers: command name -> handler returning the applied value or raising :class:`CommandRejected`.
+    :param handlers: command name -> handler returning the applied value or raising :class:`CommandRejected`
+        (any other exception is a bug: logged with its stack and answered as a `failed` error).
     :param publish: ``publish(topic, payload)`` for the answers (QoS 1).
     :param after: called after every successful command (publish the retained state).
     :param apply_desired: applies the hub's :class:`DesiredConfig`.
@@ -140,6 +142,10 @@ class Dispatcher:
             value = handler(command)
         except CommandRejected as exc:
             return self._error("rejected", command.request_id, str(exc))
+        except Exception as exc:  # a bug in a handler: the sender still gets its one answer, not a timeout
+            log.exception("command %s (%s) failed", name, command.request_id)
+            reason = f"{name} failed on the node: {type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+            return self._error("failed", command.request_id, reason)
         log.info("command %s (%s): %s", name, command.request_id, value)
         return CommandResponse(
             request_id=command.request_id,

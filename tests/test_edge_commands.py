@@ -11,9 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
+from edge.commands import Dispatcher
 from shared.config import BrokerConfig
-from shared.messages import DesiredConfig, NodeState, parse
-from shared.mqtt import MqttClient
+from shared.messages import Command, CommandResponse, DesiredConfig, NodeState, parse
+from shared.mqtt import MqttClient, Received
 from shared.topics import NodeTopics
 from tests import edge_node
 from tests.edge_node import node_config, running_node
@@ -156,3 +157,25 @@ def test_retained_desired_config_is_applied_on_connect(
     finally:
         hub.publish(topics.desired, b"", qos=1, retain=True).wait_for_publish(5)
         hub.stop()
+
+
+def test_a_handler_that_fails_unexpectedly_still_answers_once_with_the_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bug in a handler used to leave the sender waiting for its timeout; now it gets an error answer."""
+    sent: list[tuple[str, bytes]] = []
+    topics = NodeTopics("s", "n1")
+
+    def broken(command: Command) -> dict[str, Any]:
+        raise RuntimeError("servo driver lost")
+
+    dispatcher = Dispatcher(topics, {"servo": broken}, lambda topic, payload: sent.append((topic, payload)))
+    payload = b'{"request_id": "r-1", "angle": 10}'
+    with caplog.at_level(logging.ERROR, logger="edge.commands"):
+        answer = dispatcher.handle(Received(topics.cmd("servo"), payload, 1, False, 1))
+    assert answer is not None and answer.status == "error" and answer.request_id == "r-1"
+    assert answer.error == "servo failed on the node: RuntimeError: servo driver lost"
+    [(topic, published)] = sent
+    assert topic == topics.response("servo") and parse(CommandResponse, published) == answer
+    assert dispatcher.rejected["failed"] == 1
+    assert "Traceback" in caplog.text  # the bug is logged with its stack for the developer
