@@ -281,9 +281,9 @@ BLAZEFACE_COVER = 0.3
 SETTINGS: dict[tuple[str, Profile], Settings] = {
     ("blazeface", Profile.NEAR): Settings(passes=(("full", 1), ("short", 1)), threshold=0.5, nms_cover=BLAZEFACE_COVER),
     # recall first: both ranges on the whole frame and on 2x2 and 3x3 tiles, lower threshold (measured on the
-    # scenes: see models/MODEL_CARD.md). With a three-class classifier, short range only at 0.35 finds as many
-    # faces >= 24 px (0.939 vs 0.938) at a quarter of the detector cost; not switched while the committed
-    # classifier cannot reject the extra non-faces.
+    # scenes: see models/MODEL_CARD.md). Short range only at 0.35 finds as many faces >= 24 px at half the
+    # detector cost, but with the three-class classifier its alert precision at the recall targets was 0.37
+    # against 0.69 (cross-validated, model card "Duplicate boxes"): not switched.
     ("blazeface", Profile.CROWD): Settings(
         passes=(("full", 1), ("short", 1), ("full", 2), ("short", 2), ("full", 3), ("short", 3)),
         threshold=0.45,
