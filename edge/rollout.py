@@ -202,18 +202,29 @@ class ChunkInbox:
         return sha256 in self._files and len(self._files[sha256]) == self._counts[sha256]
 
 
-def smoke_check(classifier: MaskClassifier, detector: FaceDetector) -> list[float]:
-    """Classify the built-in smoke faces; return their no-mask probabilities.
+def smoke_crops(detector: FaceDetector) -> list[tuple[str, Label, np.ndarray]]:
+    """The built-in smoke faces as the pipeline cuts them: (file, expected label, BGR crop of the first face).
 
-    :raises ModelError: a probability outside 0..1 or not finite, or a face with the wrong label.
+    :raises ModelError: the detector finds no face in one of them.
     """
-    probabilities = []
+    crops = []
     for file, expected in SMOKE_FACES:
         image = read_image(BUILTIN_DIR / file)
         faces = detector.detect(image)
         if not faces:
             raise ModelError(f"smoke check: the detector finds no face in {file}")
-        scores = classifier.scores([crop_face(image, faces[0].box)])
+        crops.append((file, expected, crop_face(image, faces[0].box)))
+    return crops
+
+
+def smoke_check(classifier: MaskClassifier, detector: FaceDetector) -> list[float]:
+    """Classify the built-in smoke faces; return their no-mask probabilities.
+
+    :raises ModelError: no face found, a probability outside 0..1 or not finite, or a face with the wrong label.
+    """
+    probabilities = []
+    for file, expected, crop in smoke_crops(detector):
+        scores = classifier.scores([crop])
         p = float(scores.p_no_mask[0])
         if not np.isfinite(scores.p_no_mask).all() or not np.isfinite(scores.face_score).all() or not 0 <= p <= 1:
             raise ModelError(f"smoke check: no-mask probability {p} for {file} is not in 0..1")

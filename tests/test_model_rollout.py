@@ -20,10 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge.capture.images import read_image
-from edge.capture.scene import BUILTIN_DIR
-from edge.rollout import POINTER, SMOKE_FACES, TEMP_PREFIX, ChunkInbox, ModelFolder
-from edge.vision.crop import crop_face
+from edge.rollout import POINTER, TEMP_PREFIX, ChunkInbox, ModelFolder, smoke_crops
 from edge.vision.detector import create_detector
 from shared.cli import main
 from shared.config import BrokerConfig
@@ -138,11 +135,9 @@ def slow_model(path: Path, conv_layers: int) -> Path:
     times 1e-6, to the logits, so the converter cannot drop them and the decision does not change.
     """
     tf = pytest.importorskip("tensorflow")
-    detector = create_detector(num_threads=1)
     features, labels = [], []
-    for file, label in SMOKE_FACES:
-        image = read_image(BUILTIN_DIR / file)
-        crop = crop_face(image, detector.detect(image)[0].box)[:, :, ::-1]  # RGB, as the classifier feeds it
+    for _file, label, crop_bgr in smoke_crops(create_detector(num_threads=1)):
+        crop = crop_bgr[:, :, ::-1]  # RGB, as the classifier feeds it
         lower = tf.image.resize(crop[None].astype(np.float32), (96, 96))[0, 48:]
         features.append(np.asarray(tf.reduce_mean(lower, axis=(0, 1)), np.float64))
         labels.append(label)

@@ -54,14 +54,16 @@ class StageTimes:
 
     def add(self, name: str, ms: float) -> None:
         with self._lock:
-            self._sum[name] += ms
-            self._count[name] += 1
+            self._add(name, ms)
+
+    def _add(self, name: str, ms: float) -> None:  # with the lock held
+        self._sum[name] += ms
+        self._count[name] += 1
 
     def processed(self, seconds: float) -> None:
         """One frame went through the pipeline in ``seconds`` (its ``total`` stage)."""
         with self._lock:
-            self._sum["total"] += seconds * 1000.0
-            self._count["total"] += 1
+            self._add("total", seconds * 1000.0)
             self.processed_total += 1
             self.busy_s_total += seconds
 
