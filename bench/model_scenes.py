@@ -42,7 +42,12 @@ from models.evaluation import (  # noqa: E402
     score_scenes,
 )
 from models.training.plots import plot_operating_points  # noqa: E402
-from shared.vocabulary import DEFAULT_FACE_SCORES, DEFAULT_THRESHOLDS, Profile  # noqa: E402
+from shared.vocabulary import (  # noqa: E402
+    DEFAULT_FACE_SCORES,
+    DEFAULT_NO_MASK_DETECTOR_SCORES,
+    DEFAULT_THRESHOLDS,
+    Profile,
+)
 
 CROWD_THRESHOLD = Profile.CROWD.default_threshold
 MODELS = HERE.parent / "models"
@@ -137,6 +142,7 @@ def summary(result: dict, band: str = ">=24") -> dict:
         figures["no_mask_recall"] = result["no_mask_decision"][band]["recall"]
         figures["alert_precision"] = result["alerts"]["alert_precision"]
         figures["false_alerts_per_photo"] = result["alerts"]["false_alerts_per_photo"]
+        figures["alert_recall"] = result["alerts"]["alert_recall"]
         figures["detection_precision"] = result["precision"]
     return figures
 
@@ -176,7 +182,7 @@ def main() -> int:
             profile,
             lambda p=profile: collect_scenes(args.scenes, classifier, create_detector(p, num_threads=2)),
         )  # type: ignore[arg-type]
-        runs[profile] = scene_report(run, DEFAULT_THRESHOLDS[profile], DEFAULT_FACE_SCORES[profile])
+        runs[profile] = scene_report(run, *operating_point(profile))
     seed = scene_report(
         cached_run(
             args.cache,
@@ -218,6 +224,11 @@ def main() -> int:
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps({"figures": figures, "baseline": baseline, "ratios": ratios}, indent=2))
     return 0
+
+
+def operating_point(profile: Profile) -> tuple[float, float, float]:
+    """A profile's (no-mask threshold, minimum face score, detector score a no-mask verdict needs)."""
+    return DEFAULT_THRESHOLDS[profile], DEFAULT_FACE_SCORES[profile], DEFAULT_NO_MASK_DETECTOR_SCORES[profile]
 
 
 def cached_run(cache: Path | None, key: str, make: Callable[[], SceneRun]) -> SceneRun:
@@ -262,11 +273,12 @@ def cross_validation(
     cache: Path | None = None,
 ) -> int:
     """Both profiles, each fold's classifier on the photos of its fold; every record pooled over the folds and
-    scored at every operating point (no-mask threshold x minimum face score); with ``curves`` they are drawn
+    scored at every operating point (no-mask threshold x minimum face score x detector score a no-mask verdict
+    needs); with ``curves`` they are drawn
     to ``models/operating_points_<profile>.png``."""
     per_profile: dict[str, dict] = {}
     for profile in Profile:
-        point = (DEFAULT_THRESHOLDS[profile], DEFAULT_FACE_SCORES[profile])
+        point = operating_point(profile)
         records: list[SceneRecord] = []
         folds, images = [], 0
         for fold, run in enumerate(fold_runs(folder, models, seed, profile, cache)):
@@ -281,6 +293,7 @@ def cross_validation(
         per_profile[profile] = {
             "threshold": point[0],
             "min_face_score": point[1],
+            "min_no_mask_detector_score": point[2],
             "photos": images,
             "pooled": summary(chosen),
             "alerts": chosen["alerts"],

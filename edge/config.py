@@ -19,6 +19,7 @@ from shared.config import BrokerConfig, Identifier, StrictModel, load_config, pa
 from shared.schedule import Schedule
 from shared.vocabulary import (
     DEFAULT_FACE_SCORES,
+    DEFAULT_NO_MASK_DETECTOR_SCORES,
     SERVO_RANGE_DEG,
     Probability,
     Profile,
@@ -209,6 +210,12 @@ class EdgeConfig(StrictModel):
         "not-face probability) under which a detection is dropped (default: "
         f"the profile's, {describe_profile_defaults(DEFAULT_FACE_SCORES)})",
     )
+    min_no_mask_detector_score: Probability | None = Field(
+        None,
+        description="detector score a no-mask verdict needs; a weaker detection that the classifier calls no mask "
+        "is dropped as unverified, most often no face or a masked face seen badly (default: the profile's, "
+        f"{describe_profile_defaults(DEFAULT_NO_MASK_DETECTOR_SCORES)})",
+    )
     detect: bool = Field(True, description="inference running at start")
     schedule: Schedule | None = Field(
         None, description="when the node detects, is open (servo not parked) and is quiet (see docs/edge.md)"
@@ -240,6 +247,13 @@ class EdgeConfig(StrictModel):
     def face_score_threshold(self) -> float:
         """``min_face_score``, or the profile's default (:attr:`Profile.default_min_face_score`) when it is not set."""
         return self.profile.default_min_face_score if self.min_face_score is None else self.min_face_score
+
+    def no_mask_detector_score_threshold(self) -> float:
+        """``min_no_mask_detector_score``, or the profile's default
+        (:attr:`Profile.default_min_no_mask_detector_score`) when it is not set."""
+        if self.min_no_mask_detector_score is None:
+            return self.profile.default_min_no_mask_detector_score
+        return self.min_no_mask_detector_score
 
     def outbox_path(self) -> Path:
         """The outbox file, defaulting to one per site/node under ~/.local/state/maskwatch."""

@@ -38,7 +38,7 @@ from edge.vision.tracker import Change, Observation, Tracker
 from shared.errors import SnapshotError
 from shared.messages import Event, TrackInfo, utc_now
 from shared.topics import NodeTopics
-from shared.vocabulary import decide
+from shared.vocabulary import decide, verified
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +123,11 @@ class Pipeline:
 
     # -- per frame -------------------------------------------------------------
 
-    def observe(self, image: np.ndarray, tracked: bool = False) -> list[Observation]:
+    def observe(self, image: np.ndarray, threshold: float, tracked: bool = False) -> list[Observation]:
         """Detect the faces of one image and classify them in one batch; drop those the classifier says are
-        no face (face score under the config's :meth:`~edge.config.EdgeConfig.face_score_threshold`).
+        no face (face score under the config's :meth:`~edge.config.EdgeConfig.face_score_threshold`) and the
+        no-mask verdicts (at ``threshold``) on detections too weak to verify them
+        (:meth:`~edge.config.EdgeConfig.no_mask_detector_score_threshold`, :func:`~shared.vocabulary.verified`).
 
         With ``tracked``, faces the tracker says may reuse their track's probability are not classified.
         """
@@ -147,10 +149,11 @@ class Pipeline:
                     probs[i] = float(p)
                     face_scores[i] = float(face_score) if classifier.verifies_faces else None
         minimum = self.config.face_score_threshold()
+        weakest = self.config.no_mask_detector_score_threshold()
         return [
             Observation(f.box, p, f.score, face)
             for f, p, face in zip(faces, probs, face_scores, strict=True)
-            if face is None or face >= minimum
+            if (face is None or face >= minimum) and (p is None or verified(p, f.score, threshold, weakest))
         ]
 
     def process(self, frame: Frame) -> list[Event]:
@@ -174,7 +177,7 @@ class Pipeline:
         if frame.still:
             return self._still(frame, threshold)
         self._follow_pan(frame)
-        observations = self.observe(frame.image, tracked=True)
+        observations = self.observe(frame.image, threshold, tracked=True)
         self._sight(frame, observations)
         with self.times.stage("track"):
             changes = self.tracker.update(observations, frame.ts, threshold=threshold, frame_ref=frame.ref)
@@ -188,7 +191,7 @@ class Pipeline:
         h, w = frame.image.shape[:2]
         pad = int(STILL_BORDER * max(h, w))
         padded = cv2.copyMakeBorder(frame.image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(128, 128, 128))
-        observations = self.observe(padded)
+        observations = self.observe(padded, threshold)
         events: list[Event] = []
         marks = []
         for obs in observations:

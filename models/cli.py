@@ -23,6 +23,7 @@ from shared.cli import (
 from shared.errors import ImageReadError
 from shared.vocabulary import (
     DEFAULT_FACE_SCORES,
+    DEFAULT_NO_MASK_DETECTOR_SCORES,
     Profile,
     describe_default_thresholds,
     describe_profile_defaults,
@@ -197,6 +198,12 @@ def add_inference_options(parser: argparse.ArgumentParser) -> None:
         f"(default: the profile's, {describe_profile_defaults(DEFAULT_FACE_SCORES)})",
     )
     parser.add_argument(
+        "--min-no-mask-detector-score",
+        type=probability,
+        help="detector score 0..1 a no-mask verdict needs; a weaker no-mask detection is dropped as unverified "
+        f"(default: the profile's, {describe_profile_defaults(DEFAULT_NO_MASK_DETECTOR_SCORES)})",
+    )
+    parser.add_argument(
         "--profile",
         choices=[profile.value for profile in Profile],
         default=Profile.CROWD.value,
@@ -270,6 +277,13 @@ def _min_face_score(args: argparse.Namespace) -> float:
     return Profile(args.profile).default_min_face_score if args.min_face_score is None else float(args.min_face_score)
 
 
+def _min_no_mask_detector_score(args: argparse.Namespace) -> float:
+    """``--min-no-mask-detector-score`` (checked by argparse), or the ``--profile``'s default."""
+    if args.min_no_mask_detector_score is None:
+        return Profile(args.profile).default_min_no_mask_detector_score
+    return float(args.min_no_mask_detector_score)
+
+
 def run_eval(args: argparse.Namespace) -> int:
     from edge.vision.classifier import MaskClassifier
     from edge.vision.detector import create_detector
@@ -286,10 +300,13 @@ def run_eval(args: argparse.Namespace) -> int:
             threshold,
             args.min_iou,
             min_face_score=min_face_score,
+            min_no_mask_detector_score=_min_no_mask_detector_score(args),
         )
     else:
         detector = create_detector(args.profile, args.detector, args.threads) if args.detect else None
-        result = evaluate_folder(folder, classifier, detector, threshold, min_face_score)
+        result = evaluate_folder(
+            folder, classifier, detector, threshold, min_face_score, _min_no_mask_detector_score(args)
+        )
     if args.json:
         print(json.dumps(result))
     elif args.scenes:
@@ -310,9 +327,11 @@ def run_eval(args: argparse.Namespace) -> int:
         a = result["alerts"]
         print(
             f"  alerts (every no-mask decision, faces and boxes >= 24 px): alert precision "
-            f"{a['alert_precision']:.3f}, {a['false_alerts_per_photo']:.3f} false alerts per photo "
+            f"{a['alert_precision']:.3f}, {a['false_alerts_per_photo']:.3f} false alerts per photo, alert recall "
+            f"{a['alert_recall']:.3f} "
             f"({a['right']} right, {a['on_masked_face']} on masked faces, {a['on_no_face']} on no labelled face; "
-            f"threshold {result['threshold']}, min face score {result['min_face_score']})"
+            f"threshold {result['threshold']}, min face score {result['min_face_score']}, "
+            f"min no-mask detector score {result['min_no_mask_detector_score']})"
         )
     else:
         print(
@@ -351,7 +370,9 @@ def run_detect(args: argparse.Namespace) -> int:
             print(f"maskwatch detect: {exc}", file=sys.stderr)
             failures = True
             continue
-        result = analyse(frame, detector, classifier, threshold, _min_face_score(args))
+        result = analyse(
+            frame, detector, classifier, threshold, _min_face_score(args), _min_no_mask_detector_score(args)
+        )
         if args.json:
             print(
                 json.dumps({"image": str(path), "faces": [f.to_json() for f in result.faces], "ms": result.ms}),

@@ -19,7 +19,7 @@ from edge.vision.detector import FaceDetector
 from models.inference import analyse
 from models.scenes import SCENE_CLASSES, load_scenes, match
 from shared.errors import DatasetError, ImageReadError
-from shared.vocabulary import decide
+from shared.vocabulary import decide, verified
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,8 @@ PROMISED_FACE_PX = 24
 THRESHOLD_SWEEP = (0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7)
 #: Minimum face scores (1 - p_not_face) of the operating-point sweeps.
 FACE_SCORE_SWEEP = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
+#: Detector scores a no-mask verdict needs (:func:`shared.vocabulary.verified`) in the operating-point sweeps.
+DETECTOR_SCORE_SWEEP = (0.0, 0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85)
 
 
 def _counts(truth: np.ndarray, guess: np.ndarray, positive: str) -> tuple[int, int, int]:
@@ -55,11 +57,13 @@ def evaluate_folder(
     detector: FaceDetector | None = None,
     threshold: float = 0.5,
     min_face_score: float = 0.0,
+    min_no_mask_detector_score: float = 0.0,
 ) -> dict:
     """Accuracy on ``folder/with_mask`` and ``folder/without_mask``.
 
     Without a detector each image is one face crop. With one, the largest detected face is classified;
-    an image without a face counts as wrong and as ``no_face``. A crop whose face score is under
+    an image without a face (or whose no-mask verdicts are all on detections weaker than
+    ``min_no_mask_detector_score``) counts as wrong and as ``no_face``. A crop whose face score is under
     ``min_face_score`` gets no decision: wrong, counted as ``not_face``. Unreadable images are logged and
     skipped.
 
@@ -89,7 +93,7 @@ def evaluate_folder(
             else:
                 guess = decide(float(scores.p_no_mask[0]), threshold).label
         else:
-            faces = analyse(frame, detector, classifier, threshold).faces
+            faces = analyse(frame, detector, classifier, threshold, 0.0, min_no_mask_detector_score).faces
             if not faces:
                 guess, no_face = "no_face", no_face + 1
             else:
@@ -113,6 +117,7 @@ def evaluate_folder(
         "no_face": no_face,
         "not_face": not_face,
         "min_face_score": min_face_score,
+        "min_no_mask_detector_score": min_no_mask_detector_score,
         "ms_per_image": round(1000 * spent / len(truth), 2),
         "model": classifier.version,
     }
@@ -130,7 +135,7 @@ class SceneRecord:
     ``label`` is the VOC class, ``None`` for an unmatched detection; ``size`` the shorter side of the labelled
     box (of the detected box when unmatched); ``detected`` whether a detection matched the labelled face (always
     true for an unmatched detection); ``p_no_mask`` and ``face_score`` are the classifier's scores of that
-    detection (0 and 0 when nothing was detected).
+    detection and ``detector_score`` the detector's (all 0 when nothing was detected).
     """
 
     label: str | None
@@ -138,6 +143,16 @@ class SceneRecord:
     detected: bool
     p_no_mask: float = 0.0
     face_score: float = 0.0
+    detector_score: float = 0.0
+
+    def kept(self, threshold: float, min_face_score: float, min_no_mask_detector_score: float = 0.0) -> bool:
+        """Whether the pipeline makes a decision on this record at an operating point: detected, a face by the
+        classifier, and :func:`~shared.vocabulary.verified`."""
+        return (
+            self.detected
+            and self.face_score >= min_face_score
+            and verified(self.p_no_mask, self.detector_score, threshold, min_no_mask_detector_score)
+        )
 
 
 @dataclass
@@ -185,11 +200,12 @@ def collect_scenes(
                     found is not None,
                     found.p_no_mask if found else 0.0,
                     found.face_score if found else 0.0,
+                    found.detector_score if found else 0.0,
                 )
             )
         matched = set(pairs.values())
         records += [
-            SceneRecord(None, min(f.box[2], f.box[3]), True, f.p_no_mask, f.face_score)
+            SceneRecord(None, min(f.box[2], f.box[3]), True, f.p_no_mask, f.face_score, f.detector_score)
             for j, f in enumerate(result.faces)
             if j not in matched
         ]
@@ -205,18 +221,27 @@ def collect_scenes(
     )
 
 
-def alerts(records: list[SceneRecord], images: int, threshold: float, min_face_score: float) -> dict:
+def alerts(
+    records: list[SceneRecord],
+    images: int,
+    threshold: float,
+    min_face_score: float,
+    min_no_mask_detector_score: float = 0.0,
+) -> dict:
     """The alert figures of an operating point: every no-mask decision, judged.
 
-    A no-mask decision is a detection kept as a face (``face_score >= min_face_score``) with ``p_no_mask >=
+    A no-mask decision is a detection kept at the operating point (:meth:`SceneRecord.kept`) with ``p_no_mask >=
     threshold``. It is right on a labelled ``without_mask`` / ``mask_weared_incorrect`` face of at least
     :data:`PROMISED_FACE_PX`, wrong on a masked face of that size or on a detection matching no labelled face
     whose shorter side is that size or more; decisions on smaller faces or boxes count on neither side.
-    ``alert_precision`` = right / (right + wrong); ``false_alerts_per_photo`` = wrong / photos.
+    ``alert_precision`` = right / (right + wrong); ``false_alerts_per_photo`` = wrong / photos; ``alert_recall`` =
+    right / every labelled no-mask face of that size, found or not (the per-face no-mask recall of
+    :func:`score_scenes` counts only the faces found).
     """
     right = on_masked = on_no_face = 0
+    unmasked = sum(r.label is not None and SCENE_CLASSES[r.label] and r.size >= PROMISED_FACE_PX for r in records)
     for r in records:
-        if not (r.detected and r.face_score >= min_face_score and r.p_no_mask >= threshold):
+        if not (r.kept(threshold, min_face_score, min_no_mask_detector_score) and r.p_no_mask >= threshold):
             continue
         if r.size < PROMISED_FACE_PX:
             continue
@@ -231,6 +256,7 @@ def alerts(records: list[SceneRecord], images: int, threshold: float, min_face_s
     return {
         "alert_precision": round(right / decisions, 4) if decisions else 0.0,
         "false_alerts_per_photo": round(wrong / images, 4) if images else 0.0,
+        "alert_recall": round(right / unmasked, 4) if unmasked else 0.0,
         "alerts": decisions,
         "right": right,
         "on_masked_face": on_masked,
@@ -239,16 +265,23 @@ def alerts(records: list[SceneRecord], images: int, threshold: float, min_face_s
     }
 
 
-def score_scenes(records: list[SceneRecord], images: int, threshold: float, min_face_score: float = 0.0) -> dict:
+def score_scenes(
+    records: list[SceneRecord],
+    images: int,
+    threshold: float,
+    min_face_score: float = 0.0,
+    min_no_mask_detector_score: float = 0.0,
+) -> dict:
     """Face recall per class and size, detection precision, the per-face no-mask decision and the alerts.
 
-    A detection counts only when it is kept as a face (``face_score >= min_face_score``): a labelled face whose
-    detection the classifier rejects is not found. The no-mask decision (``mask_weared_incorrect`` counts as no
-    mask) is scored on found faces, for all of them and for faces of at least :data:`PROMISED_FACE_PX`.
+    A detection counts only when it is kept at the operating point (:meth:`SceneRecord.kept`): a labelled face
+    whose detection the classifier rejects, or whose no-mask verdict is not verified, is not found. The no-mask
+    decision (``mask_weared_incorrect`` counts as no mask) is scored on found faces, for all of them and for faces
+    of at least :data:`PROMISED_FACE_PX`.
     """
     found: dict[tuple[str, str], list[int]] = {}
     decisions: list[tuple[bool, bool, int]] = []  # (truly no mask, decided no mask, face size)
-    kept = [r.detected and r.face_score >= min_face_score for r in records]
+    kept = [r.kept(threshold, min_face_score, min_no_mask_detector_score) for r in records]
     for record, is_kept in zip(records, kept, strict=True):
         if record.label is None:
             continue
@@ -275,7 +308,9 @@ def score_scenes(records: list[SceneRecord], images: int, threshold: float, min_
         "faces": sum(v[0] for (_, b), v in found.items() if b == "all"),
         "detections": detections,
         "precision": round(matched / detections, 4) if detections else 0.0,
-        "face_recall": round(sum(r.detected and r.face_score >= min_face_score for r in promised) / len(promised), 4)
+        "face_recall": round(
+            sum(r.kept(threshold, min_face_score, min_no_mask_detector_score) for r in promised) / len(promised), 4
+        )
         if promised
         else 0.0,
         "recall": recall,
@@ -283,9 +318,10 @@ def score_scenes(records: list[SceneRecord], images: int, threshold: float, min_
             "all": _decision(decisions, 0),
             f">={PROMISED_FACE_PX}": _decision(decisions, PROMISED_FACE_PX),
         },
-        "alerts": alerts(records, images, threshold, min_face_score),
+        "alerts": alerts(records, images, threshold, min_face_score, min_no_mask_detector_score),
         "threshold": threshold,
         "min_face_score": min_face_score,
+        "min_no_mask_detector_score": min_no_mask_detector_score,
     }
 
 
@@ -294,25 +330,30 @@ def operating_points(
     images: int,
     thresholds: tuple[float, ...] = THRESHOLD_SWEEP,
     face_scores: tuple[float, ...] = FACE_SCORE_SWEEP,
+    detector_scores: tuple[float, ...] = DETECTOR_SCORE_SWEEP,
 ) -> list[dict]:
-    """Face recall, no-mask recall and alert figures (faces >= :data:`PROMISED_FACE_PX`) for every pair of
-    no-mask threshold and minimum face score: the data of the operating-point curves."""
+    """Face recall, no-mask recall and alert figures (faces >= :data:`PROMISED_FACE_PX`) for every no-mask
+    threshold, minimum face score and detector score a no-mask verdict needs: the data of the operating-point
+    curves."""
     points = []
     for face in face_scores:
-        for threshold in thresholds:
-            scored = score_scenes(records, images, threshold, face)
-            decision = scored["no_mask_decision"][f">={PROMISED_FACE_PX}"]
-            points.append(
-                {
-                    "threshold": threshold,
-                    "min_face_score": face,
-                    "face_recall": scored["face_recall"],
-                    "no_mask_recall": decision["recall"],
-                    "no_mask_precision": decision["precision"],
-                }
-                | {k: scored["alerts"][k] for k in ("alert_precision", "false_alerts_per_photo", "alerts")}
-            )
+        for detector in detector_scores:
+            for threshold in thresholds:
+                points.append(_point(records, images, threshold, face, detector))
     return points
+
+
+def _point(records: list[SceneRecord], images: int, threshold: float, face: float, detector: float) -> dict:
+    scored = score_scenes(records, images, threshold, face, detector)
+    decision = scored["no_mask_decision"][f">={PROMISED_FACE_PX}"]
+    return {
+        "threshold": threshold,
+        "min_face_score": face,
+        "min_no_mask_detector_score": detector,
+        "face_recall": scored["face_recall"],
+        "no_mask_recall": decision["recall"],
+        "no_mask_precision": decision["precision"],
+    } | {k: scored["alerts"][k] for k in ("alert_precision", "false_alerts_per_photo", "alert_recall", "alerts")}
 
 
 def evaluate_scenes(
@@ -323,26 +364,28 @@ def evaluate_scenes(
     min_iou: float = 0.3,
     only: set[str] | None = None,
     min_face_score: float = 0.0,
+    min_no_mask_detector_score: float = 0.0,
 ) -> dict:
     """:func:`collect_scenes` then :func:`score_scenes` at one operating point, with a sweep of the no-mask
-    threshold at that minimum face score.
+    threshold at that minimum face score and detector score.
 
     :raises DatasetError: the folder is not a scenes folder.
     """
-    return scene_report(collect_scenes(folder, classifier, detector, min_iou, only), threshold, min_face_score) | {
-        "min_iou": min_iou
-    }
+    run = collect_scenes(folder, classifier, detector, min_iou, only)
+    return scene_report(run, threshold, min_face_score, min_no_mask_detector_score) | {"min_iou": min_iou}
 
 
-def scene_report(run: SceneRun, threshold: float, min_face_score: float = 0.0) -> dict:
+def scene_report(
+    run: SceneRun, threshold: float, min_face_score: float = 0.0, min_no_mask_detector_score: float = 0.0
+) -> dict:
     """:func:`score_scenes` of a run at one operating point, a sweep of the no-mask threshold at that minimum
-    face score, and the run's cost, model and detector."""
-    result = score_scenes(run.records, run.images, threshold, min_face_score)
+    face score and detector score, and the run's cost, model and detector."""
+    result = score_scenes(run.records, run.images, threshold, min_face_score, min_no_mask_detector_score)
     sweep = {}
     for t in THRESHOLD_SWEEP:
-        scored = score_scenes(run.records, run.images, t, min_face_score)
+        scored = score_scenes(run.records, run.images, t, min_face_score, min_no_mask_detector_score)
         sweep[str(t)] = scored["no_mask_decision"][f">={PROMISED_FACE_PX}"] | {
-            k: scored["alerts"][k] for k in ("alert_precision", "false_alerts_per_photo")
+            k: scored["alerts"][k] for k in ("alert_precision", "false_alerts_per_photo", "alert_recall")
         }
     return result | {
         "threshold_sweep": sweep,

@@ -11,7 +11,7 @@ import numpy as np
 from edge.vision.classifier import CropScores, MaskClassifier
 from edge.vision.crop import crop_face
 from edge.vision.detector import FaceDetector
-from shared.vocabulary import decide
+from shared.vocabulary import decide, verified
 
 #: Box colours of the seed's on-screen indicator (BGR): blue for a mask, red for no mask.
 COLOURS = {"mask": (255, 0, 0), "no_mask": (0, 0, 255)}
@@ -54,9 +54,11 @@ def analyse(
     classifier: MaskClassifier,
     threshold: float = 0.5,
     min_face_score: float = 0.0,
+    min_no_mask_detector_score: float = 0.0,
 ) -> ImageResult:
     """Detect every face in a BGR frame and classify each crop in one batch; detections whose face score is
-    under ``min_face_score`` are dropped (the classifier says they are no face)."""
+    under ``min_face_score`` (the classifier says they are no face), and no-mask verdicts on detections weaker
+    than ``min_no_mask_detector_score`` (:func:`~shared.vocabulary.verified`), are dropped."""
     start = time.perf_counter()
     faces = detector.detect(frame_bgr)
     detected = time.perf_counter()
@@ -65,7 +67,9 @@ def analyse(
     done = time.perf_counter()
     results = []
     for face, p_no_mask, face_score in zip(faces, scores.p_no_mask, scores.face_score, strict=True):
-        if face_score < min_face_score:
+        if face_score < min_face_score or not verified(
+            float(p_no_mask), face.score, threshold, min_no_mask_detector_score
+        ):
             continue
         label, score = decide(float(p_no_mask), threshold)
         results.append(FaceResult(face.box, face.score, label, score, float(p_no_mask), float(face_score)))

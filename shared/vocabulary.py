@@ -66,6 +66,11 @@ class Profile(StrEnum):
         """The minimum face score used when none is set (:data:`DEFAULT_FACE_SCORES`)."""
         return DEFAULT_FACE_SCORES[self]
 
+    @property
+    def default_min_no_mask_detector_score(self) -> float:
+        """The detector score a no-mask verdict needs when none is set (:data:`DEFAULT_NO_MASK_DETECTOR_SCORES`)."""
+        return DEFAULT_NO_MASK_DETECTOR_SCORES[self]
+
 
 #: Default no-mask threshold per profile, chosen with :data:`DEFAULT_FACE_SCORES` on 5-fold cross-validation by
 #: photo over the scene photos (models/MODEL_CARD.md, "Operating points"): crowd takes the highest alert precision
@@ -76,6 +81,8 @@ DEFAULT_THRESHOLDS: dict[Profile, float] = {Profile.NEAR: 0.7, Profile.CROWD: 0.
 #: never become a decision. Chosen with the no-mask threshold (above). Only classifiers with a not-face class
 #: score faces.
 DEFAULT_FACE_SCORES: dict[Profile, float] = {Profile.NEAR: 0.5, Profile.CROWD: 0.5}
+#: Default detector score a no-mask verdict needs per profile (:func:`verified`), chosen with the two above.
+DEFAULT_NO_MASK_DETECTOR_SCORES: dict[Profile, float] = {Profile.NEAR: 0.0, Profile.CROWD: 0.0}
 
 
 def describe_profile_defaults(defaults: dict[Profile, float]) -> str:
@@ -107,6 +114,19 @@ class Decision(NamedTuple):
 def label_score(label: Label, p_no_mask: float) -> float:
     """The probability of ``label`` given the no-mask probability: ``p`` for ``no_mask``, ``1 - p`` for ``mask``."""
     return p_no_mask if label == "no_mask" else 1.0 - p_no_mask
+
+
+def verified(p_no_mask: float, detector_score: float, threshold: float, min_no_mask_detector_score: float) -> bool:
+    """Whether a detection may become a decision: a no-mask verdict (``p_no_mask >= threshold``) needs a detector
+    score of at least ``min_no_mask_detector_score``; a weaker one is dropped as unverified.
+
+    An uncovered face is what a face detector finds best; a weak detection that the classifier calls no mask is
+    most often no face (a hand, the back of a head) or a masked face seen badly (models/MODEL_CARD.md).
+
+    >>> verified(0.9, 0.95, 0.3, 0.7), verified(0.9, 0.5, 0.3, 0.7), verified(0.1, 0.5, 0.3, 0.7)
+    (True, False, True)
+    """
+    return p_no_mask < threshold or detector_score >= min_no_mask_detector_score
 
 
 def decide(p_no_mask: float, threshold: float) -> Decision:

@@ -441,3 +441,39 @@ def test_once_with_a_dead_source_exits_1_naming_the_reason(
     )
     assert run.returncode == 1, run.stderr[-2000:]
     assert f"source failed: {reason}" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_a_no_mask_verdict_on_a_weak_detection_is_dropped_and_a_mask_verdict_is_kept(
+    tmp_path: Path, broker_config: BrokerConfig, models: tuple[Any, Any]
+) -> None:
+    from edge.capture.images import read_image
+    from edge.delivery.outbox import Outbox
+    from edge.pipeline import Pipeline
+    from edge.state import NodeRuntime
+
+    need(FACE_MASK)
+    detector, classifier = models
+    photos = {
+        cls: [
+            cv2.copyMakeBorder(read_image(p), 60, 60, 60, 60, cv2.BORDER_CONSTANT, value=(128, 128, 128))
+            for p in sorted((FACE_MASK / cls).iterdir())[:12]
+        ]
+        for cls in ("with_mask", "without_mask")
+    }
+    seen: dict[float, dict[str, list[Any]]] = {}
+    for needed in (0.0, 1.0):
+        config = node_config(broker_config, tmp_path, min_no_mask_detector_score=needed)
+        with Outbox(tmp_path / f"o{needed}.sqlite") as outbox:
+            pipeline = Pipeline(config, detector, classifier, NodeRuntime("t", config.node, 0.5), outbox)
+            seen[needed] = {
+                cls: [o for image in images for o in pipeline.observe(image, 0.5)] for cls, images in photos.items()
+            }
+
+    def called(observations: list[Any], no_mask: bool) -> list[Any]:
+        return [o for o in observations if o.p_no_mask is not None and (o.p_no_mask >= 0.5) == no_mask]
+
+    bare = called(seen[0.0]["without_mask"], no_mask=True)
+    assert len(bare) >= 6 and all(o.det_score < 1.0 for o in bare)  # bare faces called no mask
+    assert not called(seen[1.0]["without_mask"], no_mask=True)  # no detection scores 1: every verdict dropped
+    masked = called(seen[0.0]["with_mask"], no_mask=False)
+    assert masked and len(called(seen[1.0]["with_mask"], no_mask=False)) == len(masked)  # mask verdicts stay

@@ -12,7 +12,7 @@ import pytest
 
 from edge.capture.images import list_images
 from shared.cli import main
-from shared.vocabulary import DEFAULT_FACE_SCORES, DEFAULT_THRESHOLDS
+from shared.vocabulary import DEFAULT_FACE_SCORES, DEFAULT_NO_MASK_DETECTOR_SCORES, DEFAULT_THRESHOLDS
 from tests.conftest import FACE_MASK, SCENES, need
 
 
@@ -57,6 +57,7 @@ def test_eval_crops_json_has_the_exact_keys(capsys: pytest.CaptureFixture[str], 
         "no_face",
         "not_face",
         "min_face_score",
+        "min_no_mask_detector_score",
         "ms_per_image",
         "model",
     }
@@ -88,10 +89,11 @@ def test_eval_scenes_reports_recall_per_class_and_size(capsys: pytest.CaptureFix
     assert 0 < result["precision"] <= 1 and result["ms_per_image"] > 0
     assert result["threshold"] == DEFAULT_THRESHOLDS["crowd"]  # the profile's, --threshold not given
     assert result["min_face_score"] == DEFAULT_FACE_SCORES["crowd"]
+    assert result["min_no_mask_detector_score"] == DEFAULT_NO_MASK_DETECTOR_SCORES["crowd"]
     alerts = result["alerts"]
     assert alerts["alerts"] == alerts["right"] + alerts["on_masked_face"] + alerts["on_no_face"]
     assert alerts["false_alerts_per_photo"] == pytest.approx((alerts["alerts"] - alerts["right"]) / 3, abs=1e-4)
-    assert {"alert_precision", "false_alerts_per_photo"} <= set(result["threshold_sweep"]["0.5"])
+    assert {"alert_precision", "false_alerts_per_photo", "alert_recall"} <= set(result["threshold_sweep"]["0.5"])
 
 
 def test_threshold_follows_the_profile_unless_given(capsys: pytest.CaptureFixture[str], scenes_dir: Path) -> None:
@@ -102,6 +104,15 @@ def test_threshold_follows_the_profile_unless_given(capsys: pytest.CaptureFixtur
         capsys, ["model", "eval", str(scenes_dir), "--scenes", "--json", "--min-face-score", "0.99"]
     )
     assert code == 0 and result["min_face_score"] == 0.99
+    gated = {}
+    for needed in ("0", "1"):
+        code, (result,) = run_json(
+            capsys,
+            ["model", "eval", str(scenes_dir), "--scenes", "--json", "--min-no-mask-detector-score", needed],
+        )
+        assert code == 0 and result["min_no_mask_detector_score"] == float(needed)
+        gated[needed] = result["alerts"]["alerts"]
+    assert gated["0"] > 0 and gated["1"] == 0  # no detection scores 1: every no-mask verdict is dropped
 
 
 def test_detect_prints_one_json_line_per_image(

@@ -9,16 +9,16 @@ from models.evaluation import PROMISED_FACE_PX, SceneRecord, alerts, operating_p
 BIG, SMALL = PROMISED_FACE_PX, PROMISED_FACE_PX - 1
 
 RECORDS = [
-    SceneRecord("without_mask", BIG, True, 0.9, 0.95),  # right
-    SceneRecord("mask_weared_incorrect", BIG, True, 0.6, 0.9),  # right (incorrectly worn counts as no mask)
+    SceneRecord("without_mask", BIG, True, 0.9, 0.95, 0.95),  # right
+    SceneRecord("mask_weared_incorrect", BIG, True, 0.6, 0.9, 0.8),  # right (incorrectly worn counts as no mask)
     SceneRecord("without_mask", BIG, False),  # missed by the detector: no decision
-    SceneRecord("with_mask", BIG, True, 0.7, 0.9),  # wrong: on a masked face
-    SceneRecord("with_mask", BIG, True, 0.1, 0.9),  # a mask decision: no alert
-    SceneRecord(None, BIG + 10, True, 0.8, 0.97),  # wrong: on no labelled face
-    SceneRecord(None, BIG, True, 0.8, 0.2),  # the classifier says: no face
-    SceneRecord(None, SMALL, True, 0.99, 0.99),  # unmatched box under 24 px: neither side
-    SceneRecord("without_mask", SMALL, True, 0.99, 0.99),  # labelled face under 24 px: neither side
-    SceneRecord("with_mask", SMALL, True, 0.99, 0.99),  # neither side either
+    SceneRecord("with_mask", BIG, True, 0.7, 0.9, 0.6),  # wrong: on a masked face (a weak detection)
+    SceneRecord("with_mask", BIG, True, 0.1, 0.9, 0.5),  # a mask decision: no alert
+    SceneRecord(None, BIG + 10, True, 0.8, 0.97, 0.55),  # wrong: on no labelled face (a weak detection)
+    SceneRecord(None, BIG, True, 0.8, 0.2, 0.9),  # the classifier says: no face
+    SceneRecord(None, SMALL, True, 0.99, 0.99, 0.9),  # unmatched box under 24 px: neither side
+    SceneRecord("without_mask", SMALL, True, 0.99, 0.99, 0.9),  # labelled face under 24 px: neither side
+    SceneRecord("with_mask", SMALL, True, 0.99, 0.99, 0.9),  # neither side either
 ]
 
 
@@ -27,12 +27,23 @@ def test_every_no_mask_decision_is_judged_and_small_ones_count_on_neither_side()
     assert (figures["right"], figures["on_masked_face"], figures["on_no_face"]) == (2, 1, 2)
     assert figures["alert_precision"] == pytest.approx(2 / 5, abs=1e-4)
     assert figures["false_alerts_per_photo"] == pytest.approx(3 / 4)
+    assert figures["alert_recall"] == pytest.approx(2 / 3, abs=1e-4)  # the missed face counts too
 
 
 def test_a_minimum_face_score_rejects_non_faces_before_they_become_decisions() -> None:
     figures = alerts(RECORDS, images=4, threshold=0.5, min_face_score=0.5)
     assert (figures["right"], figures["on_masked_face"], figures["on_no_face"]) == (2, 1, 1)
     assert figures["alert_precision"] == pytest.approx(0.5)
+
+
+def test_no_mask_verdicts_on_weak_detections_are_dropped_and_the_faces_they_cost_are_missed() -> None:
+    figures = alerts(RECORDS, images=4, threshold=0.5, min_face_score=0.5, min_no_mask_detector_score=0.7)
+    assert (figures["right"], figures["on_masked_face"], figures["on_no_face"]) == (2, 0, 0)
+    assert figures["alert_precision"] == 1.0
+    scored = score_scenes(RECORDS, 4, threshold=0.5, min_face_score=0.5, min_no_mask_detector_score=0.7)
+    assert scored["face_recall"] == pytest.approx(3 / 5)  # the masked face called no mask on a weak box is dropped
+    strict = alerts(RECORDS, images=4, threshold=0.5, min_face_score=0.5, min_no_mask_detector_score=0.85)
+    assert strict["right"] == 1 and strict["alert_recall"] == pytest.approx(1 / 3, abs=1e-4)
 
 
 def test_rejected_faces_are_not_found_and_precision_counts_kept_detections() -> None:
@@ -45,7 +56,10 @@ def test_rejected_faces_are_not_found_and_precision_counts_kept_detections() -> 
     assert (decision["true_positives"], decision["predicted"], decision["n"]) == (2, 3, 2)
 
 
-def test_operating_points_cover_every_pair() -> None:
-    points = operating_points(RECORDS, 4, thresholds=(0.5, 0.95), face_scores=(0.0, 0.5))
-    assert [(p["threshold"], p["min_face_score"]) for p in points] == [(0.5, 0.0), (0.95, 0.0), (0.5, 0.5), (0.95, 0.5)]
+def test_operating_points_cover_every_triple() -> None:
+    points = operating_points(RECORDS, 4, thresholds=(0.5, 0.95), face_scores=(0.0, 0.5), detector_scores=(0.0, 0.7))
+    assert [(p["threshold"], p["min_face_score"], p["min_no_mask_detector_score"]) for p in points] == [
+        (t, f, d) for f in (0.0, 0.5) for d in (0.0, 0.7) for t in (0.5, 0.95)
+    ]
     assert points[1]["alerts"] == 0 and points[1]["alert_precision"] == 0.0
+    assert points[6]["alert_precision"] == 1.0  # face score 0.5, detector score 0.7, threshold 0.5

@@ -54,35 +54,45 @@ def plot_confusion(confusion: np.ndarray, path: Path, title: str) -> None:
     plt.close(figure)
 
 
-def plot_operating_points(points: list[dict], chosen: tuple[float, float], path: Path, title: str) -> None:
-    """Alert precision against no-mask recall, one curve per minimum face score over the no-mask thresholds
-    (points of :func:`models.evaluation.operating_points`); the chosen (threshold, face score) is circled."""
+def plot_operating_points(points: list[dict], chosen: tuple[float, float, float], path: Path, title: str) -> None:
+    """Alert precision against no-mask recall over the no-mask thresholds (points of
+    :func:`models.evaluation.operating_points`), in two panels through the chosen (threshold, face score, detector
+    score a no-mask verdict needs), which is circled: one curve per minimum face score at the chosen detector
+    score, and one curve per detector score at the chosen face score."""
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(6.5, 4.5))
-    for face in sorted({p["min_face_score"] for p in points}):
-        curve = sorted((p for p in points if p["min_face_score"] == face), key=lambda p: p["threshold"])
-        axis.plot(
-            [p["no_mask_recall"] for p in curve],
-            [p["alert_precision"] for p in curve],
-            "o-",
-            markersize=3,
-            label=f"face score >= {face:g} (face recall {curve[0]['face_recall']:.2f})",
-        )
-    for p in points:
-        if (p["threshold"], p["min_face_score"]) == chosen:
-            axis.plot(p["no_mask_recall"], p["alert_precision"], "o", markersize=12, fillstyle="none", color="black")
-            axis.annotate(
-                f"chosen: threshold {chosen[0]:g}, face score {chosen[1]:g}",
-                (p["no_mask_recall"], p["alert_precision"]),
-                textcoords="offset points",
-                xytext=(-160, 12),
-                fontsize=8,
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    threshold, face, detector = chosen
+    panels = (
+        ("min_face_score", "face score", {"min_no_mask_detector_score": detector}),
+        ("min_no_mask_detector_score", "no-mask detector score", {"min_face_score": face}),
+    )
+    for axis, (key, name, fixed) in zip(axes, panels, strict=True):
+        shown = [p for p in points if all(p[k] == v for k, v in fixed.items())]
+        for value in sorted({p[key] for p in shown}):
+            curve = sorted((p for p in shown if p[key] == value), key=lambda p: p["threshold"])
+            axis.plot(
+                [p["no_mask_recall"] for p in curve],
+                [p["alert_precision"] for p in curve],
+                "o-",
+                markersize=3,
+                label=f"{name} >= {value:g} (face recall {curve[-1]['face_recall']:.2f})",
             )
-    axis.set_xlabel("no-mask recall (faces >= 24 px found by the detector)")
-    axis.set_ylabel("alert precision (every no-mask decision)")
-    axis.set_title(title, fontsize=9)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7, loc="lower left")
+        for p in shown:
+            if (p["threshold"], p["min_face_score"], p["min_no_mask_detector_score"]) == chosen:
+                axis.plot(p["no_mask_recall"], p["alert_precision"], "o", markersize=12, fillstyle="none", color="k")
+                axis.annotate(
+                    f"chosen: threshold {threshold:g}, face score {face:g}, no-mask detector score {detector:g}",
+                    (p["no_mask_recall"], p["alert_precision"]),
+                    textcoords="offset points",
+                    xytext=(-250, 12),
+                    fontsize=7,
+                )
+        fixed_name, fixed_value = next(iter(fixed.items()))
+        axis.set_title(f"{title}\nat {fixed_name.replace('_', ' ')} {fixed_value:g}", fontsize=8)
+        axis.set_xlabel("no-mask recall (faces >= 24 px)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=6, loc="lower left")
+    axes[0].set_ylabel("alert precision (every no-mask decision)")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
