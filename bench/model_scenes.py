@@ -36,6 +36,7 @@ from edge.vision.detector import MultiPassDetector, Res10Net, Settings, create_d
 from models.evaluation import (  # noqa: E402
     SceneRecord,
     SceneRun,
+    chosen_point,
     collect_scenes,
     operating_points,
     scene_report,
@@ -290,6 +291,14 @@ def cross_validation(
             )
         chosen = score_scenes(records, images, *point)
         points = operating_points(records, images)
+        by_rule = chosen_point(points, profile)
+        follows_rule = by_rule is not None and point == (
+            by_rule["threshold"],
+            by_rule["min_face_score"],
+            by_rule["min_no_mask_detector_score"],
+        )
+        if not follows_rule:
+            print(f"{profile}: the defaults {point} are not the rule's choice {by_rule}", file=sys.stderr)
         per_profile[profile] = {
             "threshold": point[0],
             "min_face_score": point[1],
@@ -297,6 +306,8 @@ def cross_validation(
             "photos": images,
             "pooled": summary(chosen),
             "alerts": chosen["alerts"],
+            "rule_choice": by_rule,
+            "defaults_follow_rule": follows_rule,
             "operating_points": points,
             "folds": folds,
         }

@@ -19,7 +19,7 @@ from edge.vision.detector import FaceDetector
 from models.inference import analyse
 from models.scenes import SCENE_CLASSES, load_scenes, match
 from shared.errors import DatasetError, ImageReadError
-from shared.vocabulary import decide, verified
+from shared.vocabulary import Profile, decide, verified
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ PROMISED_FACE_PX = 24
 #: Thresholds of the no-mask decision sweeps in reports (each profile's default among them).
 THRESHOLD_SWEEP = (0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7)
 #: Minimum face scores (1 - p_not_face) of the operating-point sweeps.
-FACE_SCORE_SWEEP = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
+FACE_SCORE_SWEEP = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 #: Detector scores a no-mask verdict needs (:func:`shared.vocabulary.verified`) in the operating-point sweeps.
 DETECTOR_SCORE_SWEEP = (0.0, 0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85)
 
@@ -354,6 +354,32 @@ def _point(records: list[SceneRecord], images: int, threshold: float, face: floa
         "no_mask_recall": decision["recall"],
         "no_mask_precision": decision["precision"],
     } | {k: scored["alerts"][k] for k in ("alert_precision", "false_alerts_per_photo", "alert_recall", "alerts")}
+
+
+#: The rules that choose each profile's operating point among :func:`operating_points` (models/MODEL_CARD.md,
+#: "Operating points"): a box the classifier finds more likely no face than a face never becomes an event, ...
+MIN_CHOSEN_FACE_SCORE = 0.5
+#: ... ``crowd`` (recall first) keeps face recall and no-mask recall at these, ...
+CROWD_MIN_FACE_RECALL, CROWD_MIN_NO_MASK_RECALL = 0.90, 0.85
+#: ... ``near`` (precision first) keeps face recall within this of the best its detector reaches.
+NEAR_FACE_RECALL_SLACK = 0.02
+
+
+def chosen_point(points: list[dict], profile: Profile) -> dict | None:
+    """The operating point the written rule picks for ``profile``: the highest alert precision among the points
+    that keep the profile's recall (ties: more alert recall, then more face recall), or ``None`` if none does."""
+    faces = [p for p in points if p["min_face_score"] >= MIN_CHOSEN_FACE_SCORE]
+    best_recall = max((p["face_recall"] for p in faces), default=0.0)
+    allowed = [
+        p
+        for p in faces
+        if (
+            p["face_recall"] >= CROWD_MIN_FACE_RECALL and p["no_mask_recall"] >= CROWD_MIN_NO_MASK_RECALL
+            if profile == Profile.CROWD
+            else p["face_recall"] >= best_recall - NEAR_FACE_RECALL_SLACK
+        )
+    ]
+    return max(allowed, key=lambda p: (p["alert_precision"], p["alert_recall"], p["face_recall"]), default=None)
 
 
 def evaluate_scenes(

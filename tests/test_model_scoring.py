@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from models.evaluation import PROMISED_FACE_PX, SceneRecord, alerts, operating_points, score_scenes
+from models.evaluation import PROMISED_FACE_PX, SceneRecord, alerts, chosen_point, operating_points, score_scenes
+from shared.vocabulary import Profile
 
 BIG, SMALL = PROMISED_FACE_PX, PROMISED_FACE_PX - 1
 
@@ -63,3 +64,27 @@ def test_operating_points_cover_every_triple() -> None:
     ]
     assert points[1]["alerts"] == 0 and points[1]["alert_precision"] == 0.0
     assert points[6]["alert_precision"] == 1.0  # face score 0.5, detector score 0.7, threshold 0.5
+
+
+def test_the_written_rules_pick_each_profiles_point() -> None:
+    def point(threshold: float, face: float, face_recall: float, no_mask_recall: float, precision: float) -> dict:
+        return {
+            "threshold": threshold,
+            "min_face_score": face,
+            "min_no_mask_detector_score": 0.0,
+            "face_recall": face_recall,
+            "no_mask_recall": no_mask_recall,
+            "alert_precision": precision,
+            "alert_recall": no_mask_recall,
+        }
+
+    points = [
+        point(0.3, 0.0, 0.95, 0.90, 0.99),  # best precision, but a face score under 0.5: never chosen
+        point(0.3, 0.5, 0.93, 0.86, 0.70),
+        point(0.5, 0.5, 0.91, 0.84, 0.90),  # crowd: no-mask recall under 0.85
+        point(0.7, 0.5, 0.89, 0.80, 0.95),  # crowd: face recall under 0.90
+        point(0.4, 0.6, 0.90, 0.85, 0.80),
+    ]
+    assert chosen_point(points, Profile.CROWD) == points[4]
+    assert chosen_point(points, Profile.NEAR) == points[2]  # within 0.02 of the best face recall (0.93) of 0.5+
+    assert chosen_point(points[3:4], Profile.CROWD) is None

@@ -21,7 +21,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from edge.vision.crop import TRAINING_MARGIN
-from edge.vision.detector import create_detector
+from edge.vision.detector import BLAZEFACE_COVER, Settings, create_detector
 from models.training.augment import Augmentation
 from models.training.data import NOT_FACE, Crops, concat, face_mask_crops, scene_crops, train_validation_split
 from models.training.network import FINE_TUNE_FROM, backbone, classifier, head, set_fine_tuning
@@ -35,6 +35,14 @@ CROPS_VERSION = 3
 #: Detector score threshold of the ``near`` detector that cuts the face-mask crops (the committed models' crops
 #: were cut at 0.5), kept apart from the edge's ``near`` operating point.
 FACE_MASK_CROP_THRESHOLD = 0.5
+#: The BlazeFace passes that cut the scene photos' detected-box crops and mine their hard negatives: the ``crowd``
+#: detector of the committed models (the profile has since dropped the full range on 3x3 tiles for speed), kept
+#: apart from the edge's ``crowd`` operating point so that the recipe stays the one measured.
+SCENE_CROP_SETTINGS = Settings(
+    passes=(("full", 1), ("short", 1), ("full", 2), ("short", 2), ("full", 3), ("short", 3)),
+    threshold=0.45,
+    nms_cover=BLAZEFACE_COVER,
+)
 
 
 @dataclass(frozen=True)
@@ -111,7 +119,10 @@ def load_crops(settings: TrainSettings, cache_dir: Path | None = None) -> Crops:
     parts = [face_mask_crops(Path(settings.data), settings.size, detector, settings.limit_per_class)]
     if settings.scenes:
         limit = None if settings.limit_per_class is None else settings.limit_per_class // 4
-        scene_detector = create_detector(Profile.CROWD, settings.detector) if settings.detector else None
+        scene_settings = SCENE_CROP_SETTINGS if settings.detector == "blazeface" else None
+        scene_detector = (
+            create_detector(Profile.CROWD, settings.detector, settings=scene_settings) if settings.detector else None
+        )
         parts.append(
             scene_crops(Path(settings.scenes), settings.size, limit, scene_detector, settings.not_face, settings.seed)
         )
