@@ -126,10 +126,15 @@ def test_redacted_hides_secrets() -> None:
     assert out["broker"]["username"] == "u"
 
 
-def test_edge_threshold_defaults_to_the_profile_s_own() -> None:
+def test_edge_operating_point_defaults_to_the_profile_s_own() -> None:
     from edge.config import EdgeConfig
-    from shared.vocabulary import DEFAULT_THRESHOLDS
+    from shared.vocabulary import Profile
 
-    assert EdgeConfig().decision_threshold() == DEFAULT_THRESHOLDS["near"] == 0.7
-    assert EdgeConfig(profile="crowd").decision_threshold() == DEFAULT_THRESHOLDS["crowd"] == 0.3
+    assert EdgeConfig().profile == Profile.NEAR
+    for profile in Profile:
+        config = EdgeConfig(profile=profile)
+        assert config.decision_threshold() == profile.default_threshold
+        assert config.face_score_threshold() == profile.default_min_face_score
+        assert config.no_mask_detector_score_threshold() == profile.default_min_no_mask_detector_score
     assert EdgeConfig(profile="crowd", threshold=0.6).decision_threshold() == 0.6
+    assert EdgeConfig(profile="crowd", min_no_mask_detector_score=0.1).no_mask_detector_score_threshold() == 0.1

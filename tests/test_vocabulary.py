@@ -16,7 +16,14 @@ from shared.messages import (
     ServoCommand,
     ThresholdCommand,
 )
-from shared.vocabulary import DEFAULT_THRESHOLDS, Profile, check_threshold, decide
+from shared.vocabulary import (
+    DEFAULT_FACE_SCORES,
+    DEFAULT_NO_MASK_DETECTOR_SCORES,
+    DEFAULT_THRESHOLDS,
+    Profile,
+    check_threshold,
+    decide,
+)
 
 
 def test_command_names_sendable_set_and_enum_come_from_the_classes() -> None:
@@ -50,7 +57,10 @@ def test_each_command_declares_its_desired_changes() -> None:
 def test_decision_and_profile_defaults() -> None:
     assert decide(0.5, 0.5) == ("no_mask", 0.5)
     assert decide(0.25, 0.5) == ("mask", 0.75)
-    assert Profile("crowd").default_threshold == DEFAULT_THRESHOLDS[Profile.CROWD] == 0.3
+    for profile in Profile:
+        assert Profile(profile.value).default_threshold == DEFAULT_THRESHOLDS[profile]
+        assert profile.default_min_face_score == DEFAULT_FACE_SCORES[profile]
+        assert profile.default_min_no_mask_detector_score == DEFAULT_NO_MASK_DETECTOR_SCORES[profile]
     assert check_threshold(0.0) == 0.0 and check_threshold(1.0) == 1.0
     for bad in (-0.01, 1.01, float("nan")):
         with pytest.raises(ConfigError, match="between 0 and 1"):
