@@ -357,8 +357,10 @@ def _point(records: list[SceneRecord], images: int, threshold: float, face: floa
 
 
 #: The rules that choose each profile's operating point among :func:`operating_points` (models/MODEL_CARD.md,
-#: "Operating points"): a box the classifier finds more likely no face than a face never becomes an event, ...
-MIN_CHOSEN_FACE_SCORE = 0.5
+#: "Operating points"): the minimum face score stays at 0.5 (a box the classifier finds more likely no face than a
+#: face is no event; a higher one rejects real face crops too, and the no-mask detector score keeps the non-faces
+#: it would catch from alerting), ...
+CHOSEN_FACE_SCORE = 0.5
 #: ... ``crowd`` (recall first) keeps face recall and no-mask recall at these, ...
 CROWD_MIN_FACE_RECALL, CROWD_MIN_NO_MASK_RECALL = 0.90, 0.85
 #: ... ``near`` (precision first) keeps face recall within this of the best its detector reaches.
@@ -368,7 +370,7 @@ NEAR_FACE_RECALL_SLACK = 0.02
 def chosen_point(points: list[dict], profile: Profile) -> dict | None:
     """The operating point the written rule picks for ``profile``: the highest alert precision among the points
     that keep the profile's recall (ties: more alert recall, then more face recall), or ``None`` if none does."""
-    faces = [p for p in points if p["min_face_score"] >= MIN_CHOSEN_FACE_SCORE]
+    faces = [p for p in points if p["min_face_score"] == CHOSEN_FACE_SCORE]
     best_recall = max((p["face_recall"] for p in faces), default=0.0)
     allowed = [
         p

@@ -74,14 +74,14 @@ class Profile(StrEnum):
 
 #: Default no-mask threshold per profile, chosen with :data:`DEFAULT_FACE_SCORES` and
 #: :data:`DEFAULT_NO_MASK_DETECTOR_SCORES` on 5-fold cross-validation by photo over the scene photos, by the rule
-#: written in ``models.evaluation.chosen_point`` (models/MODEL_CARD.md, "Operating points"): face score at least
-#: 0.5; crowd takes the highest alert precision that keeps face recall >= 0.90 and no-mask recall >= 0.85 (its
+#: written in ``models.evaluation.chosen_point`` (models/MODEL_CARD.md, "Operating points"): face score 0.5;
+#: crowd takes the highest alert precision that keeps face recall >= 0.90 and no-mask recall >= 0.85 (its
 #: promise: recall first); near the highest alert precision that keeps face recall within 0.02 of the best its
 #: detector reaches.
 DEFAULT_THRESHOLDS: dict[Profile, float] = {Profile.NEAR: 0.7, Profile.CROWD: 0.25}
 #: Default minimum face score (the classifier's 1 - p_not_face) per profile: detections under it are no face and
 #: never become a decision. Only classifiers with a not-face class score faces.
-DEFAULT_FACE_SCORES: dict[Profile, float] = {Profile.NEAR: 0.5, Profile.CROWD: 0.6}
+DEFAULT_FACE_SCORES: dict[Profile, float] = {Profile.NEAR: 0.5, Profile.CROWD: 0.5}
 #: Default detector score a no-mask verdict needs per profile (:func:`verified`).
 DEFAULT_NO_MASK_DETECTOR_SCORES: dict[Profile, float] = {Profile.NEAR: 0.6, Profile.CROWD: 0.75}
 

@@ -79,12 +79,13 @@ def test_the_written_rules_pick_each_profiles_point() -> None:
         }
 
     points = [
-        point(0.3, 0.0, 0.95, 0.90, 0.99),  # best precision, but a face score under 0.5: never chosen
+        point(0.3, 0.0, 0.95, 0.90, 0.99),  # best precision, but face score 0: never chosen
         point(0.3, 0.5, 0.93, 0.86, 0.70),
         point(0.5, 0.5, 0.91, 0.84, 0.90),  # crowd: no-mask recall under 0.85
         point(0.7, 0.5, 0.89, 0.80, 0.95),  # crowd: face recall under 0.90
-        point(0.4, 0.6, 0.90, 0.85, 0.80),
+        point(0.4, 0.5, 0.90, 0.85, 0.80),
+        point(0.4, 0.6, 0.90, 0.85, 0.85),  # face score 0.6: not a point the rule takes
     ]
     assert chosen_point(points, Profile.CROWD) == points[4]
-    assert chosen_point(points, Profile.NEAR) == points[2]  # within 0.02 of the best face recall (0.93) of 0.5+
+    assert chosen_point(points, Profile.NEAR) == points[2]  # within 0.02 of the best face recall at 0.5 (0.93)
     assert chosen_point(points[3:4], Profile.CROWD) is None

@@ -99,6 +99,8 @@ def load_crops(settings: TrainSettings, cache_dir: Path | None = None) -> Crops:
         settings.limit_per_class,
         TRAINING_MARGIN,
         CROPS_VERSION,
+        FACE_MASK_CROP_THRESHOLD,
+        repr(SCENE_CROP_SETTINGS),
     ]
     if settings.not_face:
         key_parts += ["not_face", settings.seed]
