@@ -20,7 +20,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, astuple
+from dataclasses import asdict, astuple, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -236,6 +236,9 @@ def cached_run(cache: Path | None, key: str, make: Callable[[], SceneRun]) -> Sc
     """The run stored under ``key`` in the JSON file ``cache``, or ``make()`` (then stored there): operating
     points can be re-scored without running the models again."""
     stored = json.loads(cache.read_text()) if cache is not None and cache.is_file() else {}
+    if key in stored and any(len(r) != len(fields(SceneRecord)) for r in stored[key]["records"]):
+        print(f"{cache}: {key} was stored by an older version (other record fields): run again", file=sys.stderr)
+        del stored[key]
     if key in stored:
         run = stored[key]
         return SceneRun(
