@@ -278,8 +278,7 @@ def cross_validation(
 ) -> int:
     """Both profiles, each fold's classifier on the photos of its fold; every record pooled over the folds and
     scored at every operating point (no-mask threshold x minimum face score x detector score a no-mask verdict
-    needs); with ``curves`` they are drawn
-    to ``models/operating_points_<profile>.png``."""
+    needs); with ``curves`` they are drawn to ``models/operating_points_<profile>.png``."""
     per_profile: dict[str, dict] = {}
     for profile in Profile:
         point = operating_point(profile)

@@ -38,7 +38,7 @@ from edge.vision.tracker import Change, Observation, Tracker
 from shared.errors import SnapshotError
 from shared.messages import Event, TrackInfo, utc_now
 from shared.topics import NodeTopics
-from shared.vocabulary import decide, verified
+from shared.vocabulary import accepted, decide
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class Pipeline:
         """Detect the faces of one image and classify them in one batch; drop those the classifier says are
         no face (face score under the config's :meth:`~edge.config.EdgeConfig.face_score_threshold`) and the
         no-mask verdicts (at ``threshold``) on detections too weak to verify them
-        (:meth:`~edge.config.EdgeConfig.no_mask_detector_score_threshold`, :func:`~shared.vocabulary.verified`).
+        (:meth:`~edge.config.EdgeConfig.no_mask_detector_score_threshold`; :func:`~shared.vocabulary.accepted`).
 
         With ``tracked``, faces the tracker says may reuse their track's probability are not classified.
         """
@@ -153,7 +153,7 @@ class Pipeline:
         return [
             Observation(f.box, p, f.score, face)
             for f, p, face in zip(faces, probs, face_scores, strict=True)
-            if (face is None or face >= minimum) and (p is None or verified(p, f.score, threshold, weakest))
+            if accepted(p, face, f.score, threshold, minimum, weakest)
         ]
 
     def process(self, frame: Frame) -> list[Event]:

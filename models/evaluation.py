@@ -19,7 +19,7 @@ from edge.vision.detector import FaceDetector
 from models.inference import analyse
 from models.scenes import SCENE_CLASSES, load_scenes, match
 from shared.errors import DatasetError, ImageReadError
-from shared.vocabulary import Profile, decide, verified
+from shared.vocabulary import Profile, accepted, decide
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +146,10 @@ class SceneRecord:
     detector_score: float = 0.0
 
     def kept(self, threshold: float, min_face_score: float, min_no_mask_detector_score: float = 0.0) -> bool:
-        """Whether the pipeline makes a decision on this record at an operating point: detected, a face by the
-        classifier, and :func:`~shared.vocabulary.verified`."""
-        return (
-            self.detected
-            and self.face_score >= min_face_score
-            and verified(self.p_no_mask, self.detector_score, threshold, min_no_mask_detector_score)
+        """Whether the pipeline makes a decision on this record at an operating point: detected and
+        :func:`~shared.vocabulary.accepted`."""
+        return self.detected and accepted(
+            self.p_no_mask, self.face_score, self.detector_score, threshold, min_face_score, min_no_mask_detector_score
         )
 
 
@@ -302,17 +300,13 @@ def score_scenes(
         }
         for label in SCENE_CLASSES
     }
-    promised = [r for r in records if r.label is not None and r.size >= PROMISED_FACE_PX]
+    promised = [k for r, k in zip(records, kept, strict=True) if r.label is not None and r.size >= PROMISED_FACE_PX]
     return {
         "images": images,
         "faces": sum(v[0] for (_, b), v in found.items() if b == "all"),
         "detections": detections,
         "precision": round(matched / detections, 4) if detections else 0.0,
-        "face_recall": round(
-            sum(r.kept(threshold, min_face_score, min_no_mask_detector_score) for r in promised) / len(promised), 4
-        )
-        if promised
-        else 0.0,
+        "face_recall": round(sum(promised) / len(promised), 4) if promised else 0.0,
         "recall": recall,
         "no_mask_decision": {
             "all": _decision(decisions, 0),

@@ -11,7 +11,7 @@ import numpy as np
 from edge.vision.classifier import CropScores, MaskClassifier
 from edge.vision.crop import crop_face
 from edge.vision.detector import FaceDetector
-from shared.vocabulary import decide, verified
+from shared.vocabulary import accepted, decide
 
 #: Box colours of the seed's on-screen indicator (BGR): blue for a mask, red for no mask.
 COLOURS = {"mask": (255, 0, 0), "no_mask": (0, 0, 255)}
@@ -58,7 +58,7 @@ def analyse(
 ) -> ImageResult:
     """Detect every face in a BGR frame and classify each crop in one batch; detections whose face score is
     under ``min_face_score`` (the classifier says they are no face), and no-mask verdicts on detections weaker
-    than ``min_no_mask_detector_score`` (:func:`~shared.vocabulary.verified`), are dropped."""
+    than ``min_no_mask_detector_score``, are dropped (:func:`~shared.vocabulary.accepted`)."""
     start = time.perf_counter()
     faces = detector.detect(frame_bgr)
     detected = time.perf_counter()
@@ -67,8 +67,8 @@ def analyse(
     done = time.perf_counter()
     results = []
     for face, p_no_mask, face_score in zip(faces, scores.p_no_mask, scores.face_score, strict=True):
-        if face_score < min_face_score or not verified(
-            float(p_no_mask), face.score, threshold, min_no_mask_detector_score
+        if not accepted(
+            float(p_no_mask), float(face_score), face.score, threshold, min_face_score, min_no_mask_detector_score
         ):
             continue
         label, score = decide(float(p_no_mask), threshold)

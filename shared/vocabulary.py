@@ -130,6 +130,27 @@ def verified(p_no_mask: float, detector_score: float, threshold: float, min_no_m
     return p_no_mask < threshold or detector_score >= min_no_mask_detector_score
 
 
+def accepted(
+    p_no_mask: float | None,
+    face_score: float | None,
+    detector_score: float,
+    threshold: float,
+    min_face_score: float,
+    min_no_mask_detector_score: float,
+) -> bool:
+    """Whether a detection becomes a decision at an operating point: a face by the classifier (``face_score`` at
+    least ``min_face_score``; ``None``: the classifier scores no faces) and :func:`verified` (``p_no_mask``
+    ``None``: not classified this time, nothing to verify).
+
+    >>> accepted(0.9, 0.8, 0.95, 0.3, 0.5, 0.7), accepted(0.9, 0.4, 0.95, 0.3, 0.5, 0.7)
+    (True, False)
+    >>> accepted(None, None, 0.2, 0.3, 0.5, 0.7)  # not classified this frame, no face scores: kept
+    True
+    """
+    is_face = face_score is None or face_score >= min_face_score
+    return is_face and (p_no_mask is None or verified(p_no_mask, detector_score, threshold, min_no_mask_detector_score))
+
+
 def decide(p_no_mask: float, threshold: float) -> Decision:
     """The contract's decision: ``no_mask`` if ``p_no_mask >= threshold``, else ``mask``, with the label's score."""
     label: Label = "no_mask" if p_no_mask >= threshold else "mask"
