@@ -23,6 +23,7 @@ from shared.vocabulary import (
     SERVO_RANGE_DEG,
     Probability,
     Profile,
+    ServoAngle,
     ServoMode,
     Threshold,
     describe_default_thresholds,
@@ -90,9 +91,9 @@ class ServoConfig(StrictModel):
     step_s: float = Field(0.02, gt=0, le=1, description="control period (one small step per period)")
     detach_idle_s: float = Field(1.0, ge=0, description="detach after this long without a move (0: never)")
     mode: ServoMode = Field(ServoMode.SWEEP, description="mode at start")
-    start_deg: float = 0.0
-    sweep_min_deg: float | None = Field(None, description="default: min_deg")
-    sweep_max_deg: float | None = Field(None, description="default: max_deg")
+    start_deg: ServoAngle = 0.0
+    sweep_min_deg: ServoAngle | None = Field(None, description="default: min_deg")
+    sweep_max_deg: ServoAngle | None = Field(None, description="default: max_deg")
     sweep_step_deg: float = Field(15.0, gt=0, le=90)
     dwell_s: float = Field(0.5, ge=0, le=60, description="pause at each sweep step")
     face_hold_s: float = Field(1.5, ge=0, description="sweep resumes this long after the last face")

@@ -44,6 +44,7 @@ from shared.cli import (
     node_list,
     positive_int,
     seconds,
+    servo_angle,
     site_id,
 )
 from shared.config import load_config, merge, parse_host_port, parse_set_options
@@ -222,7 +223,13 @@ def _add_servo(subparsers: argparse._SubParsersAction) -> None:
     )
     _command_options(parser)
     target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--angle", type=finite_float, metavar="DEG", help="go to this angle (mode becomes hold)")
+    low, high = SERVO_RANGE_DEG
+    target.add_argument(
+        "--angle",
+        type=servo_angle,
+        metavar="DEG",
+        help=f"go to this angle, {low:g}..{high:g} degrees, clamped to the node's limits (mode becomes hold)",
+    )
     target.add_argument("--mode", choices=[mode.value for mode in ServoMode], help="servo mode")
     parser.set_defaults(handler=run_servo)
 
@@ -320,7 +327,7 @@ def _add_schedule(subparsers: argparse._SubParsersAction) -> None:
     low, high = SERVO_RANGE_DEG
     parser.add_argument(
         "--park-deg",
-        type=finite_float,
+        type=servo_angle,
         metavar="DEG",
         help=f"where the servo is parked, {low:g}..{high:g} degrees, clamped to the node's limits (default 0)",
     )

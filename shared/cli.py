@@ -22,7 +22,7 @@ from shared import __version__
 from shared.config import parse_host_port, split_set_option
 from shared.errors import ConfigError, MaskwatchError, MissingExtraError
 from shared.topics import validate_id
-from shared.vocabulary import check_threshold
+from shared.vocabulary import SERVO_RANGE_DEG, check_threshold
 
 T = TypeVar("T")
 
@@ -60,6 +60,16 @@ def finite_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def servo_angle(text: str) -> float:
+    """An argparse type: a finite angle within :data:`~shared.vocabulary.SERVO_RANGE_DEG` degrees (else a usage
+    error, exit 2); a node clamps it to its own limits."""
+    value = finite_float(text)
+    low, high = SERVO_RANGE_DEG
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"expected an angle from {low:g} to {high:g} degrees, got {text}")
     return value
 
 

@@ -41,7 +41,7 @@ from shared.errors import ContractError
 from shared.model_transfer import MAX_MODEL_BYTES
 from shared.schedule import Schedule, ScheduleStatus
 from shared.topics import EVENT_ID_PATTERN, ID_PATTERN, SHA256_PATTERN
-from shared.vocabulary import Label, Probability, Profile, ServoMode
+from shared.vocabulary import Label, Probability, Profile, ServoMode, StrictServoAngle
 
 SCHEMA_VERSION: Final = 1
 #: Payloads larger than this are rejected before JSON decoding (snapshots excepted).
@@ -157,7 +157,7 @@ class Event(Message):
         "(1 - p_not_face; absent from nodes whose classifier has no not-a-face class)",
     )
     box: tuple[Int32, Int32, Int32, Int32] = Field(description="[x, y, w, h] in frame pixels")
-    angle: StrictFloat | None = Field(None, ge=-360, le=360, allow_inf_nan=False, description="servo angle, degrees")
+    angle: StrictServoAngle | None = Field(None, description="servo angle, degrees")
     frame: Count64 | Annotated[str, Field(max_length=256)] | None = Field(
         None, description="frame index, or file name for an image folder"
     )
@@ -193,10 +193,10 @@ class ServoState(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    angle: StrictFloat | None = Field(None, description="current angle in degrees; null (or absent) when detached")
+    angle: StrictServoAngle | None = Field(None, description="current angle in degrees; null (or absent) when detached")
     mode: ServoMode
-    min_deg: StrictFloat
-    max_deg: StrictFloat
+    min_deg: StrictServoAngle
+    max_deg: StrictServoAngle
 
 
 class ScheduleState(BaseModel):
@@ -302,10 +302,10 @@ class ServoCommand(Command):
 
     name: ClassVar[str] = "servo"
 
-    angle: StrictFloat | None = Field(None, allow_inf_nan=False, description="degrees; clamped to the limits")
+    angle: StrictServoAngle | None = Field(None, description="degrees; clamped to the node's limits")
     mode: ServoMode | None = None
-    sweep_min_deg: StrictFloat | None = Field(None, allow_inf_nan=False)
-    sweep_max_deg: StrictFloat | None = Field(None, allow_inf_nan=False)
+    sweep_min_deg: StrictServoAngle | None = None
+    sweep_max_deg: StrictServoAngle | None = None
     sweep_step_deg: StrictFloat | None = Field(None, gt=0, le=90, allow_inf_nan=False)
     dwell_s: StrictFloat | None = Field(None, ge=0, le=60, allow_inf_nan=False)
 
@@ -443,7 +443,7 @@ class DesiredConfig(Message):
 
     threshold: StrictProbability | None = None
     servo_mode: ServoMode | None = None
-    servo_angle: StrictFloat | None = Field(None, allow_inf_nan=False)
+    servo_angle: StrictServoAngle | None = None
     detect: StrictBool | None = None
     schedule: Schedule | None = None
 

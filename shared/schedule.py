@@ -31,9 +31,9 @@ from functools import cached_property
 from typing import Annotated, Literal, NamedTuple, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from shared.vocabulary import ServoAngle
+from shared.vocabulary import StrictServoAngle
 
 #: A day of the week, as a window names it.
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -178,7 +178,7 @@ class Schedule(BaseModel):
     detect: Windows | None = Field(None, description="detection runs only in these windows (absent: always)")
     open: Windows | None = Field(None, description="opening hours: outside them the servo is parked (absent: always)")
     quiet: Windows = Field((), description="quiet hours: events are marked quiet and raise no alert")
-    park_deg: Annotated[ServoAngle, Strict()] = Field(
+    park_deg: StrictServoAngle = Field(
         0.0, description="where the servo is parked, degrees (clamped to the node's limits)"
     )
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal, NamedTuple
 
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import Field, Strict, TypeAdapter, ValidationError
 
 from shared.errors import ConfigError
 
@@ -38,6 +38,8 @@ _THRESHOLD = TypeAdapter(Threshold)
 SERVO_RANGE_DEG = (-180.0, 180.0)
 #: An angle within :data:`SERVO_RANGE_DEG`, degrees (a node clamps it to its own limits).
 ServoAngle = Annotated[float, Field(ge=SERVO_RANGE_DEG[0], le=SERVO_RANGE_DEG[1], allow_inf_nan=False)]
+#: A :data:`ServoAngle` as it travels in a message: a JSON number, never a boolean or a string.
+StrictServoAngle = Annotated[ServoAngle, Strict()]
 
 
 class ServoMode(StrEnum):

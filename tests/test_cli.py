@@ -41,6 +41,8 @@ def test_unrelated_import_error_not_masked() -> None:
     [
         ["servo", "--site", "hq", "--node", "door-1", "--angle", "nan"],
         ["servo", "--site", "hq", "--node", "door-1", "--angle", "inf"],
+        ["servo", "--site", "hq", "--node", "door-1", "--angle", "1e308"],
+        ["schedule", "--site", "hq", "--node", "door-1", "--timezone", "UTC", "--park-deg", "-181"],
         ["threshold", "--site", "hq", "--node", "door-1", "nan"],
         ["threshold", "--site", "hq", "--node", "door-1", "0.5", "--timeout", "-1"],
         ["alerts", "--count", "-1"],

@@ -146,7 +146,7 @@ def test_retained_desired_config_is_applied_on_connect(
     assert hub.wait_connected(5)
     topics = NodeTopics(cfg.site, cfg.node)
     hub.publish(
-        topics.desired, DesiredConfig(threshold=0.8, servo_mode="hold", servo_angle=200).to_json(), qos=1, retain=True
+        topics.desired, DesiredConfig(threshold=0.8, servo_mode="hold", servo_angle=170).to_json(), qos=1, retain=True
     ).wait_for_publish(5)
     try:
         with running_node(cfg, mock_pins, models, broker_config) as (app, _listener):

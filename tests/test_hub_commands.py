@@ -138,6 +138,9 @@ def test_api_commands_to_one_node_and_to_a_site(broker_config: BrokerConfig, tmp
         assert absent.status_code == 504
         bad = httpx.post(f"{base}/api/nodes/{site}/a/commands/threshold", json={"value": 7}, timeout=10)
         assert bad.status_code == 422
+        for params in ({"angle": 1e308}, {"angle": -181}, {"mode": "sweep", "sweep_max_deg": 1000}):
+            refused = httpx.post(f"{base}/api/nodes/{site}/a/commands/servo", json=params, timeout=10)
+            assert refused.status_code == 422 and "180" in refused.json()["detail"], refused.text
         rows = audit(store)
         assert [(r.node, r.name, r.status) for r in rows] == [
             ("a", "servo", "ok"),

@@ -22,6 +22,7 @@ from shared.messages import (
     export_schemas,
     parse,
 )
+from shared.vocabulary import SERVO_RANGE_DEG
 
 EVENT: dict[str, Any] = {
     "v": 1,
@@ -105,6 +106,24 @@ def test_servo_command_rules() -> None:
     with pytest.raises(ContractError) as info:
         parse(ServoCommand, b'{"angle": 3}')
     assert info.value.field == "request_id"
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        (b'{"request_id": "r1", "angle": 1e308}', "angle"),
+        (b'{"request_id": "r1", "angle": 180.5}', "angle"),
+        (b'{"request_id": "r1", "mode": "sweep", "sweep_min_deg": -500}', "sweep_min_deg"),
+        (b'{"request_id": "r1", "mode": "sweep", "sweep_max_deg": "90"}', "sweep_max_deg"),
+    ],
+)
+def test_servo_angles_outside_the_servo_range_are_refused_not_clamped(payload: bytes, field: str) -> None:
+    """An angle beyond SERVO_RANGE_DEG is a mistake (a typo, a unit mix-up): refused with the range named, while
+    one within it but beyond a node's own limits is still clamped by that node."""
+    with pytest.raises(ContractError) as info:
+        parse(ServoCommand, payload)
+    assert info.value.field == field
+    assert parse(ServoCommand, b'{"request_id": "r1", "angle": -180}').angle == SERVO_RANGE_DEG[0]
 
 
 @pytest.mark.parametrize(
