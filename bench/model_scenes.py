@@ -42,15 +42,10 @@ from models.evaluation import (  # noqa: E402
     scene_report,
     score_scenes,
 )
+from models.inference import UNFILTERED  # noqa: E402
 from models.training.plots import plot_operating_points  # noqa: E402
-from shared.vocabulary import (  # noqa: E402
-    DEFAULT_FACE_SCORES,
-    DEFAULT_NO_MASK_DETECTOR_SCORES,
-    DEFAULT_THRESHOLDS,
-    Profile,
-)
+from shared.vocabulary import OperatingPoint, Profile  # noqa: E402
 
-CROWD_THRESHOLD = Profile.CROWD.default_threshold
 MODELS = HERE.parent / "models"
 SHARED = Path(os.environ.get("MASKWATCH_SHARED", HERE.parents[1] / "shared"))
 
@@ -183,7 +178,7 @@ def main() -> int:
             profile,
             lambda p=profile: collect_scenes(args.scenes, classifier, create_detector(p, num_threads=2)),
         )  # type: ignore[arg-type]
-        runs[profile] = scene_report(run, *operating_point(profile))
+        runs[profile] = scene_report(run, profile.default_point)
     seed = scene_report(
         cached_run(
             args.cache,
@@ -192,7 +187,7 @@ def main() -> int:
                 args.scenes, SeedClassifier(args.weights / "face_mask_detector.model"), seed_detector()
             ),
         ),  # type: ignore[arg-type]
-        0.5,
+        UNFILTERED,
     )
     figures = {f"crowd_{k}": v for k, v in summary(runs["crowd"]).items()}
     figures |= {f"near_{k}": v for k, v in summary(runs["near"]).items()}
@@ -225,11 +220,6 @@ def main() -> int:
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps({"figures": figures, "baseline": baseline, "ratios": ratios}, indent=2))
     return 0
-
-
-def operating_point(profile: Profile) -> tuple[float, float, float]:
-    """A profile's (no-mask threshold, minimum face score, detector score a no-mask verdict needs)."""
-    return DEFAULT_THRESHOLDS[profile], DEFAULT_FACE_SCORES[profile], DEFAULT_NO_MASK_DETECTOR_SCORES[profile]
 
 
 def cached_run(cache: Path | None, key: str, make: Callable[[], SceneRun]) -> SceneRun:
@@ -281,7 +271,7 @@ def cross_validation(
     needs); with ``curves`` they are drawn to ``models/operating_points_<profile>.png``."""
     per_profile: dict[str, dict] = {}
     for profile in Profile:
-        point = operating_point(profile)
+        point = profile.default_point
         records: list[SceneRecord] = []
         folds, images = [], 0
         for fold, run in enumerate(fold_runs(folder, models, seed, profile, cache)):
@@ -289,22 +279,16 @@ def cross_validation(
             images += run.images
             folds.append(
                 {"fold": fold, "photos": run.images, "model": run.model}
-                | summary(score_scenes(run.records, run.images, *point))
+                | summary(score_scenes(run.records, run.images, point))
             )
-        chosen = score_scenes(records, images, *point)
+        chosen = score_scenes(records, images, point)
         points = operating_points(records, images)
         by_rule = chosen_point(points, profile)
-        follows_rule = by_rule is not None and point == (
-            by_rule["threshold"],
-            by_rule["min_face_score"],
-            by_rule["min_no_mask_detector_score"],
-        )
+        follows_rule = by_rule is not None and point == OperatingPoint.of(by_rule)
         if not follows_rule:
             print(f"{profile}: the defaults {point} are not the rule's choice {by_rule}", file=sys.stderr)
         per_profile[profile] = {
-            "threshold": point[0],
-            "min_face_score": point[1],
-            "min_no_mask_detector_score": point[2],
+            **point._asdict(),
             "photos": images,
             "pooled": summary(chosen),
             "alerts": chosen["alerts"],

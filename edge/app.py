@@ -126,7 +126,7 @@ class EdgeApp:
         self.runtime = NodeRuntime(
             site=cfg.site,
             node=cfg.node,
-            threshold=cfg.decision_threshold(),
+            threshold=cfg.operating_point().threshold,
             detect=cfg.detect,
             model=self._classifier.version,
             model_sha256=getattr(self._classifier, "sha256", None),

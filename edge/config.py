@@ -18,15 +18,13 @@ from pydantic import Field, model_validator
 from shared.config import BrokerConfig, Identifier, StrictModel, load_config, parse_host_port
 from shared.schedule import Schedule
 from shared.vocabulary import (
-    DEFAULT_FACE_SCORES,
-    DEFAULT_NO_MASK_DETECTOR_SCORES,
     SERVO_RANGE_DEG,
+    OperatingPoint,
     Probability,
     Profile,
     ServoAngle,
     ServoMode,
     Threshold,
-    describe_default_thresholds,
     describe_profile_defaults,
 )
 
@@ -203,19 +201,19 @@ class EdgeConfig(StrictModel):
     threshold: Threshold | None = Field(
         None,
         description="no-mask probability at or above which: no_mask "
-        f"(default: the profile's, {describe_default_thresholds()})",
+        f"(default: the profile's, {describe_profile_defaults('threshold')})",
     )
     min_face_score: Probability | None = Field(
         None,
         description="face score (1 - the classifier's "
         "not-face probability) under which a detection is dropped (default: "
-        f"the profile's, {describe_profile_defaults(DEFAULT_FACE_SCORES)})",
+        f"the profile's, {describe_profile_defaults('min_face_score')})",
     )
     min_no_mask_detector_score: Probability | None = Field(
         None,
         description="detector score a no-mask verdict needs; a weaker detection that the classifier calls no mask "
         "is dropped as unverified, most often no face or a masked face seen badly (default: the profile's, "
-        f"{describe_profile_defaults(DEFAULT_NO_MASK_DETECTOR_SCORES)})",
+        f"{describe_profile_defaults('min_no_mask_detector_score')})",
     )
     detect: bool = Field(True, description="inference running at start")
     schedule: Schedule | None = Field(
@@ -241,20 +239,12 @@ class EdgeConfig(StrictModel):
             parse_host_port(self.preview.bind, 8090)
         return self
 
-    def decision_threshold(self) -> float:
-        """``threshold``, or the profile's default (:attr:`Profile.default_threshold`) when it is not set."""
-        return self.profile.default_threshold if self.threshold is None else self.threshold
-
-    def face_score_threshold(self) -> float:
-        """``min_face_score``, or the profile's default (:attr:`Profile.default_min_face_score`) when it is not set."""
-        return self.profile.default_min_face_score if self.min_face_score is None else self.min_face_score
-
-    def no_mask_detector_score_threshold(self) -> float:
-        """``min_no_mask_detector_score``, or the profile's default
-        (:attr:`Profile.default_min_no_mask_detector_score`) when it is not set."""
-        if self.min_no_mask_detector_score is None:
-            return self.profile.default_min_no_mask_detector_score
-        return self.min_no_mask_detector_score
+    def operating_point(self) -> OperatingPoint:
+        """The profile's default operating point (:attr:`Profile.default_point`) with the settings this config
+        gives (``threshold``, ``min_face_score``, ``min_no_mask_detector_score``) in place of its own."""
+        return self.profile.default_point.with_settings(
+            self.threshold, self.min_face_score, self.min_no_mask_detector_score
+        )
 
     def outbox_path(self) -> Path:
         """The outbox file, defaulting to one per site/node under ~/.local/state/maskwatch."""

@@ -38,7 +38,7 @@ from edge.vision.tracker import Change, Observation, Tracker
 from shared.errors import SnapshotError
 from shared.messages import Event, TrackInfo, utc_now
 from shared.topics import NodeTopics
-from shared.vocabulary import accepted, decide
+from shared.vocabulary import decide
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +124,10 @@ class Pipeline:
     # -- per frame -------------------------------------------------------------
 
     def observe(self, image: np.ndarray, threshold: float, tracked: bool = False) -> list[Observation]:
-        """Detect the faces of one image and classify them in one batch; drop those the classifier says are
-        no face (face score under the config's :meth:`~edge.config.EdgeConfig.face_score_threshold`) and the
-        no-mask verdicts (at ``threshold``) on detections too weak to verify them
-        (:meth:`~edge.config.EdgeConfig.no_mask_detector_score_threshold`; :func:`~shared.vocabulary.accepted`).
+        """Detect the faces of one image and classify them in one batch; keep those the config's operating point
+        (:meth:`~edge.config.EdgeConfig.operating_point`) at the run-time ``threshold`` accepts
+        (:meth:`~shared.vocabulary.OperatingPoint.accepts`): not those the classifier says are no face, nor the
+        no-mask verdicts on detections too weak to verify them.
 
         With ``tracked``, faces the tracker says may reuse their track's probability are not classified.
         """
@@ -148,12 +148,11 @@ class Pipeline:
                 for i, p, face_score in zip(todo, scores.p_no_mask, scores.face_score, strict=True):
                     probs[i] = float(p)
                     face_scores[i] = float(face_score) if classifier.verifies_faces else None
-        minimum = self.config.face_score_threshold()
-        weakest = self.config.no_mask_detector_score_threshold()
+        point = self.config.operating_point().with_settings(threshold=threshold)
         return [
             Observation(f.box, p, f.score, face)
             for f, p, face in zip(faces, probs, face_scores, strict=True)
-            if accepted(p, face, f.score, threshold, minimum, weakest)
+            if point.accepts(p, face, f.score)
         ]
 
     def process(self, frame: Frame) -> list[Event]:

@@ -21,13 +21,7 @@ from shared.cli import (
     seconds,
 )
 from shared.errors import ImageReadError
-from shared.vocabulary import (
-    DEFAULT_FACE_SCORES,
-    DEFAULT_NO_MASK_DETECTOR_SCORES,
-    Profile,
-    describe_default_thresholds,
-    describe_profile_defaults,
-)
+from shared.vocabulary import OperatingPoint, Profile, describe_profile_defaults
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -189,19 +183,19 @@ def add_inference_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threshold",
         type=probability,
-        help=f"no-mask decision threshold 0..1 (default: the profile's, {describe_default_thresholds()})",
+        help=f"no-mask decision threshold 0..1 (default: the profile's, {describe_profile_defaults('threshold')})",
     )
     parser.add_argument(
         "--min-face-score",
         type=probability,
         help="face score 0..1 (the classifier's 1 - p_not_face) under which a detection is no face "
-        f"(default: the profile's, {describe_profile_defaults(DEFAULT_FACE_SCORES)})",
+        f"(default: the profile's, {describe_profile_defaults('min_face_score')})",
     )
     parser.add_argument(
         "--min-no-mask-detector-score",
         type=probability,
         help="detector score 0..1 a no-mask verdict needs; a weaker no-mask detection is dropped as unverified "
-        f"(default: the profile's, {describe_profile_defaults(DEFAULT_NO_MASK_DETECTOR_SCORES)})",
+        f"(default: the profile's, {describe_profile_defaults('min_no_mask_detector_score')})",
     )
     parser.add_argument(
         "--profile",
@@ -267,21 +261,11 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _threshold(args: argparse.Namespace) -> float:
-    """``--threshold`` (checked by argparse), or the ``--profile``'s default."""
-    return Profile(args.profile).default_threshold if args.threshold is None else float(args.threshold)
-
-
-def _min_face_score(args: argparse.Namespace) -> float:
-    """``--min-face-score`` (checked by argparse), or the ``--profile``'s default."""
-    return Profile(args.profile).default_min_face_score if args.min_face_score is None else float(args.min_face_score)
-
-
-def _min_no_mask_detector_score(args: argparse.Namespace) -> float:
-    """``--min-no-mask-detector-score`` (checked by argparse), or the ``--profile``'s default."""
-    if args.min_no_mask_detector_score is None:
-        return Profile(args.profile).default_min_no_mask_detector_score
-    return float(args.min_no_mask_detector_score)
+def _operating_point(args: argparse.Namespace) -> OperatingPoint:
+    """The ``--profile``'s default operating point with the settings given as options (checked by argparse)."""
+    return Profile(args.profile).default_point.with_settings(
+        args.threshold, args.min_face_score, args.min_no_mask_detector_score
+    )
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -289,24 +273,16 @@ def run_eval(args: argparse.Namespace) -> int:
     from edge.vision.detector import create_detector
     from models.evaluation import check_folder, evaluate_folder, evaluate_scenes
 
-    threshold, min_face_score = _threshold(args), _min_face_score(args)
+    point = _operating_point(args)
     folder = check_folder(args.dir)
     classifier = MaskClassifier(args.model, args.threads)
     if args.scenes:
         result = evaluate_scenes(
-            folder,
-            classifier,
-            create_detector(args.profile, args.detector, args.threads),
-            threshold,
-            args.min_iou,
-            min_face_score=min_face_score,
-            min_no_mask_detector_score=_min_no_mask_detector_score(args),
+            folder, classifier, create_detector(args.profile, args.detector, args.threads), point, args.min_iou
         )
     else:
         detector = create_detector(args.profile, args.detector, args.threads) if args.detect else None
-        result = evaluate_folder(
-            folder, classifier, detector, threshold, min_face_score, _min_no_mask_detector_score(args)
-        )
+        result = evaluate_folder(folder, classifier, detector, point)
     if args.json:
         print(json.dumps(result))
     elif args.scenes:
@@ -352,7 +328,7 @@ def run_detect(args: argparse.Namespace) -> int:
     from edge.vision.detector import create_detector
     from models.inference import analyse, annotate
 
-    threshold = _threshold(args)
+    point = _operating_point(args)
     images: list[Path] = []
     for path in args.paths:
         images += list_images(path) if path.is_dir() else [path]  # argparse checked that it exists
@@ -370,9 +346,7 @@ def run_detect(args: argparse.Namespace) -> int:
             print(f"maskwatch detect: {exc}", file=sys.stderr)
             failures = True
             continue
-        result = analyse(
-            frame, detector, classifier, threshold, _min_face_score(args), _min_no_mask_detector_score(args)
-        )
+        result = analyse(frame, detector, classifier, point)
         if args.json:
             print(
                 json.dumps({"image": str(path), "faces": [f.to_json() for f in result.faces], "ms": result.ms}),

@@ -16,10 +16,10 @@ import numpy as np
 from edge.capture.images import list_images, read_image
 from edge.vision.classifier import MaskClassifier
 from edge.vision.detector import FaceDetector
-from models.inference import analyse
+from models.inference import UNFILTERED, analyse
 from models.scenes import SCENE_CLASSES, load_scenes, match
 from shared.errors import DatasetError, ImageReadError
-from shared.vocabulary import Profile, accepted, decide
+from shared.vocabulary import OperatingPoint, Profile, decide
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,8 @@ PROMISED_FACE_PX = 24
 THRESHOLD_SWEEP = (0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7)
 #: Minimum face scores (1 - p_not_face) of the operating-point sweeps.
 FACE_SCORE_SWEEP = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
-#: Detector scores a no-mask verdict needs (:func:`shared.vocabulary.verified`) in the operating-point sweeps.
+#: Detector scores a no-mask verdict needs (:meth:`shared.vocabulary.OperatingPoint.verified`) in the
+#: operating-point sweeps.
 DETECTOR_SCORE_SWEEP = (0.0, 0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85)
 
 
@@ -55,17 +56,15 @@ def evaluate_folder(
     folder: Path,
     classifier: MaskClassifier,
     detector: FaceDetector | None = None,
-    threshold: float = 0.5,
-    min_face_score: float = 0.0,
-    min_no_mask_detector_score: float = 0.0,
+    point: OperatingPoint = UNFILTERED,
 ) -> dict:
-    """Accuracy on ``folder/with_mask`` and ``folder/without_mask``.
+    """Accuracy on ``folder/with_mask`` and ``folder/without_mask`` at an operating point.
 
     Without a detector each image is one face crop. With one, the largest detected face is classified;
-    an image without a face (or whose no-mask verdicts are all on detections weaker than
-    ``min_no_mask_detector_score``) counts as wrong and as ``no_face``. A crop whose face score is under
-    ``min_face_score`` gets no decision: wrong, counted as ``not_face``. Unreadable images are logged and
-    skipped.
+    an image without a face (or whose no-mask verdicts are all on detections weaker than the point's
+    ``min_no_mask_detector_score``) counts as wrong and as ``no_face``. A crop whose face score is under the
+    point's ``min_face_score`` gets no decision: wrong, counted as ``not_face``. Unreadable images are logged
+    and skipped.
 
     :raises DatasetError: a class folder is missing, or there is no image at all.
     """
@@ -88,17 +87,17 @@ def evaluate_folder(
         start = time.perf_counter()
         if detector is None:
             scores = classifier.scores([frame])
-            if scores.face_score[0] < min_face_score:
+            if scores.face_score[0] < point.min_face_score:
                 guess, not_face = "not_face", not_face + 1
             else:
-                guess = decide(float(scores.p_no_mask[0]), threshold).label
+                guess = decide(float(scores.p_no_mask[0]), point.threshold).label
         else:
-            faces = analyse(frame, detector, classifier, threshold, 0.0, min_no_mask_detector_score).faces
+            faces = analyse(frame, detector, classifier, point._replace(min_face_score=0.0)).faces
             if not faces:
                 guess, no_face = "no_face", no_face + 1
             else:
                 largest = max(faces, key=lambda f: f.box[2] * f.box[3])
-                if largest.face_score < min_face_score:
+                if largest.face_score < point.min_face_score:
                     guess, not_face = "not_face", not_face + 1
                 else:
                     guess = largest.label
@@ -116,8 +115,7 @@ def evaluate_folder(
         "per_class": {name: _precision_recall(truth, guessed, name) for name in ("mask", "no_mask")},
         "no_face": no_face,
         "not_face": not_face,
-        "min_face_score": min_face_score,
-        "min_no_mask_detector_score": min_no_mask_detector_score,
+        **point._asdict(),
         "ms_per_image": round(1000 * spent / len(truth), 2),
         "model": classifier.version,
     }
@@ -145,12 +143,10 @@ class SceneRecord:
     face_score: float = 0.0
     detector_score: float = 0.0
 
-    def kept(self, threshold: float, min_face_score: float, min_no_mask_detector_score: float = 0.0) -> bool:
+    def kept(self, point: OperatingPoint) -> bool:
         """Whether the pipeline makes a decision on this record at an operating point: detected and
-        :func:`~shared.vocabulary.accepted`."""
-        return self.detected and accepted(
-            self.p_no_mask, self.face_score, self.detector_score, threshold, min_face_score, min_no_mask_detector_score
-        )
+        :meth:`~shared.vocabulary.OperatingPoint.accepts`."""
+        return self.detected and point.accepts(self.p_no_mask, self.face_score, self.detector_score)
 
 
 @dataclass
@@ -186,7 +182,7 @@ def collect_scenes(
             unreadable += 1
             continue
         start = time.perf_counter()
-        result = analyse(frame, detector, classifier, min_face_score=0.0)
+        result = analyse(frame, detector, classifier)
         spent += time.perf_counter() - start
         pairs = match([f.box for f in scene.faces], [f.box for f in result.faces], min_iou)
         for i, face in enumerate(scene.faces):
@@ -219,17 +215,11 @@ def collect_scenes(
     )
 
 
-def alerts(
-    records: list[SceneRecord],
-    images: int,
-    threshold: float,
-    min_face_score: float,
-    min_no_mask_detector_score: float = 0.0,
-) -> dict:
+def alerts(records: list[SceneRecord], images: int, point: OperatingPoint) -> dict:
     """The alert figures of an operating point: every no-mask decision, judged.
 
-    A no-mask decision is a detection kept at the operating point (:meth:`SceneRecord.kept`) with ``p_no_mask >=
-    threshold``. It is right on a labelled ``without_mask`` / ``mask_weared_incorrect`` face of at least
+    A no-mask decision is a detection kept at the operating point (:meth:`SceneRecord.kept`) with ``p_no_mask``
+    at least its threshold. It is right on a labelled ``without_mask`` / ``mask_weared_incorrect`` face of at least
     :data:`PROMISED_FACE_PX`, wrong on a masked face of that size or on a detection matching no labelled face
     whose shorter side is that size or more; decisions on smaller faces or boxes count on neither side.
     ``alert_precision`` = right / (right + wrong); ``false_alerts_per_photo`` = wrong / photos; ``alert_recall`` =
@@ -239,7 +229,7 @@ def alerts(
     right = on_masked = on_no_face = 0
     unmasked = sum(r.label is not None and SCENE_CLASSES[r.label] and r.size >= PROMISED_FACE_PX for r in records)
     for r in records:
-        if not (r.kept(threshold, min_face_score, min_no_mask_detector_score) and r.p_no_mask >= threshold):
+        if not (r.kept(point) and r.p_no_mask >= point.threshold):
             continue
         if r.size < PROMISED_FACE_PX:
             continue
@@ -263,13 +253,7 @@ def alerts(
     }
 
 
-def score_scenes(
-    records: list[SceneRecord],
-    images: int,
-    threshold: float,
-    min_face_score: float = 0.0,
-    min_no_mask_detector_score: float = 0.0,
-) -> dict:
+def score_scenes(records: list[SceneRecord], images: int, point: OperatingPoint) -> dict:
     """Face recall per class and size, detection precision, the per-face no-mask decision and the alerts.
 
     A detection counts only when it is kept at the operating point (:meth:`SceneRecord.kept`): a labelled face
@@ -279,7 +263,7 @@ def score_scenes(
     """
     found: dict[tuple[str, str], list[int]] = {}
     decisions: list[tuple[bool, bool, int]] = []  # (truly no mask, decided no mask, face size)
-    kept = [r.kept(threshold, min_face_score, min_no_mask_detector_score) for r in records]
+    kept = [r.kept(point) for r in records]
     for record, is_kept in zip(records, kept, strict=True):
         if record.label is None:
             continue
@@ -289,7 +273,7 @@ def score_scenes(
             counts[0] += 1
             counts[1] += is_kept
         if is_kept:
-            decisions.append((SCENE_CLASSES[record.label], record.p_no_mask >= threshold, record.size))
+            decisions.append((SCENE_CLASSES[record.label], record.p_no_mask >= point.threshold, record.size))
     detections = sum(kept)
     matched = sum(k for r, k in zip(records, kept, strict=True) if r.label is not None)
     recall = {
@@ -312,10 +296,8 @@ def score_scenes(
             "all": _decision(decisions, 0),
             f">={PROMISED_FACE_PX}": _decision(decisions, PROMISED_FACE_PX),
         },
-        "alerts": alerts(records, images, threshold, min_face_score, min_no_mask_detector_score),
-        "threshold": threshold,
-        "min_face_score": min_face_score,
-        "min_no_mask_detector_score": min_no_mask_detector_score,
+        "alerts": alerts(records, images, point),
+        **point._asdict(),
     }
 
 
@@ -333,21 +315,22 @@ def operating_points(
     for face in face_scores:
         for detector in detector_scores:
             for threshold in thresholds:
-                points.append(_point(records, images, threshold, face, detector))
+                points.append(_point(records, images, OperatingPoint(threshold, face, detector)))
     return points
 
 
-def _point(records: list[SceneRecord], images: int, threshold: float, face: float, detector: float) -> dict:
-    scored = score_scenes(records, images, threshold, face, detector)
+def _point(records: list[SceneRecord], images: int, point: OperatingPoint) -> dict:
+    scored = score_scenes(records, images, point)
     decision = scored["no_mask_decision"][f">={PROMISED_FACE_PX}"]
-    return {
-        "threshold": threshold,
-        "min_face_score": face,
-        "min_no_mask_detector_score": detector,
-        "face_recall": scored["face_recall"],
-        "no_mask_recall": decision["recall"],
-        "no_mask_precision": decision["precision"],
-    } | {k: scored["alerts"][k] for k in ("alert_precision", "false_alerts_per_photo", "alert_recall", "alerts")}
+    return (
+        point._asdict()
+        | {
+            "face_recall": scored["face_recall"],
+            "no_mask_recall": decision["recall"],
+            "no_mask_precision": decision["precision"],
+        }
+        | {k: scored["alerts"][k] for k in ("alert_precision", "false_alerts_per_photo", "alert_recall", "alerts")}
+    )
 
 
 #: The rules that choose each profile's operating point among :func:`operating_points` (models/MODEL_CARD.md,
@@ -382,11 +365,9 @@ def evaluate_scenes(
     folder: Path,
     classifier: MaskClassifier,
     detector: FaceDetector,
-    threshold: float = 0.5,
+    point: OperatingPoint = UNFILTERED,
     min_iou: float = 0.3,
     only: set[str] | None = None,
-    min_face_score: float = 0.0,
-    min_no_mask_detector_score: float = 0.0,
 ) -> dict:
     """:func:`collect_scenes` then :func:`score_scenes` at one operating point, with a sweep of the no-mask
     threshold at that minimum face score and detector score.
@@ -394,18 +375,16 @@ def evaluate_scenes(
     :raises DatasetError: the folder is not a scenes folder.
     """
     run = collect_scenes(folder, classifier, detector, min_iou, only)
-    return scene_report(run, threshold, min_face_score, min_no_mask_detector_score) | {"min_iou": min_iou}
+    return scene_report(run, point) | {"min_iou": min_iou}
 
 
-def scene_report(
-    run: SceneRun, threshold: float, min_face_score: float = 0.0, min_no_mask_detector_score: float = 0.0
-) -> dict:
+def scene_report(run: SceneRun, point: OperatingPoint) -> dict:
     """:func:`score_scenes` of a run at one operating point, a sweep of the no-mask threshold at that minimum
     face score and detector score, and the run's cost, model and detector."""
-    result = score_scenes(run.records, run.images, threshold, min_face_score, min_no_mask_detector_score)
+    result = score_scenes(run.records, run.images, point)
     sweep = {}
     for t in THRESHOLD_SWEEP:
-        scored = score_scenes(run.records, run.images, t, min_face_score, min_no_mask_detector_score)
+        scored = score_scenes(run.records, run.images, point._replace(threshold=t))
         sweep[str(t)] = scored["no_mask_decision"][f">={PROMISED_FACE_PX}"] | {
             k: scored["alerts"][k] for k in ("alert_precision", "false_alerts_per_photo", "alert_recall")
         }

@@ -11,7 +11,7 @@ import numpy as np
 from edge.vision.classifier import CropScores, MaskClassifier
 from edge.vision.crop import crop_face
 from edge.vision.detector import FaceDetector
-from shared.vocabulary import accepted, decide
+from shared.vocabulary import OperatingPoint, decide
 
 #: Box colours of the seed's on-screen indicator (BGR): blue for a mask, red for no mask.
 COLOURS = {"mask": (255, 0, 0), "no_mask": (0, 0, 255)}
@@ -40,6 +40,10 @@ class FaceResult:
         }
 
 
+#: The operating point that keeps every detection and decides at 0.5: no face score, no detector score needed.
+UNFILTERED = OperatingPoint(threshold=0.5)
+
+
 @dataclass(frozen=True)
 class ImageResult:
     """All faces of one image and the time spent (ms) detecting, classifying and in total."""
@@ -52,13 +56,12 @@ def analyse(
     frame_bgr: np.ndarray,
     detector: FaceDetector,
     classifier: MaskClassifier,
-    threshold: float = 0.5,
-    min_face_score: float = 0.0,
-    min_no_mask_detector_score: float = 0.0,
+    point: OperatingPoint = UNFILTERED,
 ) -> ImageResult:
-    """Detect every face in a BGR frame and classify each crop in one batch; detections whose face score is
-    under ``min_face_score`` (the classifier says they are no face), and no-mask verdicts on detections weaker
-    than ``min_no_mask_detector_score``, are dropped (:func:`~shared.vocabulary.accepted`)."""
+    """Detect every face in a BGR frame and classify each crop in one batch, and decide at an operating point:
+    detections whose face score is under its ``min_face_score`` (the classifier says they are no face), and
+    no-mask verdicts on detections weaker than its ``min_no_mask_detector_score``, are dropped
+    (:meth:`~shared.vocabulary.OperatingPoint.accepts`)."""
     start = time.perf_counter()
     faces = detector.detect(frame_bgr)
     detected = time.perf_counter()
@@ -67,11 +70,9 @@ def analyse(
     done = time.perf_counter()
     results = []
     for face, p_no_mask, face_score in zip(faces, scores.p_no_mask, scores.face_score, strict=True):
-        if not accepted(
-            float(p_no_mask), float(face_score), face.score, threshold, min_face_score, min_no_mask_detector_score
-        ):
+        if not point.accepts(float(p_no_mask), float(face_score), face.score):
             continue
-        label, score = decide(float(p_no_mask), threshold)
+        label, score = decide(float(p_no_mask), point.threshold)
         results.append(FaceResult(face.box, face.score, label, score, float(p_no_mask), float(face_score)))
     return ImageResult(
         results,

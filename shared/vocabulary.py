@@ -6,7 +6,7 @@ Example::
 
     >>> decide(0.7, 0.5)
     Decision(label='no_mask', score=0.7)
-    >>> decide(0.2, Profile.NEAR.default_threshold).score
+    >>> decide(0.2, Profile.NEAR.default_point.threshold).score
     0.8
     >>> [mode.value for mode in ServoMode]
     ['sweep', 'track', 'hold', 'off']
@@ -18,8 +18,9 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Annotated, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import Field, Strict, TypeAdapter, ValidationError
 
@@ -59,43 +60,84 @@ class Profile(StrEnum):
     CROWD = "crowd"
 
     @property
-    def default_threshold(self) -> float:
-        """The no-mask threshold used when none is set (:data:`DEFAULT_THRESHOLDS`)."""
-        return DEFAULT_THRESHOLDS[self]
-
-    @property
-    def default_min_face_score(self) -> float:
-        """The minimum face score used when none is set (:data:`DEFAULT_FACE_SCORES`)."""
-        return DEFAULT_FACE_SCORES[self]
-
-    @property
-    def default_min_no_mask_detector_score(self) -> float:
-        """The detector score a no-mask verdict needs when none is set (:data:`DEFAULT_NO_MASK_DETECTOR_SCORES`)."""
-        return DEFAULT_NO_MASK_DETECTOR_SCORES[self]
+    def default_point(self) -> OperatingPoint:
+        """The operating point used where none of its settings is given (:data:`DEFAULT_OPERATING_POINTS`)."""
+        return DEFAULT_OPERATING_POINTS[self]
 
 
-#: Default no-mask threshold per profile, chosen with :data:`DEFAULT_FACE_SCORES` and
-#: :data:`DEFAULT_NO_MASK_DETECTOR_SCORES` on 5-fold cross-validation by photo over the scene photos, by the rule
-#: written in ``models.evaluation.chosen_point`` (models/MODEL_CARD.md, "Operating points"): face score 0.5;
-#: crowd takes the highest alert precision that keeps face recall >= 0.90 and no-mask recall >= 0.85 (its
-#: promise: recall first); near the highest alert precision that keeps face recall within 0.02 of the best its
-#: detector reaches.
-DEFAULT_THRESHOLDS: dict[Profile, float] = {Profile.NEAR: 0.7, Profile.CROWD: 0.25}
-#: Default minimum face score (the classifier's 1 - p_not_face) per profile: detections under it are no face and
-#: never become a decision. Only classifiers with a not-face class score faces.
-DEFAULT_FACE_SCORES: dict[Profile, float] = {Profile.NEAR: 0.5, Profile.CROWD: 0.5}
-#: Default detector score a no-mask verdict needs per profile (:func:`verified`).
-DEFAULT_NO_MASK_DETECTOR_SCORES: dict[Profile, float] = {Profile.NEAR: 0.6, Profile.CROWD: 0.75}
+class OperatingPoint(NamedTuple):
+    """Where a detection becomes a decision: the no-mask ``threshold`` on ``p_no_mask``, the ``min_face_score``
+    a detection needs to be a face at all (the classifier's 1 - p_not_face), and the
+    ``min_no_mask_detector_score`` a no-mask verdict needs from the detector (:meth:`verified`).
+
+    >>> point = OperatingPoint(threshold=0.3, min_face_score=0.5, min_no_mask_detector_score=0.7)
+    >>> point.accepts(0.9, face_score=0.8, detector_score=0.95), point.accepts(0.9, 0.4, 0.95)
+    (True, False)
+    >>> point.accepts(None, None, 0.2)  # not classified this frame, no face scores: kept
+    True
+    >>> point.with_settings(threshold=None, min_face_score=0.6)
+    OperatingPoint(threshold=0.3, min_face_score=0.6, min_no_mask_detector_score=0.7)
+    """
+
+    threshold: float
+    min_face_score: float = 0.0
+    min_no_mask_detector_score: float = 0.0
+
+    @classmethod
+    def of(cls, settings: Mapping[str, Any]) -> OperatingPoint:
+        """The point of the same-named entries of ``settings`` (a report's row, say); other entries are ignored."""
+        return cls(**{name: settings[name] for name in cls._fields})
+
+    def verified(self, p_no_mask: float, detector_score: float) -> bool:
+        """Whether a verdict stands: a no-mask one (``p_no_mask >= threshold``) needs a detector score of at
+        least ``min_no_mask_detector_score``; a weaker one is dropped as unverified.
+
+        An uncovered face is what a face detector finds best; a weak detection that the classifier calls no mask
+        is most often no face (a hand, the back of a head) or a masked face seen badly (models/MODEL_CARD.md).
+
+        >>> point = OperatingPoint(0.3, min_no_mask_detector_score=0.7)
+        >>> point.verified(0.9, 0.95), point.verified(0.9, 0.5), point.verified(0.1, 0.5)
+        (True, False, True)
+        """
+        return p_no_mask < self.threshold or detector_score >= self.min_no_mask_detector_score
+
+    def accepts(self, p_no_mask: float | None, face_score: float | None, detector_score: float) -> bool:
+        """Whether a detection becomes a decision: a face by the classifier (``face_score`` at least
+        ``min_face_score``; ``None``: the classifier scores no faces) and :meth:`verified` (``p_no_mask``
+        ``None``: not classified this time, nothing to verify)."""
+        is_face = face_score is None or face_score >= self.min_face_score
+        return is_face and (p_no_mask is None or self.verified(p_no_mask, detector_score))
+
+    def with_settings(
+        self,
+        threshold: float | None = None,
+        min_face_score: float | None = None,
+        min_no_mask_detector_score: float | None = None,
+    ) -> OperatingPoint:
+        """This point with each setting that is given (not ``None``) in place of its own."""
+        given = {
+            "threshold": threshold,
+            "min_face_score": min_face_score,
+            "min_no_mask_detector_score": min_no_mask_detector_score,
+        }
+        return self._replace(**{name: value for name, value in given.items() if value is not None})
 
 
-def describe_profile_defaults(defaults: dict[Profile, float]) -> str:
-    """Per-profile defaults for help texts, e.g. ``near 0.7, crowd 0.25``."""
-    return ", ".join(f"{profile} {value}" for profile, value in defaults.items())
+#: Default operating point per profile, chosen on 5-fold cross-validation by photo over the scene photos, by the
+#: rule written in ``models.evaluation.chosen_point`` (models/MODEL_CARD.md, "Operating points"): face score 0.5
+#: (only classifiers with a not-face class score faces); crowd takes the highest alert precision that keeps face
+#: recall >= 0.90 and no-mask recall >= 0.85 (its promise: recall first); near the highest alert precision that
+#: keeps face recall within 0.02 of the best its detector reaches.
+DEFAULT_OPERATING_POINTS: dict[Profile, OperatingPoint] = {
+    Profile.NEAR: OperatingPoint(threshold=0.7, min_face_score=0.5, min_no_mask_detector_score=0.6),
+    Profile.CROWD: OperatingPoint(threshold=0.25, min_face_score=0.5, min_no_mask_detector_score=0.75),
+}
 
 
-def describe_default_thresholds() -> str:
-    """The default thresholds for help texts: ``near 0.7, crowd 0.25``."""
-    return describe_profile_defaults(DEFAULT_THRESHOLDS)
+def describe_profile_defaults(setting: str) -> str:
+    """One setting of the default operating points for help texts, e.g. ``near 0.7, crowd 0.25`` for
+    ``"threshold"``."""
+    return ", ".join(f"{profile} {getattr(point, setting)}" for profile, point in DEFAULT_OPERATING_POINTS.items())
 
 
 def check_threshold(value: float, what: str = "threshold") -> float:
@@ -117,40 +159,6 @@ class Decision(NamedTuple):
 def label_score(label: Label, p_no_mask: float) -> float:
     """The probability of ``label`` given the no-mask probability: ``p`` for ``no_mask``, ``1 - p`` for ``mask``."""
     return p_no_mask if label == "no_mask" else 1.0 - p_no_mask
-
-
-def verified(p_no_mask: float, detector_score: float, threshold: float, min_no_mask_detector_score: float) -> bool:
-    """Whether a detection may become a decision: a no-mask verdict (``p_no_mask >= threshold``) needs a detector
-    score of at least ``min_no_mask_detector_score``; a weaker one is dropped as unverified.
-
-    An uncovered face is what a face detector finds best; a weak detection that the classifier calls no mask is
-    most often no face (a hand, the back of a head) or a masked face seen badly (models/MODEL_CARD.md).
-
-    >>> verified(0.9, 0.95, 0.3, 0.7), verified(0.9, 0.5, 0.3, 0.7), verified(0.1, 0.5, 0.3, 0.7)
-    (True, False, True)
-    """
-    return p_no_mask < threshold or detector_score >= min_no_mask_detector_score
-
-
-def accepted(
-    p_no_mask: float | None,
-    face_score: float | None,
-    detector_score: float,
-    threshold: float,
-    min_face_score: float,
-    min_no_mask_detector_score: float,
-) -> bool:
-    """Whether a detection becomes a decision at an operating point: a face by the classifier (``face_score`` at
-    least ``min_face_score``; ``None``: the classifier scores no faces) and :func:`verified` (``p_no_mask``
-    ``None``: not classified this time, nothing to verify).
-
-    >>> accepted(0.9, 0.8, 0.95, 0.3, 0.5, 0.7), accepted(0.9, 0.4, 0.95, 0.3, 0.5, 0.7)
-    (True, False)
-    >>> accepted(None, None, 0.2, 0.3, 0.5, 0.7)  # not classified this frame, no face scores: kept
-    True
-    """
-    is_face = face_score is None or face_score >= min_face_score
-    return is_face and (p_no_mask is None or verified(p_no_mask, detector_score, threshold, min_no_mask_detector_score))
 
 
 def decide(p_no_mask: float, threshold: float) -> Decision:

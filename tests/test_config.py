@@ -133,8 +133,10 @@ def test_edge_operating_point_defaults_to_the_profile_s_own() -> None:
     assert EdgeConfig().profile == Profile.NEAR
     for profile in Profile:
         config = EdgeConfig(profile=profile)
-        assert config.decision_threshold() == profile.default_threshold
-        assert config.face_score_threshold() == profile.default_min_face_score
-        assert config.no_mask_detector_score_threshold() == profile.default_min_no_mask_detector_score
-    assert EdgeConfig(profile="crowd", threshold=0.6).decision_threshold() == 0.6
-    assert EdgeConfig(profile="crowd", min_no_mask_detector_score=0.1).no_mask_detector_score_threshold() == 0.1
+        assert config.operating_point() == profile.default_point
+    crowd = Profile.CROWD.default_point
+    assert EdgeConfig(profile="crowd", threshold=0.6).operating_point() == crowd._replace(threshold=0.6)
+    assert EdgeConfig(profile="crowd", min_no_mask_detector_score=0.1).operating_point() == crowd._replace(
+        min_no_mask_detector_score=0.1
+    )
+    assert EdgeConfig(profile="crowd", min_face_score=0.0).operating_point().min_face_score == 0.0  # 0 is given

@@ -88,7 +88,7 @@ def test_labelled_folder_once_gives_one_event_per_face_with_the_right_labels(
     # the committed classifier has a not-a-face class: every event carries its face score, at least the near
     # profile's minimum (detections under it never become events)
     _detector, classifier = models
-    minimum = Profile.NEAR.default_min_face_score
+    minimum = Profile.NEAR.default_point.min_face_score
     assert classifier.verifies_faces
     assert all(e.face_score is not None and minimum <= e.face_score <= 1 for e in received)
     per_file: dict[str, list[tuple[int, int, int, int]]] = {}

@@ -12,7 +12,7 @@ import pytest
 
 from edge.capture.images import list_images
 from shared.cli import main
-from shared.vocabulary import DEFAULT_FACE_SCORES, DEFAULT_NO_MASK_DETECTOR_SCORES, DEFAULT_THRESHOLDS
+from shared.vocabulary import Profile
 from tests.conftest import FACE_MASK, SCENES, need
 
 
@@ -56,6 +56,7 @@ def test_eval_crops_json_has_the_exact_keys(capsys: pytest.CaptureFixture[str], 
         "per_class",
         "no_face",
         "not_face",
+        "threshold",
         "min_face_score",
         "min_no_mask_detector_score",
         "ms_per_image",
@@ -64,6 +65,7 @@ def test_eval_crops_json_has_the_exact_keys(capsys: pytest.CaptureFixture[str], 
     assert set(result["per_class"]) == {"mask", "no_mask"}
     assert set(result["per_class"]["mask"]) == {"precision", "recall", "n"}
     assert result["n"] == 14  # the corrupt file is skipped, not counted
+    assert result["threshold"] == Profile.CROWD.default_point.threshold  # the operating point it was judged at
     assert result["per_class"]["mask"]["n"] == 8 and result["no_face"] == 0
     assert result["accuracy"] >= 0.75
     assert result["model"].startswith("mask_classifier_int8@")
@@ -87,9 +89,10 @@ def test_eval_scenes_reports_recall_per_class_and_size(capsys: pytest.CaptureFix
     assert set(result["no_mask_decision"]) == {"all", ">=24"}
     assert {"precision", "recall", "faces", "accuracy", "n"} <= set(result["no_mask_decision"]["all"])
     assert 0 < result["precision"] <= 1 and result["ms_per_image"] > 0
-    assert result["threshold"] == DEFAULT_THRESHOLDS["crowd"]  # the profile's, --threshold not given
-    assert result["min_face_score"] == DEFAULT_FACE_SCORES["crowd"]
-    assert result["min_no_mask_detector_score"] == DEFAULT_NO_MASK_DETECTOR_SCORES["crowd"]
+    # the profile's operating point: no option gives any of its settings
+    assert {setting: result[setting] for setting in Profile.CROWD.default_point._fields} == (
+        Profile.CROWD.default_point._asdict()
+    )
     alerts = result["alerts"]
     assert alerts["alerts"] == alerts["right"] + alerts["on_masked_face"] + alerts["on_no_face"]
     assert alerts["false_alerts_per_photo"] == pytest.approx((alerts["alerts"] - alerts["right"]) / 3, abs=1e-4)
@@ -97,7 +100,8 @@ def test_eval_scenes_reports_recall_per_class_and_size(capsys: pytest.CaptureFix
 
 
 def test_threshold_follows_the_profile_unless_given(capsys: pytest.CaptureFixture[str], scenes_dir: Path) -> None:
-    for extra, expected in ((["--profile", "near"], DEFAULT_THRESHOLDS["near"]), (["--threshold", "0.7"], 0.7)):
+    near = Profile.NEAR.default_point.threshold
+    for extra, expected in ((["--profile", "near"], near), (["--threshold", "0.7"], 0.7)):
         code, (result,) = run_json(capsys, ["model", "eval", str(scenes_dir), "--scenes", "--json", *extra])
         assert code == 0 and result["threshold"] == expected
     code, (result,) = run_json(
@@ -129,7 +133,7 @@ def test_detect_prints_one_json_line_per_image(
             assert set(face) == {"box", "detector_score", "face_score", "label", "score"}
             assert len(face["box"]) == 4 and face["label"] in ("mask", "no_mask") and face["score"] <= 1
             # score is the probability of the label; detect defaults to the crowd profile's threshold
-            threshold = DEFAULT_THRESHOLDS["crowd"]
+            threshold = Profile.CROWD.default_point.threshold
             assert face["score"] >= (threshold if face["label"] == "no_mask" else 1 - threshold)
     assert sum(len(r["faces"]) for r in results) >= 5
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [

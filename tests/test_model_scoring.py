@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from models.evaluation import PROMISED_FACE_PX, SceneRecord, alerts, chosen_point, operating_points, score_scenes
-from shared.vocabulary import Profile
+from shared.vocabulary import OperatingPoint, Profile
 
 BIG, SMALL = PROMISED_FACE_PX, PROMISED_FACE_PX - 1
 
@@ -24,7 +24,7 @@ RECORDS = [
 
 
 def test_every_no_mask_decision_is_judged_and_small_ones_count_on_neither_side() -> None:
-    figures = alerts(RECORDS, images=4, threshold=0.5, min_face_score=0.0)
+    figures = alerts(RECORDS, 4, OperatingPoint(0.5))
     assert (figures["right"], figures["on_masked_face"], figures["on_no_face"]) == (2, 1, 2)
     assert figures["alert_precision"] == pytest.approx(2 / 5, abs=1e-4)
     assert figures["false_alerts_per_photo"] == pytest.approx(3 / 4)
@@ -32,24 +32,24 @@ def test_every_no_mask_decision_is_judged_and_small_ones_count_on_neither_side()
 
 
 def test_a_minimum_face_score_rejects_non_faces_before_they_become_decisions() -> None:
-    figures = alerts(RECORDS, images=4, threshold=0.5, min_face_score=0.5)
+    figures = alerts(RECORDS, 4, OperatingPoint(0.5, 0.5))
     assert (figures["right"], figures["on_masked_face"], figures["on_no_face"]) == (2, 1, 1)
     assert figures["alert_precision"] == pytest.approx(0.5)
 
 
 def test_no_mask_verdicts_on_weak_detections_are_dropped_and_the_faces_they_cost_are_missed() -> None:
-    figures = alerts(RECORDS, images=4, threshold=0.5, min_face_score=0.5, min_no_mask_detector_score=0.7)
+    figures = alerts(RECORDS, 4, OperatingPoint(0.5, 0.5, 0.7))
     assert (figures["right"], figures["on_masked_face"], figures["on_no_face"]) == (2, 0, 0)
     assert figures["alert_precision"] == 1.0
-    scored = score_scenes(RECORDS, 4, threshold=0.5, min_face_score=0.5, min_no_mask_detector_score=0.7)
+    scored = score_scenes(RECORDS, 4, OperatingPoint(0.5, 0.5, 0.7))
     assert scored["face_recall"] == pytest.approx(3 / 5)  # the masked face called no mask on a weak box is dropped
-    strict = alerts(RECORDS, images=4, threshold=0.5, min_face_score=0.5, min_no_mask_detector_score=0.85)
+    strict = alerts(RECORDS, 4, OperatingPoint(0.5, 0.5, 0.85))
     assert strict["right"] == 1 and strict["alert_recall"] == pytest.approx(1 / 3, abs=1e-4)
 
 
 def test_rejected_faces_are_not_found_and_precision_counts_kept_detections() -> None:
-    everything = score_scenes(RECORDS, 4, threshold=0.5, min_face_score=0.0)
-    strict = score_scenes(RECORDS, 4, threshold=0.5, min_face_score=0.92)
+    everything = score_scenes(RECORDS, 4, OperatingPoint(0.5))
+    strict = score_scenes(RECORDS, 4, OperatingPoint(0.5, 0.92))
     assert everything["face_recall"] == pytest.approx(4 / 5)  # labelled faces >= 24 px found
     assert strict["face_recall"] == pytest.approx(1 / 5)  # only the 0.95 face is kept
     assert everything["detections"] == 9 and everything["precision"] == pytest.approx(6 / 9, abs=1e-4)

@@ -17,9 +17,8 @@ from shared.messages import (
     ThresholdCommand,
 )
 from shared.vocabulary import (
-    DEFAULT_FACE_SCORES,
-    DEFAULT_NO_MASK_DETECTOR_SCORES,
-    DEFAULT_THRESHOLDS,
+    DEFAULT_OPERATING_POINTS,
+    OperatingPoint,
     Profile,
     check_threshold,
     decide,
@@ -58,9 +57,8 @@ def test_decision_and_profile_defaults() -> None:
     assert decide(0.5, 0.5) == ("no_mask", 0.5)
     assert decide(0.25, 0.5) == ("mask", 0.75)
     for profile in Profile:
-        assert Profile(profile.value).default_threshold == DEFAULT_THRESHOLDS[profile]
-        assert profile.default_min_face_score == DEFAULT_FACE_SCORES[profile]
-        assert profile.default_min_no_mask_detector_score == DEFAULT_NO_MASK_DETECTOR_SCORES[profile]
+        assert Profile(profile.value).default_point == DEFAULT_OPERATING_POINTS[profile]
+        assert OperatingPoint.of(profile.default_point._asdict() | {"other": 1}) == profile.default_point
     assert check_threshold(0.0) == 0.0 and check_threshold(1.0) == 1.0
     for bad in (-0.01, 1.01, float("nan")):
         with pytest.raises(ConfigError, match="between 0 and 1"):

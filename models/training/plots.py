@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from shared.vocabulary import OperatingPoint
+
 
 def _pyplot() -> Any:
     import matplotlib
@@ -54,17 +56,16 @@ def plot_confusion(confusion: np.ndarray, path: Path, title: str) -> None:
     plt.close(figure)
 
 
-def plot_operating_points(points: list[dict], chosen: tuple[float, float, float], path: Path, title: str) -> None:
+def plot_operating_points(points: list[dict], chosen: OperatingPoint, path: Path, title: str) -> None:
     """Alert precision against no-mask recall over the no-mask thresholds (points of
     :func:`models.evaluation.operating_points`), in two panels through the chosen (threshold, face score, detector
     score a no-mask verdict needs), which is circled: one curve per minimum face score at the chosen detector
     score, and one curve per detector score at the chosen face score."""
     plt = _pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
-    threshold, face, detector = chosen
     panels = (
-        ("min_face_score", "face score", {"min_no_mask_detector_score": detector}),
-        ("min_no_mask_detector_score", "no-mask detector score", {"min_face_score": face}),
+        ("min_face_score", "face score", {"min_no_mask_detector_score": chosen.min_no_mask_detector_score}),
+        ("min_no_mask_detector_score", "no-mask detector score", {"min_face_score": chosen.min_face_score}),
     )
     for axis, (key, name, fixed) in zip(axes, panels, strict=True):
         shown = [p for p in points if all(p[k] == v for k, v in fixed.items())]
@@ -78,10 +79,11 @@ def plot_operating_points(points: list[dict], chosen: tuple[float, float, float]
                 label=f"{name} >= {value:g} (face recall {curve[-1]['face_recall']:.2f})",
             )
         for p in shown:
-            if (p["threshold"], p["min_face_score"], p["min_no_mask_detector_score"]) == chosen:
+            if OperatingPoint.of(p) == chosen:
                 axis.plot(p["no_mask_recall"], p["alert_precision"], "o", markersize=12, fillstyle="none", color="k")
                 axis.annotate(
-                    f"chosen: threshold {threshold:g}, face score {face:g}, no-mask detector score {detector:g}",
+                    f"chosen: threshold {chosen.threshold:g}, face score {chosen.min_face_score:g}, "
+                    f"no-mask detector score {chosen.min_no_mask_detector_score:g}",
                     (p["no_mask_recall"], p["alert_precision"]),
                     textcoords="offset points",
                     xytext=(-250, 12),
