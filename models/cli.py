@@ -300,6 +300,11 @@ def run_eval(args: argparse.Namespace) -> int:
                 f"  no-mask decision {band:<5} precision {v['precision']:.3f} recall {v['recall']:.3f} "
                 f"accuracy {v['accuracy']:.3f} on {v['faces']} matched faces"
             )
+        by_label = result["no_mask_recall_by_label"].items()
+        print(
+            "  no-mask recall by label (faces >= 24 px found): "
+            + "  ".join(f"{label} {v['recall']:.3f} (n={v['n']})" for label, v in by_label)
+        )
         a = result["alerts"]
         print(
             f"  alerts (every no-mask decision, faces and boxes >= 24 px): alert precision "

@@ -259,10 +259,12 @@ def score_scenes(records: list[SceneRecord], images: int, point: OperatingPoint)
     A detection counts only when it is kept at the operating point (:meth:`SceneRecord.kept`): a labelled face
     whose detection the classifier rejects, or whose no-mask verdict is not verified, is not found. The no-mask
     decision (``mask_weared_incorrect`` counts as no mask) is scored on found faces, for all of them and for faces
-    of at least :data:`PROMISED_FACE_PX`.
+    of at least :data:`PROMISED_FACE_PX`; ``no_mask_recall_by_label`` splits its recall on the faces of that size
+    between bare faces and incorrectly worn masks.
     """
     found: dict[tuple[str, str], list[int]] = {}
     decisions: list[tuple[bool, bool, int]] = []  # (truly no mask, decided no mask, face size)
+    by_label = {label: [0, 0] for label, no_mask in SCENE_CLASSES.items() if no_mask}  # [decided no mask, faces]
     kept = [r.kept(point) for r in records]
     for record, is_kept in zip(records, kept, strict=True):
         if record.label is None:
@@ -274,6 +276,9 @@ def score_scenes(records: list[SceneRecord], images: int, point: OperatingPoint)
             counts[1] += is_kept
         if is_kept:
             decisions.append((SCENE_CLASSES[record.label], record.p_no_mask >= point.threshold, record.size))
+            if record.label in by_label and record.size >= PROMISED_FACE_PX:
+                by_label[record.label][0] += record.p_no_mask >= point.threshold
+                by_label[record.label][1] += 1
     detections = sum(kept)
     matched = sum(k for r, k in zip(records, kept, strict=True) if r.label is not None)
     recall = {
@@ -295,6 +300,9 @@ def score_scenes(records: list[SceneRecord], images: int, point: OperatingPoint)
         "no_mask_decision": {
             "all": _decision(decisions, 0),
             f">={PROMISED_FACE_PX}": _decision(decisions, PROMISED_FACE_PX),
+        },
+        "no_mask_recall_by_label": {
+            label: {"recall": round(hit / n, 4) if n else 0.0, "n": n} for label, (hit, n) in by_label.items()
         },
         "alerts": alerts(records, images, point),
         **point._asdict(),

@@ -47,6 +47,12 @@ def test_no_mask_verdicts_on_weak_detections_are_dropped_and_the_faces_they_cost
     assert strict["right"] == 1 and strict["alert_recall"] == pytest.approx(1 / 3, abs=1e-4)
 
 
+def test_no_mask_recall_is_split_between_bare_faces_and_incorrectly_worn_masks() -> None:
+    by_label = score_scenes(RECORDS, 4, OperatingPoint(0.7))["no_mask_recall_by_label"]
+    # faces >= 24 px found: the bare one at 0.9 is caught, the incorrectly worn mask at 0.6 is not
+    assert by_label == {"without_mask": {"recall": 1.0, "n": 1}, "mask_weared_incorrect": {"recall": 0.0, "n": 1}}
+
+
 def test_rejected_faces_are_not_found_and_precision_counts_kept_detections() -> None:
     everything = score_scenes(RECORDS, 4, OperatingPoint(0.5))
     strict = score_scenes(RECORDS, 4, OperatingPoint(0.5, 0.92))
