@@ -15,7 +15,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 
 import cv2
@@ -31,6 +30,7 @@ from edge.delivery.stats import StageTimes
 from edge.devices.indicator import Indicator
 from edge.devices.servo import ServoPlanner, Sighting
 from edge.state import NodeRuntime
+from edge.view import FaceMark, View
 from edge.vision.classifier import Classifier
 from edge.vision.crop import crop_face
 from edge.vision.detector import FaceDetector
@@ -45,25 +45,6 @@ log = logging.getLogger(__name__)
 #: Stills (often tight face crops) get this much grey border, as a fraction of their larger side,
 #: so the detector sees a whole face with context around it.
 STILL_BORDER = 0.3
-
-
-@dataclass(frozen=True)
-class FaceMark:
-    """A face drawn on the preview."""
-
-    box: tuple[int, int, int, int]
-    label: str
-    score: float
-    confirmed: bool
-
-
-@dataclass
-class View:
-    """The latest processed frame and what was found in it (for the preview and ``snapshot``)."""
-
-    frame: Frame | None = None
-    faces: list[FaceMark] = field(default_factory=list)
-    fps: float = 0.0
 
 
 def _rounded(face_score: float | None) -> float | None:

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from edge.delivery.snapshot import encode_jpeg
-from edge.pipeline import View
+from edge.view import View
 from shared.errors import ConfigError
 
 log = logging.getLogger(__name__)
