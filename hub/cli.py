@@ -27,6 +27,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, cast, get_args
@@ -57,6 +58,7 @@ from shared.vocabulary import SERVO_RANGE_DEG, Label, ServoMode, check_threshold
 if TYPE_CHECKING:
     from hub.services.commands import Outcome
     from hub.storage.database import Store
+    from hub.storage.events import EventFilter
 
 log = logging.getLogger(__name__)
 
@@ -491,7 +493,9 @@ def run_events(args: argparse.Namespace) -> int:
     if args.all and fmt == "table":
         raise ConfigError("--all streams every event: give --format csv, json or jsonl")
     since, until = parse_time(args.since), parse_time(args.until)
-    filters = {"site": args.site, "node": args.node, "label": args.label, "since": since, "until": until}
+    from hub.storage.events import EventFilter
+
+    filters = EventFilter(args.site, args.node, args.label, since, until)
     if fmt == "table":
         items = _event_page(args, filters)
         with _output(args.output) as out:
@@ -503,7 +507,7 @@ def run_events(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_events(args: argparse.Namespace, fmt: ExportFormat, filters: dict[str, Any]) -> None:
+def _export_events(args: argparse.Namespace, fmt: ExportFormat, filters: EventFilter) -> None:
     """Write the first ``--limit`` matching events, or with ``--all`` every one, in ``fmt``."""
     limit = None if args.all else args.limit
     with _output(args.output) as out:
@@ -516,19 +520,19 @@ def _export_events(args: argparse.Namespace, fmt: ExportFormat, filters: dict[st
         config = load_hub_config(args)
         store = open_store(config.db_url)
         try:
-            pages = EventLog(store, config.snapshot_dir).pages(**filters, page_size=args.limit, limit=limit)
+            pages = EventLog(store, config.snapshot_dir).pages(filters, page_size=args.limit, limit=limit)
             for chunk in export_events(pages, fmt, _public_url(config)):
                 out.write(chunk)
         finally:
             store.close()
 
 
-def _api_filters(filters: dict[str, Any]) -> dict[str, Any]:
-    """Event filters as API query parameters."""
-    return {key: value.isoformat() if isinstance(value, datetime) else value for key, value in filters.items()}
+def _api_filters(filters: EventFilter) -> dict[str, Any]:
+    """An event filter as API query parameters."""
+    return {key: value.isoformat() if isinstance(value, datetime) else value for key, value in asdict(filters).items()}
 
 
-def _event_page(args: argparse.Namespace, filters: dict[str, Any]) -> list[dict[str, Any]]:
+def _event_page(args: argparse.Namespace, filters: EventFilter) -> list[dict[str, Any]]:
     """The first ``--limit`` matching events as API JSON objects (from the API or the database)."""
     if args.api:
         return api_get(args.api, "/api/events", {**_api_filters(filters), "limit": args.limit}, _token(args))["items"]
@@ -539,7 +543,7 @@ def _event_page(args: argparse.Namespace, filters: dict[str, Any]) -> list[dict[
     store = open_store(config.db_url)
     try:
         event_log = EventLog(store, config.snapshot_dir)
-        rows, _total = event_log.query(**filters, limit=args.limit)
+        rows, _total = event_log.query(filters, limit=args.limit)
         snaps = event_log.has_snapshots([r.id for r in rows])
         return [event_json(r, r.id in snaps, _public_url(config)) for r in rows]
     finally:

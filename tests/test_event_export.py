@@ -19,7 +19,7 @@ from hub_support import make_event
 from hub.api import HubServices, create_app
 from hub.config import HubConfig
 from hub.storage.database import Store
-from hub.storage.events import EventIn, EventLog, SnapshotIn, fold
+from hub.storage.events import EventFilter, EventIn, EventLog, SnapshotIn, fold
 from hub.storage.nodes import Registry
 from hub.storage.rows import EventRow
 from hub.views import CSV_COLUMNS
@@ -62,8 +62,8 @@ def test_pages_list_every_event_once_in_listing_order_across_ties(store: Store, 
     listed = [row.id for row in log.query(limit=1000)[0]]
     assert paged == listed and len(set(paged)) == 103
     assert [row.id for page in log.pages(page_size=7, limit=20) for row in page.rows] == listed[:20]
-    no_mask = [row.id for page in log.pages(page_size=4, label="no_mask") for row in page.rows]
-    assert no_mask == [row.id for row in log.query(label="no_mask", limit=1000)[0]]
+    no_mask = [row.id for page in log.pages(EventFilter(label="no_mask"), page_size=4) for row in page.rows]
+    assert no_mask == [row.id for row in log.query(EventFilter(label="no_mask"), limit=1000)[0]]
 
 
 def test_an_event_stored_during_an_export_neither_repeats_nor_shifts_the_others(store: Store, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from sqlalchemy import inspect, select, text
 from hub.config import HubConfig
 from hub.ingest.batch_core import BatchWriter, WriterSettings
 from hub.storage.database import Store
-from hub.storage.events import EventLog
+from hub.storage.events import EventFilter, EventLog
 from hub.storage.rows import AlertRow, EventRow, NodeRow
 from shared.cli import main
 from shared.config import BrokerConfig, load_config
@@ -74,7 +74,7 @@ def test_listing_is_by_receipt_and_keeps_the_first(store: Store, tmp_path: Path)
     assert total == 3 and [r.id for r in rows] == ["hq-n-00003", "hq-n-00002", "hq-n-00001"]
     assert rows[2].received_at == T0 - timedelta(minutes=2)  # the first receipt stays
     assert [r.clock_skewed for r in rows] == [True, False, True]
-    recent, _ = EventLog(store, tmp_path).query(since=T0 - timedelta(seconds=90))
+    recent, _ = EventLog(store, tmp_path).query(EventFilter(since=T0 - timedelta(seconds=90)))
     assert [r.id for r in recent] == ["hq-n-00003", "hq-n-00002"]  # 2999 is not "recent": it came 2 min ago
 
 

@@ -25,7 +25,7 @@ from hub.services.feed import Feed
 from hub.storage.alerts import AlertStore
 from hub.storage.commands import CommandAudit
 from hub.storage.database import Store
-from hub.storage.events import EventLog
+from hub.storage.events import EventFilter, EventLog
 from hub.storage.nodes import Registry
 from hub.storage.rejected import RejectedStore
 from shared.topics import EVENT_ID_PATTERN, ID_PATTERN
@@ -130,9 +130,15 @@ MAX_NODES = 100
 NODE_LIST_PATTERN = rf"^{ID_PATTERN.pattern[1:-1]}(,{ID_PATTERN.pattern[1:-1]}){{0,{MAX_NODES - 1}}}$"
 
 Since = Annotated[
-    datetime | None, BeforeValidator(_iso_time), Query(description="ISO 8601; events first seen at or after")
+    datetime | None,
+    BeforeValidator(_iso_time),
+    Query(description="ISO 8601 with a timezone; events received (the hub's clock) at or after"),
 ]
-Until = Annotated[datetime | None, BeforeValidator(_iso_time), Query(description="ISO 8601; events first seen before")]
+Until = Annotated[
+    datetime | None,
+    BeforeValidator(_iso_time),
+    Query(description="ISO 8601 with a timezone; events received (the hub's clock) before"),
+]
 LabelQ = Annotated[Label | None, Query()]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
@@ -181,3 +187,14 @@ def aware(value: datetime | None) -> datetime | None:
     if not in_range:
         raise HTTPException(422, f"give times between {EARLIEST.isoformat()} and {LATEST.isoformat()}")
     return value
+
+
+def event_filter(
+    site: SiteQ = None, node: NodeQ = None, label: LabelQ = None, since: Since = None, until: Until = None
+) -> EventFilter:
+    """The :class:`EventFilter` of a request's query parameters (times checked by :func:`aware`)."""
+    return EventFilter(site, node, label, aware(since), aware(until))
+
+
+#: A route parameter taking the event filter from the query: ``site``, ``node``, ``label``, ``since``, ``until``.
+EventFilterQ = Annotated[EventFilter, Depends(event_filter)]

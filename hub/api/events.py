@@ -9,17 +9,12 @@ from fastapi.responses import FileResponse, StreamingResponse
 from hub.api.deps import (
     MAX_OFFSET,
     MAX_PAGE,
+    EventFilterQ,
     EventId,
-    LabelQ,
     Limit,
-    NodeQ,
     Offset,
     Principal,
     Services,
-    Since,
-    SiteQ,
-    Until,
-    aware,
     errors,
 )
 from hub.views import EXPORT_MEDIA_TYPES, ExportFormat, event_json, export_events
@@ -31,18 +26,12 @@ router = APIRouter(tags=["events"], responses=errors())
 def list_events(
     services: Services,
     _: Principal,
-    site: SiteQ = None,
-    node: NodeQ = None,
-    label: LabelQ = None,
-    since: Since = None,
-    until: Until = None,
+    where: EventFilterQ,
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> dict[str, Any]:
     """Events, newest first: ``items``, ``total`` matching, and ``next_offset`` (null on the last page)."""
-    rows, total = services.events.query(
-        site=site, node=node, label=label, since=aware(since), until=aware(until), limit=limit, offset=offset
-    )
+    rows, total = services.events.query(where, limit=limit, offset=offset)
     snaps = services.events.has_snapshots([r.id for r in rows])
     nxt = offset + len(rows)
     return {
@@ -59,11 +48,7 @@ def export_events_route(
     fmt: ExportFormat,
     services: Services,
     _: Principal,
-    site: SiteQ = None,
-    node: NodeQ = None,
-    label: LabelQ = None,
-    since: Since = None,
-    until: Until = None,
+    where: EventFilterQ,
     limit: Annotated[
         int | None, Query(ge=1, le=MAX_OFFSET, description="at most this many events (default: all)")
     ] = None,
@@ -72,9 +57,7 @@ def export_events_route(
     event), ``json`` (one array) or ``jsonl`` (one object per line): read a page at a time (keyset paging), so
     any number of events streams in constant memory. The parameters are checked and the first page read before
     the first byte is sent, so a bad request gets a 4xx."""
-    pages = services.events.pages(
-        site=site, node=node, label=label, since=aware(since), until=aware(until), page_size=MAX_PAGE, limit=limit
-    )
+    pages = services.events.pages(where, page_size=MAX_PAGE, limit=limit)
     first = next(pages, None)
     chunks = export_events(itertools.chain([first] if first else [], pages), fmt, services.public_url)
     return StreamingResponse(

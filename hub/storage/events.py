@@ -34,6 +34,43 @@ log = logging.getLogger(__name__)
 TYPE_ORDER = {"new": 0, "update": 1, "end": 2}
 
 
+@dataclass(frozen=True)
+class EventFilter:
+    """Which events a listing, an export or a count covers: one site, node and label, received in ``[since,
+    until)``. A field left ``None`` does not filter. Times are the hub's (``received_at``): a node whose clock is
+    wrong cannot move its events into or out of a range.
+
+    Example::
+
+        rows, total = EventLog(store, snapshots).query(EventFilter(site="hq", label="no_mask"), limit=20)
+    """
+
+    site: str | None = None
+    node: str | None = None
+    label: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        """The SQL conditions of this filter (none: every event)."""
+        conditions = []
+        if self.site:
+            conditions.append(EventRow.site == self.site)
+        if self.node:
+            conditions.append(EventRow.node == self.node)
+        if self.label:
+            conditions.append(EventRow.label == self.label)
+        if self.since:
+            conditions.append(EventRow.received_at >= self.since)
+        if self.until:
+            conditions.append(EventRow.received_at < self.until)
+        return conditions
+
+
+#: The filter that covers every event.
+EVERY_EVENT = EventFilter()
+
+
 @dataclass(slots=True)
 class EventIn:
     """A valid event message waiting to be stored, with the bytes it arrived as (``raw``) and whether its
@@ -334,40 +371,15 @@ class EventLog:
 
     # -- reads ----------------------------------------------------------------
 
-    @staticmethod
-    def _filters(
-        site: str | None, node: str | None, label: str | None, since: datetime | None, until: datetime | None
-    ) -> list[ColumnElement[bool]]:
-        conditions = []
-        if site:
-            conditions.append(EventRow.site == site)
-        if node:
-            conditions.append(EventRow.node == node)
-        if label:
-            conditions.append(EventRow.label == label)
-        if since:
-            conditions.append(EventRow.received_at >= since)
-        if until:
-            conditions.append(EventRow.received_at < until)
-        return conditions
-
     def query(
-        self,
-        *,
-        site: str | None = None,
-        node: str | None = None,
-        label: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int = 100,
-        offset: int = 0,
+        self, where: EventFilter = EVERY_EVENT, *, limit: int = 100, offset: int = 0
     ) -> tuple[list[EventRow], int]:
-        """Events matching the filters, newest first, and how many match in total.
+        """Events matching ``where``, newest first, and how many match in total.
 
-        Order and ``since``/``until`` are by ``received_at``, the hub's clock: a node whose clock is wrong
-        cannot move its events to the top or out of a time range.
+        The order is by ``received_at``, the hub's clock: a node whose clock is wrong cannot move its events to
+        the top.
         """
-        conditions = self._filters(site, node, label, since, until)
+        conditions = where.conditions()
         with self.store.session() as session:
             total = session.scalar(select(func.count()).select_from(EventRow).where(*conditions)) or 0
             rows = list(
@@ -378,31 +390,23 @@ class EventLog:
         return rows, total
 
     def pages(
-        self,
-        *,
-        site: str | None = None,
-        node: str | None = None,
-        label: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        page_size: int = 1000,
-        limit: int | None = None,
+        self, where: EventFilter = EVERY_EVENT, *, page_size: int = 1000, limit: int | None = None
     ) -> Iterator[EventPage]:
-        """Every event matching the filters (or the first ``limit``), in listing order, ``page_size`` at a time.
+        """Every event matching ``where`` (or the first ``limit``), in listing order, ``page_size`` at a time.
 
         Keyset paging on :func:`listing_key`, one short read per page: memory stays one page whatever the number
         of events, and an event stored during the export neither repeats nor shifts the others.
         """
         if page_size < 1 or (limit is not None and limit < 1):
             raise ValueError(f"page_size and limit must be at least 1, got {page_size} and {limit}")
-        conditions = self._filters(site, node, label, since, until)
+        conditions = where.conditions()
         last: EventRow | None = None
         left = limit
         while left is None or left > 0:
             size = page_size if left is None else min(page_size, left)
-            where = conditions if last is None else [*conditions, _after(last)]
+            page = conditions if last is None else [*conditions, _after(last)]
             with self.store.session() as session:
-                rows = list(session.scalars(select(EventRow).where(*where).order_by(*_listing_order()).limit(size)))
+                rows = list(session.scalars(select(EventRow).where(*page).order_by(*_listing_order()).limit(size)))
             if not rows:
                 return
             yield EventPage(rows, self.has_snapshots([row.id for row in rows]))
@@ -457,7 +461,7 @@ class EventLog:
         hour = self._hour(EventRow.received_at) if by_hour else None
         columns = [EventRow.site, EventRow.node, EventRow.label]
         group = [*columns, hour] if hour is not None else columns
-        conditions = self._filters(None, None, None, since, until)
+        conditions = EventFilter(since=since, until=until).conditions()
         with self.store.session() as session:
             rows = session.execute(select(*group, func.count()).where(*conditions).group_by(*group)).all()
         out = []
