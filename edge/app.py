@@ -129,7 +129,7 @@ class EdgeApp:
             threshold=cfg.operating_point().threshold,
             detect=cfg.detect,
             model=self._classifier.version,
-            model_sha256=getattr(self._classifier, "sha256", None),
+            model_sha256=self._classifier.sha256,
             model_error=model_error,
             profile=cfg.profile,
             source=cfg.source,

@@ -53,6 +53,11 @@ class Classifier(Protocol):
     version: str
 
     @property
+    def sha256(self) -> str | None:
+        """The sha256 of the model file (64 hex digits), or ``None`` for a model that is not one file."""
+        ...
+
+    @property
     def verifies_faces(self) -> bool:
         """Whether :meth:`scores` gives a real face score (a model with a ``not_face`` class)."""
         ...
