@@ -176,7 +176,12 @@ class EdgeApp:
             cfg.source, camera=cfg.camera, scene=cfg.scene, angle=(lambda: servo.position) if servo else None
         )
         self.capture = Capture(
-            source, cfg.camera.retry_min_s, cfg.camera.retry_max_s, cfg.camera.stall_timeout_s, retry=not self.once
+            source,
+            cfg.camera.retry_min_s,
+            cfg.camera.retry_max_s,
+            cfg.camera.stall_timeout_s,
+            retry=not self.once,
+            reopen_after_s=cfg.camera.reopen_after_s,
         )
         self.pipeline = Pipeline(
             cfg,

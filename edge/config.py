@@ -161,11 +161,22 @@ class CameraConfig(StrictModel):
         le=3600,
         description="no frame for this long: the camera is reported down (camera_ok false) until frames return",
     )
+    reopen_after_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="a live camera whose read gives nothing for this long (a driver that hangs, a USB camera that "
+        "re-enumerated) is closed and opened again; at least stall_timeout_s",
+    )
 
     @model_validator(mode="after")
     def _retry_order(self) -> CameraConfig:
         if self.retry_min_s > self.retry_max_s:
             raise ValueError(f"retry_min_s ({self.retry_min_s}) must not exceed retry_max_s ({self.retry_max_s})")
+        if self.reopen_after_s < self.stall_timeout_s:
+            raise ValueError(
+                f"reopen_after_s ({self.reopen_after_s}) must not be under stall_timeout_s ({self.stall_timeout_s})"
+            )
         return self
 
 

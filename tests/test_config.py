@@ -140,3 +140,11 @@ def test_edge_operating_point_defaults_to_the_profile_s_own() -> None:
         min_no_mask_detector_score=0.1
     )
     assert EdgeConfig(profile="crowd", min_face_score=0.0).operating_point().min_face_score == 0.0  # 0 is given
+
+
+def test_a_camera_is_reopened_no_sooner_than_it_is_reported_down(tmp_path: Path) -> None:
+    from edge.config import EdgeConfig
+
+    text = "camera:\n  stall_timeout_s: 20\n  reopen_after_s: 10\n"
+    with pytest.raises(ConfigError, match=r"reopen_after_s \(10.0\) must not be under stall_timeout_s \(20.0\)"):
+        load_config(EdgeConfig, write(tmp_path, text), environ={})

@@ -12,7 +12,8 @@ only the newest frame and counts the ones it had to drop, so latency stays
 bounded when inference is slower than the camera; a camera that fails to open
 or drops out is retried with backoff. Finite sources (files, folders) are read
 frame by frame without dropping. A source that gives no frame for
-``stall_timeout_s`` is reported down (:attr:`Capture.error`) until frames return.
+``stall_timeout_s`` is reported down (:attr:`Capture.error`) until frames return; a live one whose read
+gives nothing for ``reopen_after_s`` is closed and opened again.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ from shared.errors import HardwareError, ImageReadError
 from shared.messages import MAX_ERROR_CHARS
 
 log = logging.getLogger(__name__)
+
+#: Given-up reads that may stay blocked in a driver at once; beyond, no new reader starts until one returns (a
+#: driver that never returns costs this many threads, not one per reopen).
+MAX_BLOCKED_READS = 3
 
 
 class VideoSource:
@@ -194,6 +199,9 @@ class Capture:
     :param stall_timeout_s: no frame for this long and :attr:`error` says so (``no frame for N s``) until
         frames return; a run without ``retry`` then gives up.
     :param retry: reopen a failed live source (a node); off, the first failure or stall ends the run (``--once``).
+    :param reopen_after_s: with ``retry``, a live source is read in a thread of its own; when it gives no frame
+        for this long, the read is given up (the source is closed, which wakes most drivers; a read that stays
+        blocked is left behind and whatever it returns is dropped) and the source is opened again.
     """
 
     def __init__(
@@ -204,12 +212,18 @@ class Capture:
         stall_timeout_s: float = 10.0,
         *,
         retry: bool = True,
+        reopen_after_s: float = 30.0,
     ) -> None:
         self.source = source
         self.retry_min_s = retry_min_s
         self.retry_max_s = retry_max_s
         self.stall_timeout_s = stall_timeout_s
         self.retry = retry
+        self.reopen_after_s = reopen_after_s
+        #: how many times a live source was given up because its read gave nothing for ``reopen_after_s``
+        self.reopened = 0
+        self._generation = 0  # the reads of an older generation were given up: their frames are dropped
+        self._blocked: list[threading.Thread] = []  # given-up readers still inside a read
         self.dropped = 0
         self.frames = 0
         #: why the source failed to open or read (cleared when it opens again); see :attr:`error`
@@ -247,8 +261,11 @@ class Capture:
                     self.failure = None
                     self._last_frame = time.monotonic()
                     delay = self.retry_min_s
-                    self._pump(stop)
-                    return  # the end of the stream (live devices raise instead)
+                    if self.source.live and self.retry:
+                        self._watch(stop)
+                    else:
+                        self._pump(stop, self._generation)
+                    return  # the end of the stream, or stopped (live devices raise instead)
                 except HardwareError as exc:
                     self.failure = str(exc)
                     if not (self.source.live and self.retry):
@@ -264,12 +281,45 @@ class Capture:
             with self._cond:
                 self._cond.notify_all()
 
-    def _pump(self, stop: threading.Event) -> None:
-        while not stop.is_set():
+    def _watch(self, stop: threading.Event) -> None:
+        """Read a live source in a reader thread and watch it; raise :class:`HardwareError` when it fails or
+        gives no frame for ``reopen_after_s`` (then its reads are given up), return when stopped."""
+        self._blocked = [thread for thread in self._blocked if thread.is_alive()]
+        if len(self._blocked) >= MAX_BLOCKED_READS:
+            raise HardwareError(
+                f"{len(self._blocked)} reads of {self.source.name!r} are still blocked in its driver: "
+                "no new read until one returns"
+            )
+        generation = self._generation
+        failures: list[HardwareError] = []
+
+        def read() -> None:
+            try:
+                self._pump(stop, generation)
+            except HardwareError as exc:
+                failures.append(exc)
+
+        reader = threading.Thread(target=read, name="capture-read", daemon=True)
+        reader.start()
+        while reader.is_alive() and not stop.is_set():
+            reader.join(min(0.2, self.reopen_after_s))
+            idle = time.monotonic() - self._last_frame
+            if reader.is_alive() and idle >= self.reopen_after_s:
+                self._generation += 1
+                self.reopened += 1
+                self._blocked.append(reader)
+                raise HardwareError(f"source {self.source.name!r} gave no frame for {idle:.0f} s: opening it again")
+        if failures:
+            raise failures[0]
+
+    def _pump(self, stop: threading.Event, generation: int) -> None:
+        while not stop.is_set() and generation == self._generation:
             frame = self.source.read()
             if frame is None:
                 return
             with self._cond:
+                if generation != self._generation:
+                    return  # given up while it read: a newer reader owns the source
                 if self.source.live:
                     if self._latest is not None:
                         self.dropped += 1
