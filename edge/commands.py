@@ -5,7 +5,10 @@ of handlers (name -> handler) and answers each exactly once, with the
 ``request_id``: ``ok`` with the applied value, or ``error`` with the reason
 (invalid JSON, unknown fields, out-of-range values, unknown command names).
 Commands to ``maskwatch/<site>/all/cmd/<name>`` are handled like the node's own.
-The hub's retained ``desired`` config is applied on every connect.
+The hub's retained ``desired`` config is applied on every connect. A command that
+may take minutes (:data:`BACKGROUND_COMMANDS`: a model push waits for its chunks
+and its probation) runs in a thread of its own, one at a time, so that every
+other command is answered meanwhile.
 
 :class:`NodeCommands` holds one handler per command of the contract
 (``_on_<name>`` for each name of :data:`shared.messages.COMMANDS`; a command
@@ -51,6 +54,10 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Command], Any]
 PublishFn = Callable[[str, bytes], Any]
 
+#: Commands that may take minutes: each runs in a thread of its own, one at a time (another of the same name is
+#: answered ``error``, busy, until the first has answered), so that the other commands are answered meanwhile.
+BACKGROUND_COMMANDS = frozenset({"model"})
+
 
 def _request_id_of(payload: bytes) -> str | None:
     """Best-effort ``request_id`` of a payload that failed validation."""
@@ -71,6 +78,7 @@ class Dispatcher:
     :param publish: ``publish(topic, payload)`` for the answers (QoS 1).
     :param after: called after every successful command (publish the retained state).
     :param apply_desired: applies the hub's :class:`DesiredConfig`.
+    :param background: the commands that run in a thread of their own (:data:`BACKGROUND_COMMANDS`).
     """
 
     def __init__(
@@ -81,12 +89,16 @@ class Dispatcher:
         *,
         after: Callable[[], None] | None = None,
         apply_desired: Callable[[DesiredConfig], None] | None = None,
+        background: frozenset[str] = BACKGROUND_COMMANDS,
     ) -> None:
         self.topics = topics
         self.handlers = handlers
         self._publish = publish
         self._after = after
         self._apply_desired = apply_desired
+        self.background = background
+        self._running: dict[str, str | None] = {}  # background command name -> request id of the one running
+        self._running_lock = threading.Lock()
         self._inbox: queue.SimpleQueue[Received] = queue.SimpleQueue()
         self.rejected: Counter[str] = Counter()
         self._reject_log = LogCap(log, "command rejections")
@@ -108,7 +120,8 @@ class Dispatcher:
                 log.exception("command on %s failed", message.topic)
 
     def handle(self, message: Received) -> CommandResponse | None:
-        """Process one message (command or desired config); return the answer published, if any."""
+        """Process one message (command or desired config); return the answer published, if any (``None`` also
+        for a background command that was started: it answers when it is done)."""
         if message.topic == self.topics.desired:
             self._desired(message.payload)
             return None
@@ -119,11 +132,39 @@ class Dispatcher:
             self._reject_log.warning("topic", "ignoring message on %s: %s", message.topic, exc)
             return None
         name = info.name or ""
-        answer = self._answer(name, message.payload)
+        if name in self.background and name in self.handlers:
+            return self._start(name, message.payload)
+        return self._reply(name, self._answer(name, message.payload))
+
+    def _reply(self, name: str, answer: CommandResponse) -> CommandResponse:
         self._publish(self.topics.response(name), answer.to_json())
         if answer.status == "ok" and self._after:
             self._after()
         return answer
+
+    def _start(self, name: str, payload: bytes) -> CommandResponse | None:
+        """Run a background command in a thread of its own, or answer busy while one of its name runs."""
+        request_id = _request_id_of(payload)
+        with self._running_lock:
+            busy = name in self._running
+            if not busy:
+                self._running[name] = request_id
+        if busy:
+            running = self._running.get(name)
+            reason = f"a {name} command ({running}) is still running: send this one again when it has answered"
+            return self._reply(name, self._error("busy", request_id, reason))
+
+        def run() -> None:
+            try:
+                self._reply(name, self._answer(name, payload))
+            except Exception:  # one boundary per thread, as in run()
+                log.exception("command %s (%s) failed", name, request_id)
+            finally:
+                with self._running_lock:
+                    del self._running[name]
+
+        threading.Thread(target=run, name=f"command-{name}", daemon=True).start()
+        return None
 
     def _answer(self, name: str, payload: bytes) -> CommandResponse:
         model = COMMANDS.get(name)

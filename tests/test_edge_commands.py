@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -179,3 +181,53 @@ def test_a_handler_that_fails_unexpectedly_still_answers_once_with_the_reason(
     assert topic == topics.response("servo") and parse(CommandResponse, published) == answer
     assert dispatcher.rejected["failed"] == 1
     assert "Traceback" in caplog.text  # the bug is logged with its stack for the developer
+
+
+def test_a_model_push_runs_apart_and_the_other_commands_are_answered_meanwhile() -> None:
+    """A model push may wait minutes (its chunks, its probation): it used to hold the commands thread, so a servo
+    or threshold command sent meanwhile timed out. Now it runs in a thread of its own, one push at a time."""
+    sent: queue.Queue[tuple[str, CommandResponse]] = queue.Queue()
+    topics = NodeTopics("s", "n1")
+    release = threading.Event()
+
+    def model(command: Command) -> dict[str, Any]:
+        release.wait(10)  # a push on probation
+        return {"model": "new"}
+
+    def threshold(command: Command) -> dict[str, Any]:
+        return {"threshold": 0.5}
+
+    def publish(topic: str, payload: bytes) -> None:
+        sent.put((topic, parse(CommandResponse, payload)))
+
+    dispatcher = Dispatcher(topics, {"model": model, "threshold": threshold}, publish)
+    stop = threading.Event()
+    thread = threading.Thread(target=dispatcher.run, args=(stop,), daemon=True)
+    thread.start()
+    push = {"model": "new", "sha256": "0" * 64, "size": 10, "probation_s": 0}
+    try:
+        dispatcher.receive(
+            Received(topics.cmd("model"), json.dumps({"request_id": "m-1", **push}).encode(), 1, False, 1)
+        )
+        dispatcher.receive(Received(topics.cmd("threshold"), b'{"request_id": "t-1", "value": 0.5}', 1, False, 1))
+        dispatcher.receive(
+            Received(topics.cmd("model"), json.dumps({"request_id": "m-2", **push}).encode(), 1, False, 1)
+        )
+        answers = [sent.get(timeout=5) for _ in range(2)]
+        assert [(topic, a.request_id, a.status) for topic, a in answers] == [
+            (topics.response("threshold"), "t-1", "ok"),
+            (topics.response("model"), "m-2", "error"),
+        ]
+        assert "(m-1) is still running" in (answers[1][1].error or "") and dispatcher.rejected["busy"] == 1
+        release.set()
+        topic, done = sent.get(timeout=5)
+        assert (topic, done.request_id, done.status, done.value) == (
+            topics.response("model"),
+            "m-1",
+            "ok",
+            {"model": "new"},
+        )
+    finally:
+        release.set()
+        stop.set()
+        thread.join(2)
