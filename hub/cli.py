@@ -37,6 +37,7 @@ from hub.services.auth import new_token
 from hub.views import ExportFormat
 from shared import topics
 from shared.cli import (
+    SERVO_ANGLE_TEXT,
     address,
     argument_type,
     command_group,
@@ -53,7 +54,7 @@ from shared.errors import ConfigError, MaskwatchError
 from shared.messages import Alert, parse
 from shared.mqtt import MqttClient, Received
 from shared.schedule import check_timezone, window_spec
-from shared.vocabulary import SERVO_RANGE_DEG, Label, ServoMode, check_threshold
+from shared.vocabulary import Label, ServoMode, check_threshold
 
 if TYPE_CHECKING:
     from hub.services.commands import Outcome
@@ -225,12 +226,8 @@ def _add_servo(subparsers: argparse._SubParsersAction) -> None:
     )
     _command_options(parser)
     target = parser.add_mutually_exclusive_group(required=True)
-    low, high = SERVO_RANGE_DEG
     target.add_argument(
-        "--angle",
-        type=servo_angle,
-        metavar="DEG",
-        help=f"go to this angle, {low:g}..{high:g} degrees, clamped to the node's limits (mode becomes hold)",
+        "--angle", type=servo_angle, metavar="DEG", help=f"go to this angle, {SERVO_ANGLE_TEXT} (mode becomes hold)"
     )
     target.add_argument("--mode", choices=[mode.value for mode in ServoMode], help="servo mode")
     parser.set_defaults(handler=run_servo)
@@ -326,12 +323,8 @@ def _add_schedule(subparsers: argparse._SubParsersAction) -> None:
         ("--quiet", "quiet hours: events are stored but raise no alert"),
     ):
         parser.add_argument(option, type=argument_type(window_spec), action="append", metavar="WINDOW", help=what)
-    low, high = SERVO_RANGE_DEG
     parser.add_argument(
-        "--park-deg",
-        type=servo_angle,
-        metavar="DEG",
-        help=f"where the servo is parked, {low:g}..{high:g} degrees, clamped to the node's limits (default 0)",
+        "--park-deg", type=servo_angle, metavar="DEG", help=f"where the servo is parked, {SERVO_ANGLE_TEXT} (default 0)"
     )
     parser.set_defaults(handler=run_schedule)
 

@@ -63,6 +63,10 @@ def finite_float(text: str) -> float:
     return value
 
 
+#: How a help text describes a servo angle option (:func:`servo_angle`).
+SERVO_ANGLE_TEXT = f"{SERVO_RANGE_DEG[0]:g}..{SERVO_RANGE_DEG[1]:g} degrees, clamped to the node's limits"
+
+
 def servo_angle(text: str) -> float:
     """An argparse type: a finite angle within :data:`~shared.vocabulary.SERVO_RANGE_DEG` degrees (else a usage
     error, exit 2); a node clamps it to its own limits."""
