@@ -189,6 +189,11 @@ def test_servo_slider_moves_the_node_and_the_answer_comes_back(demo: DemoSite, p
     sync_api.expect(answer).to_contain_text("threshold 0.4", timeout=15_000)
     sync_api.expect(answer).to_have_attribute("data-status", "ok")
 
+    modes = card.locator("button[data-mode]")  # the contract's servo modes, read from /api/vocabulary
+    assert modes.all_inner_texts() == [mode.value for mode in ServoMode]
+    modes.filter(has_text="sweep").click()
+    sync_api.expect(card.locator('[data-field="mode"]')).to_have_text("sweep", timeout=15_000)
+
     card.get_by_role("button", name="take snapshot").click()
     sync_api.expect(answer).to_contain_text("JPEG", timeout=15_000)
     sync_api.expect(card.locator("img.snap")).to_be_visible(timeout=15_000)

@@ -27,8 +27,9 @@ from hub.storage.rejected import RejectedStore, RejectIn
 from hub.storage.rows import EventRow
 from shared.cli import main
 from shared.config import BrokerConfig
-from shared.messages import utc_now
+from shared.messages import COMMANDS, SCHEMA_VERSION, utc_now
 from shared.topics import NodeTopics
+from shared.vocabulary import PROBABILITY_RANGE, SERVO_RANGE_DEG, Profile, ServoMode
 from tests.polling import unique_site, wait_until
 
 with warnings.catch_warnings():
@@ -109,6 +110,18 @@ def test_filters_and_pagination(api: tuple[TestClient, Store]) -> None:
     assert client.get("/api/events", params={"site": "elsewhere"}).json()["total"] == 0
     assert client.get("/api/events", params={"label": "maybe"}).status_code == 422
     assert client.get("/api/events", params={"since": "2026-01-01T00:00:00"}).status_code == 422  # no zone
+
+
+def test_the_vocabulary_is_the_contract_s_own(api: tuple[TestClient, Store], tmp_path: Path) -> None:
+    """The dashboard and scripts read the contract's words here instead of keeping copies."""
+    client, _store = api
+    body = client.get("/api/vocabulary").json()
+    assert body["servo_modes"] == [mode.value for mode in ServoMode]
+    assert body["servo_range_deg"] == list(SERVO_RANGE_DEG) and body["probability_range"] == list(PROBABILITY_RANGE)
+    assert body["labels"] == ["mask", "no_mask"] and body["schema_version"] == SCHEMA_VERSION
+    assert body["profiles"] == {profile.value: profile.default_point._asdict() for profile in Profile}
+    assert body["commands"] == sorted(COMMANDS) and "servo" in body["commands"]
+    assert _secured(tmp_path).get("/api/vocabulary").status_code == 401  # behind the token like the rest
 
 
 def test_event_detail_snapshot_and_csv(api: tuple[TestClient, Store]) -> None:

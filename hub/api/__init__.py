@@ -12,6 +12,7 @@ Routes (people script against them; keep them stable)::
     DELETE /api/nodes/{site}/{node}  forget a node: registry row, hub-owned retained topics
     GET  /api/alerts, /api/commands, /api/rejected
     GET  /api/stream                 Server-Sent Events: event, node, alert
+    GET  /api/vocabulary             the contract's words: labels, servo modes and range, profiles, commands
     GET  /metrics                    Prometheus text
     GET  /healthz
     GET  /docs, /redoc              interactive docs, assets served by the hub (no CDN)
@@ -22,7 +23,7 @@ Command routes are rate-limited per token (429 with ``Retry-After``).
 The dashboard (:mod:`hub.web`) is served at ``/`` when its ``static`` folder is present.
 
 Each family of routes is an ``APIRouter`` module (``events``, ``stats``, ``nodes``, ``commands``, ``stream``,
-``ops``, ``metrics``); :func:`create_app` only assembles them.
+``ops``, ``metrics``, ``vocabulary``); :func:`create_app` only assembles them.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from hub.api import commands, events, metrics, nodes, ops, stats, stream
+from hub.api import commands, events, metrics, nodes, ops, stats, stream, vocabulary
 from hub.api.deps import HubServices
 from hub.api.docs import mount_docs
 from hub.services.auth import RateLimiter, TokenChecker
@@ -43,7 +44,16 @@ __all__ = ["HubServices", "create_app"]
 
 log = logging.getLogger(__name__)
 
-ROUTERS = (ops.router, metrics.router, events.router, nodes.router, stats.router, commands.router, stream.router)
+ROUTERS = (
+    ops.router,
+    metrics.router,
+    events.router,
+    nodes.router,
+    stats.router,
+    commands.router,
+    stream.router,
+    vocabulary.router,
+)
 
 
 def create_app(services: HubServices) -> FastAPI:

@@ -3,7 +3,9 @@
 import { api, el, frame, imageUrl, nodeKey, num, stream, throttle } from "./mw.js";
 
 frame("Control");
-const MODES = ["sweep", "track", "hold", "off"];
+// the contract's words come from the hub (GET /api/vocabulary), never copied here
+const VOCABULARY = (await api("api/vocabulary")).body;
+const [LOWEST, HIGHEST] = VOCABULARY.probability_range;
 const main = document.getElementById("main");
 const siteArea = el("div", { class: "grid", id: "sites" });
 const nodeArea = el("div", { class: "grid", id: "controls" }, el("div", { class: "empty" }, "Waiting for nodes…"));
@@ -63,14 +65,14 @@ async function showSnapshot(requestId, img) {
 }
 
 function modeButtons(site, node, out, onAnswer) {
-  return MODES.map((mode) => el("button", {
+  return VOCABULARY.servo_modes.map((mode) => el("button", {
     dataset: { mode },
     onclick: async (e) => { e.target.disabled = true; onAnswer(await send(site, node, "servo", { mode }, out)); e.target.disabled = false; },
   }, mode));
 }
 
 function thresholdControls(site, node, out, onAnswer) {
-  const input = el("input", { type: "number", min: 0, max: 1, step: 0.01, value: 0.5, name: "threshold", style: "width:6rem" });
+  const input = el("input", { type: "number", min: LOWEST, max: HIGHEST, step: 0.01, value: 0.5, name: "threshold", style: "width:6rem" });
   const button = el("button", {
     onclick: async () => onAnswer(await send(site, node, "threshold", { value: Number(input.value) }, out)),
   }, "Set");
@@ -94,7 +96,8 @@ function nodePanel(node) {
   const key = nodeKey(site, node.node);
   const out = el("div", { class: "answer", role: "status" });
   const refresh = () => reloadNodes();
-  const slider = el("input", { type: "range", name: "angle", min: -90, max: 90, step: 1, value: 0 });
+  const [widest, farthest] = VOCABULARY.servo_range_deg;  // until the node's state gives its own limits
+  const slider = el("input", { type: "range", name: "angle", min: widest, max: farthest, step: 1, value: 0 });
   const target = el("output", {}, "0°");
   const current = el("strong", { dataset: { field: "angle" } }, "–");
   const mode = el("strong", { dataset: { field: "mode" } }, "–");
