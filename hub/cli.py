@@ -681,11 +681,10 @@ def send_command(args: argparse.Namespace, name: str, params: dict[str, Any]) ->
 def print_outcomes(outcomes: Sequence[Outcome], name: str, timeout_s: float, as_json: bool) -> int:
     """Print the answers to a command (one line each, or JSON); return the exit code 0/1/3."""
     from hub.services.commands import CommandStatus, overall_status
-    from hub.views import outcome_json
 
     exit_codes = {CommandStatus.OK: 0, CommandStatus.ERROR: 1, CommandStatus.TIMEOUT: EXIT_TIMEOUT}
     if as_json:
-        _print_json([outcome_json(o) for o in outcomes])
+        _print_json([o.to_json() for o in outcomes])
     else:
         for o in outcomes:
             if o.status == CommandStatus.OK:

@@ -20,7 +20,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:  # annotations only: the CLI imports this module's names without the hub extra
-    from hub.services.commands import Outcome
     from hub.storage.events import EventPage
     from hub.storage.rows import AlertRow, CommandRow, EventRow, NodeRow, RejectedRow
 
@@ -215,19 +214,6 @@ def command_json(row: CommandRow) -> dict[str, Any]:
         "answered_at": row.answered_at.isoformat() if row.answered_at else None,
         "response": row.response,
         "error": row.error,
-    }
-
-
-def outcome_json(outcome: Outcome) -> dict[str, Any]:
-    """One node's answer to a command (API ``results``, CLI ``--json``, the audit's ``response``)."""
-    return {
-        "site": outcome.site,
-        "node": outcome.node,
-        "name": outcome.name,
-        "request_id": outcome.request_id,
-        "status": outcome.status.value,
-        "value": outcome.value,
-        "error": outcome.error,
     }
 
 

@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 from hub.api.deps import ERROR_MEANINGS, NODE_LIST_PATTERN, Limit, Principal, Services, SitePath, errors, rate_limited
 from hub.services.commands import CommandStatus, UnknownNode, overall_status
-from hub.views import command_json, outcome_json
+from hub.views import command_json
 from shared.errors import ContractError
 from shared.messages import SendableCommand
 
@@ -68,7 +68,7 @@ def command(
         raise HTTPException(422, str(exc)) from None
     except UnknownNode as exc:
         raise HTTPException(404, str(exc)) from None
-    body = {"request_id": outcomes[0].request_id, "results": [outcome_json(o) for o in outcomes]}
+    body = {"request_id": outcomes[0].request_id, "results": [o.to_json() for o in outcomes]}
     return JSONResponse(body, status_code=HTTP_STATUS[overall_status(outcomes)])
 
 

@@ -32,7 +32,6 @@ from hub.services.discovery import entity_configs
 from hub.storage.commands import AuditAnswer, CommandAudit
 from hub.storage.database import Store
 from hub.storage.nodes import Registry
-from hub.views import outcome_json
 from shared import topics
 from shared.errors import ContractError, MaskwatchError
 from shared.logcap import LogCap
@@ -64,6 +63,18 @@ class Outcome:
     status: CommandStatus
     value: Any = None
     error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The public JSON form (API ``results``, CLI ``--json``, the audit's ``response``)."""
+        return {
+            "site": self.site,
+            "node": self.node,
+            "name": self.name,
+            "request_id": self.request_id,
+            "status": self.status.value,
+            "value": self.value,
+            "error": self.error,
+        }
 
 
 @dataclass
@@ -286,9 +297,7 @@ class Commander:
             by_node = {o.node: o for o in outcomes}
             node_outcomes = [(row_id, by_node[node]) for row_id, node in zip(audit_ids, nodes, strict=True)]
             answers = [
-                AuditAnswer(
-                    row_id, o.status.value, outcome_json(o), o.error, answered=o.status != CommandStatus.TIMEOUT
-                )
+                AuditAnswer(row_id, o.status.value, o.to_json(), o.error, answered=o.status != CommandStatus.TIMEOUT)
                 for row_id, o in node_outcomes
             ]
         else:  # one row for a site-wide command: summary status, every answer in `response`
@@ -298,7 +307,7 @@ class Commander:
                 AuditAnswer(
                     audit_ids[0],
                     status.value,
-                    {"answers": [outcome_json(o) for o in outcomes]},
+                    {"answers": [o.to_json() for o in outcomes]},
                     errors,
                     answered=status != CommandStatus.TIMEOUT,
                 )
