@@ -202,7 +202,11 @@ class ChunkInbox:
         return sha256 in self._files and len(self._files[sha256]) == self._counts[sha256]
 
 
-def smoke_crops(detector: FaceDetector) -> list[tuple[str, Label, np.ndarray]]:
+#: A smoke face: its file, the label a usable classifier must give, its BGR crop as the pipeline cuts it.
+SmokeFace = tuple[str, Label, np.ndarray]
+
+
+def smoke_crops(detector: FaceDetector) -> list[SmokeFace]:
     """The built-in smoke faces as the pipeline cuts them: (file, expected label, BGR crop of the first face).
 
     :raises ModelError: the detector finds no face in one of them.
@@ -217,13 +221,13 @@ def smoke_crops(detector: FaceDetector) -> list[tuple[str, Label, np.ndarray]]:
     return crops
 
 
-def smoke_check(classifier: MaskClassifier, detector: FaceDetector) -> list[float]:
-    """Classify the built-in smoke faces; return their no-mask probabilities.
+def smoke_check(classifier: MaskClassifier, faces: list[SmokeFace]) -> list[float]:
+    """Classify the smoke faces (:func:`smoke_crops`); return their no-mask probabilities.
 
-    :raises ModelError: no face found, a probability outside 0..1 or not finite, or a face with the wrong label.
+    :raises ModelError: a probability outside 0..1 or not finite, or a face with the wrong label.
     """
     probabilities = []
-    for file, expected, crop in smoke_crops(detector):
+    for file, expected, crop in faces:
         scores = classifier.scores([crop])
         p = float(scores.p_no_mask[0])
         if not np.isfinite(scores.p_no_mask).all() or not np.isfinite(scores.face_score).all() or not 0 <= p <= 1:
@@ -264,7 +268,7 @@ class ModelRollout:
     :param folder: where pushed models are kept.
     :param inbox: the chunks received.
     :param pipeline: whose classifier is swapped.
-    :param smoke_detector: makes the detector of the smoke check, on the first push (its own: a LiteRT
+    :param smoke_detector: makes the detector that cuts the smoke faces, once, on the first push (its own: a LiteRT
         interpreter must not run in two threads, and the pipeline's runs in the ``inference`` thread).
     :param runtime: whose ``model``, ``model_sha256`` and ``model_error`` the state reports.
     :param publish_state: publishes the retained state (after a refusal: an ``ok`` answer publishes it anyway).
@@ -286,7 +290,7 @@ class ModelRollout:
         self.inbox = inbox
         self.pipeline = pipeline
         self._make_detector = smoke_detector
-        self._detector: FaceDetector | None = None
+        self._smoke_faces: list[SmokeFace] | None = None  # cut on the first push, then kept (the detector is not)
         self.runtime = runtime
         self._publish_state = publish_state
         self.num_threads = num_threads
@@ -318,9 +322,9 @@ class ModelRollout:
             raise CommandRejected(f"sha256 mismatch: received {digest}")
         path = self.folder.store(data, command.sha256)
         new = MaskClassifier(path, self.num_threads, name=command.model)
-        if self._detector is None:
-            self._detector = self._make_detector()
-        smoke = smoke_check(new, self._detector)
+        if self._smoke_faces is None:
+            self._smoke_faces = smoke_crops(self._make_detector())
+        smoke = smoke_check(new, self._smoke_faces)
         # the rates before: over the transfer and checks, at least probation_s long
         self.stopping.wait(max(0.0, command.probation_s - (time.monotonic() - start.at)))
         before = start.rates_until(self._reading())
