@@ -19,6 +19,8 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
+from hub.urls import snapshot_url
+
 if TYPE_CHECKING:  # annotations only: the CLI imports this module's names without the hub extra
     from hub.storage.events import EventPage
     from hub.storage.rows import AlertRow, CommandRow, EventRow, NodeRow, RejectedRow
@@ -47,11 +49,6 @@ ExportFormat = Literal["csv", "json", "jsonl"]
 EXPORT_MEDIA_TYPES: dict[str, str] = {"csv": "text/csv", "json": "application/json", "jsonl": "application/x-ndjson"}
 #: ``online`` of a node row -> its availability name.
 AVAILABILITY = {True: "online", False: "offline", None: "unknown"}
-
-
-def snapshot_url(base_url: str, event_id: str) -> str:
-    """Where the API serves an event's snapshot JPEG."""
-    return f"{base_url.rstrip('/')}/api/events/{event_id}/snapshot.jpg"
 
 
 def event_json(row: EventRow, has_snapshot: bool, base_url: str) -> dict[str, Any]:

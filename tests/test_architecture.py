@@ -122,3 +122,24 @@ def test_version_is_written_once() -> None:
     assert metadata.version("maskwatch") == shared.__version__  # the installed package read it from there
     changelog = (REPO / "CHANGELOG.md").read_text()
     assert "## [Unreleased]" in changelog and f"## [{shared.__version__}] - " in changelog
+
+
+@pytest.mark.parametrize(
+    "layer,forbidden",
+    [
+        ("hub/services/", ("hub.api", "hub.views", "hub.ingest", "hub.web", "hub.app")),
+        ("hub/storage/", ("hub.api", "hub.views", "hub.ingest", "hub.services", "hub.web", "hub.app")),
+        ("hub/views.py", ("hub.api", "hub.ingest", "hub.services", "hub.web", "hub.app")),
+        ("edge/delivery/", ("edge.pipeline", "edge.app", "edge.commands")),
+        ("edge/vision/", ("edge.pipeline", "edge.app", "edge.commands", "edge.delivery")),
+    ],
+)
+def test_layers_import_only_downwards(layer: str, forbidden: tuple[str, ...]) -> None:
+    """The arrows of docs/architecture.md inside a side: services and views build on storage, never on the API
+    or the ingest above them; the edge's delivery and vision know nothing of the pipeline that uses them."""
+    upward = {
+        path: sorted(m for m in modules if m.startswith(forbidden))
+        for path, modules in IMPORTS.items()
+        if path.startswith(layer)
+    }
+    assert {path: modules for path, modules in upward.items() if modules} == {}

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from hub.storage.alerts import AlertStore
 from hub.storage.rows import NodeRow
-from hub.views import snapshot_url
+from hub.urls import snapshot_url
 from shared import topics
 from shared.messages import Alert
 
