@@ -22,7 +22,7 @@ from shared import __version__
 from shared.config import parse_host_port, split_set_option
 from shared.errors import ConfigError, MaskwatchError, MissingExtraError
 from shared.topics import validate_id
-from shared.vocabulary import SERVO_RANGE_DEG, check_threshold
+from shared.vocabulary import SERVO_RANGE_DEG, check_servo_angle, check_threshold
 
 T = TypeVar("T")
 
@@ -68,13 +68,9 @@ SERVO_ANGLE_TEXT = f"{SERVO_RANGE_DEG[0]:g}..{SERVO_RANGE_DEG[1]:g} degrees, cla
 
 
 def servo_angle(text: str) -> float:
-    """An argparse type: a finite angle within :data:`~shared.vocabulary.SERVO_RANGE_DEG` degrees (else a usage
-    error, exit 2); a node clamps it to its own limits."""
-    value = finite_float(text)
-    low, high = SERVO_RANGE_DEG
-    if not low <= value <= high:
-        raise argparse.ArgumentTypeError(f"expected an angle from {low:g} to {high:g} degrees, got {text}")
-    return value
+    """An argparse type: a finite angle within :data:`~shared.vocabulary.SERVO_RANGE_DEG` degrees (the rule of
+    :func:`~shared.vocabulary.check_servo_angle`; else a usage error, exit 2); a node clamps it to its own limits."""
+    return argument_type(lambda t: check_servo_angle(finite_float(t), "the angle"))(text)
 
 
 def _whole_number(minimum: int) -> Callable[[str], int]:

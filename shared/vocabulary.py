@@ -41,6 +41,7 @@ SERVO_RANGE_DEG = (-180.0, 180.0)
 ServoAngle = Annotated[float, Field(ge=SERVO_RANGE_DEG[0], le=SERVO_RANGE_DEG[1], allow_inf_nan=False)]
 #: A :data:`ServoAngle` as it travels in a message: a JSON number, never a boolean or a string.
 StrictServoAngle = Annotated[ServoAngle, Strict()]
+_SERVO_ANGLE = TypeAdapter(ServoAngle)
 
 
 class ServoMode(StrEnum):
@@ -140,13 +141,28 @@ def describe_profile_defaults(setting: str) -> str:
     return ", ".join(f"{profile} {getattr(point, setting)}" for profile, point in DEFAULT_OPERATING_POINTS.items())
 
 
+def _checked(adapter: TypeAdapter[float], bounds: tuple[float, float], value: float, what: str, unit: str) -> float:
+    try:
+        return adapter.validate_python(value)
+    except ValidationError:
+        low, high = bounds
+        raise ConfigError(f"{what} must be between {low:g} and {high:g}{unit}, got {value}") from None
+
+
 def check_threshold(value: float, what: str = "threshold") -> float:
     """``value`` if it is a valid :data:`Threshold`, else :class:`ConfigError` naming ``what`` and the range."""
-    try:
-        return _THRESHOLD.validate_python(value)
-    except ValidationError:
-        low, high = PROBABILITY_RANGE
-        raise ConfigError(f"{what} must be between {low:g} and {high:g}, got {value}") from None
+    return _checked(_THRESHOLD, PROBABILITY_RANGE, value, what, "")
+
+
+def check_servo_angle(value: float, what: str = "angle") -> float:
+    """``value`` if it is a valid :data:`ServoAngle`, else :class:`ConfigError` naming ``what`` and the range.
+
+    >>> check_servo_angle(200.0)
+    Traceback (most recent call last):
+    ...
+    shared.errors.ConfigError: angle must be between -180 and 180 degrees, got 200.0
+    """
+    return _checked(_SERVO_ANGLE, SERVO_RANGE_DEG, value, what, " degrees")
 
 
 class Decision(NamedTuple):
