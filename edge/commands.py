@@ -147,10 +147,8 @@ class Dispatcher:
         request_id = _request_id_of(payload)
         with self._running_lock:
             busy = name in self._running
-            if not busy:
-                self._running[name] = request_id
+            running = self._running.setdefault(name, request_id)  # the one already running, if busy
         if busy:
-            running = self._running.get(name)
             reason = f"a {name} command ({running}) is still running: send this one again when it has answered"
             return self._reply(name, self._error("busy", request_id, reason))
 
