@@ -100,6 +100,7 @@ class Pipeline:
         self.events_written = 0
         self.frames_skipped = 0
         self._last_angle: float | None = None
+        self._point = config.operating_point()  # the run-time threshold replaces its own per frame
         self._lock = threading.Lock()
 
     # -- per frame -------------------------------------------------------------
@@ -129,7 +130,7 @@ class Pipeline:
                 for i, p, face_score in zip(todo, scores.p_no_mask, scores.face_score, strict=True):
                     probs[i] = float(p)
                     face_scores[i] = float(face_score) if classifier.verifies_faces else None
-        point = self.config.operating_point().with_settings(threshold=threshold)
+        point = self._point._replace(threshold=threshold)
         return [
             Observation(f.box, p, f.score, face)
             for f, p, face in zip(faces, probs, face_scores, strict=True)
