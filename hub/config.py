@@ -87,7 +87,8 @@ class ClockConfig(StrictModel):
         DEFAULT_MAX_SKEW_S,
         gt=0,
         description="an event or stats message whose ts differs from the hub's clock by more than this is "
-        "flagged clock_skewed, and counted in maskwatch_clock_skew_events_total",
+        "flagged clock_skewed, and counted in maskwatch_clock_skew_events_total (an event that is only late, "
+        "from a node whose clock was measured within this, is not)",
     )
 
 

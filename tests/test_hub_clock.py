@@ -16,6 +16,7 @@ from hub.config import HubConfig
 from hub.ingest.batch_core import BatchWriter, WriterSettings
 from hub.storage.database import Store
 from hub.storage.events import EventFilter, EventLog
+from hub.storage.nodes import Registry
 from hub.storage.rows import AlertRow, EventRow, NodeRow
 from shared.cli import main
 from shared.config import BrokerConfig, load_config
@@ -115,6 +116,50 @@ def test_stats_measure_the_nodes_clock(store: Store, tmp_path: Path) -> None:
     with store.session() as session:
         node = session.get(NodeRow, ("hq", "n"))
         assert node is not None and not node.clock_skewed and node.clock_offset_s == -8.0
+
+
+def test_a_late_event_from_a_node_with_a_right_clock_is_not_skewed(store: Store, tmp_path: Path) -> None:
+    """An outbox replayed after an outage: old ``ts``, but the node's clock was measured right (its stats, before
+    or in the same batch), so the event is late, not skewed. A node measured wrong, or never, keeps the flag."""
+    w = writer(store, tmp_path)
+
+    def stats(node: str, ts: datetime) -> tuple[str, bytes]:
+        return NodeTopics("hq", node).stats, NodeStats(site="hq", node=node, ts=ts, fps=5.0).to_json()
+
+    def event(node: str, n: int, ts: datetime) -> tuple[str, bytes]:
+        return NodeTopics("hq", node).events, make_event("hq", node, n, ts=ts).to_json()
+
+    an_hour_ago = T0 - timedelta(hours=1)
+    w.write(
+        [stats("right", an_hour_ago + timedelta(seconds=2)), stats("wrong", an_hour_ago - timedelta(hours=1))],
+        an_hour_ago,
+    )
+    w.write(
+        [
+            event("right", 1, an_hour_ago + timedelta(seconds=5)),  # held an hour in the outbox
+            event("wrong", 1, an_hour_ago + timedelta(seconds=5)),
+            event("never", 1, an_hour_ago + timedelta(seconds=5)),
+            stats("fresh", T0),  # measured in the same batch as its late event
+            event("fresh", 1, an_hour_ago),
+            event("right", 2, T0 + timedelta(hours=1)),  # ahead: no delay explains it
+        ],
+        T0,
+    )
+    log = EventLog(store, tmp_path)
+    flags = {e.id: e.clock_skewed for e in log.query()[0]}
+    assert flags == {
+        "hq-right-00001": False,
+        "hq-wrong-00001": True,
+        "hq-never-00001": True,
+        "hq-fresh-00001": False,
+        "hq-right-00002": True,
+    }
+    assert {(site, node): n for site, node, n in Registry(store).skew_counts()} == {
+        ("hq", "fresh"): 0,
+        ("hq", "never"): 1,
+        ("hq", "right"): 1,
+        ("hq", "wrong"): 1,
+    }
 
 
 def test_cooldown_runs_on_the_hubs_clock(store: Store, tmp_path: Path) -> None:

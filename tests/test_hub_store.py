@@ -17,6 +17,7 @@ from sqlalchemy.exc import OperationalError
 from hub.config import HubConfig, hash_token
 from hub.storage.database import Store
 from hub.storage.events import EventIn, EventLog, SnapshotIn, fold
+from hub.storage.nodes import NodeUpdate, Registry
 from hub.storage.rejected import RejectedStore, RejectIn
 from hub.storage.rows import AlertRow, EventMessage, EventRow, RejectedRow, SnapshotRow
 from shared.cli import main
@@ -113,6 +114,11 @@ def test_postgresql_migrate_and_upsert() -> None:
         row = log.get("hq-n-00001")
         assert row is not None and (row.label, row.best_score, row.messages, row.state) == ("no_mask", 0.8, 2, "ended")
         assert log.label_counts(by_hour=True)[0][2] == T0.strftime("%Y-%m-%dT%H:00:00Z")
+        registry = Registry(s)
+        with s.transaction() as session:
+            registry.apply(session, [NodeUpdate("hq", "n", "stats", T0, payload={}, clock_offset_s=-2.5)])
+        with s.session() as session:
+            assert registry.clock_offsets(session, [("hq", "n"), ("hq", "gone")]) == {("hq", "n"): -2.5}
     finally:
         s.close()
         with probe.engine.begin() as conn:

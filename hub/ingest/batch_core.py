@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from hub.config import DEFAULT_MAX_SKEW_S, HubConfig
 from hub.ingest.acks import Delivered
@@ -150,7 +151,8 @@ def classify(
     """Validate one message and add it to ``batch`` (as data, or as a rejection with its reason).
 
     An event or stats message whose ``ts`` is more than ``max_skew_s`` off ``now`` (the hub's clock) is
-    flagged ``clock_skewed``; stats also give the node's clock offset.
+    flagged ``clock_skewed`` (a late event may be excused later: :meth:`BatchWriter.excuse_late`); stats also
+    give the node's clock offset.
     """
     try:
         info = topics.parse_topic(topic)
@@ -242,6 +244,24 @@ class BatchWriter:
         #: rejections are logged through this cap (a few lines per reason and minute); counted exactly elsewhere
         self.reject_log = LogCap(log, "rejections")
 
+    def excuse_late(self, session: Session, batch: Batch) -> None:
+        """Clear ``clock_skewed`` on events that are late, not skewed.
+
+        An event whose ``ts`` is more than ``max_skew_s`` behind the hub's clock, from a node whose clock was
+        last measured within ``max_skew_s`` of the hub's (its stats, in this batch or before), was held back,
+        e.g. in the node's outbox during an outage, and its ``ts`` is right. A node whose clock was never
+        measured keeps the flag: either clock may be to blame.
+        """
+        behind = [item for item in batch.events if item.clock_skewed and item.event.ts < item.received_at]
+        if not behind:
+            return
+        offsets = self.registry.clock_offsets(session, {(item.event.site, item.event.node) for item in behind})
+        offsets |= {(u.site, u.node): u.clock_offset_s for u in batch.nodes if u.clock_offset_s is not None}
+        for item in behind:
+            offset = offsets.get((item.event.site, item.event.node))
+            if offset is not None and not skewed(offset, self.max_skew_s):
+                item.clock_skewed = False
+
     def write(self, messages: list[Message], now: datetime) -> BatchResult:
         """Validate ``messages`` (received at ``now``) and commit them; alerts are returned, not published."""
         batch = Batch()
@@ -254,6 +274,7 @@ class BatchWriter:
         self.reject_log.flush()
         try:
             with self.store.transaction() as session:
+                self.excuse_late(session, batch)
                 written = self.events.write(session, batch.events)
                 self.events.save_snapshots(session, batch.snapshots)
                 self.rejected.add(session, batch.rejects, self.rejected_max_rows)

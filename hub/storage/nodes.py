@@ -7,12 +7,12 @@ and every event as a sign of life), read by the API, the CLI and the commands.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from hub.storage.database import Store
@@ -110,6 +110,19 @@ class Registry:
                 .where(table.c.site == site, table.c.node == node)
                 .values(clock_skewed_events=table.c.clock_skewed_events + n)
             )
+
+    def clock_offsets(self, session: Session, nodes: Iterable[tuple[str, str]]) -> dict[tuple[str, str], float]:
+        """The last measured clock offset (``clock_offset_s``) of each of ``nodes`` that has one."""
+        table = NodeRow.__table__
+        wanted = sorted(set(nodes))
+        if not wanted:
+            return {}
+        rows = session.execute(
+            select(table.c.site, table.c.node, table.c.clock_offset_s).where(
+                tuple_(table.c.site, table.c.node).in_(wanted), table.c.clock_offset_s.is_not(None)
+            )
+        )
+        return {(site, node): float(offset) for site, node, offset in rows}
 
     def skew_counts(self) -> list[tuple[str, str, int]]:
         """``(site, node, event messages with a skewed clock)`` rows."""
