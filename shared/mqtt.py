@@ -24,6 +24,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -63,6 +64,8 @@ Handler = Callable[[Received], None]
 
 #: Topics whose matching handlers are remembered; the cache starts over when it is full.
 ROUTE_CACHE_MAX = 4096
+#: Length at which the list of QoS 1 publishes kept for :meth:`MqttClient.stop` is first cleared of acknowledged ones.
+PRUNE_AT = 256
 
 
 def _strip_share(topic_filter: str) -> str:
@@ -138,6 +141,8 @@ class MqttClient:
         self.refusals: dict[str, str] = {}
         self._logged_refusals: set[tuple[str, str]] = set()
         self._subscribing: dict[int, str] = {}  # SUBSCRIBE mid -> filter, until its SUBACK
+        self._unacknowledged: list[paho.MQTTMessageInfo] = []  # QoS 1 publishes, for stop() to wait on
+        self._prune_at = PRUNE_AT
         self._v5 = broker.protocol == 5
         if self._v5:
             self._client = paho.Client(
@@ -204,14 +209,21 @@ class MqttClient:
         return self._connected.is_set()
 
     def stop(self, *, publish_will: bool = True, timeout: float = 5.0) -> None:
-        """Publish the will payload (if any and connected), disconnect, stop the network thread."""
+        """Publish the will payload (if any and connected), wait up to ``timeout`` seconds for the broker to
+        acknowledge every QoS 1 message published so far, disconnect, stop the network thread.
+
+        Without the wait, messages beyond paho's in-flight window, still queued in the client, would be dropped
+        by the disconnect. While offline nothing is waited for: what is queued in memory is lost (see
+        :meth:`publish`).
+        """
         self._stopping = True
         if publish_will and self.will and self.connected:
-            info = self._client.publish(self.will.topic, self.will.payload, qos=self.will.qos, retain=self.will.retain)
-            try:
-                info.wait_for_publish(timeout)
-            except (RuntimeError, ValueError):
-                log.warning("could not publish %s before disconnecting", self.will.topic)
+            will = self._client.publish(self.will.topic, self.will.payload, qos=self.will.qos, retain=self.will.retain)
+            if will.rc == paho.MQTT_ERR_SUCCESS:
+                with self._lock:
+                    self._unacknowledged.append(will)
+        if self.connected:
+            self._wait_acknowledged(timeout)
         self._client.disconnect()
         self._client.loop_stop()
         self._connected.clear()
@@ -226,7 +238,31 @@ class MqttClient:
             data: bytes | str = payload.model_dump_json(exclude_none=True).encode()
         else:
             data = payload
-        return self._client.publish(topic, data, qos=qos, retain=retain)
+        info = self._client.publish(topic, data, qos=qos, retain=retain)
+        if qos > 0 and info.rc == paho.MQTT_ERR_SUCCESS:  # taken while connected (paho cannot wait on the others)
+            with self._lock:
+                if len(self._unacknowledged) >= self._prune_at:  # amortized: the list stays about twice in-flight
+                    self._unacknowledged = [i for i in self._unacknowledged if not i.is_published()]
+                    self._prune_at = max(PRUNE_AT, 2 * len(self._unacknowledged))
+                self._unacknowledged.append(info)
+        return info
+
+    def _wait_acknowledged(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds in all until every QoS 1 message published so far is acknowledged."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            waiting, self._unacknowledged = self._unacknowledged, []
+        for info in waiting:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                info.wait_for_publish(remaining)
+            except (RuntimeError, ValueError):  # refused by paho (e.g. its queue was full): nothing to wait for
+                continue
+        lost = sum(not info.is_published() for info in waiting)
+        if lost:
+            log.warning("stopping with %d QoS 1 messages the broker has not acknowledged after %.1f s", lost, timeout)
 
     def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 1) -> None:
         """Route messages matching ``topic_filter`` to ``handler``; renewed on every connect."""

@@ -153,3 +153,29 @@ def test_refused_connection_reported(broker_config: BrokerConfig) -> None:
             assert client.last_error is not None
         finally:
             client.stop(publish_will=False)
+
+
+def test_stop_delivers_what_was_published_before_it(broker_config: BrokerConfig) -> None:
+    """QoS 1 messages published right before ``stop()`` reach the broker: more than paho sends at once (its
+    in-flight window) are queued in the client, and a disconnect without waiting drops what is still queued."""
+    topic = NodeTopics("hq", "burst").events
+    sub = MqttClient(broker_config, "test-burst-sub")
+    inbox = collector(sub, topic)
+    sub.start()
+    pub = MqttClient(broker_config, "test-burst-pub")
+    pub.start()
+    try:
+        assert sub.wait_connected(5) and pub.wait_connected(5)
+        time.sleep(0.2)
+        for n in range(500):
+            pub.publish(topic, f"{n}", qos=1)
+        pub.stop()
+        got = set()
+        while len(got) < 500:
+            try:
+                got.add(inbox.get(timeout=5).payload)
+            except queue.Empty:
+                break
+        assert len(got) == 500
+    finally:
+        sub.stop()
