@@ -6,11 +6,14 @@ Steps of :meth:`ModelRollout.apply`, each of which refuses the model with a clea
 2. write the file into the model folder (temp file, fsync, ``os.replace``: :class:`ModelFolder`);
 3. load it (:class:`~edge.vision.classifier.MaskClassifier` checks input and output shapes);
 4. smoke inference on the built-in faces (:func:`smoke_check`): scores in 0..1, the known labels;
-5. swap the classifier in the pipeline between two frames, watch the pipeline's capacity (frames per second of
-   processing, :meth:`~edge.delivery.stats.StageTimes.work`) for ``probation_s``; under half the capacity
-   before, swap the old one back (rolled back). Capacity, not the frame rate: a camera that gives 5 fps keeps a
-   node at 5 fps whether a frame takes 10 ms or 150 ms, and would hide a model that leaves no headroom;
-6. point the folder's ``active.json`` at the new file (temp, fsync, ``os.replace``), so a restart loads it.
+5. time the new and the current classifier on the smoke faces (:func:`face_costs`);
+6. swap the classifier in the pipeline between two frames, watch the pipeline's capacity (frames per second of
+   processing, :meth:`~edge.delivery.stats.StageTimes.work`) for ``probation_s``; when the capacity with one
+   face in every frame (the measured time per frame plus one face's cost) falls under half of the same before,
+   swap the old one back (rolled back). Capacity, not the frame rate: a camera that gives 5 fps keeps a node at
+   5 fps whether a frame takes 10 ms or 150 ms, and would hide a model that leaves no headroom. One face's cost
+   added: with no face in view the classifier does not run, and a slow model would pass unseen;
+7. point the folder's ``active.json`` at the new file (temp, fsync, ``os.replace``), so a restart loads it.
 
 A node killed at any step restarts on one whole model: the pointer names a complete, fsynced file or the old
 one; temp files are removed at start.
@@ -35,7 +38,7 @@ from edge.capture.images import read_image
 from edge.capture.scene import BUILTIN_DIR
 from edge.pipeline import Pipeline
 from edge.state import NodeRuntime
-from edge.vision.classifier import MaskClassifier
+from edge.vision.classifier import Classifier, MaskClassifier
 from edge.vision.crop import crop_face
 from edge.vision.detector import FaceDetector
 from shared.errors import CommandRejected, ContractError, ModelError
@@ -52,6 +55,8 @@ SMOKE_FACES: tuple[tuple[str, Label], ...] = (("astronaut.jpg", "no_mask"), ("as
 #: A new model that brings the pipeline's capacity (frames per busy second) under this share of the capacity
 #: before is rolled back.
 MIN_CAPACITY_RATIO = 0.5
+#: Rounds of :func:`face_costs` (the median round counts: the pipeline runs meanwhile).
+COST_ROUNDS = 5
 #: Threshold of the smoke check's decision (the labels of the smoke faces are clear-cut).
 SMOKE_THRESHOLD = 0.5
 POINTER = "active.json"
@@ -239,10 +244,28 @@ def smoke_check(classifier: MaskClassifier, faces: list[SmokeFace]) -> list[floa
     return probabilities
 
 
+def face_costs(classifiers: list[Classifier], faces: list[SmokeFace], rounds: int = COST_ROUNDS) -> list[float]:
+    """Seconds per face of each classifier on the smoke faces: the median of ``rounds`` rounds, the classifiers
+    taking turns within each round (so that load from the running pipeline falls on all of them alike)."""
+    crops = [crop for _file, _label, crop in faces]
+    times: list[list[float]] = [[] for _ in classifiers]
+    for _ in range(rounds):
+        for index, classifier in enumerate(classifiers):
+            start = time.perf_counter()
+            for crop in crops:
+                classifier.scores([crop])
+            times[index].append((time.perf_counter() - start) / len(crops))
+    return [float(np.median(each)) for each in times]
+
+
 @dataclass(frozen=True)
 class _Rates:
     fps: float  # frames per second of wall time
     capacity: float  # frames per second of processing: the rate without waiting for the camera
+
+    def with_face(self, cost_s: float) -> float:
+        """The capacity if every frame also classified one face costing ``cost_s`` seconds."""
+        return 1.0 / (1.0 / self.capacity + cost_s) if self.capacity > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -325,6 +348,10 @@ class ModelRollout:
         if self._smoke_faces is None:
             self._smoke_faces = smoke_crops(self._make_detector())
         smoke = smoke_check(new, self._smoke_faces)
+        # the current model gets an interpreter of its own: the pipeline's runs in the inference thread
+        current = MaskClassifier(self.pipeline.classifier.path, self.num_threads)
+        new_cost, old_cost = face_costs([new, current], self._smoke_faces)
+        del current
         # the rates before: over the transfer and checks, at least probation_s long
         self.stopping.wait(max(0.0, command.probation_s - (time.monotonic() - start.at)))
         before = start.rates_until(self._reading())
@@ -333,12 +360,15 @@ class ModelRollout:
             swapped = self._reading()
             self.stopping.wait(command.probation_s)
             after = swapped.rates_until(self._reading())
-            slowed = after.capacity < MIN_CAPACITY_RATIO * before.capacity
+            one_face_before, one_face_after = before.with_face(old_cost), after.with_face(new_cost)
+            slowed = one_face_after < MIN_CAPACITY_RATIO * one_face_before
             if command.probation_s > 0 and before.capacity > 0 and slowed:
                 raise CommandRejected(
-                    f"rolled back: capacity fell from {before.capacity:.1f} to {after.capacity:.1f} frames per "
-                    f"second of processing (under {MIN_CAPACITY_RATIO:.0%} of before; frame rate "
-                    f"{before.fps:.1f} -> {after.fps:.1f} fps)"
+                    f"rolled back: capacity with a face in every frame fell from {one_face_before:.1f} to "
+                    f"{one_face_after:.1f} frames per second of processing (under {MIN_CAPACITY_RATIO:.0%} of "
+                    f"before; measured {before.capacity:.1f} -> {after.capacity:.1f}, a face "
+                    f"{old_cost * 1e3:.1f} -> {new_cost * 1e3:.1f} ms, frame rate {before.fps:.1f} -> "
+                    f"{after.fps:.1f} fps)"
                 )
             self.folder.activate(command.model, command.sha256)
         except BaseException:
@@ -359,6 +389,8 @@ class ModelRollout:
             "fps_after": round(after.fps, 2),
             "capacity_fps_before": round(before.capacity, 2),
             "capacity_fps_after": round(after.capacity, 2),
+            "face_ms_before": round(old_cost * 1e3, 2),
+            "face_ms_after": round(new_cost * 1e3, 2),
         }
 
     def _reading(self) -> _Reading:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -273,10 +274,33 @@ def test_model_that_halves_the_capacity_is_rolled_back_though_the_camera_caps_th
         slow = slow_model(tmp_path / "slow.tflite", conv_layers=4)
         code, [answer] = push(broker_config, capsys, "slow", slow, "--probation", "4")
         assert code == 1 and answer["status"] == "error", json.dumps(answer)
-        assert "rolled back: capacity fell from" in answer["error"], answer
+        assert "rolled back: capacity with a face in every frame fell from" in answer["error"], answer
         state = watch.state_where(lambda s: s.model_error is not None, 10)
         assert state.model_sha256 == sha256_hex(INT8.read_bytes()) and "rolled back" in (state.model_error or "")
         assert not (tmp_path / "models" / POINTER).exists()  # the next start loads the old model too
+    finally:
+        watch.close()
+        edge.stop()
+
+
+@pytest.mark.slow
+def test_slow_model_is_rolled_back_with_no_face_in_view(
+    broker_config: BrokerConfig, tmp_path: Path, capsys: Any
+) -> None:
+    """A scene with no face: the classifier never runs during probation, so the measured capacity stays the same;
+    the face costs timed on the smoke faces before the swap still show that a face would halve it."""
+    empty = tmp_path / "empty-scene"
+    empty.mkdir()
+    (empty / "scene.yaml").write_text("faces: []\n")
+    edge, watch = start_node(broker_config, tmp_path, "faceless", {"source": f"scene:{empty}"})
+    try:
+        slow = slow_model(tmp_path / "slow.tflite", conv_layers=4)
+        code, [answer] = push(broker_config, capsys, "faceless", slow, "--probation", "2")
+        assert code == 1 and "rolled back: capacity with a face in every frame fell from" in answer["error"], answer
+        measured = re.search(r"measured ([0-9.]+) -> ([0-9.]+)", answer["error"])
+        assert measured is not None and float(measured[2]) > 0.5 * float(measured[1])  # the old rule let it pass
+        code, [answer] = push(broker_config, capsys, "faceless", F16, "--probation", "2")  # a fair model lands
+        assert code == 0 and answer["value"]["face_ms_after"] > 0, answer
     finally:
         watch.close()
         edge.stop()

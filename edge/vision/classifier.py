@@ -51,6 +51,8 @@ class Classifier(Protocol):
     """Anything that tells for BGR face crops how likely each face wears no mask and whether it is a face."""
 
     version: str
+    #: The model file.
+    path: Path
 
     @property
     def sha256(self) -> str | None:
