@@ -15,7 +15,8 @@ import sys
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,14 @@ sys.path.insert(0, str(REPO))  # bench.loadgen for the tests
 
 MASKWATCH = str(Path(sys.executable).with_name("maskwatch"))
 PG_ADMIN = os.environ.get("MASKWATCH_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+
+
+def stop_all(items: Sequence[Any], stop: Callable[[Any], None]) -> None:
+    """``stop`` every item, the last added first. One that fails does not leave the others running: all are
+    stopped, then its error is raised (with any other as its context)."""
+    with ExitStack() as stack:
+        for item in items:
+            stack.callback(stop, item)
 
 
 class ChildProcess:

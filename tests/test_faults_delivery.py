@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from delivery_support import StoredEvent, Uplink, photo_folder, stored_messages, stored_set
 from deploy_site import HUB, ShippedSite
-from fault_support import EdgeProcess, HubProcess
+from fault_support import EdgeProcess, HubProcess, stop_all
 
 from devsite.broker import LocalMosquitto
 from shared.config import BrokerConfig
@@ -63,13 +63,16 @@ def procs() -> Iterator[list[Any]]:
     """Processes, brokers and relays to stop at the end of the test, whatever happens."""
     items: list[Any] = []
     yield items
-    for item in reversed(items):
+
+    def stop(item: Any) -> None:
         if isinstance(item, HubProcess | EdgeProcess):
             item.stop()
         elif isinstance(item, Uplink):
             item.cut()
         else:
             item.close()
+
+    stop_all(items, stop)
 
 
 @pytest.fixture

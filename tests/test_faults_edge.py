@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FACE_MASK, need
-from fault_support import EdgeProcess, EventTable, HubProcess
+from fault_support import EdgeProcess, EventTable, HubProcess, stop_all
 
 from devsite.broker import LocalMosquitto
 from shared.config import BrokerConfig
@@ -33,8 +33,7 @@ KEEPALIVE_S = 5
 def procs() -> Iterator[list[HubProcess | EdgeProcess]]:
     items: list[HubProcess | EdgeProcess] = []
     yield items
-    for item in reversed(items):
-        item.stop()
+    stop_all(items, lambda item: item.stop())
 
 
 def quick(broker: BrokerConfig | LocalMosquitto) -> BrokerConfig:

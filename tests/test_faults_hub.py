@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fault_support import EventTable, HubProcess
+from fault_support import EventTable, HubProcess, stop_all
 
 from bench.loadgen import LoadGen
 from devsite.broker import LocalMosquitto
@@ -27,13 +27,16 @@ def cleanup() -> Iterator[list[HubProcess | LoadGen | EventTable]]:
     """Things to stop at the end of the test, whatever happens."""
     items: list[HubProcess | LoadGen | EventTable] = []
     yield items
-    for item in reversed(items):
+
+    def stop(item: HubProcess | LoadGen | EventTable) -> None:
         if isinstance(item, HubProcess):
             item.stop()
         elif isinstance(item, LoadGen):
             item.stop(clean=False)
         else:
             item.close()
+
+    stop_all(items, stop)
 
 
 def fast_broker(broker: LocalMosquitto) -> BrokerConfig:
