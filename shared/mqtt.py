@@ -68,6 +68,15 @@ ROUTE_CACHE_MAX = 4096
 PRUNE_AT = 256
 
 
+def _acknowledged(info: paho.MQTTMessageInfo) -> bool:
+    """Whether a publish is done; ``False`` for one paho gave up on (its ``rc`` an error, e.g. a QoS 0 will whose
+    connection was lost: ``is_published()`` raises for those)."""
+    try:
+        return info.is_published()
+    except (RuntimeError, ValueError):
+        return False
+
+
 def _strip_share(topic_filter: str) -> str:
     if topic_filter.startswith("$share/"):
         return topic_filter.split("/", 2)[2]
@@ -242,7 +251,7 @@ class MqttClient:
         if qos > 0 and info.rc == paho.MQTT_ERR_SUCCESS:  # taken while connected (paho cannot wait on the others)
             with self._lock:
                 if len(self._unacknowledged) >= self._prune_at:  # amortized: the list stays about twice in-flight
-                    self._unacknowledged = [i for i in self._unacknowledged if not i.is_published()]
+                    self._unacknowledged = [i for i in self._unacknowledged if not _acknowledged(i)]
                     self._prune_at = max(PRUNE_AT, 2 * len(self._unacknowledged))
                 self._unacknowledged.append(info)
         return info
@@ -258,9 +267,9 @@ class MqttClient:
                 break
             try:
                 info.wait_for_publish(remaining)
-            except (RuntimeError, ValueError):  # refused by paho (e.g. its queue was full): nothing to wait for
+            except (RuntimeError, ValueError):  # paho gave up on it: nothing to wait for
                 continue
-        lost = sum(not info.is_published() for info in waiting)
+        lost = sum(not _acknowledged(info) for info in waiting)
         if lost:
             log.warning("stopping with %d QoS 1 messages the broker has not acknowledged after %.1f s", lost, timeout)
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import queue
 import time
 
+import paho.mqtt.client as paho
+import pytest
+
 from devsite.broker import LocalMosquitto
 from shared.config import BrokerConfig
 from shared.messages import Event, parse, utc_now
-from shared.mqtt import MqttClient, Received, Will
+from shared.mqtt import MqttClient, Received, Will, _acknowledged
 from shared.topics import NodeTopics, node_filter
 
 
@@ -179,3 +182,13 @@ def test_stop_delivers_what_was_published_before_it(broker_config: BrokerConfig)
         assert len(got) == 500
     finally:
         sub.stop()
+
+
+def test_a_publish_paho_gave_up_on_counts_as_not_acknowledged() -> None:
+    """paho marks a QoS 0 message lost with its connection by setting an error ``rc``, after which its own
+    ``is_published()`` raises; ``stop()`` counts such a message as lost instead of raising."""
+    info = paho.MQTTMessageInfo(1)
+    info.rc = paho.MQTT_ERR_CONN_LOST
+    with pytest.raises(RuntimeError):
+        info.is_published()
+    assert _acknowledged(info) is False
