@@ -30,7 +30,6 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from types import FrameType
 from typing import Any, Protocol
 
 from devsite.broker import LocalMosquitto, free_port, mosquitto_binary
@@ -38,6 +37,7 @@ from devsite.embedded_broker import EmbeddedBroker
 from hub.config import HomeAssistantConfig, HttpConfig, HubConfig
 from shared.config import BrokerConfig, MqttProtocol, parse_host_port
 from shared.errors import ConfigError, MaskwatchError, MissingExtraError
+from shared.shutdown import ShutdownSignals
 from shared.topics import validate_id
 
 log = logging.getLogger(__name__)
@@ -121,26 +121,19 @@ def run(args: argparse.Namespace) -> int:
         state_dir=Path(args.state_dir) if args.state_dir else None,
     )
     stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("%s: stopping the demo site", signal.Signals(signum).name)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        site.start()
-        print(
-            f"Maskwatch demo site '{args.site}': {args.nodes} nodes, broker {site.broker_address} "
-            f"(MQTT {'5' if site.protocol == 5 else '3.1.1'}), data in {site.state_dir}",
-            flush=True,
-        )
-        print(f"Dashboard: {site.url}   (Ctrl-C stops everything)", flush=True)
-        while not stop.wait(1.0):
-            site.check_nodes()
-    finally:
-        site.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with ShutdownSignals(stop):
+        try:
+            site.start()
+            print(
+                f"Maskwatch demo site '{args.site}': {args.nodes} nodes, broker {site.broker_address} "
+                f"(MQTT {'5' if site.protocol == 5 else '3.1.1'}), data in {site.state_dir}",
+                flush=True,
+            )
+            print(f"Dashboard: {site.url}   (Ctrl-C stops everything)", flush=True)
+            while not stop.wait(1.0):
+                site.check_nodes()
+        finally:
+            site.stop()
     return 0
 
 

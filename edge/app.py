@@ -379,7 +379,7 @@ class EdgeApp:
         return self.close()
 
     def stop(self) -> None:
-        """Ask every thread to stop (signal-safe)."""
+        """Ask every thread to stop (not from a signal handler: :class:`shared.shutdown.ShutdownSignals` does that)."""
         self.stopping.set()
 
     def close(self, drain: bool = True) -> int:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 from typing import Any
 
 from edge.config import load_edge_config
 from shared.cli import address, existing_file, node_id, set_option, site_id
 from shared.config import merge, parse_host_port, parse_set_options
 from shared.messages import COMMANDS
+from shared.shutdown import ShutdownSignals
 from shared.vocabulary import Profile
 
 log = logging.getLogger(__name__)
@@ -91,19 +91,14 @@ def run(args: argparse.Namespace) -> int:
     config = load_edge_config(args.config, overrides_from(args))
     app = EdgeApp(config, once=args.once)
 
-    def on_signal(signum: int, frame: object) -> None:
-        log.info("%s: shutting down", signal.Signals(signum).name)
-        app.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    app.start()
-    log.info(
-        "node %s/%s: source %s, broker %s, outbox %s",
-        config.site,
-        config.node,
-        config.source,
-        config.broker.address,
-        config.outbox_path(),
-    )
-    return app.wait()
+    with ShutdownSignals(app.stopping):
+        app.start()
+        log.info(
+            "node %s/%s: source %s, broker %s, outbox %s",
+            config.site,
+            config.node,
+            config.source,
+            config.broker.address,
+            config.outbox_path(),
+        )
+        return app.wait()

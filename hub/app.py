@@ -15,12 +15,10 @@ Example::
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
-from types import FrameType
 
 import uvicorn
 
@@ -41,6 +39,7 @@ from hub.storage.nodes import Registry
 from shared.config import redacted
 from shared.errors import MaskwatchError
 from shared.mqtt import MqttClient
+from shared.shutdown import ShutdownSignals
 
 log = logging.getLogger(__name__)
 
@@ -190,18 +189,12 @@ class HubApp:
 
     def run(self) -> None:
         """Start, then block until SIGINT/SIGTERM, then stop cleanly."""
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            self.start()
-            self.stopping.wait()
-        finally:
-            self.stop()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        log.info("received %s: stopping", signal.Signals(signum).name)
-        self.stopping.set()
+        with ShutdownSignals(self.stopping):
+            try:
+                self.start()
+                self.stopping.wait()
+            finally:
+                self.stop()
 
     def stop(self) -> None:
         """Stop consuming, flush and acknowledge what is queued, close everything (idempotent)."""

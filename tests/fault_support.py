@@ -12,9 +12,11 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -27,6 +29,7 @@ from sqlalchemy.exc import DBAPIError
 
 from devsite.broker import free_port
 from shared.config import BrokerConfig
+from shared.shutdown import STACK_DUMP_SIGNAL
 from tests.polling import unique_site, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +78,10 @@ class ChildProcess:
             self.proc.wait(10)
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM (after SIGCONT, in case it was frozen) and wait; SIGKILL after ``timeout``. The exit code."""
+        """SIGTERM (after SIGCONT, in case it was frozen) and wait; SIGKILL after ``timeout``. The exit code.
+
+        A process that ignores SIGTERM is a bug (systemd would wait for it too): before the SIGKILL it is asked
+        for every thread's stack (SIGUSR1, into its log) and a warning names the log."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
@@ -84,8 +90,15 @@ class ChildProcess:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                self.proc.send_signal(STACK_DUMP_SIGNAL)
+                time.sleep(1.0)
                 self.proc.kill()
                 self.proc.wait(10)
+                warnings.warn(
+                    f"{' '.join(map(str, self.proc.args))} ignored SIGTERM for {timeout:g} s: killed; "
+                    f"its threads' stacks are in {self.log_path}",
+                    stacklevel=2,
+                )
         return self.proc.returncode
 
     def log_tail(self, chars: int = 4000) -> str:

@@ -21,6 +21,7 @@ import pytest
         "shared.logcap",
         "hub.views",
         "shared.schedule",
+        "shared.shutdown",
     ],
 )
 def test_docstring_examples_run(module: str) -> None:
