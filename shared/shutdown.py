@@ -1,10 +1,13 @@
 """How a long-running ``maskwatch`` service (``edge``, ``hub``) takes its signals.
 
-- **SIGINT and SIGTERM** ask it to stop. The Python signal handler only writes the signal's number to a pipe;
-  a watcher thread reads it, logs it and sets the service's ``stopping`` event. A handler must not take a lock:
-  Python runs it in the main thread between two bytecodes, maybe while that thread holds one, and
-  :class:`threading.Event` holds one for a moment inside ``wait()``. A handler that called ``Event.set()``
-  there waited for its own thread forever, and the process ignored every SIGTERM after it until SIGKILL.
+- **SIGINT and SIGTERM** ask it to stop. The signal's number reaches a pipe through
+  :func:`signal.set_wakeup_fd`, written by the C-level handler in whatever thread the kernel picked; a watcher
+  thread reads it, logs it and sets the service's ``stopping`` event. The Python-level handler does nothing.
+  Two ways to ignore SIGTERM are closed so: (1) Python runs a Python handler in the main thread between two
+  bytecodes, maybe while that thread holds a lock, and :class:`threading.Event` holds one for a moment inside
+  ``wait()``: a handler that called ``Event.set()`` there waited for its own thread forever; (2) when the kernel
+  delivers the signal to another thread (it does when the main thread cannot take it, e.g. right after SIGCONT),
+  a main thread blocked in ``Event.wait()`` is not woken, and a Python handler never runs.
 - **SIGUSR1** writes the Python stack of every thread to stderr (the service's log) through :mod:`faulthandler`,
   which works even when the process hangs: ``kill -USR1 <pid>`` shows where it is stuck.
 """
@@ -48,20 +51,30 @@ class ShutdownSignals:
         self.received: signal.Signals | None = None
         self._read_fd = self._write_fd = -1
         self._previous: dict[signal.Signals, Any] = {}
+        self._previous_wakeup_fd = -1
+        self._dumps_stacks = False
         self._watcher: threading.Thread | None = None
 
     def __enter__(self) -> ShutdownSignals:
         self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._write_fd, False)  # set_wakeup_fd's rule
         self._watcher = threading.Thread(target=self._watch, name="signals", daemon=True)
         self._watcher.start()
         self._previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
-        faulthandler.register(STACK_DUMP_SIGNAL, all_threads=True)
+        self._previous_wakeup_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        try:
+            faulthandler.register(STACK_DUMP_SIGNAL, all_threads=True)
+            self._dumps_stacks = True
+        except (AttributeError, OSError, ValueError):  # stderr is no file (captured): no stack dumps then
+            log.debug("SIGUSR1 stack dumps off: stderr has no file descriptor")
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        faulthandler.unregister(STACK_DUMP_SIGNAL)
+        if self._dumps_stacks:
+            faulthandler.unregister(STACK_DUMP_SIGNAL)
+        signal.set_wakeup_fd(self._previous_wakeup_fd)
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         os.write(self._write_fd, _NO_SIGNAL)
@@ -71,12 +84,14 @@ class ShutdownSignals:
         os.close(self._read_fd)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        """The handler itself: one write to a pipe, which takes no lock and logs nothing."""
-        os.write(self._write_fd, bytes([signum]))
+        """The Python-level handler: nothing (it replaces the default, which ends the process at once); the
+        wakeup fd has carried the signal to the watcher already."""
 
     def _watch(self) -> None:
         """Body of the ``signals`` thread: log each stop signal and set ``stopping``, until :meth:`__exit__`."""
         while (data := os.read(self._read_fd, 1)) and data != _NO_SIGNAL:
+            if data[0] not in STOP_SIGNALS:  # the wakeup fd carries every signal with a Python handler
+                continue
             self.received = signal.Signals(data[0])
             log.info("%s: shutting down", self.received.name)
             self.stopping.set()

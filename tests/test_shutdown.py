@@ -68,6 +68,38 @@ def test_sigterm_stops_a_main_thread_that_keeps_entering_the_wait() -> None:
         assert out == "stopped by SIGTERM\n"
 
 
+#: A service whose main thread blocks in ``stopping.wait()`` while SIGTERM goes to another thread (the kernel does
+#: that when the main thread cannot take it): no Python handler runs then, so the stop must not rely on one.
+SIGNAL_TO_A_WORKER = """
+import signal, threading, time
+from shared.shutdown import ShutdownSignals
+stopping = threading.Event()
+
+def worker():
+    print("ready", flush=True)
+    time.sleep(0.3)
+    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+    stopping.wait()
+
+with ShutdownSignals(stopping) as signals:
+    threading.Thread(target=worker, daemon=True).start()
+    stopping.wait()
+print("stopped by", signals.received.name, flush=True)
+"""
+
+
+def test_sigterm_delivered_to_another_thread_stops_a_main_thread_blocked_in_wait() -> None:
+    proc = spawn(SIGNAL_TO_A_WORKER)
+    try:
+        out, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError("SIGTERM to a worker thread did not stop the process") from None
+    assert proc.returncode == 0, err
+    assert out == "ready\nstopped by SIGTERM\n"
+
+
 def test_sigusr1_dumps_every_thread_and_the_service_runs_on() -> None:
     proc = spawn(BUSY_SERVICE.replace("stopping.wait(0)", "stopping.wait(0.05)"))
     assert proc.stdout is not None and proc.stdout.readline() == "ready\n"

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 #: Given-up reads that may stay blocked in a driver at once; beyond, no new reader starts until one returns (a
 #: driver that never returns costs this many threads, not one per reopen).
 MAX_BLOCKED_READS = 3
+#: How long a stopping capture waits for a read in progress before it closes the source, seconds.
+STOPPING_READ_S = 1.0
 
 
 class VideoSource:
@@ -298,6 +300,10 @@ class Capture:
                 self._pump(stop, generation)
             except HardwareError as exc:
                 failures.append(exc)
+            except Exception:
+                if not stop.is_set() and generation == self._generation:
+                    raise
+                # the source was closed under a read that outlived its watch (stopped, or given up): no fault
 
         reader = threading.Thread(target=read, name="capture-read", daemon=True)
         reader.start()
@@ -309,6 +315,8 @@ class Capture:
                 self.reopened += 1
                 self._blocked.append(reader)
                 raise HardwareError(f"source {self.source.name!r} gave no frame for {idle:.0f} s: opening it again")
+        if stop.is_set():
+            reader.join(STOPPING_READ_S)  # a read in progress ends before the source is closed under it
         if failures:
             raise failures[0]
 
