@@ -40,6 +40,18 @@ def spawn(code: str) -> subprocess.Popen[str]:
     )
 
 
+def stopped_by(proc: subprocess.Popen[str]) -> str:
+    """The rest of ``proc``'s output once it exits with code 0 within 10 s (else the test fails, and it is killed)."""
+    try:
+        out, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError("the process ignored SIGTERM") from None
+    assert proc.returncode == 0, err
+    return out
+
+
 def test_a_stop_signal_sets_the_event_and_the_previous_handler_comes_back() -> None:
     before = signal.getsignal(signal.SIGTERM)
     stopping = threading.Event()
@@ -58,14 +70,7 @@ def test_sigterm_stops_a_main_thread_that_keeps_entering_the_wait() -> None:
         assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
         time.sleep(rng.uniform(0.005, 0.03))
         proc.terminate()
-        try:
-            out, err = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            raise AssertionError("the process ignored SIGTERM") from None
-        assert proc.returncode == 0, err
-        assert out == "stopped by SIGTERM\n"
+        assert stopped_by(proc) == "stopped by SIGTERM\n"
 
 
 #: A service whose main thread blocks in ``stopping.wait()`` while SIGTERM goes to another thread (the kernel does
@@ -89,15 +94,7 @@ print("stopped by", signals.received.name, flush=True)
 
 
 def test_sigterm_delivered_to_another_thread_stops_a_main_thread_blocked_in_wait() -> None:
-    proc = spawn(SIGNAL_TO_A_WORKER)
-    try:
-        out, err = proc.communicate(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise AssertionError("SIGTERM to a worker thread did not stop the process") from None
-    assert proc.returncode == 0, err
-    assert out == "ready\nstopped by SIGTERM\n"
+    assert stopped_by(spawn(SIGNAL_TO_A_WORKER)) == "ready\nstopped by SIGTERM\n"
 
 
 def test_sigusr1_dumps_every_thread_and_the_service_runs_on() -> None:
