@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: A service whose main thread enters ``stopping.wait`` again and again: the worst case for a handler that takes
 #: the event's lock (a handler that called ``Event.set()`` left 57 of 100 such processes deaf to SIGTERM).
 BUSY_SERVICE = """
-import sys, threading
+import threading
 from shared.shutdown import ShutdownSignals
 stopping = threading.Event()
 with ShutdownSignals(stopping) as signals:
