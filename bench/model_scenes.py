@@ -103,7 +103,9 @@ def _load_by_name(base: object, path: Path) -> None:
 
 def seed_detector() -> MultiPassDetector:
     """The seed's detector: res10 SSD on the whole frame at confidence 0.5."""
-    return MultiPassDetector("res10/seed", {"res10": Res10Net(2, 0.5)}, Settings(passes=(("res10", 1),), threshold=0.5))
+    return MultiPassDetector(
+        "res10/seed", [{"res10": Res10Net(2, 0.5)}], Settings(passes=(("res10", 1),), threshold=0.5)
+    )
 
 
 def held_out_photos(folder: Path, seed: int = 0, fold: int | None = None, folds: int = 2) -> set[str]:

@@ -208,7 +208,13 @@ class EdgeConfig(StrictModel):
         description="where models pushed by 'maskwatch model push' are kept (the active one wins over "
         "classifier_path); default ~/.local/state/maskwatch/models-<site>-<node>",
     )
-    num_threads: int = Field(2, ge=1, le=16)
+    num_threads: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description="CPU threads for inference; the crowd detector's tiles and the classifier's crop and mirror "
+        "run side by side on copies of their networks, one per thread",
+    )
     threshold: Threshold | None = Field(
         None,
         description="no-mask probability at or above which: no_mask "

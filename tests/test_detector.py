@@ -7,7 +7,7 @@ import pytest
 
 from edge.capture.images import read_image
 from edge.vision.crop import TRAINING_MARGIN, crop_face, expand_box
-from edge.vision.detector import Face, create_detector, ssd_anchors, tiles, weighted_nms
+from edge.vision.detector import Face, MultiPassDetector, create_detector, ssd_anchors, tiles, weighted_nms
 from models.scenes import load_scenes, match
 from shared.errors import ModelError
 from tests.conftest import SCENES, need
@@ -74,6 +74,23 @@ def test_crowd_profile_finds_more_small_faces_than_near() -> None:
             len(match([f.box for f in s.faces], [f.box for f in detector.detect(read_image(s.image))])) for s in scenes
         )
     assert counts["crowd"] > counts["near"]
+
+
+def test_crowd_runs_its_tiles_on_one_lane_per_thread_and_finds_what_one_lane_finds() -> None:
+    """Two lanes run the passes concurrently; the faces, scores and their order are those of one lane."""
+    crowd = create_detector("crowd", num_threads=2)
+    assert isinstance(crowd, MultiPassDetector) and len(crowd.lanes) == 2
+    near = create_detector("near", num_threads=2)
+    assert isinstance(near, MultiPassDetector) and len(near.lanes) == 1  # whole frame: one lane, both threads
+    one_lane = MultiPassDetector("one lane", crowd.lanes.copies[:1], crowd.settings)
+    scenes = [s for s in load_scenes(need(SCENES)) if len(s.faces) >= 5][:8]
+    found = [crowd.detect(read_image(s.image)) for s in scenes]
+    assert sum(map(len, found)) >= 40
+    assert found == [one_lane.detect(read_image(s.image)) for s in scenes]
+    with pytest.raises(ModelError, match="at least one"):
+        MultiPassDetector("none", [], crowd.settings)
+    with pytest.raises(ModelError, match="no network"):
+        MultiPassDetector("half", [crowd.lanes.copies[0], {"short": crowd.lanes.copies[1]["short"]}], crowd.settings)
 
 
 def test_detector_rejects_a_frame_that_is_not_bgr() -> None:

@@ -2,7 +2,8 @@
 
 Each detector runs one or more *passes* of a single-shot network: the whole frame, then optionally the frame
 cut into overlapping tiles (each tile is scaled up to the network input, so small faces get more pixels).
-Detections of all passes are merged by weighted non-maximum suppression.
+Detections of all passes are merged by weighted non-maximum suppression. A tiled operating point runs its
+passes concurrently, one per CPU thread, each on its own copy of the networks (:class:`MultiPassDetector`).
 
 Two operating points: ``near`` (entrance cameras, faces of 48 px and more, one pass, speed first) and
 ``crowd`` (small faces in scenes, several passes, recall first).
@@ -17,13 +18,14 @@ Example::
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 import cv2
 import numpy as np
 
+from edge.vision.lanes import Lanes
 from edge.vision.litert import load_interpreter
 from edge.vision.model_store import ensure_model
 from shared.errors import ModelError
@@ -215,17 +217,25 @@ def weighted_nms(
 class MultiPassDetector:
     """Runs single-shot networks over the frame and its tiles, and merges what the passes found.
 
+    With more than one lane, the passes run concurrently, one per lane (:class:`~edge.vision.lanes.Lanes`):
+    tiled operating points run many small inferences, which one network spreading over two threads uses poorly.
+    The detections and their order are those of a single lane. :meth:`detect` is not meant to be called from
+    several threads at once.
+
     :param name: detector name shown in events and reports (e.g. ``blazeface/crowd``).
-    :param networks: the single-pass networks by variant name (see :data:`Network`).
+    :param lanes: one or more sets of single-pass networks by variant name (see :data:`Network`), each set
+        holding its own copies (a network runs one image at a time).
     :param settings: passes, threshold, NMS overlap and smallest face kept.
     """
 
-    def __init__(self, name: str, networks: dict[str, Network], settings: Settings) -> None:
-        missing = {variant for variant, _ in settings.passes} - set(networks)
+    def __init__(self, name: str, lanes: Sequence[dict[str, Network]], settings: Settings) -> None:
+        if not lanes:
+            raise ModelError("a detector needs at least one set of networks")
+        missing = {variant for variant, _ in settings.passes for lane in lanes if variant not in lane}
         if missing:
             raise ModelError(f"no network for passes {sorted(missing)}")
         self.name = name
-        self.networks = networks
+        self.lanes = Lanes(lanes, f"detector-{name}")
         self.settings = settings
 
     def detect(self, frame_bgr: np.ndarray) -> list[Face]:
@@ -233,13 +243,16 @@ class MultiPassDetector:
         if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.size == 0:
             raise ValueError(f"expected a BGR frame of shape (H, W, 3), got {frame_bgr.shape}")
         height, width = frame_bgr.shape[:2]
+        jobs = [
+            (frame_bgr, variant, tile)
+            for variant, grid in self.settings.passes
+            for tile in tiles(width, height, grid, self.settings.tile_overlap)
+        ]
         found_boxes, found_scores = [], []
-        for variant, grid in self.settings.passes:
-            for x0, y0, x1, y1 in tiles(width, height, grid, self.settings.tile_overlap):
-                boxes, scores = self.networks[variant](frame_bgr[y0:y1, x0:x1])
-                keep = scores >= self.settings.threshold
-                found_boxes.append(boxes[keep] + np.array([x0, y0, x0, y0], np.float32))
-                found_scores.append(scores[keep])
+        for (_, _, (x0, y0, _, _)), (boxes, scores) in zip(jobs, self.lanes.map(_run_pass, jobs), strict=True):
+            keep = scores >= self.settings.threshold
+            found_boxes.append(boxes[keep] + np.array([x0, y0, x0, y0], np.float32))
+            found_scores.append(scores[keep])
         boxes, scores = weighted_nms(
             np.concatenate(found_boxes), np.concatenate(found_scores), self.settings.nms_iou, self.settings.nms_cover
         )
@@ -256,7 +269,7 @@ class MultiPassDetector:
     def _verified(self, frame_bgr: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Keep weak detections only if a second network confirms a face in a zoomed-in window around them."""
         keep = scores >= self.settings.verify_below
-        network = self.networks[self.settings.verify_with]
+        network = self.lanes.copies[0][self.settings.verify_with]
         height, width = frame_bgr.shape[:2]
         for i in np.nonzero(~keep)[0]:
             x0, y0, x1, y1 = boxes[i]
@@ -272,6 +285,14 @@ class MultiPassDetector:
                 inter_h = np.minimum(found[:, 3], y1) - np.maximum(found[:, 1], y0)
                 keep[i] = bool(((inter_w > 0) & (inter_h > 0)).any())
         return boxes[keep], scores[keep]
+
+
+def _run_pass(
+    networks: dict[str, Network], job: tuple[np.ndarray, str, tuple[int, int, int, int]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """One pass of a frame's tile: (boxes in tile pixels, scores)."""
+    frame_bgr, variant, (x0, y0, x1, y1) = job
+    return networks[variant](frame_bgr[y0:y1, x0:x1])
 
 
 #: BlazeFace's duplicate rule (:attr:`Settings.nms_cover`): chosen on 5-fold cross-validation of the scene photos
@@ -323,10 +344,20 @@ def create_detector(
     settings = settings or SETTINGS[(kind, profile)]
     if threshold is not None:
         settings = replace(settings, threshold=threshold)
+    # tiled passes are many small inferences: one lane per thread; a whole-frame point: one lane using every thread
+    # (res10's thread count is OpenCV's global setting, not its network's: one lane)
+    tiled = any(grid > 1 for _, grid in settings.passes)
+    lane_count = num_threads if tiled and kind == "blazeface" else 1
+    lanes = [_networks(settings, num_threads // lane_count) for _ in range(lane_count)]
+    return MultiPassDetector(f"{kind}/{profile}", lanes, settings)
+
+
+def _networks(settings: Settings, num_threads: int) -> dict[str, Network]:
+    """One copy of each network the passes of ``settings`` run."""
     networks: dict[str, Network] = {}
     for variant in sorted({variant for variant, _ in settings.passes}):
         if variant == "res10":
             networks[variant] = Res10Net(num_threads, min_score=settings.threshold)
         else:
             networks[variant] = BlazeFaceNet(variant, num_threads, min_score=settings.threshold)
-    return MultiPassDetector(f"{kind}/{profile}", networks, settings)
+    return networks
