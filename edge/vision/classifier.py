@@ -19,12 +19,11 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import cv2
 import numpy as np
 
-from edge.vision.lanes import Lanes
 from edge.vision.litert import load_interpreter
 from edge.vision.model_store import packaged_model, sha256_of
 from shared.errors import ModelError
@@ -72,9 +71,7 @@ class MaskClassifier:
     """Tells for face crops how likely the face wears no mask.
 
     :param model_path: a classifier ``.tflite`` (default: the committed ``models/mask_classifier_int8.tflite``).
-    :param num_threads: CPU threads for LiteRT. With mirror averaging and two or more threads, two copies of the
-        model run side by side, each on half the threads (:class:`~edge.vision.lanes.Lanes`): a crop and its
-        mirror at once.
+    :param num_threads: CPU threads for LiteRT.
     :param mirror: average each crop's probability with its mirror image's (two inferences per face). The model
         trained with horizontal flips, so both views are equally valid; averaging them removes some int8
         noise (face-mask validation: +0.3 to +0.6 point accuracy, int8; see models/MODEL_CARD.md).
@@ -87,10 +84,9 @@ class MaskClassifier:
         self, model_path: Path | None = None, num_threads: int = 2, mirror: bool = True, *, name: str | None = None
     ) -> None:
         path = Path(model_path) if model_path is not None else DEFAULT_MODEL
-        copies = 2 if mirror and num_threads >= 2 else 1
-        interpreter = load_interpreter(path, num_threads // copies)
-        inputs = interpreter.get_input_details()
-        outputs = interpreter.get_output_details()
+        self._interpreter = load_interpreter(path, num_threads)
+        inputs = self._interpreter.get_input_details()
+        outputs = self._interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
             raise ModelError(
                 f"{path} is not a mask classifier: expected 1 input and 1 output, got {len(inputs)} and {len(outputs)}"
@@ -102,9 +98,6 @@ class MaskClassifier:
                 f"{path} is not a mask classifier: input {shape} (want (1, H, W, 3)), "
                 f"output {tuple(outputs[0]['shape'])} (want (1, 2) or (1, 3))"
             )
-        self._lanes = Lanes(
-            [interpreter] + [load_interpreter(path, num_threads // copies) for _ in range(copies - 1)], "classifier"
-        )
         self.path = path
         self.classes = classes
         self.mirror = mirror
@@ -136,22 +129,24 @@ class MaskClassifier:
             return rgb.astype(np.float32)
         raise ModelError(f"{self.path}: unsupported input type {dtype.name}")
 
-    def _probabilities(self, interpreter: Any, tensor: np.ndarray) -> np.ndarray:
+    def _probabilities(self, tensor: np.ndarray) -> np.ndarray:
         """The model's class probabilities for one input tensor, normalised to sum to 1."""
-        interpreter.set_tensor(self._in["index"], tensor)
-        interpreter.invoke()
-        raw = interpreter.get_tensor(self._out["index"])[0]
+        self._interpreter.set_tensor(self._in["index"], tensor)
+        self._interpreter.invoke()
+        raw = self._interpreter.get_tensor(self._out["index"])[0]
         scale, zero = self._out["quantization"]
         probabilities = (raw.astype(np.float32) - zero) * scale if scale else raw.astype(np.float32)
         return np.clip(probabilities, 0.0, None) / max(float(probabilities.sum()), 1e-6)
 
     def scores(self, crops: Sequence[np.ndarray]) -> CropScores:
         """No-mask probability and face score of each BGR face crop (see :class:`CropScores`)."""
-        tensors = [self._input_tensor(crop) for crop in crops]
-        if self.mirror:
-            tensors += [np.ascontiguousarray(tensor[:, :, ::-1]) for tensor in tensors]
-        outputs = np.array(self._lanes.map(self._probabilities, tensors), np.float32).reshape(-1, self.classes)
-        probabilities = (outputs[: len(crops)] + outputs[len(crops) :]) / 2 if self.mirror else outputs
+        probabilities = np.empty((len(crops), self.classes), np.float32)
+        for i, crop in enumerate(crops):
+            tensor = self._input_tensor(crop)
+            probabilities[i] = self._probabilities(tensor)
+            if self.mirror:
+                mirrored = np.ascontiguousarray(tensor[:, :, ::-1])
+                probabilities[i] = (probabilities[i] + self._probabilities(mirrored)) / 2
         face = probabilities[:, MASK_INDEX] + probabilities[:, NO_MASK_INDEX]
         p_no_mask = probabilities[:, NO_MASK_INDEX] / np.maximum(face, 1e-6)
         face_score = np.ones(len(crops), np.float32) if self.classes == 2 else 1.0 - probabilities[:, NOT_FACE_INDEX]

@@ -1,14 +1,14 @@
 """Several copies of one model, each run by its own worker thread, so that small inferences run side by side.
 
-A LiteRT interpreter runs one input at a time and spreads it over its threads; a small network (a 128 px tile, a
-96 px face crop) keeps a second thread poorly busy, and on a loaded machine it waits for the slower one. Two
-copies of one thread each run two inputs at once instead (LiteRT releases the GIL while it runs). Results come
-back in the order of the inputs, so callers get exactly what one copy would give.
+A LiteRT interpreter runs one input at a time and spreads it over its threads; a small network (a 128 px tile)
+keeps a second thread poorly busy, and on a loaded machine it waits for the slower one. Two copies of one thread
+each run two inputs at once instead (LiteRT releases the GIL while it runs). Results come back in the order of
+the inputs, so callers get exactly what one copy would give.
 
 Example::
 
-    lanes = Lanes([load_interpreter(path, 1), load_interpreter(path, 1)], "classifier")
-    outputs = lanes.map(run_one, inputs)   # run_one(interpreter, x), two at a time
+    lanes = Lanes([load_interpreter(path, 1), load_interpreter(path, 1)], "tiles")
+    outputs = lanes.map(run_one, tiles)   # run_one(interpreter, tile), two at a time
 """
 
 from __future__ import annotations
