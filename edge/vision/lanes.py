@@ -46,7 +46,7 @@ class Lanes(Generic[Copy]):
     def map(self, work: Callable[[Copy, Job], Result], jobs: Iterable[Job]) -> list[Result]:
         """``work(copy, job)`` for every job, on whichever copy is free; the results in the order of ``jobs``.
 
-        Not meant to be called from several threads at once (the first copy is also the calling thread's).
+        Not meant to be called from several threads at once.
         """
         if len(self.copies) == 1:
             return [work(self.copies[0], job) for job in jobs]
