@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Literal, Protocol
 
 import cv2
@@ -244,12 +245,13 @@ class MultiPassDetector:
             raise ValueError(f"expected a BGR frame of shape (H, W, 3), got {frame_bgr.shape}")
         height, width = frame_bgr.shape[:2]
         jobs = [
-            (frame_bgr, variant, tile)
+            (variant, tile)
             for variant, grid in self.settings.passes
             for tile in tiles(width, height, grid, self.settings.tile_overlap)
         ]
+        found = self.lanes.map(partial(_run_pass, frame_bgr), jobs)
         found_boxes, found_scores = [], []
-        for (_, _, (x0, y0, _, _)), (boxes, scores) in zip(jobs, self.lanes.map(_run_pass, jobs), strict=True):
+        for (_, (x0, y0, _, _)), (boxes, scores) in zip(jobs, found, strict=True):
             keep = scores >= self.settings.threshold
             found_boxes.append(boxes[keep] + np.array([x0, y0, x0, y0], np.float32))
             found_scores.append(scores[keep])
@@ -288,10 +290,10 @@ class MultiPassDetector:
 
 
 def _run_pass(
-    networks: dict[str, Network], job: tuple[np.ndarray, str, tuple[int, int, int, int]]
+    frame_bgr: np.ndarray, networks: dict[str, Network], job: tuple[str, tuple[int, int, int, int]]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One pass of a frame's tile: (boxes in tile pixels, scores)."""
-    frame_bgr, variant, (x0, y0, x1, y1) = job
+    """One pass of ``job``'s network over its tile of the frame: (boxes in tile pixels, scores)."""
+    variant, (x0, y0, x1, y1) = job
     return networks[variant](frame_bgr[y0:y1, x0:x1])
 
 
