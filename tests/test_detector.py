@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -50,6 +52,7 @@ def test_weighted_nms_drops_a_box_that_a_stronger_one_covers() -> None:
     weaker_outer, _ = weighted_nms(boxes, np.array([0.5, 0.9, 0.8], np.float32), 0.3, cover=0.3)
     assert weaker_outer.tolist() == [inner, beside]  # whichever is stronger stays, unblended
     assert len(weighted_nms(boxes, np.array([0.9, 0.6, 0.8], np.float32), 0.3, cover=1.0)[0]) == 2  # wholly inside
+    assert len(weighted_nms(boxes, np.array([0.9, 0.6, 0.8], np.float32), 0.3, cover=math.inf)[0]) == 3  # no rule
 
 
 @pytest.mark.parametrize("kind", ["blazeface", "res10"])

@@ -72,7 +72,7 @@ class Settings:
     threshold: float
     nms_iou: float = 0.3
     #: a box that a stronger kept box covers by at least this share of its own area is dropped as a duplicate
-    #: (1.0: only boxes wholly inside another); see :func:`weighted_nms`
+    #: (1.0: only boxes wholly inside another; above 1: none); see :func:`weighted_nms`
     nms_cover: float = 1.0
     tile_overlap: float = 0.3
     min_face_px: int = 0
