@@ -131,12 +131,12 @@ class OperatingPoint(NamedTuple):
 #: keeps face recall within 0.02 of the best its detector reaches.
 DEFAULT_OPERATING_POINTS: dict[Profile, OperatingPoint] = {
     Profile.NEAR: OperatingPoint(threshold=0.7, min_face_score=0.5, min_no_mask_detector_score=0.6),
-    Profile.CROWD: OperatingPoint(threshold=0.25, min_face_score=0.5, min_no_mask_detector_score=0.75),
+    Profile.CROWD: OperatingPoint(threshold=0.3, min_face_score=0.5, min_no_mask_detector_score=0.7),
 }
 
 
 def describe_profile_defaults(setting: str) -> str:
-    """One setting of the default operating points for help texts, e.g. ``near 0.7, crowd 0.25`` for
+    """One setting of the default operating points for help texts, e.g. ``near 0.7, crowd 0.3`` for
     ``"threshold"``."""
     return ", ".join(f"{profile} {getattr(point, setting)}" for profile, point in DEFAULT_OPERATING_POINTS.items())
 
