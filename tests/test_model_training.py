@@ -11,17 +11,21 @@ from ai_edge_litert.interpreter import Interpreter
 
 from edge.capture.images import list_images, read_image
 from edge.vision.classifier import MaskClassifier
+from edge.vision.detector import create_detector
 from models.training.augment import Augmentation
 from models.training.data import (
     Crops,
     dhash,
     group_split,
     near_duplicate_groups,
+    scene_crops,
     train_validation_split,
     validation_photo,
 )
 from models.training.export import FLOAT_LAYERS, convert
+from models.training.train import SCENE_CROP_SETTINGS
 from shared.cli import main
+from shared.vocabulary import Profile
 from tests.conftest import FACE_MASK, SCENES, WEIGHTS, need
 
 
@@ -135,6 +139,19 @@ def test_training_with_the_same_seed_gives_the_same_model(tmp_path: Path, monkey
         model = keras.models.load_model(tmp_path / run / "model.keras")
         predictions.append(model.predict(np.load(tmp_path / run / "split.npz")["val_images"], verbose=0))
     np.testing.assert_array_equal(predictions[0], predictions[1])
+
+
+@pytest.mark.slow
+def test_scene_crops_are_cut_as_the_committed_model_s_run_cut_them() -> None:
+    """The training's crowd detector mines what the committed model's run mined (models/MODEL_CARD.md,
+    "Training"): with the edge's duplicate-cover rule it found 590 hard negatives instead of 824."""
+    detector = create_detector(Profile.CROWD, "blazeface", settings=SCENE_CROP_SETTINGS)
+    crops = scene_crops(need(SCENES), 96, detector=detector, not_face=True, seed=0)
+    assert {key: crops.stats[key] for key in ("scene_detected_crops", "scene_hard_negatives", "scene_background")} == {
+        "scene_detected_crops": 1247,
+        "scene_hard_negatives": 824,
+        "scene_background": 1047,
+    }
 
 
 def test_low_resolution_step_blurs_and_keeps_the_plain_recipe_unchanged() -> None:
