@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -28,8 +29,31 @@ from shared.errors import MaskwatchError
 log = logging.getLogger(__name__)
 
 
+#: Where the kernel takes the local ports of outgoing connections (Linux's default when it cannot be read).
+EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
+#: How many ports below the ephemeral range :func:`free_port` draws from.
+PORTS_BELOW_EPHEMERAL = 8000
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on ``host`` right now."""
+    """A TCP port that is free on ``host`` right now, drawn at random below the kernel's ephemeral range.
+
+    A port from ``bind(port 0)`` lies in that range, so an outgoing connection may take it as its local port
+    before the caller listens on it (seen in CI: a hub's own MQTT client took the port its API was about to bind).
+    """
+    try:
+        first_ephemeral = int(EPHEMERAL_PORTS.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first_ephemeral = 32768
+    low = max(1024, first_ephemeral - PORTS_BELOW_EPHEMERAL)
+    for _ in range(100 if low < first_ephemeral else 0):
+        port = random.randrange(low, first_ephemeral)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
