@@ -29,25 +29,34 @@ from shared.errors import MaskwatchError
 log = logging.getLogger(__name__)
 
 
-#: Where the kernel takes the local ports of outgoing connections (Linux's default when it cannot be read).
+#: Where the kernel takes the local ports of outgoing connections.
 EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
+#: The first of them when that file cannot be read (Linux's default).
+DEFAULT_FIRST_EPHEMERAL_PORT = 32768
 #: How many ports below the ephemeral range :func:`free_port` draws from.
 PORTS_BELOW_EPHEMERAL = 8000
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on ``host`` right now, drawn at random below the kernel's ephemeral range.
-
-    A port from ``bind(port 0)`` lies in that range, so an outgoing connection may take it as its local port
-    before the caller listens on it (seen in CI: a hub's own MQTT client took the port its API was about to bind).
-    """
+def free_port_range() -> range:
+    """The ports :func:`free_port` draws from: the :data:`PORTS_BELOW_EPHEMERAL` below the ephemeral range, none
+    under 1024."""
     try:
         first_ephemeral = int(EPHEMERAL_PORTS.read_text().split()[0])
     except (OSError, ValueError, IndexError):
-        first_ephemeral = 32768
-    low = max(1024, first_ephemeral - PORTS_BELOW_EPHEMERAL)
-    for _ in range(100 if low < first_ephemeral else 0):
-        port = random.randrange(low, first_ephemeral)
+        first_ephemeral = DEFAULT_FIRST_EPHEMERAL_PORT
+    return range(max(1024, first_ephemeral - PORTS_BELOW_EPHEMERAL), first_ephemeral)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now, drawn at random from :func:`free_port_range`.
+
+    A port from ``bind(port 0)`` lies in the kernel's ephemeral range, so an outgoing connection may take it as
+    its local port before the caller listens on it (seen in CI: a hub's own MQTT client took the port its API
+    was about to bind). If no drawn port is free, the kernel picks one after all.
+    """
+    candidates = free_port_range()
+    for _ in range(100 if candidates else 0):
+        port = random.choice(candidates)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind((host, port))
