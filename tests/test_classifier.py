@@ -113,3 +113,11 @@ def test_mirror_averaging_is_the_mean_of_the_crop_and_its_mirror(classifier: Mas
     single = MaskClassifier(num_threads=1, mirror=False)
     plain, mirrored = single.no_mask_probability([crop, np.ascontiguousarray(crop[:, ::-1])])
     assert classifier.mirror and classifier.no_mask_probability([crop])[0] == pytest.approx((plain + mirrored) / 2)
+
+
+def test_copies_side_by_side_give_exactly_what_one_copy_gives(classifier: MaskClassifier) -> None:
+    crops = [read_image(path) for path, _ in fixed_sample(per_class=8)]
+    one, side_by_side = MaskClassifier(num_threads=1).scores(crops), classifier.scores(crops)
+    assert len(classifier.lanes) == 2 and len(crops) == 16
+    assert np.array_equal(one.p_no_mask, side_by_side.p_no_mask)
+    assert np.array_equal(one.face_score, side_by_side.face_score)

@@ -19,11 +19,12 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
 
+from edge.vision.lanes import Lanes
 from edge.vision.litert import load_interpreter
 from edge.vision.model_store import packaged_model, sha256_of
 from shared.errors import ModelError
@@ -71,7 +72,9 @@ class MaskClassifier:
     """Tells for face crops how likely the face wears no mask.
 
     :param model_path: a classifier ``.tflite`` (default: the committed ``models/mask_classifier_int8.tflite``).
-    :param num_threads: CPU threads for LiteRT.
+    :param num_threads: CPU threads: the classifier holds that many copies of the model, one thread each, and runs
+        crops and their mirror images side by side (:class:`~edge.vision.lanes.Lanes`; a 224 px MobileNetV2 keeps a
+        second thread of one copy poorly busy). The scores are those of one copy.
     :param mirror: average each crop's probability with its mirror image's (two inferences per face). The model
         trained with horizontal flips, so both views are equally valid; averaging them removes some int8
         noise (face-mask validation: +0.3 to +0.6 point accuracy, int8; see models/MODEL_CARD.md).
@@ -84,9 +87,9 @@ class MaskClassifier:
         self, model_path: Path | None = None, num_threads: int = 2, mirror: bool = True, *, name: str | None = None
     ) -> None:
         path = Path(model_path) if model_path is not None else DEFAULT_MODEL
-        self._interpreter = load_interpreter(path, num_threads)
-        inputs = self._interpreter.get_input_details()
-        outputs = self._interpreter.get_output_details()
+        interpreter = load_interpreter(path, 1)
+        inputs = interpreter.get_input_details()
+        outputs = interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
             raise ModelError(
                 f"{path} is not a mask classifier: expected 1 input and 1 output, got {len(inputs)} and {len(outputs)}"
@@ -103,6 +106,8 @@ class MaskClassifier:
         self.mirror = mirror
         self.size = (shape[2], shape[1])
         self._in, self._out = inputs[0], outputs[0]
+        copies = [interpreter, *(load_interpreter(path, 1) for _ in range(num_threads - 1))]
+        self.lanes = Lanes(copies, f"classifier-{path.stem}")
         #: sha256 of the model file, 64 hex digits
         self.sha256 = sha256_of(path)
         self.version = f"{name or path.stem}@{self.sha256[:12]}"
@@ -129,24 +134,23 @@ class MaskClassifier:
             return rgb.astype(np.float32)
         raise ModelError(f"{self.path}: unsupported input type {dtype.name}")
 
-    def _probabilities(self, tensor: np.ndarray) -> np.ndarray:
+    def _probabilities(self, interpreter: Any, tensor: np.ndarray) -> np.ndarray:
         """The model's class probabilities for one input tensor, normalised to sum to 1."""
-        self._interpreter.set_tensor(self._in["index"], tensor)
-        self._interpreter.invoke()
-        raw = self._interpreter.get_tensor(self._out["index"])[0]
+        interpreter.set_tensor(self._in["index"], tensor)
+        interpreter.invoke()
+        raw = interpreter.get_tensor(self._out["index"])[0]
         scale, zero = self._out["quantization"]
         probabilities = (raw.astype(np.float32) - zero) * scale if scale else raw.astype(np.float32)
         return np.clip(probabilities, 0.0, None) / max(float(probabilities.sum()), 1e-6)
 
     def scores(self, crops: Sequence[np.ndarray]) -> CropScores:
         """No-mask probability and face score of each BGR face crop (see :class:`CropScores`)."""
-        probabilities = np.empty((len(crops), self.classes), np.float32)
-        for i, crop in enumerate(crops):
-            tensor = self._input_tensor(crop)
-            probabilities[i] = self._probabilities(tensor)
-            if self.mirror:
-                mirrored = np.ascontiguousarray(tensor[:, :, ::-1])
-                probabilities[i] = (probabilities[i] + self._probabilities(mirrored)) / 2
+        tensors = [self._input_tensor(crop) for crop in crops]
+        if self.mirror:
+            tensors = [view for tensor in tensors for view in (tensor, np.ascontiguousarray(tensor[:, :, ::-1]))]
+        views = np.array(self.lanes.map(self._probabilities, tensors), np.float32)
+        views = views.reshape(len(crops), 2 if self.mirror else 1, self.classes)
+        probabilities = views.sum(axis=1) / views.shape[1]
         face = probabilities[:, MASK_INDEX] + probabilities[:, NO_MASK_INDEX]
         p_no_mask = probabilities[:, NO_MASK_INDEX] / np.maximum(face, 1e-6)
         face_score = np.ones(len(crops), np.float32) if self.classes == 2 else 1.0 - probabilities[:, NOT_FACE_INDEX]
