@@ -12,6 +12,7 @@ from edge.capture.images import decode_image, list_images, read_image
 from edge.vision.classifier import DEFAULT_MODEL, MaskClassifier
 from edge.vision.model_store import ensure_model
 from shared.errors import ImageReadError, ModelError
+from shared.vocabulary import Profile
 from tests.conftest import FACE_MASK, need
 
 
@@ -121,3 +122,17 @@ def test_copies_side_by_side_give_exactly_what_one_copy_gives(classifier: MaskCl
     assert len(classifier.lanes) == 2 and len(crops) == 16
     assert np.array_equal(one.p_no_mask, side_by_side.p_no_mask)
     assert np.array_equal(one.face_score, side_by_side.face_score)
+
+
+@pytest.mark.slow
+def test_committed_model_meets_the_face_crop_target_at_each_profile_s_point(classifier: MaskClassifier) -> None:
+    """Issue 17's face-crop target (accuracy and no-mask recall >= 98.5 %) on the committed run's validation
+    crops, audited (bench/face_crops.py); on all 640 crops crowd is one crop short, as the model card says."""
+    from bench.face_crops import flat, measure, validation_crops
+
+    need(FACE_MASK)
+    figures = flat(measure(classifier, validation_crops(), {str(p): p.default_point for p in Profile}))
+    for profile in Profile:
+        assert figures[f"{profile}_audited_accuracy"] >= 0.985, figures
+        assert figures[f"{profile}_audited_no_mask_recall"] >= 0.985, figures
+    assert figures["crowd_all_accuracy"] == pytest.approx(630 / 640, abs=1e-4)
