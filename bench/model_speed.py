@@ -38,9 +38,7 @@ from edge.vision.detector import create_detector  # noqa: E402
 from edge.vision.model_store import packaged_model  # noqa: E402
 from models.inference import analyse  # noqa: E402
 from models.scenes import load_scenes  # noqa: E402
-
-SHARED = Path(os.environ.get("MASKWATCH_SHARED", HERE.parents[1] / "shared"))
-SCENES = SHARED / "datasets" / "face-mask-scenes"
+from tests.conftest import FACE_MASK, SCENES  # noqa: E402
 
 
 def median_ms(run: Callable[[], object], repeat: int, warmup: int = 3) -> float:
@@ -80,9 +78,9 @@ def rss_probe(kind: str) -> None:
     if kind == "maskwatch":
         detector, classifier = create_detector("near", num_threads=2), MaskClassifier(num_threads=2)
     else:
-        from bench.model_scenes import SeedClassifier, seed_detector
+        from bench.model_scenes import SEED_MODEL, SeedClassifier, seed_detector
 
-        detector, classifier = seed_detector(), SeedClassifier(SHARED / "weights" / "face_mask_detector.model")
+        detector, classifier = seed_detector(), SeedClassifier(SEED_MODEL)
     for _ in range(20):
         analyse(frame, detector, classifier)  # type: ignore[arg-type]
     # VmHWM is this process image's peak (ru_maxrss would include the parent's peak inherited across exec)
@@ -103,9 +101,9 @@ def main() -> int:
     if args.rss_probe:
         rss_probe(args.rss_probe)
         return 0
-    from bench.model_scenes import SeedClassifier, seed_detector
+    from bench.model_scenes import SEED_MODEL, SeedClassifier, seed_detector
 
-    crop = read_image(list_images(SHARED / "datasets" / "face-mask" / "without_mask")[0])
+    crop = read_image(list_images(FACE_MASK / "without_mask")[0])
     frame, faces = near_frame()
     photos, frames = scene_frames(args.photos)
     figures: dict[str, float] = {}
@@ -126,7 +124,7 @@ def main() -> int:
         figures[f"crowd_ms_per_640x480_frame_{threads}t"] = round(
             statistics.mean(median_ms(lambda p=p, d=crowd, c=classifier: analyse(p, d, c), 3, 1) for p in frames), 2
         )
-    seed_classifier = SeedClassifier(SHARED / "weights" / "face_mask_detector.model")
+    seed_classifier = SeedClassifier(SEED_MODEL)
     seed = seed_detector()
     baseline = {
         "classify_ms_per_face": median_ms(lambda: seed_classifier.no_mask_probability([crop]), 50),

@@ -212,8 +212,8 @@ class EdgeConfig(StrictModel):
         2,
         ge=1,
         le=16,
-        description="CPU threads for inference; the crowd detector's tiles run side by side on copies of its "
-        "networks, one per thread",
+        description="CPU threads for inference; the crowd detector's tiles, and the classifier's crops and their "
+        "mirror images, run side by side on copies of the networks, one per thread",
     )
     threshold: Threshold | None = Field(
         None,

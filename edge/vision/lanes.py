@@ -1,4 +1,4 @@
-"""Several copies of one model, each run by its own worker thread, so that small inferences run side by side.
+"""Several copies of one model, each run by its own thread, so that small inferences run side by side.
 
 A LiteRT interpreter runs one input at a time and spreads it over its threads; a small network (a 128 px tile)
 keeps a second thread poorly busy, and on a loaded machine it waits for the slower one. Two copies of one thread
@@ -14,9 +14,8 @@ Example::
 from __future__ import annotations
 
 import queue
-import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Generic, TypeVar
 
 Copy = TypeVar("Copy")
@@ -25,7 +24,9 @@ Result = TypeVar("Result")
 
 
 class Lanes(Generic[Copy]):
-    """Runs jobs on copies of a resource, one worker thread per copy (with one copy: in the calling thread).
+    """Runs jobs on copies of a resource: the calling thread on the first copy, one worker thread on each other.
+
+    Each lane takes the next job as soon as it is free, so one slow job does not hold up the rest.
 
     :param copies: the copies; no two threads ever use one copy at once.
     :param name: prefix of the worker threads' names.
@@ -38,7 +39,6 @@ class Lanes(Generic[Copy]):
         self.copies = list(copies)
         self.name = name
         self._workers: ThreadPoolExecutor | None = None
-        self._local = threading.local()
 
     def __len__(self) -> int:
         return len(self.copies)
@@ -46,18 +46,37 @@ class Lanes(Generic[Copy]):
     def map(self, work: Callable[[Copy, Job], Result], jobs: Iterable[Job]) -> list[Result]:
         """``work(copy, job)`` for every job, on whichever copy is free; the results in the order of ``jobs``.
 
-        Not meant to be called from several threads at once.
+        The first exception a job raises is raised here, once every lane has stopped. Not meant to be called from
+        several threads at once.
         """
-        if len(self.copies) == 1:
+        jobs = list(jobs)
+        if len(self.copies) == 1 or len(jobs) <= 1:
             return [work(self.copies[0], job) for job in jobs]
         if self._workers is None:
-            free: queue.SimpleQueue[Copy] = queue.SimpleQueue()
-            for copy in self.copies:
-                free.put(copy)
-            self._workers = ThreadPoolExecutor(
-                len(self.copies), self.name, initializer=self._take_copy, initargs=(free,)
-            )
-        return list(self._workers.map(lambda job: work(self._local.copy, job), jobs))
+            self._workers = ThreadPoolExecutor(len(self.copies) - 1, self.name)
+        todo: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for index in range(len(jobs)):
+            todo.put(index)
+        results: dict[int, Result] = {}
 
-    def _take_copy(self, free: queue.SimpleQueue[Copy]) -> None:
-        self._local.copy = free.get_nowait()
+        def run_lane(copy: Copy) -> None:
+            while True:
+                try:
+                    index = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    results[index] = work(copy, jobs[index])
+                except BaseException:
+                    while not todo.empty():  # the other lanes stop after their current job
+                        todo.get_nowait()
+                    raise
+
+        helpers = [self._workers.submit(run_lane, copy) for copy in self.copies[1 : len(jobs)]]
+        try:
+            run_lane(self.copies[0])
+        finally:
+            wait(helpers)
+        for helper in helpers:
+            helper.result()
+        return [results[index] for index in range(len(jobs))]
