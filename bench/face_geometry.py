@@ -27,7 +27,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -53,15 +52,7 @@ class KeypointNet(BlazeFaceNet):
 
     def best(self, image_bgr: np.ndarray) -> tuple[float, np.ndarray]:
         """(score, keypoints (6, 2) in image pixels) of the strongest anchor."""
-        height, width = image_bgr.shape[:2]
-        scale = self.size / max(height, width)
-        new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        resized = cv2.resize(image_bgr, (new_w, new_h), interpolation=interpolation)
-        self._tensor.fill(0.0)
-        self._tensor[0, :new_h, :new_w] = resized[:, :, ::-1] * np.float32(1 / 127.5) - 1.0
-        self._interpreter.set_tensor(self._input, self._tensor)
-        self._interpreter.invoke()
+        scale = self._run(image_bgr)
         logits = self._interpreter.get_tensor(self._scores).reshape(-1)
         best = int(np.argmax(logits))
         raw = self._interpreter.get_tensor(self._boxes)[0, best] / self.size

@@ -122,7 +122,8 @@ class BlazeFaceNet:
         self._scores, self._boxes = outputs[0]["index"], outputs[1]["index"]
         self._tensor = np.zeros((1, self.size, self.size, 3), np.float32)
 
-    def __call__(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _run(self, image_bgr: np.ndarray) -> float:
+        """Letterbox the image into the input and run the network; return the scale from image to input pixels."""
         height, width = image_bgr.shape[:2]
         scale = self.size / max(height, width)
         new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
@@ -132,6 +133,10 @@ class BlazeFaceNet:
         self._tensor[0, :new_h, :new_w] = resized[:, :, ::-1] * np.float32(1 / 127.5) - 1.0
         self._interpreter.set_tensor(self._input, self._tensor)
         self._interpreter.invoke()
+        return scale
+
+    def __call__(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scale = self._run(image_bgr)
         logits = self._interpreter.get_tensor(self._scores).reshape(-1)
         keep = logits > np.log(self.min_score / (1 - self.min_score))
         if not keep.any():
