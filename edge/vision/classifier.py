@@ -73,7 +73,7 @@ class MaskClassifier:
 
     :param model_path: a classifier ``.tflite`` (default: the committed ``models/mask_classifier_int8.tflite``).
     :param num_threads: CPU threads: the classifier holds that many copies of the model, one thread each, and runs
-        crops and their mirror images side by side (:class:`~edge.vision.lanes.Lanes`; a 224 px MobileNetV2 keeps a
+        crops and their mirror images side by side (:class:`~edge.vision.lanes.Lanes`; a 96 px MobileNetV2 keeps a
         second thread of one copy poorly busy). The scores are those of one copy.
     :param mirror: average each crop's probability with its mirror image's (two inferences per face). The model
         trained with horizontal flips, so both views are equally valid; averaging them removes some int8

@@ -46,8 +46,8 @@ class Lanes(Generic[Copy]):
     def map(self, work: Callable[[Copy, Job], Result], jobs: Iterable[Job]) -> list[Result]:
         """``work(copy, job)`` for every job, on whichever copy is free; the results in the order of ``jobs``.
 
-        The first exception a job raises is raised here, once every lane has stopped. Not meant to be called from
-        several threads at once.
+        If a job raises, the lanes take no further jobs and the exception is raised here once every lane has
+        stopped. Not meant to be called from several threads at once.
         """
         jobs = list(jobs)
         if len(self.copies) == 1 or len(jobs) <= 1:
