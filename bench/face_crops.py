@@ -41,7 +41,7 @@ from bench.report import machine  # noqa: E402
 from edge.capture.images import list_images, read_image  # noqa: E402
 from edge.vision.classifier import Classifier, MaskClassifier  # noqa: E402
 from models.evaluation import evaluate_folder  # noqa: E402
-from models.training.data import CLASS_FOLDERS, train_validation_split  # noqa: E402
+from models.training.data import CLASS_FOLDERS  # noqa: E402
 from shared.vocabulary import OperatingPoint, Profile  # noqa: E402
 from tests.conftest import FACE_MASK, SCENES  # noqa: E402
 
@@ -58,13 +58,10 @@ NO_FACE_CROPS = {
 
 def validation_crops() -> list[tuple[str, np.ndarray, int]]:
     """The committed run's face-mask validation crops: (face-mask file, RGB crop, label 0 mask / 1 no mask)."""
-    from models.training.train import TrainSettings, load_crops
+    from models.training.train import TrainSettings, split_crops
 
     settings = TrainSettings(data=str(FACE_MASK), scenes=str(SCENES), out="", not_face=True, seed=0)
-    crops = load_crops(settings)
-    _, validation = train_validation_split(
-        crops, settings.validation, settings.seed, settings.hold_out_fold, settings.folds
-    )
+    crops, _, validation = split_crops(settings)
     # face_mask_crops cuts one crop per image, in this order, before the scene crops
     files = [f"{name}/{path.name}" for name in CLASS_FOLDERS for path in list_images(FACE_MASK / name)]
     if crops.stats["unreadable"] or crops.sources[: len(files)] != ["face-mask"] * len(files):

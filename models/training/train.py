@@ -228,6 +228,15 @@ def metrics_of(labels: np.ndarray, p_no_mask: np.ndarray, threshold: float = 0.5
     }
 
 
+def split_crops(settings: TrainSettings) -> tuple[Crops, np.ndarray, np.ndarray]:
+    """The crops of a run (:func:`load_crops`) and its (train, validation) indices."""
+    crops = load_crops(settings)
+    train_index, val_index = train_validation_split(
+        crops, settings.validation, settings.seed, settings.hold_out_fold, settings.folds
+    )
+    return crops, train_index, val_index
+
+
 def train(settings: TrainSettings) -> dict:
     """Run a whole training; write ``model.keras``, split crops, metrics and plots into ``settings.out``."""
     started = time.perf_counter()
@@ -236,10 +245,7 @@ def train(settings: TrainSettings) -> dict:
     keras.utils.set_random_seed(settings.seed)
     tf.config.experimental.enable_op_determinism()
 
-    crops = load_crops(settings)
-    train_index, val_index = train_validation_split(
-        crops, settings.validation, settings.seed, settings.hold_out_fold, settings.folds
-    )
+    crops, train_index, val_index = split_crops(settings)
     if settings.hold_out_fold is not None:
         log.info(
             "cross-validation: the scene photos of fold %d/%d are the scene validation, all others train",
